@@ -1,0 +1,1 @@
+"""Backends that run workers: local processes (docker and kubernetes come later)."""

@@ -1,0 +1,119 @@
+"""Local backend: each worker is its own ``modelgate worker --model NAME`` process.
+
+Scale-down drains with SIGTERM (the worker answers what it holds first). A worker that exits
+unasked is restarted, with exponential backoff while it keeps dying young.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelgate.process import child_preexec, stop_process
+
+log = logging.getLogger("modelgate.autoscaler")
+
+HEALTHY_AFTER_S = 30.0  # a worker that lived this long resets its pool's restart backoff
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(slots=True)
+class _Pool:
+    model: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    desired: int = 0
+    backoff_s: float = 0.0
+    next_start: float = 0.0
+    started_at: dict[int, float] = field(default_factory=dict)
+
+
+class LocalBackend:
+    def __init__(self, models_dir: Path, redis_url: str, drain_timeout_s: float = 30.0,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.models_dir = models_dir
+        self.redis_url = redis_url
+        self.drain_timeout_s = drain_timeout_s
+        self.extra_args = extra_args
+        self.pools: dict[str, _Pool] = {}
+        self.restarts = 0
+
+    def _spawn(self, pool: _Pool) -> None:
+        command = [sys.executable, "-m", "modelgate", "worker", "--model", pool.model,
+                   "--models", str(self.models_dir), "--redis-url", self.redis_url,
+                   *self.extra_args]
+        process = subprocess.Popen(command, preexec_fn=child_preexec)
+        pool.processes.append(process)
+        pool.started_at[process.pid] = time.monotonic()
+
+    def running(self, model: str) -> int:
+        pool = self.pools.get(model)
+        return sum(1 for p in pool.processes if p.poll() is None) if pool else 0
+
+    def pids(self, model: str) -> list[int]:
+        pool = self.pools.get(model)
+        return [p.pid for p in pool.processes if p.poll() is None] if pool else []
+
+    def scale(self, model: str, desired: int) -> None:
+        """Start or drain workers until ``desired`` run for ``model``; newest go first."""
+        pool = self.pools.setdefault(model, _Pool(model))
+        pool.desired = desired
+        self._reap(pool)
+        while len(pool.processes) < desired:
+            self._spawn(pool)
+        surplus = pool.processes[desired:]
+        pool.processes = pool.processes[:desired]
+        for process in surplus:
+            process.terminate()  # drains; _finish waits for it
+        for process in surplus:
+            self._finish(process)
+
+    def _finish(self, process: subprocess.Popen[bytes]) -> None:
+        try:
+            process.wait(timeout=self.drain_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("worker %d did not drain in %.0fs; killing it", process.pid,
+                        self.drain_timeout_s)
+            process.kill()
+            process.wait()
+
+    def _reap(self, pool: _Pool) -> list[subprocess.Popen[bytes]]:
+        dead = [p for p in pool.processes if p.poll() is not None]
+        pool.processes = [p for p in pool.processes if p.poll() is None]
+        return dead
+
+    def supervise(self) -> None:
+        """Restart workers that died unasked; call this periodically."""
+        now = time.monotonic()
+        for pool in self.pools.values():
+            for process in self._reap(pool):
+                lived_s = now - pool.started_at.pop(process.pid, now)
+                log.warning("worker %d of %s exited with %s after %.1fs", process.pid,
+                            pool.model, process.returncode, lived_s)
+                if lived_s >= HEALTHY_AFTER_S:
+                    pool.backoff_s = 0.0
+                else:
+                    pool.backoff_s = min(max(pool.backoff_s * 2, 0.5), MAX_BACKOFF_S)
+                pool.next_start = now + pool.backoff_s
+            if len(pool.processes) < pool.desired and now >= pool.next_start:
+                while len(pool.processes) < pool.desired:
+                    self._spawn(pool)
+                    self.restarts += 1
+
+    def stop_all(self) -> None:
+        """Drain every worker at once, then wait for each (kill those past the timeout)."""
+        processes = [p for pool in self.pools.values() for p in pool.processes]
+        for pool in self.pools.values():
+            pool.desired = 0
+            pool.processes = []
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            self._finish(process)
+
+
+__all__ = ["LocalBackend", "stop_process"]

@@ -1,0 +1,145 @@
+"""Enqueue requests and correlate replies: one writer and one reply reader per gateway process.
+
+``submit`` registers a future under a fresh correlation id, appends the entry to an outbox and
+returns. The writer task sends everything in the outbox in one pipelined round trip, so under
+concurrency many requests share one write. The reader pops replies from this process's reply
+list in bulk and resolves futures by id; an id resolved before (a redelivered entry answered
+twice) or no longer waited for is dropped. Every future is failed at its deadline by a timer, so
+none is left pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from modelgate import keys, wire
+from modelgate.errors import BackendUnavailable, DeadlineExceeded
+
+log = logging.getLogger("modelgate.gateway")
+
+REPLY_POP_COUNT = 512
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    stream: str
+    fields: dict[str, bytes | str | int]
+    correlation: str
+
+
+class Dispatcher:
+    def __init__(self, client: aioredis.Redis, gateway_id: str,
+                 on_reply: Callable[[wire.Reply], None] | None = None) -> None:
+        self.client = client
+        self.gateway_id = gateway_id
+        self.reply_to = keys.reply_list(gateway_id)
+        self.on_reply = on_reply
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[wire.Reply]] = {}
+        self._outbox: list[_Outgoing] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="dispatch-writer"),
+            asyncio.create_task(self._read_loop(), name="dispatch-reader"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BackendUnavailable("the gateway is shutting down; retry"))
+        self._pending.clear()
+
+    def submit(self, stream: str, payload: bytes, deadline_ms: int) -> asyncio.Future[wire.Reply]:
+        """Queue one request; the future resolves with its reply or fails by the deadline."""
+        loop = asyncio.get_running_loop()
+        correlation = str(next(self._ids))
+        future: asyncio.Future[wire.Reply] = loop.create_future()
+        self._pending[correlation] = future
+        delay_s = max(0.0, deadline_ms / 1000.0 - time.time())
+        timer = loop.call_later(delay_s, self._expire, correlation)
+        future.add_done_callback(lambda _f: timer.cancel())
+        self._outbox.append(_Outgoing(stream, {
+            "id": correlation,
+            "reply_to": self.reply_to,
+            "deadline_ms": deadline_ms,
+            "attempt": 1,
+            "payload": payload,
+        }, correlation))
+        self._wake.set()
+        return future
+
+    def _expire(self, correlation: str) -> None:
+        future = self._pending.pop(correlation, None)
+        if future is not None and not future.done():
+            future.set_exception(DeadlineExceeded(
+                "no answer before the deadline; raise parameters.timeout_ms or add workers"))
+
+    def _fail(self, correlation: str, error: Exception) -> None:
+        future = self._pending.pop(correlation, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._outbox = self._outbox, []
+            if not batch:
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for item in batch:
+                pipe.xadd(item.stream, item.fields)
+            try:
+                await pipe.execute()
+            except (RedisError, OSError) as e:
+                for item in batch:
+                    self._fail(item.correlation, BackendUnavailable(
+                        f"the queue (Redis) is unreachable: {e}; retry shortly"))
+
+    async def _read_loop(self) -> None:
+        backoff_s = 0.05
+        while True:
+            try:
+                replies = await self.client.lpop(self.reply_to, REPLY_POP_COUNT)
+                if not replies:
+                    popped = await self.client.blpop([self.reply_to], timeout=1)
+                    replies = [popped[1]] if popped else []
+                backoff_s = 0.05
+            except (RedisError, OSError) as e:
+                log.warning("reply reader: redis unreachable (%s); retrying", e)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 2.0)
+                continue
+            for raw in replies:
+                self._resolve(raw)
+
+    def _resolve(self, raw: bytes) -> None:
+        try:
+            reply = wire.decode_reply(raw)
+        except wire.WireError as e:
+            log.warning("dropped a malformed reply: %s", e)
+            return
+        future = self._pending.pop(reply.id, None)
+        if future is None or future.done():
+            return  # answered already (duplicate delivery) or past its deadline
+        future.set_result(reply)
+        if self.on_reply is not None:
+            self.on_reply(reply)

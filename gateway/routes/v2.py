@@ -1,0 +1,87 @@
+"""KServe Open Inference Protocol V2: server, model metadata and inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import protocol
+from gateway.dataplane import DataPlane
+from modelgate import __version__
+from modelgate.errors import InvalidInput
+from modelgate.repository import ModelVersion
+
+JSON = "application/json"
+
+
+def _plane(request: Request) -> DataPlane:
+    return request.app.state.plane  # type: ignore[no-any-return]
+
+
+def _model(request: Request) -> ModelVersion:
+    return _plane(request).resolve(request.path_params["name"],
+                                   request.path_params.get("version"))
+
+
+def timeout_ms(parameters: dict[str, Any], model: ModelVersion, default_ms: int) -> int:
+    """Per-request ``parameters.timeout_ms``, else the model's, else the server default."""
+    raw = parameters.get("timeout_ms")
+    if raw is None:
+        return model.config.timeout_ms or default_ms
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 3_600_000:
+        raise InvalidInput(f"parameters.timeout_ms must be a number of milliseconds in "
+                           f"(0, 3600000], got {raw!r}")
+    return int(raw)
+
+
+async def server_metadata(request: Request) -> Response:
+    return Response(protocol.dumps({
+        "name": "modelgate",
+        "version": __version__,
+        "extensions": ["model_repository_readonly"],
+    }), media_type=JSON)
+
+
+async def model_metadata(request: Request) -> Response:
+    plane = _plane(request)
+    model = _model(request)
+    return Response(protocol.dumps({
+        "name": model.name,
+        "versions": sorted(plane.models[model.name].versions, key=int),
+        "platform": "onnxruntime_onnx",
+        "inputs": [i.metadata() for i in model.inputs],
+        "outputs": [o.metadata() for o in model.outputs],
+        "parameters": {"max_batch_size": model.max_batch_size},
+    }), media_type=JSON)
+
+
+async def model_ready(request: Request) -> Response:
+    model = _model(request)
+    ready = _plane(request).model_ready(model)
+    return Response(protocol.dumps({"name": model.name, "ready": ready}),
+                    status_code=200 if ready else 503, media_type=JSON)
+
+
+async def infer(request: Request) -> Response:
+    plane = _plane(request)
+    model = _model(request)
+    request.state.model = model.name
+    body = protocol.loads(await request.body())
+    wire_request, request_id = protocol.parse_v2(body, model)
+    deadline = timeout_ms(wire_request.parameters, model, plane.settings.default_timeout_ms)
+    reply = await plane.infer(model, wire_request, deadline)
+    return Response(protocol.format_v2(model, reply, request_id), media_type=JSON)
+
+
+routes = [
+    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+    Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+]

@@ -1,0 +1,5 @@
+import sys
+
+from modelgate.cli import main
+
+sys.exit(main())

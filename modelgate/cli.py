@@ -1,0 +1,121 @@
+"""The ``modelgate`` command. Every flag also reads ``MODELGATE_<FLAG>`` from the environment
+(``--redis-url`` <- ``MODELGATE_REDIS_URL``); a flag given on the command line wins."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from modelgate.repository import RepositoryError
+
+
+class _EnvParser(argparse.ArgumentParser):
+    """An ArgumentParser whose options default to ``MODELGATE_<FLAG>`` when that is set."""
+
+    env: Mapping[str, str] = os.environ
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        flag = next((n for n in names if isinstance(n, str) and n.startswith("--")), None)
+        if flag is not None:
+            variable = "MODELGATE_" + flag[2:].upper().replace("-", "_")
+            if variable in self.env:
+                kwargs["default"] = self.env[variable]
+                kwargs["required"] = False
+            help_text = kwargs.get("help", "")
+            kwargs["help"] = f"{help_text} [env {variable}]".strip()
+        return super().add_argument(*names, **kwargs)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    _EnvParser.env = os.environ if env is None else env
+    parser = _EnvParser(prog="modelgate", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_EnvParser)
+
+    up = commands.add_parser("up", help="run Redis (embedded unless given), gateway and workers")
+    up.add_argument("--models", type=Path, required=True, help="model repository folder")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
+    up.add_argument("--min-workers", type=_positive_int, default=1, help="workers per model")
+    up.add_argument("--max-workers", type=_positive_int, default=4,
+                    help="upper bound per model (used by the autoscaler)")
+    up.add_argument("--default-timeout-ms", type=int, default=30_000)
+
+    gateway = commands.add_parser("gateway", help="run one gateway process")
+    gateway.add_argument("--models", type=Path, required=True)
+    gateway.add_argument("--redis-url", required=True)
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=8080)
+    gateway.add_argument("--default-timeout-ms", type=int, default=30_000)
+
+    worker = commands.add_parser("worker", help="run one worker process for one model")
+    worker.add_argument("--models", type=Path, required=True)
+    worker.add_argument("--model", required=True, help="model name in the repository")
+    worker.add_argument("--version", default=None, help="default: the highest version")
+    worker.add_argument("--redis-url", required=True)
+    worker.add_argument("--intra-op-threads", type=int, default=None,
+                        help="ONNX Runtime threads per run (default: model config, else 1)")
+
+    demo = commands.add_parser("demo", help="build the demo model repository")
+    demo.add_argument("--out", type=Path, default=Path("demo_models"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser(env).parse_args(argv)
+    logging.basicConfig(level=str(args.log_level).upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return _dispatch(args)
+    except RepositoryError as e:
+        print(f"modelgate: model repository error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from modelgate import settings
+
+    if args.command == "up":
+        from modelgate import up
+
+        return up.run(settings.UpSettings(
+            models_dir=Path(args.models), host=args.host, port=int(args.port),
+            redis_url=args.redis_url or None, min_workers=int(args.min_workers),
+            max_workers=int(args.max_workers), default_timeout_ms=int(args.default_timeout_ms),
+        ))
+    if args.command == "gateway":
+        from gateway.app import serve
+
+        serve(settings.GatewaySettings(
+            models_dir=Path(args.models), redis_url=args.redis_url, host=args.host,
+            port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
+        ))
+        return 0
+    if args.command == "worker":
+        from worker.main import main as worker_main
+
+        return worker_main(settings.WorkerSettings(
+            models_dir=Path(args.models), model=args.model, version=args.version,
+            redis_url=args.redis_url,
+            intra_op_threads=int(args.intra_op_threads) if args.intra_op_threads else None,
+        ))
+    if args.command == "demo":
+        from modelgate.demo import build_demo_repository
+
+        names = build_demo_repository(args.out)
+        print(f"modelgate: demo repository with {names} written to {args.out}")
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,49 @@
+"""Every Redis key and group name modelgate uses, in one place.
+
+A *pool* is the set of workers serving one version of one model; its id is ``{name}:{version}``.
+Model names are restricted by the repository to ``[A-Za-z0-9_.-]``, so ``:`` separates safely.
+"""
+
+from __future__ import annotations
+
+PREFIX = "mg"
+
+# Consumer group every worker of a pool reads the pool's request stream in.
+WORKER_GROUP = "workers"
+
+
+def pool_id(model: str, version: str) -> str:
+    return f"{model}:{version}"
+
+
+def requests_stream(pool: str) -> str:
+    """Stream of request entries for one pool (XADD by gateways, XREADGROUP by workers)."""
+    return f"{PREFIX}:{pool}:requests"
+
+
+def dead_letter_stream(pool: str) -> str:
+    """Entries delivered too often without an answer, kept for operators to inspect."""
+    return f"{PREFIX}:{pool}:dead"
+
+
+def pool_workers(pool: str) -> str:
+    """Sorted set of worker ids serving a pool, scored by their last heartbeat (epoch s)."""
+    return f"{PREFIX}:{pool}:workers"
+
+
+def worker_heartbeat(worker_id: str) -> str:
+    """Hash describing one live worker (pool, pid, host, started, processed, busy); has a TTL."""
+    return f"{PREFIX}:workers:{worker_id}"
+
+
+REPLY_PREFIX = f"{PREFIX}:replies:"
+
+
+def reply_list(gateway_id: str) -> str:
+    """List a gateway process pops its replies from; expires when the gateway is gone."""
+    return f"{REPLY_PREFIX}{gateway_id}"
+
+
+def gateway_heartbeat(gateway_id: str) -> str:
+    """Key that exists while a gateway process is alive (TTL refreshed by the gateway)."""
+    return f"{PREFIX}:gateways:{gateway_id}"

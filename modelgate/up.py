@@ -1,0 +1,127 @@
+"""``modelgate up``: Redis (embedded unless given), the gateway and workers on one machine.
+
+Start order is Redis, workers, gateway; stop order is the reverse of what serves traffic:
+the gateway stops taking requests, workers drain (answer what they hold), then Redis goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from types import FrameType
+
+import redis
+
+from autoscaler.backends.local import LocalBackend
+from modelgate import keys
+from modelgate.embedded_redis import start_redis
+from modelgate.process import child_preexec, stop_process
+from modelgate.repository import load_repository
+from modelgate.settings import UpSettings
+
+log = logging.getLogger("modelgate")
+
+START_TIMEOUT_S = 120.0
+
+
+def _say(message: str) -> None:
+    print(f"modelgate: {message}", flush=True)
+
+
+def _wait(condition, timeout_s: float, what: str, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set():
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        stop.wait(0.1)
+
+
+def _gateway_live(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/live", timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def run(settings: UpSettings) -> int:
+    models = load_repository(settings.models_dir)
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            _say("second signal: stopping without waiting for workers to drain")
+            raise SystemExit(1)
+        _say(f"{signal.Signals(signum).name}: shutting down (workers drain first)")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+    redis_process = None
+    gateway = None
+    backend = None
+    try:
+        if settings.redis_url:
+            redis_url = settings.redis_url
+            _say(f"using Redis at {redis.connection.parse_url(redis_url).get('host', '?')}")
+        else:
+            redis_process, redis_url = start_redis()
+            _say(f"started embedded Redis (pid {redis_process.pid}) at {redis_url}")
+        backend = LocalBackend(settings.models_dir, redis_url)
+        for name in models:
+            backend.scale(name, settings.min_workers)
+        client = redis.Redis.from_url(redis_url)
+
+        def workers_ready() -> bool:
+            now = time.time()
+            return all(
+                client.zcount(keys.pool_workers(m.default.pool), now - 5, "+inf")
+                >= settings.min_workers for m in models.values())
+
+        _say(f"starting {settings.min_workers} worker(s) for each of {len(models)} model(s)...")
+        _wait(workers_ready, START_TIMEOUT_S, "workers to load their models", stop)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "modelgate", "gateway", "--models", str(settings.models_dir),
+             "--redis-url", redis_url, "--host", settings.host, "--port", str(settings.port),
+             "--default-timeout-ms", str(settings.default_timeout_ms)],
+            preexec_fn=child_preexec,
+        )
+        url = f"http://{settings.host}:{settings.port}"
+        _wait(lambda: _gateway_live(url) or gateway.poll() is not None, START_TIMEOUT_S,
+              "the gateway", stop)
+        if gateway.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {gateway.returncode}; see its log above")
+        if not stop.is_set():
+            _say(f"gateway listening on {url}")
+            for name, model in sorted(models.items()):
+                v = model.default
+                _say(f"  model {name!r} v{v.version}: {backend.running(name)} worker(s), "
+                     f"inputs {[f'{i.name}:{i.datatype}{list(i.shape)}' for i in v.inputs]}, "
+                     f"max_batch_size {v.max_batch_size}")
+            _say(f"try: curl {url}/v2/models/{sorted(models)[0]}   (Ctrl-C stops everything)")
+        while not stop.is_set():
+            backend.supervise()
+            if gateway.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {gateway.returncode}")
+            stop.wait(0.5)
+        return 0
+    except RuntimeError as e:
+        _say(f"error: {e}")
+        return 1
+    finally:
+        if gateway is not None:
+            stop_process(gateway, timeout_s=10)
+        if backend is not None:
+            backend.stop_all()
+        if redis_process is not None:
+            stop_process(redis_process, timeout_s=5)
+        _say("stopped")

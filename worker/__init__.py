@@ -1,0 +1,1 @@
+"""The worker: one process, one ONNX Runtime session, one model pool."""

@@ -1,0 +1,109 @@
+"""Worker process entry: load one model version, warm it up, serve its pool until stopped.
+
+Shutdown contract: the first SIGTERM/SIGINT only sets an event; the loop finishes the batch it
+holds, answers and acknowledges it, deregisters and returns. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from types import FrameType
+
+import redis
+
+from modelgate.repository import RepositoryError, load_model
+from modelgate.settings import WorkerSettings
+from worker.consumer import Consumer
+from worker.heartbeat import Heartbeat
+from worker.runner import Runner
+
+log = logging.getLogger("modelgate.worker")
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting without draining")
+            os._exit(1)
+        log.info("signal %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None = None) -> int:
+    """Serve until ``stop`` is set (or ``max_steps`` reads were made); returns entries handled."""
+    model = load_model(settings.models_dir / settings.model)
+    version = model.versions.get(settings.version or model.default_version)
+    if version is None:
+        raise RepositoryError(
+            f"model {model.name!r} has no version {settings.version}; it has {sorted(model.versions)}"
+        )
+    threads = settings.intra_op_threads or version.config.intra_op_threads or 1
+    runner = Runner(version, threads)
+    runner.warm_up()
+
+    worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)
+    consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s)
+    started = time.monotonic()
+
+    def stats() -> dict[str, float]:
+        uptime = max(time.monotonic() - started, 1e-9)
+        return {"processed": consumer.processed, "busy": round(consumer.busy_s / uptime, 4)}
+
+    heartbeat = Heartbeat(
+        redis.Redis.from_url(settings.redis_url), worker_id, version.pool,
+        settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats,
+    )
+    _wait_for_redis(consumer, stop)
+    heartbeat.start()
+    log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
+             worker_id, version.pool, version.max_batch_size, threads)
+    handled = steps = 0
+    backoff_s = 0.1
+    try:
+        while not stop.is_set() and (max_steps is None or steps < max_steps):
+            steps += 1
+            try:
+                handled += consumer.step(settings.block_ms)
+                backoff_s = 0.1
+            except redis.ConnectionError as e:
+                log.warning("redis unreachable (%s); retrying in %.1fs", e, backoff_s)
+                stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                # Redis lost the stream (restart without persistence): recreate and go on.
+                consumer.ensure_group()
+    finally:
+        heartbeat.stop()
+        log.info("worker %s stopped after %d entries", worker_id, handled)
+    return handled
+
+
+def _wait_for_redis(consumer: Consumer, stop: threading.Event) -> None:
+    backoff_s = 0.1
+    while not stop.is_set():
+        try:
+            consumer.ensure_group()
+            return
+        except redis.ConnectionError as e:
+            log.warning("waiting for redis (%s)", e)
+            stop.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, 5.0)
+
+
+def main(settings: WorkerSettings) -> int:
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    run(settings, stop)
+    return 0
