@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.auth import check_bearer
 from gateway.dataplane import DataPlane
-from gateway.errors import error_response, status_of
+from gateway.errors import domain_error_response, error_response
 from gateway.metrics import Metrics
 from gateway.routes import health, v1, v2
 from modelgate.errors import ModelgateError
@@ -27,34 +28,29 @@ from modelgate.settings import GatewaySettings
 
 log = logging.getLogger("modelgate.gateway")
 
-INFER_PATHS = ("/infer", ":predict")
+Endpoint = Callable[[Request], Awaitable[Response]]
+PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/metrics"}
 
 
-def _timed(endpoint):  # type: ignore[no-untyped-def]
-    """Wrap an inference endpoint: count and time every answer, map domain errors to JSON."""
+def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool) -> Endpoint:
+    """Auth, domain errors -> JSON, and per-model request metrics around one endpoint."""
+    api_keys = tuple(k.encode() for k in settings.api_keys)
+    needs_key = bool(api_keys) and (not probe or settings.protect_probes)
 
     async def handler(request: Request) -> Response:
         started = time.perf_counter()
         try:
+            if needs_key:
+                check_bearer(request.headers.get("authorization"), api_keys)
             response = await endpoint(request)
         except ModelgateError as e:
-            response = error_response(status_of(e), str(e))
+            response = domain_error_response(e)
         model = getattr(request.state, "model", None)
         if model is not None:
             metrics: Metrics = request.app.state.plane.metrics
             metrics.requests.labels(model, str(response.status_code)).inc()
             metrics.request_duration.labels(model).observe(time.perf_counter() - started)
         return response
-
-    return handler
-
-
-def _with_errors(endpoint):  # type: ignore[no-untyped-def]
-    async def handler(request: Request) -> Response:
-        try:
-            return await endpoint(request)  # type: ignore[no-any-return]
-        except ModelgateError as e:
-            return error_response(status_of(e), str(e))
 
     return handler
 
@@ -66,15 +62,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, f"{request.method} {request.url.path}: {hint}")
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error ({type(exc).__name__}); it has been logged")
+
+
 def build_app(settings: GatewaySettings) -> Starlette:
     models = load_repository(settings.models_dir)
     gateway_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Commands time out fast so an unreachable Redis turns into 503s, not hangs; the reply
+        # reader blocks up to 1 s per BLPOP and gets its own, more patient connection pool.
         client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=1.0, max_connections=64)
-        plane = DataPlane(settings, models, client, gateway_id, Metrics())
+            settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s, max_connections=64)
+        reader = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s + 2.0, max_connections=2)
+        plane = DataPlane(settings, models, client, reader, gateway_id, Metrics())
         app.state.plane = plane
         await plane.start()
         try:
@@ -82,15 +89,16 @@ def build_app(settings: GatewaySettings) -> Starlette:
         finally:
             await plane.stop()
             await client.aclose()
+            await reader.aclose()
 
-    routes = []
-    for route in (*health.routes, *v2.routes, *v1.routes):
-        assert isinstance(route, Route)
-        wrap = _timed if route.path.endswith(INFER_PATHS) or "{target}" in route.path else \
-            _with_errors
-        routes.append(Route(route.path, wrap(route.endpoint), methods=route.methods))
+    routes = [
+        Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS),
+              methods=route.methods)
+        for route in (*health.routes, *v2.routes, *v1.routes)
+        if isinstance(route, Route)
+    ]
     return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={HTTPException: _http_error})
+                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
 
 
 def serve(settings: GatewaySettings) -> None:

@@ -1,50 +1,67 @@
 """The handler layer between HTTP routes and the queue; it knows nothing about HTTP.
 
-It resolves models and versions, enqueues through the dispatcher, turns error replies into
-domain errors, and keeps a view of which pools have live workers and how deep their backlog is
-(refreshed from Redis by a monitor task, so readiness never costs a Redis call per request).
+It resolves models and versions, applies admission control, enqueues through the dispatcher,
+turns error replies into domain errors, and keeps a view of each pool (live and starting
+workers, backlog, drain rate) refreshed from Redis by a monitor task, so neither readiness nor
+admission costs a Redis call per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from modelgate import keys, wire
-from modelgate.errors import ModelNotFound, NoLiveWorker
-from modelgate.repository import Model, ModelVersion
-from modelgate.settings import GatewaySettings
 from gateway.dispatch import Dispatcher
 from gateway.errors import ERROR_OF_REPLY
 from gateway.metrics import Metrics
+from modelgate import keys, wire
+from modelgate.errors import (
+    BackendUnavailable,
+    ModelFailed,
+    ModelNotFound,
+    NoLiveWorker,
+    Overloaded,
+)
+from modelgate.repository import Model, ModelVersion
+from modelgate.settings import GatewaySettings
 
 log = logging.getLogger("modelgate.gateway")
+
+STARTING_GRACE_S = 120.0  # a worker announced as starting counts as such for this long
+WAIT_POLL_S = 0.05
 
 
 @dataclass(slots=True)
 class PoolView:
     live_workers: int = 0
-    backlog: int = 0
+    starting_workers: int = 0
+    backlog: int = 0  # entries in the stream: waiting or being worked on
+    admitted: int = 0  # requests this gateway queued since the last refresh
+    completed: int = 0  # replies this gateway got since the last refresh
+    drain_per_s: float = 0.0  # smoothed completion rate seen by this gateway
 
 
 class DataPlane:
     def __init__(self, settings: GatewaySettings, models: dict[str, Model],
-                 client: aioredis.Redis, gateway_id: str, metrics: Metrics) -> None:
+                 client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str,
+                 metrics: Metrics) -> None:
         self.settings = settings
         self.models = models
         self.client = client
         self.metrics = metrics
-        self.dispatcher = Dispatcher(client, gateway_id)
+        self.dispatcher = Dispatcher(client, reader, gateway_id)
         self.redis_ok = False
         self.pools: dict[str, PoolView] = {
             v.pool: PoolView() for m in models.values() for v in m.versions.values()
         }
         self._monitor: asyncio.Task[None] | None = None
+        self._refreshed_at = time.monotonic()
 
     async def start(self) -> None:
         await self.refresh()
@@ -78,30 +95,71 @@ class DataPlane:
         """Every model's default version can be served right now."""
         return self.redis_ok and all(self.model_ready(m.default) for m in self.models.values())
 
+    def _admit(self, model: ModelVersion, view: PoolView) -> None:
+        """429 at once past the in-flight cap or the model's backlog limit."""
+        limit = model.config.max_queue or self.settings.default_max_queue
+        backlog = view.backlog + view.admitted
+        if backlog >= limit:
+            raise Overloaded(
+                f"model {model.name!r} has {backlog} requests queued, its limit is {limit}; "
+                "retry after the Retry-After seconds or add workers",
+                self._retry_after_s(backlog, view))
+        if self.dispatcher.in_flight >= self.settings.max_inflight:
+            raise Overloaded(
+                f"this gateway is waiting on {self.dispatcher.in_flight} requests, its limit; "
+                "retry after the Retry-After seconds", self._retry_after_s(backlog, view))
+
+    @staticmethod
+    def _retry_after_s(backlog: int, view: PoolView) -> int:
+        """Seconds for the backlog to drain at the observed rate (1..60)."""
+        if view.drain_per_s <= 0:
+            return 1
+        return max(1, min(60, math.ceil(backlog / view.drain_per_s)))
+
+    async def _wait_for_worker(self, model: ModelVersion, deadline_ms: int) -> None:
+        """Return once a worker is live; wait for a starting one while the deadline allows."""
+        view = self.pools[model.pool]
+        while True:
+            if not self.redis_ok:
+                raise BackendUnavailable(
+                    "the queue (Redis) is unreachable; the request was not queued, retry shortly")
+            if view.live_workers > 0:
+                return
+            if view.starting_workers == 0 or time.time() * 1000 >= deadline_ms:
+                raise NoLiveWorker(
+                    f"no live worker serves model {model.name!r} version {model.version}"
+                    + (" and none started before the deadline" if view.starting_workers else "")
+                    + f"; start one with `modelgate worker --model {model.name}` or wait for "
+                    "the autoscaler")
+            await asyncio.sleep(WAIT_POLL_S)
+
     async def infer(self, model: ModelVersion, request: wire.Request,
                     timeout_ms: int) -> wire.Reply:
-        if not self.model_ready(model):
-            raise NoLiveWorker(
-                f"no live worker serves model {model.name!r} version {model.version}; start one "
-                f"with `modelgate worker --model {model.name}` or wait for the autoscaler"
-            )
         deadline_ms = int(time.time() * 1000) + timeout_ms
+        view = self.pools[model.pool]
+        if not (self.redis_ok and view.live_workers > 0):
+            await self._wait_for_worker(model, deadline_ms)
+        self._admit(model, view)
+        view.admitted += 1
         future = self.dispatcher.submit(keys.requests_stream(model.pool),
                                         wire.encode_request(request), deadline_ms)
         reply = await future
+        view.completed += 1
         self.metrics.observe_reply(model.name, reply)
         if reply.status != wire.ReplyStatus.OK:
-            raise ERROR_OF_REPLY.get(reply.status, NoLiveWorker)(reply.error)
+            raise ERROR_OF_REPLY.get(reply.status, ModelFailed)(reply.error)
         return reply
 
     async def refresh(self) -> None:
-        """Live workers and backlog per pool, in one pipelined round trip."""
+        """Live and starting workers and backlog per pool, in one pipelined round trip."""
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
         pools = list(self.pools)
         for pool in pools:
-            pipe.zremrangebyscore(keys.pool_workers(pool), "-inf", now - self.settings.worker_ttl_s)
+            pipe.zremrangebyscore(keys.pool_workers(pool), "-inf",
+                                  now - self.settings.worker_ttl_s)
             pipe.zcard(keys.pool_workers(pool))
+            pipe.zcount(keys.pool_starting(pool), now - STARTING_GRACE_S, "+inf")
             pipe.xlen(keys.requests_stream(pool))
         try:
             results = await pipe.execute()
@@ -109,14 +167,27 @@ class DataPlane:
             if self.redis_ok:
                 log.warning("redis unreachable: %s", e)
             self.redis_ok = False
+            failed = self.dispatcher.fail_all(BackendUnavailable(
+                "the queue (Redis) became unreachable while the request waited; it may or may "
+                "not have run, retry shortly"))
+            if failed:
+                log.warning("failed %d waiting requests with 503", failed)
             return
+        if not self.redis_ok:
+            log.info("redis reachable")
         self.redis_ok = True
+        elapsed_s = max(time.monotonic() - self._refreshed_at, 1e-3)
+        self._refreshed_at = time.monotonic()
         for i, pool in enumerate(pools):
             view = self.pools[pool]
-            view.live_workers = int(results[3 * i + 1])
-            # Entries are deleted once answered, so the stream length is the backlog
-            # (waiting + in work).
-            view.backlog = int(results[3 * i + 2])
+            view.live_workers = int(results[4 * i + 1])
+            view.starting_workers = int(results[4 * i + 2])
+            # Entries are deleted once answered, so the stream length is the backlog.
+            view.backlog = int(results[4 * i + 3])
+            view.admitted = 0
+            rate = view.completed / elapsed_s
+            view.drain_per_s = rate if view.drain_per_s == 0 else 0.7 * view.drain_per_s + 0.3 * rate
+            view.completed = 0
         for model in self.models.values():
             view = self.pools[model.default.pool]
             self.metrics.workers.labels(model.name).set(view.live_workers)

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -36,12 +35,11 @@ class _Outgoing:
 
 
 class Dispatcher:
-    def __init__(self, client: aioredis.Redis, gateway_id: str,
-                 on_reply: Callable[[wire.Reply], None] | None = None) -> None:
+    def __init__(self, client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str) -> None:
         self.client = client
+        self.reader = reader
         self.gateway_id = gateway_id
         self.reply_to = keys.reply_list(gateway_id)
-        self.on_reply = on_reply
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[wire.Reply]] = {}
         self._outbox: list[_Outgoing] = []
@@ -92,6 +90,15 @@ class Dispatcher:
             future.set_exception(DeadlineExceeded(
                 "no answer before the deadline; raise parameters.timeout_ms or add workers"))
 
+    def fail_all(self, error: Exception) -> int:
+        """Fail every pending request (Redis went away: their replies may never come)."""
+        pending, self._pending = self._pending, {}
+        self._outbox.clear()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+        return len(pending)
+
     def _fail(self, correlation: str, error: Exception) -> None:
         future = self._pending.pop(correlation, None)
         if future is not None and not future.done():
@@ -118,9 +125,9 @@ class Dispatcher:
         backoff_s = 0.05
         while True:
             try:
-                replies = await self.client.lpop(self.reply_to, REPLY_POP_COUNT)
+                replies = await self.reader.lpop(self.reply_to, REPLY_POP_COUNT)
                 if not replies:
-                    popped = await self.client.blpop([self.reply_to], timeout=1)
+                    popped = await self.reader.blpop([self.reply_to], timeout=1)
                     replies = [popped[1]] if popped else []
                 backoff_s = 0.05
             except (RedisError, OSError) as e:
@@ -141,5 +148,3 @@ class Dispatcher:
         if future is None or future.done():
             return  # answered already (duplicate delivery) or past its deadline
         future.set_result(reply)
-        if self.on_reply is not None:
-            self.on_reply(reply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from starlette.responses import Response
 
 from modelgate import errors, wire
@@ -13,6 +14,10 @@ STATUS_OF: dict[type[errors.ModelgateError], int] = {
     errors.BackendUnavailable: 503,
     errors.DeadlineExceeded: 504,
     errors.ModelFailed: 500,
+    errors.Overloaded: 429,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.Unauthorized: 401,
 }
 
 # Worker reply statuses -> the domain error the caller sees.
@@ -33,7 +38,14 @@ def status_of(error: errors.ModelgateError) -> int:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    import orjson
-
     return Response(orjson.dumps({"error": message}), status_code=status,
                     media_type="application/json", headers=headers)
+
+
+def domain_error_response(error: errors.ModelgateError) -> Response:
+    headers = None
+    if isinstance(error, errors.Overloaded):
+        headers = {"Retry-After": str(error.retry_after_s)}
+    elif isinstance(error, errors.Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="modelgate"'}
+    return error_response(status_of(error), str(error), headers)

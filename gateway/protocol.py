@@ -73,7 +73,7 @@ def to_array(name: str, datatype: str, data: Any, shape: tuple[int, ...]) -> np.
     if raw.dtype.kind not in "biuf":
         raise InvalidInput(
             f"input {name!r}: data must be {'booleans' if datatype == 'BOOL' else 'numbers'} "
-            f"for datatype {datatype}, found {raw.dtype.kind == 'U' and 'strings' or raw.dtype}"
+            f"for datatype {datatype}, found {(raw.dtype.kind == 'U' and 'strings') or raw.dtype}"
         )
     if dtype.kind in _INT_KINDS and raw.dtype.kind == "f":
         if not np.all(np.isfinite(raw)) or not np.all(raw == np.floor(raw)):

@@ -38,6 +38,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _auth_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", action="append", default=None,
+                        help="require 'Authorization: Bearer KEY'; repeat for several keys "
+                             "(the environment variable takes a comma-separated list)")
+    parser.add_argument("--protect-probes", action="store_true", default=False,
+                        help="require the API key on /v2/health/* and /metrics too")
+
+
+def api_keys(value: str | list[str] | None) -> tuple[str, ...]:
+    """Keys from repeated flags or from the comma-separated environment variable."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(k.strip() for k in items if k.strip())
+
+
+def _flag(value: object) -> bool:
+    return value is True or str(value).lower() in {"1", "true", "yes", "on"}
+
+
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     _EnvParser.env = os.environ if env is None else env
     parser = _EnvParser(prog="modelgate", description=__doc__)
@@ -53,6 +73,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     up.add_argument("--max-workers", type=_positive_int, default=4,
                     help="upper bound per model (used by the autoscaler)")
     up.add_argument("--default-timeout-ms", type=int, default=30_000)
+    _auth_flags(up)
 
     gateway = commands.add_parser("gateway", help="run one gateway process")
     gateway.add_argument("--models", type=Path, required=True)
@@ -60,6 +81,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     gateway.add_argument("--host", default="127.0.0.1")
     gateway.add_argument("--port", type=int, default=8080)
     gateway.add_argument("--default-timeout-ms", type=int, default=30_000)
+    gateway.add_argument("--max-inflight", type=int, default=8_192,
+                         help="requests one gateway process waits on at once; past it, 429")
+    gateway.add_argument("--max-queue", type=int, default=10_000,
+                         help="backlog per model when its config sets no max_queue; past it, 429")
+    gateway.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
+    _auth_flags(gateway)
 
     worker = commands.add_parser("worker", help="run one worker process for one model")
     worker.add_argument("--models", type=Path, required=True)
@@ -68,6 +95,11 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     worker.add_argument("--redis-url", required=True)
     worker.add_argument("--intra-op-threads", type=int, default=None,
                         help="ONNX Runtime threads per run (default: model config, else 1)")
+    worker.add_argument("--claim-timeout-ms", type=int, default=5_000,
+                        help="floor of the idle time after which a dead worker's entries are "
+                             "taken over")
+    worker.add_argument("--max-deliveries", type=int, default=3,
+                        help="deliveries after which an entry goes to the dead-letter stream")
 
     demo = commands.add_parser("demo", help="build the demo model repository")
     demo.add_argument("--out", type=Path, default=Path("demo_models"))
@@ -95,6 +127,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             models_dir=Path(args.models), host=args.host, port=int(args.port),
             redis_url=args.redis_url or None, min_workers=int(args.min_workers),
             max_workers=int(args.max_workers), default_timeout_ms=int(args.default_timeout_ms),
+            api_keys=api_keys(args.api_key), protect_probes=_flag(args.protect_probes),
         ))
     if args.command == "gateway":
         from gateway.app import serve
@@ -102,6 +135,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         serve(settings.GatewaySettings(
             models_dir=Path(args.models), redis_url=args.redis_url, host=args.host,
             port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
+            max_inflight=int(args.max_inflight), default_max_queue=int(args.max_queue),
+            max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
+            protect_probes=_flag(args.protect_probes),
         ))
         return 0
     if args.command == "worker":
@@ -111,6 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             models_dir=Path(args.models), model=args.model, version=args.version,
             redis_url=args.redis_url,
             intra_op_threads=int(args.intra_op_threads) if args.intra_op_threads else None,
+            claim_timeout_floor_ms=int(args.claim_timeout_ms),
+            max_deliveries=int(args.max_deliveries),
         ))
     if args.command == "demo":
         from modelgate.demo import build_demo_repository

@@ -30,3 +30,23 @@ class DeadlineExceeded(ModelgateError):
 
 class ModelFailed(ModelgateError):
     """The runtime failed on input it accepted (or the entry was parked as a poison pill)."""
+
+
+class Overloaded(ModelgateError):
+    """Admission control refused the request; ``retry_after_s`` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PayloadTooLarge(ModelgateError):
+    """The request body is over the gateway's size limit."""
+
+
+class UnsupportedMediaType(ModelgateError):
+    """The request body is in a content type the endpoint does not take."""
+
+
+class Unauthorized(ModelgateError):
+    """API keys are on and the request carries none that matches."""

@@ -31,6 +31,15 @@ def pool_workers(pool: str) -> str:
     return f"{PREFIX}:{pool}:workers"
 
 
+def pool_starting(pool: str) -> str:
+    """Sorted set of worker ids loading their model for a pool, scored by when they began.
+
+    Gateways hold a call for a pool with no live worker while one is starting, within the
+    call's deadline (scale from zero, restarts).
+    """
+    return f"{PREFIX}:{pool}:starting"
+
+
 def worker_heartbeat(worker_id: str) -> str:
     """Hash describing one live worker (pool, pid, host, started, processed, busy); has a TTL."""
     return f"{PREFIX}:workers:{worker_id}"

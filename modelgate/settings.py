@@ -25,6 +25,16 @@ class GatewaySettings:
     worker_ttl_s: float = 5.0
     # Replies waiting for a gateway that died are dropped by Redis after this long.
     reply_ttl_s: int = 60
+    # Admission control: requests this process waits on at once, and the backlog per model
+    # when its config sets no max_queue. Past either the answer is 429 at once.
+    max_inflight: int = 8_192
+    default_max_queue: int = 10_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Optional API keys; probes (health, metrics) stay open unless protect_probes is set.
+    api_keys: tuple[str, ...] = ()
+    protect_probes: bool = False
+    # Longest a Redis command may take before the gateway treats Redis as unreachable.
+    redis_timeout_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,12 @@ class WorkerSettings:
     block_ms: int = 500
     reply_ttl_s: int = 60
     worker_id: str | None = None  # None = generated from host and pid
+    # Entries pending this long with their consumer silent are taken over (never below this
+    # floor; grows with the pool's slowest recent step).
+    claim_timeout_floor_ms: int = 5_000
+    reclaim_interval_s: float = 1.0
+    # Deliveries after which an entry is parked in the dead-letter stream.
+    max_deliveries: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +67,5 @@ class UpSettings:
     min_workers: int = 1
     max_workers: int = 4
     default_timeout_ms: int = DEFAULT_TIMEOUT_MS
+    api_keys: tuple[str, ...] = ()
+    protect_probes: bool = False

@@ -7,6 +7,7 @@ the gateway stops taking requests, workers drain (answer what they hold), then R
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -89,11 +90,19 @@ def run(settings: UpSettings) -> int:
 
         _say(f"starting {settings.min_workers} worker(s) for each of {len(models)} model(s)...")
         _wait(workers_ready, START_TIMEOUT_S, "workers to load their models", stop)
+        # Secrets (a Redis password, API keys) go to children by environment, never argv,
+        # so `ps` does not show them.
+        gateway_env = {**os.environ, "MODELGATE_REDIS_URL": redis_url}
+        gateway_env.pop("MODELGATE_API_KEY", None)
+        if settings.api_keys:
+            gateway_env["MODELGATE_API_KEY"] = ",".join(settings.api_keys)
+        if settings.protect_probes:
+            gateway_env["MODELGATE_PROTECT_PROBES"] = "1"
         gateway = subprocess.Popen(
             [sys.executable, "-m", "modelgate", "gateway", "--models", str(settings.models_dir),
-             "--redis-url", redis_url, "--host", settings.host, "--port", str(settings.port),
+             "--host", settings.host, "--port", str(settings.port),
              "--default-timeout-ms", str(settings.default_timeout_ms)],
-            preexec_fn=child_preexec,
+            preexec_fn=child_preexec, env=gateway_env,
         )
         url = f"http://{settings.host}:{settings.port}"
         _wait(lambda: _gateway_live(url) or gateway.poll() is not None, START_TIMEOUT_S,

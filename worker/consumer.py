@@ -19,6 +19,7 @@ import redis
 
 from modelgate import keys, wire
 from modelgate.repository import ModelVersion
+from worker.reclaim import Reclaimer
 from worker.runner import Outcome, Runner, batch_key, request_rows
 
 log = logging.getLogger("modelgate.worker")
@@ -35,6 +36,7 @@ class Entry:
     enqueued_ms: int  # from the stream id: Redis' clock when the gateway added it
     request: wire.Request | None
     error: str = ""
+    deliveries: int = 1
 
 
 def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
@@ -89,8 +91,10 @@ class Consumer:
         runner: Runner,
         consumer_name: str,
         reply_ttl_s: int,
+        reclaimer: Reclaimer | None = None,
     ) -> None:
         self.client = client
+        self.reclaimer = reclaimer
         self.model = model
         self.runner = runner
         self.consumer_name = consumer_name
@@ -134,12 +138,27 @@ class Consumer:
         return entries
 
     def step(self, block_ms: int) -> int:
-        """Read what is there (waiting up to ``block_ms``), answer all of it; entries handled."""
-        entries = self._gather(block_ms)
+        """Read what is there (waiting up to ``block_ms``), answer all of it; entries handled.
+
+        Abandoned entries of dead consumers are claimed first; they run one at a time and
+        those delivered too often are parked in the dead-letter stream instead.
+        """
+        started = time.perf_counter()
+        reclaimed: list[Entry] = []
+        if self.reclaimer is not None and self.reclaimer.due(time.monotonic()):
+            claimed = self.reclaimer.claim()
+            if claimed.dead:
+                self._park(claimed.dead)
+            for entry_id, fields, deliveries in claimed.retry:
+                entry = parse_entry(entry_id, fields)
+                entry.deliveries = deliveries
+                reclaimed.append(entry)
+        entries = reclaimed + self._gather(0 if reclaimed else block_ms)
         if not entries:
             return 0
         now_ms = int(time.time() * 1000)
         runnable: list[Entry] = []
+        retried: list[Entry] = []
         settled: list[tuple[Entry, Outcome]] = []
         for entry in entries:
             if entry.request is None:
@@ -149,20 +168,41 @@ class Consumer:
                 # The gateway has already answered 504; computing it would waste the worker.
                 settled.append((entry, Outcome(wire.ReplyStatus.DEADLINE, {},
                                                "deadline passed before a worker took it")))
+            elif entry.deliveries > 1:
+                retried.append(entry)
             else:
                 runnable.append(entry)
         if settled:
             self._answer(settled, now_ms)
-        for run in plan_runs(runnable, self.model.max_batch_size):
-            started = time.perf_counter()
+        runs = [*plan_runs(retried, 0), *plan_runs(runnable, self.model.max_batch_size)]
+        for run in runs:
+            run_started = time.perf_counter()
             outcomes = self.runner.run_batch([e.request for e in run if e.request is not None])
-            self.busy_s += time.perf_counter() - started
+            self.busy_s += time.perf_counter() - run_started
             self._answer(list(zip(run, outcomes, strict=True)), now_ms)
         self.processed += len(entries)
+        if self.reclaimer is not None:
+            self.reclaimer.timeout.observe((time.perf_counter() - started) * 1000.0)
         return len(entries)
 
-    def _answer(self, settled: list[tuple[Entry, Outcome]], picked_ms: int) -> None:
+    def _park(self, dead: list[tuple[bytes, dict[bytes, bytes], int]]) -> None:
+        """Move poison pills to the dead-letter stream and tell their callers, in one trip."""
+        assert self.reclaimer is not None
         pipe = self.client.pipeline(transaction=False)
+        settled = []
+        for entry_id, fields, deliveries in dead:
+            self.reclaimer.park(pipe, entry_id, fields, deliveries)
+            entry = parse_entry(entry_id, fields)
+            settled.append((entry, Outcome(
+                wire.ReplyStatus.DEAD_LETTER, {},
+                f"the request was delivered {deliveries} times without an answer (a worker died "
+                f"on each attempt); it is parked in {self.reclaimer.dead_stream} for inspection "
+                "and will not be retried")))
+        self._answer(settled, int(time.time() * 1000), pipe)
+
+    def _answer(self, settled: list[tuple[Entry, Outcome]], picked_ms: int,
+                pipe: redis.client.Pipeline | None = None) -> None:
+        pipe = pipe if pipe is not None else self.client.pipeline(transaction=False)
         by_gateway: dict[str, list[bytes]] = {}
         for entry, outcome in settled:
             if not entry.reply_to:

@@ -17,10 +17,12 @@ from types import FrameType
 
 import redis
 
+from modelgate import keys
 from modelgate.repository import RepositoryError, load_model
 from modelgate.settings import WorkerSettings
 from worker.consumer import Consumer
 from worker.heartbeat import Heartbeat
+from worker.reclaim import ClaimTimeout, Reclaimer
 from worker.runner import Runner
 
 log = logging.getLogger("modelgate.worker")
@@ -47,12 +49,20 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
             f"model {model.name!r} has no version {settings.version}; it has {sorted(model.versions)}"
         )
     threads = settings.intra_op_threads or version.config.intra_op_threads or 1
-    runner = Runner(version, threads)
-    runner.warm_up()
-
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)
-    consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s)
+    starting = keys.pool_starting(version.pool)
+    _announce(client, starting, worker_id)
+    try:
+        runner = Runner(version, threads)
+        runner.warm_up()
+    except Exception:
+        _withdraw(client, starting, worker_id)
+        raise
+    reclaimer = Reclaimer(client, version.pool, worker_id,
+                          ClaimTimeout(settings.claim_timeout_floor_ms), settings.max_deliveries,
+                          settings.reclaim_interval_s)
+    consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s, reclaimer)
     started = time.monotonic()
 
     def stats() -> dict[str, float]:
@@ -65,6 +75,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     )
     _wait_for_redis(consumer, stop)
     heartbeat.start()
+    _withdraw(client, starting, worker_id)
     log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
              worker_id, version.pool, version.max_batch_size, threads)
     handled = steps = 0
@@ -88,6 +99,21 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         heartbeat.stop()
         log.info("worker %s stopped after %d entries", worker_id, handled)
     return handled
+
+
+def _announce(client: redis.Redis, starting: str, worker_id: str) -> None:
+    """Tell gateways a worker is on its way, so they hold calls instead of answering 503."""
+    try:
+        client.zadd(starting, {worker_id: time.time()})
+    except redis.RedisError as e:
+        log.warning("could not announce start (%s); gateways may answer 503 until ready", e)
+
+
+def _withdraw(client: redis.Redis, starting: str, worker_id: str) -> None:
+    try:
+        client.zrem(starting, worker_id)
+    except redis.RedisError as e:
+        log.warning("could not withdraw start announcement (%s); it expires", e)
 
 
 def _wait_for_redis(consumer: Consumer, stop: threading.Event) -> None:

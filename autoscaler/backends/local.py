@@ -7,6 +7,7 @@ unasked is restarted, with exponential backoff while it keeps dying young.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -43,9 +44,10 @@ class LocalBackend:
 
     def _spawn(self, pool: _Pool) -> None:
         command = [sys.executable, "-m", "modelgate", "worker", "--model", pool.model,
-                   "--models", str(self.models_dir), "--redis-url", self.redis_url,
-                   *self.extra_args]
-        process = subprocess.Popen(command, preexec_fn=child_preexec)
+                   "--models", str(self.models_dir), *self.extra_args]
+        # The Redis URL may hold a password: environment, not argv, so `ps` does not show it.
+        env = {**os.environ, "MODELGATE_REDIS_URL": self.redis_url}
+        process = subprocess.Popen(command, preexec_fn=child_preexec, env=env)
         pool.processes.append(process)
         pool.started_at[process.pid] = time.monotonic()
 

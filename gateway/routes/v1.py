@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import protocol
+from gateway.body import read_json_body
 from gateway.dataplane import DataPlane
 from modelgate.errors import ModelNotFound
 
@@ -22,7 +23,7 @@ async def predict(request: Request) -> Response:
         name = request.path_params["name"]
     model = plane.resolve(name, request.path_params.get("version"))
     request.state.model = model.name
-    body = protocol.loads(await request.body())
+    body = protocol.loads(await read_json_body(request, plane.settings.max_body_bytes))
     wire_request = protocol.parse_v1(body, model)
     reply = await plane.infer(model, wire_request,
                               model.config.timeout_ms or plane.settings.default_timeout_ms)

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import protocol
+from gateway.body import read_json_body
 from gateway.dataplane import DataPlane
 from modelgate import __version__
 from modelgate.errors import InvalidInput
@@ -69,7 +70,7 @@ async def infer(request: Request) -> Response:
     plane = _plane(request)
     model = _model(request)
     request.state.model = model.name
-    body = protocol.loads(await request.body())
+    body = protocol.loads(await read_json_body(request, plane.settings.max_body_bytes))
     wire_request, request_id = protocol.parse_v2(body, model)
     deadline = timeout_ms(wire_request.parameters, model, plane.settings.default_timeout_ms)
     reply = await plane.infer(model, wire_request, deadline)
