@@ -21,7 +21,7 @@ from gateway.auth import check_bearer
 from gateway.dataplane import DataPlane
 from gateway.errors import domain_error_response, error_response
 from gateway.metrics import Metrics
-from gateway.routes import health, v1, v2
+from gateway.routes import docs, health, v1, v2
 from modelgate.errors import ModelgateError
 from modelgate.repository import load_repository
 from modelgate.settings import GatewaySettings
@@ -29,7 +29,9 @@ from modelgate.settings import GatewaySettings
 log = logging.getLogger("modelgate.gateway")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/metrics"}
+# Open even with API keys unless --protect-probes: health and metrics for probes and scrapers,
+# and the API description, which is the same for every server and names no model.
+PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"}
 
 
 def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool) -> Endpoint:
@@ -94,7 +96,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
     routes = [
         Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS),
               methods=route.methods)
-        for route in (*health.routes, *v2.routes, *v1.routes)
+        for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes)
         if isinstance(route, Route)
     ]
     return Starlette(routes=routes, lifespan=lifespan,

@@ -30,6 +30,7 @@ from modelgate.errors import (
 )
 from modelgate.repository import Model, ModelVersion
 from modelgate.settings import GatewaySettings
+from modelgate.stats import BUCKET_TTL_S
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -43,8 +44,10 @@ class PoolView:
     starting_workers: int = 0
     backlog: int = 0  # entries in the stream: waiting or being worked on
     admitted: int = 0  # requests this gateway queued since the last refresh
+    rejected: int = 0  # requests this gateway refused (429) since the last refresh
     completed: int = 0  # replies this gateway got since the last refresh
     drain_per_s: float = 0.0  # smoothed completion rate seen by this gateway
+    desired: int | None = None  # the autoscaler's latest count, if one runs
 
 
 class DataPlane:
@@ -100,11 +103,13 @@ class DataPlane:
         limit = model.config.max_queue or self.settings.default_max_queue
         backlog = view.backlog + view.admitted
         if backlog >= limit:
+            view.rejected += 1
             raise Overloaded(
                 f"model {model.name!r} has {backlog} requests queued, its limit is {limit}; "
                 "retry after the Retry-After seconds or add workers",
                 self._retry_after_s(backlog, view))
         if self.dispatcher.in_flight >= self.settings.max_inflight:
+            view.rejected += 1
             raise Overloaded(
                 f"this gateway is waiting on {self.dispatcher.in_flight} requests, its limit; "
                 "retry after the Retry-After seconds", self._retry_after_s(backlog, view))
@@ -123,8 +128,8 @@ class DataPlane:
             if not self.redis_ok:
                 raise BackendUnavailable(
                     "the queue (Redis) is unreachable; the request was not queued, retry shortly")
-            if view.live_workers > 0:
-                return
+            if view.live_workers > 0 or model.config.min_workers == 0:
+                return  # a pool allowed to scale to zero: its backlog wakes the autoscaler
             if view.starting_workers == 0 or time.time() * 1000 >= deadline_ms:
                 raise NoLiveWorker(
                     f"no live worker serves model {model.name!r} version {model.version}"
@@ -151,16 +156,24 @@ class DataPlane:
         return reply
 
     async def refresh(self) -> None:
-        """Live and starting workers and backlog per pool, in one pipelined round trip."""
+        """Pool views from Redis, and this gateway's arrival counts to it, in one round trip."""
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
         pools = list(self.pools)
+        flushed = {pool: (self.pools[pool].admitted, self.pools[pool].rejected) for pool in pools}
         for pool in pools:
             pipe.zremrangebyscore(keys.pool_workers(pool), "-inf",
                                   now - self.settings.worker_ttl_s)
             pipe.zcard(keys.pool_workers(pool))
             pipe.zcount(keys.pool_starting(pool), now - STARTING_GRACE_S, "+inf")
             pipe.xlen(keys.requests_stream(pool))
+            pipe.get(keys.pool_desired(pool))
+        for pool, (admitted, rejected) in flushed.items():
+            if admitted or rejected:
+                bucket = keys.pool_stats(pool, int(now))
+                pipe.hincrby(bucket, "arrivals", admitted)
+                pipe.hincrby(bucket, "rejected", rejected)
+                pipe.expire(bucket, BUCKET_TTL_S)
         try:
             results = await pipe.execute()
         except (RedisError, OSError) as e:
@@ -180,18 +193,24 @@ class DataPlane:
         self._refreshed_at = time.monotonic()
         for i, pool in enumerate(pools):
             view = self.pools[pool]
-            view.live_workers = int(results[4 * i + 1])
-            view.starting_workers = int(results[4 * i + 2])
+            view.live_workers = int(results[5 * i + 1])
+            view.starting_workers = int(results[5 * i + 2])
             # Entries are deleted once answered, so the stream length is the backlog.
-            view.backlog = int(results[4 * i + 3])
-            view.admitted = 0
+            view.backlog = int(results[5 * i + 3])
+            desired = results[5 * i + 4]
+            view.desired = int(desired) if desired is not None else None
+            view.admitted -= flushed[pool][0]
+            view.rejected -= flushed[pool][1]
             rate = view.completed / elapsed_s
-            view.drain_per_s = rate if view.drain_per_s == 0 else 0.7 * view.drain_per_s + 0.3 * rate
+            view.drain_per_s = (rate if view.drain_per_s == 0
+                                else 0.7 * view.drain_per_s + 0.3 * rate)
             view.completed = 0
         for model in self.models.values():
             view = self.pools[model.default.pool]
             self.metrics.workers.labels(model.name).set(view.live_workers)
             self.metrics.queue_depth.labels(model.name).set(view.backlog)
+            if view.desired is not None:
+                self.metrics.desired_workers.labels(model.name).set(view.desired)
 
     async def _monitor_loop(self) -> None:
         while True:

@@ -17,6 +17,9 @@ from modelgate.errors import InvalidInput
 from modelgate.repository import ModelVersion, TensorSpec
 
 _INT_KINDS = "iu"
+# numpy sizes a tensor in bytes with int64 arithmetic, zero dims aside: past this many elements
+# (of at most 8 bytes) not even an empty tensor such as [2**62, 0] can be made.
+MAX_ELEMENTS = (2**63 - 1) // 8
 
 
 def loads(body: bytes) -> Any:
@@ -75,15 +78,22 @@ def to_array(name: str, datatype: str, data: Any, shape: tuple[int, ...]) -> np.
             f"input {name!r}: data must be {'booleans' if datatype == 'BOOL' else 'numbers'} "
             f"for datatype {datatype}, found {(raw.dtype.kind == 'U' and 'strings') or raw.dtype}"
         )
-    if dtype.kind in _INT_KINDS and raw.dtype.kind == "f":
-        if not np.all(np.isfinite(raw)) or not np.all(raw == np.floor(raw)):
-            raise InvalidInput(f"input {name!r}: datatype {datatype} takes whole numbers only; "
-                               "the data has fractions, NaN or Infinity")
+    if dtype.kind in _INT_KINDS and raw.dtype.kind == "f" and (
+        not np.all(np.isfinite(raw)) or not np.all(raw == np.floor(raw))
+    ):
+        raise InvalidInput(f"input {name!r}: datatype {datatype} takes whole numbers only; "
+                           "the data has fractions, NaN or Infinity")
     if dtype.kind in _INT_KINDS and raw.size:
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise InvalidInput(f"input {name!r}: values must lie in [{info.min}, {info.max}] "
                                f"for {datatype}")
+    if dtype.kind == "f" and raw.size and raw.dtype != dtype:
+        # A value past the type's range would silently become Infinity.
+        limit = float(np.finfo(dtype).max)
+        if float(raw.max()) > limit or float(raw.min()) < -limit:
+            raise InvalidInput(f"input {name!r}: values must lie in [{-limit:g}, {limit:g}] "
+                               f"for {datatype}; send larger ones as FP64 if the model takes it")
     if datatype == "BOOL" and raw.dtype.kind != "b":
         raise InvalidInput(f"input {name!r}: BOOL data must be true/false")
     return raw.astype(dtype, copy=False).reshape(shape)
@@ -96,6 +106,9 @@ def _shape_of(name: str, raw: Any) -> tuple[int, ...]:
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of integers, got {raw!r}")
     if any(d < 0 for d in raw):
         raise InvalidInput(f"input {name!r}: shape {raw} has a negative dimension")
+    if math.prod(d for d in raw if d) > MAX_ELEMENTS:
+        raise InvalidInput(f"input {name!r}: shape {raw} is too large; its dimensions other "
+                           f"than 0 may multiply to at most {MAX_ELEMENTS}")
     return tuple(raw)
 
 
@@ -139,7 +152,10 @@ def parse_v2(body: Any, model: ModelVersion) -> tuple[wire.Request, Any]:
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
-    return wire.Request(inputs, outputs, parameters), body.get("id")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f"'id' must be a string, got {type(request_id).__name__}")
+    return wire.Request(inputs, outputs, parameters), request_id
 
 
 def _check_rows(inputs: dict[str, wire.Tensor], model: ModelVersion) -> None:

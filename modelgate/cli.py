@@ -38,12 +38,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _scaling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale-down-delay", type=float, default=30.0,
+                        help="seconds a lower worker count must be enough before workers are "
+                             "removed (the highest need in this window wins)")
+    parser.add_argument("--max-cost-per-hour", type=float, default=None,
+                        help="budget across all pools: sum of workers x worker_cost_per_hour")
+
+
 def _auth_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", action="append", default=None,
                         help="require 'Authorization: Bearer KEY'; repeat for several keys "
                              "(the environment variable takes a comma-separated list)")
     parser.add_argument("--protect-probes", action="store_true", default=False,
-                        help="require the API key on /v2/health/* and /metrics too")
+                        help="require the API key on /v2/health/*, /metrics and /openapi.json too")
 
 
 def api_keys(value: str | list[str] | None) -> tuple[str, ...]:
@@ -74,6 +82,23 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                     help="upper bound per model (used by the autoscaler)")
     up.add_argument("--default-timeout-ms", type=int, default=30_000)
     _auth_flags(up)
+    _scaling_flags(up)
+
+    autoscaler = commands.add_parser("autoscaler", help="run the autoscaling control loop")
+    autoscaler.add_argument("--models", type=Path, required=True)
+    autoscaler.add_argument("--redis-url", required=True)
+    autoscaler.add_argument("--backend", choices=["local", "docker", "kubernetes"],
+                            default="local")
+    autoscaler.add_argument("--min-workers", type=_positive_int, default=1)
+    autoscaler.add_argument("--max-workers", type=_positive_int, default=4)
+    autoscaler.add_argument("--metrics-port", type=int, default=9100,
+                            help="serve the autoscaler's /metrics here (0 = off)")
+    autoscaler.add_argument("--docker-image", default="modelgate:latest")
+    autoscaler.add_argument("--docker-network", default=None)
+    autoscaler.add_argument("--docker-models-dir", default="/models",
+                            help="the model repository's path inside worker containers")
+    autoscaler.add_argument("--k8s-namespace", default="modelgate")
+    _scaling_flags(autoscaler)
 
     gateway = commands.add_parser("gateway", help="run one gateway process")
     gateway.add_argument("--models", type=Path, required=True)
@@ -128,7 +153,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             redis_url=args.redis_url or None, min_workers=int(args.min_workers),
             max_workers=int(args.max_workers), default_timeout_ms=int(args.default_timeout_ms),
             api_keys=api_keys(args.api_key), protect_probes=_flag(args.protect_probes),
+            scale_down_delay_s=float(args.scale_down_delay),
+            max_cost_per_hour=(float(args.max_cost_per_hour)
+                               if args.max_cost_per_hour not in (None, "") else None),
         ))
+    if args.command == "autoscaler":
+        from autoscaler.main import main as autoscaler_main
+
+        return autoscaler_main(args)
     if args.command == "gateway":
         from gateway.app import serve
 

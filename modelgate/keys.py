@@ -40,6 +40,20 @@ def pool_starting(pool: str) -> str:
     return f"{PREFIX}:{pool}:starting"
 
 
+def pool_stats(pool: str, epoch_s: int) -> str:
+    """Hash of one second's counters for a pool (see modelgate.stats); expires after minutes."""
+    return f"{PREFIX}:{pool}:stats:{epoch_s}"
+
+
+def pool_desired(pool: str) -> str:
+    """The autoscaler's latest desired worker count for a pool (for gateways' /metrics)."""
+    return f"{PREFIX}:{pool}:desired"
+
+
+# Stream of autoscaler decisions (inputs and reason), capped to the latest entries.
+AUTOSCALER_EVENTS = f"{PREFIX}:autoscaler:events"
+
+
 def worker_heartbeat(worker_id: str) -> str:
     """Hash describing one live worker (pool, pid, host, started, processed, busy); has a TTL."""
     return f"{PREFIX}:workers:{worker_id}"

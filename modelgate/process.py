@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -17,10 +18,9 @@ def child_preexec() -> None:
     which then stops its children in order (workers drain before Redis goes away).
     """
     os.setpgid(0, 0)
-    try:
+    # Not Linux (no libc.so.6): the parent's own shutdown still stops its children.
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: the parent's own shutdown still stops its children
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> int:

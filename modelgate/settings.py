@@ -30,7 +30,8 @@ class GatewaySettings:
     max_inflight: int = 8_192
     default_max_queue: int = 10_000
     max_body_bytes: int = 32 * 1024 * 1024
-    # Optional API keys; probes (health, metrics) stay open unless protect_probes is set.
+    # Optional API keys; probes (health, metrics, /openapi.json) stay open unless
+    # protect_probes is set.
     api_keys: tuple[str, ...] = ()
     protect_probes: bool = False
     # Longest a Redis command may take before the gateway treats Redis as unreachable.
@@ -69,3 +70,5 @@ class UpSettings:
     default_timeout_ms: int = DEFAULT_TIMEOUT_MS
     api_keys: tuple[str, ...] = ()
     protect_probes: bool = False
+    scale_down_delay_s: float = 30.0
+    max_cost_per_hour: float | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,9 @@ from types import FrameType
 import redis
 
 from autoscaler.backends.local import LocalBackend
+from autoscaler.budget import BudgetError
+from autoscaler.loop import Autoscaler
+from autoscaler.plans import plans_for
 from modelgate import keys
 from modelgate.embedded_redis import start_redis
 from modelgate.process import child_preexec, stop_process
@@ -29,6 +33,7 @@ from modelgate.settings import UpSettings
 log = logging.getLogger("modelgate")
 
 START_TIMEOUT_S = 120.0
+TICK_S = 1.0
 
 
 def _say(message: str) -> None:
@@ -53,6 +58,18 @@ def _gateway_live(url: str) -> bool:
         return False
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before starting anything: otherwise a server already on the port would answer our
+    readiness checks and we would report success while our gateway failed to bind."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror}); stop what uses "
+                               "it or pass --port") from e
+
+
 def run(settings: UpSettings) -> int:
     models = load_repository(settings.models_dir)
     stop = threading.Event()
@@ -71,6 +88,7 @@ def run(settings: UpSettings) -> int:
     gateway = None
     backend = None
     try:
+        _check_port_free(settings.host, settings.port)
         if settings.redis_url:
             redis_url = settings.redis_url
             _say(f"using Redis at {redis.connection.parse_url(redis_url).get('host', '?')}")
@@ -78,17 +96,24 @@ def run(settings: UpSettings) -> int:
             redis_process, redis_url = start_redis()
             _say(f"started embedded Redis (pid {redis_process.pid}) at {redis_url}")
         backend = LocalBackend(settings.models_dir, redis_url)
-        for name in models:
-            backend.scale(name, settings.min_workers)
         client = redis.Redis.from_url(redis_url)
+        plans = plans_for(models, settings.min_workers, settings.max_workers,
+                          settings.scale_down_delay_s)
+        autoscaler = Autoscaler(client, backend, plans, settings.max_cost_per_hour)
+        for plan in plans:
+            backend.scale(plan.model, plan.policy.min_workers)
 
         def workers_ready() -> bool:
             now = time.time()
             return all(
-                client.zcount(keys.pool_workers(m.default.pool), now - 5, "+inf")
-                >= settings.min_workers for m in models.values())
+                client.zcount(keys.pool_workers(plan.pool), now - 5, "+inf")
+                >= plan.policy.min_workers for plan in plans)
 
-        _say(f"starting {settings.min_workers} worker(s) for each of {len(models)} model(s)...")
+        _say("starting workers: " + ", ".join(
+            f"{p.model} {p.policy.min_workers}..{p.policy.max_workers}" for p in plans)
+            + f" (scale-down delay {settings.scale_down_delay_s:.0f} s"
+            + (f", budget {settings.max_cost_per_hour}/h" if settings.max_cost_per_hour else "")
+            + ")")
         _wait(workers_ready, START_TIMEOUT_S, "workers to load their models", stop)
         # Secrets (a Redis password, API keys) go to children by environment, never argv,
         # so `ps` does not show them.
@@ -118,12 +143,17 @@ def run(settings: UpSettings) -> int:
                      f"max_batch_size {v.max_batch_size}")
             _say(f"try: curl {url}/v2/models/{sorted(models)[0]}   (Ctrl-C stops everything)")
         while not stop.is_set():
-            backend.supervise()
+            started = time.monotonic()
+            try:
+                autoscaler.tick()
+            except redis.RedisError as e:
+                log.warning("autoscaler cannot observe (%s); holding", e)
+                backend.supervise()
             if gateway.poll() is not None:
                 raise RuntimeError(f"the gateway exited with {gateway.returncode}")
-            stop.wait(0.5)
+            stop.wait(max(0.0, TICK_S - (time.monotonic() - started)))
         return 0
-    except RuntimeError as e:
+    except (RuntimeError, BudgetError) as e:
         _say(f"error: {e}")
         return 1
     finally:

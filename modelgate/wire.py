@@ -127,9 +127,15 @@ def _encode_tensor(t: Tensor) -> list[Any]:
 def _decode_tensor(name: str, raw: Any) -> Tensor:
     try:
         datatype, shape_list, data = raw
-        shape = tuple(int(d) for d in shape_list)
     except (TypeError, ValueError) as e:
         raise WireError(f"tensor {name!r} is not [datatype, shape, data]") from e
+    if not isinstance(datatype, str):
+        raise WireError(f"tensor {name!r} has datatype {datatype!r}, not a name")
+    if not isinstance(shape_list, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape_list
+    ):
+        raise WireError(f"tensor {name!r} has shape {shape_list!r}, not a list of integers")
+    shape = tuple(shape_list)
     if any(d < 0 for d in shape):
         raise WireError(f"tensor {name!r} has a negative dimension in {list(shape)}")
     count = math.prod(shape)
@@ -138,25 +144,36 @@ def _decode_tensor(name: str, raw: Any) -> Tensor:
     if datatype == BYTES:
         if not isinstance(data, list) or len(data) != count:
             raise WireError(f"BYTES tensor {name!r} needs {count} items for shape {list(shape)}")
+        if not all(isinstance(item, bytes) for item in data):
+            raise WireError(f"BYTES tensor {name!r} has items that are not byte strings")
         array = np.empty(count, dtype=object)
         array[:] = data
-        return Tensor(BYTES, shape, array.reshape(shape))
+        return Tensor(BYTES, shape, _reshape(name, array, shape))
     dtype = NUMPY_DTYPES.get(datatype)
     if dtype is None:
         raise WireError(f"tensor {name!r} has unknown datatype {datatype!r}")
     if not isinstance(data, bytes) or len(data) != count * dtype.itemsize:
         raise WireError(
             f"tensor {name!r}: {datatype} shape {list(shape)} needs "
-            f"{count * dtype.itemsize} bytes, got {len(data) if isinstance(data, bytes) else data!r}"
+            f"{count * dtype.itemsize} bytes, got "
+            f"{len(data) if isinstance(data, bytes) else type(data).__name__}"
         )
     # Zero-copy view on the message buffer; read-only, which ORT accepts.
-    return Tensor(datatype, shape, np.frombuffer(data, dtype=dtype).reshape(shape))
+    return Tensor(datatype, shape, _reshape(name, np.frombuffer(data, dtype=dtype), shape))
+
+
+def _reshape(name: str, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        return flat.reshape(shape)
+    except ValueError as e:  # over 64 dims, or too large for numpy even when empty
+        raise WireError(f"tensor {name!r} cannot take shape {list(shape)}: {e}") from e
 
 
 def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as e:
+    # TypeError: a map key msgpack cannot hash (a list or map used as a key).
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise WireError(f"{what} is not msgpack: {e}") from e
     if not isinstance(message, dict):
         raise WireError(f"{what} is not a msgpack map")
@@ -214,6 +231,8 @@ def encode_reply(reply: Reply) -> bytes:
 
 def decode_reply(data: bytes) -> Reply:
     message = _unpack_map(data, "reply")
+    if not isinstance(message.get("outputs") or {}, dict):
+        raise WireError("reply 'outputs' is not a map")
     try:
         return Reply(
             id=str(message["id"]),
@@ -227,5 +246,5 @@ def decode_reply(data: bytes) -> Reply:
             batch_size=int(message.get("batch_size") or 0),
             batch_leader=bool(message.get("batch_leader")),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise WireError(f"reply is missing or has a malformed field: {e}") from e

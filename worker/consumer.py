@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from modelgate import keys, wire
+from modelgate.stats import StatsAccumulator
 from modelgate.repository import ModelVersion
 from worker.reclaim import Reclaimer
 from worker.runner import Outcome, Runner, batch_key, request_rows
@@ -50,7 +51,8 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
         return Entry(entry_id, "", "", 0, enqueued_ms, None, "entry lacks id/reply_to/deadline")
     if not reply_to.startswith(keys.REPLY_PREFIX):
         # Never write to a key an entry names unless it is a reply list.
-        return Entry(entry_id, "", "", 0, enqueued_ms, None, f"reply_to {reply_to!r} is no reply list")
+        return Entry(entry_id, "", "", 0, enqueued_ms, None,
+                     f"reply_to {reply_to!r} is not a reply list")
     try:
         request = wire.decode_request(fields.get(b"payload", b""))
     except wire.WireError as e:
@@ -104,6 +106,7 @@ class Consumer:
         self.max_queue_delay_ms = model.config.max_queue_delay_ms
         self.processed = 0
         self.busy_s = 0.0
+        self.stats = StatsAccumulator(model.pool)
 
     def ensure_group(self) -> None:
         """Create the stream and its group from id 0, so nothing enqueued earlier is missed."""
@@ -174,16 +177,29 @@ class Consumer:
                 runnable.append(entry)
         if settled:
             self._answer(settled, now_ms)
+            self.stats.add(completed=len(settled), errors=len(settled))
         runs = [*plan_runs(retried, 0), *plan_runs(runnable, self.model.max_batch_size)]
         for run in runs:
             run_started = time.perf_counter()
             outcomes = self.runner.run_batch([e.request for e in run if e.request is not None])
             self.busy_s += time.perf_counter() - run_started
             self._answer(list(zip(run, outcomes, strict=True)), now_ms)
+            self._count(run, outcomes, now_ms)
         self.processed += len(entries)
         if self.reclaimer is not None:
             self.reclaimer.timeout.observe((time.perf_counter() - started) * 1000.0)
         return len(entries)
+
+    def _count(self, run: list[Entry], outcomes: list[Outcome], picked_ms: int) -> None:
+        """Fold one answered run into the pool's per-second counters."""
+        leaders = [o for o in outcomes if o.leader]
+        self.stats.add_run(
+            requests=len(run),
+            rows=sum(o.batch_size for o in leaders),
+            compute_ms=sum(o.compute_ms for o in leaders),
+            queue_ms=[max(0.0, float(picked_ms - e.enqueued_ms)) for e in run],
+            errors=sum(1 for o in outcomes if o.status != wire.ReplyStatus.OK),
+        )
 
     def _park(self, dead: list[tuple[bytes, dict[bytes, bytes], int]]) -> None:
         """Move poison pills to the dead-letter stream and tell their callers, in one trip."""

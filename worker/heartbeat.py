@@ -29,6 +29,7 @@ class Heartbeat:
         interval_s: float,
         ttl_s: float,
         stats: Callable[[], dict[str, float]],
+        flush: Callable[[redis.client.Pipeline, int], object] | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -36,6 +37,7 @@ class Heartbeat:
         self.interval_s = interval_s
         self.ttl_ms = int(ttl_s * 1000)
         self.stats = stats
+        self.flush = flush
         self.started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -53,6 +55,8 @@ class Heartbeat:
         })
         pipe.pexpire(key, self.ttl_ms)
         pipe.zadd(keys.pool_workers(self.pool), {self.worker_id: now})
+        if self.flush is not None:
+            self.flush(pipe, int(now))
         pipe.execute()
 
     def start(self) -> None:
@@ -72,6 +76,8 @@ class Heartbeat:
         self._thread.join(timeout=self.interval_s * 2)
         try:
             pipe = self.client.pipeline(transaction=False)
+            if self.flush is not None:
+                self.flush(pipe, int(time.time()))
             pipe.delete(keys.worker_heartbeat(self.worker_id))
             pipe.zrem(keys.pool_workers(self.pool), self.worker_id)
             pipe.execute()

@@ -46,7 +46,8 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     version = model.versions.get(settings.version or model.default_version)
     if version is None:
         raise RepositoryError(
-            f"model {model.name!r} has no version {settings.version}; it has {sorted(model.versions)}"
+            f"model {model.name!r} has no version {settings.version}; "
+            f"it has {sorted(model.versions, key=int)}"
         )
     threads = settings.intra_op_threads or version.config.intra_op_threads or 1
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -71,7 +72,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
 
     heartbeat = Heartbeat(
         redis.Redis.from_url(settings.redis_url), worker_id, version.pool,
-        settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats,
+        settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, consumer.stats.flush,
     )
     _wait_for_redis(consumer, stop)
     heartbeat.start()

@@ -33,6 +33,8 @@ class _Pool:
 
 
 class LocalBackend:
+    name = "local"
+
     def __init__(self, models_dir: Path, redis_url: str, drain_timeout_s: float = 30.0,
                  extra_args: tuple[str, ...] = ()) -> None:
         self.models_dir = models_dir
@@ -40,6 +42,7 @@ class LocalBackend:
         self.drain_timeout_s = drain_timeout_s
         self.extra_args = extra_args
         self.pools: dict[str, _Pool] = {}
+        self.draining: list[tuple[subprocess.Popen[bytes], float]] = []  # (process, kill at)
         self.restarts = 0
 
     def _spawn(self, pool: _Pool) -> None:
@@ -60,7 +63,11 @@ class LocalBackend:
         return [p.pid for p in pool.processes if p.poll() is None] if pool else []
 
     def scale(self, model: str, desired: int) -> None:
-        """Start or drain workers until ``desired`` run for ``model``; newest go first."""
+        """Start or drain workers until ``desired`` run for ``model``; newest go first.
+
+        Returns at once: draining workers finish in the background (``supervise`` reaps
+        them, killing any still running after the drain timeout).
+        """
         pool = self.pools.setdefault(model, _Pool(model))
         pool.desired = desired
         self._reap(pool)
@@ -68,10 +75,11 @@ class LocalBackend:
             self._spawn(pool)
         surplus = pool.processes[desired:]
         pool.processes = pool.processes[:desired]
-        for process in surplus:
-            process.terminate()  # drains; _finish waits for it
-        for process in surplus:
-            self._finish(process)
+        kill_at = time.monotonic() + self.drain_timeout_s
+        for process in reversed(surplus):
+            process.terminate()  # SIGTERM: the worker answers what it holds, then exits
+            pool.started_at.pop(process.pid, None)
+            self.draining.append((process, kill_at))
 
     def _finish(self, process: subprocess.Popen[bytes]) -> None:
         try:
@@ -88,8 +96,17 @@ class LocalBackend:
         return dead
 
     def supervise(self) -> None:
-        """Restart workers that died unasked; call this periodically."""
+        """Restart workers that died unasked and reap drained ones; call this periodically."""
         now = time.monotonic()
+        still_draining = []
+        for process, kill_at in self.draining:
+            if process.poll() is None:
+                if now >= kill_at:
+                    log.warning("worker %d did not drain in %.0fs; killing it", process.pid,
+                                self.drain_timeout_s)
+                    process.kill()
+                still_draining.append((process, kill_at))
+        self.draining = [(p, k) for p, k in still_draining if p.poll() is None]
         for pool in self.pools.values():
             for process in self._reap(pool):
                 lived_s = now - pool.started_at.pop(process.pid, now)
@@ -108,6 +125,8 @@ class LocalBackend:
     def stop_all(self) -> None:
         """Drain every worker at once, then wait for each (kill those past the timeout)."""
         processes = [p for pool in self.pools.values() for p in pool.processes]
+        processes += [p for p, _ in self.draining]
+        self.draining = []
         for pool in self.pools.values():
             pool.desired = 0
             pool.processes = []

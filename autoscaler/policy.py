@@ -1,0 +1,148 @@
+"""The scaling policy: a pure function of an observation, the policy's state and ``now``.
+
+``decide`` never reads a clock or Redis; the control loop and the simulator both call it, and
+tests step it tick by tick with an injected ``now``. Each tick it computes a *raw* worker count
+from three signals and then shapes it:
+
+1. **Backlog**: ``ceil(backlog / target_backlog_per_worker)`` -- reacts to queues at once.
+2. **Little's law**: ``ceil(arrival_rate * service_s / target_utilisation)`` -- sizes the pool
+   for the offered load with headroom, before a queue forms.
+3. **SLO guard**: if the observed p95 latency is over ``slo_p95_ms`` while work is waiting,
+   grow in proportion to the overshoot (at least one more worker).
+
+Shaping, in order: a tolerance band (no change for a deviation under ``tolerance``); a panic
+mode when the raw count is at least ``panic_threshold`` times the current one, during which
+nothing scales down; scale-down stabilisation (the highest raw count over the last
+``scale_down_delay_s`` wins, so a dip does not remove workers that are needed a moment later);
+a cap on how many workers one tick may add or remove; and ``min_workers``/``max_workers``. With
+``min_workers == 0`` an idle pool scales to zero after the stabilisation window, and any
+backlog or arrival brings one worker back (the gateway holds calls meanwhile).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the loop saw of one pool (from Redis alone)."""
+
+    pool: str
+    workers: int  # live + starting replicas (what the backend runs now)
+    backlog: int  # entries waiting or in work
+    arrival_rate: float  # requests/s over the short window
+    completion_rate: float  # requests/s over the short window
+    service_s: float | None  # worker-seconds per request (compute), None if nothing ran
+    latency_p95_ms: float | None  # queue wait + compute, p95 over the short window
+    live_workers: int = 0
+    starting_workers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    min_workers: int = 1
+    max_workers: int = 4
+    target_backlog_per_worker: float = 16.0
+    target_utilisation: float = 0.7
+    slo_p95_ms: float | None = None
+    tolerance: float = 0.1
+    panic_threshold: float = 2.0
+    panic_window_s: float = 6.0
+    scale_down_delay_s: float = 30.0
+    max_step_up: int = 4  # per tick, or the current count if larger (at most doubling)
+    max_step_down: int = 1  # per tick
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_workers <= self.max_workers:
+            raise ValueError(f"need 0 <= min_workers ({self.min_workers}) <= max_workers "
+                             f"({self.max_workers})")
+        if not 0 < self.target_utilisation <= 1:
+            raise ValueError("target_utilisation must be in (0, 1]")
+        if self.target_backlog_per_worker <= 0:
+            raise ValueError("target_backlog_per_worker must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What the policy remembers between ticks: recent raw counts and the panic deadline."""
+
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, raw count), oldest first
+    panic_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    desired: int
+    reason: str
+    state: PolicyState = field(default_factory=PolicyState)
+    raw: int = 0
+    panicking: bool = False
+
+
+def raw_count(obs: Observation, config: PolicyConfig) -> tuple[int, str]:
+    """The count the signals ask for this tick, and which signal set it."""
+    candidates = [(0, "idle")]
+    if obs.backlog > 0:
+        candidates.append((math.ceil(obs.backlog / config.target_backlog_per_worker),
+                           f"backlog {obs.backlog}"))
+    if obs.arrival_rate > 0:
+        service_s = obs.service_s if obs.service_s is not None else 0.0
+        need = math.ceil(obs.arrival_rate * service_s / config.target_utilisation - 1e-9)
+        candidates.append((max(1, need),
+                           f"arrivals {obs.arrival_rate:.1f}/s x {service_s * 1000:.1f} ms "
+                           f"/ {config.target_utilisation:.0%}"))
+    if (config.slo_p95_ms and obs.latency_p95_ms is not None and obs.backlog > 0
+            and obs.latency_p95_ms > config.slo_p95_ms):
+        overshoot = obs.latency_p95_ms / config.slo_p95_ms
+        current = max(obs.workers, 1)
+        candidates.append((max(current + 1, math.ceil(current * min(overshoot, 2.0))),
+                           f"p95 {obs.latency_p95_ms:.0f} ms over SLO {config.slo_p95_ms:.0f} ms"))
+    return max(candidates, key=lambda c: c[0])
+
+
+def decide(obs: Observation, state: PolicyState, now: float,
+           config: PolicyConfig) -> Decision:
+    current = obs.workers
+    raw, why = raw_count(obs, config)
+    raw = min(max(raw, config.min_workers), config.max_workers)
+
+    window_start = now - config.scale_down_delay_s
+    history = tuple(r for r in state.recommendations if r[0] > window_start) + ((now, raw),)
+    panic_until = state.panic_until
+    if current > 0 and raw >= config.panic_threshold * current:
+        panic_until = now + config.panic_window_s
+    panicking = now < panic_until
+    new_state = PolicyState(history, panic_until)
+
+    if current > 0 and raw != current and abs(raw - current) / current <= config.tolerance:
+        return Decision(current, f"hold: {why} is within the {config.tolerance:.0%} tolerance",
+                        new_state, raw, panicking)
+    if raw > current:
+        step = max(config.max_step_up, current)
+        desired = min(raw, current + step)
+        reason = f"scale up: {why}" + (f" (capped at +{step} per tick)" if desired < raw else "")
+        return Decision(desired, reason + (" [panic]" if panicking else ""), new_state, raw,
+                        panicking)
+    if raw < current:
+        if panicking:
+            return Decision(current, "hold: panic mode, no scale-down", new_state, raw, True)
+        stable = max(r for _, r in history)
+        if stable >= current:
+            return Decision(current, f"hold: needed {stable} within the last "
+                            f"{config.scale_down_delay_s:.0f} s", new_state, raw, False)
+        desired = max(stable, current - config.max_step_down)
+        return Decision(desired, f"scale down: {why}, highest need in "
+                        f"{config.scale_down_delay_s:.0f} s is {stable}", new_state, raw, False)
+    return Decision(current, f"steady: {why}", new_state, raw, panicking)
+
+
+def with_bounds(config: PolicyConfig, min_workers: int | None,
+                max_workers: int | None) -> PolicyConfig:
+    """The config with per-model bounds applied where the model's config sets them."""
+    return replace(
+        config,
+        min_workers=config.min_workers if min_workers is None else min_workers,
+        max_workers=config.max_workers if max_workers is None else max_workers,
+    )
