@@ -16,7 +16,8 @@ from autoscaler.policy import Observation
 from modelgate import keys
 from modelgate.stats import percentile_ms
 
-RATE_WINDOW_S = 3  # arrivals/completions: short, so a load step shows within ~2 s
+RATE_WINDOW_S = 10  # arrivals: long enough that Poisson noise does not flip the count;
+# a load step that overloads the pool shows at once in the backlog instead
 LATENCY_WINDOW_S = 10  # p95 and service time: longer, so one slow second does not dominate
 
 

@@ -22,7 +22,8 @@ def plans_for(models: dict[str, Model], min_workers: int, max_workers: int,
             # A worker takes up to max_batch_size rows per run: a backlog of one batch per
             # worker is one run away from done, not a queue worth another worker.
             policy=PolicyConfig(min_workers=low, max_workers=max(high, low),
-                                target_backlog_per_worker=float(max(16, model.default.max_batch_size)),
+                                target_backlog_per_worker=float(
+                                    max(8, model.default.max_batch_size)),
                                 slo_p95_ms=config.slo_p95_ms,
                                 scale_down_delay_s=scale_down_delay_s),
             cost_per_hour=(DEFAULT_COST_PER_HOUR if config.worker_cost_per_hour is None

@@ -14,7 +14,7 @@ Shaping, in order: a tolerance band (no change for a deviation under ``tolerance
 mode when the raw count is at least ``panic_threshold`` times the current one, during which
 nothing scales down; scale-down stabilisation (the highest raw count over the last
 ``scale_down_delay_s`` wins, so a dip does not remove workers that are needed a moment later);
-a cap on how many workers one tick may add or remove; and ``min_workers``/``max_workers``. With
+a cap on how many workers one tick may add (lifted in panic) or remove; and ``min_workers``/``max_workers``. With
 ``min_workers == 0`` an idle pool scales to zero after the stabilisation window, and any
 backlog or arrival brings one worker back (the gateway holds calls meanwhile).
 """
@@ -44,7 +44,7 @@ class Observation:
 class PolicyConfig:
     min_workers: int = 1
     max_workers: int = 4
-    target_backlog_per_worker: float = 16.0
+    target_backlog_per_worker: float = 8.0
     target_utilisation: float = 0.7
     slo_p95_ms: float | None = None
     tolerance: float = 0.1
@@ -81,23 +81,27 @@ class Decision:
     panicking: bool = False
 
 
-def raw_count(obs: Observation, config: PolicyConfig) -> tuple[int, str]:
-    """The count the signals ask for this tick, and which signal set it."""
-    candidates = [(0, "idle")]
+def need(obs: Observation, config: PolicyConfig) -> tuple[float, str]:
+    """The (fractional) worker count the signals ask for this tick, and which signal set it."""
+    candidates = [(0.0, "idle")]
     if obs.backlog > 0:
-        candidates.append((math.ceil(obs.backlog / config.target_backlog_per_worker),
+        candidates.append((obs.backlog / config.target_backlog_per_worker,
                            f"backlog {obs.backlog}"))
     if obs.arrival_rate > 0:
         service_s = obs.service_s if obs.service_s is not None else 0.0
-        need = math.ceil(obs.arrival_rate * service_s / config.target_utilisation - 1e-9)
-        candidates.append((max(1, need),
+        candidates.append((max(obs.arrival_rate * service_s / config.target_utilisation,
+                               1.0 if obs.workers == 0 else 0.0),
                            f"arrivals {obs.arrival_rate:.1f}/s x {service_s * 1000:.1f} ms "
                            f"/ {config.target_utilisation:.0%}"))
-    if (config.slo_p95_ms and obs.latency_p95_ms is not None and obs.backlog > 0
+    # Late answers with requests still queueing beyond what the workers hold: grow in
+    # proportion to the overshoot. Without the queue condition a latency window that still
+    # remembers a past burst would keep adding workers that have nothing to do.
+    if (config.slo_p95_ms and obs.latency_p95_ms is not None
+            and obs.backlog > max(obs.workers, 1)
             and obs.latency_p95_ms > config.slo_p95_ms):
         overshoot = obs.latency_p95_ms / config.slo_p95_ms
         current = max(obs.workers, 1)
-        candidates.append((max(current + 1, math.ceil(current * min(overshoot, 2.0))),
+        candidates.append((max(current + 1.0, current * min(overshoot, 2.0)),
                            f"p95 {obs.latency_p95_ms:.0f} ms over SLO {config.slo_p95_ms:.0f} ms"))
     return max(candidates, key=lambda c: c[0])
 
@@ -105,8 +109,8 @@ def raw_count(obs: Observation, config: PolicyConfig) -> tuple[int, str]:
 def decide(obs: Observation, state: PolicyState, now: float,
            config: PolicyConfig) -> Decision:
     current = obs.workers
-    raw, why = raw_count(obs, config)
-    raw = min(max(raw, config.min_workers), config.max_workers)
+    wanted, why = need(obs, config)
+    raw = min(max(math.ceil(wanted - 1e-9), config.min_workers), config.max_workers)
 
     window_start = now - config.scale_down_delay_s
     history = tuple(r for r in state.recommendations if r[0] > window_start) + ((now, raw),)
@@ -116,11 +120,16 @@ def decide(obs: Observation, state: PolicyState, now: float,
     panicking = now < panic_until
     new_state = PolicyState(history, panic_until)
 
-    if current > 0 and raw != current and abs(raw - current) / current <= config.tolerance:
+    # The band applies to the fractional need (HPA's rule), so noise around a whole number of
+    # workers does not flip the count up and down.
+    if (current > 0 and raw != current and config.min_workers <= current <= config.max_workers
+            and abs(wanted / current - 1.0) <= config.tolerance):
         return Decision(current, f"hold: {why} is within the {config.tolerance:.0%} tolerance",
                         new_state, raw, panicking)
     if raw > current:
-        step = max(config.max_step_up, current)
+        # In panic (a burst: the need doubled) go straight to it, as Knative's panic mode
+        # does: every tick of a capped climb is a start-up delay more of queueing.
+        step = raw - current if panicking else max(config.max_step_up, current)
         desired = min(raw, current + step)
         reason = f"scale up: {why}" + (f" (capped at +{step} per tick)" if desired < raw else "")
         return Decision(desired, reason + (" [panic]" if panicking else ""), new_state, raw,

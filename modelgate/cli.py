@@ -126,6 +126,25 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     worker.add_argument("--max-deliveries", type=int, default=3,
                         help="deliveries after which an entry goes to the dead-letter stream")
 
+    simulate = commands.add_parser(
+        "simulate", help="replay a traffic trace through the scaling policy")
+    simulate.add_argument("trace", nargs="?", default="step",
+                          help="a CSV of time_s,rate_rps, or a shipped trace: steady, step, "
+                               "spike, diurnal")
+    simulate.add_argument("--service-ms", type=float, default=20.0,
+                          help="mean worker time per request (measure it: modelgate status)")
+    simulate.add_argument("--startup-s", type=float, default=2.0,
+                          help="seconds from starting a worker to its first request")
+    simulate.add_argument("--slo-ms", type=float, default=250.0,
+                          help="latency a request must meet to count as within SLO")
+    simulate.add_argument("--min-workers", type=_positive_int, default=1)
+    simulate.add_argument("--max-workers", type=_positive_int, default=16)
+    simulate.add_argument("--target", type=float, default=0.99,
+                          help="SLO attainment the static allocation must reach")
+    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--plot", type=Path, default=None, help="write a PNG here")
+    _scaling_flags(simulate)
+
     demo = commands.add_parser("demo", help="build the demo model repository")
     demo.add_argument("--out", type=Path, default=Path("demo_models"))
     return parser
@@ -182,6 +201,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             claim_timeout_floor_ms=int(args.claim_timeout_ms),
             max_deliveries=int(args.max_deliveries),
         ))
+    if args.command == "simulate":
+        from autoscaler.policy import PolicyConfig
+        from autoscaler.simulate import SimConfig, run_cli
+
+        sim = SimConfig(service_ms=float(args.service_ms), startup_s=float(args.startup_s),
+                        slo_ms=float(args.slo_ms), seed=int(args.seed))
+        policy = PolicyConfig(min_workers=int(args.min_workers),
+                              max_workers=int(args.max_workers), slo_p95_ms=float(args.slo_ms),
+                              scale_down_delay_s=float(args.scale_down_delay))
+        return run_cli(args.trace, sim, policy, float(args.target), args.plot)
     if args.command == "demo":
         from modelgate.demo import build_demo_repository
 
