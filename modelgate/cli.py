@@ -126,6 +126,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     worker.add_argument("--max-deliveries", type=int, default=3,
                         help="deliveries after which an entry goes to the dead-letter stream")
 
+    status = commands.add_parser("status", help="show pools, workers, backlog, rates, p95, "
+                                                "desired workers and the last decisions")
+    status.add_argument("--redis-url", required=True)
+
     simulate = commands.add_parser(
         "simulate", help="replay a traffic trace through the scaling policy")
     simulate.add_argument("trace", nargs="?", default="step",
@@ -201,6 +205,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             claim_timeout_floor_ms=int(args.claim_timeout_ms),
             max_deliveries=int(args.max_deliveries),
         ))
+    if args.command == "status":
+        import redis
+
+        from autoscaler.status import render
+
+        return render(redis.Redis.from_url(args.redis_url), sys.stdout)
     if args.command == "simulate":
         from autoscaler.policy import PolicyConfig
         from autoscaler.simulate import SimConfig, run_cli

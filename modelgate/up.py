@@ -6,6 +6,7 @@ the gateway stops taking requests, workers drain (answer what they hold), then R
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -58,6 +59,16 @@ def _gateway_live(url: str) -> bool:
         return False
 
 
+def _children(redis_process: subprocess.Popen[bytes] | None,
+              gateway: subprocess.Popen[bytes] | None,
+              backend: LocalBackend | None) -> list[subprocess.Popen[bytes]]:
+    found = [p for p in (gateway, redis_process) if p is not None]
+    if backend is not None:
+        found += [p for pool in backend.pools.values() for p in pool.processes]
+        found += [p for p, _ in backend.draining]
+    return found
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Fail before starting anything: otherwise a server already on the port would answer our
     readiness checks and we would report success while our gateway failed to bind."""
@@ -74,9 +85,17 @@ def run(settings: UpSettings) -> int:
     models = load_repository(settings.models_dir)
     stop = threading.Event()
 
+    redis_process: subprocess.Popen[bytes] | None = None
+    gateway: subprocess.Popen[bytes] | None = None
+    backend: LocalBackend | None = None
+
     def handle(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
-            _say("second signal: stopping without waiting for workers to drain")
+            # Kill rather than abandon: leaving the cleanup half-done would orphan children.
+            _say("second signal: killing every child without waiting for workers to drain")
+            for process in _children(redis_process, gateway, backend):
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
             raise SystemExit(1)
         _say(f"{signal.Signals(signum).name}: shutting down (workers drain first)")
         stop.set()
@@ -84,9 +103,6 @@ def run(settings: UpSettings) -> int:
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
 
-    redis_process = None
-    gateway = None
-    backend = None
     try:
         _check_port_free(settings.host, settings.port)
         if settings.redis_url:

@@ -15,12 +15,13 @@ draining container stops counting as running the moment its stop is requested.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
@@ -41,13 +42,12 @@ def _created_key(container: Any) -> tuple[int, int, str]:
     created = container.attrs.get("Created", "")
     if isinstance(created, int | float):  # the list endpoint's epoch seconds
         return int(created), 0, container.id
-    text = str(created).rstrip("Z")
-    whole, _, fraction = text.partition(".")
+    whole, _, fraction = str(created).removesuffix("Z").partition(".")
     try:
-        seconds = int(datetime.fromisoformat(whole).timestamp())
+        seconds = int(datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp())
     except ValueError:
         return 0, 0, container.id
-    return seconds, int((fraction + "000000000")[:9] or 0), container.id
+    return seconds, int((fraction + "000000000")[:9]), container.id
 
 
 class DockerBackend:
@@ -95,7 +95,7 @@ class DockerBackend:
         """Running containers of ``model``'s pool that are not draining, oldest first."""
         with self._lock:
             draining = set(self._draining)
-        containers = self._list([f"{POOL_LABEL}={model}"], ["running", "created", "restarting"])
+        containers = self._list([f"{POOL_LABEL}={model}"], ["running"])
         return sorted((c for c in containers if c.id not in draining), key=_created_key)
 
     def running(self, model: str) -> int:
@@ -133,7 +133,7 @@ class DockerBackend:
                 return
             future = self._stopper.submit(self._stop_and_remove, container)
             self._draining[container.id] = future
-        future.add_done_callback(lambda done, cid=container.id: self._drained(cid, done))
+        future.add_done_callback(functools.partial(self._drained, container.id))
 
     def _stop_and_remove(self, container: Any) -> None:
         container.stop(timeout=self.drain_timeout_s)  # SIGTERM, SIGKILL after the timeout
@@ -163,17 +163,22 @@ class DockerBackend:
         managed = [c for c in live if c.labels.get(MANAGED_LABEL) == "true"]
         victims = list(reversed(managed))[:surplus]
         if len(victims) < surplus:
-            log.info("%s: %d worker(s) wanted, but %d are not managed by the autoscaler "
-                     "(started by Compose?) and stay", model, desired, len(live) - len(managed))
+            # Debug, not info: the loop asks again every tick while the floor is above it.
+            log.debug("%s: %d worker(s) wanted, but %d were not started by this backend "
+                      "(Compose's?) and stay", model, desired, len(live) - len(managed))
         for container in victims:
             log.info("draining worker container %s of %s", container.name, model)
             self._drain(container)
 
     def supervise(self) -> None:
-        """Remove managed containers that exited unasked and start their replacements."""
+        """Remove managed containers that exited unasked and start their replacements.
+
+        Also removes managed ones left ``created``: ``containers.run`` starts what it
+        creates, so those are starts that failed.
+        """
         with self._lock:
             draining = set(self._draining)
-        for container in self._list([f"{MANAGED_LABEL}=true"], ["exited", "dead"]):
+        for container in self._list([f"{MANAGED_LABEL}=true"], ["exited", "dead", "created"]):
             if container.id in draining:
                 continue
             state = container.attrs.get("State", {})
