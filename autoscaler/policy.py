@@ -70,6 +70,7 @@ class PolicyState:
 
     recommendations: tuple[tuple[float, int], ...] = ()  # (time, raw count), oldest first
     panic_until: float = 0.0
+    since: float | None = None  # first tick: no scale-down before a full window is seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +114,13 @@ def decide(obs: Observation, state: PolicyState, now: float,
     raw = min(max(math.ceil(wanted - 1e-9), config.min_workers), config.max_workers)
 
     window_start = now - config.scale_down_delay_s
-    history = tuple(r for r in state.recommendations if r[0] > window_start) + ((now, raw),)
+    history = (*(r for r in state.recommendations if r[0] > window_start), (now, raw))
     panic_until = state.panic_until
     if current > 0 and raw >= config.panic_threshold * current:
         panic_until = now + config.panic_window_s
     panicking = now < panic_until
-    new_state = PolicyState(history, panic_until)
+    since = now if state.since is None else state.since
+    new_state = PolicyState(history, panic_until, since)
 
     # The band applies to the fractional need (HPA's rule), so noise around a whole number of
     # workers does not flip the count up and down.
@@ -138,6 +140,8 @@ def decide(obs: Observation, state: PolicyState, now: float,
         if panicking:
             return Decision(current, "hold: panic mode, no scale-down", new_state, raw, True)
         stable = max(r for _, r in history)
+        if now - since < config.scale_down_delay_s:
+            stable = max(stable, current)  # the window is not full yet: what runs was needed
         if stable >= current:
             return Decision(current, f"hold: needed {stable} within the last "
                             f"{config.scale_down_delay_s:.0f} s", new_state, raw, False)

@@ -1,0 +1,36 @@
+"""The cost budget shared across pools."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoscaler.budget import Ask, BudgetError, allocate, check_minimums
+
+
+def test_no_budget_grants_every_ask() -> None:
+    asks = [Ask("a", 5, 1, 2.0), Ask("b", 3, 1, 1.0)]
+    assert allocate(asks, None) == {"a": (5, False), "b": (3, False)}
+
+
+def test_budget_is_never_exceeded_and_says_who_was_capped() -> None:
+    asks = [Ask("a", 6, 1, 2.0), Ask("b", 6, 1, 1.0)]
+    granted = allocate(asks, 10.0)
+    cost = granted["a"][0] * 2.0 + granted["b"][0] * 1.0
+    assert cost <= 10.0
+    assert granted["a"][1] and granted["b"][1]
+    assert granted["a"][0] >= 1 and granted["b"][0] >= 1
+
+
+def test_workers_go_where_the_shortfall_and_slo_pressure_are_highest() -> None:
+    # Equal shortfall; b is further over its SLO, so it gets the one worker the budget allows.
+    asks = [Ask("a", 2, 1, 1.0, slo_pressure=1.1), Ask("b", 2, 1, 1.0, slo_pressure=3.0)]
+    assert allocate(asks, 3.0) == {"a": (1, True), "b": (2, False)}
+    # A pool at 1 of 8 has a larger relative shortfall than one at 4 of 6.
+    asks = [Ask("a", 8, 1, 1.0), Ask("b", 6, 4, 1.0)]
+    assert allocate(asks, 6.0)["a"][0] == 2
+
+
+def test_minimums_over_budget_are_refused_at_start() -> None:
+    with pytest.raises(BudgetError, match="min_workers alone cost"):
+        check_minimums([Ask("a", 1, 3, 2.0)], 5.0)
+    check_minimums([Ask("a", 1, 2, 2.0)], 5.0)
