@@ -16,8 +16,8 @@ from autoscaler.policy import Observation
 from modelgate import keys
 from modelgate.stats import percentile_ms
 
-RATE_WINDOW_S = 10  # arrivals: long enough that Poisson noise does not flip the count;
-# a load step that overloads the pool shows at once in the backlog instead
+RATE_WINDOW_S = 3  # arrivals: short, so a load step shows within ~2 s (the policy widens its
+# tolerance band by this window's Poisson noise, so the noise does not flip the count)
 LATENCY_WINDOW_S = 10  # p95 and service time: longer, so one slow second does not dominate
 
 
@@ -82,6 +82,7 @@ class Observer:
                 service_s=(longer.get("compute_ms", 0.0) / completed / 1000.0
                            if completed else None),
                 latency_p95_ms=percentile_ms(longer, 0.95),
+                rate_window_s=RATE_WINDOW_S,
                 live_workers=live,
                 starting_workers=starting,
             )

@@ -25,6 +25,9 @@ import math
 from dataclasses import dataclass, field, replace
 
 
+NOISE_SIGMAS = 4.0
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """What the loop saw of one pool (from Redis alone)."""
@@ -38,6 +41,7 @@ class Observation:
     latency_p95_ms: float | None  # queue wait + compute, p95 over the short window
     live_workers: int = 0
     starting_workers: int = 0
+    rate_window_s: float = 3.0  # how long arrival_rate was counted over (sets its noise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +111,30 @@ def need(obs: Observation, config: PolicyConfig) -> tuple[float, str]:
     return max(candidates, key=lambda c: c[0])
 
 
+def _clamp(count: int, config: PolicyConfig) -> int:
+    return min(max(count, config.min_workers), config.max_workers)
+
+
 def decide(obs: Observation, state: PolicyState, now: float,
            config: PolicyConfig) -> Decision:
     current = obs.workers
     wanted, why = need(obs, config)
-    raw = min(max(math.ceil(wanted - 1e-9), config.min_workers), config.max_workers)
+    raw = _clamp(math.ceil(wanted - 1e-9), config)
+    # The tolerance band works on the fractional need (HPA's rule), so noise around a whole
+    # number of workers does not flip the count. Upward, an arrivals-driven need must clear
+    # the band widened to four standard deviations of the Poisson noise in the arrivals counted
+    # (a false alarm about once in 30,000 ticks: hours at a tick a second); the short window
+    # reacts in seconds and this keeps its noise from being read as load. Downward, the count
+    # remembered for stabilisation is the smallest that keeps the need within the band, so a
+    # need hovering just above a whole number does not pin an extra worker.
+    up_band = config.tolerance
+    if why.startswith("arrivals"):
+        counted = max(obs.arrival_rate * obs.rate_window_s, 1.0)
+        up_band = max(up_band, NOISE_SIGMAS / math.sqrt(counted))
+    enough = _clamp(math.ceil(wanted / (1.0 + config.tolerance) - 1e-9), config)
 
     window_start = now - config.scale_down_delay_s
-    history = (*(r for r in state.recommendations if r[0] > window_start), (now, raw))
+    history = (*(r for r in state.recommendations if r[0] > window_start), (now, enough))
     panic_until = state.panic_until
     if current > 0 and raw >= config.panic_threshold * current:
         panic_until = now + config.panic_window_s
@@ -122,13 +142,8 @@ def decide(obs: Observation, state: PolicyState, now: float,
     since = now if state.since is None else state.since
     new_state = PolicyState(history, panic_until, since)
 
-    # The band applies to the fractional need (HPA's rule), so noise around a whole number of
-    # workers does not flip the count up and down.
-    if (current > 0 and raw != current and config.min_workers <= current <= config.max_workers
-            and abs(wanted / current - 1.0) <= config.tolerance):
-        return Decision(current, f"hold: {why} is within the {config.tolerance:.0%} tolerance",
-                        new_state, raw, panicking)
-    if raw > current:
+    outside_bounds = not config.min_workers <= current <= config.max_workers
+    if raw > current and (current == 0 or outside_bounds or wanted > current * (1 + up_band)):
         # In panic (a burst: the need doubled) go straight to it, as Knative's panic mode
         # does: every tick of a capped climb is a start-up delay more of queueing.
         step = raw - current if panicking else max(config.max_step_up, current)
@@ -136,12 +151,16 @@ def decide(obs: Observation, state: PolicyState, now: float,
         reason = f"scale up: {why}" + (f" (capped at +{step} per tick)" if desired < raw else "")
         return Decision(desired, reason + (" [panic]" if panicking else ""), new_state, raw,
                         panicking)
-    if raw < current:
+    if raw > current:
+        return Decision(current, f"hold: {why} is within the {up_band:.0%} tolerance",
+                        new_state, raw, panicking)
+    if enough < current or current > config.max_workers:
         if panicking:
             return Decision(current, "hold: panic mode, no scale-down", new_state, raw, True)
         stable = max(r for _, r in history)
         if now - since < config.scale_down_delay_s:
             stable = max(stable, current)  # the window is not full yet: what runs was needed
+        stable = min(stable, config.max_workers)
         if stable >= current:
             return Decision(current, f"hold: needed {stable} within the last "
                             f"{config.scale_down_delay_s:.0f} s", new_state, raw, False)

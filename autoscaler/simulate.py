@@ -27,7 +27,7 @@ import numpy as np
 from autoscaler.policy import Observation, PolicyConfig, PolicyState, decide
 
 TRACES_DIR = Path(__file__).parent / "traces"
-RATE_WINDOW_S = 10
+RATE_WINDOW_S = 3
 LATENCY_WINDOW_S = 10
 
 
@@ -176,7 +176,8 @@ def simulate(rates: np.ndarray, policy: PolicyConfig | None, static_workers: int
         if policy is not None:
             obs = Observation(pool="sim", workers=current, backlog=backlog,
                               arrival_rate=arrival_rate, completion_rate=0.0,
-                              service_s=sim.service_ms / 1000.0, latency_p95_ms=p95)
+                              service_s=sim.service_ms / 1000.0, latency_p95_ms=p95,
+                              rate_window_s=RATE_WINDOW_S)
             decision = decide(obs, state, tick_end, policy)
             state = decision.state
             if decision.desired > current:

@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 import uvicorn
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -77,12 +80,16 @@ def build_app(settings: GatewaySettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Commands time out fast so an unreachable Redis turns into 503s, not hangs; the reply
         # reader blocks up to 1 s per BLPOP and gets its own, more patient connection pool.
+        # A dropped connection is retried once, at once: after Redis restarts, every idle
+        # pooled connection is dead and would fail its next command (a 503 with Redis up);
+        # while Redis is down the retry is refused at once. Timeouts are not retried.
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         client = aioredis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
-            socket_timeout=settings.redis_timeout_s, max_connections=64)
+            socket_timeout=settings.redis_timeout_s, max_connections=64, retry=retry)
         reader = aioredis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
-            socket_timeout=settings.redis_timeout_s + 2.0, max_connections=2)
+            socket_timeout=settings.redis_timeout_s + 2.0, max_connections=2, retry=retry)
         plane = DataPlane(settings, models, client, reader, gateway_id, Metrics())
         app.state.plane = plane
         await plane.start()

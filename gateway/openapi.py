@@ -105,7 +105,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "additionalProperties": True,
         "description": "Request parameters; unknown ones are passed to the worker untouched.",
         "properties": {"timeout_ms": {
-            "type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 3_600_000,
+            "type": "number", "minimum": 1, "maximum": 3_600_000,
             "description": "Deadline of this call in milliseconds; past it the answer is 504."}},
     },
     "RequestInput": {

@@ -78,6 +78,9 @@ def to_array(name: str, datatype: str, data: Any, shape: tuple[int, ...]) -> np.
             f"input {name!r}: data must be {'booleans' if datatype == 'BOOL' else 'numbers'} "
             f"for datatype {datatype}, found {(raw.dtype.kind == 'U' and 'strings') or raw.dtype}"
         )
+    if raw.dtype.kind == "b" and datatype != "BOOL" and raw.size:
+        raise InvalidInput(f"input {name!r}: data must be numbers for datatype {datatype}, "
+                           "found true/false; send 1/0, or declare the input BOOL if it is one")
     if dtype.kind in _INT_KINDS and raw.dtype.kind == "f" and (
         not np.all(np.isfinite(raw)) or not np.all(raw == np.floor(raw))
     ):
@@ -171,6 +174,9 @@ def _requested_outputs(raw: Any, model: ModelVersion) -> tuple[str, ...] | None:
         return None
     if not isinstance(raw, list):
         raise InvalidInput("'outputs' must be a list of {name}")
+    if not raw:
+        raise InvalidInput("'outputs' is empty; name at least one output, or leave 'outputs' "
+                           "out to get them all")
     known = [o.name for o in model.outputs]
     names = []
     for item in raw:

@@ -83,3 +83,46 @@ def build_demo_repository(root: Path) -> list[str]:
         "timeout_ms: 10000\n"
     )
     return ["iris", "mlp"]
+
+
+def heavy_model(features: int = 64, width: int = 256, layers: int = 6,
+                seed: int = 0) -> onnx.ModelProto:
+    """A compute-bound model with few weights: about ``layers * width**3`` multiply-adds per
+    row (100 M for the defaults), so ONNX Runtime time dominates any serving overhead.
+
+    Each row is projected to ``width``, broadcast to a ``width x width`` matrix and multiplied
+    ``layers`` times by one shared weight, then reduced to three scores.
+    """
+    rng = np.random.default_rng(seed)
+    scale = 1 / np.sqrt(width)
+    initializers = [
+        numpy_helper.from_array(rng.normal(0, 1 / np.sqrt(features), (features, width))
+                                .astype(np.float32), "w_in"),
+        numpy_helper.from_array(rng.normal(0, scale, (width, width)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, scale, (width, 3)).astype(np.float32), "w_out"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([1, width, 1], dtype=np.int64), "tile"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["input", "w_in"], ["projected"]),
+        helper.make_node("Unsqueeze", ["projected", "axis1"], ["row"]),
+        helper.make_node("Tile", ["row", "tile"], ["m0"]),
+    ]
+    for layer in range(layers):
+        nodes += [helper.make_node("MatMul", [f"m{layer}", "w"], [f"p{layer}"]),
+                  helper.make_node("Tanh", [f"p{layer}"], [f"m{layer + 1}"])]
+    nodes += [
+        helper.make_node("ReduceMean", [f"m{layers}"], ["pooled"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w_out"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "heavy",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model

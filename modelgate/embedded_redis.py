@@ -44,21 +44,32 @@ def start_redis(port: int | None = None, *, extra_args: tuple[str, ...] = (),
                 timeout_s: float = 10.0) -> tuple[subprocess.Popen[bytes], str]:
     """Start a throwaway redis-server (no persistence) and wait until it answers PING."""
     port = port or free_port()
-    process = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", *extra_args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=child_preexec,
-    )
+    # Redis logs to stdout; a file (not a pipe nobody drains) keeps it for a failed start.
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", *extra_args],
+            stdout=output, stderr=subprocess.STDOUT, preexec_fn=child_preexec,
+        )
+        try:
+            return process, _wait_for_pong(process, port, timeout_s)
+        except RuntimeError as e:
+            output.seek(0)
+            said = output.read().decode(errors="replace").strip()
+            raise RuntimeError(f"{e}: {said}" if said else str(e)) from None
+
+
+def _wait_for_pong(process: subprocess.Popen[bytes], port: int, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            err = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"redis-server exited at start: {err.strip()}")
+            raise RuntimeError(f"redis-server exited at start with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return process, f"redis://127.0.0.1:{port}/0"
+                # With --requirepass the server answers -NOAUTH: it is up all the same.
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
+                    return f"redis://127.0.0.1:{port}/0"
         except OSError:
             time.sleep(0.02)
     process.kill()

@@ -88,8 +88,11 @@ class DockerBackend:
     # ------------------------------------------------------------------ queries
 
     def _list(self, labels: Iterable[str], statuses: Iterable[str]) -> list[Any]:
+        # ignore_removed: a drain thread may remove a container between the SDK's list and
+        # its inspect of each entry.
         return list(self.client.containers.list(
-            all=True, filters={"label": list(labels), "status": list(statuses)}))
+            all=True, filters={"label": list(labels), "status": list(statuses)},
+            ignore_removed=True))
 
     def _live(self, model: str) -> list[Any]:
         """Running containers of ``model``'s pool that are not draining, oldest first."""
@@ -128,20 +131,25 @@ class DockerBackend:
         log.info("started worker container %s for %s", getattr(container, "name", name), model)
 
     def _drain(self, container: Any) -> None:
-        with self._lock:
+        with self._lock:  # held until the entry exists, so the task cannot pop it first
             if container.id in self._draining:
                 return
             future = self._stopper.submit(self._stop_and_remove, container)
             self._draining[container.id] = future
-        future.add_done_callback(functools.partial(self._drained, container.id))
+        future.add_done_callback(functools.partial(self._report, container.id))
 
     def _stop_and_remove(self, container: Any) -> None:
-        container.stop(timeout=self.drain_timeout_s)  # SIGTERM, SIGKILL after the timeout
-        container.remove()
+        # Runs on the drain pool. The entry goes before the future completes, so whoever
+        # waits on the future (stop_all) sees the container gone from `_draining`.
+        try:
+            container.stop(timeout=self.drain_timeout_s)  # SIGTERM, SIGKILL after the timeout
+            container.remove()
+        finally:
+            with self._lock:
+                self._draining.pop(container.id, None)
 
-    def _drained(self, container_id: str, future: Future[None]) -> None:
-        with self._lock:
-            self._draining.pop(container_id, None)
+    @staticmethod
+    def _report(container_id: str, future: Future[None]) -> None:
         error = future.exception()
         if error is not None:
             log.warning("stopping worker container %s failed: %s", container_id[:12], error)

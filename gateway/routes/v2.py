@@ -32,9 +32,10 @@ def timeout_ms(parameters: dict[str, Any], model: ModelVersion, default_ms: int)
     raw = parameters.get("timeout_ms")
     if raw is None:
         return model.config.timeout_ms or default_ms
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 3_600_000:
+    # At least 1 ms: the deadline is kept in whole milliseconds, and 0 would expire at once.
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 1 <= raw <= 3_600_000:
         raise InvalidInput(f"parameters.timeout_ms must be a number of milliseconds in "
-                           f"(0, 3600000], got {raw!r}")
+                           f"[1, 3600000], got {raw!r}")
     return int(raw)
 
 

@@ -95,7 +95,10 @@ def test_noise_within_the_tolerance_band_holds() -> None:
     # 3 workers; need 108/s x 20 ms / 70% = 3.09 (3% over): hold, though ceil() says 4.
     decision = decide(obs(3, 108.0), PolicyState(), 0.0, config)
     assert decision.desired == 3 and "tolerance" in decision.reason
-    decision = decide(obs(3, 120.0), PolicyState(), 0.0, config)  # 3.43: 14% over
+    # 3.43 (14% over) from 360 arrivals counted in 3 s: within 4 sigma of Poisson noise (21%).
+    decision = decide(obs(3, 120.0), PolicyState(), 0.0, config)
+    assert decision.desired == 3 and "tolerance" in decision.reason
+    decision = decide(obs(3, 140.0), PolicyState(), 0.0, config)  # 4.0: 33% over
     assert decision.desired == 4
 
 
@@ -127,7 +130,7 @@ def test_scale_to_zero_and_back() -> None:
 
     decisions = run(config, load, 45, start_workers=1)
     zero_at = next(t for t, d in enumerate(decisions) if d.desired == 0)
-    assert 15 <= zero_at <= 17  # idle since t=5, plus the 10 s window
+    assert 14 <= zero_at <= 17  # idle since t=5, plus the 10 s window
     assert all(d.desired == 0 for d in decisions[zero_at:40])
     assert decisions[40].desired == 1
 

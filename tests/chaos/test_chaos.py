@@ -1,0 +1,601 @@
+"""Chaos tests: the delivery promise (DESIGN.md section 4) under crashes, outages and bursts.
+
+Every request gets exactly one answer by its deadline and a crash loses nothing. Each test runs
+real processes (redis-server, ``modelgate worker``, ``modelgate gateway``) on 127.0.0.1, drives
+them over HTTP with a bounded number of requests, breaks something on purpose, and checks every
+answer; outputs are compared with onnxruntime run directly on the same input. Each test prints
+one ``[chaos]`` line with its figures (run pytest with ``-s``) and records them in
+``test-artifacts/chaos.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+import orjson
+import pytest
+import redis
+from onnx import TensorProto, helper, numpy_helper
+
+from modelgate import demo, keys, wire
+from tests.chaos.conftest import (
+    Answer,
+    ChaosRedis,
+    Cluster,
+    drive,
+    percentile,
+    rss_mb,
+    write_repo,
+)
+from tests.procs import wait_until
+
+pytestmark = pytest.mark.integration
+
+POOL = keys.pool_id("mlp", "1")
+STREAM = keys.requests_stream(POOL)
+CLAIM_TIMEOUT_MS = "1000"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def mlp_heavy() -> onnx.ModelProto:
+    """Four dense layers of width 256: enough work per batch that workers hold entries."""
+    return demo.mlp_model(inputs=64, hidden=256, outputs=10, layers=4)
+
+
+def matmul_chain(width: int, depth: int) -> onnx.ModelProto:
+    """``y = tanh(... tanh(x @ W) ... @ W)``, ``depth`` times with one shared ``W``: a slow
+    model (milliseconds per row) that stays small on disk."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(
+        (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w")
+    nodes, previous = [], "input"
+    for k in range(depth):
+        nodes += [helper.make_node("MatMul", [previous, "w"], [f"m{k}"]),
+                  helper.make_node("Tanh", [f"m{k}"], [f"t{k}"])]
+        previous = f"t{k}"
+    nodes.append(helper.make_node("Identity", [previous], ["probabilities"]))
+    graph = helper.make_graph(
+        nodes, "chain",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", width])],
+        [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def reference(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"input": inputs})[0])
+
+
+def infer_body(row: np.ndarray, timeout_ms: int) -> bytes:
+    return orjson.dumps({
+        "inputs": [{"name": "input", "shape": [1, int(row.shape[0])], "datatype": "FP32",
+                    "data": row.tolist()}],
+        "parameters": {"timeout_ms": timeout_ms},
+    })
+
+
+def output_of(answer: Answer) -> np.ndarray:
+    (output,) = orjson.loads(answer.body)["outputs"]
+    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+
+
+def wrong_outputs(answers: list[Answer], inputs: np.ndarray, model: onnx.ModelProto) -> list[int]:
+    """Indices of 200 answers whose output is not onnxruntime's on that request's input."""
+    ok = [a for a in answers if a.status == 200]
+    if not ok:
+        return []
+    expected = reference(model, inputs[[a.index for a in ok]])
+    return [a.index for a, want in zip(ok, expected, strict=True)
+            if not np.allclose(output_of(a)[0], want, rtol=1e-4, atol=1e-5)]
+
+
+def failures(answers: list[Answer], limit: int = 5) -> str:
+    bad = [a for a in answers if a.status != 200]
+    return "; ".join(f"#{a.index}: {a.status} {a.error or a.body[:200]!r}" for a in bad[:limit])
+
+
+def pending_of(client: redis.Redis, pid: int) -> int:
+    """Entries of the pool's stream delivered to the worker with this pid and not acked."""
+    summary = client.xpending(STREAM, keys.WORKER_GROUP)
+    return sum(int(c["pending"]) for c in summary.get("consumers") or []
+               if f"-{pid}-" in (c["name"].decode() if isinstance(c["name"], bytes)
+                                 else c["name"]))
+
+
+def freeze_holding(client: redis.Redis, pid: int, attempts: int = 400) -> int:
+    """SIGSTOP the worker at a moment it holds entries it has not acknowledged.
+
+    Returns how many it holds, leaving it stopped. A worker spends most of its time under load
+    between XREADGROUP and XACK, but not all of it; freezing first makes sure the signal that
+    follows lands while entries are in flight, rather than hoping it does.
+    """
+    for _ in range(attempts):
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: _state(pid) in {"T", "t"}, 5, f"worker {pid} to stop")
+        held = pending_of(client, pid)
+        if held:
+            return held
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+    raise AssertionError(f"worker {pid} never held entries in {attempts} tries: is there load?")
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def reclaimed_in(log: str) -> int:
+    return sum(int(n) for n in re.findall(r"reclaimed (\d+) abandoned entries", log))
+
+
+def wait_stream_empty(client: redis.Redis, timeout_s: float = 10.0) -> None:
+    """Until nothing is pending in the group and every entry was deleted after its answer."""
+    def empty() -> bool:
+        return (client.xlen(STREAM) == 0
+                and int(client.xpending(STREAM, keys.WORKER_GROUP)["pending"]) == 0)
+
+    wait_until(empty, timeout_s, f"{STREAM} to be empty",
+               details=lambda: f"xlen={client.xlen(STREAM)} "
+                               f"pending={client.xpending(STREAM, keys.WORKER_GROUP)}")
+
+
+def latency_figures(answers: list[Answer], elapsed_s: float) -> dict[str, Any]:
+    latencies = [a.latency_s for a in answers]
+    return {"seconds": round(elapsed_s, 2),
+            "req_per_s": round(len(answers) / max(elapsed_s, 1e-9)),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+            "max_ms": round(max(latencies, default=0) * 1000, 1)}
+
+
+def start_mlp_cluster(tmp_path: Path, chaos_redis: ChaosRedis,
+                      cluster_factory: Callable[[Path, str], Cluster],
+                      model: onnx.ModelProto, workers: int, config: str = "",
+                      worker_flags: tuple[str, ...] = ("--claim-timeout-ms", CLAIM_TIMEOUT_MS),
+                      gateway_flags: tuple[str, ...] = ()) -> tuple[Cluster, list[Any]]:
+    repo = write_repo(tmp_path / "models", "mlp", model, config)
+    cluster = cluster_factory(repo, chaos_redis.url)
+    processes = [cluster.worker("mlp", *worker_flags) for _ in range(workers)]
+    cluster.gateway(*gateway_flags)
+    cluster.wait_workers(POOL, workers)
+    cluster.wait_ready()
+    return cluster, processes
+
+
+# --------------------------------------------------------------------------- 1, 2: workers die
+
+
+LOAD_REQUESTS = 2_000
+LOAD_CONCURRENCY = 32
+SIGNAL_AFTER = 500
+LOAD_TIMEOUT_MS = 20_000
+
+
+def run_with_signal(cluster: Cluster, signal_victim: Callable[[], dict[str, Any]],
+                    inputs: np.ndarray) -> tuple[list[Answer], dict[str, Any], float]:
+    """Drive the load; after SIGNAL_AFTER answers, call ``signal_victim`` off the event loop."""
+    figures: dict[str, Any] = {}
+
+    async def on_answer(answer: Answer, answered: int) -> None:
+        if answered == SIGNAL_AFTER:
+            figures.update(await asyncio.to_thread(signal_victim))
+
+    started = time.monotonic()
+    answers = asyncio.run(drive(
+        cluster.base_url, "/v2/models/mlp/infer",
+        lambda i: infer_body(inputs[i], LOAD_TIMEOUT_MS),
+        concurrency=LOAD_CONCURRENCY, count=len(inputs),
+        client_timeout_s=LOAD_TIMEOUT_MS / 1000 + 10, on_answer=on_answer))
+    return answers, figures, time.monotonic() - started
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_worker_mid_load_loses_nothing(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """A worker SIGKILLed while it holds entries: a live worker reclaims them after the claim
+    timeout and every one of 2,000 distinct requests gets its own, correct 200."""
+    model = mlp_heavy()
+    cluster, (victim, survivor) = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory,
+                                                    model, workers=2)
+    inputs = np.random.default_rng(1).standard_normal((LOAD_REQUESTS, 64), dtype=np.float32)
+    client = chaos_redis.client()
+
+    def kill() -> dict[str, Any]:
+        freeze_holding(client, victim.pid)
+        victim.kill()
+        victim.wait()
+        return {"held_at_kill": pending_of(client, victim.pid), "killed_at": time.monotonic()}
+
+    answers, figures, elapsed_s = run_with_signal(cluster, kill, inputs)
+    codes = Counter(a.status for a in answers)
+    wrong = wrong_outputs(answers, inputs, model)
+    after_kill = [a.latency_s for a in answers if a.started_s >= figures["killed_at"]]
+    report = {
+        "sent": len(inputs), "answered": len(answers), "ok": codes[200],
+        "lost": len(inputs) - len(answers) + codes[0],
+        "errors": sum(n for code, n in codes.items() if code not in (0, 200)),
+        "wrong_outputs": len(wrong), "held_at_kill": figures["held_at_kill"],
+        "reclaimed": reclaimed_in(cluster.log("worker-1")),
+        "max_ms_after_kill": round(max(after_kill, default=0) * 1000, 1),
+        **latency_figures(answers, elapsed_s),
+    }
+    chaos_report(report)
+    assert victim.returncode == -signal.SIGKILL
+    assert figures["held_at_kill"] > 0, "the worker held nothing when killed; nothing was proved"
+    assert codes == {200: len(inputs)}, f"{dict(codes)}: {failures(answers)}"
+    assert not wrong, f"outputs differ from onnxruntime for requests {wrong[:10]}"
+    assert report["reclaimed"] >= figures["held_at_kill"], cluster.log("worker-1")[-2000:]
+    wait_stream_empty(client)
+    assert survivor.poll() is None, cluster.log("worker-1")[-2000:]
+    client.close()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_worker_mid_load_drains(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """A worker SIGTERMed while it holds entries answers them itself, deregisters and exits 0;
+    nothing is left for reclaim and every request gets its correct 200."""
+    model = mlp_heavy()
+    cluster, (victim, survivor) = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory,
+                                                    model, workers=2)
+    inputs = np.random.default_rng(2).standard_normal((LOAD_REQUESTS, 64), dtype=np.float32)
+    client = chaos_redis.client()
+
+    def terminate() -> dict[str, Any]:
+        held = freeze_holding(client, victim.pid)
+        signalled = time.monotonic()
+        victim.terminate()
+        os.kill(victim.pid, signal.SIGCONT)
+        exit_code = victim.wait(timeout=15)
+        return {"held_at_term": held, "exit_code": exit_code,
+                "drain_ms": round((time.monotonic() - signalled) * 1000, 1),
+                "held_after_exit": pending_of(client, victim.pid)}
+
+    answers, figures, elapsed_s = run_with_signal(cluster, terminate, inputs)
+    codes = Counter(a.status for a in answers)
+    wrong = wrong_outputs(answers, inputs, model)
+    registered = [m.decode() for m in client.zrange(keys.pool_workers(POOL), 0, -1)]
+    report = {
+        "sent": len(inputs), "answered": len(answers), "ok": codes[200],
+        "lost": len(inputs) - len(answers) + codes[0],
+        "errors": sum(n for code, n in codes.items() if code not in (0, 200)),
+        "wrong_outputs": len(wrong), **figures,
+        "reclaimed": reclaimed_in(cluster.log("worker-1")),
+        **latency_figures(answers, elapsed_s),
+    }
+    chaos_report(report)
+    assert figures["exit_code"] == 0, cluster.log("worker-0")[-2000:]
+    assert figures["held_at_term"] > 0, "the worker held nothing when signalled"
+    assert figures["held_after_exit"] == 0, "the draining worker left entries unacknowledged"
+    assert not [w for w in registered if f"-{victim.pid}-" in w], f"still registered: {registered}"
+    assert codes == {200: len(inputs)}, f"{dict(codes)}: {failures(answers)}"
+    assert not wrong, f"outputs differ from onnxruntime for requests {wrong[:10]}"
+    assert report["reclaimed"] == 0, "entries were reclaimed: the worker did not drain them"
+    wait_stream_empty(client)
+    assert survivor.poll() is None, cluster.log("worker-1")[-2000:]
+    client.close()
+
+
+# --------------------------------------------------------------------------- 3: Redis dies
+
+
+OUTAGE_S = 3.0
+OUTAGE_TIMEOUT_MS = 5_000
+OUTAGE_CONCURRENCY = 16
+OUTAGE_MAX_REQUESTS = 50_000
+KILL_AFTER = 300
+RECOVERY_TIMEOUT_S = 30.0
+RECOVERY_BATCH = 300
+
+
+@pytest.mark.timeout(120)
+def test_redis_outage_answers_503_and_recovers(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """Redis killed under load: the gateway answers 503 within about a second, every request
+    during the outage is answered (503) well before its deadline, readiness turns 503; Redis
+    back on the same port: gateway and workers reconnect by themselves and serve again."""
+    model = demo.mlp_model(inputs=16, hidden=64, outputs=4, layers=2)
+    cluster, workers = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory, model,
+                                         workers=2)
+    inputs = np.random.default_rng(3).standard_normal(
+        (OUTAGE_MAX_REQUESTS + RECOVERY_BATCH, 16), dtype=np.float32)
+    path = "/v2/models/mlp/infer"
+    moments: dict[str, float] = {}
+    report: dict[str, Any] = {}
+
+    def on_answer(answer: Answer, answered: int) -> None:
+        now = time.monotonic()
+        if answered == KILL_AFTER:
+            chaos_redis.kill()
+            moments["kill"] = time.monotonic()
+        elif "kill" in moments and answer.status == 503:
+            moments.setdefault("first_503", now)
+
+    async def outage() -> tuple[list[Answer], int]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(drive(
+            cluster.base_url, path, lambda i: infer_body(inputs[i], OUTAGE_TIMEOUT_MS),
+            concurrency=OUTAGE_CONCURRENCY, count=OUTAGE_MAX_REQUESTS, stop=stop,
+            client_timeout_s=OUTAGE_TIMEOUT_MS / 1000 + 5, on_answer=on_answer))
+        while "kill" not in moments and not load.done():
+            await asyncio.sleep(0.01)
+        # The outage lasts OUTAGE_S under load: long enough for every retry and backoff path.
+        await asyncio.sleep(OUTAGE_S)
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=5) as probe:
+            ready_status = (await probe.get("/v2/health/ready")).status_code
+        stop.set()
+        return await load, ready_status
+
+    try:
+        answers, ready_during_outage = asyncio.run(outage())
+        killed = moments["kill"]
+        before = [a for a in answers if a.started_s + a.latency_s < killed]
+        spanning = [a for a in answers if a.started_s < killed <= a.started_s + a.latency_s]
+        during = [a for a in answers if a.started_s >= killed]
+        during_codes = Counter(a.status for a in during)
+        spanning_codes = Counter(a.status for a in spanning)
+        outage_latencies = [a.latency_s for a in [*spanning, *during]]
+        wrong = wrong_outputs(before, inputs, model) + wrong_outputs(spanning, inputs, model)
+        report.update({
+            "before_ok": sum(a.status == 200 for a in before),
+            "in_flight_at_kill": len(spanning), "in_flight_codes": dict(spanning_codes),
+            "during_outage": len(during), "during_codes": dict(during_codes),
+            "time_to_503_ms": round((moments["first_503"] - killed) * 1000, 1)
+            if "first_503" in moments else None,
+            "outage_max_latency_ms": round(max(outage_latencies, default=0) * 1000, 1),
+            "ready_during_outage": ready_during_outage,
+        })
+        assert "first_503" in moments, f"no 503 after Redis died: {dict(during_codes)}"
+        assert moments["first_503"] - killed <= 1.0, report
+        assert during and set(during_codes) <= {503, 504}, failures(during)
+        assert set(spanning_codes) <= {200, 503, 504}, failures(spanning)
+        assert max(outage_latencies) < OUTAGE_TIMEOUT_MS / 1000, "a request hung to its deadline"
+        assert ready_during_outage == 503
+        assert not wrong, f"outputs differ from onnxruntime for requests {wrong[:10]}"
+
+        # Redis back on the same port, empty (no persistence). Nothing else is restarted.
+        chaos_redis.start()
+        restarted = time.monotonic()
+        recovery_codes: Counter[int] = Counter()
+        ready_at = recovered_at = 0.0
+        with httpx.Client(base_url=cluster.base_url, timeout=5) as http:
+            while (time.monotonic() - restarted < RECOVERY_TIMEOUT_S
+                   and not (ready_at and recovered_at)):
+                if not ready_at and http.get("/v2/health/ready").status_code == 200:
+                    ready_at = time.monotonic()
+                if not recovered_at:
+                    response = http.post(path, content=infer_body(inputs[0], 2_000),
+                                         headers={"content-type": "application/json"})
+                    recovery_codes[response.status_code] += 1
+                    if response.status_code == 200:
+                        recovered_at = time.monotonic()
+                time.sleep(0.02)
+        report.update({
+            "time_to_ready_ms": round((ready_at - restarted) * 1000, 1) if ready_at else None,
+            "time_to_recover_ms": round((recovered_at - restarted) * 1000, 1)
+            if recovered_at else None,
+            "recovery_probe_codes": dict(recovery_codes),
+        })
+        assert recovered_at and ready_at, (
+            f"no recovery within {RECOVERY_TIMEOUT_S:.0f} s: {dict(recovery_codes)}\n"
+            f"{cluster.processes.logs()}")
+
+        batch_inputs = inputs[-RECOVERY_BATCH:]
+        after = asyncio.run(drive(
+            cluster.base_url, path, lambda i: infer_body(batch_inputs[i], OUTAGE_TIMEOUT_MS),
+            concurrency=OUTAGE_CONCURRENCY, count=RECOVERY_BATCH,
+            client_timeout_s=OUTAGE_TIMEOUT_MS / 1000 + 5))
+        after_codes = Counter(a.status for a in after)
+        client = chaos_redis.client()
+        live_after = client.zcard(keys.pool_workers(POOL))
+        client.close()
+        report.update({"after_batch": len(after), "after_codes": dict(after_codes),
+                       "live_workers_after": live_after})
+        assert after_codes == {200: RECOVERY_BATCH}, f"{dict(after_codes)}: {failures(after)}"
+        wrong = wrong_outputs(after, batch_inputs, model)
+        assert not wrong, f"outputs differ from onnxruntime for requests {wrong[:10]}"
+        assert all(p.poll() is None for p in [*workers, cluster.gateway_process])
+        assert live_after == 2, "not every worker is back"
+    finally:
+        chaos_report(report)
+
+
+# --------------------------------------------------------------------------- 4: burst
+
+
+BURST_MAX_QUEUE = 64
+BURST_FACTOR = 4  # arrivals at this many times the measured capacity
+BURST_SECONDS = 5.0
+BURST_REQUESTS = (1_000, 3_000)  # bounds on the burst's request count
+BURST_CONCURRENCY = 256
+BURST_TIMEOUT_MS = 10_000
+CAPACITY_REQUESTS = 300
+
+
+@pytest.mark.timeout(120)
+def test_burst_past_capacity_is_shed_with_429(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """Arrivals at four times one worker's capacity: the backlog stays at ``max_queue``, the
+    excess gets 429 with Retry-After at once, every accepted request gets its 200 before its
+    deadline, nothing else (no 5xx), and the gateway's memory stays flat."""
+    model = matmul_chain(width=512, depth=400)  # about 4 ms a request on one core
+    cluster, _ = start_mlp_cluster(
+        tmp_path, chaos_redis, cluster_factory, model, workers=1,
+        config=f"max_queue: {BURST_MAX_QUEUE}\nmax_batch_size: 1\n")
+    inputs = np.random.default_rng(4).standard_normal(
+        (CAPACITY_REQUESTS + BURST_REQUESTS[1], 512), dtype=np.float32)
+    path = "/v2/models/mlp/infer"
+
+    # Capacity: a closed loop at concurrency 32 keeps the worker busy without passing max_queue.
+    started = time.monotonic()
+    measured = asyncio.run(drive(cluster.base_url, path,
+                                 lambda i: infer_body(inputs[i], BURST_TIMEOUT_MS),
+                                 concurrency=32, count=CAPACITY_REQUESTS))
+    capacity = CAPACITY_REQUESTS / (time.monotonic() - started)
+    assert Counter(a.status for a in measured) == {200: CAPACITY_REQUESTS}, failures(measured)
+
+    rate = BURST_FACTOR * capacity
+    count = int(min(max(rate * BURST_SECONDS, BURST_REQUESTS[0]), BURST_REQUESTS[1]))
+    pid = cluster.gateway_process.pid
+    rss_before = rss_mb(pid)
+    rss_peak = rss_before
+
+    async def burst() -> list[Answer]:
+        nonlocal rss_peak
+        load = asyncio.create_task(drive(
+            cluster.base_url, path,
+            lambda i: infer_body(inputs[CAPACITY_REQUESTS + i], BURST_TIMEOUT_MS),
+            concurrency=BURST_CONCURRENCY, count=count, rate_per_s=rate,
+            client_timeout_s=BURST_TIMEOUT_MS / 1000 + 10))
+        while not load.done():
+            rss_peak = max(rss_peak, rss_mb(pid))
+            await asyncio.sleep(0.1)
+        return await load
+
+    started = time.monotonic()
+    answers = asyncio.run(burst())
+    burst_s = time.monotonic() - started
+    for a in answers:
+        a.index += CAPACITY_REQUESTS
+    codes = Counter(a.status for a in answers)
+    accepted = [a for a in answers if a.status != 429]
+    rejected = [a for a in answers if a.status == 429]
+    retry_after = Counter(a.retry_after for a in rejected)
+    wrong = wrong_outputs(accepted, inputs, model)
+    offered = len(answers) / burst_s
+    report = {
+        "capacity_req_per_s": round(capacity), "offered_req_per_s": round(offered),
+        "offered_x_capacity": round(offered / capacity, 1),
+        "accepted_req_per_s": round(len(accepted) / burst_s),
+        "sent": len(answers), "accepted": len(accepted), "rejected": len(rejected),
+        "codes": dict(codes), "retry_after": dict(retry_after),
+        "accepted_p99_ms": round(percentile([a.latency_s for a in accepted], 99) * 1000, 1),
+        "accepted_max_ms": round(max((a.latency_s for a in accepted), default=0) * 1000, 1),
+        "rejected_p99_ms": round(percentile([a.latency_s for a in rejected], 99) * 1000, 1),
+        "rss_before_mb": round(rss_before, 1), "rss_peak_mb": round(rss_peak, 1),
+        "rss_after_mb": round(rss_mb(pid), 1), "wrong_outputs": len(wrong),
+    }
+    chaos_report(report)
+    assert set(codes) <= {200, 429}, f"{dict(codes)}: {failures(answers)}"
+    assert rejected and accepted, report
+    assert all(a.retry_after is not None and a.retry_after.isdigit() and int(a.retry_after) >= 1
+               for a in rejected), retry_after
+    assert max(a.latency_s for a in accepted) < BURST_TIMEOUT_MS / 1000, report
+    # "At once": a refusal costs no queueing; the bound leaves room for a busy 2-core machine.
+    assert percentile([a.latency_s for a in rejected], 99) < 2.0, report
+    assert not wrong, f"outputs differ from onnxruntime for requests {wrong[:10]}"
+    assert rss_peak - rss_before < 200, report
+
+
+# --------------------------------------------------------------------------- 5: poison pill
+
+
+def abandon_entry(client: redis.Redis, correlation: str) -> tuple[bytes, bytes]:
+    """Add a valid request entry and deliver it to a consumer that will never acknowledge it,
+    as if its worker died holding it. Returns the entry id and its payload.
+
+    Adding and reading happen in one transaction, so the live worker (blocked in XREADGROUP)
+    cannot take the entry first.
+    """
+    payload = wire.encode_request(wire.Request(
+        {"input": wire.tensor(np.ones((1, 4), np.float32))}))
+    fields = {"id": correlation, "reply_to": keys.reply_list("chaos"),
+              "deadline_ms": int(time.time() * 1000) + 60_000, "attempt": 1, "payload": payload}
+    pipe = client.pipeline(transaction=True)
+    pipe.xadd(STREAM, fields)
+    pipe.xreadgroup(keys.WORKER_GROUP, "dead-consumer", {STREAM: ">"}, count=1)
+    entry_id, read = pipe.execute()
+    assert read and read[0][1][0][0] == entry_id
+    return entry_id, payload
+
+
+def await_reply(client: redis.Redis, cluster: Cluster, timeout_s: int = 15) -> wire.Reply:
+    popped = client.blpop([keys.reply_list("chaos")], timeout=timeout_s)
+    assert popped is not None, f"no reply within {timeout_s} s\n{cluster.processes.logs()}"
+    return wire.decode_reply(popped[1])
+
+
+@pytest.mark.timeout(60)
+def test_entry_delivered_too_often_is_dead_lettered(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """An entry read by a consumer that never answers (a dead worker's) and already delivered
+    ``--max-deliveries`` times is parked in the dead-letter stream, its caller gets a
+    ``dead_letter`` reply, and the group's pending list is empty afterwards."""
+    repo = write_repo(tmp_path / "models", "mlp", demo.mlp_model())
+    cluster = cluster_factory(repo, chaos_redis.url)
+    cluster.worker("mlp", "--max-deliveries", "1", "--claim-timeout-ms", "500")
+    cluster.wait_workers(POOL, 1)
+    client = chaos_redis.client()
+    entry_id, payload = abandon_entry(client, "poison-1")
+    added = time.monotonic()
+    reply = await_reply(client, cluster)
+    parked_s = time.monotonic() - added
+    dead = client.xrange(keys.dead_letter_stream(POOL))
+    report = {"reply_status": reply.status, "parked_after_ms": round(parked_s * 1000, 1),
+              "dead_letter_entries": len(dead),
+              "pending_after": int(client.xpending(STREAM, keys.WORKER_GROUP)["pending"]),
+              "stream_len_after": client.xlen(STREAM)}
+    chaos_report(report)
+    client.close()
+    assert reply.id == "poison-1"
+    assert reply.status == wire.ReplyStatus.DEAD_LETTER, reply
+    assert "dead" in reply.error, reply.error
+    assert len(dead) == 1
+    _, parked = dead[0]
+    assert parked[b"original_id"] == entry_id and parked[b"id"] == b"poison-1"
+    assert int(parked[b"deliveries"]) > 1
+    assert parked[b"payload"] == payload
+    assert report["pending_after"] == 0 and report["stream_len_after"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_abandoned_entry_is_answered_without_further_traffic(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """A dead worker's entry within ``--max-deliveries`` is reclaimed and answered by a live
+    worker even when nothing else arrives on the stream (reclaim must not wait for traffic)."""
+    model = demo.mlp_model()
+    repo = write_repo(tmp_path / "models", "mlp", model)
+    cluster = cluster_factory(repo, chaos_redis.url)
+    worker = cluster.worker("mlp", "--claim-timeout-ms", "500")
+    cluster.wait_workers(POOL, 1)
+    client = chaos_redis.client()
+    abandon_entry(client, "orphan-1")
+    added = time.monotonic()
+    reply = await_reply(client, cluster)
+    answered_s = time.monotonic() - added
+    wait_stream_empty(client, timeout_s=5)
+    report = {"reply_status": reply.status, "answered_after_ms": round(answered_s * 1000, 1),
+              "dead_letter_entries": client.xlen(keys.dead_letter_stream(POOL)),
+              "worker_alive": worker.poll() is None}
+    chaos_report(report)
+    client.close()
+    assert reply.id == "orphan-1"
+    assert reply.status == wire.ReplyStatus.OK, reply
+    expected = reference(model, np.ones((1, 4), np.float32))
+    assert np.allclose(reply.outputs["probabilities"].data, expected, rtol=1e-5)
+    assert report["dead_letter_entries"] == 0 and report["worker_alive"]

@@ -1,0 +1,270 @@
+"""deploy/kubernetes: schema validation, kustomize builds, RBAC scope and the KEDA alternative.
+
+No API server runs here. Core kinds are validated strictly (unknown fields fail) against the
+Kubernetes OpenAPI schemas that kubernetes-validate ships; the KEDA ScaledObject is a CRD
+those schemas do not cover, so its structure is checked against modelgate's own stream and
+group names instead. `kubectl kustomize` (no cluster needed) builds both setups when
+kubectl is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from autoscaler.backends.kubernetes import KubernetesBackend
+from modelgate import keys
+from modelgate.repository import Model
+from tests.deploy.conftest import ROOT, parse_command, run, tool
+
+KUBE = ROOT / "deploy" / "kubernetes"
+NAMESPACE = "modelgate"
+# Oldest Kubernetes release still commonly run, and the newest the validator knows.
+K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+AUTOSCALER_RULES = {
+    ("apps", "deployments/scale"): {"get", "patch", "update"},
+    ("apps", "deployments"): {"get", "list"},
+}
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def manifests(folder: Path = KUBE) -> dict[Path, list[dict[str, Any]]]:
+    return {p: load(p) for p in sorted(folder.rglob("*.yaml")) if p.name != "kustomization.yaml"}
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    """Every object of `kubectl apply -k deploy/kubernetes` (the KEDA folder excluded)."""
+    return [d for p, docs in manifests().items() if "keda" not in p.parts for d in docs]
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind
+            and (name is None or o["metadata"]["name"] == name)]
+
+
+def containers(deployment: dict[str, Any], init: bool = True) -> list[dict[str, Any]]:
+    spec = deployment["spec"]["template"]["spec"]
+    return [*(spec.get("initContainers", []) if init else []), *spec["containers"]]
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    env = {}
+    for item in container.get("env", []):
+        field = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        env[item["name"]] = NAMESPACE if field == "metadata.namespace" else item["value"]
+    return env
+
+
+def modelgate_args(container: dict[str, Any]) -> argparse.Namespace:
+    return parse_command(container["args"], container_env(container))
+
+
+# --------------------------------------------------------------------------- kustomize
+
+
+def test_kustomizations_list_every_manifest_and_only_existing_ones() -> None:
+    listed: set[Path] = set()
+    for kustomization in KUBE.rglob("kustomization.yaml"):
+        config = yaml.safe_load(kustomization.read_text())
+        assert config["namespace"] == NAMESPACE
+        for resource in config["resources"]:
+            path = (kustomization.parent / resource).resolve()
+            assert path.is_file() or (path / "kustomization.yaml").is_file(), (
+                f"{kustomization.relative_to(ROOT)}: {resource} does not exist")
+            listed.add(path)
+    orphans = set(manifests()) - listed
+    assert not orphans, f"in no kustomization: {sorted(str(p) for p in orphans)}"
+
+
+@pytest.mark.parametrize("folder, must_have, must_not_have", [
+    ("deploy/kubernetes", ("Deployment/modelgate-autoscaler", "Role/modelgate-autoscaler"),
+     ("ScaledObject",)),
+    ("deploy/kubernetes/keda", ("ScaledObject/modelgate-worker-mlp",),
+     ("Deployment/modelgate-autoscaler", "Role/modelgate-autoscaler")),
+])
+def test_kubectl_kustomize_builds_each_setup_without_the_other_scaler(
+        folder: str, must_have: tuple[str, ...], must_not_have: tuple[str, ...]) -> None:
+    """Never both scalers: the autoscaler and KEDA would fight over the same replica counts."""
+    kubectl = tool("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; its `kustomize` needs no cluster")
+    result = run([kubectl, "kustomize", folder])
+    assert result.returncode == 0, result.stderr
+    built = [d for d in yaml.safe_load_all(result.stdout) if d]
+    names = {f"{d['kind']}/{d['metadata']['name']}" for d in built}
+    for name in must_have:
+        assert name in names, name
+    for name in must_not_have:
+        assert not any(n == name or n.startswith(name + "/") for n in names), name
+    assert {d["metadata"].get("namespace", NAMESPACE) for d in built} == {NAMESPACE}
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_core_objects_validate_strictly_against_the_kubernetes_schema(version: str) -> None:
+    failures = []
+    for path, docs in manifests().items():
+        for doc in docs:
+            if doc["apiVersion"].startswith("keda.sh/"):
+                continue  # a CRD: checked structurally below
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                failures.append(f"{path.relative_to(ROOT)} {doc['kind']}/"
+                                f"{doc['metadata']['name']}: {e.message} at "
+                                f"{'/'.join(map(str, e.absolute_path))}")
+    assert not failures, "\n".join(failures)
+
+
+# --------------------------------------------------------------------------- RBAC
+
+
+def test_autoscaler_rbac_is_namespaced_and_limited_to_deployment_scale(
+        objects: list[dict[str, Any]]) -> None:
+    every = [d for docs in manifests().values() for d in docs]
+    assert not find(every, "ClusterRole") and not find(every, "ClusterRoleBinding")
+    [role] = find(objects, "Role")
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == AUTOSCALER_RULES
+    [binding] = find(objects, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    [account] = find(objects, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount",
+                                    "name": account["metadata"]["name"]}]
+    [autoscaler] = find(objects, "Deployment", "modelgate-autoscaler")
+    pod = autoscaler["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    for deployment in find(objects, "Deployment"):
+        if deployment is not autoscaler:
+            assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def test_every_pod_runs_non_root_with_resources(objects: list[dict[str, Any]]) -> None:
+    for deployment in find(objects, "Deployment"):
+        name = deployment["metadata"]["name"]
+        assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"], name
+        for container in containers(deployment):
+            assert container["resources"]["requests"], f"{name}/{container['name']}"
+            assert container["resources"]["limits"]["memory"], f"{name}/{container['name']}"
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_redis_keeps_an_append_only_file_behind_a_service(objects: list[dict[str, Any]]) -> None:
+    [redis] = find(objects, "Deployment", "redis")
+    [server] = containers(redis)
+    assert server["args"][server["args"].index("--appendonly") + 1] == "yes"
+    [service] = find(objects, "Service", "redis")
+    assert service["spec"]["ports"][0]["port"] == 6379
+    for deployment in find(objects, "Deployment"):
+        for container in containers(deployment, init=False):
+            if "MODELGATE_REDIS_URL" in container_env(container):
+                assert container_env(container)["MODELGATE_REDIS_URL"] == (
+                    f"redis://{service['metadata']['name']}:6379/0")
+
+
+def test_gateway_probes_health_and_serves_the_baked_models(objects: list[dict[str, Any]]) -> None:
+    [gateway] = find(objects, "Deployment", "modelgate-gateway")
+    [server] = containers(gateway, init=False)
+    args = modelgate_args(server)
+    assert (args.command, args.host, str(args.models)) == ("gateway", "0.0.0.0", "/models")
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    [service] = find(objects, "Service", "modelgate-gateway")
+    assert service["spec"]["ports"][0]["port"] == args.port
+
+
+def test_models_volume_is_filled_by_an_init_container_from_the_image(
+        objects: list[dict[str, Any]]) -> None:
+    for deployment in find(objects, "Deployment"):
+        if deployment["metadata"]["name"] == "redis":
+            continue
+        spec = deployment["spec"]["template"]["spec"]
+        [init] = spec["initContainers"]
+        [main] = spec["containers"]
+        assert init["image"] == main["image"]
+        target = next(m["mountPath"] for m in init["volumeMounts"] if m["name"] == "models")
+        assert init["command"][-1].rstrip("/") == target
+        models = next(m for m in main["volumeMounts"] if m["name"] == "models")
+        assert str(modelgate_args(main).models) == models["mountPath"] == "/models"
+        assert {"name": "models", "emptyDir": {}} in spec["volumes"]
+
+
+def test_one_worker_deployment_per_demo_model_named_as_the_backend_expects(
+        objects: list[dict[str, Any]], demo_models: dict[str, Model]) -> None:
+    backend = KubernetesBackend(NAMESPACE, apps_api=SimpleNamespace())
+    served = {}
+    for deployment in find(objects, "Deployment"):
+        [main] = containers(deployment, init=False)
+        if main["args"][0] != "worker":
+            continue
+        args = modelgate_args(main)
+        assert deployment["metadata"]["name"] == backend.deployment(args.model)
+        assert "replicas" not in deployment["spec"], (
+            "the scaler owns replicas; a value here resets the pool on every apply")
+        assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+        served[args.model] = deployment["metadata"]["name"]
+    assert set(served) == set(demo_models)
+
+
+def test_autoscaler_runs_the_kubernetes_backend_in_its_own_namespace(
+        objects: list[dict[str, Any]]) -> None:
+    [autoscaler] = find(objects, "Deployment", "modelgate-autoscaler")
+    assert autoscaler["spec"]["replicas"] == 1
+    assert autoscaler["spec"]["strategy"]["type"] == "Recreate"
+    [main] = containers(autoscaler, init=False)
+    args = modelgate_args(main)
+    assert (args.command, args.backend, args.k8s_namespace) == (
+        "autoscaler", "kubernetes", NAMESPACE)
+    assert args.min_workers >= 1, "the gateway is unready while any model has no worker"
+    [service] = find(objects, "Service", "modelgate-autoscaler")
+    assert service["spec"]["ports"][0]["port"] == args.metrics_port
+
+
+# --------------------------------------------------------------------------- KEDA
+
+
+def test_keda_scaled_objects_scale_each_worker_on_its_request_stream_lag(
+        objects: list[dict[str, Any]], demo_models: dict[str, Model]) -> None:
+    scaled = load(KUBE / "keda" / "scaledobject.yaml")
+    [redis_service] = find(objects, "Service", "redis")
+    redis_address = (f"{redis_service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:"
+                     f"{redis_service['spec']['ports'][0]['port']}")
+    backend = KubernetesBackend(NAMESPACE, apps_api=SimpleNamespace())
+    targets = {}
+    for obj in scaled:
+        assert (obj["apiVersion"], obj["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+        spec = obj["spec"]
+        [trigger] = spec["triggers"]
+        assert trigger["type"] == "redis-streams"
+        targets[spec["scaleTargetRef"]["name"]] = trigger["metadata"]
+        assert spec["minReplicaCount"] >= 1, "the gateway is unready while a model has no worker"
+        assert spec["maxReplicaCount"] >= spec["minReplicaCount"]
+    assert set(targets) == {backend.deployment(m) for m in demo_models}
+    for name, model in demo_models.items():
+        metadata = targets[backend.deployment(name)]
+        assert metadata["stream"] == keys.requests_stream(model.default.pool)
+        assert metadata["consumerGroup"] == keys.WORKER_GROUP
+        assert int(metadata["lagCount"]) > 0
+        assert metadata["address"] == redis_address
+    deployments = {d["metadata"]["name"] for d in find(objects, "Deployment")}
+    assert set(targets) <= deployments

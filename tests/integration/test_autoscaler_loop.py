@@ -1,0 +1,121 @@
+"""The control loop against a real Redis: observations from the per-second counters that
+gateways and workers flush, decisions as events, the desired gauge, and the budget.
+
+The backend is a stand-in that records ``scale`` calls: this test is about the loop's reading
+and reporting, and the local process backend is exercised end to end in test_autoscaling.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from autoscaler.loop import Autoscaler, PoolPlan
+from autoscaler.policy import PolicyConfig
+from modelgate import keys
+from modelgate.stats import StatsAccumulator
+
+pytestmark = pytest.mark.integration
+
+
+class RecordingBackend:
+    """Stand-in for a worker backend: replicas appear the moment they are asked for."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.replicas: dict[str, int] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    def scale(self, model: str, desired: int) -> None:
+        self.calls.append((model, desired))
+        self.replicas[model] = desired
+
+    def running(self, model: str) -> int:
+        return self.replicas.get(model, 0)
+
+    def supervise(self) -> None:
+        pass
+
+    def stop_all(self) -> None:
+        self.replicas.clear()
+
+
+def write_load(client: redis.Redis, pool: str, now: float, arrivals_per_s: int,
+               compute_ms_per_request: float, backlog: int) -> None:
+    """What gateways and workers would have flushed over the last 10 seconds."""
+    for second in range(int(now) - 10, int(now)):
+        stats = StatsAccumulator(pool)
+        stats.add(arrivals=arrivals_per_s)
+        stats.add_run(requests=arrivals_per_s, rows=arrivals_per_s,
+                      compute_ms=compute_ms_per_request * arrivals_per_s,
+                      queue_ms=[5.0] * arrivals_per_s, errors=0)
+        pipe = client.pipeline()
+        stats.flush(pipe, second)
+        pipe.execute()
+    for i in range(backlog):
+        client.xadd(keys.requests_stream(pool), {"id": str(i)})
+
+
+def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis.Redis) -> None:
+    backend = RecordingBackend()
+    backend.replicas["mlp"] = 1
+    plan = PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=8))
+    scaler = Autoscaler(redis_client, backend, [plan])
+    now = time.time()
+    write_load(redis_client, "mlp:1", now, arrivals_per_s=100, compute_ms_per_request=20.0,
+               backlog=3)
+
+    outcome = scaler.tick(now)["mlp:1"]
+
+    assert outcome.observation.arrival_rate == pytest.approx(100.0)
+    assert outcome.observation.service_s == pytest.approx(0.02)
+    assert outcome.observation.backlog == 3
+    assert outcome.desired == 3  # 100/s x 20 ms / 70% = 2.86
+    assert backend.calls == [("mlp", 3)]
+    (_, event), = redis_client.xrevrange(keys.AUTOSCALER_EVENTS, count=1)
+    assert event[b"pool"] == b"mlp:1" and event[b"desired"] == b"3"
+    assert event[b"current"] == b"1" and b"scale up" in event[b"reason"]
+    assert event[b"arrival_rate"] == b"100.00" and event[b"backlog"] == b"3"
+    assert redis_client.get(keys.pool_desired("mlp:1")) == b"3"
+    sample = scaler.registry.get_sample_value("modelgate_desired_workers", {"model": "mlp"})
+    assert sample == 3.0
+
+
+def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redis) -> None:
+    backend = RecordingBackend()
+    backend.replicas.update({"a": 1, "b": 1})
+    plans = [PoolPlan("a:1", "a", PolicyConfig(min_workers=1, max_workers=10), 2.0),
+             PoolPlan("b:1", "b", PolicyConfig(min_workers=1, max_workers=10), 1.0)]
+    scaler = Autoscaler(redis_client, backend, plans, max_cost_per_hour=8.0)
+    now = time.time()
+    for pool in ("a:1", "b:1"):
+        write_load(redis_client, pool, now, arrivals_per_s=200, compute_ms_per_request=20.0,
+                   backlog=0)
+
+    outcomes = scaler.tick(now)
+
+    cost = outcomes["a:1"].desired * 2.0 + outcomes["b:1"].desired * 1.0
+    assert cost <= 8.0
+    assert outcomes["a:1"].capped and outcomes["b:1"].capped
+    reasons = [e[b"reason"] for _, e in redis_client.xrange(keys.AUTOSCALER_EVENTS)]
+    assert all(b"capped by budget" in r for r in reasons)
+
+
+def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis) -> None:
+    """With Redis unreachable the loop keeps what runs and retries (bounded run)."""
+    import threading
+
+    backend = RecordingBackend()
+    backend.replicas["mlp"] = 2
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    scaler = Autoscaler(unreachable, backend,
+                        [PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=4))])
+    stop = threading.Event()
+    timer = threading.Timer(1.5, stop.set)
+    timer.start()
+    ticks = scaler.run(stop, interval_s=0.1)
+    timer.cancel()
+    assert ticks == 0 and backend.calls == [] and backend.replicas["mlp"] == 2

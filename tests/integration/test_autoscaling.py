@@ -1,0 +1,146 @@
+"""End to end: `modelgate up` scales a compute-heavy model up under a step load and back down
+after it, on the local process backend, with no failed request while workers drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from modelgate import demo, keys
+from modelgate.embedded_redis import free_port
+from modelgate.process import child_preexec, stop_process
+from tests.procs import REPO_ROOT, wait_until
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+POOL = "heavy:1"
+FEATURES = 64
+
+
+@pytest.fixture
+def heavy_repository(tmp_path: Path) -> Path:
+    # ~400 M multiply-adds per row: ORT time dominates, so one worker saturates under load.
+    demo.write_model(demo.heavy_model(features=FEATURES, layers=24), tmp_path, "heavy")
+    (tmp_path / "heavy" / "config.yaml").write_text("max_batch_size: 8\n")
+    return tmp_path
+
+
+async def _drive(base: str, rate_per_s: float, seconds: float, results: list[int]) -> float:
+    """Open-loop load: a request every 1/rate seconds whatever the answers do (a real step)."""
+    rng = np.random.default_rng(0)
+    body = {"inputs": [{"name": "input", "shape": [1, FEATURES], "datatype": "FP32",
+                        "data": rng.random(FEATURES).tolist()}]}
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(base_url=base, timeout=60.0, limits=limits) as client:
+        async def one() -> None:
+            try:
+                response = await client.post("/v2/models/heavy/infer", json=body)
+                results.append(response.status_code)
+            except httpx.HTTPError:
+                results.append(0)
+
+        started = time.monotonic()
+        first_sent = time.time()
+        tasks = []
+        for i in range(int(rate_per_s * seconds)):
+            delay = started + i / rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return first_sent
+
+
+def _events(client: redis.Redis) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in fields.items()}
+            for _, fields in client.xrange(keys.AUTOSCALER_EVENTS)]
+
+
+@pytest.mark.timeout(180)
+def test_step_load_scales_up_then_back_to_one_without_failures(heavy_repository: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+    log_path = heavy_repository / "up.log"
+    with log_path.open("wb") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "modelgate", "up", "--models", str(heavy_repository),
+             "--port", str(port), "--min-workers", "1", "--max-workers", "3",
+             "--scale-down-delay", "3"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=child_preexec)
+    try:
+        wait_until(lambda: b"gateway listening" in log_path.read_bytes(), 90,
+                   "modelgate up to start", details=lambda: log_path.read_text())
+        redis_url = re.search(rb"redis://127\.0\.0\.1:\d+/0", log_path.read_bytes())
+        assert redis_url is not None
+        client = redis.Redis.from_url(redis_url.group().decode())
+
+        results: list[int] = []
+        # About twice what one worker computes (a row takes ~12 ms of one core).
+        step_at = asyncio.run(_drive(base, 150.0, 8.0, results))
+        load_ended = time.time()
+
+        events = _events(client)
+        up_events = [e for e in events if float(e["time"]) >= step_at
+                     and int(e["desired"]) > int(e["current"])]
+        assert up_events, f"no scale-up during the step load; events: {events[-5:]}"
+        decision_s = float(up_events[0]["time"]) - step_at
+        assert int(max(int(e["desired"]) for e in up_events)) >= 2
+
+        # A trickle keeps flowing while the pool scales back down: none of it may fail.
+        trickle: list[int] = []
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=base, timeout=30.0) as http:
+            body = {"inputs": [{"name": "input", "shape": [1, FEATURES], "datatype": "FP32",
+                                "data": [0.5] * FEATURES}]}
+            while time.monotonic() < deadline:
+                trickle.append(http.post("/v2/models/heavy/infer", json=body).status_code)
+                now = time.time()
+                live = client.zcount(keys.pool_workers(POOL), now - 5, "+inf")
+                last = _events(client)[-1]
+                if live == 1 and last["desired"] == "1" and last["current"] == "1":
+                    break
+                time.sleep(0.1)
+        events = _events(client)
+        down_events = [e for e in events if int(e["desired"]) < int(e["current"])]
+        assert down_events, "never scaled back down"
+        assert events[-1]["desired"] == "1", events[-1]
+        # The first new worker to register is the moment it serves (it registers after warm-up).
+        serving = [e for e in events if float(e["time"]) >= step_at and int(e["live"]) >= 2]
+        serving_s = float(serving[0]["time"]) - step_at if serving else None
+        back_to_one_s = float(down_events[-1]["time"]) - load_ended
+
+        figures = {
+            "step_requests": len(results), "step_failures": sum(c != 200 for c in results),
+            "trickle_requests": len(trickle), "trickle_failures": sum(c != 200 for c in trickle),
+            "seconds_to_scale_up_decision": round(decision_s, 2),
+            "seconds_to_new_worker_serving": None if serving_s is None else round(serving_s, 2),
+            "peak_desired": max(int(e["desired"]) for e in events),
+            "seconds_from_load_end_to_one_worker": round(back_to_one_s, 2),
+        }
+        print("autoscaling:", json.dumps(figures))
+        for e in events:  # the decisions around the step, for the log
+            if float(e["time"]) >= step_at - 1:
+                print(f"  t+{float(e['time']) - step_at:5.1f}s {e['current']}->{e['desired']} "
+                      f"backlog {e['backlog']:>3} in/s {e['arrival_rate']:>7} live {e['live']} "
+                      f"{e['reason']}")
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "autoscaling.json").write_text(json.dumps(figures, indent=2))
+        assert figures["step_failures"] == 0 and figures["trickle_failures"] == 0
+    finally:
+        up.send_signal(signal.SIGTERM)
+        stop_process(up, timeout_s=40)

@@ -1,0 +1,205 @@
+"""``modelgate up``: the whole system as one command, stopped cleanly by SIGTERM or SIGINT.
+
+Child processes are found through /proc (psutil is not a dependency): every descendant of the
+``up`` process is recorded with its start time, so a recycled pid is never mistaken for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+
+from modelgate.embedded_redis import free_port
+from tests.models import write_repository
+from tests.procs import Processes, wait_until
+
+pytestmark = pytest.mark.integration
+
+READY_TIMEOUT_S = 90.0
+EXIT_TIMEOUT_S = 30.0
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, start time in clock ticks) of a live process, else None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces: split after the last ')'.
+    fields = raw[raw.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> dict[int, tuple[int, str]]:
+    """Every live descendant of ``root``: pid -> (start time, command line)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[1], []).append(int(entry.name))
+    found: dict[int, tuple[int, str]] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        stat = _stat(pid)
+        if stat is not None and stat[0] != "Z":
+            found[pid] = (stat[2], _cmdline(pid))
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def still_running(recorded: dict[int, tuple[int, str]]) -> dict[int, str]:
+    """The recorded processes that still exist (same pid and start time, not a zombie)."""
+    alive = {}
+    for pid, (started, command) in recorded.items():
+        stat = _stat(pid)
+        if stat is not None and stat[2] == started and stat[0] != "Z":
+            alive[pid] = command
+    return alive
+
+
+@pytest.fixture(scope="module")
+def up_repository(tmp_path_factory: pytest.TempPathFactory,
+                  onnx_models: dict[str, onnx.ModelProto]) -> Path:
+    return write_repository(tmp_path_factory.mktemp("up-models"), {"mlp": onnx_models["mlp"]})
+
+
+@dataclass
+class Up:
+    process: subprocess.Popen[bytes]
+    url: str
+    processes: Processes
+    children: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+
+@pytest.fixture
+def up(up_repository: Path, tmp_path: Path) -> Iterator[Up]:
+    """A running ``modelgate up``; whatever it leaves behind is killed by recorded pid."""
+    processes = Processes(tmp_path)
+    port = free_port()
+    process = processes.spawn("up", ["up", "--models", str(up_repository), "--host", "127.0.0.1",
+                                     "--port", str(port), "--min-workers", "1"])
+    running = Up(process, f"http://127.0.0.1:{port}", processes)
+    try:
+        yield running
+    finally:
+        running.children.update(descendants(process.pid))
+        processes.stop()
+        for pid in still_running(running.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_up_serves_then_stops_everything_on_signal(
+        up: Up, signum: int, ort_run: Callable[..., list[Any]]) -> None:
+    process, base_url, processes = up.process, up.url, up.processes
+
+    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        def ready() -> bool:
+            try:
+                return client.get("/v2/health/ready").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, READY_TIMEOUT_S, "`modelgate up` to be ready",
+                   processes.check_alive, processes.logs)
+
+        x = np.array([[0.1, 0.2, 0.3, 0.4], [4, 3, 2, 1]], np.float32)
+        response = client.post("/v2/models/mlp/infer", json={"inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [2, 4], "data": x.tolist()}]})
+        assert response.status_code == 200, response.text
+        [out] = response.json()["outputs"]
+        np.testing.assert_allclose(np.asarray(out["data"], np.float32).reshape(out["shape"]),
+                                   ort_run("mlp", {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+    children = descendants(process.pid)
+    up.children.update(children)
+    commands = list(children.values())
+    assert any("redis-server" in c for _, c in commands), commands
+    assert any(" worker " in c and "--model mlp" in c for _, c in commands), commands
+    assert any(" gateway " in c for _, c in commands), commands
+
+    started = time.monotonic()
+    process.send_signal(signum)
+    try:
+        code = process.wait(timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`modelgate up` still running {EXIT_TIMEOUT_S:.0f}s after "
+                    f"{signal.Signals(signum).name}:\n{processes.logs()}")
+    assert code == 0, processes.logs()
+    assert time.monotonic() - started < EXIT_TIMEOUT_S
+
+    # `up` stopped and reaped its children before it exited: none is left running.
+    assert still_running(children) == {}
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base_url}/v2/health/live", timeout=2.0)
+
+
+def test_up_stops_cleanly_when_signalled_while_starting(up: Up) -> None:
+    """SIGTERM before anything is ready: no half-started child may outlive `up`."""
+    process, processes = up.process, up.processes
+    wait_until(lambda: any("redis-server" in c for _, c in descendants(process.pid).values()),
+               READY_TIMEOUT_S, "`up` to start its embedded Redis", processes.check_alive,
+               processes.logs, interval_s=0.01)
+    children = descendants(process.pid)
+    up.children.update(children)
+
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`up` still running {EXIT_TIMEOUT_S:.0f}s after SIGTERM at start:\n"
+                    f"{processes.logs()}")
+
+    assert code == 0, processes.logs()
+    assert still_running(children) == {}
+    assert "stopped" in processes.logs()
+
+
+def test_up_exits_non_zero_and_leaves_nothing_when_the_port_is_taken(
+        up_repository: Path, tmp_path: Path) -> None:
+    """The port is taken: `up` says so, stops whatever it started and exits non-zero."""
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        processes = Processes(tmp_path)
+        process = processes.spawn("up", ["up", "--models", str(up_repository),
+                                         "--port", str(port), "--min-workers", "1"])
+        children: dict[int, tuple[int, str]] = {}
+
+        def exited() -> bool:
+            children.update(descendants(process.pid))
+            return process.poll() is not None
+
+        try:
+            wait_until(exited, READY_TIMEOUT_S, "`up` to give up on the taken port",
+                       details=processes.logs)
+            assert process.returncode != 0, processes.logs()
+            assert "error" in processes.logs()
+            assert still_running(children) == {}
+        finally:
+            processes.stop()
+            for pid in still_running(children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

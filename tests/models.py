@@ -1,0 +1,122 @@
+"""Tiny ONNX models built with ``onnx.helper`` (opset 17, IR 8) and repositories of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from modelgate import demo
+
+OPSET = 17
+IR_VERSION = 8
+
+
+def finish(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def add2_model() -> onnx.ModelProto:
+    """Two inputs ``a``, ``b`` FP32 [-1, 3]; outputs ``sum`` and ``diff``."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]),
+         helper.make_node("Sub", ["a", "b"], ["diff"])],
+        "add2",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("diff", TensorProto.FLOAT, ["batch", 3])],
+    )
+    return finish(graph)
+
+
+def scalar_model() -> onnx.ModelProto:
+    """``y = x * scale`` with ``x`` FP32 [-1, 2] and a scalar (shape []) ``scale``."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])],
+        "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    return finish(graph)
+
+
+def state_model() -> onnx.ModelProto:
+    """A recurrent-style state FP32 [2, -1, 4] batched on dim 1: ``next_state = 2 * state``."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["state", "two"], ["next_state"])],
+        "state",
+        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4])],
+        [helper.make_tensor_value_info("next_state", TensorProto.FLOAT, [2, "batch", 4])],
+        [two],
+    )
+    return finish(graph)
+
+
+def symbolic_model() -> onnx.ModelProto:
+    """Symbolic and unknown dims in several positions: x FP32 [batch, 3, height, ?]."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "symbolic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "height", None])],
+    )
+    return finish(graph)
+
+
+def int64_model() -> onnx.ModelProto:
+    """``next = ids + 1`` on INT64 [-1, -1]."""
+    one = numpy_helper.from_array(np.array(1, np.int64), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["ids", "one"], ["next"])],
+        "int64",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "length"])],
+        [helper.make_tensor_value_info("next", TensorProto.INT64, ["batch", "length"])],
+        [one],
+    )
+    return finish(graph)
+
+
+def bytes_model() -> onnx.ModelProto:
+    """Identity on a STRING tensor [-1]: the BYTES datatype end to end."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["same"])],
+        "bytes",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, ["batch"])],
+    )
+    return finish(graph)
+
+
+def gather_model() -> onnx.ModelProto:
+    """Rows of a constant 5x2 table by INT64 index: an index >= 5 fails at run time."""
+    table = numpy_helper.from_array(np.arange(10, dtype=np.float32).reshape(5, 2), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0)],
+        "gather",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 2])],
+        [table],
+    )
+    return finish(graph)
+
+
+def write_repository(root: Path, models: dict[str, onnx.ModelProto | Sequence[onnx.ModelProto]],
+                     configs: dict[str, str] | None = None) -> Path:
+    """``{name: model or [v1, v2, ...]}`` as MODELS/name/version/model.onnx, plus config.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, model in models.items():
+        versions = [model] if isinstance(model, onnx.ModelProto) else list(model)
+        for number, version in enumerate(versions, start=1):
+            demo.write_model(version, root, name, number)
+    for name, text in (configs or {}).items():
+        (root / name / "config.yaml").write_text(text)
+    return root

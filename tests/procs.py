@@ -1,0 +1,78 @@
+"""Real child processes for integration tests: spawn, poll with a deadline, stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from modelgate.process import child_preexec, stop_process
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT_S = 15.0
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Processes:
+    """Real child processes with their logs, stopped SIGTERM -> wait -> SIGKILL."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def spawn(self, label: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+        log_path = self.log_dir / f"{label}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "modelgate", *args], cwd=REPO_ROOT, env=env,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=child_preexec,  # SIGTERM if pytest dies: nothing is orphaned
+            )
+        self.started.append((label, process, log_path))
+        return process
+
+    def check_alive(self) -> None:
+        for label, process, log_path in self.started:
+            if process.poll() is not None:
+                pytest.fail(f"{label} exited with {process.returncode} while starting:\n"
+                            f"{_tail(log_path)}")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {label}\n{_tail(path)}" for label, _, path in self.started)
+
+    def stop(self, labels_first: Sequence[str] = ()) -> None:
+        """Stop the named processes first (e.g. the gateway), then all others at once."""
+        first = [p for label, p, _ in self.started if label in labels_first]
+        rest = [p for label, p, _ in self.started if label not in labels_first]
+        for group in (first, rest):
+            for process in group:
+                if process.poll() is None:
+                    process.terminate()
+            for process in group:
+                stop_process(process, timeout_s=STOP_TIMEOUT_S)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str,
+               check: Callable[[], None] = lambda: None, details: Callable[[], str] = str,
+               interval_s: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout_s`` (``check`` may fail sooner)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition():
+            return
+        check()
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{details()}")
+        time.sleep(interval_s)

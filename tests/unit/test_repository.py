@@ -1,0 +1,235 @@
+"""The model repository: signatures read from ONNX graphs, versions, and config overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from modelgate.demo import write_model
+from modelgate.repository import (
+    DEFAULT_MAX_BATCH_SIZE,
+    Model,
+    RepositoryError,
+    TensorSpec,
+    load_model,
+    load_repository,
+)
+from tests.models import finish, write_repository
+
+
+def signature(model: Model) -> tuple[list[tuple], list[tuple]]:
+    v = model.default
+    return ([(i.name, i.datatype, i.shape) for i in v.inputs],
+            [(o.name, o.datatype, o.shape) for o in v.outputs])
+
+
+def test_mlp_signature_and_default_batching(unit_repository: dict[str, Model]) -> None:
+    mlp = unit_repository["mlp"]
+    assert signature(mlp) == ([("input", "FP32", (-1, 4))], [("probabilities", "FP32", (-1, 3))])
+    assert mlp.default.max_batch_size == DEFAULT_MAX_BATCH_SIZE > 0
+    assert mlp.default.batchable
+    assert mlp.default.pool == "mlp:1"
+
+
+def test_symbolic_and_unknown_dims_become_minus_one(unit_repository: dict[str, Model]) -> None:
+    inputs, outputs = signature(unit_repository["symbolic"])
+    assert inputs == [("x", "FP32", (-1, 3, -1, -1))]
+    assert outputs == [("y", "FP32", (-1, 3, -1, -1))]
+    assert unit_repository["symbolic"].default.batchable
+
+
+def test_multiple_inputs_and_outputs_keep_graph_order(unit_repository: dict[str, Model]) -> None:
+    inputs, outputs = signature(unit_repository["add2"])
+    assert inputs == [("a", "FP32", (-1, 3)), ("b", "FP32", (-1, 3))]
+    assert outputs == [("sum", "FP32", (-1, 3)), ("diff", "FP32", (-1, 3))]
+    assert unit_repository["add2"].default.batchable
+    assert unit_repository["add2"].default.input("b") == TensorSpec("b", "FP32", (-1, 3),
+                                                                    "tensor(float)")
+    assert unit_repository["add2"].default.input("c") is None
+
+
+def test_scalar_input_makes_a_model_unbatchable(unit_repository: dict[str, Model]) -> None:
+    v = unit_repository["scalar"].default
+    assert [(i.name, i.shape) for i in v.inputs] == [("x", (-1, 2)), ("scale", ())]
+    assert v.max_batch_size == 0
+    assert not v.batchable
+
+
+def test_state_batched_on_dim_1_is_not_batchable(unit_repository: dict[str, Model]) -> None:
+    v = unit_repository["state"].default
+    assert [(i.name, i.shape) for i in v.inputs] == [("state", (2, -1, 4))]
+    assert v.max_batch_size == 0
+    assert not v.batchable
+
+
+def test_int64_and_string_datatypes(unit_repository: dict[str, Model]) -> None:
+    assert signature(unit_repository["int64"]) == (
+        [("ids", "INT64", (-1, -1))], [("next", "INT64", (-1, -1))])
+    assert signature(unit_repository["bytes"]) == (
+        [("text", "BYTES", (-1,))], [("same", "BYTES", (-1,))])
+
+
+def test_zipmap_output_is_served_as_json(unit_repository: dict[str, Model]) -> None:
+    v = unit_repository["iris"].default
+    outputs = {o.name: o for o in v.outputs}
+    assert outputs["output_label"].datatype == "INT64"
+    assert outputs["output_label"].shape == (-1,)
+    probabilities = outputs["output_probability"]
+    assert probabilities.datatype == "JSON"
+    assert not probabilities.is_tensor
+    assert probabilities.onnx_type == "seq(map(int64,tensor(float)))"
+    assert v.batchable  # the input is a plain FP32 [-1, 4]
+
+
+def test_highest_version_is_the_default(tmp_path: Path,
+                                        onnx_models: dict[str, onnx.ModelProto]) -> None:
+    for version in (1, 2, 10):  # 10 > 2 numerically, though not as text
+        write_model(onnx_models["mlp"], tmp_path, "m", version)
+    (tmp_path / "m" / "0").mkdir()  # not a valid version: ignored
+    (tmp_path / "m" / "notes").mkdir()  # not a version: ignored
+    (tmp_path / "m" / "3").mkdir()  # no model.onnx: ignored
+
+    model = load_repository(tmp_path)["m"]
+
+    assert sorted(model.versions, key=int) == ["1", "2", "10"]
+    assert model.default_version == "10"
+    assert model.default.pool == "m:10"
+    assert model.versions["2"].path == tmp_path / "m" / "2" / "model.onnx"
+
+
+def test_config_yaml_overrides(tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]}, {"mlp": (
+        "max_batch_size: 8\nmax_queue_delay_ms: 2.5\nmax_queue: 100\ntimeout_ms: 1500\n"
+        "min_workers: 2\nmax_workers: 5\nworker_cost_per_hour: 0.25\nintra_op_threads: 2\n"
+        "slo_p95_ms: 40\n")})
+    v = load_repository(tmp_path)["mlp"].default
+    assert v.max_batch_size == 8
+    c = v.config
+    assert (c.max_batch_size, c.max_queue_delay_ms, c.max_queue, c.timeout_ms) == (8, 2.5, 100,
+                                                                                   1500)
+    assert (c.min_workers, c.max_workers, c.intra_op_threads) == (2, 5, 2)
+    assert c.worker_cost_per_hour == 0.25
+    assert c.slo_p95_ms == 40
+
+
+def test_config_json_overrides_and_zero_turns_batching_off(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]})
+    (tmp_path / "mlp" / "config.json").write_text('{"max_batch_size": 0, "timeout_ms": 700}')
+    v = load_repository(tmp_path)["mlp"].default
+    assert v.max_batch_size == 0
+    assert not v.batchable
+    assert v.config.timeout_ms == 700
+
+
+def test_empty_config_file_means_defaults(tmp_path: Path,
+                                          onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]}, {"mlp": "# nothing set\n"})
+    v = load_repository(tmp_path)["mlp"].default
+    assert v.max_batch_size == DEFAULT_MAX_BATCH_SIZE
+
+
+@pytest.mark.parametrize("text, match", [
+    ("max_batch_sise: 8\n", r"unknown setting.*max_batch_sise"),
+    ("max_batch_size: -1\n", "must not be negative"),
+    ("max_batch_size: eight\n", "must be a number"),
+    ("max_batch_size: true\n", "must be a number"),
+    ("- 1\n- 2\n", "expected a mapping"),
+    ("max_batch_size: [1\n", "cannot parse"),
+])
+def test_bad_config_is_an_error_naming_the_file(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto], text: str, match: str) -> None:
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]}, {"mlp": text})
+    with pytest.raises(RepositoryError, match=match) as error:
+        load_repository(tmp_path)
+    assert "config.yaml" in str(error.value)
+
+
+@pytest.mark.parametrize("name, culprit", [("state", "state"), ("scalar", "scale")])
+def test_max_batch_size_on_an_unbatchable_model_is_an_error(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto], name: str, culprit: str) -> None:
+    write_repository(tmp_path, {name: onnx_models[name]}, {name: "max_batch_size: 4\n"})
+    with pytest.raises(RepositoryError, match="max_batch_size") as error:
+        load_repository(tmp_path)
+    assert repr(culprit) in str(error.value)
+
+
+def test_max_batch_size_zero_on_an_unbatchable_model_is_fine(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_repository(tmp_path, {"state": onnx_models["state"]}, {"state": "max_batch_size: 0\n"})
+    assert load_repository(tmp_path)["state"].default.max_batch_size == 0
+
+
+def test_empty_repository_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="has no models"):
+        load_repository(tmp_path)
+    with pytest.raises(RepositoryError, match="does not exist"):
+        load_repository(tmp_path / "missing")
+
+
+def test_model_folder_without_a_version_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "1").mkdir(parents=True)
+    with pytest.raises(RepositoryError, match=r"empty/1/model\.onnx"):
+        load_repository(tmp_path)
+
+
+def test_unreadable_onnx_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not protobuf \xff\xfe")
+    with pytest.raises(RepositoryError, match="not a readable ONNX model"):
+        load_repository(tmp_path)
+
+
+def test_bad_model_name_is_an_error(tmp_path: Path,
+                                    onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_repository(tmp_path, {"no:colons": onnx_models["mlp"]})
+    with pytest.raises(RepositoryError, match="model names"):
+        load_model(tmp_path / "no:colons")
+
+
+def test_hidden_folders_are_not_models(tmp_path: Path,
+                                       onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]})
+    (tmp_path / ".cache").mkdir()
+    assert list(load_repository(tmp_path)) == ["mlp"]
+
+
+def test_sequence_input_is_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("SequenceLength", ["items"], ["count"])], "seq",
+        [helper.make_tensor_sequence_value_info("items", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("count", TensorProto.INT64, [])],
+    )
+    write_repository(tmp_path, {"seq": finish(graph)})
+    with pytest.raises(RepositoryError, match="tensor inputs only"):
+        load_repository(tmp_path)
+
+
+def test_unsupported_element_type_is_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["z"], ["w"])], "complex",
+        [helper.make_tensor_value_info("z", TensorProto.COMPLEX64, ["batch"])],
+        [helper.make_tensor_value_info("w", TensorProto.COMPLEX64, ["batch"])],
+    )
+    write_repository(tmp_path, {"complex": finish(graph)})
+    with pytest.raises(RepositoryError, match="cannot carry"):
+        load_repository(tmp_path)
+
+
+def test_initializers_listed_as_inputs_are_not_inputs(tmp_path: Path,
+                                                      onnx_models: dict[str,
+                                                                        onnx.ModelProto]) -> None:
+    """Older exporters list weights among the graph inputs; they are not part of the call."""
+    model = onnx.ModelProto()
+    model.CopyFrom(onnx_models["mlp"])
+    for weight in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(
+            weight.name, weight.data_type, list(weight.dims)))
+    write_repository(tmp_path, {"old": model})
+    v = load_repository(tmp_path)["old"].default
+    assert [i.name for i in v.inputs] == ["input"]
+    assert v.batchable

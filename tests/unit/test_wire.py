@@ -1,0 +1,311 @@
+"""The queue wire format: lossless round trips, and garbage is rejected, never executed."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from modelgate import wire
+
+SHAPES = [(2, 3), (), (0, 4), (1,)]
+
+
+def sample(datatype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Values that use the datatype's range (extremes included when there is room)."""
+    rng = np.random.default_rng(seed)
+    dtype = wire.NUMPY_DTYPES[datatype]
+    count = math.prod(shape)
+    if dtype.kind == "b":
+        flat = rng.integers(0, 2, count).astype(bool)
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        flat = rng.integers(info.min, info.max, count, dtype=dtype, endpoint=True)
+        flat[: min(2, count)] = [info.min, info.max][: min(2, count)]
+    else:
+        flat = (rng.standard_normal(count) * 100).astype(dtype)
+    return flat.astype(dtype).reshape(shape)
+
+
+def assert_same_tensor(got: wire.Tensor, want: wire.Tensor) -> None:
+    assert got.datatype == want.datatype
+    assert got.shape == want.shape
+    if want.datatype == wire.JSON:
+        assert got.data == want.data
+        return
+    assert isinstance(got.data, np.ndarray)
+    assert got.data.shape == want.shape
+    if want.datatype == wire.BYTES:
+        assert got.data.dtype == object
+        assert [bytes(x) for x in got.data.reshape(-1)] == [bytes(x) for x in
+                                                            want.data.reshape(-1)]
+    else:
+        assert got.data.dtype == wire.NUMPY_DTYPES[want.datatype]
+        np.testing.assert_array_equal(got.data, want.data)
+
+
+def bytes_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+BYTES_CASES = [
+    bytes_array([b"a", b"", "\u00fcber".encode(), b"\x00\xff", b"x" * 300, b"z"], (2, 3)),
+    bytes_array([b"only"], ()),
+    bytes_array([], (0, 4)),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("datatype", list(wire.NUMPY_DTYPES))
+def test_request_round_trip_numeric(datatype: str, shape: tuple[int, ...]) -> None:
+    array = sample(datatype, shape)
+    request = wire.Request(
+        inputs={"x": wire.tensor(array), "second": wire.tensor(sample(datatype, (3,), seed=1))},
+        outputs=("out",),
+        parameters={"timeout_ms": 250, "tag": "a"},
+    )
+    assert request.inputs["x"].datatype == datatype
+
+    decoded = wire.decode_request(wire.encode_request(request))
+
+    assert set(decoded.inputs) == {"x", "second"}
+    for name in request.inputs:
+        assert_same_tensor(decoded.inputs[name], request.inputs[name])
+    assert decoded.outputs == ("out",)
+    assert decoded.parameters == {"timeout_ms": 250, "tag": "a"}
+
+
+def test_request_round_trip_big_endian_input_is_carried_little_endian() -> None:
+    array = np.arange(6, dtype=">i4").reshape(2, 3)
+    decoded = wire.decode_request(wire.encode_request(wire.Request({"x": wire.tensor(array)})))
+    assert decoded.inputs["x"].datatype == "INT32"
+    np.testing.assert_array_equal(decoded.inputs["x"].data, array)
+
+
+@pytest.mark.parametrize("array", BYTES_CASES, ids=lambda a: str(a.shape))
+def test_request_round_trip_bytes(array: np.ndarray) -> None:
+    request = wire.Request({"text": wire.tensor(array)}, outputs=None)
+    assert request.inputs["text"].datatype == wire.BYTES
+
+    decoded = wire.decode_request(wire.encode_request(request))
+
+    assert_same_tensor(decoded.inputs["text"], request.inputs["text"])
+    assert decoded.outputs is None
+    assert decoded.parameters == {}
+
+
+def test_str_objects_are_sent_as_utf8_bytes() -> None:
+    array = np.array(["h\u00e9", "x"], dtype=object)
+    decoded = wire.decode_request(wire.encode_request(wire.Request({"t": wire.tensor(array)})))
+    assert list(decoded.inputs["t"].data) == ["h\u00e9".encode(), b"x"]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("datatype", [*wire.NUMPY_DTYPES, wire.BYTES, wire.JSON])
+def test_reply_round_trip(datatype: str, shape: tuple[int, ...]) -> None:
+    if datatype == wire.JSON:
+        # What the worker makes of a ZipMap: a list of {class: probability} maps.
+        out = wire.Tensor(wire.JSON, (2,), [{0: 0.25, 1: 0.75}, {0: 1.0, 1: 0.0}])
+    elif datatype == wire.BYTES:
+        out = wire.tensor(bytes_array([b"r%d" % i for i in range(math.prod(shape))], shape))
+    else:
+        out = wire.tensor(sample(datatype, shape, seed=3))
+    reply = wire.Reply(id="17", status=wire.ReplyStatus.OK, outputs={"out": out}, error="",
+                       queue_ms=1.5, compute_ms=0.25, batch_size=12, batch_leader=True)
+
+    decoded = wire.decode_reply(wire.encode_reply(reply))
+
+    assert_same_tensor(decoded.outputs["out"], out)
+    assert (decoded.id, decoded.status, decoded.error) == ("17", "ok", "")
+    assert (decoded.queue_ms, decoded.compute_ms) == (1.5, 0.25)
+    assert (decoded.batch_size, decoded.batch_leader) == (12, True)
+
+
+def test_error_reply_round_trip() -> None:
+    reply = wire.Reply(id="9", status=wire.ReplyStatus.BAD_INPUT, error="input 'x': bad")
+    decoded = wire.decode_reply(wire.encode_reply(reply))
+    assert decoded == wire.Reply(id="9", status="bad_input", error="input 'x': bad")
+
+
+# --------------------------------------------------------------------------- garbage
+
+
+def _valid_request_message() -> dict:
+    return msgpack.unpackb(wire.encode_request(wire.Request(
+        {"x": wire.tensor(np.zeros((2, 2), np.float32))})), raw=False)
+
+
+def _valid_reply_message() -> dict:
+    return msgpack.unpackb(wire.encode_reply(wire.Reply(
+        id="1", status="ok", outputs={"y": wire.tensor(np.zeros(3, np.int64))})), raw=False)
+
+
+class _Trap:
+    """Unpickling this would create a file: proof that decoding executed code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.marker), "w"))
+
+
+def _decoders():  # type: ignore[no-untyped-def]
+    return [wire.decode_request, wire.decode_reply]
+
+
+@pytest.mark.parametrize("decode", _decoders(), ids=["request", "reply"])
+def test_random_bytes_raise_wire_error(decode) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1234)
+    for size in [0, 1, 2, 3, 5, 8, 16, 64, 257, 1000] * 30:
+        garbage = rng.bytes(size)
+        with pytest.raises(wire.WireError):
+            decode(garbage)
+
+
+@pytest.mark.parametrize("decode", _decoders(), ids=["request", "reply"])
+def test_pickles_are_rejected_and_never_executed(decode, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "executed"
+    payloads = [pickle.dumps({"v": 1, "inputs": {}}, protocol=p) for p in range(6)]
+    payloads += [pickle.dumps({"v": 1, "id": "1", "status": "ok", "trap": _Trap(marker)},
+                              protocol=p) for p in range(6)]
+    for payload in payloads:
+        with pytest.raises(wire.WireError):
+            decode(payload)
+    assert not marker.exists(), "decoding a pickle executed code"
+
+
+@pytest.mark.parametrize("version", [0, 2, None, "1", 1.5])
+def test_wrong_version_is_rejected(version) -> None:  # type: ignore[no-untyped-def]
+    for message, decode in [(_valid_request_message(), wire.decode_request),
+                            (_valid_reply_message(), wire.decode_reply)]:
+        message["v"] = version
+        with pytest.raises(wire.WireError, match="version"):
+            decode(msgpack.packb(message))
+        del message["v"]
+        with pytest.raises(wire.WireError, match="version"):
+            decode(msgpack.packb(message))
+
+
+@pytest.mark.parametrize("delta", [-1, 1, -16])
+def test_wrong_byte_length_is_rejected(delta: int) -> None:
+    message = _valid_request_message()
+    data = message["inputs"]["x"][2]
+    message["inputs"]["x"][2] = data[:delta] if delta < 0 else data + b"\x00" * delta
+    with pytest.raises(wire.WireError, match="bytes"):
+        wire.decode_request(msgpack.packb(message))
+
+    reply = _valid_reply_message()
+    reply["outputs"]["y"][2] = reply["outputs"]["y"][2][:-1]
+    with pytest.raises(wire.WireError, match="bytes"):
+        wire.decode_reply(msgpack.packb(reply))
+
+
+def _request_with_tensor(raw) -> bytes:  # type: ignore[no-untyped-def]
+    message = _valid_request_message()
+    message["inputs"]["x"] = raw
+    return msgpack.packb(message)
+
+
+@pytest.mark.parametrize("raw", [
+    ["FP32", [2, 2]],  # too short
+    ["FP32", [2, 2], b"\x00" * 16, "extra"],
+    "FP32",
+    ["FP32", [-2, -2], b"\x00" * 16],  # negative dims multiply to a "valid" count
+    ["FP32", ["a"], b""],
+    ["FP32", [float("inf")], b""],  # would overflow int()
+    ["FP32", [2.5], b"\x00" * 8],
+    ["FP32", "22", b"\x00" * 16],  # a string is not a shape, even if its chars are digits
+    ["FP32", {"2": 2}, b"\x00" * 8],
+    ["FP32", [2, 2], [0.0, 0.0, 0.0, 0.0]],  # numbers need a raw buffer
+    ["FP32", [1], msgpack.ExtType(5, b"\x00" * 4)],
+    ["COMPLEX64", [1], b"\x00" * 8],
+    [None, [1], b"\x00" * 4],
+    ["BYTES", [2], [b"a"]],
+    ["BYTES", [2], b"ab"],
+    ["BYTES", [2], ["a", "b"]],  # text, not byte strings
+    ["BYTES", [1], [1]],
+    [["FP32"], [1], b"\x00" * 4],  # an unhashable datatype
+    ["FP32", [True], b"\x00" * 4],
+], ids=repr)
+def test_malformed_tensors_are_rejected(raw) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(wire.WireError):
+        wire.decode_request(_request_with_tensor(raw))
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda m: m.update(inputs={}),
+    lambda m: m.update(inputs=[["FP32", [1], b"\x00" * 4]]),
+    lambda m: m.pop("inputs"),
+    lambda m: m.update(outputs="y"),
+    lambda m: m.update(outputs=[1, 2]),
+    lambda m: m.update(parameters=[1]),
+], ids=["empty-inputs", "inputs-list", "no-inputs", "outputs-str", "outputs-ints", "params"])
+def test_malformed_request_fields_are_rejected(mutate) -> None:  # type: ignore[no-untyped-def]
+    message = _valid_request_message()
+    mutate(message)
+    with pytest.raises(wire.WireError):
+        wire.decode_request(msgpack.packb(message))
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda m: m.pop("id"),
+    lambda m: m.pop("status"),
+    lambda m: m.update(outputs=[1, 2]),  # not a map
+    lambda m: m.update(outputs={"y": "nope"}),
+    lambda m: m.update(queue_ms=[1]),
+    lambda m: m.update(batch_size=float("inf")),
+    lambda m: m.update(batch_size="many"),
+], ids=["no-id", "no-status", "outputs-list", "output-str", "queue-list", "batch-inf",
+        "batch-str"])
+def test_malformed_reply_fields_are_rejected(mutate) -> None:  # type: ignore[no-untyped-def]
+    message = _valid_reply_message()
+    mutate(message)
+    with pytest.raises(wire.WireError):
+        wire.decode_reply(msgpack.packb(message))
+
+
+@pytest.mark.parametrize("decode", _decoders(), ids=["request", "reply"])
+@pytest.mark.parametrize("payload", [
+    msgpack.packb([1, 2, 3]),
+    msgpack.packb("v"),
+    msgpack.packb(None),
+    b"\x81\x90\x00",  # a map whose key is a list (unhashable)
+    b"\x81\x80\x00",  # a map whose key is a map (unhashable)
+    b"\x91" * 100_000,  # deeply nested lists
+    msgpack.packb({"v": 1}) + b"\x00",  # trailing data
+    msgpack.packb({"v": 1, "inputs": {}})[:-1],  # truncated
+], ids=["list", "str", "nil", "list-key", "map-key", "deep", "trailing", "truncated"])
+def test_non_map_and_malformed_msgpack_is_rejected(decode, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(wire.WireError):
+        decode(payload)
+
+
+def test_fuzzed_valid_messages_never_raise_anything_but_wire_error() -> None:
+    """Flip bytes of real messages: decoding either succeeds or raises WireError."""
+    rng = np.random.default_rng(7)
+    originals = [
+        (wire.decode_request, wire.encode_request(wire.Request(
+            {"x": wire.tensor(np.arange(6, dtype=np.float32).reshape(2, 3)),
+             "t": wire.tensor(bytes_array([b"ab", b"c"], (2,)))}, ("y",), {"k": 1}))),
+        (wire.decode_reply, wire.encode_reply(wire.Reply(
+            "5", "ok", {"y": wire.tensor(np.ones((2, 2), np.int16)),
+                        "p": wire.Tensor(wire.JSON, (1,), [{1: 0.5}])}, "", 1.0, 2.0, 3, True))),
+    ]
+    rejected = 0
+    for decode, original in originals:
+        for _ in range(1500):
+            mutated = bytearray(original)
+            for position in rng.integers(0, len(mutated), rng.integers(1, 4)):
+                mutated[position] = int(rng.integers(0, 256))
+            try:
+                decode(bytes(mutated))
+            except wire.WireError:
+                rejected += 1
+    assert rejected > 0

@@ -1,0 +1,212 @@
+"""Dynamic batching: how entries are cut into ORT runs, and real ORT runs split per request."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelgate import wire
+from modelgate.repository import Model
+from worker.consumer import Entry, plan_runs
+from worker.runner import Runner
+
+
+def entry(n: int, request: wire.Request) -> Entry:
+    return Entry(entry_id=f"{n}-0".encode(), id=str(n), reply_to="mg:replies:test",
+                 deadline_ms=2**62, enqueued_ms=n, request=request)
+
+
+def fp32(rows: int, width: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, width)).astype(np.float32)
+
+
+def req(**arrays: np.ndarray) -> wire.Request:
+    return wire.Request({name: wire.tensor(array) for name, array in arrays.items()})
+
+
+def run_ids(runs: list[list[Entry]]) -> list[list[str]]:
+    return [[e.id for e in run] for run in runs]
+
+
+# --------------------------------------------------------------------------- plan_runs
+
+
+def test_rows_not_requests_count_toward_max_batch_size() -> None:
+    entries = [entry(i, req(input=fp32(3))) for i in range(4)]  # 4 requests x 3 rows
+    assert run_ids(list(plan_runs(entries, 8))) == [["0", "1"], ["2", "3"]]
+    assert run_ids(list(plan_runs(entries, 6))) == [["0", "1"], ["2", "3"]]
+    assert run_ids(list(plan_runs(entries, 5))) == [["0"], ["1"], ["2"], ["3"]]
+    assert run_ids(list(plan_runs(entries, 64))) == [["0", "1", "2", "3"]]
+
+
+def test_single_rows_fill_a_run_exactly() -> None:
+    entries = [entry(i, req(input=fp32(1))) for i in range(10)]
+    runs = list(plan_runs(entries, 4))
+    assert [len(r) for r in runs] == [4, 4, 2]
+    assert [e.id for r in runs for e in r] == [str(i) for i in range(10)]  # order kept
+
+
+def test_a_request_larger_than_max_batch_size_runs_alone() -> None:
+    entries = [entry(0, req(input=fp32(1))), entry(1, req(input=fp32(1))),
+               entry(2, req(input=fp32(5))), entry(3, req(input=fp32(1)))]
+    assert run_ids(list(plan_runs(entries, 4))) == [["0", "1"], ["2"], ["3"]]
+
+
+def test_incompatible_shapes_and_datatypes_run_separately() -> None:
+    entries = [
+        entry(0, req(input=fp32(1, width=4))),
+        entry(1, req(input=fp32(1, width=5))),  # other trailing dims
+        entry(2, req(input=fp32(2, width=4))),
+        entry(3, req(input=fp32(1, width=4).astype(np.float64))),  # other datatype
+        entry(4, req(input=fp32(1, width=5))),
+        entry(5, req(other=fp32(1, width=4))),  # other input name
+    ]
+    runs = run_ids(list(plan_runs(entries, 64)))
+    assert sorted(runs) == sorted([["0", "2"], ["1", "4"], ["3"], ["5"]])
+
+
+def test_max_batch_size_zero_runs_every_request_alone() -> None:
+    entries = [entry(i, req(input=fp32(1))) for i in range(3)]
+    assert run_ids(list(plan_runs(entries, 0))) == [["0"], ["1"], ["2"]]
+    assert list(plan_runs([], 8)) == []
+
+
+# --------------------------------------------------------------------------- Runner
+
+
+@pytest.fixture(scope="module")
+def runners(unit_repository: dict[str, Model]) -> Callable[[str], Runner]:
+    made: dict[str, Runner] = {}
+
+    def get(name: str) -> Runner:
+        if name not in made:
+            made[name] = Runner(unit_repository[name].default, intra_op_threads=1)
+            made[name].warm_up()
+        return made[name]
+
+    return get
+
+
+def assert_ok_outcomes(outcomes: list[Any], rows: int) -> None:
+    assert [o.status for o in outcomes] == ["ok"] * len(outcomes)
+    assert [o.leader for o in outcomes] == [True] + [False] * (len(outcomes) - 1)
+    assert {o.batch_size for o in outcomes} == {rows}
+
+
+def test_batched_outputs_equal_running_each_request_alone(
+        runners: Callable[[str], Runner], ort_run: Callable[..., list[Any]]) -> None:
+    runner = runners("mlp")
+    inputs = [fp32(rows, seed=rows) for rows in (1, 3, 2, 1, 5)]
+    requests = [req(input=x) for x in inputs]
+
+    outcomes = runner.run_batch(requests)
+
+    assert_ok_outcomes(outcomes, rows=12)
+    for x, outcome in zip(inputs, outcomes, strict=True):
+        got = outcome.outputs["probabilities"]
+        assert (got.datatype, got.shape) == ("FP32", (x.shape[0], 3))
+        alone = runner.run_batch([req(input=x)])[0].outputs["probabilities"].data
+        np.testing.assert_allclose(got.data, alone, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.data, ort_run("mlp", {"input": x})[0], rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_batched_multi_input_model_and_output_selection(
+        runners: Callable[[str], Runner]) -> None:
+    a = [fp32(r, width=3, seed=r) for r in (2, 1, 3)]
+    b = [fp32(r, width=3, seed=10 + r) for r in (2, 1, 3)]
+    requests = [
+        wire.Request({"a": wire.tensor(a[0]), "b": wire.tensor(b[0])}),
+        wire.Request({"a": wire.tensor(a[1]), "b": wire.tensor(b[1])}, outputs=("diff",)),
+        wire.Request({"a": wire.tensor(a[2]), "b": wire.tensor(b[2])}, outputs=("sum",)),
+    ]
+    outcomes = runners("add2").run_batch(requests)
+    assert_ok_outcomes(outcomes, rows=6)
+    assert set(outcomes[0].outputs) == {"sum", "diff"}
+    assert set(outcomes[1].outputs) == {"diff"}
+    assert set(outcomes[2].outputs) == {"sum"}
+    np.testing.assert_allclose(outcomes[0].outputs["sum"].data, a[0] + b[0], rtol=1e-6)
+    np.testing.assert_allclose(outcomes[0].outputs["diff"].data, a[0] - b[0], rtol=1e-6)
+    np.testing.assert_allclose(outcomes[1].outputs["diff"].data, a[1] - b[1], rtol=1e-6)
+    np.testing.assert_allclose(outcomes[2].outputs["sum"].data, a[2] + b[2], rtol=1e-6)
+
+
+def test_batched_int64_and_bytes(runners: Callable[[str], Runner]) -> None:
+    ids = [np.array([[1, 2, 3]], np.int64), np.array([[-5, 0, 2**40], [7, 8, 9]], np.int64)]
+    outcomes = runners("int64").run_batch([req(ids=x) for x in ids])
+    assert_ok_outcomes(outcomes, rows=3)
+    for x, outcome in zip(ids, outcomes, strict=True):
+        assert outcome.outputs["next"].datatype == "INT64"
+        np.testing.assert_array_equal(outcome.outputs["next"].data, x + 1)
+
+    texts = [np.array([b"a", "\u00fc".encode()], dtype=object), np.array([b"bc"], dtype=object)]
+    outcomes = runners("bytes").run_batch([req(text=t) for t in texts])
+    assert_ok_outcomes(outcomes, rows=3)
+    decoded = [wire.decode_reply(wire.encode_reply(wire.Reply("1", "ok", o.outputs)))
+               for o in outcomes]
+    assert [list(r.outputs["same"].data) for r in decoded] == [[b"a", "\u00fc".encode()],
+                                                              [b"bc"]]
+
+
+def test_zipmap_outputs_are_split_per_request(runners: Callable[[str], Runner],
+                                              ort_run: Callable[..., list[Any]]) -> None:
+    flowers = [np.array([[5.1, 3.5, 1.4, 0.2]], np.float32),
+               np.array([[6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], np.float32)]
+    outcomes = runners("iris").run_batch([req(input=x) for x in flowers])
+    assert_ok_outcomes(outcomes, rows=3)
+    for x, outcome in zip(flowers, outcomes, strict=True):
+        labels, probabilities = ort_run("iris", {"input": x})
+        np.testing.assert_array_equal(outcome.outputs["output_label"].data, labels)
+        got = outcome.outputs["output_probability"]
+        assert (got.datatype, got.shape) == ("JSON", (len(x),))
+        assert len(got.data) == len(probabilities)
+        for mine, reference in zip(got.data, probabilities, strict=True):
+            assert set(mine) == set(reference)
+            for cls, p in reference.items():
+                assert mine[cls] == pytest.approx(p, rel=1e-6)
+        wire.decode_reply(wire.encode_reply(wire.Reply("1", "ok", outcome.outputs)))
+
+
+def test_a_bad_request_does_not_fail_its_neighbours(runners: Callable[[str], Runner]) -> None:
+    """Index 7 is out of the 5-row table: the batch fails in ORT, so each request reruns."""
+    indices = [np.array([0, 1], np.int64), np.array([7], np.int64), np.array([4], np.int64)]
+    outcomes = runners("gather").run_batch([req(idx=i) for i in indices])
+
+    assert [o.status for o in outcomes] == ["ok", wire.ReplyStatus.BAD_INPUT, "ok"]
+    table = np.arange(10, dtype=np.float32).reshape(5, 2)
+    np.testing.assert_array_equal(outcomes[0].outputs["rows"].data, table[[0, 1]])
+    np.testing.assert_array_equal(outcomes[2].outputs["rows"].data, table[[4]])
+    assert outcomes[1].outputs == {}
+    assert "model rejected the input" in outcomes[1].error
+    # Each rerun is its own ORT run, so each outcome leads its run.
+    assert all(o.leader for o in outcomes)
+
+
+def test_a_request_of_another_shape_in_a_batch_is_isolated(
+        runners: Callable[[str], Runner]) -> None:
+    good = fp32(2)
+    outcomes = runners("mlp").run_batch([req(input=good), req(input=fp32(1, width=5)),
+                                         req(input=good)])
+    assert [o.status for o in outcomes] == ["ok", wire.ReplyStatus.BAD_INPUT, "ok"]
+    np.testing.assert_allclose(outcomes[0].outputs["probabilities"].data,
+                               outcomes[2].outputs["probabilities"].data)
+    assert outcomes[1].error
+
+
+def test_unbatchable_model_runs_one_request(runners: Callable[[str], Runner],
+                                            ort_run: Callable[..., list[Any]]) -> None:
+    state = np.random.default_rng(3).standard_normal((2, 5, 4)).astype(np.float32)
+    [outcome] = runners("state").run_batch([req(state=state)])
+    assert outcome.status == "ok" and outcome.leader
+    np.testing.assert_allclose(outcome.outputs["next_state"].data, 2 * state)
+    np.testing.assert_allclose(outcome.outputs["next_state"].data,
+                               ort_run("state", {"state": state})[0])
+
+    x = fp32(3, width=2)
+    scale = np.array(0.5, np.float32)
+    [outcome] = runners("scalar").run_batch([req(x=x, scale=scale)])
+    np.testing.assert_allclose(outcome.outputs["y"].data, x * 0.5)
+
