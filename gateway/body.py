@@ -9,10 +9,16 @@ from modelgate.errors import PayloadTooLarge, UnsupportedMediaType
 JSON_TYPES = ("application/json", "text/json")
 
 
-async def read_json_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body of a JSON call; 415 for other content types, 413 past ``max_bytes``."""
+async def read_json_body(request: Request, max_bytes: int, binary_ok: bool = False) -> bytes:
+    """The raw body of a JSON call; 415 for other content types, 413 past ``max_bytes``.
+
+    With ``binary_ok``, a body announced by Triton's ``Inference-Header-Content-Length``
+    header (JSON then raw tensor data) is taken whatever its content type.
+    """
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
+    binary = binary_ok and "inference-header-content-length" in request.headers
+    if (content_type and not binary and content_type not in JSON_TYPES
+            and not content_type.endswith("+json")):
         raise UnsupportedMediaType(
             f"content type {content_type!r} is not supported here; send the body as JSON with "
             "'Content-Type: application/json'"

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.binary import BinarySection, decode_tensor, encode_tensor
 from modelgate import wire
 from modelgate.errors import InvalidInput
 from modelgate.repository import ModelVersion, TensorSpec
@@ -115,8 +116,13 @@ def _shape_of(name: str, raw: Any) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def parse_v2(body: Any, model: ModelVersion) -> tuple[wire.Request, Any]:
-    """A V2 infer body as a wire request plus the caller's ``id`` (to echo)."""
+def parse_v2(body: Any, model: ModelVersion,
+             binary: BinarySection | None = None) -> tuple[wire.Request, Any]:
+    """A V2 infer body as a wire request plus the caller's ``id`` (to echo).
+
+    With ``binary`` (Triton's binary extension), inputs that set
+    ``parameters.binary_data_size`` take their data from it instead of ``data``.
+    """
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object with an 'inputs' list")
     raw_inputs = body.get("inputs")
@@ -141,15 +147,25 @@ def parse_v2(body: Any, model: ModelVersion) -> tuple[wire.Request, Any]:
                 f"input {name!r} has datatype {datatype!r} but model {model.name!r} expects "
                 f"{spec.datatype!r}"
             )
-        if "data" not in item:
-            raise InvalidInput(f"input {name!r} has no 'data'")
         shape = _shape_of(name, item.get("shape"))
         check_shape(spec, shape, model.name)
-        array = to_array(name, datatype, item["data"], shape)
+        size = _binary_size(item)
+        if size is not None:
+            if binary is None:
+                raise InvalidInput(
+                    f"input {name!r} sets binary_data_size but the request has no "
+                    "Inference-Header-Content-Length header to find the binary data by")
+            array = decode_tensor(name, datatype, shape, binary.take(name, size))
+        elif "data" not in item:
+            raise InvalidInput(f"input {name!r} has no 'data'")
+        else:
+            array = to_array(name, datatype, item["data"], shape)
         inputs[name] = wire.Tensor(datatype, shape, array)
     missing = [i.name for i in model.inputs if i.name not in inputs]
     if missing:
         raise InvalidInput(f"missing input(s) {missing} for model {model.name!r}")
+    if binary is not None:
+        binary.check_consumed()
     _check_rows(inputs, model)
     outputs = _requested_outputs(body.get("outputs"), model)
     parameters = body.get("parameters") or {}
@@ -159,6 +175,15 @@ def parse_v2(body: Any, model: ModelVersion) -> tuple[wire.Request, Any]:
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, got {type(request_id).__name__}")
     return wire.Request(inputs, outputs, parameters), request_id
+
+
+def _binary_size(item: dict[str, Any]) -> Any:
+    parameters = item.get("parameters")
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"input {item['name']!r}: 'parameters' must be a JSON object")
+    return parameters.get("binary_data_size")
 
 
 def _check_rows(inputs: dict[str, wire.Tensor], model: ModelVersion) -> None:
@@ -197,17 +222,35 @@ def _data(t: wire.Tensor) -> Any:
 
 
 def format_v2(model: ModelVersion, reply: wire.Reply, request_id: Any) -> bytes:
-    body: dict[str, Any] = {
-        "model_name": model.name,
-        "model_version": model.version,
-        "outputs": [
-            {"name": name, "datatype": t.datatype, "shape": list(t.shape), "data": _data(t)}
-            for name, t in reply.outputs.items()
-        ],
-    }
+    return format_v2_binary(model, reply, request_id, set())[0]
+
+
+def format_v2_binary(model: ModelVersion, reply: wire.Reply, request_id: Any,
+                     binary: set[str]) -> tuple[bytes, int | None]:
+    """The response body and, when any output went binary, the JSON header's length.
+
+    Outputs named in ``binary`` follow the JSON as raw data (Triton's binary extension);
+    non-tensor (JSON) outputs always stay in the JSON.
+    """
+    outputs = []
+    tail = []
+    for name, t in reply.outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": t.datatype, "shape": list(t.shape)}
+        if name in binary and t.datatype != wire.JSON:
+            data = encode_tensor(t)
+            entry["parameters"] = {"binary_data_size": len(data)}
+            tail.append(data)
+        else:
+            entry["data"] = _data(t)
+        outputs.append(entry)
+    body: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
+                            "outputs": outputs}
     if request_id is not None:
         body["id"] = request_id
-    return dumps(body)
+    header = dumps(body)
+    if not tail:
+        return header, None
+    return b"".join([header, *tail]), len(header)
 
 
 def dumps(body: Any) -> bytes:

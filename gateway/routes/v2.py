@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import protocol
+from gateway.binary import HEADER, binary_outputs, split_body
 from gateway.body import read_json_body
 from gateway.dataplane import DataPlane
 from modelgate import __version__
@@ -43,7 +44,7 @@ async def server_metadata(request: Request) -> Response:
     return Response(protocol.dumps({
         "name": "modelgate",
         "version": __version__,
-        "extensions": ["model_repository_readonly"],
+        "extensions": ["binary_tensor_data"],
     }), media_type=JSON)
 
 
@@ -71,11 +72,18 @@ async def infer(request: Request) -> Response:
     plane = _plane(request)
     model = _model(request)
     request.state.model = model.name
-    body = protocol.loads(await read_json_body(request, plane.settings.max_body_bytes))
-    wire_request, request_id = protocol.parse_v2(body, model)
+    raw = await read_json_body(request, plane.settings.max_body_bytes, binary_ok=True)
+    header, binary = split_body(raw, request.headers.get(HEADER))
+    body = protocol.loads(header)
+    wire_request, request_id = protocol.parse_v2(body, model, binary)
     deadline = timeout_ms(wire_request.parameters, model, plane.settings.default_timeout_ms)
+    as_binary = binary_outputs(body, [o.name for o in model.outputs])
     reply = await plane.infer(model, wire_request, deadline)
-    return Response(protocol.format_v2(model, reply, request_id), media_type=JSON)
+    content, header_length = protocol.format_v2_binary(model, reply, request_id, as_binary)
+    if header_length is None:
+        return Response(content, media_type=JSON)
+    return Response(content, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})
 
 
 routes = [
