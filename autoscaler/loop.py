@@ -4,7 +4,8 @@ Each tick reads all pools in one Redis round trip, calls the pure policy per poo
 cost budget across pools, and asks the backend for the resulting counts. Every decision is an
 event on the ``mg:autoscaler:events`` stream (inputs and reason), a log line when the count
 changes, and the ``modelgate_desired_workers`` gauge (also written to Redis so gateways show
-it on their ``/metrics``).
+it on their ``/metrics``). The cost budget, when there is one, is written to Redis each tick
+too, so the gateway's dashboard can draw the cost rate against it.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ class Autoscaler:
                 "cost_per_hour": f"{outcome.desired * plan.cost_per_hour:.4f}",
                 "reason": reason,
             }, maxlen=EVENTS_MAXLEN, approximate=True)
+        if self.max_cost_per_hour is None:
+            pipe.delete(keys.AUTOSCALER_BUDGET)
+        else:
+            pipe.set(keys.AUTOSCALER_BUDGET, f"{self.max_cost_per_hour:.4f}", ex=DESIRED_TTL_S)
         pipe.execute()
 
     def run(self, stop: threading.Event, interval_s: float = 1.0,

@@ -14,7 +14,8 @@ Shaping, in order: a tolerance band (no change for a deviation under ``tolerance
 mode when the raw count is at least ``panic_threshold`` times the current one, during which
 nothing scales down; scale-down stabilisation (the highest raw count over the last
 ``scale_down_delay_s`` wins, so a dip does not remove workers that are needed a moment later);
-a cap on how many workers one tick may add (lifted in panic) or remove; and ``min_workers``/``max_workers``. With
+a cap on how many workers one tick may add (lifted in panic) or remove; and
+``min_workers``/``max_workers``. With
 ``min_workers == 0`` an idle pool scales to zero after the stabilisation window, and any
 backlog or arrival brings one worker back (the gateway holds calls meanwhile).
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-
 
 NOISE_SIGMAS = 4.0
 

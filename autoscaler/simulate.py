@@ -84,7 +84,7 @@ def read_trace(path: Path) -> np.ndarray:
                 raise ValueError(f"{path}: rows need numeric time_s and rate_rps ({e})") from e
     if not times:
         raise ValueError(f"{path}: no rows; expected a header 'time_s,rate_rps' and data")
-    seconds = np.arange(0, int(math.ceil(max(times))) + 1)
+    seconds = np.arange(0, math.ceil(max(times)) + 1)
     return np.interp(seconds, times, rates)
 
 

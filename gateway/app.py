@@ -21,10 +21,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import check_bearer
+from gateway.dashboard import Dashboard
 from gateway.dataplane import DataPlane
 from gateway.errors import domain_error_response, error_response
 from gateway.metrics import Metrics
-from gateway.routes import docs, health, v1, v2
+from gateway.routes import dashboard, docs, health, v1, v2
 from modelgate.errors import ModelgateError
 from modelgate.repository import load_repository
 from modelgate.settings import GatewaySettings
@@ -35,12 +36,16 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # Open even with API keys unless --protect-probes: health and metrics for probes and scrapers,
 # and the API description, which is the same for every server and names no model.
 PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"}
+# Always open: the dashboard's static page and scripts, the same for every server and holding
+# no data; a browser cannot send a key on a page load. Its data calls need the key.
+PUBLIC_PATHS = dashboard.STATIC_PATHS
 
 
-def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool) -> Endpoint:
+def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
+          public: bool = False) -> Endpoint:
     """Auth, domain errors -> JSON, and per-model request metrics around one endpoint."""
     api_keys = tuple(k.encode() for k in settings.api_keys)
-    needs_key = bool(api_keys) and (not probe or settings.protect_probes)
+    needs_key = bool(api_keys) and not public and (not probe or settings.protect_probes)
 
     async def handler(request: Request) -> Response:
         started = time.perf_counter()
@@ -92,6 +97,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
             socket_timeout=settings.redis_timeout_s + 2.0, max_connections=2, retry=retry)
         plane = DataPlane(settings, models, client, reader, gateway_id, Metrics())
         app.state.plane = plane
+        app.state.dashboard = Dashboard(plane)
         await plane.start()
         try:
             yield
@@ -101,9 +107,10 @@ def build_app(settings: GatewaySettings) -> Starlette:
             await reader.aclose()
 
     routes = [
-        Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS),
+        Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS,
+                                route.path in PUBLIC_PATHS),
               methods=route.methods)
-        for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes)
+        for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes)
         if isinstance(route, Route)
     ]
     return Starlette(routes=routes, lifespan=lifespan,

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.dispatch import Dispatcher
+from gateway.drift import DriftMonitor
 from gateway.errors import ERROR_OF_REPLY
 from gateway.metrics import Metrics
 from modelgate import keys, wire
@@ -59,11 +61,15 @@ class DataPlane:
         self.client = client
         self.metrics = metrics
         self.dispatcher = Dispatcher(client, reader, gateway_id)
+        self.drift = DriftMonitor(models, metrics)
         self.redis_ok = False
         self.pools: dict[str, PoolView] = {
             v.pool: PoolView() for m in models.values() for v in m.versions.values()
         }
         self._monitor: asyncio.Task[None] | None = None
+        # Called with the refresh's time after each refresh that reached Redis (the
+        # dashboard's gauge history); a hook must be quick and must not raise.
+        self.on_refresh: list[Callable[[float], None]] = []
         self._refreshed_at = time.monotonic()
 
     async def start(self) -> None:
@@ -215,8 +221,15 @@ class DataPlane:
             self.metrics.queue_depth.labels(model.name).set(view.backlog)
             if view.desired is not None:
                 self.metrics.desired_workers.labels(model.name).set(view.desired)
+        for hook in self.on_refresh:
+            hook(now)
 
     async def _monitor_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.monitor_interval_s)
             await self.refresh()
+            if self.redis_ok:
+                try:
+                    await self.drift.poll(self.client)
+                except (RedisError, OSError) as e:
+                    log.warning("drift batches unreadable this round: %s", e)

@@ -41,6 +41,11 @@ class Metrics:
                              registry=r)
         self.desired_workers = Gauge("modelgate_desired_workers",
                                      "Workers the autoscaler wants", ["model"], registry=r)
+        self.drift_score = Gauge("modelgate_drift_score",
+                                 "Drift statistic over its alarm threshold (1 = alarm)",
+                                 ["model", "feature"], registry=r)
+        self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
+                                 ["model", "feature"], registry=r)
 
     def observe_reply(self, model: str, reply: wire.Reply) -> None:
         self.queue_wait.labels(model).observe(reply.queue_ms / 1000.0)

@@ -86,11 +86,12 @@ def _model_paths(suffix: str, operation: dict[str, Any], verb: str = "get",
                  prefix: str = "/v2/models/{name}") -> dict[str, Any]:
     """The same operation on the default version and on an explicit one."""
     default_id = operation["operationId"]
+    own = operation.get("parameters", [])
     return {
-        f"{prefix}{suffix}": {verb: {**operation, "parameters": [_NAME]}},
+        f"{prefix}{suffix}": {verb: {**operation, "parameters": [_NAME, *own]}},
         f"{prefix}/versions/{{version}}{suffix}": {verb: {
             **operation, "operationId": f"{default_id}_version",
-            "parameters": [_NAME, _VERSION]}},
+            "parameters": [_NAME, _VERSION, *own]}},
     }
 
 
@@ -104,24 +105,39 @@ _SCHEMAS: dict[str, Any] = {
     "Parameters": {
         "type": "object", "additionalProperties": True,
         "description": "Request parameters; unknown ones are passed to the worker untouched.",
-        "properties": {"timeout_ms": {
-            "type": "number", "minimum": 1, "maximum": 3_600_000,
-            "description": "Deadline of this call in milliseconds; past it the answer is 504."}},
+        "properties": {
+            "timeout_ms": {
+                "type": "number", "minimum": 1, "maximum": 3_600_000,
+                "description": "Deadline of this call in milliseconds; past it, 504."},
+            "binary_data_output": {
+                "type": "boolean",
+                "description": "Return every tensor output as binary data after the JSON."},
+        },
     },
     "RequestInput": {
-        "type": "object", "required": ["name", "shape", "datatype", "data"],
+        "type": "object", "required": ["name", "shape", "datatype"],
         "properties": {
             "name": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "datatype": _schema("Datatype"),
             "data": {"description": "The values, flat or nested, row-major: numbers (booleans "
-                                    "for BOOL) or, for BYTES, strings."},
-            "parameters": {"type": "object"},
+                                    "for BOOL) or, for BYTES, strings. Required unless "
+                                    "parameters.binary_data_size is set."},
+            "parameters": {"type": "object", "properties": {"binary_data_size": {
+                "type": "integer", "minimum": 0,
+                "description": "Binary tensor extension: the input's data is this many bytes "
+                               "of the binary part of the body (little-endian, row-major; "
+                               "BYTES items as a 4-byte length and the bytes)."}}},
         },
     },
     "RequestOutput": {
         "type": "object", "required": ["name"],
-        "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+        "properties": {
+            "name": {"type": "string"},
+            "parameters": {"type": "object", "properties": {"binary_data": {
+                "type": "boolean",
+                "description": "Return this output as binary data after the JSON."}}},
+        },
     },
     "InferenceRequest": {
         "type": "object", "required": ["inputs"],
@@ -134,7 +150,7 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "ResponseOutput": {
-        "type": "object", "required": ["name", "shape", "datatype", "data"],
+        "type": "object", "required": ["name", "shape", "datatype"],
         "properties": {
             "name": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
@@ -142,7 +158,10 @@ _SCHEMAS: dict[str, Any] = {
                          "description": "JSON marks a non-tensor output (e.g. a scikit-learn "
                                         "classifier's probability maps) served as JSON."},
             "data": {"description": "Flat, row-major values of a tensor; any JSON value for "
-                                    "datatype JSON."},
+                                    "datatype JSON. Absent for a binary output."},
+            "parameters": {"type": "object", "properties": {"binary_data_size": {
+                "type": "integer", "minimum": 0,
+                "description": "A binary output: its bytes in the binary part of the body."}}},
         },
     },
     "InferenceResponse": {
@@ -199,6 +218,19 @@ _SCHEMAS: dict[str, Any] = {
                                "workers": {"type": "integer", "minimum": 0}}}},
         },
     },
+    "DriftReport": {
+        "type": "object", "required": ["model", "profile", "message", "features", "alerts"],
+        "properties": {
+            "model": {"type": "string"},
+            "profile": {"type": "boolean",
+                        "description": "Whether the model has a reference profile."},
+            "message": {"type": "string"},
+            "features": {"type": "array", "items": {"type": "object"},
+                         "description": "Per feature or label output: score, alert, "
+                                        "statistics, thresholds, reference and current."},
+            "alerts": {"type": "array"},
+        },
+    },
     "PredictRequest": {
         "type": "object", "required": ["instances"],
         "properties": {"instances": {
@@ -214,12 +246,34 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
+# Triton's binary tensor extension: the JSON request (or response) of
+# Inference-Header-Content-Length bytes, then the raw data of the binary tensors in order.
+_BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
+_HEADER_LENGTH = "Inference-Header-Content-Length"
 _INFER = {
     "operationId": "model_infer",
-    "summary": "Run the model (KServe V2).",
-    "requestBody": {"required": True, "content": {JSON: {"schema": _schema("InferenceRequest")}}},
-    "responses": {"200": _json(_schema("InferenceResponse"), "The requested outputs."),
-                  **_errors(*_INFER_ERRORS)},
+    "summary": "Run the model (KServe V2, with Triton's binary tensor extension).",
+    "parameters": [{
+        "name": _HEADER_LENGTH, "in": "header", "required": False,
+        "description": "Length of the JSON part of a body that carries binary tensor data; "
+                       "with it any content type is taken.",
+        "schema": {"type": "integer", "minimum": 0}}],
+    "requestBody": {
+        "required": True,
+        "description": "An InferenceRequest as JSON; or, with Inference-Header-Content-Length, "
+                       "that many bytes of it followed by the binary tensor data.",
+        "content": {JSON: {"schema": _schema("InferenceRequest")},
+                    "application/octet-stream": _BINARY_BODY}},
+    "responses": {
+        "200": {"description": "The requested outputs: an InferenceResponse as JSON, or, when "
+                               "some output was asked for as binary, the JSON of "
+                               "Inference-Header-Content-Length bytes and then their data.",
+                "headers": {_HEADER_LENGTH: {
+                    "description": "Present with a binary body: the JSON part's length.",
+                    "schema": {"type": "integer", "minimum": 0}}},
+                "content": {JSON: {"schema": _schema("InferenceResponse")},
+                            "application/octet-stream": _BINARY_BODY}},
+        **_errors(*_INFER_ERRORS)},
 }
 _PREDICT = {
     "operationId": "model_predict_v1",
@@ -264,6 +318,12 @@ def openapi_document() -> dict[str, Any]:
         **_model_paths("", _METADATA),
         **_model_paths("/ready", _MODEL_READY),
         **_model_paths("/infer", _INFER, verb="post"),
+        "/v2/models/{name}/drift": {"get": {
+            "operationId": "model_drift",
+            "summary": "Input and prediction drift against the model's reference profile.",
+            "parameters": [_NAME],
+            "responses": {"200": _json(_schema("DriftReport"), "Per-feature statistics."),
+                          **_errors("NotFound")}}},
         **_model_paths(":predict", _PREDICT, verb="post", prefix="/v1/models/{name}"),
         "/v1/models/{name}": {"get": {
             "operationId": "model_status_v1", "summary": "Whether the model is ready (KServe V1).",

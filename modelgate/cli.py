@@ -149,6 +149,15 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     simulate.add_argument("--plot", type=Path, default=None, help="write a PNG here")
     _scaling_flags(simulate)
 
+    profile = commands.add_parser(
+        "profile", help="write a model's reference profile for drift detection")
+    profile.add_argument("--models", type=Path, required=True)
+    profile.add_argument("--model", required=True)
+    profile.add_argument("--version", default=None, help="default: the highest version")
+    profile.add_argument("--data", type=Path, required=True,
+                         help="reference rows: .csv or .npy (one input), .npz (one array per "
+                              "input, named after it)")
+
     demo = commands.add_parser("demo", help="build the demo model repository")
     demo.add_argument("--out", type=Path, default=Path("demo_models"))
     return parser
@@ -221,6 +230,27 @@ def _dispatch(args: argparse.Namespace) -> int:
                               max_workers=int(args.max_workers), slo_p95_ms=float(args.slo_ms),
                               scale_down_delay_s=float(args.scale_down_delay))
         return run_cli(args.trace, sim, policy, float(args.target), args.plot)
+    if args.command == "profile":
+        from modelgate.profile import build_profile, profile_path, read_data, run_model
+        from modelgate.repository import load_model
+
+        model = load_model(Path(args.models) / args.model)
+        version = model.versions.get(args.version or model.default_version)
+        if version is None:
+            raise RepositoryError(f"model {model.name!r} has no version {args.version}")
+        if not version.batchable:
+            raise RepositoryError(f"model {model.name!r} cannot batch; drift profiles need "
+                                  "rows (a variable first dimension on every input)")
+        inputs = read_data(Path(args.data), version)
+        rows = len(next(iter(inputs.values())))
+        print(f"modelgate: running {model.name} v{version.version} over {rows} rows...",
+              flush=True)
+        built = build_profile(version, inputs, run_model(version, inputs))
+        built.save(profile_path(version))
+        print(f"modelgate: profile of {len(built.features)} feature(s) and "
+              f"{len(built.labels)} label output(s) written to {profile_path(version)}; "
+              "restart workers and gateways to use it")
+        return 0
     if args.command == "demo":
         from modelgate.demo import build_demo_repository
 

@@ -74,9 +74,22 @@ def write_model(model: onnx.ModelProto, root: Path, name: str, version: int = 1)
 
 
 def build_demo_repository(root: Path) -> list[str]:
-    """Write the demo models under ``root``; returns their names."""
+    """Write the demo models and their drift profiles under ``root``; returns their names."""
+    from sklearn.datasets import load_iris
+
+    from modelgate.profile import build_profile, profile_path, run_model
+    from modelgate.repository import load_model
+
     write_model(mlp_model(), root, "mlp")
     write_model(iris_classifier(), root, "iris")
+    references = {
+        "mlp": np.random.default_rng(0).standard_normal((5000, 4)).astype(np.float32),
+        "iris": load_iris(return_X_y=True)[0].astype(np.float32),
+    }
+    for name, rows in references.items():
+        version = load_model(Path(root) / name).default
+        inputs = {"input": rows}
+        build_profile(version, inputs, run_model(version, inputs)).save(profile_path(version))
     (Path(root) / "iris" / "config.yaml").write_text(
         "# Per-model overrides; see README 'Add your own model'.\n"
         "max_batch_size: 32\n"

@@ -45,6 +45,16 @@ def pool_stats(pool: str, epoch_s: int) -> str:
     return f"{PREFIX}:{pool}:stats:{epoch_s}"
 
 
+def drift_stream(pool: str) -> str:
+    """Stream of one-second drift batches that workers sample (see worker/drift_sampler.py)."""
+    return f"{PREFIX}:{pool}:drift"
+
+
+def drift_alerts(pool: str) -> str:
+    """Stream of drift alerts raised and cleared for a pool (feature, statistic, window, time)."""
+    return f"{PREFIX}:{pool}:drift:alerts"
+
+
 def pool_desired(pool: str) -> str:
     """The autoscaler's latest desired worker count for a pool (for gateways' /metrics)."""
     return f"{PREFIX}:{pool}:desired"
@@ -52,6 +62,10 @@ def pool_desired(pool: str) -> str:
 
 # Stream of autoscaler decisions (inputs and reason), capped to the latest entries.
 AUTOSCALER_EVENTS = f"{PREFIX}:autoscaler:events"
+
+# The autoscaler's cost budget across pools (per hour); absent when it runs without one. Has a
+# TTL refreshed every tick, so it disappears with the autoscaler (read by the dashboard).
+AUTOSCALER_BUDGET = f"{PREFIX}:autoscaler:budget"
 
 
 def worker_heartbeat(worker_id: str) -> str:

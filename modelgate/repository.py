@@ -76,6 +76,8 @@ class ModelConfig:
     max_workers: int | None = None
     worker_cost_per_hour: float | None = None
     intra_op_threads: int | None = None
+    drift_sample_share: float = 1.0  # share of served rows sampled for drift detection
+    drift_max_rows_per_s: int = 1000  # per worker; bounds the sampling cost
 
     @classmethod
     def from_mapping(cls, raw: Any, source: Path) -> ModelConfig:
@@ -97,7 +99,9 @@ class ModelConfig:
                 raise RepositoryError(f"{source}: {key} must be a number, got {value!r}")
             if value < 0:
                 raise RepositoryError(f"{source}: {key} must not be negative, got {value}")
-            values[key] = value if key.endswith(("_ms", "_per_hour")) else int(value)
+            if key.endswith("_share") and value > 1:
+                raise RepositoryError(f"{source}: {key} is a share in [0, 1], got {value}")
+            values[key] = value if key.endswith(("_ms", "_per_hour", "_share")) else int(value)
         return cls(**values)
 
 

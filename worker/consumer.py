@@ -18,8 +18,9 @@ from typing import Any
 import redis
 
 from modelgate import keys, wire
-from modelgate.stats import StatsAccumulator
 from modelgate.repository import ModelVersion
+from modelgate.stats import StatsAccumulator
+from worker.drift_sampler import DriftSampler
 from worker.reclaim import Reclaimer
 from worker.runner import Outcome, Runner, batch_key, request_rows
 
@@ -94,9 +95,11 @@ class Consumer:
         consumer_name: str,
         reply_ttl_s: int,
         reclaimer: Reclaimer | None = None,
+        sampler: DriftSampler | None = None,
     ) -> None:
         self.client = client
         self.reclaimer = reclaimer
+        self.sampler = sampler
         self.model = model
         self.runner = runner
         self.consumer_name = consumer_name
@@ -124,7 +127,8 @@ class Consumer:
             return []
         return [parse_entry(entry_id, fields) for entry_id, fields in response[0][1]]
 
-    def _gather(self, block_ms: int) -> list[Entry]:
+    def _gather(self, block_ms: int | None) -> list[Entry]:
+        """Entries for one step; ``block_ms=None`` returns at once when the stream is empty."""
         entries = self._read(self.read_count, block_ms)
         if not entries or self.max_queue_delay_ms <= 0:
             return entries
@@ -156,7 +160,9 @@ class Consumer:
                 entry = parse_entry(entry_id, fields)
                 entry.deliveries = deliveries
                 reclaimed.append(entry)
-        entries = reclaimed + self._gather(0 if reclaimed else block_ms)
+        # With reclaimed entries in hand, do not wait for more: None, since BLOCK 0 would make
+        # Redis wait forever and the reclaimed entries would go unanswered until traffic came.
+        entries = reclaimed + self._gather(None if reclaimed else block_ms)
         if not entries:
             return 0
         now_ms = int(time.time() * 1000)
@@ -185,10 +191,20 @@ class Consumer:
             self.busy_s += time.perf_counter() - run_started
             self._answer(list(zip(run, outcomes, strict=True)), now_ms)
             self._count(run, outcomes, now_ms)
+            if self.sampler is not None:
+                self._sample(run, outcomes)
         self.processed += len(entries)
         if self.reclaimer is not None:
             self.reclaimer.timeout.observe((time.perf_counter() - started) * 1000.0)
         return len(entries)
+
+    def _sample(self, run: list[Entry], outcomes: list[Outcome]) -> None:
+        """Drift sampling, after the replies are out: it never delays an answer."""
+        assert self.sampler is not None
+        for entry, outcome in zip(run, outcomes, strict=True):
+            if outcome.status == wire.ReplyStatus.OK and entry.request is not None:
+                self.sampler.observe({n: t.data for n, t in entry.request.inputs.items()},
+                                     outcome.outputs)
 
     def _count(self, run: list[Entry], outcomes: list[Outcome], picked_ms: int) -> None:
         """Fold one answered run into the pool's per-second counters."""

@@ -18,9 +18,11 @@ from types import FrameType
 import redis
 
 from modelgate import keys
+from modelgate.profile import load_profile, profile_path
 from modelgate.repository import RepositoryError, load_model
 from modelgate.settings import WorkerSettings
 from worker.consumer import Consumer
+from worker.drift_sampler import DriftSampler
 from worker.heartbeat import Heartbeat
 from worker.reclaim import ClaimTimeout, Reclaimer
 from worker.runner import Runner
@@ -63,7 +65,21 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     reclaimer = Reclaimer(client, version.pool, worker_id,
                           ClaimTimeout(settings.claim_timeout_floor_ms), settings.max_deliveries,
                           settings.reclaim_interval_s)
-    consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s, reclaimer)
+    profile = load_profile(version) if version.batchable else None
+    sampler = None
+    if profile is not None:
+        sampler = DriftSampler(version.pool, profile, version.config.drift_max_rows_per_s,
+                               version.config.drift_sample_share)
+        log.info("sampling rows for drift against %s (%d features, %d labels)",
+                 profile_path(version), len(profile.features), len(profile.labels))
+    consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s, reclaimer,
+                        sampler)
+
+    def flush(pipe: redis.client.Pipeline, epoch_s: int) -> None:
+        consumer.stats.flush(pipe, epoch_s)
+        if sampler is not None:
+            sampler.flush(pipe)
+
     started = time.monotonic()
 
     def stats() -> dict[str, float]:
@@ -72,7 +88,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
 
     heartbeat = Heartbeat(
         redis.Redis.from_url(settings.redis_url), worker_id, version.pool,
-        settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, consumer.stats.flush,
+        settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, flush,
     )
     _wait_for_redis(consumer, stop)
     heartbeat.start()
@@ -87,7 +103,9 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
             try:
                 handled += consumer.step(settings.block_ms)
                 backoff_s = 0.1
-            except redis.ConnectionError as e:
+            # A timeout is Redis not answering (stalled, overloaded): retry it like a dropped
+            # connection rather than die holding entries.
+            except (redis.ConnectionError, redis.TimeoutError) as e:
                 log.warning("redis unreachable (%s); retrying in %.1fs", e, backoff_s)
                 stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
@@ -123,7 +141,7 @@ def _wait_for_redis(consumer: Consumer, stop: threading.Event) -> None:
         try:
             consumer.ensure_group()
             return
-        except redis.ConnectionError as e:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             log.warning("waiting for redis (%s)", e)
             stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, 5.0)

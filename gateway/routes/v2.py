@@ -68,6 +68,14 @@ async def model_ready(request: Request) -> Response:
                     status_code=200 if ready else 503, media_type=JSON)
 
 
+async def drift(request: Request) -> Response:
+    """Per-feature drift statistics, thresholds, windows, reference vs current summaries."""
+    plane = _plane(request)
+    model = _model(request)
+    return Response(protocol.dumps(plane.drift.report(model.name, model.pool)),
+                    media_type=JSON)
+
+
 async def infer(request: Request) -> Response:
     plane = _plane(request)
     model = _model(request)
@@ -92,6 +100,7 @@ routes = [
     Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
     Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
     Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{name}/drift", drift, methods=["GET"]),
     Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
 ]

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from modelgate.drift import FeatureState, Thresholds, fold, siegmund_arl
+from modelgate.drift import Batch, FeatureState, Thresholds, fold, siegmund_arl
 from tests.procs import REPO_ROOT
 
 FEATURES = 20
@@ -20,8 +20,8 @@ FRACTIONS = np.diff(np.concatenate([[0.0], np.searchsorted(
     np.sort(rng.standard_normal(100_000)), EDGES) / 100_000, [1.0]]))
 
 
-def fresh_states() -> list[FeatureState]:
-    return [FeatureState(FRACTIONS.copy()) for _ in range(FEATURES)]
+def fresh_states(thresholds: Thresholds) -> list[FeatureState]:
+    return [FeatureState(FRACTIONS.copy(), thresholds.chi2_for(BINS)) for _ in range(FEATURES)]
 
 
 def bin_counts(x: np.ndarray) -> np.ndarray:
@@ -37,14 +37,16 @@ def replay(states: list[FeatureState], thresholds: Thresholds, x: np.ndarray) ->
     events = []
     for start in range(0, len(x), CHUNK):
         chunk = x[start:start + CHUNK]
-        events += fold(states, thresholds, chunk.sum(axis=0), len(chunk), bin_counts(chunk))
+        batch = Batch(chunk.sum(axis=0)[None, :], np.array([len(chunk)]), list(bin_counts(chunk)),
+                      chunk.sum(axis=0), (chunk * chunk).sum(axis=0))
+        events += fold(states, thresholds, batch)
     return events
 
 
 def test_clean_replays_stay_within_one_false_alarm_per_100k_rows() -> None:
     thresholds = Thresholds.for_features(FEATURES, BINS)
     rows = 1_000_000
-    states = fresh_states()
+    states = fresh_states(thresholds)
     alarms = 0
     generator = np.random.default_rng(1)
     for _ in range(rows // 50_000):
@@ -67,7 +69,7 @@ def test_half_sigma_shift_is_found_within_150_rows_median_300_p90() -> None:
     delays = []
     generator = np.random.default_rng(2)
     for _ in range(200):
-        states = fresh_states()
+        states = fresh_states(thresholds)
         replay(states, thresholds, generator.standard_normal((1_000, FEATURES)))  # warm, clean
         shifted = generator.standard_normal((2_000, FEATURES))
         shifted[:, 3] += 0.5
