@@ -72,4 +72,25 @@ def render(client: redis.Redis, out: TextIO) -> int:
     if events:
         _, latest = events[0]
         print(f"\nlatest tick: {latest[b'reason'].decode()}", file=out)
+    _drift(client, pools, out)
     return 0
+
+
+def _drift(client: redis.Redis, pools: list[str], out: TextIO) -> None:
+    """Features whose latest drift event is an alert (not cleared)."""
+    pipe = client.pipeline(transaction=False)
+    for pool in pools:
+        pipe.xrevrange(keys.drift_alerts(pool), count=200)
+    active = []
+    for pool, entries in zip(pools, pipe.execute(), strict=True):
+        latest: dict[str, dict[bytes, bytes]] = {}
+        for _, fields in entries:  # newest first: the first seen per feature is its state
+            latest.setdefault(fields[b"feature"].decode(), fields)
+        for feature, fields in sorted(latest.items()):
+            if fields[b"statistic"] != b"cleared":
+                active.append((pool, feature, fields))
+    print("\ndrift alerts" + ("" if active else ": none"), file=out)
+    for pool, feature, fields in active:
+        when = time.strftime("%H:%M:%S", time.localtime(float(fields[b"time"])))
+        print(f"  {when} {pool:<16} {feature:<24} {fields[b'statistic'].decode()} "
+              f"{fields[b'value'].decode()} > {fields[b'threshold'].decode()}", file=out)

@@ -229,7 +229,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         policy = PolicyConfig(min_workers=int(args.min_workers),
                               max_workers=int(args.max_workers), slo_p95_ms=float(args.slo_ms),
                               scale_down_delay_s=float(args.scale_down_delay))
-        return run_cli(args.trace, sim, policy, float(args.target), args.plot)
+        try:
+            return run_cli(args.trace, sim, policy, float(args.target), args.plot)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"modelgate simulate: {e}", file=sys.stderr)
+            return 2
     if args.command == "profile":
         from modelgate.profile import build_profile, profile_path, read_data, run_model
         from modelgate.repository import load_model

@@ -1,0 +1,76 @@
+"""`modelgate status` and `modelgate simulate` as an operator runs them."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from autoscaler.status import render
+from modelgate import keys
+from modelgate.stats import StatsAccumulator
+from tests.procs import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_status_shows_pools_workers_decisions_and_drift(redis_client: redis.Redis) -> None:
+    pool = "mlp:1"
+    now = time.time()
+    redis_client.xadd(keys.requests_stream(pool), {"id": "1"})
+    redis_client.zadd(keys.pool_workers(pool), {"w-1": now})
+    redis_client.hset(keys.worker_heartbeat("w-1"), mapping={
+        "pool": pool, "pid": 4242, "started": now - 60, "processed": 1234, "busy": 0.5})
+    stats = StatsAccumulator(pool)
+    stats.add(arrivals=30)
+    stats.add_run(requests=30, rows=30, compute_ms=60.0, queue_ms=[1.0] * 30, errors=0)
+    pipe = redis_client.pipeline()
+    stats.flush(pipe, int(now) - 1)
+    pipe.set(keys.pool_desired(pool), 2)
+    pipe.xadd(keys.AUTOSCALER_EVENTS, {"time": now, "pool": pool, "current": 1, "desired": 2,
+                                       "reason": "scale up: backlog 40"})
+    pipe.xadd(keys.drift_alerts(pool), {"feature": "input[2]", "statistic": "cusum",
+                                        "value": 31.2, "threshold": 28.9, "window_rows": 0,
+                                        "time": now})
+    pipe.xadd(keys.drift_alerts(pool), {"feature": "input[0]", "statistic": "chi2",
+                                        "value": 50, "threshold": 40, "window_rows": 500,
+                                        "time": now - 5})
+    pipe.xadd(keys.drift_alerts(pool), {"feature": "input[0]", "statistic": "cleared",
+                                        "value": 9, "threshold": 40, "window_rows": 500,
+                                        "time": now})
+    pipe.execute()
+
+    out = io.StringIO()
+    assert render(redis_client, out) == 0
+    text = out.getvalue()
+    row = next(line for line in text.splitlines() if line.startswith(pool))
+    assert row.split()[1:5] == ["1", "0", "2", "1"]  # live, starting, desired, backlog
+    assert "pid    4242" in text and "processed     1234" in text
+    assert "1 -> 2  scale up: backlog 40" in text
+    assert "input[2]" in text and "cusum 31.2 > 28.9" in text
+    assert "input[0] " not in text.split("drift alerts")[1]  # cleared: not listed
+
+
+def test_status_on_an_empty_redis_says_so(redis_client: redis.Redis) -> None:
+    out = io.StringIO()
+    render(redis_client, out)
+    assert "no model pools" in out.getvalue()
+
+
+def test_simulate_prints_the_comparison_and_plots(tmp_path: Path) -> None:
+    png = tmp_path / "spike.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "modelgate", "simulate", "spike", "--plot", str(png)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "best static in hindsight" in done.stdout
+    assert "autoscaler / best static worker-seconds" in done.stdout
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    missing = subprocess.run([sys.executable, "-m", "modelgate", "simulate", "nope"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "no trace 'nope'" in missing.stderr
