@@ -23,10 +23,16 @@ def child_preexec() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> int:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float,
+                 signalled: bool = False) -> int:
+    """SIGTERM (unless ``signalled`` already), wait up to ``timeout_s``, then SIGKILL.
+
+    A second SIGTERM would make a draining worker exit at once, so callers that signalled a
+    group of processes themselves pass ``signalled=True``. Returns the exit code.
+    """
     if process.poll() is None:
-        process.terminate()
+        if not signalled:
+            process.terminate()
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

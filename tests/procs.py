@@ -61,7 +61,7 @@ class Processes:
                 if process.poll() is None:
                     process.terminate()
             for process in group:
-                stop_process(process, timeout_s=STOP_TIMEOUT_S)
+                stop_process(process, timeout_s=STOP_TIMEOUT_S, signalled=True)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str,

@@ -56,7 +56,9 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
                      f"reply_to {reply_to!r} is not a reply list")
     try:
         request = wire.decode_request(fields.get(b"payload", b""))
-    except wire.WireError as e:
+    except (wire.WireError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        # WireError is the contract; the others are a second guard: whatever an entry holds,
+        # the worker answers it and goes on.
         return Entry(entry_id, correlation, reply_to, deadline_ms, enqueued_ms, None, str(e))
     return Entry(entry_id, correlation, reply_to, deadline_ms, enqueued_ms, request)
 

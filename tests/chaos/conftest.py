@@ -223,12 +223,14 @@ async def drive(
     count: int | None = None,
     stop: asyncio.Event | None = None,
     rate_per_s: float | None = None,
+    budget_s: float = 60.0,
     client_timeout_s: float = 30.0,
     on_answer: Callable[[Answer, int], Awaitable[None] | None] | None = None,
 ) -> list[Answer]:
     """POST ``make_body(i)`` to ``path`` from ``concurrency`` connections until ``count``
-    requests were sent or ``stop`` is set; every request gets an :class:`Answer`, timeouts
-    and dropped connections included. With ``rate_per_s``, request ``i`` is not sent before
+    requests were sent, ``stop`` is set or ``budget_s`` has passed (so a hung server fails the
+    test in bounded time); every request sent gets an :class:`Answer`, timeouts and dropped
+    connections included. With ``rate_per_s``, request ``i`` is not sent before
     ``i / rate_per_s`` seconds (an open-loop arrival rate, capped by ``concurrency``).
     ``on_answer(answer, answered_so_far)`` runs after each answer (it may be a coroutine)."""
     answers: list[Answer] = []
@@ -241,7 +243,7 @@ async def drive(
         connection = _HttpConnection(host, port)
         try:
             for i in indices:
-                if stop is not None and stop.is_set():
+                if (stop is not None and stop.is_set()) or time.monotonic() - begin > budget_s:
                     return
                 if rate_per_s:
                     await asyncio.sleep(max(0.0, begin + i / rate_per_s - time.monotonic()))

@@ -33,7 +33,7 @@ from tests.procs import Processes, wait_until
 pytestmark = pytest.mark.integration
 
 MAX_BODY_BYTES = 64 * 1024
-MODELS = ["int64", "add2"]  # INT64 [-1, -1]; FP32 a, b [-1, 3]
+MODELS = ["int64", "add2", "bytes"]  # INT64 [-1, -1]; FP32 a, b [-1, 3]; BYTES [-1]
 POOL = keys.pool_id("int64", "1")
 
 
@@ -205,6 +205,52 @@ def test_fp32_value_past_its_range_is_400_not_infinity(client: httpx.Client) -> 
     assert_error(post(client, body, "/v2/models/add2/infer"), 400, "'a'", "FP32", "must lie in")
 
 
+def _binary_call(client: httpx.Client, header: dict[str, Any], tail: bytes,
+                 length: str | None = None, path: str = INT64_INFER) -> httpx.Response:
+    """A body in Triton's binary tensor extension: JSON header, then raw tensor data."""
+    head = json.dumps(header).encode()
+    return client.post(path, content=head + tail, headers={
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(head)) if length is None else length})
+
+
+def _binary_input(size: int, shape: list[int], datatype: str = "INT64",
+                  name: str = "ids") -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype,
+                        "parameters": {"binary_data_size": size}}]}
+
+
+BAD_BINARY = [
+    pytest.param(_binary_input(16, [1, 2]), b"\0" * 16, "x1", "Inference-Header-Content-Length",
+                 id="length-not-a-number"),
+    pytest.param(_binary_input(16, [1, 2]), b"\0" * 16, "99999", "Inference-Header-Content-Length",
+                 id="length-past-the-body"),
+    pytest.param(_binary_input(16, [1, 2]), b"\0" * 8, None, "binary", id="data-runs-short"),
+    pytest.param(_binary_input(8, [1, 2]), b"\0" * 8, None, "16 bytes",
+                 id="size-does-not-fit-shape"),
+    pytest.param(_binary_input(16, [1, 2]), b"\0" * 24, None, "binary", id="bytes-left-over"),
+    pytest.param(_binary_input(2**62, [1, 2]), b"\0" * 16, None, "binary",
+                 id="size-past-any-body"),
+    pytest.param(_binary_input(16, [2**62, 0]), b"\0" * 16, None, "too large",
+                 id="huge-empty-shape"),
+]
+
+
+@pytest.mark.parametrize(("header", "tail", "length", "fragment"), BAD_BINARY)
+def test_bad_binary_extension_body_is_400(client: httpx.Client, header: dict[str, Any],
+                                          tail: bytes, length: str | None,
+                                          fragment: str) -> None:
+    assert_error(_binary_call(client, header, tail, length), 400, fragment)
+
+
+def test_bytes_length_prefix_past_the_data_is_400(client: httpx.Client) -> None:
+    """A BYTES element whose 4-byte length claims more than the body holds."""
+    tail = (2**32 - 1).to_bytes(4, "little") + b"abc"
+    response = _binary_call(client, _binary_input(len(tail), [1], "BYTES", "text"), tail,
+                            path="/v2/models/bytes/infer")
+    assert_error(response, 400, "'text'")
+
+
 def test_text_plain_is_415(client: httpx.Client) -> None:
     response = post(client, v2_body([1, 1], [1]), headers={"content-type": "text/plain"})
     assert_error(response, 415, "text/plain", "application/json")
@@ -259,7 +305,9 @@ def _enqueue(server: Server, correlation: str, payload: bytes, reply_to: str) ->
 def _reply(server: Server, reply_to: str) -> wire.Reply:
     popped = server.redis.blpop([reply_to], timeout=10)
     assert popped is not None, f"no reply on {reply_to}\n{server.processes.logs()}"
-    return wire.decode_reply(popped[1])
+    raw = popped[1]
+    assert isinstance(raw, bytes)
+    return wire.decode_reply(raw)
 
 
 def _stream_drained(server: Server) -> bool:
