@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -103,6 +104,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
             yield
         finally:
             await plane.stop()
+            plane.metrics.close()
             await client.aclose()
             await reader.aclose()
 
@@ -118,6 +120,20 @@ def build_app(settings: GatewaySettings) -> Starlette:
 
 
 def serve(settings: GatewaySettings) -> None:
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port,
-                log_level="warning", access_log=False, loop="uvloop", http="httptools",
-                timeout_graceful_shutdown=5)
+    """Serve until stopped. With ``reuse_port`` several gateway processes share the port and
+    the kernel spreads connections across them (``modelgate up --gateway-procs N``)."""
+    config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port,
+                            log_level="warning", access_log=False, loop="uvloop",
+                            http="httptools", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    if not settings.reuse_port:
+        server.run()
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    server.run(sockets=[sock])

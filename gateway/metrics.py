@@ -1,12 +1,25 @@
 """Prometheus metrics of one gateway process, in a registry of its own (names: DESIGN §6).
 
 Worker-side figures arrive with every reply (queue wait, compute time, rows per run), so the
-gateway's ``/metrics`` shows the whole path and one scrape target is enough.
+gateway's ``/metrics`` shows the whole path and one scrape target is enough. When several
+gateway processes share a port (``PROMETHEUS_MULTIPROC_DIR`` set by ``modelgate up
+--gateway-procs N``), values go to files in that folder and every process's ``/metrics``
+merges all of them: counters and histograms add up, gauges show the most recent value of a
+live process.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from modelgate import wire
@@ -20,7 +33,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
+        gauge_mode = "livemostrecent" if self.multiprocess_dir else "all"
         self.requests = Counter("modelgate_requests", "Requests answered, by HTTP status code",
                                 ["model", "code"], registry=r)
         self.request_duration = Histogram(
@@ -36,16 +51,16 @@ class Metrics:
             "modelgate_batch_size", "Rows per ONNX Runtime run", ["model"],
             buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("modelgate_queue_depth", "Backlog: entries waiting or in work",
-                                 ["model"], registry=r)
+                                 ["model"], registry=r, multiprocess_mode=gauge_mode)
         self.workers = Gauge("modelgate_workers", "Live workers serving the model", ["model"],
-                             registry=r)
+                             registry=r, multiprocess_mode=gauge_mode)
         self.desired_workers = Gauge("modelgate_desired_workers",
-                                     "Workers the autoscaler wants", ["model"], registry=r)
+                                     "Workers the autoscaler wants", ["model"], registry=r, multiprocess_mode=gauge_mode)
         self.drift_score = Gauge("modelgate_drift_score",
                                  "Drift statistic over its alarm threshold (1 = alarm)",
-                                 ["model", "feature"], registry=r)
+                                 ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
-                                 ["model", "feature"], registry=r)
+                                 ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
 
     def observe_reply(self, model: str, reply: wire.Reply) -> None:
         self.queue_wait.labels(model).observe(reply.queue_ms / 1000.0)
@@ -54,4 +69,13 @@ class Metrics:
             self.batch_size.labels(model).observe(reply.batch_size)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """Drop this process's live gauges from the merged view (it is exiting)."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)

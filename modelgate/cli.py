@@ -81,6 +81,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     up.add_argument("--max-workers", type=_positive_int, default=4,
                     help="upper bound per model (used by the autoscaler)")
     up.add_argument("--default-timeout-ms", type=int, default=30_000)
+    up.add_argument("--gateway-procs", type=_positive_int, default=1,
+                    help="gateway processes sharing the port (metrics merged across them)")
     _auth_flags(up)
     _scaling_flags(up)
 
@@ -111,6 +113,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     gateway.add_argument("--max-queue", type=int, default=10_000,
                          help="backlog per model when its config sets no max_queue; past it, 429")
     gateway.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
+    gateway.add_argument("--reuse-port", action="store_true", default=False,
+                         help="share the port with other gateway processes (SO_REUSEPORT)")
     _auth_flags(gateway)
 
     worker = commands.add_parser("worker", help="run one worker process for one model")
@@ -186,6 +190,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             max_workers=int(args.max_workers), default_timeout_ms=int(args.default_timeout_ms),
             api_keys=api_keys(args.api_key), protect_probes=_flag(args.protect_probes),
             scale_down_delay_s=float(args.scale_down_delay),
+            gateway_procs=max(1, int(args.gateway_procs)),
             max_cost_per_hour=(float(args.max_cost_per_hour)
                                if args.max_cost_per_hour not in (None, "") else None),
         ))
@@ -201,7 +206,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
             max_inflight=int(args.max_inflight), default_max_queue=int(args.max_queue),
             max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
-            protect_probes=_flag(args.protect_probes),
+            protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
         ))
         return 0
     if args.command == "worker":

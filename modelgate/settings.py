@@ -36,6 +36,8 @@ class GatewaySettings:
     protect_probes: bool = False
     # Longest a Redis command may take before the gateway treats Redis as unreachable.
     redis_timeout_s: float = 1.0
+    # Share the port with other gateway processes (SO_REUSEPORT; `up --gateway-procs N`).
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +74,4 @@ class UpSettings:
     protect_probes: bool = False
     scale_down_delay_s: float = 30.0
     max_cost_per_hour: float | None = None
+    gateway_procs: int = 1

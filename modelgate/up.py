@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -59,10 +61,15 @@ def _gateway_live(url: str) -> bool:
         return False
 
 
+def _exited(processes: list[subprocess.Popen[bytes]]) -> int | None:
+    """The exit code of the first process that has exited, else None."""
+    return next((p.returncode for p in processes if p.poll() is not None), None)
+
+
 def _children(redis_process: subprocess.Popen[bytes] | None,
-              gateway: subprocess.Popen[bytes] | None,
+              gateways: list[subprocess.Popen[bytes]],
               backend: LocalBackend | None) -> list[subprocess.Popen[bytes]]:
-    found = [p for p in (gateway, redis_process) if p is not None]
+    found = [*gateways, *([redis_process] if redis_process is not None else [])]
     if backend is not None:
         found += [p for pool in backend.pools.values() for p in pool.processes]
         found += [p for p, _ in backend.draining]
@@ -86,14 +93,15 @@ def run(settings: UpSettings) -> int:
     stop = threading.Event()
 
     redis_process: subprocess.Popen[bytes] | None = None
-    gateway: subprocess.Popen[bytes] | None = None
+    gateways: list[subprocess.Popen[bytes]] = []
     backend: LocalBackend | None = None
+    metrics_dir: str | None = None
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             # Kill rather than abandon: leaving the cleanup half-done would orphan children.
             _say("second signal: killing every child without waiting for workers to drain")
-            for process in _children(redis_process, gateway, backend):
+            for process in _children(redis_process, gateways, backend):
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
             raise SystemExit(1)
@@ -139,19 +147,26 @@ def run(settings: UpSettings) -> int:
             gateway_env["MODELGATE_API_KEY"] = ",".join(settings.api_keys)
         if settings.protect_probes:
             gateway_env["MODELGATE_PROTECT_PROBES"] = "1"
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "modelgate", "gateway", "--models", str(settings.models_dir),
-             "--host", settings.host, "--port", str(settings.port),
-             "--default-timeout-ms", str(settings.default_timeout_ms)],
-            preexec_fn=child_preexec, env=gateway_env,
-        )
+        command = [sys.executable, "-m", "modelgate", "gateway",
+                   "--models", str(settings.models_dir), "--host", settings.host,
+                   "--port", str(settings.port),
+                   "--default-timeout-ms", str(settings.default_timeout_ms)]
+        if settings.gateway_procs > 1:
+            # Several processes share the port; Prometheus metrics go through files that
+            # every process's /metrics merges, so any one of them shows the whole.
+            metrics_dir = tempfile.mkdtemp(prefix="modelgate-metrics-")
+            gateway_env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            command.append("--reuse-port")
+        gateways.extend(subprocess.Popen(command, preexec_fn=child_preexec, env=gateway_env)
+                        for _ in range(settings.gateway_procs))
         url = f"http://{settings.host}:{settings.port}"
-        _wait(lambda: _gateway_live(url) or gateway.poll() is not None, START_TIMEOUT_S,
+        _wait(lambda: _gateway_live(url) or _exited(gateways) is not None, START_TIMEOUT_S,
               "the gateway", stop)
-        if gateway.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {gateway.returncode}; see its log above")
+        if _exited(gateways) is not None:
+            raise RuntimeError(f"a gateway exited with {_exited(gateways)}; see its log above")
         if not stop.is_set():
-            _say(f"gateway listening on {url}")
+            _say(f"gateway listening on {url}" + (f" ({settings.gateway_procs} processes)"
+                                                  if settings.gateway_procs > 1 else ""))
             for name, model in sorted(models.items()):
                 v = model.default
                 _say(f"  model {name!r} v{v.version}: {backend.running(name)} worker(s), "
@@ -165,18 +180,23 @@ def run(settings: UpSettings) -> int:
             except redis.RedisError as e:
                 log.warning("autoscaler cannot observe (%s); holding", e)
                 backend.supervise()
-            if gateway.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {gateway.returncode}")
+            if _exited(gateways) is not None:
+                raise RuntimeError(f"a gateway exited with {_exited(gateways)}")
             stop.wait(max(0.0, TICK_S - (time.monotonic() - started)))
         return 0
     except (RuntimeError, BudgetError) as e:
         _say(f"error: {e}")
         return 1
     finally:
-        if gateway is not None:
-            stop_process(gateway, timeout_s=10)
+        for gateway in gateways:
+            if gateway.poll() is None:
+                gateway.terminate()
+        for gateway in gateways:
+            stop_process(gateway, timeout_s=10, signalled=True)
         if backend is not None:
             backend.stop_all()
         if redis_process is not None:
             stop_process(redis_process, timeout_s=5)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         _say("stopped")

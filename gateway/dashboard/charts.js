@@ -32,10 +32,11 @@
     const raw = (hi - lo) / Math.max(1, count);
     const magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw) || raw;
+    // From the first tick at or below lo to the first at or above hi: data never overflows.
     const ticks = [];
-    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
-      ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
-    }
+    const first = Math.floor(lo / step + 1e-9);
+    const last = Math.ceil(hi / step - 1e-9);
+    for (let k = first; k <= last; k++) ticks.push(k * step);
     return { ticks: ticks, step: step };
   }
 
@@ -133,7 +134,7 @@
     for (const h of opts.hlines || []) {
       if (h.value !== null && h.value !== undefined) hi = Math.max(hi, h.value);
     }
-    const { ticks, step } = niceTicks(0, hi > 0 ? hi * 1.08 : 1, 4);
+    const { ticks, step } = niceTicks(0, hi > 0 ? hi * 1.05 : 1, 4);
     const top = ticks[ticks.length - 1] || 1;
     const x = (i) => MARGIN.left + (n > 1 ? (i / (n - 1)) * plotW : 0);
     const y = (v) => MARGIN.top + plotH - (Math.min(v, top) / top) * plotH;
@@ -273,7 +274,7 @@
     for (const v of opts.a.values.concat(opts.b.values)) {
       if (typeof v === "number" && isFinite(v)) hi = Math.max(hi, v);
     }
-    const { ticks } = niceTicks(0, hi > 0 ? hi * 1.1 : 1, 4);
+    const { ticks } = niceTicks(0, hi > 0 ? hi * 1.05 : 1, 4);
     const top = ticks[ticks.length - 1] || 1;
     const y = (v) => MARGIN.top + plotH - (Math.min(Math.max(v, 0), top) / top) * plotH;
     const svg = svgEl("svg", { viewBox: "0 0 " + width + " " + height, width: width, height: height, class: "chart-svg", role: "img" }, container);
@@ -292,7 +293,7 @@
         if (typeof v !== "number" || !isFinite(v)) return;
         const rect = svgEl("rect", { x: cx + offset * bar, y: y(v), width: bar - 1, height: Math.max(0, MARGIN.top + plotH - y(v)), fill: s.color, rx: 1.5 }, svg);
         const title = svgEl("title", {}, rect);
-        title.textContent = s.name + " · " + (opts.labels[i] || "bin " + (i + 1)) + ": " + (v * 100).toFixed(1) + "%";
+        title.textContent = s.name + " · " + ((opts.titles || opts.labels)[i] || "bin " + (i + 1)) + ": " + (v * 100).toFixed(1) + "%";
       });
       if (i % labelEvery === 0) {
         svgText(svg, cx, MARGIN.top + plotH + 15, opts.labels[i] || String(i + 1), { class: "tick", "text-anchor": "middle" });

@@ -149,6 +149,7 @@ def gauge_series(start: int, end: int, samples: dict[int, Sample],
     series: dict[str, Series] = {"backlog": [], "live": [], "starting": [], "desired": []}
     for second in range(start, end + 1):
         sample, event = samples.get(second), by_second.get(second)
+        row: tuple[int | None, int | None, int | None, int | None]
         if sample is not None:
             desired = sample.desired if sample.desired is not None else (
                 event.desired if event is not None else None)

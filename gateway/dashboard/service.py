@@ -137,7 +137,8 @@ class Dashboard:
         gauges, (entries, budget) = rest[:4 * len(pools)], rest[4 * len(pools):]
         self._add_events(entries, start)
 
-        models, costs = [], []
+        models: list[dict[str, Any]] = []
+        costs: list[series.Series] = []
         for i, (name, model) in enumerate(self._pools.items()):
             pool = model.pool
             buckets = [known_buckets.get((pool, s), {}) for s in range(start, end + 1)]
@@ -149,14 +150,16 @@ class Dashboard:
             now_figures.update(backlog=int(backlog), live=int(live), starting=int(starting),
                                desired=int(desired) if desired is not None else None,
                                cost_per_hour=events[-1].cost_per_hour if events else None)
+            per_second: dict[str, series.Series] = {
+                **series.counter_series(buckets),
+                **series.gauge_series(start, end, self.history.between(pool, start, end),
+                                      events),
+                "cost_per_hour": cost,
+            }
             models.append({
                 "name": name, "version": model.version, "pool": pool,
                 "now": now_figures,
-                "series": {**series.counter_series(buckets),
-                           **series.gauge_series(start, end,
-                                                 self.history.between(pool, start, end),
-                                                 events),
-                           "cost_per_hour": cost},
+                "series": per_second,
                 "decisions": series.decisions(events, DECISIONS_LIMIT),
             })
         # Pools the autoscaler runs that this gateway does not list still cost money.
