@@ -55,7 +55,8 @@ class Metrics:
         self.workers = Gauge("modelgate_workers", "Live workers serving the model", ["model"],
                              registry=r, multiprocess_mode=gauge_mode)
         self.desired_workers = Gauge("modelgate_desired_workers",
-                                     "Workers the autoscaler wants", ["model"], registry=r, multiprocess_mode=gauge_mode)
+                                     "Workers the autoscaler wants", ["model"], registry=r,
+                                     multiprocess_mode=gauge_mode)
         self.drift_score = Gauge("modelgate_drift_score",
                                  "Drift statistic over its alarm threshold (1 = alarm)",
                                  ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
