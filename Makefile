@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO := demo_models
 PORT ?= 8080
 
-.PHONY: up test bench lint loadtest clean
+.PHONY: up test bench lint loadtest loadtest-overload clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,50 @@ bench: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy modelgate gateway worker autoscaler
+	$(BIN)/mypy modelgate gateway worker autoscaler loadtests
+
+# Load tests (loadtests/, README "Load testing"): a bounded headless locust run against a running
+# `make up` (or LOADTEST_HOST), judged by the SLO gate; reports go to loadtests/reports/.
+LOADTEST_HOST ?= http://127.0.0.1:$(PORT)
+LOADTEST_USERS ?= 16
+LOADTEST_SPAWN_RATE ?= 8
+LOADTEST_RUN_TIME ?= 20s
+LOADTEST_RATE_PER_USER ?= 10
+LOADTEST_SHAPE ?=
+LOADTEST_TIME_SCALE ?= 0.1
+LOADTEST_P95_MS ?= 200
+LOADTEST_P99_MS ?= 500
+LOADTEST_ERROR_RATE ?= 0.01
+LOADTEST_CLASSES ?=
+LOADTEST_ARGS ?=
+LOADTEST_REPORTS := loadtests/reports
+LOCUST = MODELGATE_LOADTEST_SHAPE='$(LOADTEST_SHAPE)' \
+	MODELGATE_LOADTEST_TIME_SCALE='$(LOADTEST_TIME_SCALE)' \
+	$(BIN)/locust -f loadtests/locustfile.py --headless --only-summary --host '$(LOADTEST_HOST)'
+LOADTEST_READY = @$(BIN)/python -c 'import sys, urllib.request; \
+	urllib.request.urlopen(sys.argv[1] + "/v2/health/ready", timeout=5)' '$(LOADTEST_HOST)' \
+	2>/dev/null || { echo "no ready modelgate at $(LOADTEST_HOST): start one with" \
+	"'make up' (same PORT), or set LOADTEST_HOST" >&2; exit 1; }
+
+loadtest: $(VENV)/.dev
+	$(LOADTEST_READY)
+	mkdir -p $(LOADTEST_REPORTS)
+	$(LOCUST) -u $(LOADTEST_USERS) -r $(LOADTEST_SPAWN_RATE) \
+		$(if $(LOADTEST_SHAPE),,--run-time $(LOADTEST_RUN_TIME)) \
+		--rate-per-user $(LOADTEST_RATE_PER_USER) --slo-p95-ms $(LOADTEST_P95_MS) \
+		--slo-p99-ms $(LOADTEST_P99_MS) --slo-error-rate $(LOADTEST_ERROR_RATE) \
+		--csv $(LOADTEST_REPORTS)/loadtest --html $(LOADTEST_REPORTS)/loadtest.html \
+		$(LOADTEST_ARGS) $(LOADTEST_CLASSES)
+
+# More than the machine can serve (400 users asking 10 calls/s each), judged by strict
+# objectives: the gate must fail, name what it missed, and exit non-zero.
+loadtest-overload: $(VENV)/.dev
+	$(LOADTEST_READY)
+	mkdir -p $(LOADTEST_REPORTS)
+	$(LOCUST) -u 400 -r 100 --run-time 15s --rate-per-user 10 \
+		--slo-p95-ms 100 --slo-p99-ms 250 --slo-error-rate 0.001 \
+		--csv $(LOADTEST_REPORTS)/overload --html $(LOADTEST_REPORTS)/overload.html \
+		$(LOADTEST_ARGS) $(LOADTEST_CLASSES)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
