@@ -168,7 +168,10 @@ def serve(settings: GatewaySettings) -> None:
     the kernel spreads connections across them (``modelgate up --gateway-procs N``)."""
     config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, loop="uvloop",
-                            http="httptools", timeout_graceful_shutdown=5)
+                            http="httptools", timeout_graceful_shutdown=5,
+                            # No access log means nothing reads X-Forwarded-For: skip the
+                            # middleware that would parse it on every call.
+                            proxy_headers=False)
     server = uvicorn.Server(config)
     if not settings.reuse_port:
         server.run()

@@ -29,8 +29,7 @@ REPLY_POP_COUNT = 512
 
 @dataclass(slots=True)
 class _Outgoing:
-    stream: str
-    fields: dict[str, bytes | str | int]
+    command: tuple[bytes | str | int, ...]  # the XADD, argument by argument
     correlation: str
 
 
@@ -75,13 +74,14 @@ class Dispatcher:
         delay_s = max(0.0, deadline_ms / 1000.0 - time.time())
         timer = loop.call_later(delay_s, self._expire, correlation)
         future.add_done_callback(lambda _f: timer.cancel())
-        self._outbox.append(_Outgoing(stream, {
-            "id": correlation,
-            "reply_to": self.reply_to,
-            "deadline_ms": deadline_ms,
-            "attempt": 1,
-            "payload": payload,
-        }, correlation))
+        self._outbox.append(_Outgoing((
+            "XADD", stream, "*",
+            "id", correlation,
+            "reply_to", self.reply_to,
+            "deadline_ms", deadline_ms,
+            "attempt", 1,
+            "payload", payload,
+        ), correlation))
         self._wake.set()
         return future
 
@@ -112,15 +112,36 @@ class Dispatcher:
             batch, self._outbox = self._outbox, []
             if not batch:
                 continue
-            pipe = self.client.pipeline(transaction=False)
-            for item in batch:
-                pipe.xadd(item.stream, item.fields)
             try:
-                await pipe.execute()
+                await self._send(batch)
             except (RedisError, OSError) as e:
                 for item in batch:
                     self._fail(item.correlation, BackendUnavailable(
                         f"the queue (Redis) is unreachable: {e}; retry shortly"))
+
+    async def _send(self, batch: list[_Outgoing]) -> None:
+        """All XADDs of a batch in one write on one connection, then their replies.
+
+        This is what a redis-py pipeline does, minus its per-call machinery (retry wrappers,
+        command stack, response callbacks), which was a tenth of the gateway's CPU per
+        request; connection handling (auth, TLS, timeouts) stays redis-py's.
+        """
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(
+                connection.pack_commands([item.command for item in batch]), check_health=False)
+            for item in batch:
+                try:
+                    await connection.read_response()
+                except ResponseError as e:  # this entry was refused; the others stand
+                    self._fail(item.correlation, BackendUnavailable(
+                        f"the queue refused the request ({e}); retry shortly"))
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     async def _read_loop(self) -> None:
         backoff_s = 0.05
