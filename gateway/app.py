@@ -81,24 +81,32 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error ({type(exc).__name__}); it has been logged")
 
 
+def redis_clients(settings: GatewaySettings) -> tuple[aioredis.Redis, aioredis.Redis]:
+    """The gateway's Redis clients: one for commands, one for the reply reader.
+
+    Commands time out fast so an unreachable Redis turns into 503s, not hangs; the reply
+    reader blocks up to 1 s per BLPOP and gets its own, more patient connection pool.
+    A dropped connection is retried once, at once: after Redis restarts, every idle pooled
+    connection is dead and would fail its next command (a 503 with Redis up); while Redis is
+    down the retry is refused at once. Timeouts are not retried.
+    """
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    client = aioredis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s, max_connections=64, retry=retry)
+    reader = aioredis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s + 2.0, max_connections=2, retry=retry)
+    return client, reader
+
+
 def build_app(settings: GatewaySettings) -> Starlette:
     models = load_repository(settings.models_dir)
     gateway_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Commands time out fast so an unreachable Redis turns into 503s, not hangs; the reply
-        # reader blocks up to 1 s per BLPOP and gets its own, more patient connection pool.
-        # A dropped connection is retried once, at once: after Redis restarts, every idle
-        # pooled connection is dead and would fail its next command (a 503 with Redis up);
-        # while Redis is down the retry is refused at once. Timeouts are not retried.
-        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
-            socket_timeout=settings.redis_timeout_s, max_connections=64, retry=retry)
-        reader = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
-            socket_timeout=settings.redis_timeout_s + 2.0, max_connections=2, retry=retry)
+        client, reader = redis_clients(settings)
         plane = DataPlane(settings, models, client, reader, gateway_id, Metrics())
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)

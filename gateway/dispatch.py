@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 
 from modelgate import keys, wire
@@ -122,26 +123,33 @@ class Dispatcher:
     async def _send(self, batch: list[_Outgoing]) -> None:
         """All XADDs of a batch in one write on one connection, then their replies.
 
-        This is what a redis-py pipeline does, minus its per-call machinery (retry wrappers,
-        command stack, response callbacks), which was a tenth of the gateway's CPU per
-        request; connection handling (auth, TLS, timeouts) stays redis-py's.
+        This is what a redis-py pipeline does, minus its per-call machinery (command stack,
+        response callbacks), which was a tenth of the gateway's CPU per request; connection
+        handling (auth, TLS, timeouts) stays redis-py's. So does its retry policy, once per
+        batch: after Redis restarts, an idle pooled connection is dead and fails its first
+        write, which must not turn into 503s with Redis up. A batch resent after a connection
+        dropped mid-read may add some entries twice; replies are deduplicated by id.
         """
         pool = self.client.connection_pool
         connection = await pool.get_connection()
         try:
-            await connection.send_packed_command(
-                connection.pack_commands([item.command for item in batch]), check_health=False)
-            for item in batch:
-                try:
-                    await connection.read_response()
-                except ResponseError as e:  # this entry was refused; the others stand
-                    self._fail(item.correlation, BackendUnavailable(
-                        f"the queue refused the request ({e}); retry shortly"))
+            await connection.retry.call_with_retry(
+                lambda: self._write(connection, batch), lambda _error: connection.disconnect())
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
+
+    async def _write(self, connection: Connection, batch: list[_Outgoing]) -> None:
+        await connection.send_packed_command(
+            connection.pack_commands([item.command for item in batch]), check_health=False)
+        for item in batch:
+            try:
+                await connection.read_response()
+            except ResponseError as e:  # this entry was refused; the others stand
+                self._fail(item.correlation, BackendUnavailable(
+                    f"the queue refused the request ({e}); retry shortly"))
 
     async def _read_loop(self) -> None:
         backoff_s = 0.05

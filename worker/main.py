@@ -108,7 +108,9 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 log.warning("redis unreachable (%s); retrying in %.1fs", e, backoff_s)
                 stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                # Never longer than a heartbeat: once Redis is back the heartbeat thread makes
+                # gateways count this worker live and send it work, so the loop must be reading.
+                backoff_s = min(backoff_s * 2, settings.heartbeat_interval_s)
             except redis.ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise

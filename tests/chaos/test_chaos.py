@@ -29,7 +29,10 @@ import pytest
 import redis
 from onnx import TensorProto, helper, numpy_helper
 
+from gateway.app import redis_clients
+from gateway.dispatch import Dispatcher
 from modelgate import demo, keys, wire
+from modelgate.settings import GatewaySettings
 from tests.chaos.conftest import (
     Answer,
     ChaosRedis,
@@ -52,7 +55,8 @@ CLAIM_TIMEOUT_MS = "1000"
 
 
 def mlp_heavy() -> onnx.ModelProto:
-    """Four dense layers of width 256: enough work per batch that workers hold entries."""
+    """Four dense layers of width 256 and ten outputs: each distinct input has its own answer,
+    so a reply delivered to the wrong request shows as a wrong output."""
     return demo.mlp_model(inputs=64, hidden=256, outputs=10, layers=4)
 
 
@@ -311,9 +315,10 @@ def test_sigterm_worker_mid_load_drains(
 OUTAGE_S = 3.0
 OUTAGE_TIMEOUT_MS = 5_000
 OUTAGE_CONCURRENCY = 16
-OUTAGE_MAX_REQUESTS = 50_000
+OUTAGE_RATE_PER_S = 3_000  # offered arrivals; refusals are cheap, so this is what gets sent
+OUTAGE_MAX_REQUESTS = 20_000
 KILL_AFTER = 300
-RECOVERY_TIMEOUT_S = 30.0
+RECOVERY_TIMEOUT_S = 15.0
 RECOVERY_BATCH = 300
 
 
@@ -346,6 +351,7 @@ def test_redis_outage_answers_503_and_recovers(
         load = asyncio.create_task(drive(
             cluster.base_url, path, lambda i: infer_body(inputs[i], OUTAGE_TIMEOUT_MS),
             concurrency=OUTAGE_CONCURRENCY, count=OUTAGE_MAX_REQUESTS, stop=stop,
+            rate_per_s=OUTAGE_RATE_PER_S,
             client_timeout_s=OUTAGE_TIMEOUT_MS / 1000 + 5, on_answer=on_answer))
         while "kill" not in moments and not load.done():
             await asyncio.sleep(0.01)
@@ -493,7 +499,8 @@ def test_burst_past_capacity_is_shed_with_429(
     rejected = [a for a in answers if a.status == 429]
     retry_after = Counter(a.retry_after for a in rejected)
     wrong = wrong_outputs(accepted, inputs, model)
-    offered = len(answers) / burst_s
+    starts = [a.started_s for a in answers]
+    offered = (len(answers) - 1) / max(max(starts) - min(starts), 1e-9)  # arrivals, not answers
     report = {
         "capacity_req_per_s": round(capacity), "offered_req_per_s": round(offered),
         "offered_x_capacity": round(offered / capacity, 1),
@@ -607,3 +614,54 @@ def test_abandoned_entry_is_answered_without_further_traffic(
     expected = reference(model, np.ones((1, 4), np.float32))
     assert np.allclose(reply.outputs["probabilities"].data, expected, rtol=1e-5)
     assert report["dead_letter_entries"] == 0 and report["worker_alive"]
+
+
+# --------------------------------------------------------------------------- 6: stale connections
+
+
+STALE_CONNECTIONS = 8
+RESTART_BATCH = 20
+
+
+@pytest.mark.timeout(60)
+def test_gateway_enqueues_on_stale_connections_after_redis_restart(
+        tmp_path: Path, chaos_redis: ChaosRedis,
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """Every connection the gateway pooled before Redis restarted is dead afterwards; the first
+    write on one must still reach the new Redis instead of failing its batch with a 503 while
+    Redis is up. Drives the gateway's own clients and dispatcher directly: no load from outside
+    can choose which pooled connection a batch gets."""
+    settings = GatewaySettings(models_dir=tmp_path, redis_url=chaos_redis.url)
+
+    async def scenario() -> tuple[int, list[BaseException | wire.Reply]]:
+        client, reader = redis_clients(settings)
+        dispatcher = Dispatcher(client, reader, "chaos")
+        dispatcher.start()
+        try:
+            # Concurrent commands grow the pool: these connections sit idle through the restart.
+            await asyncio.gather(*(client.ping() for _ in range(STALE_CONNECTIONS)))
+            chaos_redis.kill()
+            chaos_redis.start()
+            deadline_ms = int(time.time() * 1000) + 10_000
+            payload = wire.encode_request(wire.Request(
+                {"input": wire.tensor(np.ones((1, 4), np.float32))}))
+            futures = [dispatcher.submit(STREAM, payload, deadline_ms)
+                       for _ in range(RESTART_BATCH)]
+            # No worker answers: the batch is written when the entries are in the stream.
+            until = time.monotonic() + 5
+            while (await client.xlen(STREAM) < RESTART_BATCH and time.monotonic() < until
+                   and not any(f.done() for f in futures)):
+                await asyncio.sleep(0.01)
+            written = int(await client.xlen(STREAM))
+        finally:
+            await dispatcher.stop()
+            await client.aclose()
+            await reader.aclose()
+        return written, await asyncio.gather(*futures, return_exceptions=True)
+
+    written, outcomes = asyncio.run(scenario())
+    failed = [o for o in outcomes if "shutting down" not in str(o)]
+    chaos_report({"submitted": RESTART_BATCH, "written": written,
+                  "failed_before_stop": len(failed)})
+    assert written == RESTART_BATCH, f"{written} entries reached Redis: {failed[:1]}"
+    assert not failed, failed[:1]
