@@ -69,6 +69,9 @@ class ModelConfig:
 
     max_batch_size: int | None = None  # rows per ORT run; 0 = never batch
     max_queue_delay_ms: float = 0.0  # wait this long for more rows before a partial batch
+    # Run sizes (rows) to cut batches at when more rows wait than one run takes (Triton's
+    # preferred_batch_size): e.g. the sizes a model's kernels are fastest at.
+    preferred_batch_sizes: tuple[int, ...] = ()
     max_queue: int | None = None  # admission limit on the backlog (entries)
     timeout_ms: int | None = None  # default deadline for this model's requests
     slo_p95_ms: float | None = None
@@ -95,6 +98,9 @@ class ModelConfig:
         for key, value in raw.items():
             if value is None:
                 continue
+            if key == "preferred_batch_sizes":
+                values[key] = _sizes(value, source)
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise RepositoryError(f"{source}: {key} must be a number, got {value!r}")
             if value < 0:
@@ -103,6 +109,14 @@ class ModelConfig:
                 raise RepositoryError(f"{source}: {key} is a share in [0, 1], got {value}")
             values[key] = value if key.endswith(("_ms", "_per_hour", "_share")) else int(value)
         return cls(**values)
+
+
+def _sizes(value: Any, source: Path) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise RepositoryError(f"{source}: preferred_batch_sizes must be a list of positive "
+                              f"integers, got {value!r}")
+    return tuple(sorted(set(value)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +241,10 @@ def load_version(name: str, version: str, path: Path, config: ModelConfig) -> Mo
         )
     else:
         max_batch_size = config.max_batch_size
+    too_big = [s for s in config.preferred_batch_sizes if s > max_batch_size]
+    if too_big:
+        raise RepositoryError(f"{path}: preferred_batch_sizes {too_big} exceed max_batch_size "
+                              f"{max_batch_size}")
     return ModelVersion(name, version, path, inputs, outputs, config, max_batch_size)
 
 

@@ -63,8 +63,18 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
     return Entry(entry_id, correlation, reply_to, deadline_ms, enqueued_ms, request)
 
 
-def plan_runs(entries: list[Entry], max_batch_size: int) -> Iterator[list[Entry]]:
-    """Cut valid entries into ORT runs: compatible shapes, at most ``max_batch_size`` rows."""
+def _run_size(waiting_rows: int, max_batch_size: int, preferred: tuple[int, ...]) -> int:
+    """Rows for the next run: the largest preferred size that the waiting rows fill, else as
+    many as fit."""
+    cap = min(waiting_rows, max_batch_size)
+    fitting = [size for size in preferred if size <= cap]
+    return max(fitting) if fitting else cap
+
+
+def plan_runs(entries: list[Entry], max_batch_size: int,
+              preferred: tuple[int, ...] = ()) -> Iterator[list[Entry]]:
+    """Cut valid entries into ORT runs: compatible shapes, at most ``max_batch_size`` rows,
+    at a preferred size where the waiting rows allow one."""
     if max_batch_size <= 0:
         for entry in entries:
             yield [entry]
@@ -74,13 +84,16 @@ def plan_runs(entries: list[Entry], max_batch_size: int) -> Iterator[list[Entry]
         assert entry.request is not None
         groups.setdefault(batch_key(entry.request), []).append(entry)
     for group in groups.values():
+        sizes = [request_rows(e.request) for e in group if e.request is not None]
+        waiting = sum(sizes)
+        target = _run_size(waiting, max_batch_size, preferred)
         run: list[Entry] = []
         rows = 0
-        for entry in group:
-            assert entry.request is not None
-            entry_rows = request_rows(entry.request)
-            if run and rows + entry_rows > max_batch_size:
+        for entry, entry_rows in zip(group, sizes, strict=True):
+            if run and rows + entry_rows > target:
                 yield run
+                waiting -= rows
+                target = _run_size(waiting, max_batch_size, preferred)
                 run, rows = [], 0
             run.append(entry)
             rows += entry_rows
@@ -186,7 +199,9 @@ class Consumer:
         if settled:
             self._answer(settled, now_ms)
             self.stats.add(completed=len(settled), errors=len(settled))
-        runs = [*plan_runs(retried, 0), *plan_runs(runnable, self.model.max_batch_size)]
+        runs = [*plan_runs(retried, 0),
+                *plan_runs(runnable, self.model.max_batch_size,
+                           self.model.config.preferred_batch_sizes)]
         for run in runs:
             run_started = time.perf_counter()
             outcomes = self.runner.run_batch([e.request for e in run if e.request is not None])

@@ -74,6 +74,35 @@ def test_max_batch_size_zero_runs_every_request_alone() -> None:
     assert list(plan_runs([], 8)) == []
 
 
+def test_preferred_batch_sizes_cut_runs_at_the_largest_size_the_rows_fill() -> None:
+    entries = [entry(i, req(input=fp32(1))) for i in range(23)]
+    # 23 rows, max 16, preferred 4 and 8: 8 + 8 + 4 (preferred), then the 3 left over.
+    runs = list(plan_runs(entries, 16, (4, 8)))
+    assert [len(r) for r in runs] == [8, 8, 4, 3]
+    assert [e.id for r in runs for e in r] == [str(i) for i in range(23)]
+    # Without preferred sizes the same rows fill max_batch_size.
+    assert [len(r) for r in plan_runs(entries, 16)] == [16, 7]
+    # Multi-row requests never split: a run closes before a request would pass the size.
+    big = [entry(i, req(input=fp32(3))) for i in range(4)]  # 12 rows, preferred 8
+    assert [sum(len(e.request.inputs["input"].data) for e in r)  # type: ignore[union-attr]
+            for r in plan_runs(big, 16, (8,))] == [6, 6]
+
+
+def test_preferred_batch_sizes_are_validated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from modelgate import demo
+    from modelgate.repository import RepositoryError, load_model
+
+    demo.write_model(demo.mlp_model(), tmp_path, "mlp")
+    (tmp_path / "mlp" / "config.yaml").write_text("max_batch_size: 8\npreferred_batch_sizes: [4, 16]\n")
+    with pytest.raises(RepositoryError, match=r"preferred_batch_sizes \[16\] exceed"):
+        load_model(tmp_path / "mlp")
+    (tmp_path / "mlp" / "config.yaml").write_text("preferred_batch_sizes: 4\n")
+    with pytest.raises(RepositoryError, match="list of positive integers"):
+        load_model(tmp_path / "mlp")
+    (tmp_path / "mlp" / "config.yaml").write_text("preferred_batch_sizes: [8, 4]\n")
+    assert load_model(tmp_path / "mlp").default.config.preferred_batch_sizes == (4, 8)
+
+
 # --------------------------------------------------------------------------- Runner
 
 
