@@ -26,6 +26,8 @@ $(DEMO)/.built: $(VENV)/.runtime modelgate/demo.py
 up: $(VENV)/.runtime $(DEMO)/.built
 	$(BIN)/modelgate up --models $(DEMO) --port $(PORT)
 
+# Installs nothing outside the venv: tests/dashboard use the system's chromium if there is one
+# (README "Development") and skip, saying so, if there is none.
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
 

@@ -297,6 +297,50 @@ _MODEL_READY = {
 }
 
 
+_DASHBOARD_DATA = {
+    "type": "object",
+    "required": ["time", "start", "end", "window_s", "drift", "autoscaler", "models"],
+    "description": "Per model (default version): one value per second from `start` to `end` "
+                   "(epoch seconds) in `series`, the current figures in `now`, and the scaling "
+                   "decisions; `autoscaler` holds the cost rate, its series and the budget.",
+    "properties": {
+        "time": {"type": "number"}, "start": {"type": "integer"}, "end": {"type": "integer"},
+        "window_s": {"type": "integer"}, "drift": {"type": "boolean"},
+        "autoscaler": {"type": "object",
+                       "required": ["running", "cost_per_hour", "budget_per_hour", "cost"]},
+        "models": {"type": "array", "items": {
+            "type": "object", "required": ["name", "version", "pool", "now", "series",
+                                           "decisions"]}},
+    },
+}
+
+
+def _static(operation_id: str, summary: str, media_type: str) -> dict[str, Any]:
+    """A file of the dashboard page: served without a key (it holds no data)."""
+    return {"get": {
+        "operationId": operation_id, "summary": summary, "tags": ["dashboard"], "security": [],
+        "responses": {"200": {"description": "The file.",
+                              "content": {media_type: {"schema": {"type": "string"}}}},
+                      "500": _ref("responses", "InternalError")}}}
+
+
+_DASHBOARD_PATHS = {
+    "/dashboard": _static("dashboard", "The live dashboard page (open #key=KEY with API keys).",
+                          "text/html"),
+    "/dashboard/dashboard.js": _static("dashboard_script", "The dashboard's script.",
+                                       "text/javascript"),
+    "/dashboard/charts.js": _static("dashboard_charts", "The dashboard's SVG charts.",
+                                    "text/javascript"),
+    "/dashboard/dashboard.css": _static("dashboard_style", "The dashboard's style sheet.",
+                                        "text/css"),
+    "/dashboard/data": {"get": {
+        "operationId": "dashboard_data", "tags": ["dashboard"],
+        "summary": "What the dashboard draws: every model's last minutes, from Redis.",
+        "responses": {"200": _json(_DASHBOARD_DATA, "The snapshot (at most 0.5 s old)."),
+                      **_errors("Unavailable")}}},
+}
+
+
 def _probe(operation_id: str, summary: str, ok: dict[str, Any],
            extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"get": {"operationId": operation_id, "summary": summary, "tags": ["probes"],
@@ -330,6 +374,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_NAME],
             "responses": {"200": _json(_schema("ModelReady"), "The model's readiness."),
                           **_errors("NotFound")}}},
+        **_DASHBOARD_PATHS,
         "/metrics": _probe("metrics", "Prometheus metrics, worker-side figures included.", {
             "description": "Prometheus text exposition format.",
             "content": {"text/plain": {"schema": {"type": "string"}}}}),

@@ -27,11 +27,12 @@
   }
 
   // About `count` round tick values covering [lo, hi].
-  function niceTicks(lo, hi, count) {
+  function niceTicks(lo, hi, count, integer) {
     if (!(hi > lo)) hi = lo + 1;
-    const raw = (hi - lo) / Math.max(1, count);
+    const raw = Math.max((hi - lo) / Math.max(1, count), integer ? 1 : 0);
     const magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
-    const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw) || raw;
+    const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude)
+      .filter((s) => !integer || Number.isInteger(s)).find((s) => s >= raw) || raw;
     // From the first tick at or below lo to the first at or above hi: data never overflows.
     const ticks = [];
     const first = Math.floor(lo / step + 1e-9);
@@ -43,8 +44,8 @@
   function formatTick(value, step) {
     if (Math.abs(value) >= 10000) return (value / 1000).toFixed(0) + "k";
     if (Math.abs(value) >= 1000) return (value / 1000).toFixed(step >= 1000 ? 0 : 1) + "k";
-    const digits = step >= 1 ? 0 : Math.min(3, Math.ceil(-Math.log10(step)));
-    return value.toFixed(digits);
+    const digits = step >= 1 ? 0 : Math.min(3, Math.ceil(-Math.log10(step)) + 1);
+    return String(parseFloat(value.toFixed(digits)));
   }
 
   function clock(epochS) {
@@ -102,7 +103,7 @@
   // A time-series chart into `container` (its previous content is replaced).
   // opts: {start, series: [{name, color, values, step, dash, area, width}], stacked,
   //        markers: [{time, label, title, color}], hlines: [{value, label, color}],
-  //        unit, format, height, empty}
+  //        unit, format, height, empty, integer (whole-number ticks)}
   function lineChart(container, opts) {
     clear(container);
     const width = Math.max(280, container.clientWidth || 480);
@@ -134,7 +135,7 @@
     for (const h of opts.hlines || []) {
       if (h.value !== null && h.value !== undefined) hi = Math.max(hi, h.value);
     }
-    const { ticks, step } = niceTicks(0, hi > 0 ? hi * 1.05 : 1, 4);
+    const { ticks, step } = niceTicks(0, hi > 0 ? hi * 1.05 : 1, 4, opts.integer);
     const top = ticks[ticks.length - 1] || 1;
     const x = (i) => MARGIN.left + (n > 1 ? (i / (n - 1)) * plotW : 0);
     const y = (v) => MARGIN.top + plotH - (Math.min(v, top) / top) * plotH;
@@ -154,15 +155,15 @@
         transform: "rotate(-90 12 " + (MARGIN.top + plotH / 2) + ")",
       });
     }
-    // Time axis: one tick per minute back from the newest second, labelled relative to now.
+    // Time axis: ticks back from the newest second, labelled relative to now.
     const axis = svgEl("g", { class: "axis" }, svg);
     svgEl("line", { x1: MARGIN.left, x2: width - MARGIN.right, y1: MARGIN.top + plotH, y2: MARGIN.top + plotH }, axis);
-    for (let back = 0; back < n; back += 60) {
+    const every = n <= 70 ? 10 : n <= 130 ? 20 : n <= 190 ? 30 : 60;
+    for (let back = 0; back < n; back += every) {
       const i = n - 1 - back;
       svgEl("line", { x1: x(i), x2: x(i), y1: MARGIN.top + plotH, y2: MARGIN.top + plotH + 4 }, axis);
-      svgText(axis, x(i), height - 8, back === 0 ? "now" : "−" + back / 60 + " min", {
-        class: "tick", "text-anchor": back === 0 ? "end" : "middle",
-      });
+      const label = back === 0 ? "now" : back % 60 === 0 ? "−" + back / 60 + " min" : "−" + back + " s";
+      svgText(axis, x(i), height - 8, label, { class: "tick", "text-anchor": back === 0 ? "end" : "middle" });
     }
 
     const plot = svgEl("g", { class: "plot" }, svg);
@@ -207,10 +208,12 @@
       });
     }
     addHover(container, svg, { opts: opts, n: n, x: x, plotW: plotW, plotH: plotH, format: format, height: height });
+    svg.appendChild(markers); // above the hover overlay, so a flag shows its reason
     return svg;
   }
 
-  // A guide line and a readout of every series at the pointer's second.
+  // A guide line and a readout of every series at the pointer's second. The second stays
+  // selected across redraws (the page redraws every second) until the pointer leaves.
   function addHover(container, svg, c) {
     const guide = svgEl("line", { class: "guide", y1: MARGIN.top, y2: MARGIN.top + c.plotH, visibility: "hidden" }, svg);
     const tip = document.createElement("div");
@@ -218,11 +221,8 @@
     tip.hidden = true;
     container.appendChild(tip);
     const overlay = svgEl("rect", { x: MARGIN.left, y: MARGIN.top, width: c.plotW, height: c.plotH, fill: "transparent", class: "overlay" }, svg);
-    overlay.addEventListener("mousemove", (event) => {
-      const box = svg.getBoundingClientRect();
-      const scale = box.width > 0 ? parseFloat(svg.getAttribute("width")) / box.width : 1;
-      const px = (event.clientX - box.left) * scale;
-      const i = Math.max(0, Math.min(c.n - 1, Math.round(((px - MARGIN.left) / c.plotW) * (c.n - 1))));
+
+    function show(i) {
       guide.setAttribute("x1", c.x(i));
       guide.setAttribute("x2", c.x(i));
       guide.setAttribute("visibility", "visible");
@@ -250,14 +250,32 @@
         }
       }
       tip.hidden = false;
-      const left = Math.min(px / scale + 12, container.clientWidth - tip.offsetWidth - 4);
+      const box = svg.getBoundingClientRect();
+      const scale = box.width > 0 ? box.width / parseFloat(svg.getAttribute("width")) : 1;
+      const x = c.x(i) * scale;
+      // Right of the guide, or left of it near the right edge.
+      const left = x + 12 + tip.offsetWidth <= container.clientWidth ? x + 12 : x - 12 - tip.offsetWidth;
       tip.style.left = Math.max(0, left) + "px";
       tip.style.top = "8px";
+    }
+
+    overlay.addEventListener("mousemove", (event) => {
+      const box = svg.getBoundingClientRect();
+      const scale = box.width > 0 ? parseFloat(svg.getAttribute("width")) / box.width : 1;
+      const px = (event.clientX - box.left) * scale;
+      const i = Math.max(0, Math.min(c.n - 1, Math.round(((px - MARGIN.left) / c.plotW) * (c.n - 1))));
+      container.dataset.hoverBack = String(c.n - 1 - i); // seconds before the newest
+      show(i);
     });
     overlay.addEventListener("mouseleave", () => {
+      delete container.dataset.hoverBack;
       guide.setAttribute("visibility", "hidden");
       tip.hidden = true;
     });
+    if (container.dataset.hoverBack !== undefined) {
+      const i = c.n - 1 - Number(container.dataset.hoverBack);
+      if (i >= 0 && i < c.n) show(i);
+    }
   }
 
   // Two distributions over the same bins, side by side per bin.
@@ -285,7 +303,7 @@
     }
     const slot = plotW / n;
     const bar = Math.max(1, Math.min(28, slot * 0.38));
-    const labelEvery = Math.max(1, Math.ceil(n / Math.max(1, Math.floor(plotW / 64))));
+    const labelEvery = Math.max(1, Math.ceil(n / Math.max(1, Math.floor(plotW / 46))));
     for (let i = 0; i < n; i++) {
       const cx = MARGIN.left + slot * (i + 0.5);
       [[opts.a, -1], [opts.b, 0]].forEach(([s, offset]) => {

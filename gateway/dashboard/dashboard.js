@@ -210,11 +210,10 @@
 
   function markersOf(model) {
     return model.decisions.map((d) => {
-      const up = d.desired > d.current;
       const flags = (d.panic ? " [panic]" : "") + (d.capped ? " [capped by budget]" : "");
       return {
         time: Math.floor(d.time),
-        color: up ? C.orange : C.violet,
+        color: d.desired > d.current ? C.orange : d.desired < d.current ? C.violet : C.red,
         title: window.MGCharts.clock(d.time) + "  " + d.current + " → " + d.desired +
           " workers" + flags + ": " + d.reason,
       };
@@ -266,11 +265,32 @@
     $("fig-cost-detail").textContent = detail;
   }
 
-  function renderCharts(data, model) {
-    const s = model.series;
+  // The charts start where the system was first seen (a gauge sample, an autoscaler event or
+  // a request), at least a minute back: a gateway started a minute ago gets a minute-wide
+  // timeline, not five minutes of nothing.
+  function firstSeen(data, model) {
+    const n = model.series.live.length;
+    let first = n;
+    const seen = (v) => v !== null && v !== undefined;
+    const busy = (v) => isNum(v) && v > 0;
+    for (const [values, test] of [[model.series.live, seen], [model.series.desired, seen],
+      [model.series.completed, busy], [model.series.arrivals, busy], [data.autoscaler.cost, seen]]) {
+      const i = values.findIndex(test);
+      if (i >= 0) first = Math.min(first, i);
+    }
+    const span = [60, 120, 180, 240].find((c) => c >= n - first) || n;
+    return Math.max(0, n - span);
+  }
+
+  function renderCharts(data, whole) {
+    const from = firstSeen(data, whole);
+    const s = {};
+    for (const [name, values] of Object.entries(whole.series)) s[name] = values.slice(from);
+    const model = Object.assign({}, whole, { series: s });
     const markers = markersOf(model);
     const charts = window.MGCharts;
-    const start = data.start;
+    const start = data.start + from;
+    const totalCost = data.autoscaler.cost.slice(from);
 
     const rate = [
       { name: "completed", color: C.blue, values: s.completed, width: 2.2 },
@@ -298,7 +318,7 @@
 
     const backlog = [{ name: "backlog", color: C.teal, values: s.backlog, area: true, width: 2 }];
     legend("legend-backlog", backlog);
-    charts.lineChart($("chart-backlog"), { start: start, series: backlog, markers: markers, unit: "requests", format: fmtInt });
+    charts.lineChart($("chart-backlog"), { start: start, series: backlog, markers: markers, unit: "requests", format: fmtInt, integer: true });
 
     const workers = [
       { name: "live", color: C.blue, values: s.live, step: true, width: 2.4 },
@@ -306,11 +326,11 @@
       { name: "starting", color: C.grey, values: s.starting, step: true },
     ];
     legend("legend-workers", workers);
-    charts.lineChart($("chart-workers"), { start: start, series: workers, markers: markers, unit: "workers", format: fmtInt });
+    charts.lineChart($("chart-workers"), { start: start, series: workers, markers: markers, unit: "workers", format: fmtInt, integer: true });
 
     const budget = data.autoscaler.budget_per_hour;
     const cost = [
-      { name: "all models", color: C.green, values: data.autoscaler.cost, step: true, area: true, width: 2.2 },
+      { name: "all models", color: C.green, values: totalCost, step: true, area: true, width: 2.2 },
       { name: model.name, color: C.teal, values: s.cost_per_hour, step: true, dash: true },
     ];
     legend("legend-cost", cost.concat(isNum(budget) ? [{ name: "budget", color: C.red, dash: true }] : []));
@@ -331,7 +351,8 @@
     for (const d of rows) {
       const tr = document.createElement("tr");
       tr.appendChild(el("td", "nowrap", window.MGCharts.clock(d.time)));
-      tr.appendChild(el("td", "nowrap " + (d.desired > d.current ? "up" : "down"), d.current + " → " + d.desired));
+      const direction = d.desired > d.current ? "up" : d.desired < d.current ? "down" : "held";
+      tr.appendChild(el("td", "nowrap " + direction, d.current + " → " + d.desired));
       const reason = el("td", "reason", d.reason);
       if (d.panic) reason.prepend(el("span", "badge bad", "panic"));
       if (d.capped) reason.prepend(el("span", "badge warn", "capped"));
@@ -475,7 +496,10 @@
     if (isNum(ref.mean)) parts.push("reference mean " + fmtValue(ref.mean) + " ± " + fmtValue(ref.std));
     if (isNum(cur.mean)) parts.push("current mean " + fmtValue(cur.mean) + " ± " + fmtValue(cur.std));
     if (!curFractions.length) parts.push("no rows in the current window yet");
-    parts.push("score " + fmtValue(feature.score) + (feature.alert ? " — drift alert" : ""));
+    parts.push("score " + fmtValue(feature.score));
+    if (feature.alert) {
+      parts.push("drifting" + (isNum(feature.alert_since) ? " since " + window.MGCharts.clock(feature.alert_since) : ""));
+    }
     $("drift-feature-detail").textContent = parts.join(" · ");
   }
 

@@ -179,7 +179,14 @@ def total_cost_series(per_pool: Iterable[Series]) -> Series:
 
 
 def decisions(events: Sequence[Event], limit: int) -> list[dict[str, object]]:
-    """The events that changed the worker count (the timeline's markers), newest last."""
-    changes = [e for e in events if e.changes][-limit:]
+    """The timeline's markers, newest last: events that changed the worker count, and the
+    first of a run of events the budget capped (the autoscaler wanted more and was refused)."""
+    marked = []
+    capped_before = False
+    for event in events:
+        if event.changes or (event.capped and not capped_before):
+            marked.append(event)
+        capped_before = event.capped
     return [{"time": round(e.time, 3), "current": e.current, "desired": e.desired,
-             "reason": e.reason, "panic": e.panic, "capped": e.capped} for e in changes]
+             "reason": e.reason, "panic": e.panic, "capped": e.capped}
+            for e in marked[-limit:]]

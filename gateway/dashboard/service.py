@@ -116,10 +116,12 @@ class Dashboard:
             pipe.zcount(keys.pool_workers(pool), now - self.plane.settings.worker_ttl_s, "+inf")
             pipe.zcount(keys.pool_starting(pool), now - STARTING_GRACE_S, "+inf")
             pipe.get(keys.pool_desired(pool))
-        first_id = f"{start * 1000}-0"
         if self._last_event_id is not None and int(self._last_event_id.split("-")[0]) >= (
                 start * 1000):
             first_id = _next_id(self._last_event_id)  # only what came since the last build
+        else:
+            first_id = f"{start * 1000}-0"  # the whole window, afresh
+            self._events.clear()
         pipe.xrange(keys.AUTOSCALER_EVENTS, min=first_id, max="+", count=EVENTS_PER_READ)
         pipe.get(keys.AUTOSCALER_BUDGET)
         try:
