@@ -6,8 +6,6 @@ from autoscaler.loop import PoolPlan
 from autoscaler.policy import PolicyConfig
 from modelgate.repository import Model
 
-DEFAULT_COST_PER_HOUR = 1.0
-
 
 def plans_for(models: dict[str, Model], min_workers: int, max_workers: int,
               scale_down_delay_s: float) -> list[PoolPlan]:
@@ -26,7 +24,6 @@ def plans_for(models: dict[str, Model], min_workers: int, max_workers: int,
                                     max(8, model.default.max_batch_size)),
                                 slo_p95_ms=config.slo_p95_ms,
                                 scale_down_delay_s=scale_down_delay_s),
-            cost_per_hour=(DEFAULT_COST_PER_HOUR if config.worker_cost_per_hour is None
-                           else config.worker_cost_per_hour),
+            cost_per_hour=config.worker_cost_per_hour,
         ))
     return plans

@@ -178,6 +178,8 @@ class DataPlane:
             pipe.zcount(keys.pool_starting(pool), now - STARTING_GRACE_S, "+inf")
             pipe.xlen(keys.requests_stream(pool))
             pipe.get(keys.pool_desired(pool))
+        pipe.get(keys.AUTOSCALER_BUDGET)
+        budget_at = 5 * len(pools)
         for pool, (admitted, rejected) in flushed.items():
             if admitted or rejected:
                 bucket = keys.pool_stats(pool, int(now))
@@ -221,6 +223,10 @@ class DataPlane:
             self.metrics.queue_depth.labels(model.name).set(view.backlog)
             if view.desired is not None:
                 self.metrics.desired_workers.labels(model.name).set(view.desired)
+                self.metrics.cost_per_hour.labels(model.name).set(
+                    view.desired * model.default.config.worker_cost_per_hour)
+        if results[budget_at] is not None:
+            self.metrics.budget_per_hour.set(float(results[budget_at]))
         for hook in self.on_refresh:
             hook(now)
 

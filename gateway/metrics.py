@@ -57,6 +57,12 @@ class Metrics:
         self.desired_workers = Gauge("modelgate_desired_workers",
                                      "Workers the autoscaler wants", ["model"], registry=r,
                                      multiprocess_mode=gauge_mode)
+        self.cost_per_hour = Gauge("modelgate_cost_per_hour",
+                                   "Cost rate of the workers the autoscaler wants",
+                                   ["model"], registry=r, multiprocess_mode=gauge_mode)
+        self.budget_per_hour = Gauge("modelgate_budget_per_hour",
+                                     "The autoscaler's budget across models (absent: none)",
+                                     registry=r, multiprocess_mode=gauge_mode)
         self.drift_score = Gauge("modelgate_drift_score",
                                  "Drift statistic over its alarm threshold (1 = alarm)",
                                  ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)

@@ -77,7 +77,7 @@ class ModelConfig:
     slo_p95_ms: float | None = None
     min_workers: int | None = None
     max_workers: int | None = None
-    worker_cost_per_hour: float | None = None
+    worker_cost_per_hour: float = 1.0  # price of one worker, for the autoscaler's budget
     intra_op_threads: int | None = None
     drift_sample_share: float = 1.0  # share of served rows sampled for drift detection
     drift_max_rows_per_s: int = 1000  # per worker; bounds the sampling cost

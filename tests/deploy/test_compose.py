@@ -43,6 +43,9 @@ REQUIRED_PANELS = {
     "Queue depth": {"modelgate_queue_depth"},
     "Workers": {"modelgate_workers", "modelgate_desired_workers"},
     "Error rate": {"modelgate_requests_total"},
+    "Cost rate": {"modelgate_cost_per_hour", "modelgate_budget_per_hour"},
+    "Drift score": {"modelgate_drift_score"},
+    "Drift alerts": {"modelgate_drift_alert"},
 }
 
 

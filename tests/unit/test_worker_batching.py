@@ -93,7 +93,8 @@ def test_preferred_batch_sizes_are_validated(tmp_path) -> None:  # type: ignore[
     from modelgate.repository import RepositoryError, load_model
 
     demo.write_model(demo.mlp_model(), tmp_path, "mlp")
-    (tmp_path / "mlp" / "config.yaml").write_text("max_batch_size: 8\npreferred_batch_sizes: [4, 16]\n")
+    config = tmp_path / "mlp" / "config.yaml"
+    config.write_text("max_batch_size: 8\npreferred_batch_sizes: [4, 16]\n")
     with pytest.raises(RepositoryError, match=r"preferred_batch_sizes \[16\] exceed"):
         load_model(tmp_path / "mlp")
     (tmp_path / "mlp" / "config.yaml").write_text("preferred_batch_sizes: 4\n")
