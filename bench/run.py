@@ -1,0 +1,258 @@
+"""``make bench``: serve the same model with every target, one at a time, and drive each with
+the same closed-loop load from a separate process; print a side-by-side table and write it to
+``docs/benchmarks.md``.
+
+Every knob is a flag that also reads ``BENCH_<FLAG>`` from the environment. Defaults take about
+a minute: per target and load point a warm-up then a measured run. Server logs, the load
+generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from bench import cpu
+from bench.load import LoadClient, LoadError, LoadPoint, PythonClient, make_client
+from bench.report import Machine, Measurement, Section, goal_lines, markdown, text_table
+from bench.targets import REPO_ROOT, TARGETS, Target, TargetFailed
+from bench.workloads import WORKLOADS, Workload, WrongAnswer
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    points: tuple[LoadPoint, ...]
+    targets: tuple[str, ...]
+    workloads: tuple[str, ...]
+    client: str  # auto | wrk | python
+    request_timeout_s: int
+    quiet_wait_s: int
+    out: Path | None  # None: print only
+    log_dir: Path
+
+
+@dataclass(slots=True)
+class Results:
+    measurements: list[Measurement] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    descriptions: dict[str, str] = field(default_factory=dict)  # target name -> what it is
+    failed: bool = False
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def option(flag: str, default: str, help_text: str, **kwargs: Any) -> None:
+        variable = "BENCH_" + flag[2:].upper().replace("-", "_")
+        parser.add_argument(flag, default=env.get(variable, default),
+                            help=f"{help_text} (default {default}) [env {variable}]", **kwargs)
+
+    option("--duration-s", "10", "measured seconds per load point", type=int)
+    option("--warmup-s", "2", "unmeasured seconds before each load point", type=int)
+    option("--concurrency", "1,32", "comma-separated connection counts, one load point each")
+    option("--targets", ",".join(TARGETS), f"comma-separated, from {sorted(TARGETS)}")
+    option("--workloads", ",".join(WORKLOADS), f"comma-separated, from {sorted(WORKLOADS)}")
+    option("--client", "auto", "load generator: wrk, python, or auto (wrk if it can be had)",
+           choices=["auto", "wrk", "python"])
+    option("--request-timeout-s", "5", "a request slower than this counts as an error", type=int)
+    option("--quiet-wait-s", "20", "wait up to this long for a quiet machine before each server",
+           type=int)
+    option("--out", "docs/benchmarks.md", "markdown report, relative to the repo; '-' for none")
+    option("--log-dir", ".bench", "server logs and raw load output, relative to the repo")
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    unknown = [n for n in _names(args.targets) if n not in TARGETS] + \
+        [n for n in _names(args.workloads) if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown target or workload {unknown}")
+    if int(args.duration_s) < 1 or int(args.warmup_s) < 0 or int(args.request_timeout_s) < 1:
+        parser.error("--duration-s and --request-timeout-s must be >= 1, --warmup-s >= 0")
+    try:
+        concurrencies = [int(c) for c in _names(args.concurrency)]
+    except ValueError:
+        parser.error(f"--concurrency takes whole numbers, got {args.concurrency!r}")
+    if not concurrencies or min(concurrencies) < 1:
+        parser.error("--concurrency needs at least one number >= 1")
+    return Settings(
+        points=tuple(LoadPoint(c, int(args.duration_s), int(args.warmup_s))
+                     for c in concurrencies),
+        targets=_names(args.targets),
+        workloads=_names(args.workloads),
+        client=args.client,
+        request_timeout_s=int(args.request_timeout_s),
+        quiet_wait_s=int(args.quiet_wait_s),
+        out=None if args.out == "-" else REPO_ROOT / args.out,
+        log_dir=REPO_ROOT / args.log_dir,
+    )
+
+
+def _interrupt_on_sigterm() -> None:
+    # SIGTERM unwinds like Ctrl-C, so every `finally` stops what it started.
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _save_metrics(base_url: str, path: Path) -> None:
+    """Keep the target's Prometheus text, if it has any, to explain the numbers later."""
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=5) as response:
+            path.write_bytes(response.read())
+    except (urllib.error.URLError, OSError):
+        pass
+
+
+def wait_for_quiet(max_wait_s: int) -> float | None:
+    """Wait up to ``max_wait_s`` for other work on the machine to drop below the threshold;
+    returns the CPUs it kept busy in the last one-second sample (None: cannot tell)."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        busy = cpu.machine_cpus(window_s=1.0)
+        if busy is None or busy <= cpu.BUSY_MACHINE_CPUS or time.monotonic() >= deadline:
+            return busy
+        print(f"bench: other processes keep {busy:.2f} CPUs busy; waiting up to "
+              f"{deadline - time.monotonic():.0f}s more for a quiet machine", flush=True)
+
+
+def measure_target(target: Target, workload: Workload, model_root: Path, client: LoadClient,
+                   settings: Settings, results: Results) -> None:
+    """Start ``target``, run every load point against it, stop it (always)."""
+    label = f"{target.name}/{workload.name}"
+    expected = workload.expected(model_root / workload.name / "1" / "model.onnx")
+    print(f"bench: starting {target.name} for {workload.name}...", flush=True)
+    try:
+        started = target.start(workload, model_root, settings.log_dir, expected)
+        print(f"bench: {target.name} answers correctly at {started.base_url} "
+              f"({started.ready_s:.1f}s after spawn)", flush=True)
+        results.notes.append(f"{label}: first correct answer {started.ready_s:.1f}s after spawn")
+        url = started.base_url + workload.infer_path
+        body = workload.body_bytes()
+        load_log = settings.log_dir / f"load-{target.name}-{workload.name}.txt"
+        load_log.write_text("")
+        for point in settings.points:
+            c = point.concurrency
+            if point.warmup_s:
+                warm = client.run(url, body, c, point.warmup_s, load_log)
+                if warm.errors:
+                    results.notes.append(f"{label} c={c}: {warm.errors} errors during warm-up")
+            before = cpu.snapshot(target.pids())
+            result = client.run(url, body, c, point.duration_s, load_log)
+            used = cpu.usage(before, cpu.snapshot(target.pids()))
+            if not target.alive():
+                raise TargetFailed(f"{target.name} died during the run: {target.why_dead()}")
+            results.measurements.append(Measurement(workload.name, target.name, c, result, used))
+            print(f"bench: {target.name:<10} c={c:<3} {result.rps:>9,.0f} req/s  "
+                  f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                  f"errors {result.errors}", flush=True)
+            if used.disturbed:
+                warning = (f"{label} c={c}: other processes kept {used.other:.2f} CPUs busy "
+                           "during the run; the machine was not quiet, so this point is not "
+                           "comparable")
+                print(f"bench: WARNING {warning}", flush=True)
+                results.notes.append(warning)
+        _save_metrics(started.base_url,
+                      settings.log_dir / f"metrics-{target.name}-{workload.name}.txt")
+    finally:
+        how = target.stop()
+        print(f"bench: {target.name} {how}", flush=True)
+        if not how.startswith("stopped"):
+            results.notes.append(f"{label}: {how}")
+
+
+def run(settings: Settings, client: LoadClient, work_dir: Path, results: Results) -> None:
+    """Every workload on every target, one target at a time."""
+    for workload in (WORKLOADS[n]() for n in settings.workloads):
+        model_root = work_dir / workload.name
+        workload.write(model_root)
+        results.sections.append(Section(workload.name, workload.description))
+        for target in (TARGETS[n]() for n in settings.targets):
+            results.descriptions[target.name] = target.description
+            if settings.quiet_wait_s:
+                wait_for_quiet(settings.quiet_wait_s)
+            try:
+                measure_target(target, workload, model_root, client, settings, results)
+            except (TargetFailed, WrongAnswer, LoadError) as e:
+                results.failed = True
+                print(f"bench: {target.name}/{workload.name} FAILED: {e}", flush=True)
+                results.notes.append(f"{target.name}/{workload.name} FAILED: "
+                                     f"{str(e).splitlines()[0]}")
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    settings = parse_settings(argv, os.environ if env is None else env)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    _interrupt_on_sigterm()
+    results = Results()
+    began = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="modelgate-bench-") as tmp:
+            client = make_client(settings.client, Path(tmp), settings.request_timeout_s)
+            machine = Machine.describe(f"{client.name} {client.version}", REPO_ROOT)
+            if isinstance(client, PythonClient):
+                results.notes.append(
+                    "load came from the Python fallback client, which needs a core of its own: "
+                    "high-concurrency numbers are capped by the client and throughput ratios "
+                    "flatter the slower server; install wrk")
+            run(settings, client, Path(tmp), results)
+    except LoadError as e:  # no load generator at all
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; every server was stopped", file=sys.stderr)
+        return 130
+
+    point = settings.points[0]
+    method = (f"{client.name} {client.version}, 1 thread, closed loop (each connection sends "
+              f"its next request when the previous answer arrives); {point.warmup_s}s warm-up "
+              f"then {point.duration_s}s measured per point; all on 127.0.0.1")
+    print(f"\nbench: done in {time.monotonic() - began:.0f}s on {machine.nproc} CPUs "
+          f"({machine.cpu_model}), load by {client.name}\n")
+    for section in results.sections:
+        print(f"{section.workload}: {section.description}")
+        print(text_table(results.measurements, section.workload))
+        for line in goal_lines(results.measurements, section.workload):
+            print(f"  {line}")
+        print()
+    for note in results.notes:
+        print(f"note: {note}")
+    (settings.log_dir / "results.json").write_bytes(orjson.dumps(
+        {"machine": dataclasses.asdict(machine),
+         "measurements": [{**dataclasses.asdict(m), "rps": m.result.rps}
+                          for m in results.measurements]},
+        option=orjson.OPT_INDENT_2))
+    if settings.out is not None:
+        settings.out.parent.mkdir(parents=True, exist_ok=True)
+        settings.out.write_text(markdown(machine, results.sections, results.measurements,
+                                         results.descriptions, method, results.notes))
+        print(f"bench: wrote {settings.out.relative_to(REPO_ROOT)}; logs in "
+              f"{settings.log_dir.relative_to(REPO_ROOT)}/")
+    return 1 if results.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""Servers under test. A target starts on a free 127.0.0.1 port, proves it answers the workload
+correctly, and stops with everything it started, whatever happened in between.
+
+Every target here is a local command (``ProcessTarget``); one that runs elsewhere (a container,
+a peer such as BentoML or Triton) subclasses :class:`Target` with its own ``start``/``stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.cpu import process_tree, start_time
+from bench.workloads import Workload, check_answer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+
+
+class TargetFailed(RuntimeError):
+    """A target did not start, did not answer correctly, or died."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    base_url: str  # http://127.0.0.1:PORT
+    ready_s: float  # from spawn to the first correct answer
+
+
+class Target(ABC):
+    name: str
+    description: str
+
+    @abstractmethod
+    def start(self, workload: Workload, model_root: Path, log_dir: Path,
+              expected: Mapping[str, np.ndarray]) -> Started:
+        """Serve ``workload`` from ``model_root``; return once a real request answers right."""
+
+    @abstractmethod
+    def stop(self) -> str:
+        """Stop everything ``start`` began (safe to call twice); a line on how it went."""
+
+    def pids(self) -> list[int]:
+        """Local processes serving right now, to account their CPU; [] if not local."""
+        return []
+
+    def alive(self) -> bool:
+        """False once the server is known to have died."""
+        return True
+
+    def why_dead(self) -> str:
+        """What is known about how it died (for the report)."""
+        return "unknown"
+
+
+def _child_preexec() -> None:
+    # Own process group, so a terminal's Ctrl-C reaches only the bench, which then stops the
+    # server in order; and SIGTERM if the bench dies, so no server outlives it.
+    os.setpgid(0, 0)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _probe(url: str, body: bytes) -> tuple[int, bytes] | None:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, OSError):
+        return None  # not listening yet
+
+
+class ProcessTarget(Target):
+    """A server that is one local command; it must be listening on ``port`` when ready."""
+
+    def __init__(self, name: str, description: str,
+                 command: Callable[[Workload, Path, int], list[str]],
+                 start_timeout_s: float = 120.0, stop_timeout_s: float = 40.0) -> None:
+        self.name = name
+        self.description = description
+        self.command = command
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+        # Every (pid, start time) seen in the server's process tree, so that stop() can find
+        # processes its children left behind even after they were re-parented.
+        self._seen: set[tuple[int, int]] = set()
+
+    def _env(self) -> dict[str, str]:
+        # The repository's code, and none of the caller's MODELGATE_* settings (a
+        # MODELGATE_REDIS_URL would silently benchmark some other Redis).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self, workload: Workload, model_root: Path, log_dir: Path,
+              expected: Mapping[str, np.ndarray]) -> Started:
+        port = free_port()
+        self.log_path = log_dir / f"{self.name}-{workload.name}.log"
+        started = time.monotonic()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command(workload, model_root, port), cwd=REPO_ROOT, env=self._env(),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_child_preexec,
+            )
+        base_url = f"http://{HOST}:{port}"
+        body = workload.body_bytes()
+        deadline = started + self.start_timeout_s
+        last = "no answer"
+        while True:
+            if self.process.poll() is not None:
+                raise TargetFailed(f"{self.name} exited with {self.process.returncode} while "
+                                   f"starting: {self.last_line()}\n{self.tail()}")
+            answer = _probe(base_url + workload.infer_path, body)
+            if answer is not None:
+                status, content = answer
+                if status == 200:
+                    check_answer(content, expected)
+                    return Started(base_url, time.monotonic() - started)
+                last = f"HTTP {status}: {content[:200]!r}"  # e.g. 503 until a worker is up
+            if time.monotonic() > deadline:
+                raise TargetFailed(
+                    f"{self.name} gave no correct answer within {self.start_timeout_s:.0f}s "
+                    f"(last: {last})\n{self.tail()}")
+            time.sleep(0.05)  # poll interval, not a guess at how long start-up takes
+
+    def pids(self) -> list[int]:
+        if not self.alive() or self.process is None:
+            return []
+        tree = process_tree(self.process.pid)
+        self._seen.update((pid, started) for pid in tree
+                          if (started := start_time(pid)) is not None)
+        return tree
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> str:
+        self.pids()
+        process, self.process = self.process, None
+        if process is None:
+            return "not running"
+        if process.poll() is not None:
+            how = f"had already exited with {process.returncode} before it was stopped"
+        else:
+            began = time.monotonic()
+            process.terminate()
+            try:
+                code = process.wait(timeout=self.stop_timeout_s)
+                # uvicorn re-raises SIGTERM after a graceful shutdown: "ended by" is clean.
+                ended = f"exit {code}" if code >= 0 else f"ended by {signal.Signals(-code).name}"
+                how = f"stopped in {time.monotonic() - began:.1f}s after SIGTERM ({ended})"
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                how = f"did not stop within {self.stop_timeout_s:.0f}s of SIGTERM; killed"
+        left = self._reap_leftovers(process.pid)
+        return how if not left else f"{how}; left {left} process(es) running, killed them"
+
+    def _reap_leftovers(self, root: int, grace_s: float = 5.0) -> int:
+        """SIGKILL any process of the tree still running ``grace_s`` after the root ended."""
+        def survivors() -> list[int]:
+            return [pid for pid, started in self._seen
+                    if pid != root and start_time(pid) == started]
+
+        deadline = time.monotonic() + grace_s
+        while survivors() and time.monotonic() < deadline:
+            time.sleep(0.05)  # poll: children get SIGTERM from their parent's death
+        left = survivors()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._seen.clear()
+        return len(left)
+
+    def why_dead(self) -> str:
+        return f"{self.last_line()}\n{self.tail()}"
+
+    def last_line(self) -> str:
+        """The last line the server logged (for a crash, usually the exception)."""
+        lines = self.tail().splitlines()
+        return f"{lines[-1].strip()} (log: {self.log_path})" if lines else "it logged nothing"
+
+    def tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def modelgate_target() -> ProcessTarget:
+    # One worker, pinned: the comparison is per-request overhead on the same compute, so the
+    # autoscaler must not add workers the naive server does not get.
+    def command(workload: Workload, model_root: Path, port: int) -> list[str]:
+        return [sys.executable, "-m", "modelgate", "up", "--models", str(model_root),
+                "--host", HOST, "--port", str(port), "--min-workers", "1", "--max-workers", "1"]
+
+    return ProcessTarget(
+        "modelgate",
+        "`modelgate up --min-workers 1 --max-workers 1`: embedded redis-server, 1 ORT worker "
+        "process (intra_op_threads=1), 1 gateway process",
+        command,
+    )
+
+
+def naive_target() -> ProcessTarget:
+    def command(workload: Workload, model_root: Path, port: int) -> list[str]:
+        model = model_root / workload.name / "1" / "model.onnx"
+        return [sys.executable, "-m", "bench.naive_server", "--model", str(model),
+                "--name", workload.name, "--host", HOST, "--port", str(port)]
+
+    return ProcessTarget(
+        "naive",
+        "`bench/naive_server.py`: 1 process, Starlette + in-process ORT session "
+        "(intra_op_threads=1), session.run on the event loop",
+        command,
+    )
+
+
+TARGETS: dict[str, Callable[[], Target]] = {"modelgate": modelgate_target, "naive": naive_target}
