@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -111,6 +112,11 @@ def build_app(settings: GatewaySettings) -> Starlette:
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)
         await plane.start()
+        # Everything loaded so far (modules, the repository, clients) lives as long as the
+        # process: keep it out of the collector's full passes, whose pauses every request in
+        # flight would wait for.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

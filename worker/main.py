@@ -6,6 +6,7 @@ holds, answers and acknowledges it, deregisters and returns. A second signal exi
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -91,6 +92,8 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, flush,
     )
     _wait_for_redis(consumer, stop)
+    gc.collect()
+    gc.freeze()  # the session and modules live as long as the process: skip them in full passes
     heartbeat.start()
     _withdraw(client, starting, worker_id)
     log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
