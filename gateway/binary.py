@@ -103,12 +103,15 @@ def binary_outputs(body: dict[str, Any], names: list[str]) -> set[str]:
     for item in body.get("outputs") or []:
         if not isinstance(item, dict):
             continue
+        name = item.get("name")
+        if not isinstance(name, str):
+            continue
         flag = (item.get("parameters") or {}).get("binary_data") \
             if isinstance(item.get("parameters") or {}, dict) else None
         if flag is True:
-            wanted.add(item.get("name"))
+            wanted.add(name)
         elif flag is False:
-            wanted.discard(item.get("name"))
+            wanted.discard(name)
     return wanted
 
 

@@ -33,7 +33,7 @@ ERROR_OF_REPLY: dict[str, type[errors.ModelgateError]] = {
 def status_of(error: errors.ModelgateError) -> int:
     for cls in type(error).__mro__:
         if cls in STATUS_OF:
-            return STATUS_OF[cls]  # type: ignore[index]
+            return STATUS_OF[cls]
     return 500
 
 

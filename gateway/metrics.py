@@ -11,6 +11,7 @@ live process.
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,7 +36,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
-        gauge_mode = "livemostrecent" if self.multiprocess_dir else "all"
+        gauge_mode: Literal["livemostrecent", "all"] = (
+            "livemostrecent" if self.multiprocess_dir else "all")
         self.requests = Counter("modelgate_requests", "Requests answered, by HTTP status code",
                                 ["model", "code"], registry=r)
         self.request_duration = Histogram(

@@ -19,7 +19,7 @@ class _EnvParser(argparse.ArgumentParser):
 
     env: Mapping[str, str] = os.environ
 
-    def add_argument(self, *names: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def add_argument(self, *names: Any, **kwargs: Any) -> Any:
         flag = next((n for n in names if isinstance(n, str) and n.startswith("--")), None)
         if flag is not None:
             variable = "MODELGATE_" + flag[2:].upper().replace("-", "_")

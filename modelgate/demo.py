@@ -63,7 +63,7 @@ def iris_classifier() -> onnx.ModelProto:
         classifier, initial_types=[("input", FloatTensorType([None, 4]))],
         target_opset={"": OPSET, "ai.onnx.ml": 3},
     )
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 def write_model(model: onnx.ModelProto, root: Path, name: str, version: int = 1) -> Path:

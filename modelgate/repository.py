@@ -27,7 +27,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 DEFAULT_MAX_BATCH_SIZE = 64
 
 # onnx.TensorProto element types -> V2 datatypes.
-_ONNX_DATATYPES = {
+_ONNX_DATATYPES: dict[int, str] = {  # keyed by TensorProto.elem_type, a plain int
     onnx.TensorProto.BOOL: "BOOL",
     onnx.TensorProto.UINT8: "UINT8",
     onnx.TensorProto.UINT16: "UINT16",

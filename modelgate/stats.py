@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections import Counter
+from collections import defaultdict
 from typing import Any
 
 from modelgate import keys
@@ -34,11 +34,13 @@ class StatsAccumulator:
     def __init__(self, pool: str) -> None:
         self.pool = pool
         self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
+        # int-valued until a float is added: flush sends whole numbers with HINCRBY.
+        self._counts: defaultdict[str, float] = defaultdict(int)
 
     def add(self, **fields: float) -> None:
         with self._lock:
-            self._counts.update(fields)
+            for name, value in fields.items():
+                self._counts[name] += value
 
     def add_run(self, requests: int, rows: int, compute_ms: float, queue_ms: list[float],
                 errors: int) -> None:
@@ -56,7 +58,7 @@ class StatsAccumulator:
     def flush(self, pipe: Any, epoch_s: int) -> bool:
         """Queue the counters on a Redis pipeline and reset them; False if there was nothing."""
         with self._lock:
-            counts, self._counts = self._counts, Counter()
+            counts, self._counts = self._counts, defaultdict(int)
         if not counts:
             return False
         key = keys.pool_stats(self.pool, epoch_s)

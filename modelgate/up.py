@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from types import FrameType
 
 import redis
@@ -43,7 +44,8 @@ def _say(message: str) -> None:
     print(f"modelgate: {message}", flush=True)
 
 
-def _wait(condition, timeout_s: float, what: str, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+def _wait(condition: Callable[[], bool], timeout_s: float, what: str,
+          stop: threading.Event) -> None:
     deadline = time.monotonic() + timeout_s
     while not stop.is_set():
         if condition():

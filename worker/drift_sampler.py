@@ -49,9 +49,12 @@ class DriftSampler:
         if matrix is None and self.profile.features:
             return
         labels = [plain.get(lab.tensor) for lab in self.profile.labels]
-        if any(not isinstance(v, np.ndarray) for v in labels):
+        arrays = [v for v in labels if isinstance(v, np.ndarray)]
+        if len(arrays) < len(labels):
             return
-        rows = matrix.shape[0] if matrix is not None else len(labels[0])
+        if matrix is None and not arrays:
+            return  # a profile with neither features nor labels: nothing to sample
+        rows = matrix.shape[0] if matrix is not None else len(arrays[0])
         keep = np.arange(rows)
         if self.share < 1.0:
             keep = keep[self.rng.random(rows) < self.share]

@@ -83,7 +83,8 @@ class Reclaimer:
             self.stream, keys.WORKER_GROUP, min=ids[0], max=ids[-1], count=len(ids) * 2,
             consumername=self.consumer_name)
         deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        retry, dead = [], []
+        retry: list[tuple[bytes, dict[bytes, bytes], int]] = []
+        dead: list[tuple[bytes, dict[bytes, bytes], int]] = []
         for entry_id, fields in entries:
             if fields is None:
                 continue  # deleted while pending; XAUTOCLAIM drops it from the group

@@ -20,7 +20,7 @@ JSON = "application/json"
 
 
 def _plane(request: Request) -> DataPlane:
-    return request.app.state.plane  # type: ignore[no-any-return]
+    return request.app.state.plane
 
 
 def _model(request: Request) -> ModelVersion:

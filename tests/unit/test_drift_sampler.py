@@ -1,0 +1,71 @@
+"""The worker's drift sampler: what it folds in, what it flushes, and what it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from modelgate import wire
+from modelgate.profile import FeatureProfile, LabelProfile, Profile
+from worker.drift_sampler import CHUNK_ROWS, DriftSampler
+
+
+class RecordingPipe:
+    """Collects what would go to Redis (the sampler only queues XADDs on a pipeline)."""
+
+    def __init__(self) -> None:
+        self.added: list[dict[str, Any]] = []
+
+    def xadd(self, key: str, fields: dict[str, bytes], **_: Any) -> None:
+        self.added.append({"key": key, **msgpack.unpackb(fields["batch"])})
+
+
+def feature(column: int) -> FeatureProfile:
+    return FeatureProfile(name=f"input[{column}]", kind="input", tensor="input", column=column,
+                          reduce=None, edges=(-1.0, 0.0, 1.0), fractions=(0.25,) * 4,
+                          mean=0.0, std=1.0)
+
+
+def outputs(labels: np.ndarray) -> dict[str, wire.Tensor]:
+    return {"label": wire.tensor(labels)}
+
+
+def test_flush_sends_chunk_sums_bin_counts_and_label_counts() -> None:
+    profile = Profile("m", "1", 100, (feature(0), feature(1)),
+                      (LabelProfile("label", "label", (0, 1), (0.5, 0.5)),))
+    sampler = DriftSampler("m:1", profile, max_rows_per_s=1000)
+    x = np.array([[-2.0, 0.5]] * 20 + [[0.5, 2.0]] * 20, dtype=np.float32)
+    sampler.observe({"input": x}, outputs(np.array([0] * 30 + [1] * 9 + [7])))
+    pipe = RecordingPipe()
+    assert sampler.flush(pipe) is True
+    (batch,) = pipe.added
+    assert batch["key"] == "mg:m:1:drift"
+    assert batch["rows"] == [CHUNK_ROWS, CHUNK_ROWS, 40 - 2 * CHUNK_ROWS]
+    z = np.frombuffer(batch["z"], dtype="<f8").reshape(3, 2)
+    np.testing.assert_allclose(z.sum(axis=0), x.sum(axis=0))
+    assert batch["bins"][0] == [20, 0, 20, 0] and batch["bins"][1] == [0, 0, 20, 20]
+    assert batch["bins"][2] == [30, 9, 1]  # classes 0, 1, and one never seen (7)
+    assert sampler.flush(RecordingPipe()) is False  # nothing new since
+
+
+def test_rate_cap_bounds_what_is_buffered() -> None:
+    sampler = DriftSampler("m:1", Profile("m", "1", 1, (feature(0),)), max_rows_per_s=50)
+    for _ in range(10):
+        sampler.observe({"input": np.zeros((20, 1), dtype=np.float32)}, {})
+    pipe = RecordingPipe()
+    sampler.flush(pipe)
+    assert sum(pipe.added[0]["rows"]) == 50
+
+
+def test_a_profile_with_nothing_to_sample_does_not_fail() -> None:
+    sampler = DriftSampler("m:1", Profile("m", "1", 1, ()))
+    sampler.observe({"input": np.zeros((3, 1), dtype=np.float32)}, {})
+    assert sampler.flush(RecordingPipe()) is False
+
+
+def test_requests_missing_a_profiled_tensor_are_skipped() -> None:
+    sampler = DriftSampler("m:1", Profile("m", "1", 1, (feature(0),)))
+    sampler.observe({"other": np.zeros((3, 1), dtype=np.float32)}, {})
+    assert sampler.flush(RecordingPipe()) is False
