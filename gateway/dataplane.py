@@ -63,6 +63,7 @@ class DataPlane:
         self.dispatcher = Dispatcher(client, reader, gateway_id)
         self.drift = DriftMonitor(models, metrics)
         self.redis_ok = False
+        self._outage = False  # Redis was reachable once and then was not
         self.pools: dict[str, PoolView] = {
             v.pool: PoolView() for m in models.values() for v in m.versions.values()
         }
@@ -192,14 +193,16 @@ class DataPlane:
             if self.redis_ok:
                 log.warning("redis unreachable: %s", e)
             self.redis_ok = False
+            self._outage = True
             failed = self.dispatcher.fail_all(BackendUnavailable(
                 "the queue (Redis) became unreachable while the request waited; it may or may "
                 "not have run, retry shortly"))
             if failed:
                 log.warning("failed %d waiting requests with 503", failed)
             return
-        if not self.redis_ok:
-            log.info("redis reachable")
+        if self._outage:
+            log.warning("redis reachable again")
+            self._outage = False
         self.redis_ok = True
         elapsed_s = max(time.monotonic() - self._refreshed_at, 1e-3)
         self._refreshed_at = time.monotonic()
