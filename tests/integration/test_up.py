@@ -203,3 +203,54 @@ def test_up_exits_non_zero_and_leaves_nothing_when_the_port_is_taken(
             for pid in still_running(children):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_several_gateway_processes_share_the_port_and_merge_their_metrics(
+        up_repository: Path, tmp_path: Path) -> None:
+    """`up --gateway-procs 2`: two gateway processes on one port; either one's /metrics counts
+    every call, whichever process answered it."""
+    processes = Processes(tmp_path)
+    port = free_port()
+    process = processes.spawn("up", ["up", "--models", str(up_repository), "--port", str(port),
+                                     "--min-workers", "1", "--gateway-procs", "2"])
+    children: dict[int, tuple[int, str]] = {}
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base_url}/v2/health/ready", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, READY_TIMEOUT_S, "`up --gateway-procs 2` to be ready",
+                   processes.check_alive, processes.logs)
+        children.update(descendants(process.pid))
+        gateways = [pid for pid, (_, c) in children.items() if " gateway " in c]
+        assert len(gateways) == 2, children
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                            "data": [0.1, 0.2, 0.3, 0.4]}]}
+        calls = 60
+        for _ in range(calls):  # a new connection each: the kernel spreads them
+            assert httpx.post(f"{base_url}/v2/models/mlp/infer", json=body).status_code == 200
+        counts = set()
+        for _ in range(6):  # scrapes land on either process; each must show the total
+            text = httpx.get(f"{base_url}/metrics").text
+            line = next(line for line in text.splitlines()
+                        if line.startswith('modelgate_requests_total{code="200",model="mlp"}'))
+            counts.add(float(line.rsplit(" ", 1)[1]))
+        assert counts == {float(calls)}
+        # Both processes served some of the calls: each wrote its own counter file.
+        environ = Path(f"/proc/{gateways[0]}/environ").read_bytes().split(b"\0")
+        metrics_dir = next(v.split(b"=", 1)[1].decode() for v in environ
+                           if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+        written = {f.name for f in Path(metrics_dir).iterdir()}
+        assert all(f"counter_{pid}.db" in written for pid in gateways), written
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=EXIT_TIMEOUT_S) == 0, processes.logs()
+        assert still_running(children) == {}
+    finally:
+        children.update(descendants(process.pid))
+        processes.stop()
+        for pid in still_running(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
