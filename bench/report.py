@@ -1,156 +1,57 @@
-"""The side-by-side table, the goal checks, the machine description and ``docs/benchmarks.md``."""
+"""The side-by-side tables, the batch-size curve and ``docs/benchmarks.md``."""
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import platform
-import shutil
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
-from bench.cpu import Usage
-from bench.load import LoadResult
+from bench.floor import Sweep, floor_of
+from bench.goals import FLOOR, GOALS_TEXT, goal_lines
+from bench.results import Machine, Measurement, Section
 
-# The goals modelgate is held to against the naive single-process server.
-SUBJECT, BASELINE = "modelgate", "naive"
-LATENCY_CONCURRENCY = 1
-MAX_P50_OVERHEAD_MS = 1.0  # p50 at c=1 within this of the baseline's
-THROUGHPUT_CONCURRENCY = 32
-MIN_THROUGHPUT_RATIO = 0.5  # req/s at c=32 at least this fraction of the baseline's
+_HEADER = ("server", "concurrency", "req/s", "rows/s", "p50 ms", "p99 ms", "errors")
+_ALIGN = "|---|---:|---:|---:|---:|---:|---:|"
 
 
-@dataclass(frozen=True, slots=True)
-class Measurement:
-    workload: str
-    target: str
-    concurrency: int
-    result: LoadResult
-    cpu: Usage | None = None
+def _errors(m: Measurement) -> str:
+    result = m.result
+    text = "0" if not result.errors else \
+        f"{result.errors} ({result.non_2xx} non-2xx, {result.socket_errors} socket)"
+    return text + (f" (+{m.warmup_errors} in warm-up)" if m.warmup_errors else "")
 
 
-@dataclass(frozen=True, slots=True)
-class Machine:
-    date: str
-    nproc: int
-    cpu_model: str
-    python: str
-    onnxruntime: str
-    load_generator: str
-    commit: str
-
-    @classmethod
-    def describe(cls, load_generator: str, repo: Path) -> Machine:
-        import onnxruntime
-
-        return cls(
-            date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            nproc=_nproc(),
-            cpu_model=_cpu_model(),
-            python=platform.python_version(),
-            onnxruntime=onnxruntime.__version__,
-            load_generator=load_generator,
-            commit=_commit(repo),
-        )
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"  # ORT alone runs in microseconds
 
 
-def _nproc() -> int:
-    if shutil.which("nproc"):
-        done = subprocess.run(["nproc"], capture_output=True, text=True, timeout=10)
-        if done.returncode == 0 and done.stdout.strip().isdigit():
-            return int(done.stdout)
-    return len(os.sched_getaffinity(0))
+def _rows(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+          workload: str) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        (m.target, str(m.concurrency), f"{m.result.rps:,.0f}", f"{m.rows_s:,.0f}",
+         f"{m.result.p50_ms:.2f}", f"{m.result.p99_ms:.2f}", _errors(m))
+        for m in measurements if m.workload == workload]
+    floor = floor_of(floors, workload)
+    if floor is not None:
+        best = floor.best
+        rows.append((FLOOR, f"n/a (batch {best.batch})", "n/a", f"{best.rows_s:,.0f}",
+                     _ms(best.p50_ms), _ms(best.p99_ms), "0"))
+    return rows
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _commit(repo: Path) -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
-                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=repo, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    if head.returncode != 0:
-        return "unknown"
-    return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
-
-
-def _find(measurements: list[Measurement], workload: str, target: str,
-          concurrency: int) -> Measurement | None:
-    return next((m for m in measurements if (m.workload, m.target, m.concurrency)
-                 == (workload, target, concurrency)), None)
-
-
-def _verdict(met: bool, *compared: Measurement) -> str:
-    verdict = "MET" if met and not any(m.result.errors for m in compared) else "MISSED"
-    if any(m.cpu is not None and m.cpu.disturbed for m in compared):
-        verdict += "; unreliable, other work ran on the machine: rerun on a quiet one"
-    return verdict
-
-
-def goal_lines(measurements: list[Measurement], workload: str) -> list[str]:
-    """The ratio lines and whether each goal holds (``MET``/``MISSED``/``not measured``)."""
-    lines = []
-    subject = _find(measurements, workload, SUBJECT, THROUGHPUT_CONCURRENCY)
-    baseline = _find(measurements, workload, BASELINE, THROUGHPUT_CONCURRENCY)
-    if subject and baseline and baseline.result.rps > 0:
-        ratio = subject.result.rps / baseline.result.rps
-        verdict = _verdict(ratio >= MIN_THROUGHPUT_RATIO, subject, baseline)
-        lines.append(f"{SUBJECT}/{BASELINE} throughput at c={THROUGHPUT_CONCURRENCY}: "
-                     f"{ratio:.2f}x (goal >= {MIN_THROUGHPUT_RATIO}x: {verdict})")
-    else:
-        lines.append(f"throughput goal at c={THROUGHPUT_CONCURRENCY}: not measured")
-    subject = _find(measurements, workload, SUBJECT, LATENCY_CONCURRENCY)
-    baseline = _find(measurements, workload, BASELINE, LATENCY_CONCURRENCY)
-    if subject and baseline:
-        delta_ms = subject.result.p50_ms - baseline.result.p50_ms
-        verdict = _verdict(delta_ms <= MAX_P50_OVERHEAD_MS, subject, baseline)
-        lines.append(f"p50 difference ({SUBJECT} - {BASELINE}) at c={LATENCY_CONCURRENCY}: "
-                     f"{delta_ms:+.2f} ms (goal <= {MAX_P50_OVERHEAD_MS:g} ms: {verdict})")
-    else:
-        lines.append(f"latency goal at c={LATENCY_CONCURRENCY}: not measured")
-    return lines
-
-
-_HEADER = ("server", "concurrency", "req/s", "p50 ms", "p99 ms", "errors")
-
-
-def _rows(measurements: list[Measurement], workload: str) -> list[tuple[str, ...]]:
-    return [(m.target, str(m.concurrency), f"{m.result.rps:,.0f}", f"{m.result.p50_ms:.2f}",
-             f"{m.result.p99_ms:.2f}", _errors(m.result))
-            for m in measurements if m.workload == workload]
-
-
-def _errors(result: LoadResult) -> str:
-    if not result.errors:
-        return "0"
-    return f"{result.errors} ({result.non_2xx} non-2xx, {result.socket_errors} socket)"
-
-
-def text_table(measurements: list[Measurement], workload: str) -> str:
-    rows = [_HEADER, *_rows(measurements, workload)]
+def text_table(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+               workload: str) -> str:
+    rows = [_HEADER, *_rows(measurements, floors, workload)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
-    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+    lines = ["  ".join(cell.ljust(w) if i < 1 else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def markdown_table(measurements: list[Measurement], workload: str) -> str:
-    lines = ["| " + " | ".join(_HEADER) + " |", "|---|---:|---:|---:|---:|---:|"]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(measurements, workload)]
+def markdown_table(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+                   workload: str) -> str:
+    lines = ["| " + " | ".join(_HEADER) + " |", _ALIGN]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(measurements, floors, workload)]
     return "\n".join(lines)
 
 
@@ -158,7 +59,7 @@ def _cpus(value: float | None) -> str:
     return "?" if value is None else f"{value:.2f}"
 
 
-def markdown_cpu_table(measurements: list[Measurement], workload: str) -> str:
+def markdown_cpu_table(measurements: Sequence[Measurement], workload: str) -> str:
     """Where the CPU went, in CPUs busy on average (1.00 = one core), and server CPU/request."""
     lines = ["| server | concurrency | server CPUs | server CPU us/request | load generator CPUs "
              "| other CPUs |", "|---|---:|---:|---:|---:|---:|"]
@@ -172,14 +73,36 @@ def markdown_cpu_table(measurements: list[Measurement], workload: str) -> str:
     return "\n".join(lines)
 
 
-@dataclass(frozen=True, slots=True)
-class Section:
-    workload: str
-    description: str
+def markdown_curve(floors: Sequence[Sweep]) -> str:
+    """Rows/s by batch size, per workload and thread count, from the ORT sweeps."""
+    if not floors:
+        return ""
+    header, align = ["batch"], ["---:"]
+    for sweep in floors:
+        threads = "1 thread" if sweep.threads == 1 else f"{sweep.threads} threads"
+        header.append(f"{sweep.workload}, {threads}: rows/s")
+        align.append("---:")
+        if sweep.threads == 1:
+            header.append(f"{sweep.workload}, {threads}: ms per run")
+            align.append("---:")
+    batches = sorted({p.batch for sweep in floors for p in sweep.points})
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for batch in batches:
+        cells = [str(batch)]
+        for sweep in floors:
+            point = next((p for p in sweep.points if p.batch == batch), None)
+            best = point is not None and point.batch == sweep.best.batch
+            cells.append("" if point is None else
+                         f"**{point.rows_s:,.0f}**" if best else f"{point.rows_s:,.0f}")
+            if sweep.threads == 1:
+                cells.append("" if point is None else f"{point.p50_ms:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def markdown(machine: Machine, sections: list[Section], measurements: list[Measurement],
-             targets: dict[str, str], method: str, notes: list[str]) -> str:
+def markdown(machine: Machine, sections: Sequence[Section], measurements: Sequence[Measurement],
+             floors: Sequence[Sweep], targets: Mapping[str, str], method: str,
+             notes: Sequence[str], plot: str | None) -> str:
     out = [
         "# Benchmarks",
         "",
@@ -187,7 +110,9 @@ def markdown(machine: Machine, sections: list[Section], measurements: list[Measu
         "editing it.",
         "",
         "Reproduce: `make bench` (knobs: `BENCH_DURATION_S`, `BENCH_WARMUP_S`, "
-        "`BENCH_CONCURRENCY`, `BENCH_CLIENT`, `BENCH_TARGETS`; see `python -m bench.run --help`).",
+        "`BENCH_CONCURRENCY`, `BENCH_TARGETS`, `BENCH_WORKLOADS`, `BENCH_FLOOR_S`, "
+        "`BENCH_CLIENT`; see `python -m bench.run --help`). The first run also builds the "
+        "peer's venv under `.bench/peer-venv` (once; later runs reuse it).",
         "",
         "## Setup",
         "",
@@ -196,22 +121,32 @@ def markdown(machine: Machine, sections: list[Section], measurements: list[Measu
         f"- Python {machine.python}, onnxruntime {machine.onnxruntime}",
         f"- modelgate commit: {machine.commit}",
         f"- Load: {method}",
+        "- Throughput is rows/s (= req/s here: every request carries one row); p50/p99 are "
+        "per request, except for the ORT floor, where they are per `session.run` of the batch",
         "",
         "Servers (benchmarked one at a time, each alone on the machine with the load generator):",
         "",
         *[f"- **{name}**: {description}" for name, description in targets.items()],
         "",
-        f"Goals for {SUBJECT} against {BASELINE}: p50 at c={LATENCY_CONCURRENCY} within "
-        f"{MAX_P50_OVERHEAD_MS:g} ms; throughput at c={THROUGHPUT_CONCURRENCY} at least "
-        f"{MIN_THROUGHPUT_RATIO}x; no errors.",
+        f"Goals: {GOALS_TEXT}.",
     ]
+    if plot:
+        out += ["", f"![Throughput by server and concurrency]({plot})"]
     for section in sections:
         out += ["", f"## {section.workload}: {section.description}", "",
-                markdown_table(measurements, section.workload), ""]
-        out += [f"- {line}" for line in goal_lines(measurements, section.workload)]
+                markdown_table(measurements, floors, section.workload), ""]
+        out += [f"- {line}" for line in goal_lines(measurements, floors, section)]
         out += ["", "Where the CPU went (average CPUs busy; \"other\" is everything on the "
                 "machine outside the server and the load generator, and should be near 0):", "",
                 markdown_cpu_table(measurements, section.workload)]
+    curve = markdown_curve(floors)
+    if curve:
+        out += ["", "## ONNX Runtime alone: rows/s by batch size", "",
+                "One in-process session per column (modelgate's session options, "
+                "`intra_op_threads` as named), the request's row repeated to the batch size; "
+                "the best batch size of each column is in bold. The all-cores column's best is "
+                f"the `{FLOOR}` row above; the 1-thread columns show what dynamic batching can "
+                "gain one single-threaded worker on each model.", "", curve]
     if notes:
         out += ["", "## Notes", "", *[f"- {note}" for note in notes]]
     return "\n".join(out) + "\n"

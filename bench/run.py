@@ -1,16 +1,19 @@
 """``make bench``: serve the same model with every target, one at a time, and drive each with
-the same closed-loop load from a separate process; print a side-by-side table and write it to
-``docs/benchmarks.md``.
+the same closed-loop load from a separate process; measure ONNX Runtime alone on the same model
+(the compute floor); print side-by-side tables and the goal verdicts, and write them with a
+plot to ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
-Every knob is a flag that also reads ``BENCH_<FLAG>`` from the environment. Defaults take about
-a minute: per target and load point a warm-up then a measured run. Server logs, the load
-generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
+Targets: modelgate (and a two-gateway-process variant), the naive in-process server, BentoML
+from PyPI in an isolated venv (built under ``.bench/peer-venv`` on first use; skipped with a
+note if it cannot be installed) and ``ort-floor``. Workloads: a tiny MLP and a compute-bound
+model. Every knob is a flag that also reads ``BENCH_<FLAG>`` from the environment. Defaults
+take about six minutes: per target and load point a warm-up then a measured run. Server logs,
+the load generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
@@ -18,19 +21,23 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import orjson
-
-from bench import cpu
+from bench import cpu, floor
+from bench.goals import FLOOR, PEER
 from bench.load import LoadClient, LoadError, LoadPoint, PythonClient, make_client
-from bench.report import Machine, Measurement, Section, goal_lines, markdown, text_table
-from bench.targets import REPO_ROOT, TARGETS, Target, TargetFailed
+from bench.peer import BentoMLTarget
+from bench.peer_venv import PeerUnavailable, PeerVenv, default_venv
+from bench.publish import publish
+from bench.results import Machine, Measurement, Results, Section
+from bench.targets import NPROC, REPO_ROOT, TARGETS, Target, TargetFailed
 from bench.workloads import WORKLOADS, Workload, WrongAnswer
+
+ALL_TARGETS = (*TARGETS, PEER, FLOOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,19 +46,11 @@ class Settings:
     targets: tuple[str, ...]
     workloads: tuple[str, ...]
     client: str  # auto | wrk | python
+    floor_s: float  # per batch size and thread count, ORT alone
     request_timeout_s: int
     quiet_wait_s: int
     out: Path | None  # None: print only
     log_dir: Path
-
-
-@dataclass(slots=True)
-class Results:
-    measurements: list[Measurement] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    sections: list[Section] = field(default_factory=list)
-    descriptions: dict[str, str] = field(default_factory=dict)  # target name -> what it is
-    failed: bool = False
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -69,11 +68,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     option("--duration-s", "10", "measured seconds per load point", type=int)
     option("--warmup-s", "2", "unmeasured seconds before each load point", type=int)
-    option("--concurrency", "1,32", "comma-separated connection counts, one load point each")
-    option("--targets", ",".join(TARGETS), f"comma-separated, from {sorted(TARGETS)}")
+    option("--concurrency", "1,32,128", "comma-separated connection counts, one load point each")
+    option("--targets", ",".join(ALL_TARGETS), f"comma-separated, from {list(ALL_TARGETS)}")
     option("--workloads", ",".join(WORKLOADS), f"comma-separated, from {sorted(WORKLOADS)}")
     option("--client", "auto", "load generator: wrk, python, or auto (wrk if it can be had)",
            choices=["auto", "wrk", "python"])
+    option("--floor-s", "1.5", "seconds of ONNX Runtime alone per batch size and thread count "
+           f"(batch sizes {', '.join(map(str, floor.BATCH_SIZES))}; 1 thread and all cores)",
+           type=float)
     option("--request-timeout-s", "5", "a request slower than this counts as an error", type=int)
     option("--quiet-wait-s", "20", "wait up to this long for a quiet machine before each server",
            type=int)
@@ -85,12 +87,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
     parser = build_parser(env)
     args = parser.parse_args(argv)
-    unknown = [n for n in _names(args.targets) if n not in TARGETS] + \
+    unknown = [n for n in _names(args.targets) if n not in ALL_TARGETS] + \
         [n for n in _names(args.workloads) if n not in WORKLOADS]
     if unknown:
         parser.error(f"unknown target or workload {unknown}")
-    if int(args.duration_s) < 1 or int(args.warmup_s) < 0 or int(args.request_timeout_s) < 1:
-        parser.error("--duration-s and --request-timeout-s must be >= 1, --warmup-s >= 0")
+    if int(args.duration_s) < 1 or int(args.warmup_s) < 0 or int(args.request_timeout_s) < 1 \
+            or float(args.floor_s) <= 0:
+        parser.error("--duration-s and --request-timeout-s must be >= 1, --warmup-s >= 0, "
+                     "--floor-s > 0")
     try:
         concurrencies = [int(c) for c in _names(args.concurrency)]
     except ValueError:
@@ -103,6 +107,7 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         targets=_names(args.targets),
         workloads=_names(args.workloads),
         client=args.client,
+        floor_s=float(args.floor_s),
         request_timeout_s=int(args.request_timeout_s),
         quiet_wait_s=int(args.quiet_wait_s),
         out=None if args.out == "-" else REPO_ROOT / args.out,
@@ -144,29 +149,31 @@ def measure_target(target: Target, workload: Workload, model_root: Path, client:
     """Start ``target``, run every load point against it, stop it (always)."""
     label = f"{target.name}/{workload.name}"
     expected = workload.expected(model_root / workload.name / "1" / "model.onnx")
+    path, body = target.request(workload)
     print(f"bench: starting {target.name} for {workload.name}...", flush=True)
     try:
         started = target.start(workload, model_root, settings.log_dir, expected)
         print(f"bench: {target.name} answers correctly at {started.base_url} "
               f"({started.ready_s:.1f}s after spawn)", flush=True)
         results.notes.append(f"{label}: first correct answer {started.ready_s:.1f}s after spawn")
-        url = started.base_url + workload.infer_path
-        body = workload.body_bytes()
+        url = started.base_url + path
         load_log = settings.log_dir / f"load-{target.name}-{workload.name}.txt"
         load_log.write_text("")
         for point in settings.points:
             c = point.concurrency
+            warmup_errors = 0
             if point.warmup_s:
-                warm = client.run(url, body, c, point.warmup_s, load_log)
-                if warm.errors:
-                    results.notes.append(f"{label} c={c}: {warm.errors} errors during warm-up")
+                warmup_errors = client.run(url, body, c, point.warmup_s, load_log).errors
+                if warmup_errors:
+                    results.notes.append(f"{label} c={c}: {warmup_errors} errors during warm-up")
             before = cpu.snapshot(target.pids())
             result = client.run(url, body, c, point.duration_s, load_log)
             used = cpu.usage(before, cpu.snapshot(target.pids()))
             if not target.alive():
                 raise TargetFailed(f"{target.name} died during the run: {target.why_dead()}")
-            results.measurements.append(Measurement(workload.name, target.name, c, result, used))
-            print(f"bench: {target.name:<10} c={c:<3} {result.rps:>9,.0f} req/s  "
+            results.measurements.append(Measurement(workload.name, target.name, c, result, used,
+                                                    workload.rows_per_request, warmup_errors))
+            print(f"bench: {target.name:<13} c={c:<3} {result.rps:>9,.0f} req/s  "
                   f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
                   f"errors {result.errors}", flush=True)
             if used.disturbed:
@@ -184,23 +191,69 @@ def measure_target(target: Target, workload: Workload, model_root: Path, client:
             results.notes.append(f"{label}: {how}")
 
 
-def run(settings: Settings, client: LoadClient, work_dir: Path, results: Results) -> None:
-    """Every workload on every target, one target at a time."""
+def measure_floor(workload: Workload, model_path: Path, settings: Settings,
+                  results: Results) -> None:
+    """ONNX Runtime alone on one thread (the batch-size curve), then on every core (the floor)."""
+    for threads in sorted({1, NPROC}):
+        if settings.quiet_wait_s:
+            wait_for_quiet(settings.quiet_wait_s)
+        print(f"bench: ONNX Runtime alone, {workload.name}, {threads} thread(s), batch sizes "
+              f"{', '.join(map(str, floor.BATCH_SIZES))}...", flush=True)
+        sweep = floor.sweep(workload.name, model_path, workload.feeds, threads, settings.floor_s)
+        results.floors.append(sweep)
+        best = sweep.best
+        print(f"bench: {'ort':<13} {threads} thread(s): best {best.rows_s:>11,.0f} rows/s at "
+              f"batch {best.batch} (p50 {best.p50_ms:.2f} ms per run)", flush=True)
+        if sweep.cpu is not None and sweep.cpu.disturbed:
+            warning = (f"ort/{workload.name} {threads} thread(s): other processes kept "
+                       f"{sweep.cpu.other:.2f} CPUs busy; the machine was not quiet, so the "
+                       "floor is not comparable")
+            print(f"bench: WARNING {warning}", flush=True)
+            results.notes.append(warning)
+
+
+def run(settings: Settings, factories: Mapping[str, Callable[[], Target]], client: LoadClient,
+        work_dir: Path, results: Results) -> None:
+    """Every workload: ORT alone, then every server, one at a time."""
     for workload in (WORKLOADS[n]() for n in settings.workloads):
         model_root = work_dir / workload.name
-        workload.write(model_root)
-        results.sections.append(Section(workload.name, workload.description))
-        for target in (TARGETS[n]() for n in settings.targets):
+        model_path = workload.write(model_root)
+        results.sections.append(Section(workload.name, workload.description, workload.workers))
+        if FLOOR in settings.targets:
+            measure_floor(workload, model_path, settings, results)
+        for target in (factories[n]() for n in settings.targets if n in factories):
+            if target.workloads is not None and workload.name not in target.workloads:
+                continue
             results.descriptions[target.name] = target.description
             if settings.quiet_wait_s:
                 wait_for_quiet(settings.quiet_wait_s)
             try:
                 measure_target(target, workload, model_root, client, settings, results)
             except (TargetFailed, WrongAnswer, LoadError) as e:
-                results.failed = True
+                results.failed = results.failed or target.required
                 print(f"bench: {target.name}/{workload.name} FAILED: {e}", flush=True)
-                results.notes.append(f"{target.name}/{workload.name} FAILED: "
-                                     f"{str(e).splitlines()[0]}")
+                results.notes.append(
+                    f"{target.name}/{workload.name} FAILED: {str(e).splitlines()[0]}"
+                    + ("" if target.required else " (a peer: noted, not a failed bench)"))
+
+
+def peer_venv(settings: Settings, results: Results) -> PeerVenv | None:
+    """The peer's venv, built now (before anything is measured) if it is missing."""
+    venv = default_venv(settings.log_dir)
+    try:
+        venv.ensure(settings.log_dir / "peer-venv-install.log")
+    except PeerUnavailable as e:
+        print(f"bench: skipping the {PEER} peer: {e}", flush=True)
+        results.notes.append(f"{PEER} peer skipped: its venv could not be built: {e}")
+        return None
+    return venv
+
+
+def server_factories(settings: Settings, results: Results) -> dict[str, Callable[[], Target]]:
+    factories = {name: TARGETS[name] for name in settings.targets if name in TARGETS}
+    if PEER in settings.targets and (venv := peer_venv(settings, results)) is not None:
+        factories[PEER] = lambda: BentoMLTarget(venv)
+    return factories
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -213,12 +266,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         with tempfile.TemporaryDirectory(prefix="modelgate-bench-") as tmp:
             client = make_client(settings.client, Path(tmp), settings.request_timeout_s)
             machine = Machine.describe(f"{client.name} {client.version}", REPO_ROOT)
+            factories = server_factories(settings, results)
             if isinstance(client, PythonClient):
                 results.notes.append(
                     "load came from the Python fallback client, which needs a core of its own: "
                     "high-concurrency numbers are capped by the client and throughput ratios "
                     "flatter the slower server; install wrk")
-            run(settings, client, Path(tmp), results)
+            run(settings, factories, client, Path(tmp), results)
     except LoadError as e:  # no load generator at all
         print(f"bench: {e}", file=sys.stderr)
         return 2
@@ -232,25 +286,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
               f"then {point.duration_s}s measured per point; all on 127.0.0.1")
     print(f"\nbench: done in {time.monotonic() - began:.0f}s on {machine.nproc} CPUs "
           f"({machine.cpu_model}), load by {client.name}\n")
-    for section in results.sections:
-        print(f"{section.workload}: {section.description}")
-        print(text_table(results.measurements, section.workload))
-        for line in goal_lines(results.measurements, section.workload):
-            print(f"  {line}")
-        print()
-    for note in results.notes:
-        print(f"note: {note}")
-    (settings.log_dir / "results.json").write_bytes(orjson.dumps(
-        {"machine": dataclasses.asdict(machine),
-         "measurements": [{**dataclasses.asdict(m), "rps": m.result.rps}
-                          for m in results.measurements]},
-        option=orjson.OPT_INDENT_2))
-    if settings.out is not None:
-        settings.out.parent.mkdir(parents=True, exist_ok=True)
-        settings.out.write_text(markdown(machine, results.sections, results.measurements,
-                                         results.descriptions, method, results.notes))
-        print(f"bench: wrote {settings.out.relative_to(REPO_ROOT)}; logs in "
-              f"{settings.log_dir.relative_to(REPO_ROOT)}/")
+    if FLOOR in settings.targets:
+        results.descriptions[FLOOR] = (
+            "ONNX Runtime alone in the bench process, no server: one session with "
+            f"intra_op_threads={NPROC} (every core), batches of "
+            f"{', '.join(map(str, floor.BATCH_SIZES))} rows, {settings.floor_s:g}s each; the "
+            "best batch size's rows/s is the compute floor")
+    publish(results, machine, method, settings.out, settings.log_dir)
     return 1 if results.failed else 0
 
 

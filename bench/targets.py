@@ -1,8 +1,9 @@
 """Servers under test. A target starts on a free 127.0.0.1 port, proves it answers the workload
 correctly, and stops with everything it started, whatever happened in between.
 
-Every target here is a local command (``ProcessTarget``); one that runs elsewhere (a container,
-a peer such as BentoML or Triton) subclasses :class:`Target` with its own ``start``/``stop``.
+Every target here is a local command (``ProcessTarget``); the BentoML peer (``bench.peer``) is
+one too, with its own venv, request body and answer format. One that runs elsewhere (a
+container) subclasses :class:`Target` with its own ``start``/``stop``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import numpy as np
 
 from bench.cpu import process_tree, start_time
 from bench.workloads import Workload, check_answer
+
+NPROC = len(os.sched_getaffinity(0))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -50,6 +53,17 @@ class Started:
 class Target(ABC):
     name: str
     description: str
+    required: bool = True  # False (a peer): its failure is noted, not a failed bench
+    workloads: frozenset[str] | None = None  # the only workloads it runs on; None: all
+
+    def request(self, workload: Workload) -> tuple[str, bytes]:
+        """The path and body of one request, the same every time (KServe V2 unless a peer
+        speaks something else)."""
+        return workload.infer_path, workload.body_bytes()
+
+    def check(self, content: bytes, expected: Mapping[str, np.ndarray]) -> None:
+        """Raise :class:`WrongAnswer` unless ``content`` answers :meth:`request` correctly."""
+        check_answer(content, expected)
 
     @abstractmethod
     def start(self, workload: Workload, model_root: Path, log_dir: Path,
@@ -101,11 +115,13 @@ class ProcessTarget(Target):
     """A server that is one local command; it must be listening on ``port`` when ready."""
 
     def __init__(self, name: str, description: str,
-                 command: Callable[[Workload, Path, int], list[str]],
-                 start_timeout_s: float = 120.0, stop_timeout_s: float = 40.0) -> None:
+                 command: Callable[[Workload, Path, int], list[str]] | None = None,
+                 start_timeout_s: float = 120.0, stop_timeout_s: float = 40.0,
+                 workloads: frozenset[str] | None = None) -> None:
         self.name = name
         self.description = description
-        self.command = command
+        self.workloads = workloads
+        self._command = command
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
@@ -114,7 +130,12 @@ class ProcessTarget(Target):
         # processes its children left behind even after they were re-parented.
         self._seen: set[tuple[int, int]] = set()
 
-    def _env(self) -> dict[str, str]:
+    def command(self, workload: Workload, model_root: Path, port: int) -> list[str]:
+        if self._command is None:
+            raise NotImplementedError(f"{type(self).__name__} needs a command")
+        return self._command(workload, model_root, port)
+
+    def env(self, workload: Workload, model_root: Path, log_dir: Path) -> dict[str, str]:
         # The repository's code, and none of the caller's MODELGATE_* settings (a
         # MODELGATE_REDIS_URL would silently benchmark some other Redis).
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
@@ -129,23 +150,24 @@ class ProcessTarget(Target):
         started = time.monotonic()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command(workload, model_root, port), cwd=REPO_ROOT, env=self._env(),
+                self.command(workload, model_root, port), cwd=REPO_ROOT,
+                env=self.env(workload, model_root, log_dir),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_child_preexec,
             )
         base_url = f"http://{HOST}:{port}"
-        body = workload.body_bytes()
+        path, body = self.request(workload)
         deadline = started + self.start_timeout_s
         last = "no answer"
         while True:
             if self.process.poll() is not None:
                 raise TargetFailed(f"{self.name} exited with {self.process.returncode} while "
                                    f"starting: {self.last_line()}\n{self.tail()}")
-            answer = _probe(base_url + workload.infer_path, body)
+            answer = _probe(base_url + path, body)
             if answer is not None:
                 status, content = answer
                 if status == 200:
-                    check_answer(content, expected)
+                    self.check(content, expected)
                     return Started(base_url, time.monotonic() - started)
                 last = f"HTTP {status}: {content[:200]!r}"  # e.g. 503 until a worker is up
             if time.monotonic() > deadline:
@@ -217,22 +239,33 @@ class ProcessTarget(Target):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def modelgate_target() -> ProcessTarget:
-    # One worker, pinned: the comparison is per-request overhead on the same compute, so the
-    # autoscaler must not add workers the naive server does not get.
+def modelgate_target(gateway_procs: int = 1,
+                     workloads: frozenset[str] | None = None) -> Callable[[], Target]:
+    # Workers pinned to the workload's count (1 for the tiny MLP, one per core for the heavy
+    # model), so the autoscaler adds none the other servers do not get.
     def command(workload: Workload, model_root: Path, port: int) -> list[str]:
+        workers = str(workload.workers)
         return [sys.executable, "-m", "modelgate", "up", "--models", str(model_root),
-                "--host", HOST, "--port", str(port), "--min-workers", "1", "--max-workers", "1"]
+                "--host", HOST, "--port", str(port), "--min-workers", workers,
+                "--max-workers", workers, "--gateway-procs", str(gateway_procs)]
 
-    return ProcessTarget(
-        "modelgate",
-        "`modelgate up --min-workers 1 --max-workers 1`: embedded redis-server, 1 ORT worker "
-        "process (intra_op_threads=1), 1 gateway process",
-        command,
-    )
+    if gateway_procs == 1:
+        name = "modelgate"
+        description = (
+            "`modelgate up --min-workers W --max-workers W`: embedded redis-server, 1 gateway "
+            "process, W ORT worker processes (intra_op_threads=1 each); W = 1 for mlp (fair "
+            f"against the single-process naive server), W = {NPROC} (one per core, what "
+            "modelgate is built for) for heavy, whose `config.yaml` sets `max_batch_size: 8`")
+    else:
+        name = f"modelgate-gw{gateway_procs}"
+        description = (f"as modelgate, plus `--gateway-procs {gateway_procs}`: "
+                       f"{gateway_procs} gateway processes sharing the port")
+    if workloads is not None:
+        description += f"; runs on {', '.join(sorted(workloads))} only"
+    return lambda: ProcessTarget(name, description, command, workloads=workloads)
 
 
-def naive_target() -> ProcessTarget:
+def naive_target() -> Target:
     def command(workload: Workload, model_root: Path, port: int) -> list[str]:
         model = model_root / workload.name / "1" / "model.onnx"
         return [sys.executable, "-m", "bench.naive_server", "--model", str(model),
@@ -246,4 +279,11 @@ def naive_target() -> ProcessTarget:
     )
 
 
-TARGETS: dict[str, Callable[[], Target]] = {"modelgate": modelgate_target, "naive": naive_target}
+# Servers built from this repository; the PyPI peer is in ``bench.peer``.
+TARGETS: dict[str, Callable[[], Target]] = {
+    "modelgate": modelgate_target(),
+    # Two gateway processes help where the gateway is the bottleneck (the tiny MLP); on the
+    # compute-bound model the second one only takes CPU from the workers (0.9x in a trial).
+    "modelgate-gw2": modelgate_target(gateway_procs=2, workloads=frozenset({"mlp"})),
+    "naive": naive_target,
+}

@@ -1,0 +1,190 @@
+"""The goals of ``make bench`` v1 and how each is judged from the measurements.
+
+Every goal is about ``modelgate`` as shipped (one gateway process); a variant such as
+``modelgate-gw2`` gets an information line, not a verdict. A line reads ``MET`` or ``MISSED``
+with the numbers that decided it; ``MISSED`` whenever modelgate had errors in the measured
+run. Errors of the server it is compared with (the naive server timing out at c=128 on the
+heavy model) are named on the line but do not decide it: they are that server's failure, and
+its rows/s counts only the answers it gave. A line says so when other work on the machine made
+the point unreliable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.floor import Sweep, floor_of, one_thread_of
+from bench.results import Measurement, Section
+
+SUBJECT, BASELINE, PEER, FLOOR = "modelgate", "naive", "bentoml", "ort-floor"
+
+# Tiny MLP (per-request overhead): against the naive in-process server.
+MLP_THROUGHPUT_CONCURRENCY = 32
+MLP_MIN_THROUGHPUT_RATIO = 0.8  # req/s at c=32 at least this fraction of naive's
+MLP_LATENCY_CONCURRENCY = 1
+MLP_MAX_P50_OVERHEAD_MS = 0.5  # p50 at c=1 at most naive's plus this
+# Compute-bound model: against naive and the raw ORT floor, at every loaded concurrency.
+HEAVY_MIN_NAIVE_RATIO = 1.6
+HEAVY_MIN_FLOOR_RATIO = 0.85
+LOADED_CONCURRENCIES = (32, 128)
+# Both workloads: against the PyPI peer.
+MIN_PEER_RATIO = 10.0
+
+GOALS_TEXT = (
+    f"tiny MLP: throughput at c={MLP_THROUGHPUT_CONCURRENCY} >= {MLP_MIN_THROUGHPUT_RATIO}x "
+    f"the naive server's and p50 at c={MLP_LATENCY_CONCURRENCY} <= naive's + "
+    f"{MLP_MAX_P50_OVERHEAD_MS} ms; compute-bound model: throughput >= "
+    f"{HEAVY_MIN_NAIVE_RATIO}x the naive server's and >= {HEAVY_MIN_FLOOR_RATIO}x the raw-ORT "
+    f"floor (at c={' and c='.join(map(str, LOADED_CONCURRENCIES))}); both: >= "
+    f"{MIN_PEER_RATIO:g}x the peer's (BentoML) throughput with a lower p99 (at "
+    f"c={' and c='.join(map(str, LOADED_CONCURRENCIES))}); zero errors from modelgate "
+    "throughout, warm-ups included")
+
+
+def _find(measurements: Sequence[Measurement], workload: str, target: str,
+          concurrency: int) -> Measurement | None:
+    return next((m for m in measurements if (m.workload, m.target, m.concurrency)
+                 == (workload, target, concurrency)), None)
+
+
+def _verdict(met: bool, subject: Measurement, *others: Measurement) -> str:
+    verdict = "MET" if met and not subject.result.errors else "MISSED"
+    if subject.result.errors:
+        verdict += f" ({subject.target} had {subject.result.errors} errors)"
+    for other in others:
+        if other.result.errors:
+            verdict += f"; {other.target} had {other.result.errors} errors"
+    if any(m.cpu is not None and m.cpu.disturbed for m in (subject, *others)):
+        verdict += "; unreliable, other work ran on the machine: rerun on a quiet one"
+    return verdict
+
+
+def _throughput_ratio(measurements: Sequence[Measurement], workload: str, other: str, c: int,
+                      goal: float) -> str:
+    subject = _find(measurements, workload, SUBJECT, c)
+    baseline = _find(measurements, workload, other, c)
+    if not (subject and baseline and baseline.rows_s > 0):
+        return f"{SUBJECT}/{other} throughput at c={c}: not measured"
+    ratio = subject.rows_s / baseline.rows_s
+    return (f"{SUBJECT}/{other} throughput at c={c}: {subject.rows_s:,.0f} / "
+            f"{baseline.rows_s:,.0f} rows/s = {ratio:.2f}x (goal >= {goal:g}x: "
+            f"{_verdict(ratio >= goal, subject, baseline)})")
+
+
+def _mlp_lines(measurements: Sequence[Measurement], workload: str) -> list[str]:
+    c = MLP_LATENCY_CONCURRENCY
+    lines = [_throughput_ratio(measurements, workload, BASELINE, MLP_THROUGHPUT_CONCURRENCY,
+                               MLP_MIN_THROUGHPUT_RATIO)]
+    subject = _find(measurements, workload, SUBJECT, c)
+    baseline = _find(measurements, workload, BASELINE, c)
+    if subject and baseline:
+        delta_ms = subject.result.p50_ms - baseline.result.p50_ms
+        lines.append(
+            f"p50 at c={c}: {SUBJECT} {subject.result.p50_ms:.2f} ms vs {BASELINE} "
+            f"{baseline.result.p50_ms:.2f} ms = {delta_ms:+.2f} ms (goal <= "
+            f"+{MLP_MAX_P50_OVERHEAD_MS} ms: "
+            f"{_verdict(delta_ms <= MLP_MAX_P50_OVERHEAD_MS, subject, baseline)})")
+    else:
+        lines.append(f"p50 at c={c}: not measured")
+    return lines
+
+
+def _heavy_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+                 workload: str) -> list[str]:
+    lines = [_throughput_ratio(measurements, workload, BASELINE, c, HEAVY_MIN_NAIVE_RATIO)
+             for c in LOADED_CONCURRENCIES]
+    floor = floor_of(floors, workload)
+    for c in LOADED_CONCURRENCIES:
+        subject = _find(measurements, workload, SUBJECT, c)
+        if subject is None or floor is None:
+            lines.append(f"{SUBJECT}/{FLOOR} throughput at c={c}: not measured")
+            continue
+        best = floor.best
+        ratio = subject.rows_s / best.rows_s
+        verdict = _verdict(ratio >= HEAVY_MIN_FLOOR_RATIO, subject)
+        if floor.cpu is not None and floor.cpu.disturbed and "unreliable" not in verdict:
+            verdict += "; unreliable, other work ran during the floor: rerun on a quiet one"
+        lines.append(f"{SUBJECT}/{FLOOR} throughput at c={c}: {subject.rows_s:,.0f} / "
+                     f"{best.rows_s:,.0f} rows/s = {ratio:.2f}x (goal >= "
+                     f"{HEAVY_MIN_FLOOR_RATIO}x: {verdict})")
+    return lines
+
+
+def _peer_lines(measurements: Sequence[Measurement], workload: str) -> list[str]:
+    lines = []
+    for c in LOADED_CONCURRENCIES:
+        subject = _find(measurements, workload, SUBJECT, c)
+        peer = _find(measurements, workload, PEER, c)
+        if not (subject and peer and peer.rows_s > 0):
+            lines.append(f"{SUBJECT}/{PEER} at c={c}: not measured")
+            continue
+        ratio = subject.rows_s / peer.rows_s
+        lower_p99 = subject.result.p99_ms < peer.result.p99_ms
+        lines.append(
+            f"{SUBJECT}/{PEER} at c={c}: {subject.rows_s:,.0f} / {peer.rows_s:,.0f} rows/s = "
+            f"{ratio:.2f}x, p99 {subject.result.p99_ms:.1f} vs {peer.result.p99_ms:.1f} ms "
+            f"(goal >= {MIN_PEER_RATIO:g}x with a lower p99: "
+            f"{_verdict(ratio >= MIN_PEER_RATIO and lower_p99, subject, peer)})")
+    return lines
+
+
+def _peer_ceiling(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+                  workload: str) -> list[str]:
+    """Say so when no server could be 10x the peer: the floor itself is not."""
+    floor = floor_of(floors, workload)
+    peers = [m.rows_s for m in measurements if m.workload == workload and m.target == PEER]
+    if floor is None or not peers or floor.best.rows_s >= MIN_PEER_RATIO * max(peers):
+        return []
+    return [f"info: the {FLOOR} is only {floor.best.rows_s / max(peers):.2f}x the peer's best "
+            f"({floor.best.rows_s:,.0f} / {max(peers):,.0f} rows/s), so no server can be "
+            f"{MIN_PEER_RATIO:g}x the peer on this model: the peer is compute-bound too"]
+
+
+def _error_line(measurements: Sequence[Measurement], workload: str) -> str:
+    ours = [m for m in measurements if m.workload == workload and m.target.startswith(SUBJECT)]
+    if not ours:
+        return f"errors from {SUBJECT}: not measured"
+    errors = sum(m.result.errors + m.warmup_errors for m in ours)
+    requests = sum(m.result.requests for m in ours)
+    servers = ", ".join(sorted({m.target for m in ours}))
+    verdict = "MET" if errors == 0 else "MISSED"
+    return (f"errors from {servers} over {len(ours)} load points ({requests:,} measured "
+            f"requests, warm-ups included in the count): {errors} (goal 0: {verdict})")
+
+
+def _info_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+                section: Section) -> list[str]:
+    """Context for the verdicts, judged by nothing."""
+    workload, lines = section.workload, []
+    for m in measurements:
+        if m.workload == workload and m.target.startswith(SUBJECT + "-"):
+            plain = _find(measurements, workload, SUBJECT, m.concurrency)
+            if plain and plain.rows_s > 0:
+                lines.append(f"info: {m.target}/{SUBJECT} at c={m.concurrency}: "
+                             f"{m.rows_s / plain.rows_s:.2f}x throughput, p50 "
+                             f"{m.result.p50_ms:.2f} vs {plain.result.p50_ms:.2f} ms")
+    one = one_thread_of(floors, workload)
+    floor = floor_of(floors, workload)
+    ours = [m.rows_s for m in measurements if m.workload == workload and m.target == SUBJECT]
+    if one is not None and floor is not None and ours and section.workers > 1:
+        ideal, best = section.workers * one.best.rows_s, max(ours)
+        lines.append(f"info: {section.workers} independent 1-thread ORT sessions would do at "
+                     f"most {ideal:,.0f} rows/s ({section.workers} x {one.best.rows_s:,.0f}, "
+                     f"batch {one.best.batch}); the {FLOOR} ({floor.threads} threads, batch "
+                     f"{floor.best.batch}) does {floor.best.rows_s:,.0f}; {SUBJECT}'s best is "
+                     f"{best:,.0f} rows/s, {best / ideal:.2f}x the former")
+    return lines
+
+
+def goal_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+               section: Section) -> list[str]:
+    """The ratio lines of one workload: its goals, then context lines starting ``info:``."""
+    workload = section.workload
+    lines = []
+    if workload == "mlp":
+        lines += _mlp_lines(measurements, workload)
+    elif workload == "heavy":
+        lines += _heavy_lines(measurements, floors, workload)
+    return [*lines, *_peer_lines(measurements, workload), _error_line(measurements, workload),
+            *_info_lines(measurements, floors, section),
+            *_peer_ceiling(measurements, floors, workload)]

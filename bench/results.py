@@ -1,0 +1,105 @@
+"""What a bench run measured and where: load points, ORT sweeps, sections, the machine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.cpu import Usage
+from bench.floor import Sweep
+from bench.load import LoadResult
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One server at one concurrency: the measured run (warm-up errors counted apart)."""
+
+    workload: str
+    target: str
+    concurrency: int
+    result: LoadResult
+    cpu: Usage | None = None
+    rows_per_request: int = 1
+    warmup_errors: int = 0
+
+    @property
+    def rows_s(self) -> float:
+        return self.result.rps * self.rows_per_request
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    workload: str
+    description: str
+    workers: int  # ORT worker processes modelgate and the peer got for it
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    date: str
+    nproc: int
+    cpu_model: str
+    python: str
+    onnxruntime: str
+    load_generator: str
+    commit: str
+
+    @classmethod
+    def describe(cls, load_generator: str, repo: Path) -> Machine:
+        import onnxruntime
+
+        return cls(
+            date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            nproc=_nproc(),
+            cpu_model=_cpu_model(),
+            python=platform.python_version(),
+            onnxruntime=onnxruntime.__version__,
+            load_generator=load_generator,
+            commit=_commit(repo),
+        )
+
+
+def _nproc() -> int:
+    if shutil.which("nproc"):
+        done = subprocess.run(["nproc"], capture_output=True, text=True, timeout=10)
+        if done.returncode == 0 and done.stdout.strip().isdigit():
+            return int(done.stdout)
+    return len(os.sched_getaffinity(0))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _commit(repo: Path) -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
+
+
+@dataclass(slots=True)
+class Results:
+    measurements: list[Measurement] = field(default_factory=list)
+    floors: list[Sweep] = field(default_factory=list)  # ORT alone
+    notes: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    descriptions: dict[str, str] = field(default_factory=dict)  # target name -> what it is
+    failed: bool = False

@@ -1,0 +1,128 @@
+"""``make bench``'s judging and measuring pieces that need no server: the goal verdicts, the
+ONNX Runtime sweep, the batch-size table and the peer's request and answer format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from bench import floor
+from bench.goals import goal_lines
+from bench.load import LoadResult
+from bench.peer import BentoMLTarget
+from bench.peer_venv import PeerVenv
+from bench.report import markdown_curve
+from bench.results import Measurement, Section
+from bench.workloads import WrongAnswer, heavy, mlp
+
+HEAVY = Section("heavy", "compute-bound", workers=2)
+MLP = Section("mlp", "tiny", workers=1)
+
+
+def point(workload: str, target: str, c: int, rows_s: float, p50_ms: float = 1.0,
+          p99_ms: float = 2.0, errors: int = 0) -> Measurement:
+    result = LoadResult(requests=int(rows_s * 10), duration_s=10.0, p50_ms=p50_ms,
+                        p99_ms=p99_ms, non_2xx=errors, socket_errors=0)
+    return Measurement(workload, target, c, result)
+
+
+def sweep(workload: str, threads: int, rows_s: dict[int, float]) -> floor.Sweep:
+    return floor.Sweep(workload, threads, tuple(
+        floor.BatchPoint(batch, runs=int(rows / batch), duration_s=1.0, p50_ms=1.0, p99_ms=1.0)
+        for batch, rows in rows_s.items()))
+
+
+def line(lines: list[str], start: str) -> str:
+    return next(text for text in lines if text.startswith(start))
+
+
+def test_heavy_goals_are_judged_against_naive_floor_and_peer() -> None:
+    measurements = [point("heavy", "modelgate", c, 500, p99_ms=80) for c in (32, 128)]
+    measurements += [point("heavy", "naive", c, 270) for c in (32, 128)]
+    measurements += [point("heavy", "bentoml", c, 330, p99_ms=240) for c in (32, 128)]
+    floors = [sweep("heavy", 1, {1: 290, 2: 296}), sweep("heavy", 2, {1: 400, 16: 560})]
+
+    lines = goal_lines(measurements, floors, HEAVY)
+
+    assert "1.85x (goal >= 1.6x: MET)" in line(lines, "modelgate/naive throughput at c=32")
+    assert "500 / 560 rows/s = 0.89x (goal >= 0.85x: MET)" in line(
+        lines, "modelgate/ort-floor throughput at c=128")
+    assert "1.52x" in line(lines, "modelgate/bentoml at c=32")
+    assert "MISSED" in line(lines, "modelgate/bentoml at c=32")
+    assert "0 (goal 0: MET)" in line(lines, "errors from modelgate")
+    assert "592 rows/s (2 x 296, batch 2)" in line(lines, "info: 2 independent")
+    assert "no server can be 10x the peer" in line(lines, "info: the ort-floor is only")
+
+
+def test_errors_of_modelgate_miss_a_goal_and_errors_of_the_other_server_are_named() -> None:
+    measurements = [point("heavy", "modelgate", 32, 500, errors=3),
+                    point("heavy", "naive", 32, 270),
+                    point("heavy", "modelgate", 128, 500),
+                    point("heavy", "naive", 128, 260, errors=22)]
+
+    lines = goal_lines(measurements, [], HEAVY)
+
+    assert "MISSED (modelgate had 3 errors)" in line(lines, "modelgate/naive throughput at c=32")
+    assert "MET; naive had 22 errors" in line(lines, "modelgate/naive throughput at c=128")
+    assert "3 (goal 0: MISSED)" in line(lines, "errors from modelgate")
+    assert line(lines, "modelgate/ort-floor throughput at c=32").endswith("not measured")
+
+
+@pytest.mark.parametrize(("modelgate_p50_ms", "verdict"), [(0.49, "MET"), (0.61, "MISSED")])
+def test_mlp_latency_goal_allows_half_a_millisecond(modelgate_p50_ms: float,
+                                                    verdict: str) -> None:
+    measurements = [point("mlp", "modelgate", 1, 2000, p50_ms=modelgate_p50_ms),
+                    point("mlp", "naive", 1, 9600, p50_ms=0.10),
+                    point("mlp", "modelgate", 32, 9500), point("mlp", "naive", 32, 11000),
+                    point("mlp", "modelgate-gw2", 32, 11400)]
+
+    lines = goal_lines(measurements, [], MLP)
+
+    assert f"(goal <= +0.5 ms: {verdict})" in line(lines, "p50 at c=1")
+    assert "0.86x (goal >= 0.8x: MET)" in line(lines, "modelgate/naive throughput at c=32")
+    assert "1.20x throughput" in line(lines, "info: modelgate-gw2/modelgate at c=32")
+
+
+def test_ort_sweep_times_every_batch_size_and_keeps_the_best(tmp_path: Path) -> None:
+    workload = mlp()
+    model = workload.write(tmp_path)
+
+    result = floor.sweep("mlp", model, workload.feeds, threads=1, duration_s=0.01,
+                         batch_sizes=(1, 4))
+
+    assert [p.batch for p in result.points] == [1, 4]
+    assert all(p.runs >= floor.MIN_RUNS and p.rows_s > 0 for p in result.points)
+    assert result.best.rows_s == max(p.rows_s for p in result.points)
+
+
+def test_batch_size_table_has_a_column_per_sweep_and_marks_the_best() -> None:
+    table = markdown_curve([sweep("heavy", 1, {1: 290, 2: 296}),
+                            sweep("heavy", 2, {1: 400, 2: 500})])
+
+    assert table.splitlines()[0] == ("| batch | heavy, 1 thread: rows/s | heavy, 1 thread: ms "
+                                     "per run | heavy, 2 threads: rows/s |")
+    assert table.splitlines()[3] == "| 2 | **296** | 1.000 | **500** |"
+
+
+def test_workload_feeds_repeat_the_request_row() -> None:
+    feeds = heavy().feeds(3)["input"]
+
+    assert feeds.shape == (3, 64) and feeds.dtype == np.float32
+    assert np.array_equal(feeds[2], feeds[0])
+
+
+def test_peer_request_is_the_v2_rows_nested_and_its_answer_is_checked(tmp_path: Path) -> None:
+    target = BentoMLTarget(PeerVenv(tmp_path / "no-venv"))  # not built: nothing is run
+    expected = {"probabilities": np.array([[0.2, 0.3, 0.5]], dtype=np.float32)}
+
+    path, body = target.request(mlp())
+
+    assert (path, orjson.loads(body)) == ("/infer", {"input": [[0.1, 0.2, 0.3, 0.4]]})
+    target.check(b"[[0.2, 0.3, 0.5]]", expected)
+    with pytest.raises(WrongAnswer):
+        target.check(b"[[0.5, 0.3, 0.2]]", expected)
+    with pytest.raises(WrongAnswer):
+        target.check(b'{"outputs": []}', expected)
