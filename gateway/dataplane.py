@@ -81,7 +81,7 @@ class DataPlane:
     async def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+            await asyncio.wait([self._monitor], timeout=3.0)
         await self.dispatcher.stop()
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:

@@ -26,6 +26,7 @@ from modelgate.errors import BackendUnavailable, DeadlineExceeded
 log = logging.getLogger("modelgate.gateway")
 
 REPLY_POP_COUNT = 512
+STOP_TIMEOUT_S = 3.0
 
 
 @dataclass(slots=True)
@@ -46,6 +47,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._blmpop = True  # until the server says it does not know the command
+        self._running = True
 
     @property
     def in_flight(self) -> int:
@@ -58,9 +60,14 @@ class Dispatcher:
         ]
 
     async def stop(self) -> None:
+        # redis-py can swallow a cancellation that lands in a blocking command (BLMPOP), and
+        # the loop would then block again: the flag ends the loop whatever happens to the
+        # cancel, and the wait is bounded so a shutdown never hangs.
+        self._running = False
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailable("the gateway is shutting down; retry"))
@@ -153,7 +160,7 @@ class Dispatcher:
 
     async def _read_loop(self) -> None:
         backoff_s = 0.05
-        while True:
+        while self._running:
             try:
                 replies = await self._pop()
                 backoff_s = 0.05

@@ -254,3 +254,24 @@ def test_several_gateway_processes_share_the_port_and_merge_their_metrics(
         for pid in still_running(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_gateway_that_cannot_bind_exits_at_once(up_repository: Path, tmp_path: Path,
+                                                  redis_url: str) -> None:
+    """Its port is taken while Redis answers: it must exit non-zero, not hang in shutdown
+    (a blocked reply read once swallowed the cancellation and kept the process alive)."""
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        processes = Processes(tmp_path)
+        gateway = processes.spawn("gateway", [
+            "gateway", "--models", str(up_repository), "--redis-url", redis_url,
+            "--host", "127.0.0.1", "--port", str(port)])
+        try:
+            code = gateway.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            processes.stop()
+            pytest.fail(f"the gateway still runs 20 s after failing to bind:\n{processes.logs()}")
+        assert code != 0
+        assert "address already in use" in processes.logs()
