@@ -8,7 +8,6 @@ per-second counters that gateways and workers flush (see modelgate.stats).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import redis
 
@@ -19,18 +18,6 @@ from modelgate.stats import percentile_ms
 RATE_WINDOW_S = 3  # arrivals: short, so a load step shows within ~2 s (the policy widens its
 # tolerance band by this window's Poisson noise, so the noise does not flip the count)
 LATENCY_WINDOW_S = 10  # p95 and service time: longer, so one slow second does not dominate
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSignals:
-    """The raw sums behind an observation, for events and `modelgate status`."""
-
-    arrivals: float
-    completed: float
-    rejected: float
-    errors: float
-    compute_ms: float
-    latency_completed: float
 
 
 def _sum(buckets: list[dict[bytes, bytes]]) -> dict[str, float]:

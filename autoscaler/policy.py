@@ -23,7 +23,7 @@ backlog or arrival brings one worker back (the gateway holds calls meanwhile).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 NOISE_SIGMAS = 4.0
 
@@ -168,13 +168,3 @@ def decide(obs: Observation, state: PolicyState, now: float,
         return Decision(desired, f"scale down: {why}, highest need in "
                         f"{config.scale_down_delay_s:.0f} s is {stable}", new_state, raw, False)
     return Decision(current, f"steady: {why}", new_state, raw, panicking)
-
-
-def with_bounds(config: PolicyConfig, min_workers: int | None,
-                max_workers: int | None) -> PolicyConfig:
-    """The config with per-model bounds applied where the model's config sets them."""
-    return replace(
-        config,
-        min_workers=config.min_workers if min_workers is None else min_workers,
-        max_workers=config.max_workers if max_workers is None else max_workers,
-    )
