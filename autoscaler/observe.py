@@ -1,7 +1,7 @@
 """Observations of every pool, read from Redis alone (no Prometheus server needed).
 
-One pipelined round trip per tick reads, per pool: the stream length (backlog: waiting plus in
-work, since answered entries are deleted), live and starting workers, and the last seconds of
+One pipelined round trip per tick reads, per pool: the queued-requests count (backlog: waiting
+plus in work, see keys.pool_queued), live and starting workers, and the last seconds of
 per-second counters that gateways and workers flush (see modelgate.stats).
 """
 
@@ -43,7 +43,7 @@ class Observer:
         seconds = list(range(second - LATENCY_WINDOW_S, second))
         pipe = self.client.pipeline(transaction=False)
         for pool in pools:
-            pipe.xlen(keys.requests_stream(pool))
+            pipe.get(keys.pool_queued(pool))
             pipe.zcount(keys.pool_workers(pool), now - self.worker_ttl_s, "+inf")
             pipe.zcount(keys.pool_starting(pool), now - self.starting_grace_s, "+inf")
             for s in seconds:
@@ -53,7 +53,8 @@ class Observer:
         observations = {}
         for i, (pool, replicas) in enumerate(pools.items()):
             chunk = results[i * per_pool:(i + 1) * per_pool]
-            backlog, live, starting = int(chunk[0]), int(chunk[1]), int(chunk[2])
+            backlog = keys.queued_count(chunk[0])
+            live, starting = int(chunk[1]), int(chunk[2])
             buckets = chunk[3:]
             recent = _sum(buckets[-RATE_WINDOW_S:])
             longer = _sum(buckets)

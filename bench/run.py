@@ -79,7 +79,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--request-timeout-s", "5", "a request slower than this counts as an error", type=int)
     option("--quiet-wait-s", "20", "wait up to this long for a quiet machine before each server",
            type=int)
-    option("--out", "docs/benchmarks.md", "markdown report, relative to the repo; '-' for none")
+    option("--out", "docs/benchmarks.md",
+           "markdown report, relative to the repo; '-' or empty for none")
     option("--log-dir", ".bench", "server logs and raw load output, relative to the repo")
     return parser
 
@@ -110,7 +111,7 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         floor_s=float(args.floor_s),
         request_timeout_s=int(args.request_timeout_s),
         quiet_wait_s=int(args.quiet_wait_s),
-        out=None if args.out == "-" else REPO_ROOT / args.out,
+        out=None if args.out in ("-", "") else REPO_ROOT / args.out,
         log_dir=REPO_ROOT / args.log_dir,
     )
 

@@ -108,7 +108,7 @@ class DataPlane:
     def _admit(self, model: ModelVersion, view: PoolView) -> None:
         """429 at once past the in-flight cap or the model's backlog limit."""
         limit = model.config.max_queue or self.settings.default_max_queue
-        # The stream length at the last refresh, plus what this gateway queued since, minus
+        # The queued count at the last refresh, plus what this gateway queued since, minus
         # what it got answers for since: answered entries are deleted from the stream. Without
         # the answers, a pool draining faster than max_queue per refresh interval is refused
         # with its queue nearly empty.
@@ -157,8 +157,7 @@ class DataPlane:
             await self._wait_for_worker(model, deadline_ms)
         self._admit(model, view)
         view.admitted += 1
-        future = self.dispatcher.submit(keys.requests_stream(model.pool),
-                                        wire.encode_request(request), deadline_ms)
+        future = self.dispatcher.submit(model.pool, request, deadline_ms, model.max_batch_size)
         reply = await future
         view.completed += 1
         self.metrics.observe_reply(model.name, reply)
@@ -177,7 +176,7 @@ class DataPlane:
                                   now - self.settings.worker_ttl_s)
             pipe.zcard(keys.pool_workers(pool))
             pipe.zcount(keys.pool_starting(pool), now - STARTING_GRACE_S, "+inf")
-            pipe.xlen(keys.requests_stream(pool))
+            pipe.eval(keys.QUEUED_REPAIR, 2, keys.requests_stream(pool), keys.pool_queued(pool))
             pipe.get(keys.pool_desired(pool))
         pipe.get(keys.AUTOSCALER_BUDGET)
         budget_at = 5 * len(pools)
@@ -210,8 +209,7 @@ class DataPlane:
             view = self.pools[pool]
             view.live_workers = int(results[5 * i + 1])
             view.starting_workers = int(results[5 * i + 2])
-            # Entries are deleted once answered, so the stream length is the backlog.
-            view.backlog = int(results[5 * i + 3])
+            view.backlog = keys.queued_count(results[5 * i + 3])
             desired = results[5 * i + 4]
             view.desired = int(desired) if desired is not None else None
             view.admitted -= flushed[pool][0]

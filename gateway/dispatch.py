@@ -1,11 +1,14 @@
 """Enqueue requests and correlate replies: one writer and one reply reader per gateway process.
 
-``submit`` registers a future under a fresh correlation id, appends the entry to an outbox and
-returns. The writer task sends everything in the outbox in one pipelined round trip, so under
-concurrency many requests share one write. The reader pops replies from this process's reply
-list in bulk and resolves futures by id; an id resolved before (a redelivered entry answered
-twice) or no longer waited for is dropped. Every future is failed at its deadline by a timer, so
-none is left pending.
+``submit`` registers a future under a fresh correlation id, appends the request to an outbox
+and returns. The writer task takes everything in the outbox at once: requests for the same pool
+with compatible inputs and the same output selection are combined into bundles of up to the
+model's ``max_batch_size`` rows (modelgate.wire), one stream entry each, and all the entries go
+out in one pipelined round trip. Under concurrency, Redis and the workers then handle a few
+entries instead of one per request. The reader pops replies from this process's reply list in
+bulk, cuts each into one reply per request and resolves futures by id; an id resolved before (a
+redelivered entry answered twice) or no longer waited for is dropped. Every future is failed at
+its deadline by a timer, so none is left pending.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 
 from modelgate import keys, wire
-from modelgate.errors import BackendUnavailable, DeadlineExceeded
+from modelgate.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -31,8 +34,40 @@ STOP_TIMEOUT_S = 3.0
 
 @dataclass(slots=True)
 class _Outgoing:
-    command: tuple[bytes | str | int, ...]  # the XADD, argument by argument
+    pool: str
+    request: wire.Request
     correlation: str
+    deadline_ms: int
+    max_rows: int  # rows a bundle may hold (the model's max_batch_size; 0: no bundling)
+
+
+@dataclass(slots=True)
+class _Entry:
+    command: tuple[bytes | str | int, ...]  # the XADD, argument by argument
+    pool: str
+    correlations: list[str]
+
+
+def bundles(outbox: list[_Outgoing]) -> list[list[_Outgoing]]:
+    """The outbox cut into bundles: same pool, compatible inputs and output selection, at most
+    ``max_rows`` rows each (a larger request alone), in arrival order within a bundle."""
+    groups: dict[tuple[object, ...], list[_Outgoing]] = {}
+    for item in outbox:
+        key = (item.pool, wire.batch_key(item.request), item.request.outputs)
+        groups.setdefault(key, []).append(item)
+    cut: list[list[_Outgoing]] = []
+    for items in groups.values():
+        current: list[_Outgoing] = []
+        rows = 0
+        for item in items:
+            item_rows = item.request.rows
+            if current and rows + item_rows > item.max_rows:
+                cut.append(current)
+                current, rows = [], 0
+            current.append(item)
+            rows += item_rows
+        cut.append(current)
+    return cut
 
 
 class Dispatcher:
@@ -73,7 +108,8 @@ class Dispatcher:
                 future.set_exception(BackendUnavailable("the gateway is shutting down; retry"))
         self._pending.clear()
 
-    def submit(self, stream: str, payload: bytes, deadline_ms: int) -> asyncio.Future[wire.Reply]:
+    def submit(self, pool: str, request: wire.Request, deadline_ms: int,
+               max_rows: int) -> asyncio.Future[wire.Reply]:
         """Queue one request; the future resolves with its reply or fails by the deadline."""
         loop = asyncio.get_running_loop()
         correlation = str(next(self._ids))
@@ -82,16 +118,25 @@ class Dispatcher:
         delay_s = max(0.0, deadline_ms / 1000.0 - time.time())
         timer = loop.call_later(delay_s, self._expire, correlation)
         future.add_done_callback(lambda _f: timer.cancel())
-        self._outbox.append(_Outgoing((
-            "XADD", stream, "*",
-            "id", correlation,
-            "reply_to", self.reply_to,
-            "deadline_ms", deadline_ms,
-            "attempt", 1,
-            "payload", payload,
-        ), correlation))
+        self._outbox.append(_Outgoing(pool, request, correlation, deadline_ms, max_rows))
         self._wake.set()
         return future
+
+    def _entries(self, outbox: list[_Outgoing]) -> list[_Entry]:
+        entries = []
+        for bundle in bundles(outbox):
+            ids = [item.correlation for item in bundle]
+            payload = wire.encode_bundle(wire.combine(ids, [item.request for item in bundle]))
+            pool = bundle[0].pool
+            entries.append(_Entry((
+                "XADD", keys.requests_stream(pool), "*",
+                "ids", wire.encode_ids(tuple(ids)),
+                "reply_to", self.reply_to,
+                "deadline_ms", max(item.deadline_ms for item in bundle),
+                "attempt", 1,
+                "payload", payload,
+            ), pool, ids))
+        return entries
 
     def _expire(self, correlation: str) -> None:
         future = self._pending.pop(correlation, None)
@@ -117,46 +162,65 @@ class Dispatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._outbox = self._outbox, []
-            if not batch:
+            outbox, self._outbox = self._outbox, []
+            if not outbox:
                 continue
             try:
-                await self._send(batch)
+                entries = self._entries(outbox)
+            except (wire.WireError, ValueError) as e:  # validated inputs: a bug, not bad input
+                log.exception("could not encode requests")
+                for item in outbox:
+                    self._fail(item.correlation,
+                               ModelFailed(f"the request could not be queued: {e}"))
+                continue
+            try:
+                await self._send(entries)
             except (RedisError, OSError) as e:
-                for item in batch:
-                    self._fail(item.correlation, BackendUnavailable(
-                        f"the queue (Redis) is unreachable: {e}; retry shortly"))
+                for entry in entries:
+                    for correlation in entry.correlations:
+                        self._fail(correlation, BackendUnavailable(
+                            f"the queue (Redis) is unreachable: {e}; retry shortly"))
 
-    async def _send(self, batch: list[_Outgoing]) -> None:
-        """All XADDs of a batch in one write on one connection, then their replies.
+    async def _send(self, entries: list[_Entry]) -> None:
+        """Every entry's XADD and queued-count INCRBY in one write on one connection, then
+        their replies.
 
         This is what a redis-py pipeline does, minus its per-call machinery (command stack,
         response callbacks), which was a tenth of the gateway's CPU per request; connection
         handling (auth, TLS, timeouts) stays redis-py's. So does its retry policy, once per
-        batch: after Redis restarts, an idle pooled connection is dead and fails its first
-        write, which must not turn into 503s with Redis up. A batch resent after a connection
+        write: after Redis restarts, an idle pooled connection is dead and fails its first
+        write, which must not turn into 503s with Redis up. A write resent after a connection
         dropped mid-read may add some entries twice; replies are deduplicated by id.
         """
         pool = self.client.connection_pool
         connection = await pool.get_connection()
         try:
             await connection.retry.call_with_retry(
-                lambda: self._write(connection, batch), lambda _error: connection.disconnect())
+                lambda: self._write(connection, entries), lambda _error: connection.disconnect())
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
 
-    async def _write(self, connection: Connection, batch: list[_Outgoing]) -> None:
-        await connection.send_packed_command(
-            connection.pack_commands([item.command for item in batch]), check_health=False)
-        for item in batch:
+    async def _write(self, connection: Connection, entries: list[_Entry]) -> None:
+        commands: list[tuple[bytes | str | int, ...]] = []
+        for entry in entries:
+            commands.append(entry.command)
+            commands.append(("INCRBY", keys.pool_queued(entry.pool), len(entry.correlations)))
+        await connection.send_packed_command(connection.pack_commands(commands),
+                                             check_health=False)
+        for entry in entries:
             try:
                 await connection.read_response()
             except ResponseError as e:  # this entry was refused; the others stand
-                self._fail(item.correlation, BackendUnavailable(
-                    f"the queue refused the request ({e}); retry shortly"))
+                for correlation in entry.correlations:
+                    self._fail(correlation, BackendUnavailable(
+                        f"the queue refused the request ({e}); retry shortly"))
+            try:
+                await connection.read_response()
+            except ResponseError as e:  # the backlog count only; the entry stands
+                log.warning("queued count of %s not updated: %s", entry.pool, e)
 
     async def _read_loop(self) -> None:
         backoff_s = 0.05
@@ -199,7 +263,15 @@ class Dispatcher:
         except wire.WireError as e:
             log.warning("dropped a malformed reply: %s", e)
             return
-        future = self._pending.pop(reply.id, None)
-        if future is None or future.done():
-            return  # answered already (duplicate delivery) or past its deadline
-        future.set_result(reply)
+        try:
+            parts = wire.unbundle(reply)
+        except wire.WireError as e:
+            log.warning("a reply could not be cut per request: %s", e)
+            for correlation in reply.ids:
+                self._fail(correlation, ModelFailed(f"the worker's answer was unreadable: {e}"))
+            return
+        for part in parts:
+            future = self._pending.pop(part.id, None)
+            if future is None or future.done():
+                continue  # answered already (duplicate delivery) or past its deadline
+            future.set_result(part)

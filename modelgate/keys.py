@@ -21,6 +21,35 @@ def requests_stream(pool: str) -> str:
     return f"{PREFIX}:{pool}:requests"
 
 
+def pool_queued(pool: str) -> str:
+    """Requests queued for a pool and not yet answered (the backlog).
+
+    Gateways add a bundle's request count when they enqueue it, workers subtract it when they
+    acknowledge the entry; an entry holds several requests, so the stream's length is not it.
+    """
+    return f"{PREFIX}:{pool}:queued"
+
+
+# Reads the queued count, resetting it to 0 when the stream is empty: a count left off by a
+# write resent after a dropped connection (or lost with Redis) heals once the pool drains.
+# Gateways INCRBY after XADD and workers DECRBY with XDEL in one script, so an empty stream
+# means nothing is queued.
+# KEYS: the pool's requests stream, its queued count.
+QUEUED_REPAIR = """
+local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
+if queued ~= 0 and redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[2], 0)
+  return 0
+end
+return queued
+"""
+
+
+def queued_count(raw: bytes | str | int | None) -> int:
+    """The value of :func:`pool_queued` as read back; absent is 0, and never below zero."""
+    return max(0, int(raw)) if raw is not None else 0
+
+
 def dead_letter_stream(pool: str) -> str:
     """Entries delivered too often without an answer, kept for operators to inspect."""
     return f"{PREFIX}:{pool}:dead"

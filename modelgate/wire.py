@@ -3,19 +3,27 @@
 Everything that crosses the queue is msgpack of plain values: the queue is reachable by anything
 that can reach Redis, so nothing here can execute code while decoding (no pickle, no ext types).
 
-A request entry on a model's stream has the fields
-    ``id``          correlation id, unique within the replying gateway
+A request entry on a model's stream carries a *bundle*: one or more requests that a gateway
+combined because they arrived together for the same model with compatible inputs. Their inputs
+are concatenated along dim 0, so a worker decodes and batches a bundle as one request, and Redis
+and the worker pay per bundle, not per request. The entry's fields are
     ``reply_to``    the list the reply is pushed to
-    ``deadline_ms`` absolute epoch milliseconds after which nobody waits for the answer
-    ``attempt``     1 on first enqueue
-    ``payload``     msgpack map ``{"v": WIRE_VERSION, "inputs": {name: tensor},
-                    "outputs": [names] or None, "parameters": {...}}``
+    ``deadline_ms`` absolute epoch milliseconds after which nobody waits for any of its answers
+    ``attempt``     1 on first enqueue; a bundle split after a worker died carries the
+                    deliveries so far, so a poison pill is still parked after ``max_deliveries``
+    ``ids``         the requests' correlation ids, comma-separated (unique per gateway); outside
+                    the payload so that even an undecodable payload gets its callers an answer
+    ``payload``     msgpack map ``{"v": WIRE_VERSION, "rows": [rows of each request],
+                    "inputs": {name: tensor}, "outputs": [names] or None,
+                    "parameters": {...}}``
 and a tensor is ``[datatype, shape, data]``: ``data`` is the raw little-endian buffer for
 numeric types, a list of byte strings for ``BYTES`` and a plain msgpack value for ``JSON``
 (non-tensor outputs such as scikit-learn's ZipMap probabilities).
 
-A reply is one msgpack map ``{"v", "id", "status", "error", "outputs", "queue_ms",
-"compute_ms", "batch_size", "batch_leader"}``; ``status`` is ``"ok"`` or an error code from
+A reply answers a whole bundle (or, when the worker had to run its requests apart, one of
+them): one msgpack map ``{"v", "ids", "rows", "status", "error", "outputs", "queue_ms",
+"compute_ms", "batch_size", "batch_leader"}`` whose outputs hold the rows of every id in order;
+:func:`unbundle` cuts it into one reply per id. ``status`` is ``"ok"`` or an error code from
 :class:`ReplyStatus`. Exactly one reply of every ORT run has ``batch_leader`` set, so a gateway
 can count runs (the ``modelgate_batch_size`` histogram) without a second channel.
 """
@@ -23,6 +31,7 @@ can count runs (the ``modelgate_batch_size`` histogram) without a second channel
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -30,7 +39,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 
 
 class WireError(ValueError):
@@ -96,10 +105,41 @@ class Request:
     outputs: tuple[str, ...] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def rows(self) -> int:
+        return next(iter(self.inputs.values())).rows
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """Requests combined into one queue entry: ``request`` holds their inputs concatenated
+    along dim 0, ``rows[i]`` of them belonging to ``ids[i]``."""
+
+    ids: tuple[str, ...]
+    rows: tuple[int, ...]
+    request: Request
+
+    @classmethod
+    def single(cls, id: str, request: Request) -> Bundle:
+        return cls((id,), (request.rows,), request)
+
+    def singles(self) -> list[Bundle]:
+        """One bundle per request, cut from the concatenated inputs (views, no copies)."""
+        if len(self.ids) == 1:
+            return [self]
+        parts = []
+        start = 0
+        for id_, count in zip(self.ids, self.rows, strict=True):
+            inputs = {name: _rows_of(t, start, count) for name, t in self.request.inputs.items()}
+            parts.append(Bundle((id_,), (count,), Request(inputs, self.request.outputs,
+                                                          self.request.parameters)))
+            start += count
+        return parts
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    id: str
+    ids: tuple[str, ...]
     status: str
     outputs: dict[str, Tensor] = field(default_factory=dict)
     error: str = ""
@@ -107,6 +147,64 @@ class Reply:
     compute_ms: float = 0.0
     batch_size: int = 0
     batch_leader: bool = False
+    rows: tuple[int, ...] = ()  # rows of each id in ``outputs``, in order
+
+    @property
+    def id(self) -> str:
+        return self.ids[0]
+
+
+def _rows_of(t: Tensor, start: int, count: int) -> Tensor:
+    """Rows ``start:start+count`` of a tensor whose dim 0 (or JSON list) runs over requests."""
+    return Tensor(t.datatype, (count, *t.shape[1:]), t.data[start:start + count])
+
+
+def combine(ids: list[str], requests: list[Request]) -> Bundle:
+    """One bundle from requests with equal :func:`batch_key` and output selection."""
+    if len(requests) == 1:
+        return Bundle.single(ids[0], requests[0])
+    first = requests[0]
+    inputs = {}
+    for name, t in first.inputs.items():
+        parts = [r.inputs[name].data for r in requests]
+        data = np.concatenate(parts, axis=0)
+        inputs[name] = Tensor(t.datatype, data.shape, data)
+    # Parameters stay with the gateway (deadlines); workers do not read them.
+    return Bundle(tuple(ids), tuple(r.rows for r in requests), Request(inputs, first.outputs))
+
+
+def batch_key(request: Request) -> tuple[Any, ...]:
+    """Requests with equal keys can be concatenated along dim 0."""
+    return tuple((name, t.datatype, t.shape[1:]) for name, t in sorted(request.inputs.items()))
+
+
+def unbundle(reply: Reply) -> list[Reply]:
+    """One reply per id; an ``ok`` reply's outputs are cut by ``rows``.
+
+    Raises WireError when the outputs cannot be cut as ``rows`` says (a worker bug or a forged
+    reply): every id is then answered with that error rather than with someone else's rows.
+    """
+    if len(reply.ids) == 1:
+        return [reply]
+    if reply.status != ReplyStatus.OK:
+        return [Reply((id_,), reply.status, {}, reply.error, reply.queue_ms, reply.compute_ms,
+                      reply.batch_size, reply.batch_leader and i == 0)
+                for i, id_ in enumerate(reply.ids)]
+    total = sum(reply.rows)
+    if any(
+        not t.shape or t.shape[0] != total or (t.datatype == JSON and len(t.data) != total)
+        for t in reply.outputs.values()
+    ):
+        raise WireError(f"reply for {len(reply.ids)} requests has rows {list(reply.rows)} that "
+                        "do not cut its outputs")
+    parts = []
+    start = 0
+    for i, (id_, count) in enumerate(zip(reply.ids, reply.rows, strict=True)):
+        outputs = {name: _rows_of(t, start, count) for name, t in reply.outputs.items()}
+        parts.append(Reply((id_,), reply.status, outputs, "", reply.queue_ms, reply.compute_ms,
+                           reply.batch_size, reply.batch_leader and i == 0))
+        start += count
+    return parts
 
 
 def tensor(array: np.ndarray) -> Tensor:
@@ -182,10 +280,43 @@ def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     return message
 
 
-def encode_request(request: Request) -> bytes:
+def _rows_for(ids: tuple[str, ...], raw: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or len(raw) != len(ids) or not all(
+        isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in raw
+    ):
+        raise WireError(f"{what} 'rows' must be a count of rows for each of its {len(ids)} ids")
+    return tuple(raw)
+
+
+def encode_ids(ids: tuple[str, ...]) -> str:
+    return ",".join(ids)
+
+
+def decode_ids(raw: bytes) -> tuple[str, ...]:
+    """The ``ids`` field of an entry; raises WireError unless it names at least one id."""
+    try:
+        ids = tuple(raw.decode().split(","))
+    except UnicodeDecodeError as e:
+        raise WireError("entry 'ids' is not UTF-8") from e
+    if not all(ids):
+        raise WireError(f"entry 'ids' {raw[:80]!r} is not a comma-separated list of ids")
+    return ids
+
+
+def entry_attempt(fields: Mapping[bytes, bytes]) -> int:
+    """Deliveries an entry had before it was written (its ``attempt`` field; 1 if absent)."""
+    try:
+        return max(1, int(fields.get(b"attempt", b"1")))
+    except ValueError:
+        return 1
+
+
+def encode_bundle(bundle: Bundle) -> bytes:
+    request = bundle.request
     return msgpack.packb(
         {
             "v": WIRE_VERSION,
+            "rows": list(bundle.rows),
             "inputs": {n: _encode_tensor(t) for n, t in request.inputs.items()},
             "outputs": list(request.outputs) if request.outputs is not None else None,
             "parameters": request.parameters,
@@ -193,8 +324,10 @@ def encode_request(request: Request) -> bytes:
     )
 
 
-def decode_request(payload: bytes) -> Request:
+def decode_bundle(ids: tuple[str, ...], payload: bytes) -> Bundle:
+    """The bundle of an entry whose ``ids`` field gave ``ids``."""
     message = _unpack_map(payload, "request payload")
+    rows = _rows_for(ids, message.get("rows"), "request payload")
     inputs = message.get("inputs")
     if not isinstance(inputs, dict) or not inputs:
         raise WireError("request payload has no inputs map")
@@ -206,18 +339,22 @@ def decode_request(payload: bytes) -> Request:
     parameters = message.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise WireError("request payload 'parameters' must be a map")
-    return Request(
+    request = Request(
         inputs={str(n): _decode_tensor(str(n), t) for n, t in inputs.items()},
         outputs=tuple(outputs) if outputs is not None else None,
         parameters=parameters,
     )
+    if len(ids) > 1 and any(t.rows != sum(rows) for t in request.inputs.values()):
+        raise WireError(f"request payload rows {rows} do not add up to its inputs' dim 0")
+    return Bundle(ids, rows, request)
 
 
 def encode_reply(reply: Reply) -> bytes:
     return msgpack.packb(
         {
             "v": WIRE_VERSION,
-            "id": reply.id,
+            "ids": list(reply.ids),
+            "rows": list(reply.rows) if reply.rows else [0] * len(reply.ids),
             "status": reply.status,
             "error": reply.error,
             "outputs": {n: _encode_tensor(t) for n, t in reply.outputs.items()},
@@ -233,9 +370,15 @@ def decode_reply(data: bytes) -> Reply:
     message = _unpack_map(data, "reply")
     if not isinstance(message.get("outputs") or {}, dict):
         raise WireError("reply 'outputs' is not a map")
+    ids = message.get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise WireError("reply 'ids' must be a non-empty list of strings")
+    ids = tuple(ids)
+    rows = _rows_for(ids, message.get("rows"), "reply")
     try:
         return Reply(
-            id=str(message["id"]),
+            ids=ids,
+            rows=rows,
             status=str(message["status"]),
             error=str(message.get("error") or ""),
             outputs={

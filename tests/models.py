@@ -120,3 +120,15 @@ def write_repository(root: Path, models: dict[str, onnx.ModelProto | Sequence[on
     for name, text in (configs or {}).items():
         (root / name / "config.yaml").write_text(text)
     return root
+
+
+def total_model() -> onnx.ModelProto:
+    """``total = sum(x)`` over every axis of x FP32 [-1, 3]: batchable input, but the output has
+    no row per input row, so a batch of several requests cannot be split back."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)],
+        "total",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+    )
+    return finish(graph)

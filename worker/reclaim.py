@@ -5,8 +5,9 @@ then died stays pending in the group. Live workers ``XAUTOCLAIM`` entries idle f
 the claim timeout (derived from how long this pool's steps take, never below a floor) and run
 them again. An entry delivered more than ``max_deliveries`` times is moved to the pool's
 dead-letter stream and its caller is told, so one input that crashes the runtime cannot take
-down every worker in turn. Reclaimed entries run one at a time: if one of them crashes the
-process again, it takes no neighbour with it.
+down every worker in turn. A reclaimed bundle of several requests is split into one entry per
+request, and reclaimed entries run one at a time: if one of them crashes the process again, it
+takes no neighbour with it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 
 import redis
 
-from modelgate import keys
+from modelgate import keys, wire
 
 log = logging.getLogger("modelgate.worker")
 
 RECLAIM_COUNT = 64
+DEAD_LETTER_MAXLEN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,8 @@ class Reclaimer:
         for entry_id, fields in entries:
             if fields is None:
                 continue  # deleted while pending; XAUTOCLAIM drops it from the group
-            count = deliveries.get(entry_id, 1)
+            # A split bundle's requests carry the bundle's deliveries as ``attempt``.
+            count = deliveries.get(entry_id, 1) + wire.entry_attempt(fields) - 1
             (dead if count > self.max_deliveries else retry).append((entry_id, fields, count))
         self.reclaimed += len(retry)
         if retry or dead:
@@ -97,13 +100,15 @@ class Reclaimer:
                         len(retry) + len(dead), self.stream, len(dead))
         return Claimed(retry, dead)
 
-    def park(self, pipe: redis.client.Pipeline, entry_id: bytes, fields: dict[bytes, bytes],
-             deliveries: int) -> None:
-        """Queue the move of one entry to the dead-letter stream on ``pipe``."""
-        pipe.xadd(self.dead_stream, {
+    def park(self, entry_id: bytes, fields: dict[bytes, bytes],
+             deliveries: int) -> tuple[bytes | str | int, ...]:
+        """The command that moves one entry to the dead-letter stream."""
+        self.dead_lettered += 1
+        moved = {
             **fields,
             b"original_id": entry_id,
             b"deliveries": str(deliveries).encode(),
             b"parked_at_ms": str(int(time.time() * 1000)).encode(),
-        }, maxlen=10_000, approximate=True)
-        self.dead_lettered += 1
+        }
+        return ("XADD", self.dead_stream, "MAXLEN", "~", DEAD_LETTER_MAXLEN, "*",
+                *(part for pair in moved.items() for part in pair))

@@ -1,8 +1,9 @@
-"""ONNX Runtime execution: one session per process, batches of compatible requests.
+"""ONNX Runtime execution: one session per process, batches of compatible bundles.
 
-``run_batch`` concatenates requests along dim 0, runs the session once and splits every output
-back per request. Should a batch fail, or an output not be splittable by rows, each request is
-run on its own, so one bad request never fails its neighbours.
+``run_batch`` concatenates bundles (each already several requests' rows, see modelgate.wire)
+along dim 0, runs the session once and splits every output back per bundle. Should a batch
+fail, or an output not have a row per input row, each request is run on its own, so one bad
+request never fails its neighbours.
 """
 
 from __future__ import annotations
@@ -51,18 +52,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def batch_key(request: wire.Request) -> tuple[Any, ...]:
-    """Requests with equal keys can be concatenated along dim 0."""
-    return tuple(
-        (name, t.datatype, t.shape[1:]) for name, t in sorted(request.inputs.items())
-    )
-
-
-def request_rows(request: wire.Request) -> int:
-    first = next(iter(request.inputs.values()))
-    return first.rows
-
-
 class Runner:
     def __init__(self, model: ModelVersion, intra_op_threads: int) -> None:
         self.model = model
@@ -106,36 +95,38 @@ class Runner:
             feeds[name] = array
         return feeds
 
-    def _run(self, requests: Sequence[wire.Request]) -> tuple[list[Any], float]:
-        feeds = self._feeds(requests)
+    def _run(self, bundles: Sequence[wire.Bundle]) -> tuple[list[Any], float]:
+        feeds = self._feeds([b.request for b in bundles])
         started = time.perf_counter()
         results = self.session.run(self.output_names, feeds)
         return results, (time.perf_counter() - started) * 1000.0
 
     def _split(
-        self, requests: Sequence[wire.Request], results: list[Any]
+        self, bundles: Sequence[wire.Bundle], results: list[Any]
     ) -> list[dict[str, wire.Tensor]] | None:
-        """Per-request outputs, or None when some output has no row per input row."""
-        rows = [request_rows(r) for r in requests]
+        """Per-bundle outputs, or None when some output has no row per input row (then rows
+        cannot be told apart, unless the run held a single request)."""
+        rows = [b.request.rows for b in bundles]
         total = sum(rows)
         offsets = np.cumsum([0, *rows])
-        per_request: list[dict[str, wire.Tensor]] = [{} for _ in requests]
+        whole = len(bundles) == 1 and len(bundles[0].ids) == 1
+        per_bundle: list[dict[str, wire.Tensor]] = [{} for _ in bundles]
         for spec, value in zip(self.model.outputs, results, strict=True):
             if isinstance(value, np.ndarray):
-                if len(requests) > 1 and (value.ndim == 0 or value.shape[0] != total):
+                if not whole and (value.ndim == 0 or value.shape[0] != total):
                     return None
-                for i in range(len(requests)):
-                    part = value if len(requests) == 1 else value[offsets[i] : offsets[i + 1]]
-                    per_request[i][spec.name] = wire.tensor(part)
+                for i in range(len(bundles)):
+                    part = value if len(bundles) == 1 else value[offsets[i] : offsets[i + 1]]
+                    per_bundle[i][spec.name] = wire.tensor(part)
             else:
                 items = _plain(value)
-                if len(requests) > 1 and (not isinstance(items, list) or len(items) != total):
+                if not whole and (not isinstance(items, list) or len(items) != total):
                     return None
-                for i in range(len(requests)):
-                    part = items if len(requests) == 1 else items[offsets[i] : offsets[i + 1]]
+                for i in range(len(bundles)):
+                    part = items if len(bundles) == 1 else items[offsets[i] : offsets[i + 1]]
                     shape = (len(part),) if isinstance(part, list) else ()
-                    per_request[i][spec.name] = wire.Tensor(wire.JSON, shape, part)
-        return per_request
+                    per_bundle[i][spec.name] = wire.Tensor(wire.JSON, shape, part)
+        return per_bundle
 
     @staticmethod
     def _select(outputs: dict[str, wire.Tensor], request: wire.Request) -> dict[str, wire.Tensor]:
@@ -143,26 +134,35 @@ class Runner:
             return outputs
         return {name: outputs[name] for name in request.outputs if name in outputs}
 
-    def run_batch(self, requests: Sequence[wire.Request]) -> list[Outcome]:
-        """One outcome per request, in order; runs them together when the model allows."""
-        rows = sum(request_rows(r) for r in requests)
+    def run_batch(
+        self, bundles: Sequence[wire.Bundle]
+    ) -> list[list[tuple[wire.Bundle, Outcome]]]:
+        """For every bundle, in order, what it got; runs them together when the model allows.
+
+        A bundle answers as one (bundle, outcome) pair, or as one pair per request when its
+        requests had to run apart.
+        """
+        rows = sum(b.request.rows for b in bundles)
         try:
-            results, compute_ms = self._run(requests)
+            results, compute_ms = self._run(bundles)
         except Exception as e:  # ORT raises its own exception types for bad input and failures
-            if len(requests) == 1:
-                return [self._failure(e, rows)]
-            return self._one_by_one(requests)
-        split = self._split(requests, results)
+            if len(bundles) == 1 and len(bundles[0].ids) == 1:
+                return [[(bundles[0], self._failure(e, rows))]]
+            return self._one_by_one(bundles)
+        split = self._split(bundles, results)
         if split is None:
-            return self._one_by_one(requests)
+            return self._one_by_one(bundles)
         return [
-            Outcome(wire.ReplyStatus.OK, self._select(outputs, request), "", rows, compute_ms,
-                    leader=(i == 0))
-            for i, (outputs, request) in enumerate(zip(split, requests, strict=True))
+            [(bundle, Outcome(wire.ReplyStatus.OK, self._select(outputs, bundle.request), "",
+                              rows, compute_ms, leader=(i == 0)))]
+            for i, (outputs, bundle) in enumerate(zip(split, bundles, strict=True))
         ]
 
-    def _one_by_one(self, requests: Sequence[wire.Request]) -> list[Outcome]:
-        return [outcome for request in requests for outcome in self.run_batch([request])]
+    def _one_by_one(
+        self, bundles: Sequence[wire.Bundle]
+    ) -> list[list[tuple[wire.Bundle, Outcome]]]:
+        return [[pair for single in bundle.singles() for pair in self.run_batch([single])[0]]
+                for bundle in bundles]
 
     def _failure(self, error: Exception, rows: int) -> Outcome:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)

@@ -112,7 +112,7 @@ class Dashboard:
         for pool, second in missing:
             pipe.hgetall(keys.pool_stats(pool, second))
         for pool in pools:
-            pipe.xlen(keys.requests_stream(pool))
+            pipe.get(keys.pool_queued(pool))
             pipe.zcount(keys.pool_workers(pool), now - self.plane.settings.worker_ttl_s, "+inf")
             pipe.zcount(keys.pool_starting(pool), now - STARTING_GRACE_S, "+inf")
             pipe.get(keys.pool_desired(pool))
@@ -149,7 +149,8 @@ class Dashboard:
             cost = series.cost_series(start, end, events)
             costs.append(cost)
             now_figures = series.recent_figures(buckets, RATE_WINDOW_S, LATENCY_WINDOW_S)
-            now_figures.update(backlog=int(backlog), live=int(live), starting=int(starting),
+            now_figures.update(backlog=keys.queued_count(backlog), live=int(live),
+                               starting=int(starting),
                                desired=int(desired) if desired is not None else None,
                                cost_per_hour=events[-1].cost_per_hour if events else None)
             per_second: dict[str, series.Series] = {

@@ -116,6 +116,13 @@ def failures(answers: list[Answer], limit: int = 5) -> str:
     return "; ".join(f"#{a.index}: {a.status} {a.error or a.body[:200]!r}" for a in bad[:limit])
 
 
+def _consumers_of(client: redis.Redis, pid: int) -> list[str]:
+    summary = client.xpending(STREAM, keys.WORKER_GROUP)
+    names = [c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+             for c in summary.get("consumers") or []]
+    return [name for name in names if f"-{pid}-" in name]
+
+
 def pending_of(client: redis.Redis, pid: int) -> int:
     """Entries of the pool's stream delivered to the worker with this pid and not acked."""
     summary = client.xpending(STREAM, keys.WORKER_GROUP)
@@ -124,14 +131,25 @@ def pending_of(client: redis.Redis, pid: int) -> int:
                                  else c["name"]))
 
 
+def requests_held(client: redis.Redis, pid: int) -> int:
+    """Requests in those entries: an entry is a bundle of the requests a gateway sent together."""
+    held = 0
+    for name in _consumers_of(client, pid):
+        for pending in client.xpending_range(STREAM, keys.WORKER_GROUP, "-", "+", 1000,
+                                             consumername=name):
+            for _, fields in client.xrange(STREAM, pending["message_id"], pending["message_id"]):
+                held += len(fields[b"ids"].split(b","))
+    return held
+
+
 def freeze_holding(client: redis.Redis, pid: int, want: int = 4, prefer_s: float = 0.3,
                    give_up_s: float = 5.0) -> int:
     """SIGSTOP the worker at a moment it holds entries it has not acknowledged.
 
-    Returns how many it holds, leaving it stopped. A worker spends most of its time under load
-    between XREADGROUP and XACK, but not all of it; freezing first makes sure the signal that
-    follows lands while entries are in flight, rather than hoping it does. For ``prefer_s``
-    it waits for a batch of at least ``want`` entries, then takes any.
+    Returns how many entries it holds, leaving it stopped. A worker spends most of its time
+    under load between XREADGROUP and XACK, but not all of it; freezing first makes sure the
+    signal that follows lands while entries are in flight, rather than hoping it does. For
+    ``prefer_s`` it waits for entries holding at least ``want`` requests, then takes any.
     """
     started = time.monotonic()
     while time.monotonic() - started < give_up_s:
@@ -139,7 +157,8 @@ def freeze_holding(client: redis.Redis, pid: int, want: int = 4, prefer_s: float
         wait_until(lambda: _state(pid) in {"T", "t"}, 5, f"worker {pid} to stop",
                    interval_s=0.0005)
         held = pending_of(client, pid)
-        if held >= (want if time.monotonic() - started < prefer_s else 1):
+        if held and requests_held(client, pid) >= (
+                want if time.monotonic() - started < prefer_s else 1):
             return held
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.002)
@@ -529,20 +548,22 @@ def test_burst_past_capacity_is_shed_with_429(
 
 
 def abandon_entry(client: redis.Redis, correlation: str) -> tuple[bytes, bytes]:
-    """Add a valid request entry and deliver it to a consumer that will never acknowledge it,
-    as if its worker died holding it. Returns the entry id and its payload.
+    """Add a valid request entry (counted as queued, as a gateway does) and deliver it to a
+    consumer that will never acknowledge it, as if its worker died holding it. Returns the entry
+    id and its payload.
 
     Adding and reading happen in one transaction, so the live worker (blocked in XREADGROUP)
     cannot take the entry first.
     """
-    payload = wire.encode_request(wire.Request(
-        {"input": wire.tensor(np.ones((1, 4), np.float32))}))
-    fields = {"id": correlation, "reply_to": keys.reply_list("chaos"),
+    payload = wire.encode_bundle(wire.Bundle.single(correlation, wire.Request(
+        {"input": wire.tensor(np.ones((1, 4), np.float32))})))
+    fields = {"ids": correlation, "reply_to": keys.reply_list("chaos"),
               "deadline_ms": int(time.time() * 1000) + 60_000, "attempt": 1, "payload": payload}
     pipe = client.pipeline(transaction=True)
     pipe.xadd(STREAM, fields)
+    pipe.incrby(keys.pool_queued(POOL), 1)
     pipe.xreadgroup(keys.WORKER_GROUP, "dead-consumer", {STREAM: ">"}, count=1)
-    entry_id, read = pipe.execute()
+    entry_id, _, read = pipe.execute()
     assert read and read[0][1][0][0] == entry_id
     return entry_id, payload
 
@@ -581,7 +602,7 @@ def test_entry_delivered_too_often_is_dead_lettered(
     assert "dead" in reply.error, reply.error
     assert len(dead) == 1
     _, parked = dead[0]
-    assert parked[b"original_id"] == entry_id and parked[b"id"] == b"poison-1"
+    assert parked[b"original_id"] == entry_id and parked[b"ids"] == b"poison-1"
     assert int(parked[b"deliveries"]) > 1
     assert parked[b"payload"] == payload
     assert report["pending_after"] == 0 and report["stream_len_after"] == 0
@@ -643,9 +664,9 @@ def test_gateway_enqueues_on_stale_connections_after_redis_restart(
             chaos_redis.kill()
             chaos_redis.start()
             deadline_ms = int(time.time() * 1000) + 10_000
-            payload = wire.encode_request(wire.Request(
-                {"input": wire.tensor(np.ones((1, 4), np.float32))}))
-            futures = [dispatcher.submit(STREAM, payload, deadline_ms)
+            request = wire.Request({"input": wire.tensor(np.ones((1, 4), np.float32))})
+            # max_rows 0: no bundling, so each request is an entry of its own to count.
+            futures = [dispatcher.submit(POOL, request, deadline_ms, 0)
                        for _ in range(RESTART_BATCH)]
             # No worker answers: the batch is written when the entries are in the stream.
             until = time.monotonic() + 5

@@ -100,8 +100,10 @@ def test_data_reports_what_was_written(repo: Path, redis_url: str, redis_client:
                                             queue_ms=[0.5, 0.5], errors=0)] * 2)
     write_second(redis_client, recent, [dict(requests=6, rows=6, compute_ms=3.0,
                                              queue_ms=[2.0] * 6, errors=0)], arrivals=6)
-    for i in range(3):  # backlog: nobody consumes these
-        redis_client.xadd(keys.requests_stream(POOL), {"id": str(i)})
+    # Backlog: 3 requests as a gateway queues them, bundled in one entry nobody consumes (the
+    # stream's length, 1, is not the backlog).
+    redis_client.xadd(keys.requests_stream(POOL), {"ids": "0,1,2"})
+    redis_client.incrby(keys.pool_queued(POOL), 3)
     redis_client.zadd(keys.pool_workers(POOL), {"worker-a": now + 3600})  # live for the test
     redis_client.set(keys.pool_desired(POOL), 2)
     redis_client.set(keys.AUTOSCALER_BUDGET, "4.0000")

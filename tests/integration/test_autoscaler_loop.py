@@ -55,8 +55,11 @@ def write_load(client: redis.Redis, pool: str, now: float, arrivals_per_s: int,
         pipe = client.pipeline()
         stats.flush(pipe, second)
         pipe.execute()
-    for i in range(backlog):
-        client.xadd(keys.requests_stream(pool), {"id": str(i)})
+    if backlog:
+        # As a gateway queues them: one bundle entry nobody consumes, and the queued count (the
+        # stream's length, 1, is not the backlog).
+        client.xadd(keys.requests_stream(pool), {"ids": ",".join(map(str, range(backlog)))})
+        client.incrby(keys.pool_queued(pool), backlog)
 
 
 def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis.Redis) -> None:

@@ -298,7 +298,7 @@ class _Touch:
 
 def _enqueue(server: Server, correlation: str, payload: bytes, reply_to: str) -> None:
     server.redis.xadd(keys.requests_stream(POOL), {
-        "id": correlation, "reply_to": reply_to, "attempt": 1, "payload": payload,
+        "ids": correlation, "reply_to": reply_to, "attempt": 1, "payload": payload,
         "deadline_ms": int(time.time() * 1000) + 600_000})
 
 
@@ -338,11 +338,12 @@ def test_tensor_shape_numpy_cannot_hold_is_refused_on_the_queue(
     reply_to = keys.reply_list("test")
     cases = [("huge-empty", [2**62, 0], b""), ("too-many-dims", [1] * 70, b"\0" * 8)]
     for correlation, shape, data in cases:
-        payload = msgpack.packb({"v": wire.WIRE_VERSION,
+        payload = msgpack.packb({"v": wire.WIRE_VERSION, "rows": [1],
                                  "inputs": {"ids": ["INT64", shape, data]}})
         _enqueue(server, correlation, payload, reply_to)
         reply = _reply(server, reply_to)
         assert (reply.id, reply.status) == (correlation, wire.ReplyStatus.WIRE), reply
+        assert "cannot take shape" in reply.error, reply.error  # refused for its shape
     assert server.worker_alive()
     assert_serving(client)
 
@@ -352,7 +353,8 @@ def test_entry_whose_reply_to_is_no_reply_list_is_dropped_silently(
         server: Server, client: httpx.Client, reply_to: str) -> None:
     """A valid request naming some other key as its reply list: nothing is written there."""
     stream = keys.requests_stream(POOL)
-    payload = wire.encode_request(wire.Request({"ids": wire.tensor(np.ones((1, 1), np.int64))}))
+    payload = wire.encode_bundle(wire.Bundle.single("hostile-reply-to", wire.Request(
+        {"ids": wire.tensor(np.ones((1, 1), np.int64))})))
     existed = server.redis.exists(reply_to)
     _enqueue(server, "hostile-reply-to", payload, reply_to)
     wait_until(lambda: _stream_drained(server), 10, "the entry to be acknowledged and deleted")

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 def test_status_shows_pools_workers_decisions_and_drift(redis_client: redis.Redis) -> None:
     pool = "mlp:1"
     now = time.time()
-    redis_client.xadd(keys.requests_stream(pool), {"id": "1"})
+    redis_client.xadd(keys.requests_stream(pool), {"ids": "1"})  # the stream names the pool
+    redis_client.incrby(keys.pool_queued(pool), 1)
     redis_client.zadd(keys.pool_workers(pool), {"w-1": now})
     redis_client.hset(keys.worker_heartbeat("w-1"), mapping={
         "pool": pool, "pid": 4242, "started": now - 60, "processed": 1234, "busy": 0.5})

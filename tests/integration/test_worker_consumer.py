@@ -37,13 +37,13 @@ class _Trap:
 
 def _fields(correlation: str, payload: bytes, *, reply_to: str = REPLY_TO,
             deadline_ms: int | None = None) -> dict[str, Any]:
-    return {"id": correlation, "reply_to": reply_to,
+    return {"ids": correlation, "reply_to": reply_to,
             "deadline_ms": deadline_ms or int(time.time() * 1000) + 60_000, "attempt": 1,
             "payload": payload}
 
 
 def _mlp_payload(x: np.ndarray) -> bytes:
-    return wire.encode_request(wire.Request({"input": wire.tensor(x)}))
+    return wire.encode_bundle(wire.Bundle.single("1", wire.Request({"input": wire.tensor(x)})))
 
 
 @pytest.fixture

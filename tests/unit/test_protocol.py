@@ -218,7 +218,7 @@ def test_v1_validation_errors(models: dict[str, ModelVersion], model: str, body:
 
 
 def _reply(**outputs: wire.Tensor) -> wire.Reply:
-    return wire.Reply(id="1", status="ok", outputs=outputs)
+    return wire.Reply(ids=("1",), status="ok", outputs=outputs)
 
 
 def test_format_v2_echoes_the_id_and_flattens_row_major(models: dict[str, ModelVersion]) -> None:

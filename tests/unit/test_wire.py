@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -48,6 +50,16 @@ def assert_same_tensor(got: wire.Tensor, want: wire.Tensor) -> None:
         np.testing.assert_array_equal(got.data, want.data)
 
 
+def encode_request(request: wire.Request) -> bytes:
+    """The payload of an entry holding this one request."""
+    return wire.encode_bundle(wire.Bundle.single("1", request))
+
+
+def decode_request(payload: bytes) -> wire.Request:
+    """The request of a one-request entry (ids ``"1"``) with this payload."""
+    return wire.decode_bundle(("1",), payload).request
+
+
 def bytes_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
     array = np.empty(len(items), dtype=object)
     array[:] = items
@@ -72,7 +84,7 @@ def test_request_round_trip_numeric(datatype: str, shape: tuple[int, ...]) -> No
     )
     assert request.inputs["x"].datatype == datatype
 
-    decoded = wire.decode_request(wire.encode_request(request))
+    decoded = decode_request(encode_request(request))
 
     assert set(decoded.inputs) == {"x", "second"}
     for name in request.inputs:
@@ -83,7 +95,7 @@ def test_request_round_trip_numeric(datatype: str, shape: tuple[int, ...]) -> No
 
 def test_request_round_trip_big_endian_input_is_carried_little_endian() -> None:
     array = np.arange(6, dtype=">i4").reshape(2, 3)
-    decoded = wire.decode_request(wire.encode_request(wire.Request({"x": wire.tensor(array)})))
+    decoded = decode_request(encode_request(wire.Request({"x": wire.tensor(array)})))
     assert decoded.inputs["x"].datatype == "INT32"
     np.testing.assert_array_equal(decoded.inputs["x"].data, array)
 
@@ -93,7 +105,7 @@ def test_request_round_trip_bytes(array: np.ndarray) -> None:
     request = wire.Request({"text": wire.tensor(array)}, outputs=None)
     assert request.inputs["text"].datatype == wire.BYTES
 
-    decoded = wire.decode_request(wire.encode_request(request))
+    decoded = decode_request(encode_request(request))
 
     assert_same_tensor(decoded.inputs["text"], request.inputs["text"])
     assert decoded.outputs is None
@@ -102,7 +114,7 @@ def test_request_round_trip_bytes(array: np.ndarray) -> None:
 
 def test_str_objects_are_sent_as_utf8_bytes() -> None:
     array = np.array(["h\u00e9", "x"], dtype=object)
-    decoded = wire.decode_request(wire.encode_request(wire.Request({"t": wire.tensor(array)})))
+    decoded = decode_request(encode_request(wire.Request({"t": wire.tensor(array)})))
     assert list(decoded.inputs["t"].data) == ["h\u00e9".encode(), b"x"]
 
 
@@ -116,7 +128,7 @@ def test_reply_round_trip(datatype: str, shape: tuple[int, ...]) -> None:
         out = wire.tensor(bytes_array([b"r%d" % i for i in range(math.prod(shape))], shape))
     else:
         out = wire.tensor(sample(datatype, shape, seed=3))
-    reply = wire.Reply(id="17", status=wire.ReplyStatus.OK, outputs={"out": out}, error="",
+    reply = wire.Reply(ids=("17",), status=wire.ReplyStatus.OK, outputs={"out": out}, error="",
                        queue_ms=1.5, compute_ms=0.25, batch_size=12, batch_leader=True)
 
     decoded = wire.decode_reply(wire.encode_reply(reply))
@@ -128,22 +140,24 @@ def test_reply_round_trip(datatype: str, shape: tuple[int, ...]) -> None:
 
 
 def test_error_reply_round_trip() -> None:
-    reply = wire.Reply(id="9", status=wire.ReplyStatus.BAD_INPUT, error="input 'x': bad")
+    reply = wire.Reply(ids=("9",), status=wire.ReplyStatus.BAD_INPUT, error="input 'x': bad",
+                       rows=(2,))
     decoded = wire.decode_reply(wire.encode_reply(reply))
-    assert decoded == wire.Reply(id="9", status="bad_input", error="input 'x': bad")
+    assert decoded == wire.Reply(ids=("9",), status="bad_input", error="input 'x': bad",
+                                 rows=(2,))
 
 
 # --------------------------------------------------------------------------- garbage
 
 
 def _valid_request_message() -> dict:
-    return msgpack.unpackb(wire.encode_request(wire.Request(
+    return msgpack.unpackb(encode_request(wire.Request(
         {"x": wire.tensor(np.zeros((2, 2), np.float32))})), raw=False)
 
 
 def _valid_reply_message() -> dict:
     return msgpack.unpackb(wire.encode_reply(wire.Reply(
-        id="1", status="ok", outputs={"y": wire.tensor(np.zeros(3, np.int64))})), raw=False)
+        ids=("1",), status="ok", outputs={"y": wire.tensor(np.zeros(3, np.int64))})), raw=False)
 
 
 class _Trap:
@@ -157,7 +171,7 @@ class _Trap:
 
 
 def _decoders():  # type: ignore[no-untyped-def]
-    return [wire.decode_request, wire.decode_reply]
+    return [decode_request, wire.decode_reply]
 
 
 @pytest.mark.parametrize("decode", _decoders(), ids=["request", "reply"])
@@ -172,8 +186,8 @@ def test_random_bytes_raise_wire_error(decode) -> None:  # type: ignore[no-untyp
 @pytest.mark.parametrize("decode", _decoders(), ids=["request", "reply"])
 def test_pickles_are_rejected_and_never_executed(decode, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "executed"
-    payloads = [pickle.dumps({"v": 1, "inputs": {}}, protocol=p) for p in range(6)]
-    payloads += [pickle.dumps({"v": 1, "id": "1", "status": "ok", "trap": _Trap(marker)},
+    payloads = [pickle.dumps({"v": 2, "inputs": {}}, protocol=p) for p in range(6)]
+    payloads += [pickle.dumps({"v": 2, "ids": ["1"], "status": "ok", "trap": _Trap(marker)},
                               protocol=p) for p in range(6)]
     for payload in payloads:
         with pytest.raises(wire.WireError):
@@ -181,9 +195,9 @@ def test_pickles_are_rejected_and_never_executed(decode, tmp_path: Path) -> None
     assert not marker.exists(), "decoding a pickle executed code"
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1", 1.5])
+@pytest.mark.parametrize("version", [0, 1, 3, None, "2", 2.5])
 def test_wrong_version_is_rejected(version) -> None:  # type: ignore[no-untyped-def]
-    for message, decode in [(_valid_request_message(), wire.decode_request),
+    for message, decode in [(_valid_request_message(), decode_request),
                             (_valid_reply_message(), wire.decode_reply)]:
         message["v"] = version
         with pytest.raises(wire.WireError, match="version"):
@@ -199,7 +213,7 @@ def test_wrong_byte_length_is_rejected(delta: int) -> None:
     data = message["inputs"]["x"][2]
     message["inputs"]["x"][2] = data[:delta] if delta < 0 else data + b"\x00" * delta
     with pytest.raises(wire.WireError, match="bytes"):
-        wire.decode_request(msgpack.packb(message))
+        decode_request(msgpack.packb(message))
 
     reply = _valid_reply_message()
     reply["outputs"]["y"][2] = reply["outputs"]["y"][2][:-1]
@@ -236,7 +250,7 @@ def _request_with_tensor(raw) -> bytes:  # type: ignore[no-untyped-def]
 ], ids=repr)
 def test_malformed_tensors_are_rejected(raw) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(wire.WireError):
-        wire.decode_request(_request_with_tensor(raw))
+        decode_request(_request_with_tensor(raw))
 
 
 @pytest.mark.parametrize("mutate", [
@@ -251,11 +265,11 @@ def test_malformed_request_fields_are_rejected(mutate) -> None:  # type: ignore[
     message = _valid_request_message()
     mutate(message)
     with pytest.raises(wire.WireError):
-        wire.decode_request(msgpack.packb(message))
+        decode_request(msgpack.packb(message))
 
 
 @pytest.mark.parametrize("mutate", [
-    lambda m: m.pop("id"),
+    lambda m: m.pop("ids"),
     lambda m: m.pop("status"),
     lambda m: m.update(outputs=[1, 2]),  # not a map
     lambda m: m.update(outputs={"y": "nope"}),
@@ -279,8 +293,8 @@ def test_malformed_reply_fields_are_rejected(mutate) -> None:  # type: ignore[no
     b"\x81\x90\x00",  # a map whose key is a list (unhashable)
     b"\x81\x80\x00",  # a map whose key is a map (unhashable)
     b"\x91" * 100_000,  # deeply nested lists
-    msgpack.packb({"v": 1}) + b"\x00",  # trailing data
-    msgpack.packb({"v": 1, "inputs": {}})[:-1],  # truncated
+    msgpack.packb({"v": 2}) + b"\x00",  # trailing data
+    msgpack.packb({"v": 2, "inputs": {}})[:-1],  # truncated
 ], ids=["list", "str", "nil", "list-key", "map-key", "deep", "trailing", "truncated"])
 def test_non_map_and_malformed_msgpack_is_rejected(decode, payload: bytes) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(wire.WireError):
@@ -291,11 +305,11 @@ def test_fuzzed_valid_messages_never_raise_anything_but_wire_error() -> None:
     """Flip bytes of real messages: decoding either succeeds or raises WireError."""
     rng = np.random.default_rng(7)
     originals = [
-        (wire.decode_request, wire.encode_request(wire.Request(
+        (decode_request, encode_request(wire.Request(
             {"x": wire.tensor(np.arange(6, dtype=np.float32).reshape(2, 3)),
              "t": wire.tensor(bytes_array([b"ab", b"c"], (2,)))}, ("y",), {"k": 1}))),
         (wire.decode_reply, wire.encode_reply(wire.Reply(
-            "5", "ok", {"y": wire.tensor(np.ones((2, 2), np.int16)),
+            ("5",), "ok", {"y": wire.tensor(np.ones((2, 2), np.int16)),
                         "p": wire.Tensor(wire.JSON, (1,), [{1: 0.5}])}, "", 1.0, 2.0, 3, True))),
     ]
     rejected = 0
@@ -309,3 +323,206 @@ def test_fuzzed_valid_messages_never_raise_anything_but_wire_error() -> None:
             except wire.WireError:
                 rejected += 1
     assert rejected > 0
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+BUNDLE_IDS = ("3", "10", "11")
+BUNDLE_ROWS = (2, 1, 3)
+
+
+def bundle_requests() -> list[wire.Request]:
+    """Three requests of 2, 1 and 3 rows with a numeric and a BYTES input each."""
+    return [
+        wire.Request(
+            {"x": wire.tensor(sample("FP32", (rows, 4), seed=rows)),
+             "t": wire.tensor(bytes_array([b"%d-%d" % (rows, i) for i in range(rows)], (rows,)))},
+            outputs=("y",))
+        for rows in BUNDLE_ROWS
+    ]
+
+
+def bundle_message() -> dict:
+    bundle = wire.combine(list(BUNDLE_IDS), bundle_requests())
+    return msgpack.unpackb(wire.encode_bundle(bundle), raw=False)
+
+
+def test_bundle_round_trip_concatenates_inputs_along_dim_0() -> None:
+    requests = bundle_requests()
+    bundle = wire.combine(list(BUNDLE_IDS), requests)
+
+    decoded = wire.decode_bundle(BUNDLE_IDS, wire.encode_bundle(bundle))
+
+    assert (decoded.ids, decoded.rows) == (BUNDLE_IDS, BUNDLE_ROWS)
+    assert decoded.request.rows == sum(BUNDLE_ROWS)
+    assert decoded.request.outputs == ("y",)
+    for name in ("x", "t"):
+        whole = np.concatenate([r.inputs[name].data for r in requests], axis=0)
+        assert_same_tensor(decoded.request.inputs[name], wire.tensor(whole))
+
+
+def test_combine_then_singles_gives_back_each_request() -> None:
+    requests = bundle_requests()
+    bundle = wire.combine(list(BUNDLE_IDS), requests)
+    assert (bundle.ids, bundle.rows) == (BUNDLE_IDS, BUNDLE_ROWS)
+
+    for encoded in (bundle, wire.decode_bundle(BUNDLE_IDS, wire.encode_bundle(bundle))):
+        singles = encoded.singles()
+        assert [(s.ids, s.rows) for s in singles] == [((i,), (r,)) for i, r in
+                                                      zip(BUNDLE_IDS, BUNDLE_ROWS, strict=True)]
+        for single, request in zip(singles, requests, strict=True):
+            assert single.request.outputs == ("y",)
+            assert set(single.request.inputs) == {"x", "t"}
+            for name, want in request.inputs.items():
+                assert_same_tensor(single.request.inputs[name], want)
+
+
+def test_a_single_request_is_its_own_bundle() -> None:
+    request = bundle_requests()[1]
+    bundle = wire.combine(["8"], [request])
+    assert bundle == wire.Bundle.single("8", request)
+    assert (bundle.ids, bundle.rows) == (("8",), (1,))
+    assert bundle.request is request
+    assert bundle.singles() == [bundle]
+
+
+@pytest.mark.parametrize("ids", [("3", "10"), ("3", "10", "11", "12"), ("3",), ()],
+                         ids=["fewer", "more", "one", "none"])
+def test_bundle_rows_must_match_the_ids(ids: tuple[str, ...]) -> None:
+    payload = msgpack.packb(bundle_message())
+    with pytest.raises(wire.WireError, match="rows"):
+        wire.decode_bundle(ids, payload)
+
+
+@pytest.mark.parametrize("rows", [
+    [2, 1, 2],  # one row short of the inputs
+    [2, 1, 4],
+    [6, 0, 0, 0],  # adds up, but one count too many
+    [2, -1, 5],
+    [2, "1", 3],
+    [2, True, 3],
+    [2.0, 1, 3],
+    "213",
+    None,
+], ids=repr)
+def test_bundle_rows_must_add_up_to_the_inputs(rows: object) -> None:
+    message = bundle_message()
+    message["rows"] = rows
+    with pytest.raises(wire.WireError, match="rows"):
+        wire.decode_bundle(BUNDLE_IDS, msgpack.packb(message))
+
+
+def test_reply_round_trip_with_ids_and_rows() -> None:
+    reply = wire.Reply(ids=("4", "5", "6"), rows=(1, 2, 0), status="ok",
+                       outputs={"y": wire.tensor(np.arange(6, dtype=np.int32).reshape(3, 2))},
+                       queue_ms=2.0, compute_ms=1.0, batch_size=7, batch_leader=True)
+
+    decoded = wire.decode_reply(wire.encode_reply(reply))
+
+    assert (decoded.ids, decoded.rows, decoded.id) == (("4", "5", "6"), (1, 2, 0), "4")
+    assert_same_tensor(decoded.outputs["y"], reply.outputs["y"])
+    assert (decoded.status, decoded.queue_ms, decoded.compute_ms) == ("ok", 2.0, 1.0)
+    assert (decoded.batch_size, decoded.batch_leader) == (7, True)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda m: m.update(ids=[]),
+    lambda m: m.update(ids="4,5"),
+    lambda m: m.update(ids=[4, 5]),
+    lambda m: m.update(rows=[1]),  # fewer counts than ids
+    lambda m: m.update(rows=[1, 1, 1]),
+    lambda m: m.update(rows=[1, -1]),
+    lambda m: m.pop("rows"),
+], ids=["ids-empty", "ids-str", "ids-ints", "rows-short", "rows-long", "rows-negative",
+        "no-rows"])
+def test_malformed_reply_ids_and_rows_are_rejected(
+        mutate: Callable[[dict[str, Any]], object]) -> None:
+    message = msgpack.unpackb(wire.encode_reply(wire.Reply(
+        ids=("4", "5"), rows=(1, 1), status="ok",
+        outputs={"y": wire.tensor(np.zeros(2, np.int64))})), raw=False)
+    mutate(message)
+    with pytest.raises(wire.WireError):
+        wire.decode_reply(msgpack.packb(message))
+
+
+def test_unbundle_cuts_numeric_bytes_and_json_outputs_per_rows() -> None:
+    numeric = sample("FP64", (6, 2), seed=5)
+    text = bytes_array([b"t%d" % i for i in range(6)], (6,))
+    probabilities = [{0: i / 10, 1: 1 - i / 10} for i in range(6)]
+    reply = wire.Reply(
+        ids=BUNDLE_IDS, rows=BUNDLE_ROWS, status="ok",
+        outputs={"y": wire.tensor(numeric), "t": wire.tensor(text),
+                 "p": wire.Tensor(wire.JSON, (6,), probabilities)},
+        queue_ms=3.0, compute_ms=4.0, batch_size=9, batch_leader=True)
+
+    parts = wire.unbundle(wire.decode_reply(wire.encode_reply(reply)))
+
+    assert [p.ids for p in parts] == [(i,) for i in BUNDLE_IDS]
+    assert [p.batch_leader for p in parts] == [True, False, False]
+    starts = [0, 2, 3, 6]
+    for part, start, end in zip(parts, starts[:-1], starts[1:], strict=True):
+        assert (part.status, part.error) == ("ok", "")
+        assert (part.queue_ms, part.compute_ms, part.batch_size) == (3.0, 4.0, 9)
+        assert_same_tensor(part.outputs["y"], wire.tensor(numeric[start:end]))
+        assert_same_tensor(part.outputs["t"], wire.tensor(text[start:end]))
+        assert_same_tensor(part.outputs["p"],
+                           wire.Tensor(wire.JSON, (end - start,), probabilities[start:end]))
+
+
+def test_unbundle_copies_an_error_to_every_id() -> None:
+    reply = wire.Reply(ids=BUNDLE_IDS, rows=BUNDLE_ROWS, status=wire.ReplyStatus.DEADLINE,
+                       error="too late", queue_ms=5.0, batch_leader=True)
+
+    parts = wire.unbundle(wire.decode_reply(wire.encode_reply(reply)))
+
+    assert [p.ids for p in parts] == [(i,) for i in BUNDLE_IDS]
+    assert [(p.status, p.error, p.outputs) for p in parts] == [("deadline", "too late", {})] * 3
+    assert [p.queue_ms for p in parts] == [5.0] * 3
+    assert [p.batch_leader for p in parts] == [True, False, False]
+
+
+def test_unbundle_leaves_a_single_reply_whole() -> None:
+    reply = wire.Reply(ids=("1",), rows=(1,), status="ok",
+                       outputs={"y": wire.tensor(np.array(2.5, np.float32))})
+    assert wire.unbundle(reply) == [reply]
+
+
+@pytest.mark.parametrize("output", [
+    wire.tensor(np.zeros((5, 2), np.float32)),  # a row short
+    wire.tensor(np.zeros((7,), np.int64)),
+    wire.tensor(np.array(1.0, np.float32)),  # no dim 0 at all
+    wire.tensor(bytes_array([b"a"] * 4, (4,))),
+    wire.Tensor(wire.JSON, (6,), [{0: 1.0}] * 5),  # the shape says 6, the list holds 5
+    wire.Tensor(wire.JSON, (), {"total": 1.0}),
+], ids=["numeric-short", "numeric-long", "scalar", "bytes-short", "json-short", "json-map"])
+def test_unbundle_refuses_outputs_the_rows_do_not_cut(output: wire.Tensor) -> None:
+    reply = wire.Reply(ids=BUNDLE_IDS, rows=BUNDLE_ROWS, status="ok",
+                       outputs={"ok": wire.tensor(np.zeros((6, 1), np.float32)), "bad": output})
+    with pytest.raises(wire.WireError, match="do not cut"):
+        wire.unbundle(reply)
+
+
+def test_ids_field_round_trip() -> None:
+    assert wire.decode_ids(wire.encode_ids(("1", "22", "x-3")).encode()) == ("1", "22", "x-3")
+    assert wire.decode_ids(b"7") == ("7",)
+
+
+@pytest.mark.parametrize("raw", [b"", b"1,,2", b",1", b"1,", b"\xff\xfe"], ids=repr)
+def test_ids_field_without_an_id_everywhere_is_rejected(raw: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_ids(raw)
+
+
+@pytest.mark.parametrize(("fields", "attempt"), [
+    ({}, 1),
+    ({b"attempt": b"1"}, 1),
+    ({b"attempt": b"3"}, 3),
+    ({b"attempt": b""}, 1),
+    ({b"attempt": b"three"}, 1),
+    ({b"attempt": b"2.5"}, 1),
+    ({b"attempt": b"0"}, 1),
+    ({b"attempt": b"-4"}, 1),
+], ids=repr)
+def test_entry_attempt_defaults_to_1(fields: dict[bytes, bytes], attempt: int) -> None:
+    assert wire.entry_attempt(fields) == attempt
