@@ -18,6 +18,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
@@ -82,6 +83,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._blmpop = True  # until the server says it does not know the command
+        self._reader_connection: Connection | None = None
         self._running = True
 
     @property
@@ -235,6 +237,10 @@ class Dispatcher:
                 continue
             for raw in replies:
                 self._resolve(raw)
+            if replies:
+                # Let the callers just resolved answer before this task writes its next pop:
+                # with few calls in flight, that write would otherwise delay every answer.
+                await asyncio.sleep(0)
 
     async def _pop(self) -> list[bytes]:
         """Every reply waiting (up to REPLY_POP_COUNT), blocking up to 1 s for the first.
@@ -244,8 +250,7 @@ class Dispatcher:
         """
         if self._blmpop:
             try:
-                popped = await self.reader.execute_command(
-                    "BLMPOP", 1, 1, self.reply_to, "LEFT", "COUNT", REPLY_POP_COUNT)
+                popped = await self._blocking_pop()
                 return list(popped[1]) if popped else []
             except ResponseError as e:
                 if "unknown command" not in str(e).lower():
@@ -256,6 +261,23 @@ class Dispatcher:
             return list(replies)
         popped = await self.reader.blpop([self.reply_to], timeout=1)
         return [popped[1]] if popped else []
+
+    async def _blocking_pop(self) -> Any:
+        """BLMPOP on a connection this task holds: each answer waits on this call, and
+        redis-py's per-command layers (pool checkout, retry, timeout contexts) are most of
+        its cost when few calls are in flight."""
+        if self._reader_connection is None:
+            self._reader_connection = await self.reader.connection_pool.get_connection()
+        connection = self._reader_connection
+        try:
+            await connection.send_packed_command(connection.pack_command(
+                "BLMPOP", 1, 1, self.reply_to, "LEFT", "COUNT", REPLY_POP_COUNT),
+                check_health=False)
+            return await connection.read_response()
+        except (RedisError, OSError, asyncio.CancelledError):
+            # A reply may be left unread on it: never reuse it (it reconnects on next use).
+            await connection.disconnect()
+            raise
 
     def _resolve(self, raw: bytes) -> None:
         try:

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import redis
@@ -29,7 +30,7 @@ from autoscaler.budget import BudgetError
 from autoscaler.loop import Autoscaler
 from autoscaler.plans import plans_for
 from modelgate import keys
-from modelgate.embedded_redis import start_redis
+from modelgate.embedded_redis import free_port, start_redis
 from modelgate.process import child_preexec, stop_process
 from modelgate.repository import load_repository
 from modelgate.settings import UpSettings
@@ -98,6 +99,7 @@ def run(settings: UpSettings) -> int:
     gateways: list[subprocess.Popen[bytes]] = []
     backend: LocalBackend | None = None
     metrics_dir: str | None = None
+    socket_dir: str | None = None
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
@@ -119,8 +121,14 @@ def run(settings: UpSettings) -> int:
             redis_url = settings.redis_url
             _say(f"using Redis at {redis.connection.parse_url(redis_url).get('host', '?')}")
         else:
-            redis_process, redis_url = start_redis()
-            _say(f"started embedded Redis (pid {redis_process.pid}) at {redis_url}")
+            # Children reach it by a Unix socket in a directory only this user can enter; the
+            # TCP port stays open to local tools (redis-cli, `modelgate status`).
+            socket_dir = tempfile.mkdtemp(prefix="modelgate-redis-")
+            port = free_port()
+            redis_process, redis_url = start_redis(port,
+                                                   unix_socket=Path(socket_dir) / "redis.sock")
+            _say(f"started embedded Redis (pid {redis_process.pid}) at {redis_url} and "
+                 f"redis://127.0.0.1:{port}/0")
         backend = LocalBackend(settings.models_dir, redis_url)
         client = redis.Redis.from_url(redis_url)
         plans = plans_for(models, settings.min_workers, settings.max_workers,
@@ -199,6 +207,7 @@ def run(settings: UpSettings) -> int:
             backend.stop_all()
         if redis_process is not None:
             stop_process(redis_process, timeout_s=5)
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for directory in (metrics_dir, socket_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
         _say("stopped")

@@ -128,6 +128,9 @@ class Consumer:
         self.reply_ttl_ms = reply_ttl_s * 1000
         self.stream = keys.requests_stream(model.pool)
         self.queued_key = keys.pool_queued(model.pool)
+        # The stream is read and answered on one connection held for the worker's life:
+        # taking it from the pool on every call costs a health-check syscall and a pid check.
+        self._connection: redis.connection.AbstractConnection | None = None
         self.read_count = max(1, model.max_batch_size)
         self.max_queue_delay_ms = model.config.max_queue_delay_ms
         self.processed = 0
@@ -147,7 +150,7 @@ class Consumer:
                                     "COUNT", count]
         if block_ms is not None:
             command += ["BLOCK", block_ms]
-        response = round_trip(self.client, [(*command, "STREAMS", self.stream, ">")])[0]
+        response = self._round_trip([(*command, "STREAMS", self.stream, ">")])[0]
         if not response:
             return []
         # RESP3 answers {stream: entries}, RESP2 [[stream, entries]].
@@ -238,6 +241,11 @@ class Consumer:
             self.reclaimer.timeout.observe((time.perf_counter() - started) * 1000.0)
         return len(entries)
 
+    def _round_trip(self, commands: list[Command]) -> list[Any]:
+        if self._connection is None:
+            self._connection = self.client.connection_pool.get_connection()
+        return round_trip(self._connection, commands)
+
     def _sample(self, pairs: list[Settled]) -> None:
         """Drift sampling, after the replies are out: it never delays an answer."""
         assert self.sampler is not None
@@ -282,7 +290,7 @@ class Consumer:
                          "payload", wire.encode_bundle(single)]
             commands.append(("EVAL", SPLIT_SCRIPT, 1, self.stream, keys.WORKER_GROUP,
                              entry.entry_id, 10, *flat))
-        done = round_trip(self.client, commands)
+        done = self._round_trip(commands)
         log.warning("split %d claimed bundles on %s into single requests", sum(done),
                     self.stream)
 
@@ -330,7 +338,7 @@ class Consumer:
         commands.append(("EVAL", ACK_SCRIPT, 2, self.stream, self.queued_key, keys.WORKER_GROUP,
                          *(part for entry in entries.values()
                            for part in (entry.entry_id, len(entry.ids)))))
-        round_trip(self.client, commands)
+        self._round_trip(commands)
 
 
 Command = tuple[bytes | str | int, ...]
@@ -366,24 +374,22 @@ return 1
 """
 
 
-def round_trip(client: redis.Redis, commands: list[Command]) -> list[Any]:
-    """Send ``commands`` in one write on one connection and return their replies.
+def round_trip(connection: redis.connection.AbstractConnection,
+               commands: list[Command]) -> list[Any]:
+    """Send ``commands`` in one write on ``connection`` and return their replies.
 
     What a redis-py pipeline does, minus its per-command bookkeeping, which was a third of the
     worker's time for a single request; connection handling and the retry policy (a dropped
     connection is retried once it reconnects) stay redis-py's. A command Redis refuses raises
     its ResponseError after every reply has been read, as a pipeline would.
     """
-    pool = client.connection_pool
-    connection = pool.get_connection()
     try:
         replies = connection.retry.call_with_retry(
             lambda: _send_and_read(connection, commands), lambda _error: connection.disconnect())
     except BaseException:
+        # Unread replies may be left on it: start afresh (it reconnects on the next send).
         connection.disconnect()
         raise
-    finally:
-        pool.release(connection)
     for reply in replies:
         if isinstance(reply, redis.ResponseError):
             raise reply
