@@ -10,7 +10,7 @@ import orjson
 from bench.goals import goal_lines
 from bench.plot import PlotUnavailable, write_plot
 from bench.report import markdown, text_table
-from bench.results import Machine, Results
+from bench.results import Machine, Results, combine_rounds
 from bench.targets import REPO_ROOT
 
 
@@ -23,17 +23,18 @@ def publish(results: Results, machine: Machine, method: str, out: Path | None,
             log_dir: Path) -> None:
     """Print the tables and verdicts; write ``results.json`` to ``log_dir`` and, unless ``out``
     is None, the markdown page there and the plot beside it (same name, ``.png``)."""
+    combined = combine_rounds(results.measurements)
     plot_path = None if out is None else out.with_suffix(".png")
     if plot_path is not None:
         try:
-            write_plot(plot_path, results.sections, results.measurements, results.floors)
+            write_plot(plot_path, results.sections, combined, results.floors)
         except PlotUnavailable as e:
             results.notes.append(str(e))
             plot_path = None
     for section in results.sections:
         print(f"{section.workload}: {section.description}")
-        print(text_table(results.measurements, results.floors, section.workload))
-        for line in goal_lines(results.measurements, results.floors, section):
+        print(text_table(combined, results.floors, section.workload))
+        for line in goal_lines(combined, results.floors, section):
             print(f"  {line}")
         print()
     for note in results.notes:
@@ -48,8 +49,8 @@ def publish(results: Results, machine: Machine, method: str, out: Path | None,
     if out is None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(machine, results.sections, results.measurements, results.floors,
+    out.write_text(markdown(machine, results.sections, combined, results.floors,
                             results.descriptions, method, results.notes,
-                            None if plot_path is None else plot_path.name))
+                            None if plot_path is None else plot_path.name, results.measurements))
     print(f"bench: wrote {_shown(out)}" + (f" and {_shown(plot_path)}" if plot_path else "")
           + f"; logs in {_shown(log_dir)}/")

@@ -73,6 +73,24 @@ def markdown_cpu_table(measurements: Sequence[Measurement], workload: str) -> st
     return "\n".join(lines)
 
 
+def markdown_rounds(rounds: Sequence[Measurement], workload: str) -> str:
+    """Each round's throughput and p50 per server and concurrency, to show the spread."""
+    if len({m.round for m in rounds if m.workload == workload}) < 2:
+        return ""
+    cells: dict[tuple[str, int], list[str]] = {}
+    for m in sorted(rounds, key=lambda m: m.round):
+        if m.workload == workload:
+            cells.setdefault((m.target, m.concurrency), []).append(
+                f"{m.result.rps:,.0f} / {m.result.p50_ms:.2f}")
+    width = max(len(v) for v in cells.values())
+    lines = ["| server | concurrency | " + " | ".join(
+        f"round {i + 1}: req/s / p50 ms" for i in range(width)) + " |",
+        "|---|---:|" + "---:|" * width]
+    lines += [f"| {target} | {c} | " + " | ".join(values) + " |"
+              for (target, c), values in cells.items()]
+    return "\n".join(lines)
+
+
 def markdown_curve(floors: Sequence[Sweep]) -> str:
     """Rows/s by batch size, per workload and thread count, from the ORT sweeps."""
     if not floors:
@@ -102,7 +120,9 @@ def markdown_curve(floors: Sequence[Sweep]) -> str:
 
 def markdown(machine: Machine, sections: Sequence[Section], measurements: Sequence[Measurement],
              floors: Sequence[Sweep], targets: Mapping[str, str], method: str,
-             notes: Sequence[str], plot: str | None) -> str:
+             notes: Sequence[str], plot: str | None,
+             rounds: Sequence[Measurement] = ()) -> str:
+    """The page; ``measurements`` combined over rounds, ``rounds`` each round's own."""
     out = [
         "# Benchmarks",
         "",
@@ -110,7 +130,7 @@ def markdown(machine: Machine, sections: Sequence[Section], measurements: Sequen
         "editing it.",
         "",
         "Reproduce: `make bench` (knobs: `BENCH_DURATION_S`, `BENCH_WARMUP_S`, "
-        "`BENCH_CONCURRENCY`, `BENCH_TARGETS`, `BENCH_WORKLOADS`, `BENCH_FLOOR_S`, "
+        "`BENCH_CONCURRENCY`, `BENCH_ROUNDS`, `BENCH_TARGETS`, `BENCH_WORKLOADS`, `BENCH_FLOOR_S`, "
         "`BENCH_CLIENT`; see `python -m bench.run --help`). The first run also builds the "
         "peer's venv under `.bench/peer-venv` (once; later runs reuse it).",
         "",
@@ -139,6 +159,10 @@ def markdown(machine: Machine, sections: Sequence[Section], measurements: Sequen
         out += ["", "Where the CPU went (average CPUs busy; \"other\" is everything on the "
                 "machine outside the server and the load generator, and should be near 0):", "",
                 markdown_cpu_table(measurements, section.workload)]
+        per_round = markdown_rounds(rounds, section.workload)
+        if per_round:
+            out += ["", "Each round (the servers took turns; the table above combines them):",
+                    "", per_round]
     curve = markdown_curve(floors)
     if curve:
         out += ["", "## ONNX Runtime alone: rows/s by batch size", "",

@@ -6,7 +6,9 @@ import datetime as dt
 import os
 import platform
 import shutil
+import statistics
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +28,46 @@ class Measurement:
     cpu: Usage | None = None
     rows_per_request: int = 1
     warmup_errors: int = 0
+    round: int = 0  # which of the interleaved rounds (bench.run --rounds)
 
     @property
     def rows_s(self) -> float:
         return self.result.rps * self.rows_per_request
+
+
+def combine_rounds(measurements: Sequence[Measurement]) -> list[Measurement]:
+    """One measurement per workload, server and concurrency: all rounds' answers over all
+    their seconds (the mean throughput), the median of their p50s and p99s, every error, and
+    the mean CPU use."""
+    groups: dict[tuple[str, str, int], list[Measurement]] = {}
+    for m in measurements:
+        groups.setdefault((m.workload, m.target, m.concurrency), []).append(m)
+    combined = []
+    for (workload, target, concurrency), group in groups.items():
+        if len(group) == 1:
+            combined.append(group[0])
+            continue
+        results = [m.result for m in group]
+        result = LoadResult(
+            requests=sum(r.requests for r in results),
+            duration_s=sum(r.duration_s for r in results),
+            p50_ms=statistics.median(r.p50_ms for r in results),
+            p99_ms=statistics.median(r.p99_ms for r in results),
+            non_2xx=sum(r.non_2xx for r in results),
+            socket_errors=sum(r.socket_errors for r in results),
+        )
+        used = [m.cpu for m in group if m.cpu is not None]
+        cpu = None
+        if used:
+            servers = [u.server for u in used if u.server is not None]
+            others = [u.other for u in used if u.other is not None]
+            cpu = Usage(statistics.fmean(servers) if servers else None,
+                        statistics.fmean(u.load_generator for u in used),
+                        max(others) if others else None)
+        combined.append(Measurement(workload, target, concurrency, result, cpu,
+                                    group[0].rows_per_request,
+                                    sum(m.warmup_errors for m in group)))
+    return combined
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ ALL_TARGETS = (*TARGETS, PEER, FLOOR)
 @dataclass(frozen=True, slots=True)
 class Settings:
     points: tuple[LoadPoint, ...]
+    rounds: int  # every server of a workload, in turn, this many times
     targets: tuple[str, ...]
     workloads: tuple[str, ...]
     client: str  # auto | wrk | python
@@ -66,7 +67,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         parser.add_argument(flag, default=env.get(variable, default),
                             help=f"{help_text} (default {default}) [env {variable}]", **kwargs)
 
-    option("--duration-s", "10", "measured seconds per load point", type=int)
+    option("--duration-s", "6", "measured seconds per load point and round", type=int)
+    option("--rounds", "3", "times every server of a workload is measured, taking turns; "
+           "a point is the mean throughput and median latencies of its rounds, so a change in "
+           "the machine's speed during the run (a shared host) weighs on every server alike",
+           type=int)
     option("--warmup-s", "2", "unmeasured seconds before each load point", type=int)
     option("--concurrency", "1,32,128", "comma-separated connection counts, one load point each")
     option("--targets", ",".join(ALL_TARGETS), f"comma-separated, from {list(ALL_TARGETS)}")
@@ -93,9 +98,9 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     if unknown:
         parser.error(f"unknown target or workload {unknown}")
     if int(args.duration_s) < 1 or int(args.warmup_s) < 0 or int(args.request_timeout_s) < 1 \
-            or float(args.floor_s) <= 0:
-        parser.error("--duration-s and --request-timeout-s must be >= 1, --warmup-s >= 0, "
-                     "--floor-s > 0")
+            or float(args.floor_s) <= 0 or int(args.rounds) < 1:
+        parser.error("--duration-s, --rounds and --request-timeout-s must be >= 1, "
+                     "--warmup-s >= 0, --floor-s > 0")
     try:
         concurrencies = [int(c) for c in _names(args.concurrency)]
     except ValueError:
@@ -105,6 +110,7 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     return Settings(
         points=tuple(LoadPoint(c, int(args.duration_s), int(args.warmup_s))
                      for c in concurrencies),
+        rounds=int(args.rounds),
         targets=_names(args.targets),
         workloads=_names(args.workloads),
         client=args.client,
@@ -146,7 +152,7 @@ def wait_for_quiet(max_wait_s: int) -> float | None:
 
 
 def measure_target(target: Target, workload: Workload, model_root: Path, client: LoadClient,
-                   settings: Settings, results: Results) -> None:
+                   settings: Settings, results: Results, round_: int = 0) -> None:
     """Start ``target``, run every load point against it, stop it (always)."""
     label = f"{target.name}/{workload.name}"
     expected = workload.expected(model_root / workload.name / "1" / "model.onnx")
@@ -173,7 +179,8 @@ def measure_target(target: Target, workload: Workload, model_root: Path, client:
             if not target.alive():
                 raise TargetFailed(f"{target.name} died during the run: {target.why_dead()}")
             results.measurements.append(Measurement(workload.name, target.name, c, result, used,
-                                                    workload.rows_per_request, warmup_errors))
+                                                    workload.rows_per_request, warmup_errors,
+                                                    round_))
             print(f"bench: {target.name:<13} c={c:<3} {result.rps:>9,.0f} req/s  "
                   f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
                   f"errors {result.errors}", flush=True)
@@ -222,20 +229,29 @@ def run(settings: Settings, factories: Mapping[str, Callable[[], Target]], clien
         results.sections.append(Section(workload.name, workload.description, workload.workers))
         if FLOOR in settings.targets:
             measure_floor(workload, model_path, settings, results)
-        for target in (factories[n]() for n in settings.targets if n in factories):
-            if target.workloads is not None and workload.name not in target.workloads:
-                continue
-            results.descriptions[target.name] = target.description
-            if settings.quiet_wait_s:
-                wait_for_quiet(settings.quiet_wait_s)
-            try:
-                measure_target(target, workload, model_root, client, settings, results)
-            except (TargetFailed, WrongAnswer, LoadError) as e:
-                results.failed = results.failed or target.required
-                print(f"bench: {target.name}/{workload.name} FAILED: {e}", flush=True)
-                results.notes.append(
-                    f"{target.name}/{workload.name} FAILED: {str(e).splitlines()[0]}"
-                    + ("" if target.required else " (a peer: noted, not a failed bench)"))
+        failed: set[str] = set()
+        for round_ in range(settings.rounds):
+            if settings.rounds > 1:
+                print(f"bench: {workload.name}, round {round_ + 1} of {settings.rounds}",
+                      flush=True)
+            for target in (factories[n]() for n in settings.targets if n in factories):
+                if target.workloads is not None and workload.name not in target.workloads:
+                    continue
+                if target.name in failed:
+                    continue
+                results.descriptions[target.name] = target.description
+                if settings.quiet_wait_s:
+                    wait_for_quiet(settings.quiet_wait_s)
+                try:
+                    measure_target(target, workload, model_root, client, settings, results,
+                                   round_)
+                except (TargetFailed, WrongAnswer, LoadError) as e:
+                    failed.add(target.name)
+                    results.failed = results.failed or target.required
+                    print(f"bench: {target.name}/{workload.name} FAILED: {e}", flush=True)
+                    results.notes.append(
+                        f"{target.name}/{workload.name} FAILED: {str(e).splitlines()[0]}"
+                        + ("" if target.required else " (a peer: noted, not a failed bench)"))
 
 
 def peer_venv(settings: Settings, results: Results) -> PeerVenv | None:
@@ -284,7 +300,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     point = settings.points[0]
     method = (f"{client.name} {client.version}, 1 thread, closed loop (each connection sends "
               f"its next request when the previous answer arrives); {point.warmup_s}s warm-up "
-              f"then {point.duration_s}s measured per point; all on 127.0.0.1")
+              f"then {point.duration_s}s measured per point; {settings.rounds} rounds in which "
+              "the servers of a workload take turns, a point being the mean throughput and the "
+              "median p50 and p99 of its rounds; all on 127.0.0.1")
     print(f"\nbench: done in {time.monotonic() - began:.0f}s on {machine.nproc} CPUs "
           f"({machine.cpu_model}), load by {client.name}\n")
     if FLOOR in settings.targets:

@@ -14,8 +14,8 @@ from bench.goals import goal_lines
 from bench.load import LoadResult
 from bench.peer import BentoMLTarget
 from bench.peer_venv import PeerVenv
-from bench.report import markdown_curve
-from bench.results import Measurement, Section
+from bench.report import markdown_curve, markdown_rounds
+from bench.results import Measurement, Section, combine_rounds
 from bench.workloads import WrongAnswer, heavy, mlp
 
 HEAVY = Section("heavy", "compute-bound", workers=2)
@@ -126,3 +126,26 @@ def test_peer_request_is_the_v2_rows_nested_and_its_answer_is_checked(tmp_path: 
         target.check(b"[[0.5, 0.3, 0.2]]", expected)
     with pytest.raises(WrongAnswer):
         target.check(b'{"outputs": []}', expected)
+
+
+def test_rounds_combine_into_mean_throughput_median_latency_and_all_errors() -> None:
+    def run(target: str, round_: int, requests: int, p50_ms: float, errors: int = 0) -> Measurement:
+        result = LoadResult(requests=requests, duration_s=10.0, p50_ms=p50_ms,
+                            p99_ms=p50_ms * 2, non_2xx=errors, socket_errors=0)
+        return Measurement("mlp", target, 1, result, round=round_)
+
+    raw = [run("modelgate", 0, 10_000, 0.9), run("naive", 0, 40_000, 0.3),
+           run("modelgate", 1, 14_000, 0.6, errors=2), run("naive", 1, 50_000, 0.2),
+           run("modelgate", 2, 12_000, 0.7), run("naive", 2, 45_000, 0.25)]
+    combined = {m.target: m for m in combine_rounds(raw)}
+    assert set(combined) == {"modelgate", "naive"}
+    ours = combined["modelgate"]
+    assert ours.result.rps == pytest.approx(1_200.0)  # 36,000 answers over 30 s
+    assert ours.result.p50_ms == pytest.approx(0.7)  # the median round, not the mean
+    assert ours.result.p99_ms == pytest.approx(1.4)
+    assert ours.result.errors == 2
+    assert combined["naive"].result.p50_ms == pytest.approx(0.25)
+    page = markdown_rounds(raw, "mlp")
+    assert "round 3" in page
+    assert "| modelgate | 1 | 1,000 / 0.90 | 1,400 / 0.60 | 1,200 / 0.70 |" in page
+    assert markdown_rounds(raw[:2], "mlp") == ""  # one round: nothing to spread
