@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -62,12 +63,18 @@ def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
             response = domain_error_response(e)
         model = getattr(request.state, "model", None)
         if model is not None:
-            metrics: Metrics = request.app.state.plane.metrics
-            metrics.requests.labels(model, str(response.status_code)).inc()
-            metrics.request_duration.labels(model).observe(time.perf_counter() - started)
+            # Counted once the response is written (the rest of this step), not before it.
+            asyncio.get_running_loop().call_soon(
+                _count, request.app.state.plane.metrics, model, response.status_code,
+                time.perf_counter() - started)
         return response
 
     return handler
+
+
+def _count(metrics: Metrics, model: str, status: int, duration_s: float) -> None:
+    metrics.requests.labels(model, str(status)).inc()
+    metrics.request_duration.labels(model).observe(duration_s)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -160,7 +160,8 @@ class DataPlane:
         future = self.dispatcher.submit(model.pool, request, deadline_ms, model.max_batch_size)
         reply = await future
         view.completed += 1
-        self.metrics.observe_reply(model.name, reply)
+        # After this call's answer is written (the rest of this step), not before it.
+        asyncio.get_running_loop().call_soon(self.metrics.observe_reply, model.name, reply)
         if reply.status != wire.ReplyStatus.OK:
             raise ERROR_OF_REPLY.get(reply.status, ModelFailed)(reply.error)
         return reply
