@@ -82,7 +82,7 @@ def plan_runs(entries: list[Entry], max_batch_size: int,
               preferred: tuple[int, ...] = ()) -> Iterator[list[Entry]]:
     """Cut valid entries into ORT runs: compatible shapes, at most ``max_batch_size`` rows,
     at a preferred size where the waiting rows allow one."""
-    if max_batch_size <= 0:
+    if max_batch_size <= 0 or len(entries) == 1:
         for entry in entries:
             yield [entry]
         return

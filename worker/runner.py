@@ -108,7 +108,9 @@ class Runner:
         cannot be told apart, unless the run held a single request)."""
         rows = [b.request.rows for b in bundles]
         total = sum(rows)
-        offsets = np.cumsum([0, *rows])
+        offsets = [0]
+        for count in rows:
+            offsets.append(offsets[-1] + count)
         whole = len(bundles) == 1 and len(bundles[0].ids) == 1
         per_bundle: list[dict[str, wire.Tensor]] = [{} for _ in bundles]
         for spec, value in zip(self.model.outputs, results, strict=True):
