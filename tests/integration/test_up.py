@@ -136,6 +136,13 @@ def test_up_serves_then_stops_everything_on_signal(
     up.children.update(children)
     commands = list(children.values())
     assert any("redis-server" in c for _, c in commands), commands
+    # Gateway and workers reach the embedded Redis by a Unix socket in a private directory.
+    redis_command = next(c for _, c in commands if "redis-server" in c)
+    socket_path = Path(redis_command.split("--unixsocket ", 1)[1].split()[0])
+    assert socket_path.is_socket(), redis_command
+    assert socket_path.parent.stat().st_mode & 0o077 == 0
+    assert any(f"unix://{socket_path}" in path.read_text(errors="replace")
+               for _, _, path in processes.started), processes.logs()
     assert any(" worker " in c and "--model mlp" in c for _, c in commands), commands
     assert any(" gateway " in c for _, c in commands), commands
 
@@ -151,6 +158,7 @@ def test_up_serves_then_stops_everything_on_signal(
 
     # `up` stopped and reaped its children before it exited: none is left running.
     assert still_running(children) == {}
+    assert not socket_path.parent.exists()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base_url}/v2/health/live", timeout=2.0)
 
