@@ -137,6 +137,16 @@ def assert_ok_outcomes(outcomes: list[Any], rows: int) -> None:
     assert {o.batch_size for o in outcomes} == {rows}
 
 
+def assert_as_if_alone(runner: Runner, ort_run: Callable[..., list[Any]], x: np.ndarray,
+                      got: wire.Tensor) -> None:
+    """``got`` (the mlp's probabilities for ``x`` out of a batch) equals running ``x`` alone,
+    through the runner and through onnxruntime directly."""
+    assert got.shape == (x.shape[0], 3)
+    alone = run_singles(runner, [req(input=x)])[0].outputs["probabilities"].data
+    np.testing.assert_allclose(got.data, alone, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.data, ort_run("mlp", {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
 def test_batched_outputs_equal_running_each_request_alone(
         runners: Callable[[str], Runner], ort_run: Callable[..., list[Any]]) -> None:
     runner = runners("mlp")
@@ -148,11 +158,8 @@ def test_batched_outputs_equal_running_each_request_alone(
     assert_ok_outcomes(outcomes, rows=12)
     for x, outcome in zip(inputs, outcomes, strict=True):
         got = outcome.outputs["probabilities"]
-        assert (got.datatype, got.shape) == ("FP32", (x.shape[0], 3))
-        alone = run_singles(runner, [req(input=x)])[0].outputs["probabilities"].data
-        np.testing.assert_allclose(got.data, alone, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(got.data, ort_run("mlp", {"input": x})[0], rtol=1e-5,
-                                   atol=1e-6)
+        assert got.datatype == "FP32"
+        assert_as_if_alone(runner, ort_run, x, got)
 
 
 def test_batched_multi_input_model_and_output_selection(
@@ -287,12 +294,7 @@ def test_a_bundle_answers_as_one_with_every_requests_rows(
     assert [p.ids for p in parts] == [("a",), ("b",), ("c",)]
     for x, part in zip([*inputs, other], [*parts, wire.Reply(("d",), "ok", outcomes[1].outputs)],
                        strict=True):
-        got = part.outputs["probabilities"]
-        assert got.shape == (x.shape[0], 3)
-        alone = run_singles(runner, [req(input=x)])[0].outputs["probabilities"].data
-        np.testing.assert_allclose(got.data, alone, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(got.data, ort_run("mlp", {"input": x})[0], rtol=1e-5,
-                                   atol=1e-6)
+        assert_as_if_alone(runner, ort_run, x, part.outputs["probabilities"])
 
 
 def test_a_request_the_model_rejects_is_cut_out_of_its_bundle(
