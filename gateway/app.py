@@ -64,17 +64,13 @@ def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
         model = getattr(request.state, "model", None)
         if model is not None:
             # Counted once the response is written (the rest of this step), not before it.
+            metrics: Metrics = request.app.state.plane.metrics
             asyncio.get_running_loop().call_soon(
-                _count, request.app.state.plane.metrics, model, response.status_code,
+                metrics.count_request, model, response.status_code,
                 time.perf_counter() - started)
         return response
 
     return handler
-
-
-def _count(metrics: Metrics, model: str, status: int, duration_s: float) -> None:
-    metrics.requests.labels(model, str(status)).inc()
-    metrics.request_duration.labels(model).observe(duration_s)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

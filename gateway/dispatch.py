@@ -8,12 +8,14 @@ out in one pipelined round trip. Under concurrency, Redis and the workers then h
 entries instead of one per request. The reader pops replies from this process's reply list in
 bulk, cuts each into one reply per request and resolves futures by id; an id resolved before (a
 redelivered entry answered twice) or no longer waited for is dropped. Every future is failed at
-its deadline by a timer, so none is left pending.
+its deadline by one deadline sweep (a heap of deadlines, one timer for the earliest), so none is
+left pending; a timer per call would cost more than the rest of its bookkeeping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import time
@@ -30,6 +32,7 @@ from modelgate.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
 log = logging.getLogger("modelgate.gateway")
 
 REPLY_POP_COUNT = 512
+DEADLINES_SLACK = 4096  # answered calls the deadline heap may hold before it is compacted
 STOP_TIMEOUT_S = 3.0
 
 
@@ -84,6 +87,9 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._blmpop = True  # until the server says it does not know the command
         self._reader_connection: Connection | None = None
+        self._deadlines: list[tuple[int, str]] = []  # heap: (deadline_ms, correlation)
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at_ms = 0
         self._running = True
 
     @property
@@ -105,6 +111,8 @@ class Dispatcher:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+        if self._sweep is not None:
+            self._sweep.cancel()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailable("the gateway is shutting down; retry"))
@@ -117,12 +125,36 @@ class Dispatcher:
         correlation = str(next(self._ids))
         future: asyncio.Future[wire.Reply] = loop.create_future()
         self._pending[correlation] = future
-        delay_s = max(0.0, deadline_ms / 1000.0 - time.time())
-        timer = loop.call_later(delay_s, self._expire, correlation)
-        future.add_done_callback(lambda _f: timer.cancel())
+        self._add_deadline(loop, deadline_ms, correlation)
         self._outbox.append(_Outgoing(pool, request, correlation, deadline_ms, max_rows))
         self._wake.set()
         return future
+
+    def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline_ms: int,
+                      correlation: str) -> None:
+        heapq.heappush(self._deadlines, (deadline_ms, correlation))
+        if len(self._deadlines) > 4 * len(self._pending) + DEADLINES_SLACK:
+            # Mostly calls answered long before their deadline: drop them in one pass.
+            self._deadlines = [d for d in self._deadlines if d[1] in self._pending]
+            heapq.heapify(self._deadlines)
+        if self._sweep is None or deadline_ms < self._sweep_at_ms:
+            self._schedule_sweep(loop, deadline_ms)
+
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop, at_ms: int) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at_ms = at_ms
+        self._sweep = loop.call_later(max(0.0, at_ms / 1000.0 - time.time()), self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Fail the calls past their deadline; wake again at the earliest one still waiting."""
+        self._sweep = None
+        now_ms = time.time() * 1000.0
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][0] <= now_ms or deadlines[0][1] not in self._pending):
+            self._expire(heapq.heappop(deadlines)[1])
+        if deadlines:
+            self._schedule_sweep(asyncio.get_running_loop(), deadlines[0][0])
 
     def _entries(self, outbox: list[_Outgoing]) -> list[_Entry]:
         entries = []

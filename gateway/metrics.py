@@ -34,6 +34,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        self._requests: dict[tuple[str, int], Counter] = {}
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
         gauge_mode: Literal["livemostrecent", "all"] = (
@@ -52,7 +54,7 @@ class Metrics:
         self.batch_size = Histogram(
             "modelgate_batch_size", "Rows per ONNX Runtime run", ["model"],
             buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("modelgate_queue_depth", "Backlog: entries waiting or in work",
+        self.queue_depth = Gauge("modelgate_queue_depth", "Backlog: requests waiting or in work",
                                  ["model"], registry=r, multiprocess_mode=gauge_mode)
         self.workers = Gauge("modelgate_workers", "Live workers serving the model", ["model"],
                              registry=r, multiprocess_mode=gauge_mode)
@@ -71,11 +73,28 @@ class Metrics:
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
                                  ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
 
+    def _per_call(self, model: str) -> tuple[Histogram, Histogram, Histogram, Histogram]:
+        """The labelled children every call of ``model`` touches, looked up once."""
+        children = self._children.get(model)
+        if children is None:
+            children = self._children[model] = (
+                self.request_duration.labels(model), self.queue_wait.labels(model),
+                self.inference_duration.labels(model), self.batch_size.labels(model))
+        return children
+
+    def count_request(self, model: str, status: int, duration_s: float) -> None:
+        counter = self._requests.get((model, status))
+        if counter is None:
+            counter = self._requests[model, status] = self.requests.labels(model, str(status))
+        counter.inc()
+        self._per_call(model)[0].observe(duration_s)
+
     def observe_reply(self, model: str, reply: wire.Reply) -> None:
-        self.queue_wait.labels(model).observe(reply.queue_ms / 1000.0)
+        _, queue_wait, inference_duration, batch_size = self._per_call(model)
+        queue_wait.observe(reply.queue_ms / 1000.0)
         if reply.batch_leader:
-            self.inference_duration.labels(model).observe(reply.compute_ms / 1000.0)
-            self.batch_size.labels(model).observe(reply.batch_size)
+            inference_duration.observe(reply.compute_ms / 1000.0)
+            batch_size.observe(reply.batch_size)
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:
