@@ -7,7 +7,8 @@ Targets: modelgate (and a two-gateway-process variant), the naive in-process ser
 from PyPI in an isolated venv (built under ``.bench/peer-venv`` on first use; skipped with a
 note if it cannot be installed) and ``ort-floor``. Workloads: a tiny MLP and a compute-bound
 model. Every knob is a flag that also reads ``BENCH_<FLAG>`` from the environment. Defaults
-take about six minutes: per target and load point a warm-up then a measured run. Server logs,
+take about eleven minutes: three rounds in which the servers take turns, each with a warm-up
+then a measured run per load point. Server logs,
 the load generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
 """
 
