@@ -283,13 +283,14 @@ class Consumer:
         commands: list[Command] = []
         for entry in entries:
             assert entry.bundle is not None
-            flat: list[bytes | str | int] = []
-            for single in entry.bundle.singles():
-                flat += ["ids", wire.encode_ids(single.ids), "reply_to", entry.reply_to,
-                         "deadline_ms", entry.deadline_ms, "attempt", entry.deliveries,
-                         "payload", wire.encode_bundle(single)]
+            singles: list[list[bytes | str | int]] = [
+                ["ids", wire.encode_ids(single.ids), "reply_to", entry.reply_to,
+                 "deadline_ms", entry.deadline_ms, "attempt", entry.deliveries,
+                 "payload", wire.encode_bundle(single)]
+                for single in entry.bundle.singles()]
             commands.append(("EVAL", SPLIT_SCRIPT, 1, self.stream, keys.WORKER_GROUP,
-                             entry.entry_id, 10, *flat))
+                             entry.entry_id, len(singles[0]),
+                             *(item for fields in singles for item in fields)))
         done = self._round_trip(commands)
         log.warning("split %d claimed bundles on %s into single requests", sum(done),
                     self.stream)
