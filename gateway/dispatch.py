@@ -247,7 +247,9 @@ class Dispatcher:
         for entry in entries:
             try:
                 await connection.read_response()
-            except ResponseError as e:  # this entry was refused; the others stand
+            # This entry was refused; the others stand. Its INCRBY still ran: the count is one
+            # bundle high until the stream next drains (keys.QUEUED_REPAIR).
+            except ResponseError as e:
                 for correlation in entry.correlations:
                     self._fail(correlation, BackendUnavailable(
                         f"the queue refused the request ({e}); retry shortly"))

@@ -108,8 +108,3 @@ REPLY_PREFIX = f"{PREFIX}:replies:"
 def reply_list(gateway_id: str) -> str:
     """List a gateway process pops its replies from; expires when the gateway is gone."""
     return f"{REPLY_PREFIX}{gateway_id}"
-
-
-def gateway_heartbeat(gateway_id: str) -> str:
-    """Key that exists while a gateway process is alive (TTL refreshed by the gateway)."""
-    return f"{PREFIX}:gateways:{gateway_id}"

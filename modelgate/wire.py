@@ -127,14 +127,10 @@ class Bundle:
         """One bundle per request, cut from the concatenated inputs (views, no copies)."""
         if len(self.ids) == 1:
             return [self]
-        parts = []
-        start = 0
-        for id_, count in zip(self.ids, self.rows, strict=True):
-            inputs = {name: _rows_of(t, start, count) for name, t in self.request.inputs.items()}
-            parts.append(Bundle((id_,), (count,), Request(inputs, self.request.outputs,
-                                                          self.request.parameters)))
-            start += count
-        return parts
+        return [Bundle((id_,), (count,), Request(
+                    {name: _rows_of(t, start, count) for name, t in self.request.inputs.items()},
+                    self.request.outputs, self.request.parameters))
+                for id_, start, count in _spans(self.ids, self.rows)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +148,16 @@ class Reply:
     @property
     def id(self) -> str:
         return self.ids[0]
+
+
+def _spans(ids: tuple[str, ...], rows: tuple[int, ...]) -> list[tuple[str, int, int]]:
+    """(id, first row, row count) of each request in a bundle's concatenated rows."""
+    spans = []
+    start = 0
+    for id_, count in zip(ids, rows, strict=True):
+        spans.append((id_, start, count))
+        start += count
+    return spans
 
 
 def _rows_of(t: Tensor, start: int, count: int) -> Tensor:
@@ -197,14 +203,11 @@ def unbundle(reply: Reply) -> list[Reply]:
     ):
         raise WireError(f"reply for {len(reply.ids)} requests has rows {list(reply.rows)} that "
                         "do not cut its outputs")
-    parts = []
-    start = 0
-    for i, (id_, count) in enumerate(zip(reply.ids, reply.rows, strict=True)):
-        outputs = {name: _rows_of(t, start, count) for name, t in reply.outputs.items()}
-        parts.append(Reply((id_,), reply.status, outputs, "", reply.queue_ms, reply.compute_ms,
-                           reply.batch_size, reply.batch_leader and i == 0))
-        start += count
-    return parts
+    return [Reply((id_,), reply.status,
+                  {name: _rows_of(t, start, count) for name, t in reply.outputs.items()}, "",
+                  reply.queue_ms, reply.compute_ms, reply.batch_size,
+                  reply.batch_leader and i == 0)
+            for i, (id_, start, count) in enumerate(_spans(reply.ids, reply.rows))]
 
 
 def tensor(array: np.ndarray) -> Tensor:
@@ -354,6 +357,8 @@ def encode_reply(reply: Reply) -> bytes:
         {
             "v": WIRE_VERSION,
             "ids": list(reply.ids),
+            # Unknown rows (the entry could not be decoded) go as zeros: only an ok reply of
+            # several ids is ever cut by them.
             "rows": list(reply.rows) if reply.rows else [0] * len(reply.ids),
             "status": reply.status,
             "error": reply.error,
