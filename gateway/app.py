@@ -141,6 +141,12 @@ def build_app(settings: GatewaySettings) -> Starlette:
     return InferFastPath(app, infer)  # type: ignore[return-value]
 
 
+# Idle keep-alive connections stay open this long. uvicorn's default (5 s) equals the idle
+# expiry of common clients (httpx's 5 s): a call sent on a connection just as the server closes
+# it fails with a read error on the client. Longer than clients and load balancers keep idle
+# connections (60 s on AWS's), so the client is always the one that closes.
+KEEP_ALIVE_S = 75
+
 INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 
 
@@ -186,6 +192,7 @@ def serve(settings: GatewaySettings) -> None:
     config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, loop="uvloop",
                             http="httptools", timeout_graceful_shutdown=5,
+                            timeout_keep_alive=KEEP_ALIVE_S,
                             # No access log means nothing reads X-Forwarded-For: skip the
                             # middleware that would parse it on every call.
                             proxy_headers=False)

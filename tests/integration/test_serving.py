@@ -6,6 +6,8 @@ Every answer is compared with onnxruntime called directly on the same model.
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -412,3 +414,17 @@ def test_readiness_is_false_without_a_worker(idle_url: str) -> None:
         assert client.get("/v2/models/idle/versions/1").status_code == 200
         assert client.get("/v2/models/idle/versions/3").status_code == 404
 
+
+
+def test_an_idle_keep_alive_connection_outlives_common_client_expiry(base_url: str) -> None:
+    """Clients such as httpx drop idle connections after 5 s; a server that closes at the same
+    moment races them, and a call sent into the close fails with a read error. The gateway
+    keeps idle connections longer, so the client always closes first."""
+    host, port = base_url.removeprefix("http://").split(":")
+    request = (f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(request)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(6.0)  # past uvicorn's default keep-alive of 5 s
+        conn.sendall(request)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
