@@ -6,7 +6,7 @@ Every answer is compared with onnxruntime called directly on the same model.
 from __future__ import annotations
 
 import asyncio
-import socket
+import http.client
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -421,10 +421,12 @@ def test_an_idle_keep_alive_connection_outlives_common_client_expiry(base_url: s
     moment races them, and a call sent into the close fails with a read error. The gateway
     keeps idle connections longer, so the client always closes first."""
     host, port = base_url.removeprefix("http://").split(":")
-    request = (f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\n\r\n").encode()
-    with socket.create_connection((host, int(port)), timeout=5) as conn:
-        conn.sendall(request)
-        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
-        time.sleep(6.0)  # past uvicorn's default keep-alive of 5 s
-        conn.sendall(request)
-        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)  # never reconnects by itself
+    try:
+        for pause_s in (6.0, 0.0):  # 6 s: past uvicorn's default keep-alive of 5 s
+            conn.request("GET", "/v2/health/live")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b'{"live":true}')
+            time.sleep(pause_s)
+    finally:
+        conn.close()
