@@ -26,9 +26,6 @@ ENV PATH=/opt/modelgate/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY modelgate ./modelgate
-COPY gateway ./gateway
-COPY worker ./worker
-COPY autoscaler ./autoscaler
 # The absolute path (= `.`) tells hadolint this is the local project, not an unpinned package.
 RUN pip install "/src[docker,kubernetes]"
 

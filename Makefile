@@ -24,7 +24,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(EMBEDDED_REDIS)
 	touch $@ $(VENV)/.runtime
 
-$(DEMO)/.built: $(VENV)/.runtime modelgate/demo.py
+$(DEMO)/.built: $(VENV)/.runtime modelgate/cli/demo.py
 	$(BIN)/modelgate demo --out $(DEMO)
 	touch $@
 
@@ -41,7 +41,8 @@ bench: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy modelgate gateway worker autoscaler loadtests
+	$(BIN)/mypy modelgate loadtests
+	$(BIN)/lint-imports
 
 # Load tests (loadtests/, README "Load testing"): a bounded headless locust run against a running
 # `make up` (or LOADTEST_HOST), judged by the SLO gate; reports go to loadtests/reports/.

@@ -95,7 +95,7 @@ def check_answer(body: bytes, expected: Mapping[str, np.ndarray]) -> None:
 
 
 def mlp() -> Workload:
-    from modelgate.demo import mlp_model
+    from modelgate.cli.demo import mlp_model
 
     return Workload(
         name="mlp",
@@ -118,11 +118,12 @@ HEAVY_MAX_BATCH_SIZE = 8
 
 
 def heavy() -> Workload:
-    from modelgate.demo import heavy_model
+    from modelgate.cli.demo import heavy_model
 
     return Workload(
         name="heavy",
-        description=f"compute-bound model (`modelgate.demo.heavy_model(layers={HEAVY_LAYERS})`, "
+        description=f"compute-bound model (`modelgate.cli.demo.heavy_model(layers={HEAVY_LAYERS})`"
+                    ", "
                     f"~{HEAVY_LAYERS * 256 ** 3 / 1e6:.0f} M multiply-adds per row; FP32 "
                     f"[1,{HEAVY_FEATURES}] -> [1,3]), one row per request, batches of up to "
                     f"{HEAVY_MAX_BATCH_SIZE} rows",

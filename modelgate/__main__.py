@@ -1,5 +1,5 @@
 import sys
 
-from modelgate.cli import main
+from modelgate.cli.main import main
 
 sys.exit(main())

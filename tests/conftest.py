@@ -20,10 +20,10 @@ import onnxruntime as ort
 import pytest
 import redis
 
-from modelgate import demo
-from modelgate.embedded_redis import free_port, start_redis
-from modelgate.process import stop_process
-from modelgate.repository import Model, load_repository
+from modelgate.cli import demo
+from modelgate.core.embedded_redis import free_port, start_redis
+from modelgate.core.process import stop_process
+from modelgate.core.repository import Model, load_repository
 from tests import models
 from tests.procs import Processes, wait_until
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from modelgate import demo
+from modelgate.cli import demo
 
 OPSET = 17
 IR_VERSION = 8

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modelgate.process import child_preexec, stop_process
+from modelgate.core.process import child_preexec, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 15.0

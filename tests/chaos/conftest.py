@@ -22,9 +22,10 @@ import onnx
 import pytest
 import redis
 
-from modelgate import demo, keys
-from modelgate.embedded_redis import free_port, start_redis
-from modelgate.process import stop_process
+from modelgate.cli import demo
+from modelgate.core import keys
+from modelgate.core.embedded_redis import free_port, start_redis
+from modelgate.core.process import stop_process
 from tests.procs import REPO_ROOT, Processes, wait_until
 
 READY_TIMEOUT_S = 60.0

@@ -29,10 +29,11 @@ import pytest
 import redis
 from onnx import TensorProto, helper, numpy_helper
 
-from gateway.app import redis_clients
-from gateway.dispatch import Dispatcher
-from modelgate import demo, keys, wire
-from modelgate.settings import GatewaySettings
+from modelgate.cli import demo
+from modelgate.core import keys, wire
+from modelgate.core.settings import GatewaySettings
+from modelgate.gateway.app import redis_clients
+from modelgate.gateway.dispatch import Dispatcher
 from tests.chaos.conftest import (
     Answer,
     ChaosRedis,

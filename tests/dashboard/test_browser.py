@@ -31,9 +31,9 @@ import numpy as np
 import onnx
 import pytest
 
-from modelgate.embedded_redis import free_port
-from modelgate.profile import build_profile, profile_path, run_model
-from modelgate.repository import load_model
+from modelgate.core.embedded_redis import free_port
+from modelgate.core.profile import build_profile, profile_path, run_model
+from modelgate.core.repository import load_model
 from tests.models import write_repository
 from tests.procs import REPO_ROOT, Processes, wait_until
 

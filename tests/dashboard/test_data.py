@@ -19,9 +19,9 @@ import onnx
 import pytest
 import redis
 
-from modelgate import keys
-from modelgate.embedded_redis import free_port
-from modelgate.stats import StatsAccumulator
+from modelgate.core import keys
+from modelgate.core.embedded_redis import free_port
+from modelgate.core.stats import StatsAccumulator
 from tests.conftest import redis_url_for_db
 from tests.models import write_repository
 from tests.procs import Processes, wait_until

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dashboard import series
-from gateway.dashboard.history import PoolHistory, Sample
+from modelgate.gateway.dashboard import series
+from modelgate.gateway.dashboard.history import PoolHistory, Sample
 
 
 def event(second: float, current: int, desired: int, *, capped: bool = False,

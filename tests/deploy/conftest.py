@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from modelgate.cli import build_parser
-from modelgate.demo import build_demo_repository
-from modelgate.repository import Model, load_repository
+from modelgate.cli.demo import build_demo_repository
+from modelgate.cli.main import build_parser
+from modelgate.core.repository import Model, load_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 

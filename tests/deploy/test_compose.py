@@ -23,8 +23,8 @@ import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 
-from gateway.metrics import Metrics
-from modelgate.repository import Model
+from modelgate.core.repository import Model
+from modelgate.gateway.metrics import Metrics
 from tests.deploy.conftest import ROOT, parse_command, run, tool
 
 COMPOSE = ROOT / "compose.yaml"
@@ -251,7 +251,7 @@ def exprs(panel: dict[str, Any]) -> list[str]:
 
 
 def gateway_sample_names() -> set[str]:
-    """Every sample name the gateway's /metrics can show, from gateway/metrics.py itself."""
+    """Every sample name the gateway's /metrics can show, from modelgate/gateway/metrics.py."""
     suffixes = {"counter": ("_total",), "gauge": ("",),
                 "histogram": ("_bucket", "_sum", "_count")}
     names = set()
@@ -280,7 +280,7 @@ def test_dashboard_queries_only_metrics_the_gateway_exports(dashboard: dict[str,
     for panel in dashboard["panels"]:
         for expr in exprs(panel):
             unknown = set(re.findall(r"modelgate_\w+", expr)) - exported
-            assert not unknown, f"{panel['title']}: {sorted(unknown)} not in gateway/metrics.py"
+            assert not unknown, f"{panel['title']}: {sorted(unknown)} not in gateway metrics"
 
 
 def test_dashboard_uses_the_provisioned_datasource(dashboard: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from modelgate.embedded_redis import free_port
+from modelgate.core.embedded_redis import free_port
 from tests.conftest import ServeFactory
 from tests.deploy.conftest import ROOT, parse_command, run, tool
 

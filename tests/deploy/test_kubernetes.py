@@ -18,9 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from autoscaler.backends.kubernetes import KubernetesBackend
-from modelgate import keys
-from modelgate.repository import Model
+from modelgate.autoscaler.backends.kubernetes import KubernetesBackend
+from modelgate.core import keys
+from modelgate.core.repository import Model
 from tests.deploy.conftest import ROOT, parse_command, run, tool
 
 KUBE = ROOT / "deploy" / "kubernetes"

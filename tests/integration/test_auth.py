@@ -19,8 +19,8 @@ import httpx
 import onnx
 import pytest
 
-from modelgate.embedded_redis import free_port, start_redis
-from modelgate.process import child_preexec, stop_process
+from modelgate.core.embedded_redis import free_port, start_redis
+from modelgate.core.process import child_preexec, stop_process
 from tests.models import write_repository
 from tests.procs import REPO_ROOT, Processes, wait_until
 

@@ -12,10 +12,10 @@ import time
 import pytest
 import redis
 
-from autoscaler.loop import Autoscaler, PoolPlan
-from autoscaler.policy import PolicyConfig
-from modelgate import keys
-from modelgate.stats import StatsAccumulator
+from modelgate.autoscaler.loop import Autoscaler, PoolPlan
+from modelgate.autoscaler.policy import PolicyConfig
+from modelgate.core import keys
+from modelgate.core.stats import StatsAccumulator
 
 pytestmark = pytest.mark.integration
 

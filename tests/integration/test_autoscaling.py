@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import redis
 
-from modelgate import demo, keys
-from modelgate.embedded_redis import free_port
-from modelgate.process import child_preexec, stop_process
+from modelgate.cli import demo
+from modelgate.core import keys
+from modelgate.core.embedded_redis import free_port
+from modelgate.core.process import child_preexec, stop_process
 from tests.procs import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.integration

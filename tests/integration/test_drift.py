@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from modelgate import demo
-from modelgate.profile import build_profile, profile_path, run_model
-from modelgate.repository import load_model
+from modelgate.cli import demo
+from modelgate.core.profile import build_profile, profile_path, run_model
+from modelgate.core.repository import load_model
 from tests.procs import wait_until
 
 pytestmark = pytest.mark.integration

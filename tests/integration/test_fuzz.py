@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.openapi import openapi_document
+from modelgate.gateway.openapi import openapi_document
 from tests.conftest import ServeFactory
 from tests.models import write_repository
 

@@ -24,9 +24,9 @@ import onnx
 import pytest
 import redis
 
-from modelgate import keys, wire
-from modelgate.embedded_redis import free_port, start_redis
-from modelgate.process import stop_process
+from modelgate.core import keys, wire
+from modelgate.core.embedded_redis import free_port, start_redis
+from modelgate.core.process import stop_process
 from tests.models import write_repository
 from tests.procs import Processes, wait_until
 

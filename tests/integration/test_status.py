@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from autoscaler.status import render
-from modelgate import keys
-from modelgate.stats import StatsAccumulator
+from modelgate.autoscaler.status import render
+from modelgate.core import keys
+from modelgate.core.stats import StatsAccumulator
 from tests.procs import REPO_ROOT
 
 pytestmark = pytest.mark.integration

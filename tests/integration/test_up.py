@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import pytest
 
-from modelgate.embedded_redis import free_port
+from modelgate.core.embedded_redis import free_port
 from tests.models import write_repository
 from tests.procs import Processes, wait_until
 

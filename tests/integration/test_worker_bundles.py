@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import redis
 
-from modelgate import keys, wire
-from modelgate.repository import Model
+from modelgate.core import keys, wire
+from modelgate.core.repository import Model
+from modelgate.worker.consumer import Consumer
+from modelgate.worker.reclaim import ClaimTimeout, Reclaimer
+from modelgate.worker.runner import Runner
 from tests.conftest import redis_url_for_db
 from tests.procs import wait_until
-from worker.consumer import Consumer
-from worker.reclaim import ClaimTimeout, Reclaimer
-from worker.runner import Runner
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import redis
 
-from modelgate import keys, wire
-from modelgate.repository import Model
-from worker.consumer import Consumer
-from worker.runner import Runner
+from modelgate.core import keys, wire
+from modelgate.core.repository import Model
+from modelgate.worker.consumer import Consumer
+from modelgate.worker.runner import Runner
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import httpx
 import onnx
 import pytest
 
-from modelgate.embedded_redis import free_port
-from modelgate.process import child_preexec
+from modelgate.core.embedded_redis import free_port
+from modelgate.core.process import child_preexec
 from tests.models import write_repository
 from tests.procs import REPO_ROOT, Processes, wait_until
 

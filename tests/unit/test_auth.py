@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.auth import check_bearer
-from modelgate.errors import Unauthorized
+from modelgate.core.errors import Unauthorized
+from modelgate.gateway.auth import check_bearer
 
 KEYS = (b"key-alpha-5f1c0e9a", b"key-bravo-7d24b6c3", b"key-charlie-90ab1d")
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.dispatch import DEADLINES_SLACK, Dispatcher
-from modelgate import wire
-from modelgate.errors import DeadlineExceeded
+from modelgate.core import wire
+from modelgate.core.errors import DeadlineExceeded
+from modelgate.gateway.dispatch import DEADLINES_SLACK, Dispatcher
 
 REQUEST = wire.Request({"input": wire.tensor(np.zeros((1, 4), np.float32))})
 

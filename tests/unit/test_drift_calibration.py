@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from modelgate.drift import Batch, FeatureState, Thresholds, fold, siegmund_arl
+from modelgate.core.drift import Batch, FeatureState, Thresholds, fold, siegmund_arl
 from tests.procs import REPO_ROOT
 
 FEATURES = 20

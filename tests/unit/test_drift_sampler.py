@@ -7,9 +7,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from modelgate import wire
-from modelgate.profile import FeatureProfile, LabelProfile, Profile
-from worker.drift_sampler import CHUNK_ROWS, DriftSampler
+from modelgate.core import wire
+from modelgate.core.profile import FeatureProfile, LabelProfile, Profile
+from modelgate.worker.drift_sampler import CHUNK_ROWS, DriftSampler
 
 
 class RecordingPipe:

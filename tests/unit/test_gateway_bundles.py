@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.dispatch import _Outgoing, bundles
-from modelgate import wire
+from modelgate.core import wire
+from modelgate.gateway.dispatch import _Outgoing, bundles
 
 DEADLINE_MS = 2**62
 

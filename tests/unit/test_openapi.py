@@ -10,11 +10,11 @@ import pytest
 import schemathesis
 from starlette.routing import Match, Route
 
-from gateway.app import PROBE_PATHS, build_app
-from gateway.errors import STATUS_OF
-from gateway.openapi import openapi_document
-from modelgate.repository import MODEL_NAME
-from modelgate.settings import GatewaySettings
+from modelgate.core.repository import MODEL_NAME
+from modelgate.core.settings import GatewaySettings
+from modelgate.gateway.app import PROBE_PATHS, build_app
+from modelgate.gateway.errors import STATUS_OF
+from modelgate.gateway.openapi import openapi_document
 from tests.models import write_repository
 
 DOCUMENT = openapi_document()

@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
-from gateway.protocol import format_v1, format_v2, loads, parse_v1, parse_v2
-from modelgate import wire
-from modelgate.errors import InvalidInput
-from modelgate.repository import Model, ModelVersion
+from modelgate.core import wire
+from modelgate.core.errors import InvalidInput
+from modelgate.core.repository import Model, ModelVersion
+from modelgate.gateway.protocol import format_v1, format_v2, loads, parse_v1, parse_v2
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from modelgate.demo import write_model
-from modelgate.repository import (
+from modelgate.cli.demo import write_model
+from modelgate.core.repository import (
     DEFAULT_MAX_BATCH_SIZE,
     Model,
     RepositoryError,

@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from modelgate import wire
+from modelgate.core import wire
 
 SHAPES = [(2, 3), (), (0, 4), (1,)]
 

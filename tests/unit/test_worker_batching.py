@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelgate import wire
-from modelgate.repository import Model, load_repository
+from modelgate.core import wire
+from modelgate.core.repository import Model, load_repository
+from modelgate.worker.consumer import Entry, plan_runs
+from modelgate.worker.runner import Outcome, Runner
 from tests import models
-from worker.consumer import Entry, plan_runs
-from worker.runner import Outcome, Runner
 
 
 def entry(n: int, request: wire.Request) -> Entry:
@@ -100,8 +100,8 @@ def test_preferred_batch_sizes_cut_runs_at_the_largest_size_the_rows_fill() -> N
 
 
 def test_preferred_batch_sizes_are_validated(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from modelgate import demo
-    from modelgate.repository import RepositoryError, load_model
+    from modelgate.cli import demo
+    from modelgate.core.repository import RepositoryError, load_model
 
     demo.write_model(demo.mlp_model(), tmp_path, "mlp")
     config = tmp_path / "mlp" / "config.yaml"

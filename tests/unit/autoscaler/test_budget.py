@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.budget import Ask, BudgetError, allocate, check_minimums
+from modelgate.autoscaler.budget import Ask, BudgetError, allocate, check_minimums
 
 
 def test_no_budget_grants_every_ask() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from autoscaler.backends.docker import MANAGED_LABEL, POOL_LABEL, DockerBackend
+from modelgate.autoscaler.backends.docker import MANAGED_LABEL, POOL_LABEL, DockerBackend
 
 IMAGE = "modelgate:latest"
 REDIS_URL = "redis://:secret@redis:6379/0"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from autoscaler.backends.kubernetes import KubernetesBackend
+from modelgate.autoscaler.backends.kubernetes import KubernetesBackend
 
 
 class FakeAppsV1Api:

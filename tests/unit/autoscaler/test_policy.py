@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, decide
+from modelgate.autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, decide
 
 SERVICE_S = 0.02  # 20 ms of worker time per request: one worker serves 50 req/s
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoscaler.policy import PolicyConfig
-from autoscaler.simulate import TRACES_DIR, SimConfig, best_static, read_trace, simulate
+from modelgate.autoscaler.policy import PolicyConfig
+from modelgate.autoscaler.simulate import TRACES_DIR, SimConfig, best_static, read_trace, simulate
 
 POLICY = PolicyConfig(min_workers=1, max_workers=16, slo_p95_ms=250, scale_down_delay_s=30)
 

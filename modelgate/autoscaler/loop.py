@@ -1,0 +1,157 @@
+"""The control loop: observe every pool, decide, apply the budget, scale, and say why.
+
+Each tick reads all pools in one Redis round trip, calls the pure policy per pool, shares the
+cost budget across pools, and asks the backend for the resulting counts. Every decision is an
+event on the ``mg:autoscaler:events`` stream (inputs and reason), a log line when the count
+changes, and the ``modelgate_desired_workers`` gauge (also written to Redis so gateways show
+it on their ``/metrics``). The cost budget, when there is one, is written to Redis each tick
+too, so the gateway's dashboard can draw the cost rate against it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from prometheus_client import CollectorRegistry, Gauge
+
+from modelgate.autoscaler.backends.base import Backend
+from modelgate.autoscaler.budget import Ask, allocate, check_minimums
+from modelgate.autoscaler.observe import Observer
+from modelgate.autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, decide
+from modelgate.core import keys
+
+log = logging.getLogger("modelgate.autoscaler")
+
+EVENTS_MAXLEN = 10_000
+DESIRED_TTL_S = 30
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """One pool under control: which model the backend runs, its policy and its price."""
+
+    pool: str
+    model: str
+    policy: PolicyConfig
+    cost_per_hour: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    observation: Observation
+    decision: Decision
+    desired: int  # after the budget
+    capped: bool
+
+
+class Autoscaler:
+    def __init__(self, client: redis.Redis, backend: Backend, plans: list[PoolPlan],
+                 max_cost_per_hour: float | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.client = client
+        self.backend = backend
+        self.plans = {p.pool: p for p in plans}
+        self.max_cost_per_hour = max_cost_per_hour
+        self.observer = Observer(client)
+        self.states = {p.pool: PolicyState() for p in plans}
+        self.last: dict[str, Outcome] = {}
+        self.registry = registry or CollectorRegistry()
+        self.desired_gauge = Gauge("modelgate_desired_workers", "Workers the autoscaler wants",
+                                   ["model"], registry=self.registry)
+        self.workers_gauge = Gauge("modelgate_workers", "Worker replicas the backend runs",
+                                   ["model"], registry=self.registry)
+        check_minimums([self._ask(p, p.policy.min_workers, None) for p in plans],
+                       max_cost_per_hour)
+
+    @staticmethod
+    def _ask(plan: PoolPlan, desired: int, obs: Observation | None) -> Ask:
+        pressure = 0.0
+        if obs is not None and plan.policy.slo_p95_ms and obs.latency_p95_ms is not None:
+            pressure = obs.latency_p95_ms / plan.policy.slo_p95_ms
+        return Ask(plan.pool, desired, plan.policy.min_workers, plan.cost_per_hour, pressure)
+
+    def tick(self, now: float | None = None) -> dict[str, Outcome]:
+        now = time.time() if now is None else now
+        self.backend.supervise()
+        replicas = {pool: self.backend.running(plan.model) for pool, plan in self.plans.items()}
+        observations = self.observer.observe(replicas, now)
+        decisions = {}
+        for pool, plan in self.plans.items():
+            decision = decide(observations[pool], self.states[pool], now, plan.policy)
+            self.states[pool] = decision.state
+            decisions[pool] = decision
+        granted = allocate(
+            [self._ask(self.plans[p], d.desired, observations[p]) for p, d in decisions.items()],
+            self.max_cost_per_hour)
+        outcomes = {}
+        for pool, decision in decisions.items():
+            desired, capped = granted[pool]
+            outcomes[pool] = Outcome(observations[pool], decision, desired, capped)
+        self._apply(outcomes, now)
+        self.last = outcomes
+        return outcomes
+
+    def _apply(self, outcomes: dict[str, Outcome], now: float) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for pool, outcome in outcomes.items():
+            plan = self.plans[pool]
+            obs, decision = outcome.observation, outcome.decision
+            reason = decision.reason
+            if outcome.capped:
+                reason += (f"; capped by budget at {outcome.desired} "
+                           f"({self.max_cost_per_hour:.2f}/h across pools)")
+            if outcome.desired != obs.workers:
+                log.info("%s: %d -> %d workers: %s", pool, obs.workers, outcome.desired, reason)
+                self.backend.scale(plan.model, outcome.desired)
+            self.desired_gauge.labels(plan.model).set(outcome.desired)
+            self.workers_gauge.labels(plan.model).set(obs.workers)
+            pipe.set(keys.pool_desired(pool), outcome.desired, ex=DESIRED_TTL_S)
+            pipe.xadd(keys.AUTOSCALER_EVENTS, {
+                "time": f"{now:.3f}",
+                "pool": pool,
+                "current": obs.workers,
+                "desired": outcome.desired,
+                "raw": decision.raw,
+                "capped": int(outcome.capped),
+                "panic": int(decision.panicking),
+                "backlog": obs.backlog,
+                "arrival_rate": f"{obs.arrival_rate:.2f}",
+                "completion_rate": f"{obs.completion_rate:.2f}",
+                "p95_ms": "" if obs.latency_p95_ms is None else f"{obs.latency_p95_ms:.1f}",
+                "service_ms": "" if obs.service_s is None else f"{obs.service_s * 1000:.2f}",
+                "live": obs.live_workers,
+                "starting": obs.starting_workers,
+                "cost_per_hour": f"{outcome.desired * plan.cost_per_hour:.4f}",
+                "reason": reason,
+            }, maxlen=EVENTS_MAXLEN, approximate=True)
+        if self.max_cost_per_hour is None:
+            pipe.delete(keys.AUTOSCALER_BUDGET)
+        else:
+            pipe.set(keys.AUTOSCALER_BUDGET, f"{self.max_cost_per_hour:.4f}", ex=DESIRED_TTL_S)
+        pipe.execute()
+
+    def run(self, stop: threading.Event, interval_s: float = 1.0,
+            max_ticks: int | None = None) -> int:
+        """Tick every ``interval_s`` until ``stop`` is set (or ``max_ticks``); returns ticks."""
+        ticks = 0
+        backoff_s = 0.5
+        while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
+            started = time.monotonic()
+            try:
+                self.tick()
+                backoff_s = 0.5
+            except redis.RedisError as e:
+                # Without observations the safe action is none: keep what runs, retry.
+                log.warning("autoscaler cannot observe (%s); holding, retry in %.1fs", e,
+                            backoff_s)
+                self.backend.supervise()
+                stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            ticks += 1
+            stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+        return ticks

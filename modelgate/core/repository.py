@@ -1,0 +1,299 @@
+"""The model repository: Triton-style folders, signatures read from the ONNX graph.
+
+Layout::
+
+    MODELS/{name}/{version}/model.onnx
+    MODELS/{name}/config.yaml  (or config.json; optional overrides, see ModelConfig)
+
+Versions are positive integers; the highest is the default. Signatures come from the graph
+without loading an inference session, so the gateway never holds model weights in memory for
+long: input and output names, V2 datatypes, and shapes with ``-1`` for symbolic or unknown dims.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import onnx
+import yaml
+
+from modelgate.core import keys
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+DEFAULT_MAX_BATCH_SIZE = 64
+
+# onnx.TensorProto element types -> V2 datatypes.
+_ONNX_DATATYPES: dict[int, str] = {  # keyed by TensorProto.elem_type, a plain int
+    onnx.TensorProto.BOOL: "BOOL",
+    onnx.TensorProto.UINT8: "UINT8",
+    onnx.TensorProto.UINT16: "UINT16",
+    onnx.TensorProto.UINT32: "UINT32",
+    onnx.TensorProto.UINT64: "UINT64",
+    onnx.TensorProto.INT8: "INT8",
+    onnx.TensorProto.INT16: "INT16",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.STRING: "BYTES",
+}
+
+
+class RepositoryError(ValueError):
+    """A model folder, config or graph modelgate cannot serve; the message says how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str  # a V2 datatype, or "JSON" for non-tensor values (sequences, maps)
+    shape: tuple[int, ...]  # -1 for symbolic or unknown dims
+    onnx_type: str  # e.g. "tensor(float)" or "seq(map(int64,tensor(float)))"
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.datatype != "JSON"
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Per-model overrides from ``config.yaml``/``config.json``; ``None`` means "derive"."""
+
+    max_batch_size: int | None = None  # rows per ORT run; 0 = never batch
+    max_queue_delay_ms: float = 0.0  # wait this long for more rows before a partial batch
+    # Run sizes (rows) to cut batches at when more rows wait than one run takes (Triton's
+    # preferred_batch_size): e.g. the sizes a model's kernels are fastest at.
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue: int | None = None  # admission limit on the backlog (entries)
+    timeout_ms: int | None = None  # default deadline for this model's requests
+    slo_p95_ms: float | None = None
+    min_workers: int | None = None
+    max_workers: int | None = None
+    worker_cost_per_hour: float = 1.0  # price of one worker, for the autoscaler's budget
+    intra_op_threads: int | None = None
+    drift_sample_share: float = 1.0  # share of served rows sampled for drift detection
+    drift_max_rows_per_s: int = 1000  # per worker; bounds the sampling cost
+
+    @classmethod
+    def from_mapping(cls, raw: Any, source: Path) -> ModelConfig:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise RepositoryError(f"{source}: expected a mapping of settings, got {type(raw)}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise RepositoryError(
+                f"{source}: unknown setting(s) {unknown}; known settings are {sorted(known)}"
+            )
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if value is None:
+                continue
+            if key == "preferred_batch_sizes":
+                values[key] = _sizes(value, source)
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RepositoryError(f"{source}: {key} must be a number, got {value!r}")
+            if value < 0:
+                raise RepositoryError(f"{source}: {key} must not be negative, got {value}")
+            if key.endswith("_share") and value > 1:
+                raise RepositoryError(f"{source}: {key} is a share in [0, 1], got {value}")
+            values[key] = value if key.endswith(("_ms", "_per_hour", "_share")) else int(value)
+        return cls(**values)
+
+
+def _sizes(value: Any, source: Path) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise RepositoryError(f"{source}: preferred_batch_sizes must be a list of positive "
+                              f"integers, got {value!r}")
+    return tuple(sorted(set(value)))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One servable version: where it lives, its signature, and how it batches."""
+
+    name: str
+    version: str
+    path: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    config: ModelConfig
+    max_batch_size: int  # effective: 0 when the graph cannot batch along dim 0
+
+    @property
+    def pool(self) -> str:
+        return keys.pool_id(self.name, self.version)
+
+    @property
+    def batchable(self) -> bool:
+        return self.max_batch_size > 0
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((i for i in self.inputs if i.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    versions: dict[str, ModelVersion]  # by version string
+    default_version: str
+
+    @property
+    def default(self) -> ModelVersion:
+        return self.versions[self.default_version]
+
+
+def _dims(type_proto: onnx.TypeProto) -> tuple[int, ...]:
+    if not type_proto.tensor_type.HasField("shape"):
+        return (-1,)  # rank unknown: the best we can say is "some tensor"
+    return tuple(
+        d.dim_value if d.HasField("dim_value") else -1 for d in type_proto.tensor_type.shape.dim
+    )
+
+
+def _type_string(type_proto: onnx.TypeProto) -> str:
+    kind = type_proto.WhichOneof("value")
+    if kind == "tensor_type":
+        elem = onnx.TensorProto.DataType.Name(type_proto.tensor_type.elem_type).lower()
+        return f"tensor({elem})"
+    if kind == "sequence_type":
+        return f"seq({_type_string(type_proto.sequence_type.elem_type)})"
+    if kind == "map_type":
+        key = onnx.TensorProto.DataType.Name(type_proto.map_type.key_type).lower()
+        return f"map({key},{_type_string(type_proto.map_type.value_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_string(type_proto.optional_type.elem_type)})"
+    return str(kind)
+
+
+def _spec(value_info: onnx.ValueInfoProto, path: Path) -> TensorSpec:
+    type_proto = value_info.type
+    onnx_type = _type_string(type_proto)
+    if type_proto.WhichOneof("value") != "tensor_type":
+        return TensorSpec(value_info.name, "JSON", (-1,), onnx_type)
+    elem = type_proto.tensor_type.elem_type
+    datatype = _ONNX_DATATYPES.get(elem)
+    if datatype is None:
+        raise RepositoryError(
+            f"{path}: {value_info.name!r} has element type {onnx_type}, which modelgate cannot "
+            f"carry; supported are {sorted(set(_ONNX_DATATYPES.values()))}"
+        )
+    return TensorSpec(value_info.name, datatype, _dims(type_proto), onnx_type)
+
+
+def read_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Inputs and outputs of an ONNX graph, without its weights' external data."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as e:  # onnx raises DecodeError, OSError and others for bad files
+        raise RepositoryError(f"{path}: not a readable ONNX model ({e})") from e
+    # Older exporters list initializers among the graph inputs; they are weights, not inputs.
+    initializers = {i.name for i in graph.initializer}
+    inputs = tuple(_spec(v, path) for v in graph.input if v.name not in initializers)
+    outputs = tuple(_spec(v, path) for v in graph.output)
+    for spec in inputs:
+        if not spec.is_tensor:
+            raise RepositoryError(f"{path}: input {spec.name!r} is {spec.onnx_type}; "
+                                  "modelgate accepts tensor inputs only")
+    return inputs, outputs
+
+
+def can_batch(inputs: tuple[TensorSpec, ...]) -> bool:
+    """True when every input has a variable first dimension to concatenate requests along."""
+    return bool(inputs) and all(len(i.shape) >= 1 and i.shape[0] == -1 for i in inputs)
+
+
+def _read_config(model_dir: Path) -> ModelConfig:
+    for filename, parse in (("config.yaml", yaml.safe_load), ("config.yml", yaml.safe_load),
+                            ("config.json", json.loads)):
+        source = model_dir / filename
+        if source.is_file():
+            try:
+                raw = parse(source.read_text())
+            except (yaml.YAMLError, json.JSONDecodeError) as e:
+                raise RepositoryError(f"{source}: cannot parse ({e})") from e
+            return ModelConfig.from_mapping(raw, source)
+    return ModelConfig()
+
+
+def load_version(name: str, version: str, path: Path, config: ModelConfig) -> ModelVersion:
+    inputs, outputs = read_signature(path)
+    batchable = can_batch(inputs)
+    if config.max_batch_size is None:
+        max_batch_size = DEFAULT_MAX_BATCH_SIZE if batchable else 0
+    elif config.max_batch_size > 0 and not batchable:
+        raise RepositoryError(
+            f"{path}: config sets max_batch_size={config.max_batch_size} but input(s) "
+            f"{[i.name for i in inputs if not i.shape or i.shape[0] != -1]} have no variable "
+            "first dimension to batch along; set max_batch_size: 0 or re-export with a dynamic "
+            "batch axis"
+        )
+    else:
+        max_batch_size = config.max_batch_size
+    too_big = [s for s in config.preferred_batch_sizes if s > max_batch_size]
+    if too_big:
+        raise RepositoryError(f"{path}: preferred_batch_sizes {too_big} exceed max_batch_size "
+                              f"{max_batch_size}")
+    return ModelVersion(name, version, path, inputs, outputs, config, max_batch_size)
+
+
+def load_model(model_dir: Path) -> Model:
+    name = model_dir.name
+    if not MODEL_NAME.match(name):
+        raise RepositoryError(f"{model_dir}: model names may use letters, digits, '_', '.', '-'")
+    config = _read_config(model_dir)
+    versions: dict[str, ModelVersion] = {}
+    for child in sorted(model_dir.iterdir()):
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+            onnx_file = child / "model.onnx"
+            if onnx_file.is_file():
+                versions[str(int(child.name))] = load_version(name, str(int(child.name)),
+                                                              onnx_file, config)
+    if not versions:
+        raise RepositoryError(
+            f"{model_dir}: no version folder with a model.onnx; expected "
+            f"{model_dir}/1/model.onnx"
+        )
+    return Model(name, versions, max(versions, key=int))
+
+
+def load_repository(root: Path) -> dict[str, Model]:
+    """Every model under ``root``, by name. Raises RepositoryError naming the folder at fault."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RepositoryError(f"model repository {root} does not exist or is not a folder")
+    models = {
+        child.name: load_model(child)
+        for child in sorted(root.iterdir())
+        if child.is_dir() and not child.name.startswith(".")
+    }
+    if not models:
+        raise RepositoryError(
+            f"model repository {root} has no models; add {root}/NAME/1/model.onnx"
+        )
+    return models
+
+
+__all__ = [
+    "Model",
+    "ModelConfig",
+    "ModelVersion",
+    "RepositoryError",
+    "TensorSpec",
+    "can_batch",
+    "load_model",
+    "load_repository",
+    "load_version",
+    "read_signature",
+]

@@ -1,0 +1,210 @@
+"""The Starlette application and the gateway process entry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvicorn
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from modelgate.core.errors import ModelgateError
+from modelgate.core.repository import load_repository
+from modelgate.core.settings import GatewaySettings
+from modelgate.gateway.auth import check_bearer
+from modelgate.gateway.dashboard import Dashboard
+from modelgate.gateway.dataplane import DataPlane
+from modelgate.gateway.errors import domain_error_response, error_response
+from modelgate.gateway.metrics import Metrics
+from modelgate.gateway.routes import dashboard, docs, health, v1, v2
+
+log = logging.getLogger("modelgate.gateway")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+# Open even with API keys unless --protect-probes: health and metrics for probes and scrapers,
+# and the API description, which is the same for every server and names no model.
+PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"}
+# Always open: the dashboard's static page and scripts, the same for every server and holding
+# no data; a browser cannot send a key on a page load. Its data calls need the key.
+PUBLIC_PATHS = dashboard.STATIC_PATHS
+
+
+def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
+          public: bool = False) -> Endpoint:
+    """Auth, domain errors -> JSON, and per-model request metrics around one endpoint."""
+    api_keys = tuple(k.encode() for k in settings.api_keys)
+    needs_key = bool(api_keys) and not public and (not probe or settings.protect_probes)
+
+    async def handler(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            if needs_key:
+                check_bearer(request.headers.get("authorization"), api_keys)
+            response = await endpoint(request)
+        except ModelgateError as e:
+            response = domain_error_response(e)
+        model = getattr(request.state, "model", None)
+        if model is not None:
+            # Counted once the response is written (the rest of this step), not before it.
+            metrics: Metrics = request.app.state.plane.metrics
+            asyncio.get_running_loop().call_soon(
+                metrics.count_request, model, response.status_code,
+                time.perf_counter() - started)
+        return response
+
+    return handler
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    hint = {404: "no such route; see GET /v2 and /v2/models/NAME",
+            405: "method not allowed on this route"}.get(exc.status_code, exc.detail)
+    return error_response(exc.status_code, f"{request.method} {request.url.path}: {hint}")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error ({type(exc).__name__}); it has been logged")
+
+
+def redis_clients(settings: GatewaySettings) -> tuple[aioredis.Redis, aioredis.Redis]:
+    """The gateway's Redis clients: one for commands, one for the reply reader.
+
+    Commands time out fast so an unreachable Redis turns into 503s, not hangs; the reply
+    reader blocks up to 1 s per BLPOP and gets its own, more patient connection pool.
+    A dropped connection is retried once, at once: after Redis restarts, every idle pooled
+    connection is dead and would fail its next command (a 503 with Redis up); while Redis is
+    down the retry is refused at once. Timeouts are not retried.
+    """
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    client = aioredis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s, max_connections=64, retry=retry)
+    reader = aioredis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s + 2.0, max_connections=2, retry=retry)
+    return client, reader
+
+
+def build_app(settings: GatewaySettings) -> Starlette:
+    models = load_repository(settings.models_dir)
+    gateway_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client, reader = redis_clients(settings)
+        plane = DataPlane(settings, models, client, reader, gateway_id, Metrics())
+        app.state.plane = plane
+        app.state.dashboard = Dashboard(plane)
+        await plane.start()
+        # Everything loaded so far (modules, the repository, clients) lives as long as the
+        # process: keep it out of the collector's full passes, whose pauses every request in
+        # flight would wait for.
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            await plane.stop()
+            plane.metrics.close()
+            await client.aclose()
+            await reader.aclose()
+
+    routes = [
+        Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS,
+                                route.path in PUBLIC_PATHS),
+              methods=route.methods)
+        for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes)
+        if isinstance(route, Route)
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _unexpected})
+    infer = next(r.endpoint for r in routes if r.path == "/v2/models/{name}/infer")
+    return InferFastPath(app, infer)  # type: ignore[return-value]
+
+
+# Idle keep-alive connections stay open this long. uvicorn's default (5 s) equals the idle
+# expiry of common clients (httpx's 5 s): a call sent on a connection just as the server closes
+# it fails with a read error on the client. Longer than clients and load balancers keep idle
+# connections (60 s on AWS's), so the client is always the one that closes.
+KEEP_ALIVE_S = 75
+
+INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+
+
+class InferFastPath:
+    """ASGI front for the hot path: V2 infer calls go straight to their (wrapped) endpoint.
+
+    Starlette's error middlewares and router cost a noticeable share of a tiny model's
+    request; the endpoint, auth, metrics and error mapping are the very same as through the
+    router. Everything else, lifespan included, goes to the Starlette app.
+    """
+
+    def __init__(self, app: Starlette, infer: Endpoint) -> None:
+        self.app = app
+        self.infer = infer
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    @property
+    def routes(self) -> list[Any]:
+        return self.app.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER_PATH.match(scope["path"])
+            if match is not None:
+                scope["app"] = self.app
+                scope["path_params"] = {k: v for k, v in match.groupdict().items() if v}
+                request = Request(scope, receive, send)
+                try:
+                    response = await self.infer(request)
+                except Exception as e:  # the same last resort the router path has
+                    response = await _unexpected(request, e)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def serve(settings: GatewaySettings) -> None:
+    """Serve until stopped. With ``reuse_port`` several gateway processes share the port and
+    the kernel spreads connections across them (``modelgate up --gateway-procs N``)."""
+    config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port,
+                            log_level="warning", access_log=False, loop="uvloop",
+                            http="httptools", timeout_graceful_shutdown=5,
+                            timeout_keep_alive=KEEP_ALIVE_S,
+                            # No access log means nothing reads X-Forwarded-For: skip the
+                            # middleware that would parse it on every call.
+                            proxy_headers=False)
+    server = uvicorn.Server(config)
+    if not settings.reuse_port:
+        server.run()
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    server.run(sockets=[sock])

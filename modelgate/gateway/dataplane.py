@@ -1,0 +1,243 @@
+"""The handler layer between HTTP routes and the queue; it knows nothing about HTTP.
+
+It resolves models and versions, applies admission control, enqueues through the dispatcher,
+turns error replies into domain errors, and keeps a view of each pool (live and starting
+workers, backlog, drain rate) refreshed from Redis by a monitor task, so neither readiness nor
+admission costs a Redis call per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from modelgate.core import keys, wire
+from modelgate.core.errors import (
+    BackendUnavailable,
+    ModelFailed,
+    ModelNotFound,
+    NoLiveWorker,
+    Overloaded,
+)
+from modelgate.core.repository import Model, ModelVersion
+from modelgate.core.settings import GatewaySettings
+from modelgate.core.stats import BUCKET_TTL_S
+from modelgate.gateway.dispatch import Dispatcher
+from modelgate.gateway.drift import DriftMonitor
+from modelgate.gateway.errors import ERROR_OF_REPLY
+from modelgate.gateway.metrics import Metrics
+
+log = logging.getLogger("modelgate.gateway")
+
+STARTING_GRACE_S = 120.0  # a worker announced as starting counts as such for this long
+WAIT_POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class PoolView:
+    live_workers: int = 0
+    starting_workers: int = 0
+    backlog: int = 0  # entries in the stream: waiting or being worked on
+    admitted: int = 0  # requests this gateway queued since the last refresh
+    rejected: int = 0  # requests this gateway refused (429) since the last refresh
+    completed: int = 0  # replies this gateway got since the last refresh
+    drain_per_s: float = 0.0  # smoothed completion rate seen by this gateway
+    desired: int | None = None  # the autoscaler's latest count, if one runs
+
+
+class DataPlane:
+    def __init__(self, settings: GatewaySettings, models: dict[str, Model],
+                 client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str,
+                 metrics: Metrics) -> None:
+        self.settings = settings
+        self.models = models
+        self.client = client
+        self.metrics = metrics
+        self.dispatcher = Dispatcher(client, reader, gateway_id)
+        self.drift = DriftMonitor(models, metrics)
+        self.redis_ok = False
+        self._outage = False  # Redis was reachable once and then was not
+        self.pools: dict[str, PoolView] = {
+            v.pool: PoolView() for m in models.values() for v in m.versions.values()
+        }
+        self._monitor: asyncio.Task[None] | None = None
+        # Called with the refresh's time after each refresh that reached Redis (the
+        # dashboard's gauge history); a hook must be quick and must not raise.
+        self.on_refresh: list[Callable[[float], None]] = []
+        self._refreshed_at = time.monotonic()
+
+    async def start(self) -> None:
+        await self.refresh()
+        self.dispatcher.start()
+        self._monitor = asyncio.create_task(self._monitor_loop(), name="pool-monitor")
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.wait([self._monitor], timeout=3.0)
+        await self.dispatcher.stop()
+
+    def resolve(self, name: str, version: str | None = None) -> ModelVersion:
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"unknown model {name!r}; this server has {sorted(self.models)}")
+        if version is None:
+            return model.default
+        found = model.versions.get(version)
+        if found is None:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}; it has "
+                f"{sorted(model.versions, key=int)}"
+            )
+        return found
+
+    def model_ready(self, model: ModelVersion) -> bool:
+        return self.redis_ok and self.pools[model.pool].live_workers > 0
+
+    def ready(self) -> bool:
+        """Every model's default version can be served right now."""
+        return self.redis_ok and all(self.model_ready(m.default) for m in self.models.values())
+
+    def _admit(self, model: ModelVersion, view: PoolView) -> None:
+        """429 at once past the in-flight cap or the model's backlog limit."""
+        limit = model.config.max_queue or self.settings.default_max_queue
+        # The queued count at the last refresh, plus what this gateway queued since, minus
+        # what it got answers for since: answered entries are deleted from the stream. Without
+        # the answers, a pool draining faster than max_queue per refresh interval is refused
+        # with its queue nearly empty.
+        backlog = max(0, view.backlog + view.admitted - view.completed)
+        if backlog >= limit:
+            view.rejected += 1
+            raise Overloaded(
+                f"model {model.name!r} has {backlog} requests queued, its limit is {limit}; "
+                "retry after the Retry-After seconds or add workers",
+                self._retry_after_s(backlog, view))
+        if self.dispatcher.in_flight >= self.settings.max_inflight:
+            view.rejected += 1
+            raise Overloaded(
+                f"this gateway is waiting on {self.dispatcher.in_flight} requests, its limit; "
+                "retry after the Retry-After seconds", self._retry_after_s(backlog, view))
+
+    @staticmethod
+    def _retry_after_s(backlog: int, view: PoolView) -> int:
+        """Seconds for the backlog to drain at the observed rate (1..60)."""
+        if view.drain_per_s <= 0:
+            return 1
+        return max(1, min(60, math.ceil(backlog / view.drain_per_s)))
+
+    async def _wait_for_worker(self, model: ModelVersion, deadline_ms: int) -> None:
+        """Return once a worker is live; wait for a starting one while the deadline allows."""
+        view = self.pools[model.pool]
+        while True:
+            if not self.redis_ok:
+                raise BackendUnavailable(
+                    "the queue (Redis) is unreachable; the request was not queued, retry shortly")
+            if view.live_workers > 0 or model.config.min_workers == 0:
+                return  # a pool allowed to scale to zero: its backlog wakes the autoscaler
+            if view.starting_workers == 0 or time.time() * 1000 >= deadline_ms:
+                raise NoLiveWorker(
+                    f"no live worker serves model {model.name!r} version {model.version}"
+                    + (" and none started before the deadline" if view.starting_workers else "")
+                    + f"; start one with `modelgate worker --model {model.name}` or wait for "
+                    "the autoscaler")
+            await asyncio.sleep(WAIT_POLL_S)
+
+    async def infer(self, model: ModelVersion, request: wire.Request,
+                    timeout_ms: int) -> wire.Reply:
+        deadline_ms = int(time.time() * 1000) + timeout_ms
+        view = self.pools[model.pool]
+        if not (self.redis_ok and view.live_workers > 0):
+            await self._wait_for_worker(model, deadline_ms)
+        self._admit(model, view)
+        view.admitted += 1
+        future = self.dispatcher.submit(model.pool, request, deadline_ms, model.max_batch_size)
+        reply = await future
+        view.completed += 1
+        # After this call's answer is written (the rest of this step), not before it.
+        asyncio.get_running_loop().call_soon(self.metrics.observe_reply, model.name, reply)
+        if reply.status != wire.ReplyStatus.OK:
+            raise ERROR_OF_REPLY.get(reply.status, ModelFailed)(reply.error)
+        return reply
+
+    async def refresh(self) -> None:
+        """Pool views from Redis, and this gateway's arrival counts to it, in one round trip."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pools = list(self.pools)
+        flushed = {pool: (self.pools[pool].admitted, self.pools[pool].rejected) for pool in pools}
+        for pool in pools:
+            pipe.zremrangebyscore(keys.pool_workers(pool), "-inf",
+                                  now - self.settings.worker_ttl_s)
+            pipe.zcard(keys.pool_workers(pool))
+            pipe.zcount(keys.pool_starting(pool), now - STARTING_GRACE_S, "+inf")
+            pipe.eval(keys.QUEUED_REPAIR, 2, keys.requests_stream(pool), keys.pool_queued(pool))
+            pipe.get(keys.pool_desired(pool))
+        pipe.get(keys.AUTOSCALER_BUDGET)
+        budget_at = 5 * len(pools)
+        for pool, (admitted, rejected) in flushed.items():
+            if admitted or rejected:
+                bucket = keys.pool_stats(pool, int(now))
+                pipe.hincrby(bucket, "arrivals", admitted)
+                pipe.hincrby(bucket, "rejected", rejected)
+                pipe.expire(bucket, BUCKET_TTL_S)
+        try:
+            results = await pipe.execute()
+        except (RedisError, OSError) as e:
+            if self.redis_ok:
+                log.warning("redis unreachable: %s", e)
+            self.redis_ok = False
+            self._outage = True
+            failed = self.dispatcher.fail_all(BackendUnavailable(
+                "the queue (Redis) became unreachable while the request waited; it may or may "
+                "not have run, retry shortly"))
+            if failed:
+                log.warning("failed %d waiting requests with 503", failed)
+            return
+        if self._outage:
+            log.warning("redis reachable again")
+            self._outage = False
+        self.redis_ok = True
+        elapsed_s = max(time.monotonic() - self._refreshed_at, 1e-3)
+        self._refreshed_at = time.monotonic()
+        for i, pool in enumerate(pools):
+            view = self.pools[pool]
+            view.live_workers = int(results[5 * i + 1])
+            view.starting_workers = int(results[5 * i + 2])
+            view.backlog = keys.queued_count(results[5 * i + 3])
+            desired = results[5 * i + 4]
+            view.desired = int(desired) if desired is not None else None
+            view.admitted -= flushed[pool][0]
+            view.rejected -= flushed[pool][1]
+            rate = view.completed / elapsed_s
+            view.drain_per_s = (rate if view.drain_per_s == 0
+                                else 0.7 * view.drain_per_s + 0.3 * rate)
+            view.completed = 0
+        for model in self.models.values():
+            view = self.pools[model.default.pool]
+            self.metrics.workers.labels(model.name).set(view.live_workers)
+            self.metrics.queue_depth.labels(model.name).set(view.backlog)
+            if view.desired is not None:
+                self.metrics.desired_workers.labels(model.name).set(view.desired)
+                self.metrics.cost_per_hour.labels(model.name).set(
+                    view.desired * model.default.config.worker_cost_per_hour)
+        if results[budget_at] is not None:
+            self.metrics.budget_per_hour.set(float(results[budget_at]))
+        for hook in self.on_refresh:
+            hook(now)
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.monitor_interval_s)
+            await self.refresh()
+            if self.redis_ok:
+                try:
+                    await self.drift.poll(self.client)
+                except (RedisError, OSError) as e:
+                    log.warning("drift batches unreadable this round: %s", e)

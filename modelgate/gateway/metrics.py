@@ -1,0 +1,109 @@
+"""Prometheus metrics of one gateway process, in a registry of its own (names: DESIGN §6).
+
+Worker-side figures arrive with every reply (queue wait, compute time, rows per run), so the
+gateway's ``/metrics`` shows the whole path and one scrape target is enough. When several
+gateway processes share a port (``PROMETHEUS_MULTIPROC_DIR`` set by ``modelgate up
+--gateway-procs N``), values go to files in that folder and every process's ``/metrics``
+merges all of them: counters and histograms add up, gauges show the most recent value of a
+live process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from modelgate.core import wire
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                     2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._children: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        r = self.registry
+        gauge_mode: Literal["livemostrecent", "all"] = (
+            "livemostrecent" if self.multiprocess_dir else "all")
+        self.requests = Counter("modelgate_requests", "Requests answered, by HTTP status code",
+                                ["model", "code"], registry=r)
+        self.request_duration = Histogram(
+            "modelgate_request_duration_seconds", "End-to-end latency at the gateway",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_wait = Histogram(
+            "modelgate_queue_wait_seconds", "Time from enqueue to a worker taking the request",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.inference_duration = Histogram(
+            "modelgate_inference_duration_seconds", "ONNX Runtime time per batch",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram(
+            "modelgate_batch_size", "Rows per ONNX Runtime run", ["model"],
+            buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("modelgate_queue_depth", "Backlog: requests waiting or in work",
+                                 ["model"], registry=r, multiprocess_mode=gauge_mode)
+        self.workers = Gauge("modelgate_workers", "Live workers serving the model", ["model"],
+                             registry=r, multiprocess_mode=gauge_mode)
+        self.desired_workers = Gauge("modelgate_desired_workers",
+                                     "Workers the autoscaler wants", ["model"], registry=r,
+                                     multiprocess_mode=gauge_mode)
+        self.cost_per_hour = Gauge("modelgate_cost_per_hour",
+                                   "Cost rate of the workers the autoscaler wants",
+                                   ["model"], registry=r, multiprocess_mode=gauge_mode)
+        self.budget_per_hour = Gauge("modelgate_budget_per_hour",
+                                     "The autoscaler's budget across models (absent: none)",
+                                     registry=r, multiprocess_mode=gauge_mode)
+        self.drift_score = Gauge("modelgate_drift_score",
+                                 "Drift statistic over its alarm threshold (1 = alarm)",
+                                 ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
+        self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
+                                 ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
+
+    def _per_call(self, model: str) -> tuple[Histogram, Histogram, Histogram, Histogram]:
+        """The labelled children every call of ``model`` touches, looked up once."""
+        children = self._children.get(model)
+        if children is None:
+            children = self._children[model] = (
+                self.request_duration.labels(model), self.queue_wait.labels(model),
+                self.inference_duration.labels(model), self.batch_size.labels(model))
+        return children
+
+    def count_request(self, model: str, status: int, duration_s: float) -> None:
+        counter = self._requests.get((model, status))
+        if counter is None:
+            counter = self._requests[model, status] = self.requests.labels(model, str(status))
+        counter.inc()
+        self._per_call(model)[0].observe(duration_s)
+
+    def observe_reply(self, model: str, reply: wire.Reply) -> None:
+        _, queue_wait, inference_duration, batch_size = self._per_call(model)
+        queue_wait.observe(reply.queue_ms / 1000.0)
+        if reply.batch_leader:
+            inference_duration.observe(reply.compute_ms / 1000.0)
+            batch_size.observe(reply.batch_size)
+
+    def render(self) -> bytes:
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """Drop this process's live gauges from the merged view (it is exiting)."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)

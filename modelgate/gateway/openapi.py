@@ -1,0 +1,405 @@
+"""The OpenAPI 3.0 description of the HTTP API, written by hand to match the routes.
+
+Served at ``GET /openapi.json``. It states the external contract (KServe Open Inference
+Protocol V2 REST, KServe V1 ``:predict``, health, metrics) and every status a route can answer
+with, so clients can be generated from it and the fuzz test (tests/integration/test_fuzz.py)
+can check that the server keeps to it. When a route, a field or a status changes, change this
+document in the same commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelgate import __version__
+from modelgate.core import wire
+
+JSON = "application/json"
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> dict[str, str]:
+    return _ref("schemas", name)
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = _json(_schema("Error"), description)
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+# One reusable response per error status; the body is always {"error": "..."}.
+_ERROR_RESPONSES: dict[str, dict[str, Any]] = {
+    "BadRequest": _error("The request does not fit the protocol or the model's signature; "
+                         "the message names the field and what was expected."),
+    "Unauthorized": _error(
+        "API keys are on and the request carries none that matches.",
+        {"WWW-Authenticate": {"description": "Always 'Bearer realm=\"modelgate\"'.",
+                              "schema": {"type": "string"}}}),
+    "NotFound": _error("No such model, no such version of it, or no such route."),
+    "PayloadTooLarge": _error("The body is over the gateway's --max-body-bytes."),
+    "UnsupportedMediaType": _error("The body is not sent as application/json."),
+    "TooManyRequests": _error(
+        "The model's backlog or this gateway's in-flight requests are at their limit.",
+        {"Retry-After": {"description": "Seconds after which a retry is likely to be admitted.",
+                         "schema": {"type": "integer", "minimum": 1}}}),
+    "InternalError": _error("The model failed on input it accepted, the request was parked as "
+                            "a poison pill, or the gateway hit an unexpected error."),
+    "Unavailable": _error("No live worker serves the model, or Redis is unreachable."),
+    "DeadlineExceeded": _error("No answer arrived before the request's deadline "
+                               "(parameters.timeout_ms, else the model's, else the server's)."),
+}
+
+_STATUS_OF_RESPONSE = {
+    "BadRequest": "400", "Unauthorized": "401", "NotFound": "404", "PayloadTooLarge": "413",
+    "UnsupportedMediaType": "415", "TooManyRequests": "429", "InternalError": "500",
+    "Unavailable": "503", "DeadlineExceeded": "504",
+}
+
+
+def _errors(*names: str) -> dict[str, Any]:
+    """Error responses by name; 401 and 500 apply to every route and are always added."""
+    return {_STATUS_OF_RESPONSE[n]: _ref("responses", n)
+            for n in ("Unauthorized", *names, "InternalError")}
+
+
+_INFER_ERRORS = ("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaType",
+                 "TooManyRequests", "Unavailable", "DeadlineExceeded")
+
+_NAME = {"name": "name", "in": "path", "required": True,
+         "description": "Model name, as in the repository folder.",
+         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,128}$"}}
+_VERSION = {"name": "version", "in": "path", "required": True,
+            "description": "Model version (a version folder's number); without it, the "
+                           "highest version is used.",
+            "schema": {"type": "string", "pattern": r"^[0-9]{1,18}$"}}
+
+
+def _model_paths(suffix: str, operation: dict[str, Any], verb: str = "get",
+                 prefix: str = "/v2/models/{name}") -> dict[str, Any]:
+    """The same operation on the default version and on an explicit one."""
+    default_id = operation["operationId"]
+    own = operation.get("parameters", [])
+    return {
+        f"{prefix}{suffix}": {verb: {**operation, "parameters": [_NAME, *own]}},
+        f"{prefix}/versions/{{version}}{suffix}": {verb: {
+            **operation, "operationId": f"{default_id}_version",
+            "parameters": [_NAME, _VERSION, *own]}},
+    }
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {"type": "string",
+                                 "description": "What is wrong and how to fix it."}},
+    },
+    "Datatype": {"type": "string", "enum": list(wire.DATATYPES)},
+    "Parameters": {
+        "type": "object", "additionalProperties": True,
+        "description": "Request parameters; unknown ones are passed to the worker untouched.",
+        "properties": {
+            "timeout_ms": {
+                "type": "number", "minimum": 1, "maximum": 3_600_000,
+                "description": "Deadline of this call in milliseconds; past it, 504."},
+            "binary_data_output": {
+                "type": "boolean",
+                "description": "Return every tensor output as binary data after the JSON."},
+        },
+    },
+    "RequestInput": {
+        "type": "object", "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": _schema("Datatype"),
+            "data": {"description": "The values, flat or nested, row-major: numbers (booleans "
+                                    "for BOOL) or, for BYTES, strings. Required unless "
+                                    "parameters.binary_data_size is set."},
+            "parameters": {"type": "object", "properties": {"binary_data_size": {
+                "type": "integer", "minimum": 0,
+                "description": "Binary tensor extension: the input's data is this many bytes "
+                               "of the binary part of the body (little-endian, row-major; "
+                               "BYTES items as a 4-byte length and the bytes)."}}},
+        },
+    },
+    "RequestOutput": {
+        "type": "object", "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "parameters": {"type": "object", "properties": {"binary_data": {
+                "type": "boolean",
+                "description": "Return this output as binary data after the JSON."}}},
+        },
+    },
+    "InferenceRequest": {
+        "type": "object", "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string", "description": "Echoed in the response."},
+            "parameters": _schema("Parameters"),
+            "inputs": {"type": "array", "minItems": 1, "items": _schema("RequestInput")},
+            "outputs": {"type": "array", "items": _schema("RequestOutput"),
+                        "description": "Outputs to return; all of them when absent."},
+        },
+    },
+    "ResponseOutput": {
+        "type": "object", "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string", "enum": [*wire.DATATYPES, wire.JSON],
+                         "description": "JSON marks a non-tensor output (e.g. a scikit-learn "
+                                        "classifier's probability maps) served as JSON."},
+            "data": {"description": "Flat, row-major values of a tensor; any JSON value for "
+                                    "datatype JSON. Absent for a binary output."},
+            "parameters": {"type": "object", "properties": {"binary_data_size": {
+                "type": "integer", "minimum": 0,
+                "description": "A binary output: its bytes in the binary part of the body."}}},
+        },
+    },
+    "InferenceResponse": {
+        "type": "object", "required": ["model_name", "model_version", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {"type": "array", "items": _schema("ResponseOutput")},
+        },
+    },
+    "TensorMetadata": {
+        "type": "object", "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string", "enum": [*wire.DATATYPES, wire.JSON]},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": -1},
+                      "description": "-1 marks a variable dimension."},
+        },
+    },
+    "ModelMetadata": {
+        "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string", "enum": ["onnxruntime_onnx"]},
+            "inputs": {"type": "array", "items": _schema("TensorMetadata")},
+            "outputs": {"type": "array", "items": _schema("TensorMetadata")},
+            "parameters": {"type": "object", "properties": {
+                "max_batch_size": {"type": "integer", "minimum": 0}}},
+        },
+    },
+    "ModelReady": {
+        "type": "object", "required": ["name", "ready"],
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+    },
+    "ServerMetadata": {
+        "type": "object", "required": ["name", "version", "extensions"],
+        "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Live": {"type": "object", "required": ["live"],
+             "properties": {"live": {"type": "boolean"}}},
+    "Ready": {
+        "type": "object", "required": ["ready", "redis", "models"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "redis": {"type": "boolean", "description": "Redis answers."},
+            "models": {"type": "object", "additionalProperties": {
+                "type": "object", "required": ["ready", "workers"],
+                "properties": {"ready": {"type": "boolean"},
+                               "workers": {"type": "integer", "minimum": 0}}}},
+        },
+    },
+    "DriftReport": {
+        "type": "object", "required": ["model", "profile", "message", "features", "alerts"],
+        "properties": {
+            "model": {"type": "string"},
+            "profile": {"type": "boolean",
+                        "description": "Whether the model has a reference profile."},
+            "message": {"type": "string"},
+            "features": {"type": "array", "items": {"type": "object"},
+                         "description": "Per feature or label output: score, alert, "
+                                        "statistics, thresholds, reference and current."},
+            "alerts": {"type": "array"},
+        },
+    },
+    "PredictRequest": {
+        "type": "object", "required": ["instances"],
+        "properties": {"instances": {
+            "type": "array", "minItems": 1,
+            "description": "Rows of the model's single input, or objects keyed by input "
+                           "name (every instance names every input)."}},
+    },
+    "PredictResponse": {
+        "type": "object", "required": ["predictions"],
+        "properties": {"predictions": {
+            "type": "array", "description": "One prediction per instance: the row of the single "
+                                            "output, or an object of all outputs."}},
+    },
+}
+
+# Triton's binary tensor extension: the JSON request (or response) of
+# Inference-Header-Content-Length bytes, then the raw data of the binary tensors in order.
+_BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
+_HEADER_LENGTH = "Inference-Header-Content-Length"
+_INFER = {
+    "operationId": "model_infer",
+    "summary": "Run the model (KServe V2, with Triton's binary tensor extension).",
+    "parameters": [{
+        "name": _HEADER_LENGTH, "in": "header", "required": False,
+        "description": "Length of the JSON part of a body that carries binary tensor data; "
+                       "with it any content type is taken.",
+        "schema": {"type": "integer", "minimum": 0}}],
+    "requestBody": {
+        "required": True,
+        "description": "An InferenceRequest as JSON; or, with Inference-Header-Content-Length, "
+                       "that many bytes of it followed by the binary tensor data.",
+        "content": {JSON: {"schema": _schema("InferenceRequest")},
+                    "application/octet-stream": _BINARY_BODY}},
+    "responses": {
+        "200": {"description": "The requested outputs: an InferenceResponse as JSON, or, when "
+                               "some output was asked for as binary, the JSON of "
+                               "Inference-Header-Content-Length bytes and then their data.",
+                "headers": {_HEADER_LENGTH: {
+                    "description": "Present with a binary body: the JSON part's length.",
+                    "schema": {"type": "integer", "minimum": 0}}},
+                "content": {JSON: {"schema": _schema("InferenceResponse")},
+                            "application/octet-stream": _BINARY_BODY}},
+        **_errors(*_INFER_ERRORS)},
+}
+_PREDICT = {
+    "operationId": "model_predict_v1",
+    "summary": "Run the model (KServe V1).",
+    "requestBody": {"required": True, "content": {JSON: {"schema": _schema("PredictRequest")}}},
+    "responses": {"200": _json(_schema("PredictResponse"), "One prediction per instance."),
+                  **_errors(*_INFER_ERRORS)},
+}
+_METADATA = {
+    "operationId": "model_metadata",
+    "summary": "A model's signature (variable dims are -1) and versions.",
+    "responses": {"200": _json(_schema("ModelMetadata"), "The model's metadata."),
+                  **_errors("NotFound")},
+}
+_MODEL_READY = {
+    "operationId": "model_ready",
+    "summary": "Whether a live worker serves this model version.",
+    "responses": {"200": _json(_schema("ModelReady"), "Ready."),
+                  "503": _json(_schema("ModelReady"), "Known, but no live worker serves it."),
+                  **_errors("NotFound")},
+}
+
+
+_DASHBOARD_DATA = {
+    "type": "object",
+    "required": ["time", "start", "end", "window_s", "drift", "autoscaler", "models"],
+    "description": "Per model (default version): one value per second from `start` to `end` "
+                   "(epoch seconds) in `series`, the current figures in `now`, and the scaling "
+                   "decisions; `autoscaler` holds the cost rate, its series and the budget.",
+    "properties": {
+        "time": {"type": "number"}, "start": {"type": "integer"}, "end": {"type": "integer"},
+        "window_s": {"type": "integer"}, "drift": {"type": "boolean"},
+        "autoscaler": {"type": "object",
+                       "required": ["running", "cost_per_hour", "budget_per_hour", "cost"]},
+        "models": {"type": "array", "items": {
+            "type": "object", "required": ["name", "version", "pool", "now", "series",
+                                           "decisions"]}},
+    },
+}
+
+
+def _static(operation_id: str, summary: str, media_type: str) -> dict[str, Any]:
+    """A file of the dashboard page: served without a key (it holds no data)."""
+    return {"get": {
+        "operationId": operation_id, "summary": summary, "tags": ["dashboard"], "security": [],
+        "responses": {"200": {"description": "The file.",
+                              "content": {media_type: {"schema": {"type": "string"}}}},
+                      "500": _ref("responses", "InternalError")}}}
+
+
+_DASHBOARD_PATHS = {
+    "/dashboard": _static("dashboard", "The live dashboard page (open #key=KEY with API keys).",
+                          "text/html"),
+    "/dashboard/dashboard.js": _static("dashboard_script", "The dashboard's script.",
+                                       "text/javascript"),
+    "/dashboard/charts.js": _static("dashboard_charts", "The dashboard's SVG charts.",
+                                    "text/javascript"),
+    "/dashboard/dashboard.css": _static("dashboard_style", "The dashboard's style sheet.",
+                                        "text/css"),
+    "/dashboard/data": {"get": {
+        "operationId": "dashboard_data", "tags": ["dashboard"],
+        "summary": "What the dashboard draws: every model's last minutes, from Redis.",
+        "responses": {"200": _json(_DASHBOARD_DATA, "The snapshot (at most 0.5 s old)."),
+                      **_errors("Unavailable")}}},
+}
+
+
+def _probe(operation_id: str, summary: str, ok: dict[str, Any],
+           extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"get": {"operationId": operation_id, "summary": summary, "tags": ["probes"],
+                    "responses": {"200": ok, **(extra or {}), **_errors()}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole document, as a plain dict ready for JSON."""
+    paths: dict[str, Any] = {
+        "/v2": {"get": {"operationId": "server_metadata", "summary": "Server name and version.",
+                        "responses": {"200": _json(_schema("ServerMetadata"), "Metadata."),
+                                      **_errors()}}},
+        "/v2/health/live": _probe("server_live", "The gateway process answers.",
+                                  _json(_schema("Live"), "Live.")),
+        "/v2/health/ready": _probe(
+            "server_ready", "Redis answers and every model has a live worker.",
+            _json(_schema("Ready"), "Ready, with the state of every model."),
+            {"503": _json(_schema("Ready"), "Not ready; the body says what is missing.")}),
+        **_model_paths("", _METADATA),
+        **_model_paths("/ready", _MODEL_READY),
+        **_model_paths("/infer", _INFER, verb="post"),
+        "/v2/models/{name}/drift": {"get": {
+            "operationId": "model_drift",
+            "summary": "Input and prediction drift against the model's reference profile.",
+            "parameters": [_NAME],
+            "responses": {"200": _json(_schema("DriftReport"), "Per-feature statistics."),
+                          **_errors("NotFound")}}},
+        **_model_paths(":predict", _PREDICT, verb="post", prefix="/v1/models/{name}"),
+        "/v1/models/{name}": {"get": {
+            "operationId": "model_status_v1", "summary": "Whether the model is ready (KServe V1).",
+            "parameters": [_NAME],
+            "responses": {"200": _json(_schema("ModelReady"), "The model's readiness."),
+                          **_errors("NotFound")}}},
+        **_DASHBOARD_PATHS,
+        "/metrics": _probe("metrics", "Prometheus metrics, worker-side figures included.", {
+            "description": "Prometheus text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}),
+        "/openapi.json": _probe("openapi", "This document.", {
+            "description": "The OpenAPI document.",
+            "content": {JSON: {"schema": {"type": "object"}}}}),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "modelgate",
+            "version": __version__,
+            "description": "Model-serving gateway for ONNX models: KServe Open Inference "
+                           "Protocol V2 REST and V1. Every error is JSON {\"error\": \"...\"} "
+                           "saying what is wrong and how to fix it. With API keys on, send "
+                           "'Authorization: Bearer KEY'; probes (health, metrics, this "
+                           "document) stay open unless the server runs with --protect-probes.",
+        },
+        # Authentication is optional: it applies only when the server has API keys.
+        "security": [{}, {"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": _SCHEMAS,
+            "responses": _ERROR_RESPONSES,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,42 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelgate.gateway import protocol
+from modelgate.gateway.dataplane import DataPlane
+from modelgate.gateway.metrics import CONTENT_TYPE
+
+
+async def live(request: Request) -> Response:
+    return Response(protocol.dumps({"live": True}), media_type="application/json")
+
+
+async def ready(request: Request) -> Response:
+    """Ready only when Redis answers and every model has a live worker; says which do not."""
+    plane: DataPlane = request.app.state.plane
+    is_ready = plane.ready()
+    body = {
+        "ready": is_ready,
+        "redis": plane.redis_ok,
+        "models": {name: {"ready": plane.model_ready(m.default),
+                          "workers": plane.pools[m.default.pool].live_workers}
+                   for name, m in plane.models.items()},
+    }
+    return Response(protocol.dumps(body), status_code=200 if is_ready else 503,
+                    media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    plane: DataPlane = request.app.state.plane
+    return Response(plane.metrics.render(), media_type=CONTENT_TYPE)
+
+
+routes = [
+    Route("/v2/health/live", live, methods=["GET"]),
+    Route("/v2/health/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

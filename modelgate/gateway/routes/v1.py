@@ -1,0 +1,44 @@
+"""KServe V1 prediction: ``POST /v1/models/{name}:predict`` with ``instances``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelgate.core.errors import ModelNotFound
+from modelgate.gateway import protocol
+from modelgate.gateway.body import read_json_body
+from modelgate.gateway.dataplane import DataPlane
+
+
+async def predict(request: Request) -> Response:
+    plane: DataPlane = request.app.state.plane
+    if "target" in request.path_params:
+        target: str = request.path_params["target"]
+        name, sep, verb = target.rpartition(":")
+        if not sep or verb != "predict":
+            raise ModelNotFound(f"unknown V1 route {target!r}; use /v1/models/NAME:predict")
+    else:
+        name = request.path_params["name"]
+    model = plane.resolve(name, request.path_params.get("version"))
+    request.state.model = model.name
+    body = protocol.loads(await read_json_body(request, plane.settings.max_body_bytes))
+    wire_request = protocol.parse_v1(body, model)
+    reply = await plane.infer(model, wire_request,
+                              model.config.timeout_ms or plane.settings.default_timeout_ms)
+    return Response(protocol.format_v1(reply), media_type="application/json")
+
+
+async def model_status(request: Request) -> Response:
+    plane: DataPlane = request.app.state.plane
+    model = plane.resolve(request.path_params["target"])
+    return Response(protocol.dumps({"name": model.name, "ready": plane.model_ready(model)}),
+                    media_type="application/json")
+
+
+routes = [
+    Route("/v1/models/{target}", predict, methods=["POST"]),
+    Route("/v1/models/{name}/versions/{version}:predict", predict, methods=["POST"]),
+    Route("/v1/models/{target}", model_status, methods=["GET"]),
+]

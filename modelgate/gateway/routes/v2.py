@@ -1,0 +1,106 @@
+"""KServe Open Inference Protocol V2: server, model metadata and inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelgate import __version__
+from modelgate.core.errors import InvalidInput
+from modelgate.core.repository import ModelVersion
+from modelgate.gateway import protocol
+from modelgate.gateway.binary import HEADER, binary_outputs, split_body
+from modelgate.gateway.body import read_json_body
+from modelgate.gateway.dataplane import DataPlane
+
+JSON = "application/json"
+
+
+def _plane(request: Request) -> DataPlane:
+    return request.app.state.plane
+
+
+def _model(request: Request) -> ModelVersion:
+    return _plane(request).resolve(request.path_params["name"],
+                                   request.path_params.get("version"))
+
+
+def timeout_ms(parameters: dict[str, Any], model: ModelVersion, default_ms: int) -> int:
+    """Per-request ``parameters.timeout_ms``, else the model's, else the server default."""
+    raw = parameters.get("timeout_ms")
+    if raw is None:
+        return model.config.timeout_ms or default_ms
+    # At least 1 ms: the deadline is kept in whole milliseconds, and 0 would expire at once.
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 1 <= raw <= 3_600_000:
+        raise InvalidInput(f"parameters.timeout_ms must be a number of milliseconds in "
+                           f"[1, 3600000], got {raw!r}")
+    return int(raw)
+
+
+async def server_metadata(request: Request) -> Response:
+    return Response(protocol.dumps({
+        "name": "modelgate",
+        "version": __version__,
+        "extensions": ["binary_tensor_data"],
+    }), media_type=JSON)
+
+
+async def model_metadata(request: Request) -> Response:
+    plane = _plane(request)
+    model = _model(request)
+    return Response(protocol.dumps({
+        "name": model.name,
+        "versions": sorted(plane.models[model.name].versions, key=int),
+        "platform": "onnxruntime_onnx",
+        "inputs": [i.metadata() for i in model.inputs],
+        "outputs": [o.metadata() for o in model.outputs],
+        "parameters": {"max_batch_size": model.max_batch_size},
+    }), media_type=JSON)
+
+
+async def model_ready(request: Request) -> Response:
+    model = _model(request)
+    ready = _plane(request).model_ready(model)
+    return Response(protocol.dumps({"name": model.name, "ready": ready}),
+                    status_code=200 if ready else 503, media_type=JSON)
+
+
+async def drift(request: Request) -> Response:
+    """Per-feature drift statistics, thresholds, windows, reference vs current summaries."""
+    plane = _plane(request)
+    model = _model(request)
+    return Response(protocol.dumps(plane.drift.report(model.name, model.pool)),
+                    media_type=JSON)
+
+
+async def infer(request: Request) -> Response:
+    plane = _plane(request)
+    model = _model(request)
+    request.state.model = model.name
+    raw = await read_json_body(request, plane.settings.max_body_bytes, binary_ok=True)
+    header, binary = split_body(raw, request.headers.get(HEADER))
+    body = protocol.loads(header)
+    wire_request, request_id = protocol.parse_v2(body, model, binary)
+    deadline = timeout_ms(wire_request.parameters, model, plane.settings.default_timeout_ms)
+    as_binary = binary_outputs(body, [o.name for o in model.outputs])
+    reply = await plane.infer(model, wire_request, deadline)
+    content, header_length = protocol.format_v2_binary(model, reply, request_id, as_binary)
+    if header_length is None:
+        return Response(content, media_type=JSON)
+    return Response(content, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})
+
+
+routes = [
+    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{name}/drift", drift, methods=["GET"]),
+    Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+    Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+]

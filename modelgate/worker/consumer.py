@@ -1,0 +1,409 @@
+"""The worker's read loop: consumer-group reads, dynamic batching, pipelined replies.
+
+An entry holds a bundle of requests (modelgate.core.wire). Rows, not entries, count toward
+``max_batch_size``: entries are read up to that many at once (each carries at least one row),
+grouped by compatible shapes, and cut into ORT runs of at most ``max_batch_size`` rows; an entry
+is never cut, and one larger than that runs on its own. Replies (one per bundle and gateway),
+``XACK``, ``XDEL`` and the pool's queued-requests count for a run go out in one pipelined round
+trip, and only after the run: an entry is never acknowledged before its answers are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from modelgate.core import keys, wire
+from modelgate.core.repository import ModelVersion
+from modelgate.core.stats import StatsAccumulator
+from modelgate.worker.drift_sampler import DriftSampler
+from modelgate.worker.reclaim import Reclaimer
+from modelgate.worker.runner import Outcome, Runner
+
+log = logging.getLogger("modelgate.worker")
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stream entry, decoded as far as it could be."""
+
+    entry_id: bytes
+    ids: tuple[str, ...]  # empty when the entry names none: nobody can be answered
+    reply_to: str
+    deadline_ms: int
+    enqueued_ms: int  # from the stream id: Redis' clock when the gateway added it
+    bundle: wire.Bundle | None
+    error: str = ""
+    deliveries: int = 1  # including those before a split (the entry's ``attempt``)
+
+
+# An entry, the bundle (or part of it) answered, and its outcome; no bundle: undecodable entry.
+Settled = tuple[Entry, wire.Bundle | None, Outcome]
+
+
+def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+    """Decode without trusting anything: a bad entry becomes an Entry with ``error`` set."""
+    enqueued_ms = int(entry_id.split(b"-", 1)[0])
+    try:
+        ids = wire.decode_ids(fields[b"ids"])
+        reply_to = fields[b"reply_to"].decode()
+        deadline_ms = int(fields[b"deadline_ms"])
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return Entry(entry_id, (), "", 0, enqueued_ms, None, "entry lacks ids/reply_to/deadline")
+    deliveries = wire.entry_attempt(fields)
+    if not reply_to.startswith(keys.REPLY_PREFIX):
+        # Never write to a key an entry names unless it is a reply list.
+        return Entry(entry_id, (), "", 0, enqueued_ms, None,
+                     f"reply_to {reply_to!r} is not a reply list")
+    try:
+        bundle = wire.decode_bundle(ids, fields.get(b"payload", b""))
+    except (wire.WireError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        # WireError is the contract; the others are a second guard: whatever an entry holds,
+        # the worker answers it and goes on.
+        return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, None, str(e),
+                     deliveries)
+    return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, bundle, "", deliveries)
+
+
+def _run_size(waiting_rows: int, max_batch_size: int, preferred: tuple[int, ...]) -> int:
+    """Rows for the next run: the largest preferred size that the waiting rows fill, else as
+    many as fit."""
+    cap = min(waiting_rows, max_batch_size)
+    fitting = [size for size in preferred if size <= cap]
+    return max(fitting) if fitting else cap
+
+
+def plan_runs(entries: list[Entry], max_batch_size: int,
+              preferred: tuple[int, ...] = ()) -> Iterator[list[Entry]]:
+    """Cut valid entries into ORT runs: compatible shapes, at most ``max_batch_size`` rows,
+    at a preferred size where the waiting rows allow one."""
+    if max_batch_size <= 0 or len(entries) == 1:
+        for entry in entries:
+            yield [entry]
+        return
+    groups: dict[tuple[Any, ...], list[Entry]] = {}
+    for entry in entries:
+        assert entry.bundle is not None
+        groups.setdefault(wire.batch_key(entry.bundle.request), []).append(entry)
+    for group in groups.values():
+        sizes = [e.bundle.request.rows for e in group if e.bundle is not None]
+        waiting = sum(sizes)
+        target = _run_size(waiting, max_batch_size, preferred)
+        run: list[Entry] = []
+        rows = 0
+        for entry, entry_rows in zip(group, sizes, strict=True):
+            if run and rows + entry_rows > target:
+                yield run
+                waiting -= rows
+                target = _run_size(waiting, max_batch_size, preferred)
+                run, rows = [], 0
+            run.append(entry)
+            rows += entry_rows
+        if run:
+            yield run
+
+
+class Consumer:
+    def __init__(
+        self,
+        client: redis.Redis,
+        model: ModelVersion,
+        runner: Runner,
+        consumer_name: str,
+        reply_ttl_s: int,
+        reclaimer: Reclaimer | None = None,
+        sampler: DriftSampler | None = None,
+    ) -> None:
+        self.client = client
+        self.reclaimer = reclaimer
+        self.sampler = sampler
+        self.model = model
+        self.runner = runner
+        self.consumer_name = consumer_name
+        self.reply_ttl_ms = reply_ttl_s * 1000
+        self.stream = keys.requests_stream(model.pool)
+        self.queued_key = keys.pool_queued(model.pool)
+        # The stream is read and answered on one connection held for the worker's life:
+        # taking it from the pool on every call costs a health-check syscall and a pid check.
+        self._connection: redis.connection.AbstractConnection | None = None
+        self.read_count = max(1, model.max_batch_size)
+        self.max_queue_delay_ms = model.config.max_queue_delay_ms
+        self.processed = 0
+        self.busy_s = 0.0
+        self.stats = StatsAccumulator(model.pool)
+
+    def ensure_group(self) -> None:
+        """Create the stream and its group from id 0, so nothing enqueued earlier is missed."""
+        try:
+            self.client.xgroup_create(self.stream, keys.WORKER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def _read(self, count: int, block_ms: int | None) -> list[Entry]:
+        command: list[str | int] = ["XREADGROUP", "GROUP", keys.WORKER_GROUP, self.consumer_name,
+                                    "COUNT", count]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        response = self._round_trip([(*command, "STREAMS", self.stream, ">")])[0]
+        if not response:
+            return []
+        # RESP3 answers {stream: entries}, RESP2 [[stream, entries]].
+        streams = response.values() if isinstance(response, dict) else [s[1] for s in response]
+        return [parse_entry(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                for entries in streams for entry_id, flat in entries]
+
+    def _gather(self, block_ms: int | None) -> list[Entry]:
+        """Entries for one step; ``block_ms=None`` returns at once when the stream is empty."""
+        entries = self._read(self.read_count, block_ms)
+        if not entries or self.max_queue_delay_ms <= 0:
+            return entries
+        # Triton's semantics: hold a partial batch up to max_queue_delay_ms for more rows.
+        until = time.monotonic() + self.max_queue_delay_ms / 1000.0
+        while len(entries) < self.read_count:
+            remaining_ms = int((until - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            more = self._read(self.read_count - len(entries), remaining_ms)
+            if not more:
+                break
+            entries.extend(more)
+        return entries
+
+    def step(self, block_ms: int) -> int:
+        """Read what is there (waiting up to ``block_ms``), answer all of it; entries handled.
+
+        Abandoned entries of dead consumers are claimed first. A claimed bundle of several
+        requests is split back into one entry per request (so a poison pill takes no neighbour
+        down with it on its next delivery); a single request runs alone, and those delivered
+        too often are parked in the dead-letter stream instead.
+        """
+        started = time.perf_counter()
+        reclaimed: list[Entry] = []
+        if self.reclaimer is not None and self.reclaimer.due(time.monotonic()):
+            claimed = self.reclaimer.claim()
+            if claimed.dead:
+                self._park(claimed.dead)
+            to_split: list[Entry] = []
+            for entry_id, fields, deliveries in claimed.retry:
+                entry = parse_entry(entry_id, fields)
+                entry.deliveries = deliveries
+                is_bundle = entry.bundle is not None and len(entry.ids) > 1
+                (to_split if is_bundle else reclaimed).append(entry)
+            if to_split:
+                self._split(to_split)
+        # With reclaimed entries in hand, do not wait for more: None, since BLOCK 0 would make
+        # Redis wait forever and the reclaimed entries would go unanswered until traffic came.
+        entries = reclaimed + self._gather(None if reclaimed else block_ms)
+        if not entries:
+            return 0
+        now_ms = int(time.time() * 1000)
+        runnable: list[Entry] = []
+        retried: list[Entry] = []
+        settled: list[Settled] = []
+        for entry in entries:
+            if entry.bundle is None:
+                log.warning("rejected entry %s on %s: %s", entry.entry_id, self.stream, entry.error)
+                settled.append((entry, None, Outcome(wire.ReplyStatus.WIRE, {}, entry.error)))
+            elif entry.deadline_ms <= now_ms:
+                # The gateway has already answered 504; computing it would waste the worker.
+                settled.append((entry, entry.bundle, Outcome(
+                    wire.ReplyStatus.DEADLINE, {}, "deadline passed before a worker took it")))
+            elif entry.deliveries > 1:
+                retried.append(entry)
+            else:
+                runnable.append(entry)
+        if settled:
+            self._answer(settled, now_ms)
+            requests = sum(len(entry.ids) for entry, _, _ in settled)
+            self.stats.add(completed=requests, errors=requests)
+        runs = [*plan_runs(retried, 0),
+                *plan_runs(runnable, self.model.max_batch_size,
+                           self.model.config.preferred_batch_sizes)]
+        for run in runs:
+            run_started = time.perf_counter()
+            answered = self.runner.run_batch([e.bundle for e in run if e.bundle is not None])
+            self.busy_s += time.perf_counter() - run_started
+            pairs: list[Settled] = [(entry, bundle, outcome)
+                     for entry, parts in zip(run, answered, strict=True)
+                     for bundle, outcome in parts]
+            self._answer(pairs, now_ms)
+            self._count(pairs, now_ms)
+            if self.sampler is not None:
+                self._sample(pairs)
+        self.processed += sum(len(entry.ids) for entry in entries)
+        if self.reclaimer is not None:
+            self.reclaimer.timeout.observe((time.perf_counter() - started) * 1000.0)
+        return len(entries)
+
+    def _round_trip(self, commands: list[Command]) -> list[Any]:
+        if self._connection is None:
+            self._connection = self.client.connection_pool.get_connection()
+        return round_trip(self._connection, commands)
+
+    def _sample(self, pairs: list[Settled]) -> None:
+        """Drift sampling, after the replies are out: it never delays an answer."""
+        assert self.sampler is not None
+        for _, bundle, outcome in pairs:
+            if outcome.status == wire.ReplyStatus.OK and bundle is not None:
+                self.sampler.observe({n: t.data for n, t in bundle.request.inputs.items()},
+                                     outcome.outputs)
+
+    def _count(self, pairs: list[Settled],
+               picked_ms: int) -> None:
+        """Fold one answered run into the pool's per-second counters."""
+        leaders = [outcome for _, _, outcome in pairs if outcome.leader]
+        queue_ms: list[float] = []
+        errors = 0
+        for entry, bundle, outcome in pairs:
+            requests = len(bundle.ids) if bundle is not None else len(entry.ids)
+            queue_ms.extend([max(0.0, float(picked_ms - entry.enqueued_ms))] * requests)
+            if outcome.status != wire.ReplyStatus.OK:
+                errors += requests
+        self.stats.add_run(
+            requests=len(queue_ms),
+            rows=sum(o.batch_size for o in leaders),
+            compute_ms=sum(o.compute_ms for o in leaders),
+            queue_ms=queue_ms,
+            errors=errors,
+        )
+
+    def _split(self, entries: list[Entry]) -> None:
+        """Re-enqueue each claimed bundle as one entry per request, atomically with its ack.
+
+        The new entries carry the deliveries so far as ``attempt``, so the dead-letter limit
+        still counts the bundle's deliveries; they go to the end of the stream. A bundle that
+        its first worker acknowledged meanwhile (slow, not dead) is left alone.
+        """
+        commands: list[Command] = []
+        for entry in entries:
+            assert entry.bundle is not None
+            singles: list[list[bytes | str | int]] = [
+                ["ids", wire.encode_ids(single.ids), "reply_to", entry.reply_to,
+                 "deadline_ms", entry.deadline_ms, "attempt", entry.deliveries,
+                 "payload", wire.encode_bundle(single)]
+                for single in entry.bundle.singles()]
+            commands.append(("EVAL", SPLIT_SCRIPT, 1, self.stream, keys.WORKER_GROUP,
+                             entry.entry_id, len(singles[0]),
+                             *(item for fields in singles for item in fields)))
+        done = self._round_trip(commands)
+        log.warning("split %d claimed bundles on %s into single requests", sum(done),
+                    self.stream)
+
+    def _park(self, dead: list[tuple[bytes, dict[bytes, bytes], int]]) -> None:
+        """Move poison pills to the dead-letter stream and tell their callers, in one trip."""
+        assert self.reclaimer is not None
+        moves = []
+        settled: list[Settled] = []
+        for entry_id, fields, deliveries in dead:
+            moves.append(self.reclaimer.park(entry_id, fields, deliveries))
+            entry = parse_entry(entry_id, fields)
+            settled.append((entry, None, Outcome(
+                wire.ReplyStatus.DEAD_LETTER, {},
+                f"the request was delivered {deliveries} times without an answer (a worker died "
+                f"on each attempt); it is parked in {self.reclaimer.dead_stream} for inspection "
+                "and will not be retried")))
+        self._answer(settled, int(time.time() * 1000), moves)
+
+    def _answer(self, settled: list[Settled], picked_ms: int,
+                first: list[Command] | None = None) -> None:
+        """Replies, then XACK, XDEL and the queued count of every entry, in one round trip
+        (after ``first``, if given)."""
+        commands: list[Command] = list(first or ())
+        by_gateway: dict[str, list[bytes]] = {}
+        entries: dict[bytes, Entry] = {}
+        for entry, bundle, outcome in settled:
+            entries[entry.entry_id] = entry
+            if not entry.ids:
+                continue
+            reply = wire.Reply(
+                ids=bundle.ids if bundle is not None else entry.ids,
+                rows=bundle.rows if bundle is not None else (),
+                status=outcome.status,
+                outputs=outcome.outputs,
+                error=outcome.error,
+                queue_ms=max(0.0, float(picked_ms - entry.enqueued_ms)),
+                compute_ms=outcome.compute_ms,
+                batch_size=outcome.batch_size,
+                batch_leader=outcome.leader,
+            )
+            by_gateway.setdefault(entry.reply_to, []).append(wire.encode_reply(reply))
+        for reply_to, replies in by_gateway.items():
+            commands.append(("RPUSH", reply_to, *replies))
+            commands.append(("PEXPIRE", reply_to, self.reply_ttl_ms))
+        commands.append(("EVAL", ACK_SCRIPT, 2, self.stream, self.queued_key, keys.WORKER_GROUP,
+                         *(part for entry in entries.values()
+                           for part in (entry.entry_id, len(entry.ids)))))
+        self._round_trip(commands)
+
+
+Command = tuple[bytes | str | int, ...]
+
+# Acknowledge and delete entries; subtract from the pool's queued count only the requests of
+# entries this call acknowledged, so an entry answered twice (its worker was slow, not dead, and
+# another took it over) is not subtracted twice. Atomic, hence never seen half done by
+# keys.QUEUED_REPAIR. KEYS: stream, queued count. ARGV: group, then entry id and request count
+# pairs.
+ACK_SCRIPT = """
+local done = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    done = done + tonumber(ARGV[i + 1])
+  end
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+if done > 0 then redis.call('DECRBY', KEYS[2], done) end
+return done
+"""
+
+# Replace a claimed bundle by one entry per request, unless it was acknowledged meanwhile. The
+# queued count is unchanged: the same requests stay queued. KEYS: stream. ARGV: group, entry
+# id, fields per new entry (as name/value items), then the new entries' items.
+SPLIT_SCRIPT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local width = tonumber(ARGV[3])
+for i = 4, #ARGV, width do
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + width - 1))
+end
+return 1
+"""
+
+
+def round_trip(connection: redis.connection.AbstractConnection,
+               commands: list[Command]) -> list[Any]:
+    """Send ``commands`` in one write on ``connection`` and return their replies.
+
+    What a redis-py pipeline does, minus its per-command bookkeeping, which was a third of the
+    worker's time for a single request; connection handling and the retry policy (a dropped
+    connection is retried once it reconnects) stay redis-py's. A command Redis refuses raises
+    its ResponseError after every reply has been read, as a pipeline would.
+    """
+    try:
+        replies = connection.retry.call_with_retry(
+            lambda: _send_and_read(connection, commands), lambda _error: connection.disconnect())
+    except BaseException:
+        # Unread replies may be left on it: start afresh (it reconnects on the next send).
+        connection.disconnect()
+        raise
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return replies
+
+
+def _send_and_read(connection: redis.connection.AbstractConnection,
+                   commands: list[Command]) -> list[Any]:
+    connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as e:
+            replies.append(e)
+    return replies
