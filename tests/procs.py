@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelgate.core.process import child_preexec, stop_process
+from modelgate.core.store import pools
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 15.0
@@ -76,3 +77,9 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{details()}")
         time.sleep(interval_s)
+
+
+def entry_fields(entry: pools.RequestEntry) -> dict[str | bytes, bytes | str | int]:
+    """A request entry's fields as a mapping for redis-py's ``xadd``."""
+    items = entry.fields()
+    return {str(name): value for name, value in zip(items[::2], items[1::2], strict=True)}

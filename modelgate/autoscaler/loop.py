@@ -22,12 +22,10 @@ from modelgate.autoscaler.backends.base import Backend
 from modelgate.autoscaler.budget import Ask, allocate, check_minimums
 from modelgate.autoscaler.observe import Observer
 from modelgate.autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, decide
-from modelgate.core import keys
+from modelgate.core.store import pools, scaling
 
 log = logging.getLogger("modelgate.autoscaler")
 
-EVENTS_MAXLEN = 10_000
-DESIRED_TTL_S = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +39,7 @@ class PoolPlan:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Scaled:
     observation: Observation
     decision: Decision
     desired: int  # after the budget
@@ -58,7 +56,7 @@ class Autoscaler:
         self.max_cost_per_hour = max_cost_per_hour
         self.observer = Observer(client)
         self.states = {p.pool: PolicyState() for p in plans}
-        self.last: dict[str, Outcome] = {}
+        self.last: dict[str, Scaled] = {}
         self.registry = registry or CollectorRegistry()
         self.desired_gauge = Gauge("modelgate_desired_workers", "Workers the autoscaler wants",
                                    ["model"], registry=self.registry)
@@ -74,7 +72,7 @@ class Autoscaler:
             pressure = obs.latency_p95_ms / plan.policy.slo_p95_ms
         return Ask(plan.pool, desired, plan.policy.min_workers, plan.cost_per_hour, pressure)
 
-    def tick(self, now: float | None = None) -> dict[str, Outcome]:
+    def tick(self, now: float | None = None) -> dict[str, Scaled]:
         now = time.time() if now is None else now
         self.backend.supervise()
         replicas = {pool: self.backend.running(plan.model) for pool, plan in self.plans.items()}
@@ -90,12 +88,12 @@ class Autoscaler:
         outcomes = {}
         for pool, decision in decisions.items():
             desired, capped = granted[pool]
-            outcomes[pool] = Outcome(observations[pool], decision, desired, capped)
+            outcomes[pool] = Scaled(observations[pool], decision, desired, capped)
         self._apply(outcomes, now)
         self.last = outcomes
         return outcomes
 
-    def _apply(self, outcomes: dict[str, Outcome], now: float) -> None:
+    def _apply(self, outcomes: dict[str, Scaled], now: float) -> None:
         pipe = self.client.pipeline(transaction=False)
         for pool, outcome in outcomes.items():
             plan = self.plans[pool]
@@ -109,29 +107,21 @@ class Autoscaler:
                 self.backend.scale(plan.model, outcome.desired)
             self.desired_gauge.labels(plan.model).set(outcome.desired)
             self.workers_gauge.labels(plan.model).set(obs.workers)
-            pipe.set(keys.pool_desired(pool), outcome.desired, ex=DESIRED_TTL_S)
-            pipe.xadd(keys.AUTOSCALER_EVENTS, {
-                "time": f"{now:.3f}",
-                "pool": pool,
-                "current": obs.workers,
-                "desired": outcome.desired,
-                "raw": decision.raw,
-                "capped": int(outcome.capped),
-                "panic": int(decision.panicking),
-                "backlog": obs.backlog,
-                "arrival_rate": f"{obs.arrival_rate:.2f}",
-                "completion_rate": f"{obs.completion_rate:.2f}",
-                "p95_ms": "" if obs.latency_p95_ms is None else f"{obs.latency_p95_ms:.1f}",
-                "service_ms": "" if obs.service_s is None else f"{obs.service_s * 1000:.2f}",
-                "live": obs.live_workers,
-                "starting": obs.starting_workers,
-                "cost_per_hour": f"{outcome.desired * plan.cost_per_hour:.4f}",
-                "reason": reason,
-            }, maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.set(pools.desired(pool), outcome.desired, ex=scaling.DECISION_TTL_S)
+            event = scaling.ScalingEvent(
+                time=now, pool=pool, current=obs.workers, desired=outcome.desired,
+                reason=reason, raw=decision.raw, capped=outcome.capped,
+                panic=decision.panicking, backlog=obs.backlog, arrival_rate=obs.arrival_rate,
+                completion_rate=obs.completion_rate, p95_ms=obs.latency_p95_ms,
+                service_ms=obs.service_s * 1000 if obs.service_s is not None else None,
+                live=obs.live_workers, starting=obs.starting_workers,
+                cost_per_hour=outcome.desired * plan.cost_per_hour)
+            pipe.xadd(scaling.EVENTS, event.fields(), maxlen=scaling.EVENTS_MAXLEN,
+                      approximate=True)
         if self.max_cost_per_hour is None:
-            pipe.delete(keys.AUTOSCALER_BUDGET)
+            pipe.delete(scaling.BUDGET)
         else:
-            pipe.set(keys.AUTOSCALER_BUDGET, f"{self.max_cost_per_hour:.4f}", ex=DESIRED_TTL_S)
+            pipe.set(scaling.BUDGET, f"{self.max_cost_per_hour:.4f}", ex=scaling.DECISION_TTL_S)
         pipe.execute()
 
     def run(self, stop: threading.Event, interval_s: float = 1.0,

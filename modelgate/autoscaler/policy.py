@@ -34,11 +34,11 @@ class Observation:
 
     pool: str
     workers: int  # live + starting replicas (what the backend runs now)
-    backlog: int  # entries waiting or in work
+    backlog: int  # requests waiting or in work (pools.queued)
     arrival_rate: float  # requests/s over the short window
     completion_rate: float  # requests/s over the short window
     service_s: float | None  # worker-seconds per request (compute), None if nothing ran
-    latency_p95_ms: float | None  # queue wait + compute, p95 over the short window
+    latency_p95_ms: float | None  # queue wait + compute, p95 over the latency window
     live_workers: int = 0
     starting_workers: int = 0
     rate_window_s: float = 3.0  # how long arrival_rate was counted over (sets its noise)

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from modelgate.autoscaler.policy import Observation, PolicyConfig, PolicyState, decide
+from modelgate.core.stats import LATENCY_WINDOW_S, RATE_WINDOW_S
 
 TRACES_DIR = Path(__file__).parent / "traces"
-RATE_WINDOW_S = 3
-LATENCY_WINDOW_S = 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,7 +222,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         import redis
 
-        from modelgate.autoscaler.status import render
+        from modelgate.cli.status import render
 
         return render(redis.Redis.from_url(args.redis_url), sys.stdout)
     if args.command == "simulate":

@@ -29,11 +29,11 @@ from modelgate.autoscaler.backends.local import LocalBackend
 from modelgate.autoscaler.budget import BudgetError
 from modelgate.autoscaler.loop import Autoscaler
 from modelgate.autoscaler.plans import plans_for
-from modelgate.core import keys
 from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import child_preexec, stop_process
 from modelgate.core.repository import load_repository
 from modelgate.core.settings import UpSettings
+from modelgate.core.store import pools
 
 log = logging.getLogger("modelgate")
 
@@ -140,7 +140,7 @@ def run(settings: UpSettings) -> int:
         def workers_ready() -> bool:
             now = time.time()
             return all(
-                client.zcount(keys.pool_workers(plan.pool), now - 5, "+inf")
+                client.zcount(pools.worker_set(plan.pool), now - 5, "+inf")
                 >= plan.policy.min_workers for plan in plans)
 
         _say("starting workers: " + ", ".join(

@@ -21,7 +21,7 @@ from typing import Any
 import onnx
 import yaml
 
-from modelgate.core import keys
+from modelgate.core.store import pools
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -133,7 +133,7 @@ class ModelVersion:
 
     @property
     def pool(self) -> str:
-        return keys.pool_id(self.name, self.version)
+        return pools.pool_id(self.name, self.version)
 
     @property
     def batchable(self) -> bool:

@@ -13,9 +13,18 @@ import bisect
 import math
 import threading
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from modelgate.core import keys
+from modelgate.core.store import pools
+
+# Every reader of these counters takes rates over the last RATE_WINDOW_S complete seconds
+# (short, so a load step shows within ~2 s; the autoscaler widens its tolerance band by this
+# window's Poisson noise) and latency over LATENCY_WINDOW_S (longer, so one slow second does not
+# dominate).
+RATE_WINDOW_S = 3
+LATENCY_WINDOW_S = 10
 
 LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
                      math.inf)
@@ -61,7 +70,7 @@ class StatsAccumulator:
             counts, self._counts = self._counts, defaultdict(int)
         if not counts:
             return False
-        key = keys.pool_stats(self.pool, epoch_s)
+        key = pools.stats(self.pool, epoch_s)
         for name, value in counts.items():
             if isinstance(value, float) and not value.is_integer():
                 pipe.hincrbyfloat(key, name, value)
@@ -71,7 +80,7 @@ class StatsAccumulator:
         return True
 
 
-def percentile_ms(histogram: dict[str, float], q: float) -> float | None:
+def percentile_ms(histogram: Mapping[str, float], q: float) -> float | None:
     """The upper bound of the bucket holding the q-quantile (None for an empty histogram)."""
     total = sum(histogram.get(latency_field(b), 0.0) for b in LATENCY_BOUNDS_MS)
     if total <= 0:
@@ -88,3 +97,71 @@ def percentile_ms(histogram: dict[str, float], q: float) -> float | None:
         seen += count
         lower = float(bound)
     return lower
+
+
+Bucket = dict[str, float]
+
+
+def decode_bucket(raw: Mapping[bytes, bytes]) -> Bucket:
+    """One second's hash as read back; fields this release cannot read are left out."""
+    bucket: Bucket = {}
+    for name, value in raw.items():
+        try:
+            bucket[name.decode()] = float(value)
+        except (UnicodeDecodeError, ValueError):
+            continue
+    return bucket
+
+
+def sum_buckets(buckets: Iterable[Mapping[str, float]]) -> Bucket:
+    total: Bucket = {}
+    for bucket in buckets:
+        for name, value in bucket.items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRates:
+    """Per-second rates over the last RATE_WINDOW_S seconds and latency over LATENCY_WINDOW_S,
+    from the pool's one-second buckets."""
+
+    arrivals_per_s: float = 0.0  # calls admitted
+    rejected_per_s: float = 0.0  # calls refused (429): demand all the same
+    completed_per_s: float = 0.0
+    errors_per_s: float = 0.0
+    service_ms: float | None = None  # busy time per request: what capacity is planned on
+    queue_ms: float | None = None  # mean wait from enqueue to a worker taking the request
+    compute_ms: float | None = None  # mean ORT time of a run
+    p50_ms: float | None = None  # of queue wait + compute
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+
+    @property
+    def demand_per_s(self) -> float:
+        return self.arrivals_per_s + self.rejected_per_s
+
+
+def latency_figures(bucket: Mapping[str, float]) -> dict[str, float | None]:
+    """Percentiles and the queue/compute split of one bucket (or a sum of buckets)."""
+    timed = sum(bucket.get(latency_field(b), 0.0) for b in LATENCY_BOUNDS_MS)
+    runs = bucket.get("runs", 0.0)
+    completed = bucket.get("completed", 0.0)
+    return {
+        "p50_ms": percentile_ms(bucket, 0.50), "p95_ms": percentile_ms(bucket, 0.95),
+        "p99_ms": percentile_ms(bucket, 0.99),
+        "queue_ms": bucket.get("queue_ms", 0.0) / timed if timed else None,
+        "compute_ms": bucket.get("compute_ms", 0.0) / runs if runs else None,
+        "service_ms": bucket.get("compute_ms", 0.0) / completed if completed and runs else None,
+    }
+
+
+def rates(buckets: Sequence[Mapping[str, float]]) -> PoolRates:
+    """The rates of a pool from its buckets, oldest first, ending at the last complete second."""
+    recent = sum_buckets(buckets[-RATE_WINDOW_S:])
+    return PoolRates(
+        arrivals_per_s=recent.get("arrivals", 0.0) / RATE_WINDOW_S,
+        rejected_per_s=recent.get("rejected", 0.0) / RATE_WINDOW_S,
+        completed_per_s=recent.get("completed", 0.0) / RATE_WINDOW_S,
+        errors_per_s=recent.get("errors", 0.0) / RATE_WINDOW_S,
+        **latency_figures(sum_buckets(buckets[-LATENCY_WINDOW_S:])))

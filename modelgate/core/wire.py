@@ -3,19 +3,12 @@
 Everything that crosses the queue is msgpack of plain values: the queue is reachable by anything
 that can reach Redis, so nothing here can execute code while decoding (no pickle, no ext types).
 
-A request entry on a model's stream carries a *bundle*: one or more requests that a gateway
-combined because they arrived together for the same model with compatible inputs. Their inputs
-are concatenated along dim 0, so a worker decodes and batches a bundle as one request, and Redis
-and the worker pay per bundle, not per request. The entry's fields are
-    ``reply_to``    the list the reply is pushed to
-    ``deadline_ms`` absolute epoch milliseconds after which nobody waits for any of its answers
-    ``attempt``     1 on first enqueue; a bundle split after a worker died carries the
-                    deliveries so far, so a poison pill is still parked after ``max_deliveries``
-    ``ids``         the requests' correlation ids, comma-separated (unique per gateway); outside
-                    the payload so that even an undecodable payload gets its callers an answer
-    ``payload``     msgpack map ``{"v": WIRE_VERSION, "rows": [rows of each request],
-                    "inputs": {name: tensor}, "outputs": [names] or None,
-                    "parameters": {...}}``
+A request entry on a pool's stream (its fields: ``modelgate.core.store.pools.RequestEntry``)
+carries a *bundle*: one or more requests that a gateway combined because they arrived together
+for the same model with compatible inputs. Their inputs are concatenated along dim 0, so a worker
+decodes and batches a bundle as one request, and Redis and the worker pay per bundle, not per
+request. The entry's ``payload`` is the msgpack map ``{"v": WIRE_VERSION, "rows": [rows of each
+request], "inputs": {name: tensor}, "outputs": [names] or None, "parameters": {...}}``,
 and a tensor is ``[datatype, shape, data]``: ``data`` is the raw little-endian buffer for
 numeric types, a list of byte strings for ``BYTES`` and a plain msgpack value for ``JSON``
 (non-tensor outputs such as scikit-learn's ZipMap probabilities).
@@ -31,7 +24,6 @@ can count runs (the ``modelgate_batch_size`` histogram) without a second channel
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -289,29 +281,6 @@ def _rows_for(ids: tuple[str, ...], raw: Any, what: str) -> tuple[int, ...]:
     ):
         raise WireError(f"{what} 'rows' must be a count of rows for each of its {len(ids)} ids")
     return tuple(raw)
-
-
-def encode_ids(ids: tuple[str, ...]) -> str:
-    return ",".join(ids)
-
-
-def decode_ids(raw: bytes) -> tuple[str, ...]:
-    """The ``ids`` field of an entry; raises WireError unless it names at least one id."""
-    try:
-        ids = tuple(raw.decode().split(","))
-    except UnicodeDecodeError as e:
-        raise WireError("entry 'ids' is not UTF-8") from e
-    if not all(ids):
-        raise WireError(f"entry 'ids' {raw[:80]!r} is not a comma-separated list of ids")
-    return ids
-
-
-def entry_attempt(fields: Mapping[bytes, bytes]) -> int:
-    """Deliveries an entry had before it was written (its ``attempt`` field; 1 if absent)."""
-    try:
-        return max(1, int(fields.get(b"attempt", b"1")))
-    except ValueError:
-        return 1
 
 
 def encode_bundle(bundle: Bundle) -> bytes:

@@ -13,12 +13,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from modelgate.core import keys, wire
+from modelgate.core import wire
 from modelgate.core.errors import (
     BackendUnavailable,
     ModelFailed,
@@ -26,9 +26,11 @@ from modelgate.core.errors import (
     NoLiveWorker,
     Overloaded,
 )
+from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.repository import Model, ModelVersion
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.stats import BUCKET_TTL_S
+from modelgate.core.store import pools, scaling
 from modelgate.gateway.dispatch import Dispatcher
 from modelgate.gateway.drift import DriftMonitor
 from modelgate.gateway.errors import ERROR_OF_REPLY
@@ -36,20 +38,36 @@ from modelgate.gateway.metrics import Metrics
 
 log = logging.getLogger("modelgate.gateway")
 
-STARTING_GRACE_S = 120.0  # a worker announced as starting counts as such for this long
 WAIT_POLL_S = 0.05
 
 
 @dataclass(slots=True)
 class PoolView:
-    live_workers: int = 0
-    starting_workers: int = 0
-    backlog: int = 0  # entries in the stream: waiting or being worked on
+    """A pool as this gateway sees it: the shared gauges at the last refresh, and what this
+    gateway itself did since."""
+
+    gauges: pools.PoolGauges = field(default_factory=lambda: pools.PoolGauges(0, 0, 0, None))
     admitted: int = 0  # requests this gateway queued since the last refresh
     rejected: int = 0  # requests this gateway refused (429) since the last refresh
     completed: int = 0  # replies this gateway got since the last refresh
     drain_per_s: float = 0.0  # smoothed completion rate seen by this gateway
-    desired: int | None = None  # the autoscaler's latest count, if one runs
+
+    @property
+    def live_workers(self) -> int:
+        return self.gauges.live_workers
+
+    @property
+    def starting_workers(self) -> int:
+        return self.gauges.starting_workers
+
+    @property
+    def backlog(self) -> int:
+        """Requests queued and not yet answered, as of the last refresh."""
+        return self.gauges.backlog
+
+    @property
+    def desired(self) -> int | None:
+        return self.gauges.desired
 
 
 class DataPlane:
@@ -97,6 +115,14 @@ class DataPlane:
                 f"{sorted(model.versions, key=int)}"
             )
         return found
+
+    def shown_pools(self) -> list[tuple[str, str, str]]:
+        """(model, version, pool) of each model's default version, by model name."""
+        return [(name, model.default_version, model.default.pool)
+                for name, model in sorted(self.models.items())]
+
+    def gauges(self, pool: str) -> pools.PoolGauges:
+        return self.pools[pool].gauges
 
     def model_ready(self, model: ModelVersion) -> bool:
         return self.redis_ok and self.pools[model.pool].live_workers > 0
@@ -170,20 +196,13 @@ class DataPlane:
         """Pool views from Redis, and this gateway's arrival counts to it, in one round trip."""
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
-        pools = list(self.pools)
-        flushed = {pool: (self.pools[pool].admitted, self.pools[pool].rejected) for pool in pools}
-        for pool in pools:
-            pipe.zremrangebyscore(keys.pool_workers(pool), "-inf",
-                                  now - self.settings.worker_ttl_s)
-            pipe.zcard(keys.pool_workers(pool))
-            pipe.zcount(keys.pool_starting(pool), now - STARTING_GRACE_S, "+inf")
-            pipe.eval(keys.QUEUED_REPAIR, 2, keys.requests_stream(pool), keys.pool_queued(pool))
-            pipe.get(keys.pool_desired(pool))
-        pipe.get(keys.AUTOSCALER_BUDGET)
-        budget_at = 5 * len(pools)
+        query = FiguresQuery(list(self.pools), now, rates=False)
+        query.queue(pipe)
+        pipe.get(scaling.BUDGET)
+        flushed = {pool: (view.admitted, view.rejected) for pool, view in self.pools.items()}
         for pool, (admitted, rejected) in flushed.items():
             if admitted or rejected:
-                bucket = keys.pool_stats(pool, int(now))
+                bucket = pools.stats(pool, int(now))
                 pipe.hincrby(bucket, "arrivals", admitted)
                 pipe.hincrby(bucket, "rejected", rejected)
                 pipe.expire(bucket, BUCKET_TTL_S)
@@ -206,13 +225,9 @@ class DataPlane:
         self.redis_ok = True
         elapsed_s = max(time.monotonic() - self._refreshed_at, 1e-3)
         self._refreshed_at = time.monotonic()
-        for i, pool in enumerate(pools):
+        for pool, figures in query.parse(results).items():
             view = self.pools[pool]
-            view.live_workers = int(results[5 * i + 1])
-            view.starting_workers = int(results[5 * i + 2])
-            view.backlog = keys.queued_count(results[5 * i + 3])
-            desired = results[5 * i + 4]
-            view.desired = int(desired) if desired is not None else None
+            view.gauges = figures.gauges
             view.admitted -= flushed[pool][0]
             view.rejected -= flushed[pool][1]
             rate = view.completed / elapsed_s
@@ -227,8 +242,9 @@ class DataPlane:
                 self.metrics.desired_workers.labels(model.name).set(view.desired)
                 self.metrics.cost_per_hour.labels(model.name).set(
                     view.desired * model.default.config.worker_cost_per_hour)
-        if results[budget_at] is not None:
-            self.metrics.budget_per_hour.set(float(results[budget_at]))
+        budget = scaling.budget_from(results[query.size])
+        if budget is not None:
+            self.metrics.budget_per_hour.set(budget)
         for hook in self.on_refresh:
             hook(now)
 

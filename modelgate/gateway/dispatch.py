@@ -26,8 +26,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 
-from modelgate.core import keys, wire
+from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
+from modelgate.core.store import pools, replies
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -46,8 +47,10 @@ class _Outgoing:
 
 
 @dataclass(slots=True)
-class _Entry:
-    command: tuple[bytes | str | int, ...]  # the XADD, argument by argument
+class _Write:
+    """One request entry about to be added: its XADD, argument by argument."""
+
+    command: tuple[bytes | str | int, ...]
     pool: str
     correlations: list[str]
 
@@ -79,7 +82,7 @@ class Dispatcher:
         self.client = client
         self.reader = reader
         self.gateway_id = gateway_id
-        self.reply_to = keys.reply_list(gateway_id)
+        self.reply_to = replies.reply_list(gateway_id)
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[wire.Reply]] = {}
         self._outbox: list[_Outgoing] = []
@@ -156,20 +159,18 @@ class Dispatcher:
         if deadlines:
             self._schedule_sweep(asyncio.get_running_loop(), deadlines[0][0])
 
-    def _entries(self, outbox: list[_Outgoing]) -> list[_Entry]:
+    def _entries(self, outbox: list[_Outgoing]) -> list[_Write]:
         entries = []
+        now_ms = time.time() * 1000.0
         for bundle in bundles(outbox):
             ids = [item.correlation for item in bundle]
             payload = wire.encode_bundle(wire.combine(ids, [item.request for item in bundle]))
             pool = bundle[0].pool
-            entries.append(_Entry((
-                "XADD", keys.requests_stream(pool), "*",
-                "ids", wire.encode_ids(tuple(ids)),
-                "reply_to", self.reply_to,
-                "deadline_ms", max(item.deadline_ms for item in bundle),
-                "attempt", 1,
-                "payload", payload,
-            ), pool, ids))
+            # Relative to when Redis adds the entry: no other host's clock reads this deadline.
+            budget_ms = max(1, int(max(item.deadline_ms for item in bundle) - now_ms))
+            fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, payload)
+            entries.append(_Write(
+                ("XADD", pools.requests_stream(pool), "*", *fields.fields()), pool, ids))
         return entries
 
     def _expire(self, correlation: str) -> None:
@@ -215,7 +216,7 @@ class Dispatcher:
                         self._fail(correlation, BackendUnavailable(
                             f"the queue (Redis) is unreachable: {e}; retry shortly"))
 
-    async def _send(self, entries: list[_Entry]) -> None:
+    async def _send(self, entries: list[_Write]) -> None:
         """Every entry's XADD and queued-count INCRBY in one write on one connection, then
         their replies.
 
@@ -237,18 +238,18 @@ class Dispatcher:
         finally:
             await pool.release(connection)
 
-    async def _write(self, connection: Connection, entries: list[_Entry]) -> None:
+    async def _write(self, connection: Connection, entries: list[_Write]) -> None:
         commands: list[tuple[bytes | str | int, ...]] = []
         for entry in entries:
             commands.append(entry.command)
-            commands.append(("INCRBY", keys.pool_queued(entry.pool), len(entry.correlations)))
+            commands.append(("INCRBY", pools.queued(entry.pool), len(entry.correlations)))
         await connection.send_packed_command(connection.pack_commands(commands),
                                              check_health=False)
         for entry in entries:
             try:
                 await connection.read_response()
             # This entry was refused; the others stand. Its INCRBY still ran: the count is one
-            # bundle high until the stream next drains (keys.QUEUED_REPAIR).
+            # bundle high until the stream next drains (pools.QUEUED_REPAIR).
             except ResponseError as e:
                 for correlation in entry.correlations:
                     self._fail(correlation, BackendUnavailable(

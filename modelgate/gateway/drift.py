@@ -14,11 +14,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
 import redis.asyncio as aioredis
 
-from modelgate.core import keys
 from modelgate.core.drift import (
     LABEL_OTHER_FRACTION,
     Batch,
@@ -30,13 +28,13 @@ from modelgate.core.drift import (
 )
 from modelgate.core.profile import Profile, load_profile
 from modelgate.core.repository import Model, RepositoryError
+from modelgate.core.store import drift as drift_store
 from modelgate.gateway.metrics import Metrics
 
 log = logging.getLogger("modelgate.gateway")
 
 READ_COUNT = 200
 ALERTS_KEPT = 100
-ALERTS_MAXLEN = 1000
 
 
 @dataclass(slots=True)
@@ -50,7 +48,8 @@ class PoolDrift:
     states: list[FeatureState]
     last_id: str = "0-0"
     sampled_rows: int = 0
-    alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ALERTS_KEPT))
+    alerts: deque[drift_store.DriftAlert] = field(
+        default_factory=lambda: deque(maxlen=ALERTS_KEPT))
 
 
 def _pool_drift(model: Model, profile: Profile) -> PoolDrift:
@@ -70,14 +69,18 @@ def _pool_drift(model: Model, profile: Profile) -> PoolDrift:
 
 
 def _batch(raw: bytes, features: int, numeric: int) -> Batch:
-    message = msgpack.unpackb(raw)
-    chunk_rows = np.asarray(message["rows"], dtype=float)
-    z = np.frombuffer(message["z"], dtype="<f8").reshape(len(chunk_rows), numeric)
-    z_sums = np.zeros((len(chunk_rows), features))
-    z_sums[:, :numeric] = z
-    return Batch(z_sums, chunk_rows, [np.asarray(b, dtype=float) for b in message["bins"]],
-                 np.asarray(message["sums"], dtype=float),
-                 np.asarray(message["squares"], dtype=float))
+    """A worker's batch as the detectors take it: numeric features' z sums padded to every
+    feature (labels have none). Raises DriftRecordError for a batch of another shape."""
+    record = drift_store.DriftBatch.decode(raw)
+    if record.z.shape[1] != numeric or len(record.bins) != features:
+        raise drift_store.DriftRecordError(
+            f"batch of {record.z.shape[1]} numeric and {len(record.bins)} features in all, "
+            f"the profile has {numeric} and {features}")
+    z_sums = np.zeros((len(record.chunk_rows), features))
+    z_sums[:, :numeric] = record.z
+    return Batch(z_sums, np.asarray(record.chunk_rows, dtype=float),
+                 [np.asarray(b, dtype=float) for b in record.bins],
+                 np.asarray(record.sums, dtype=float), np.asarray(record.squares, dtype=float))
 
 
 class DriftMonitor:
@@ -100,18 +103,19 @@ class DriftMonitor:
         """Fold every batch added since the last poll; one XREAD for all pools."""
         if not self.pools:
             return
-        streams = {keys.drift_stream(pool): d.last_id for pool, d in self.pools.items()}
+        pool_of = {drift_store.batches(pool): pool for pool in self.pools}
+        streams = {stream: self.pools[pool].last_id for stream, pool in pool_of.items()}
         response = await client.xread(streams, count=READ_COUNT)
-        raised: list[tuple[str, dict[str, Any]]] = []
+        raised: list[tuple[str, drift_store.DriftAlert]] = []
         for stream, entries in response or []:
-            pool = stream.decode().removeprefix(f"{keys.PREFIX}:").removesuffix(":drift")
+            pool = pool_of[stream.decode()]
             drift = self.pools[pool]
             numeric = len(drift.profile.features)
             for entry_id, fields in entries:
                 drift.last_id = entry_id.decode()
                 try:
                     batch = _batch(fields[b"batch"], len(drift.states), numeric)
-                except (KeyError, ValueError, TypeError, msgpack.UnpackException) as e:
+                except (KeyError, drift_store.DriftRecordError) as e:
                     log.warning("dropped a malformed drift batch on %s: %s", pool, e)
                     continue
                 drift.sampled_rows += batch.rows
@@ -120,19 +124,19 @@ class DriftMonitor:
         if raised:
             pipe = client.pipeline(transaction=False)
             for pool, alert in raised:
-                pipe.xadd(keys.drift_alerts(pool), {k: str(v) for k, v in alert.items()},
-                          maxlen=ALERTS_MAXLEN, approximate=True)
+                pipe.xadd(drift_store.alerts(pool), alert.fields(),
+                          maxlen=drift_store.ALERTS_MAXLEN, approximate=True)
             await pipe.execute()
         self._gauges()
 
-    def _record(self, drift: PoolDrift, event: DriftEvent) -> dict[str, Any]:
-        alert = {"feature": drift.names[event.feature], "statistic": event.statistic,
-                 "value": round(event.value, 3), "threshold": round(event.threshold, 3),
-                 "window_rows": event.window_rows, "time": round(event.time, 3)}
+    def _record(self, drift: PoolDrift, event: DriftEvent) -> drift_store.DriftAlert:
+        alert = drift_store.DriftAlert(drift.names[event.feature], event.statistic,
+                                       round(event.value, 3), round(event.threshold, 3),
+                                       event.window_rows, round(event.time, 3))
         drift.alerts.append(alert)
         log.warning("drift %s on %s %s: %s %.2f (threshold %.2f)",
                     "cleared" if event.statistic == "cleared" else "alert", drift.model,
-                    alert["feature"], event.statistic, event.value, event.threshold)
+                    alert.feature, event.statistic, event.value, event.threshold)
         return alert
 
     def _gauges(self) -> None:
@@ -180,5 +184,5 @@ class DriftMonitor:
             "false_alarm_budget": f"1 per {1 / drift.thresholds.false_alarms_per_row:,.0f} "
                                   "sampled rows across all features",
             "sampled_rows": drift.sampled_rows, "features": features,
-            "alerts": list(drift.alerts)[-20:],
+            "alerts": [a.body() for a in list(drift.alerts)[-20:]],
         }

@@ -18,9 +18,11 @@ from typing import Any
 
 import redis
 
-from modelgate.core import keys, wire
+from modelgate.core import wire
+from modelgate.core.clock import RedisClock
 from modelgate.core.repository import ModelVersion
 from modelgate.core.stats import StatsAccumulator
+from modelgate.core.store import pools, replies
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Outcome, Runner
@@ -35,11 +37,12 @@ class Entry:
     entry_id: bytes
     ids: tuple[str, ...]  # empty when the entry names none: nobody can be answered
     reply_to: str
-    deadline_ms: int
-    enqueued_ms: int  # from the stream id: Redis' clock when the gateway added it
+    deadline_ms: int  # Redis's clock: when it added the entry plus the entry's budget
+    enqueued_ms: int  # from the stream id: Redis's clock when the gateway added it
     bundle: wire.Bundle | None
     error: str = ""
     deliveries: int = 1  # including those before a split (the entry's ``attempt``)
+    budget_ms: int = 0
 
 
 # An entry, the bundle (or part of it) answered, and its outcome; no bundle: undecodable entry.
@@ -48,26 +51,26 @@ Settled = tuple[Entry, wire.Bundle | None, Outcome]
 
 def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
     """Decode without trusting anything: a bad entry becomes an Entry with ``error`` set."""
-    enqueued_ms = int(entry_id.split(b"-", 1)[0])
+    enqueued_ms = pools.entry_time_ms(entry_id)
     try:
-        ids = wire.decode_ids(fields[b"ids"])
-        reply_to = fields[b"reply_to"].decode()
-        deadline_ms = int(fields[b"deadline_ms"])
-    except (KeyError, ValueError, UnicodeDecodeError):
-        return Entry(entry_id, (), "", 0, enqueued_ms, None, "entry lacks ids/reply_to/deadline")
-    deliveries = wire.entry_attempt(fields)
-    if not reply_to.startswith(keys.REPLY_PREFIX):
+        fields_of = pools.RequestEntry.parse(fields)
+    except pools.EntryError as e:
+        return Entry(entry_id, (), "", 0, enqueued_ms, None, str(e))
+    ids, reply_to, deliveries = fields_of.ids, fields_of.reply_to, fields_of.attempt
+    deadline_ms = enqueued_ms + fields_of.budget_ms
+    if not replies.is_reply_list(reply_to):
         # Never write to a key an entry names unless it is a reply list.
         return Entry(entry_id, (), "", 0, enqueued_ms, None,
                      f"reply_to {reply_to!r} is not a reply list")
     try:
-        bundle = wire.decode_bundle(ids, fields.get(b"payload", b""))
+        bundle = wire.decode_bundle(ids, fields_of.payload)
     except (wire.WireError, ValueError, TypeError, OverflowError, RecursionError) as e:
         # WireError is the contract; the others are a second guard: whatever an entry holds,
         # the worker answers it and goes on.
         return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, None, str(e),
-                     deliveries)
-    return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, bundle, "", deliveries)
+                     deliveries, fields_of.budget_ms)
+    return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, bundle, "", deliveries,
+                 fields_of.budget_ms)
 
 
 def _run_size(waiting_rows: int, max_batch_size: int, preferred: tuple[int, ...]) -> int:
@@ -118,16 +121,19 @@ class Consumer:
         reply_ttl_s: int,
         reclaimer: Reclaimer | None = None,
         sampler: DriftSampler | None = None,
+        clock: RedisClock | None = None,
     ) -> None:
         self.client = client
+        # Deadlines and queue waits are in Redis's clock (the stream ids'), not this host's.
+        self.clock = clock or RedisClock()
         self.reclaimer = reclaimer
         self.sampler = sampler
         self.model = model
         self.runner = runner
         self.consumer_name = consumer_name
         self.reply_ttl_ms = reply_ttl_s * 1000
-        self.stream = keys.requests_stream(model.pool)
-        self.queued_key = keys.pool_queued(model.pool)
+        self.stream = pools.requests_stream(model.pool)
+        self.queued_key = pools.queued(model.pool)
         # The stream is read and answered on one connection held for the worker's life:
         # taking it from the pool on every call costs a health-check syscall and a pid check.
         self._connection: redis.connection.AbstractConnection | None = None
@@ -140,13 +146,13 @@ class Consumer:
     def ensure_group(self) -> None:
         """Create the stream and its group from id 0, so nothing enqueued earlier is missed."""
         try:
-            self.client.xgroup_create(self.stream, keys.WORKER_GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(self.stream, pools.WORKER_GROUP, id="0", mkstream=True)
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
 
     def _read(self, count: int, block_ms: int | None) -> list[Entry]:
-        command: list[str | int] = ["XREADGROUP", "GROUP", keys.WORKER_GROUP, self.consumer_name,
+        command: list[str | int] = ["XREADGROUP", "GROUP", pools.WORKER_GROUP, self.consumer_name,
                                     "COUNT", count]
         if block_ms is not None:
             command += ["BLOCK", block_ms]
@@ -202,7 +208,7 @@ class Consumer:
         entries = reclaimed + self._gather(None if reclaimed else block_ms)
         if not entries:
             return 0
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock.now_ms())
         runnable: list[Entry] = []
         retried: list[Entry] = []
         settled: list[Settled] = []
@@ -283,13 +289,11 @@ class Consumer:
         commands: list[Command] = []
         for entry in entries:
             assert entry.bundle is not None
-            singles: list[list[bytes | str | int]] = [
-                ["ids", wire.encode_ids(single.ids), "reply_to", entry.reply_to,
-                 "deadline_ms", entry.deadline_ms, "attempt", entry.deliveries,
-                 "payload", wire.encode_bundle(single)]
-                for single in entry.bundle.singles()]
-            commands.append(("EVAL", SPLIT_SCRIPT, 1, self.stream, keys.WORKER_GROUP,
-                             entry.entry_id, len(singles[0]),
+            singles = [pools.RequestEntry(single.ids, entry.reply_to, entry.budget_ms,
+                                          entry.deliveries, wire.encode_bundle(single)).fields()
+                       for single in entry.bundle.singles()]
+            commands.append(("EVAL", pools.SPLIT, 1, self.stream, pools.WORKER_GROUP,
+                             entry.entry_id, entry.budget_ms, len(singles[0]),
                              *(item for fields in singles for item in fields)))
         done = self._round_trip(commands)
         log.warning("split %d claimed bundles on %s into single requests", sum(done),
@@ -308,7 +312,7 @@ class Consumer:
                 f"the request was delivered {deliveries} times without an answer (a worker died "
                 f"on each attempt); it is parked in {self.reclaimer.dead_stream} for inspection "
                 "and will not be retried")))
-        self._answer(settled, int(time.time() * 1000), moves)
+        self._answer(settled, int(self.clock.now_ms()), moves)
 
     def _answer(self, settled: list[Settled], picked_ms: int,
                 first: list[Command] | None = None) -> None:
@@ -333,47 +337,16 @@ class Consumer:
                 batch_leader=outcome.leader,
             )
             by_gateway.setdefault(entry.reply_to, []).append(wire.encode_reply(reply))
-        for reply_to, replies in by_gateway.items():
-            commands.append(("RPUSH", reply_to, *replies))
+        for reply_to, encoded in by_gateway.items():
+            commands.append(("RPUSH", reply_to, *encoded))
             commands.append(("PEXPIRE", reply_to, self.reply_ttl_ms))
-        commands.append(("EVAL", ACK_SCRIPT, 2, self.stream, self.queued_key, keys.WORKER_GROUP,
+        commands.append(("EVAL", pools.ACK, 2, self.stream, self.queued_key, pools.WORKER_GROUP,
                          *(part for entry in entries.values()
                            for part in (entry.entry_id, len(entry.ids)))))
         self._round_trip(commands)
 
 
 Command = tuple[bytes | str | int, ...]
-
-# Acknowledge and delete entries; subtract from the pool's queued count only the requests of
-# entries this call acknowledged, so an entry answered twice (its worker was slow, not dead, and
-# another took it over) is not subtracted twice. Atomic, hence never seen half done by
-# keys.QUEUED_REPAIR. KEYS: stream, queued count. ARGV: group, then entry id and request count
-# pairs.
-ACK_SCRIPT = """
-local done = 0
-for i = 2, #ARGV, 2 do
-  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    done = done + tonumber(ARGV[i + 1])
-  end
-  redis.call('XDEL', KEYS[1], ARGV[i])
-end
-if done > 0 then redis.call('DECRBY', KEYS[2], done) end
-return done
-"""
-
-# Replace a claimed bundle by one entry per request, unless it was acknowledged meanwhile. The
-# queued count is unchanged: the same requests stay queued. KEYS: stream. ARGV: group, entry
-# id, fields per new entry (as name/value items), then the new entries' items.
-SPLIT_SCRIPT = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('XDEL', KEYS[1], ARGV[2])
-local width = tonumber(ARGV[3])
-for i = 4, #ARGV, width do
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + width - 1))
-end
-return 1
-"""
-
 
 def round_trip(connection: redis.connection.AbstractConnection,
                commands: list[Command]) -> list[Any]:

@@ -13,14 +13,13 @@ import threading
 import time
 from typing import Any
 
-import msgpack
 import numpy as np
 
-from modelgate.core import keys, wire
+from modelgate.core import wire
 from modelgate.core.profile import Profile, feature_matrix
+from modelgate.core.store import drift as drift_store
 
 CHUNK_ROWS = 16
-STREAM_MAXLEN = 600  # about ten minutes of one-second batches per worker
 
 
 class DriftSampler:
@@ -67,7 +66,7 @@ class DriftSampler:
             self._labels.append([np.asarray(v)[keep] for v in labels])
             self._buffered += int(keep.size)
 
-    def _batch(self) -> dict[str, Any] | None:
+    def _batch(self) -> drift_store.DriftBatch | None:
         with self._lock:
             rows, labels, count = self._rows, self._labels, self._buffered
             self._rows, self._labels, self._buffered = [], [], 0
@@ -94,15 +93,15 @@ class DriftSampler:
             bins.append(counts)
             sums.append(0.0)
             squares.append(0.0)
-        return {"v": 1, "t": time.time(), "rows": chunk_rows,
-                "z": np.ascontiguousarray(z_sums, dtype="<f8").tobytes(),
-                "bins": bins, "sums": sums, "squares": squares}
+        return drift_store.DriftBatch(
+            time.time(), tuple(chunk_rows), np.asarray(z_sums, dtype="<f8"),
+            tuple(tuple(b) for b in bins), tuple(sums), tuple(squares))
 
     def flush(self, pipe: Any) -> bool:
         """Queue this second's batch on a Redis pipeline; False if nothing was sampled."""
         batch = self._batch()
         if batch is None:
             return False
-        pipe.xadd(keys.drift_stream(self.pool), {"batch": msgpack.packb(batch)},
-                  maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.xadd(drift_store.batches(self.pool), {"batch": batch.encode()},
+                  maxlen=drift_store.BATCHES_MAXLEN, approximate=True)
         return True

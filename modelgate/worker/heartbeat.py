@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import redis
 
-from modelgate.core import keys
+from modelgate.core.clock import RedisClock
+from modelgate.core.store import heartbeats, pools
 
 log = logging.getLogger("modelgate.worker")
 
@@ -30,6 +31,7 @@ class Heartbeat:
         ttl_s: float,
         stats: Callable[[], dict[str, float]],
         flush: Callable[[redis.client.Pipeline, int], object] | None = None,
+        clock: RedisClock | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -38,26 +40,30 @@ class Heartbeat:
         self.ttl_ms = int(ttl_s * 1000)
         self.stats = stats
         self.flush = flush
+        self.clock = clock  # kept in step with Redis's clock at every beat
         self.started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     def beat(self) -> None:
         now = time.time()
-        key = keys.worker_heartbeat(self.worker_id)
+        key = heartbeats.heartbeat(self.worker_id)
+        stats = self.stats()
+        record = heartbeats.Heartbeat(self.pool, os.getpid(), socket.gethostname(),
+                                      self.started, int(stats["processed"]), stats["busy"])
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(key, mapping={
-            "pool": self.pool,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": self.started,
-            **self.stats(),
-        })
+        pipe.time()
+        pipe.hset(key, mapping=record.fields())
         pipe.pexpire(key, self.ttl_ms)
-        pipe.zadd(keys.pool_workers(self.pool), {self.worker_id: now})
+        pipe.zadd(pools.worker_set(self.pool), {self.worker_id: now})
+        # Members past the TTL are no longer counted by anyone; drop them so the set stays
+        # as small as the pool.
+        pipe.zremrangebyscore(pools.worker_set(self.pool), "-inf", now - heartbeats.WORKER_TTL_S)
         if self.flush is not None:
             self.flush(pipe, int(now))
-        pipe.execute()
+        redis_time = pipe.execute()[0]
+        if self.clock is not None:
+            self.clock.observe(now, time.time(), redis_time)
 
     def start(self) -> None:
         self.beat()
@@ -78,8 +84,8 @@ class Heartbeat:
             pipe = self.client.pipeline(transaction=False)
             if self.flush is not None:
                 self.flush(pipe, int(time.time()))
-            pipe.delete(keys.worker_heartbeat(self.worker_id))
-            pipe.zrem(keys.pool_workers(self.pool), self.worker_id)
+            pipe.delete(heartbeats.heartbeat(self.worker_id))
+            pipe.zrem(pools.worker_set(self.pool), self.worker_id)
             pipe.execute()
         except redis.RedisError as e:
             log.warning("could not deregister (the heartbeat will expire): %s", e)

@@ -18,10 +18,11 @@ from types import FrameType
 
 import redis
 
-from modelgate.core import keys
+from modelgate.core.clock import RedisClock
 from modelgate.core.profile import load_profile, profile_path
 from modelgate.core.repository import RepositoryError, load_model
 from modelgate.core.settings import WorkerSettings
+from modelgate.core.store import pools
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
@@ -55,7 +56,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     threads = settings.intra_op_threads or version.config.intra_op_threads or 1
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)
-    starting = keys.pool_starting(version.pool)
+    starting = pools.starting_set(version.pool)
     _announce(client, starting, worker_id)
     try:
         runner = Runner(version, threads)
@@ -73,8 +74,9 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
                                version.config.drift_sample_share)
         log.info("sampling rows for drift against %s (%d features, %d labels)",
                  profile_path(version), len(profile.features), len(profile.labels))
+    clock = RedisClock()
     consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s, reclaimer,
-                        sampler)
+                        sampler, clock)
 
     def flush(pipe: redis.client.Pipeline, epoch_s: int) -> None:
         consumer.stats.flush(pipe, epoch_s)
@@ -89,7 +91,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
 
     heartbeat = Heartbeat(
         redis.Redis.from_url(settings.redis_url), worker_id, version.pool,
-        settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, flush,
+        settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, flush, clock,
     )
     _wait_for_redis(consumer, stop)
     gc.collect()

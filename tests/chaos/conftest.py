@@ -23,9 +23,9 @@ import pytest
 import redis
 
 from modelgate.cli import demo
-from modelgate.core import keys
 from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import stop_process
+from modelgate.core.store import pools
 from tests.procs import REPO_ROOT, Processes, wait_until
 
 READY_TIMEOUT_S = 60.0
@@ -113,7 +113,7 @@ class Cluster:
         """Until ``count`` workers of ``pool`` have sent a heartbeat."""
         client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
         try:
-            wait_until(lambda: client.zcard(keys.pool_workers(pool)) >= count, READY_TIMEOUT_S,
+            wait_until(lambda: client.zcard(pools.worker_set(pool)) >= count, READY_TIMEOUT_S,
                        f"{count} workers on {pool}", self.processes.check_alive,
                        self.processes.logs)
         finally:

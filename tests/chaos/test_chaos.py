@@ -30,8 +30,9 @@ import redis
 from onnx import TensorProto, helper, numpy_helper
 
 from modelgate.cli import demo
-from modelgate.core import keys, wire
+from modelgate.core import wire
 from modelgate.core.settings import GatewaySettings
+from modelgate.core.store import pools, replies
 from modelgate.gateway.app import redis_clients
 from modelgate.gateway.dispatch import Dispatcher
 from tests.chaos.conftest import (
@@ -47,8 +48,8 @@ from tests.procs import wait_until
 
 pytestmark = pytest.mark.integration
 
-POOL = keys.pool_id("mlp", "1")
-STREAM = keys.requests_stream(POOL)
+POOL = pools.pool_id("mlp", "1")
+STREAM = pools.requests_stream(POOL)
 CLAIM_TIMEOUT_MS = "1000"
 
 
@@ -118,7 +119,7 @@ def failures(answers: list[Answer], limit: int = 5) -> str:
 
 
 def _consumers_of(client: redis.Redis, pid: int) -> list[str]:
-    summary = client.xpending(STREAM, keys.WORKER_GROUP)
+    summary = client.xpending(STREAM, pools.WORKER_GROUP)
     names = [c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
              for c in summary.get("consumers") or []]
     return [name for name in names if f"-{pid}-" in name]
@@ -126,7 +127,7 @@ def _consumers_of(client: redis.Redis, pid: int) -> list[str]:
 
 def pending_of(client: redis.Redis, pid: int) -> int:
     """Entries of the pool's stream delivered to the worker with this pid and not acked."""
-    summary = client.xpending(STREAM, keys.WORKER_GROUP)
+    summary = client.xpending(STREAM, pools.WORKER_GROUP)
     return sum(int(c["pending"]) for c in summary.get("consumers") or []
                if f"-{pid}-" in (c["name"].decode() if isinstance(c["name"], bytes)
                                  else c["name"]))
@@ -136,7 +137,7 @@ def requests_held(client: redis.Redis, pid: int) -> int:
     """Requests in those entries: an entry is a bundle of the requests a gateway sent together."""
     held = 0
     for name in _consumers_of(client, pid):
-        for pending in client.xpending_range(STREAM, keys.WORKER_GROUP, "-", "+", 1000,
+        for pending in client.xpending_range(STREAM, pools.WORKER_GROUP, "-", "+", 1000,
                                              consumername=name):
             for _, fields in client.xrange(STREAM, pending["message_id"], pending["message_id"]):
                 held += len(fields[b"ids"].split(b","))
@@ -179,11 +180,11 @@ def wait_stream_empty(client: redis.Redis, timeout_s: float = 10.0) -> None:
     """Until nothing is pending in the group and every entry was deleted after its answer."""
     def empty() -> bool:
         return (client.xlen(STREAM) == 0
-                and int(client.xpending(STREAM, keys.WORKER_GROUP)["pending"]) == 0)
+                and int(client.xpending(STREAM, pools.WORKER_GROUP)["pending"]) == 0)
 
     wait_until(empty, timeout_s, f"{STREAM} to be empty",
                details=lambda: f"xlen={client.xlen(STREAM)} "
-                               f"pending={client.xpending(STREAM, keys.WORKER_GROUP)}")
+                               f"pending={client.xpending(STREAM, pools.WORKER_GROUP)}")
 
 
 def latency_figures(answers: list[Answer], elapsed_s: float) -> dict[str, Any]:
@@ -306,7 +307,7 @@ def test_sigterm_worker_mid_load_drains(
     assert figures, f"the worker was never signalled: {len(answers)} answers\n{failures(answers)}"
     codes = Counter(a.status for a in answers)
     wrong = wrong_outputs(answers, inputs, model)
-    registered = [m.decode() for m in client.zrange(keys.pool_workers(POOL), 0, -1)]
+    registered = [m.decode() for m in client.zrange(pools.worker_set(POOL), 0, -1)]
     report = {
         "sent": len(answers), "answered": len(answers) - codes[0], "ok": codes[200],
         "lost": codes[0],
@@ -443,7 +444,7 @@ def test_redis_outage_answers_503_and_recovers(
             client_timeout_s=OUTAGE_TIMEOUT_MS / 1000 + 5))
         after_codes = Counter(a.status for a in after)
         client = chaos_redis.client()
-        live_after = client.zcard(keys.pool_workers(POOL))
+        live_after = client.zcard(pools.worker_set(POOL))
         client.close()
         report.update({"after_batch": len(after), "after_codes": dict(after_codes),
                        "live_workers_after": live_after})
@@ -558,19 +559,18 @@ def abandon_entry(client: redis.Redis, correlation: str) -> tuple[bytes, bytes]:
     """
     payload = wire.encode_bundle(wire.Bundle.single(correlation, wire.Request(
         {"input": wire.tensor(np.ones((1, 4), np.float32))})))
-    fields = {"ids": correlation, "reply_to": keys.reply_list("chaos"),
-              "deadline_ms": int(time.time() * 1000) + 60_000, "attempt": 1, "payload": payload}
+    entry = pools.RequestEntry((correlation,), replies.reply_list("chaos"), 60_000, 1, payload)
     pipe = client.pipeline(transaction=True)
-    pipe.xadd(STREAM, fields)
-    pipe.incrby(keys.pool_queued(POOL), 1)
-    pipe.xreadgroup(keys.WORKER_GROUP, "dead-consumer", {STREAM: ">"}, count=1)
+    pipe.xadd(STREAM, dict(zip(entry.fields()[::2], entry.fields()[1::2], strict=True)))
+    pipe.incrby(pools.queued(POOL), 1)
+    pipe.xreadgroup(pools.WORKER_GROUP, "dead-consumer", {STREAM: ">"}, count=1)
     entry_id, _, read = pipe.execute()
     assert read and read[0][1][0][0] == entry_id
     return entry_id, payload
 
 
 def await_reply(client: redis.Redis, cluster: Cluster, timeout_s: int = 15) -> wire.Reply:
-    popped = client.blpop([keys.reply_list("chaos")], timeout=timeout_s)
+    popped = client.blpop([replies.reply_list("chaos")], timeout=timeout_s)
     assert popped is not None, f"no reply within {timeout_s} s\n{cluster.processes.logs()}"
     return wire.decode_reply(popped[1])
 
@@ -591,10 +591,10 @@ def test_entry_delivered_too_often_is_dead_lettered(
     added = time.monotonic()
     reply = await_reply(client, cluster)
     parked_s = time.monotonic() - added
-    dead = client.xrange(keys.dead_letter_stream(POOL))
+    dead = client.xrange(pools.dead_letters(POOL))
     report = {"reply_status": reply.status, "parked_after_ms": round(parked_s * 1000, 1),
               "dead_letter_entries": len(dead),
-              "pending_after": int(client.xpending(STREAM, keys.WORKER_GROUP)["pending"]),
+              "pending_after": int(client.xpending(STREAM, pools.WORKER_GROUP)["pending"]),
               "stream_len_after": client.xlen(STREAM)}
     chaos_report(report)
     client.close()
@@ -627,7 +627,7 @@ def test_abandoned_entry_is_answered_without_further_traffic(
     answered_s = time.monotonic() - added
     wait_stream_empty(client, timeout_s=5)
     report = {"reply_status": reply.status, "answered_after_ms": round(answered_s * 1000, 1),
-              "dead_letter_entries": client.xlen(keys.dead_letter_stream(POOL)),
+              "dead_letter_entries": client.xlen(pools.dead_letters(POOL)),
               "worker_alive": worker.poll() is None}
     chaos_report(report)
     client.close()

@@ -19,9 +19,9 @@ import onnx
 import pytest
 import redis
 
-from modelgate.core import keys
 from modelgate.core.embedded_redis import free_port
-from modelgate.core.stats import StatsAccumulator
+from modelgate.core.stats import LATENCY_WINDOW_S, RATE_WINDOW_S, StatsAccumulator
+from modelgate.core.store import pools, scaling
 from tests.conftest import redis_url_for_db
 from tests.models import write_repository
 from tests.procs import Processes, wait_until
@@ -79,7 +79,7 @@ def write_second(client: redis.Redis, second: int, runs: Sequence[dict[str, Any]
 
 def write_event(client: redis.Redis, when: float, current: int, desired: int, reason: str,
                 cost_per_hour: float, capped: bool = False) -> None:
-    client.xadd(keys.AUTOSCALER_EVENTS, {
+    client.xadd(scaling.EVENTS, {
         "time": f"{when:.3f}", "pool": POOL, "current": current, "desired": desired,
         "raw": desired, "capped": int(capped), "panic": 0, "backlog": 3, "arrival_rate": "1.00",
         "completion_rate": "1.00", "p95_ms": "", "service_ms": "", "live": current,
@@ -102,11 +102,11 @@ def test_data_reports_what_was_written(repo: Path, redis_url: str, redis_client:
                                              queue_ms=[2.0] * 6, errors=0)], arrivals=6)
     # Backlog: 3 requests as a gateway queues them, bundled in one entry nobody consumes (the
     # stream's length, 1, is not the backlog).
-    redis_client.xadd(keys.requests_stream(POOL), {"ids": "0,1,2"})
-    redis_client.incrby(keys.pool_queued(POOL), 3)
-    redis_client.zadd(keys.pool_workers(POOL), {"worker-a": now + 3600})  # live for the test
-    redis_client.set(keys.pool_desired(POOL), 2)
-    redis_client.set(keys.AUTOSCALER_BUDGET, "4.0000")
+    redis_client.xadd(pools.requests_stream(POOL), {"ids": "0,1,2"})
+    redis_client.incrby(pools.queued(POOL), 3)
+    redis_client.zadd(pools.worker_set(POOL), {"worker-a": now + 3600})  # live for the test
+    redis_client.set(pools.desired(POOL), 2)
+    redis_client.set(scaling.BUDGET, "4.0000")
     write_event(redis_client, now - 30.5, 1, 2, HOSTILE, cost_per_hour=2.0)
     write_event(redis_client, now - 29.5, 2, 2, "steady", cost_per_hour=2.0)
     write_event(redis_client, now - 1.5, 2, 2, "capped", cost_per_hour=2.0, capped=True)
@@ -141,12 +141,12 @@ def test_data_reports_what_was_written(repo: Path, redis_url: str, redis_client:
     quiet = old + 5 - data["start"]
     assert (s["completed"][quiet], s["p95_ms"][quiet], s["queue_ms"][quiet]) == (0, None, None)
 
-    # "Now": rates over the last 5 complete seconds, latency over the last 10.
+    # "Now": rates over the last RATE_WINDOW_S complete seconds, latency over a longer window.
     figures = model["now"]
-    in_rates = data["end"] - 4 <= recent <= data["end"]
-    assert figures["completed_per_s"] == (6 / 5 if in_rates else 0)
-    assert figures["arrivals_per_s"] == (6 / 5 if in_rates else 0)
-    if data["end"] - 9 <= recent <= data["end"]:
+    in_rates = data["end"] - RATE_WINDOW_S < recent <= data["end"]
+    assert figures["completed_per_s"] == (round(6 / RATE_WINDOW_S, 3) if in_rates else 0)
+    assert figures["arrivals_per_s"] == (round(6 / RATE_WINDOW_S, 3) if in_rates else 0)
+    if data["end"] - LATENCY_WINDOW_S < recent <= data["end"]:
         # six latencies of 5 ms, in (2, 5]: the median is halfway up the bucket
         assert (figures["queue_ms"], figures["compute_ms"], figures["p50_ms"]) == (2.0, 3.0, 3.5)
     assert (figures["backlog"], figures["live"], figures["starting"]) == (3, 1, 0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from modelgate.core.stats import rates
+from modelgate.core.store.scaling import ScalingEvent
 from modelgate.gateway.dashboard import series
 from modelgate.gateway.dashboard.history import PoolHistory, Sample
 
@@ -34,8 +36,8 @@ def test_latency_of_an_empty_second_is_unknown_not_zero() -> None:
 
 def test_recent_figures_average_rates_over_their_window() -> None:
     buckets = [{"completed": 100.0}] * 10 + [{"completed": 3.0, "arrivals": 5.0}] * 5
-    figures = series.recent_figures(buckets, rate_window_s=5, latency_window_s=10)
-    assert figures["completed_per_s"] == 3.0
+    figures = series.recent_figures(rates(buckets))
+    assert figures["completed_per_s"] == 3.0  # over the last RATE_WINDOW_S seconds only
     assert figures["arrivals_per_s"] == 5.0
     assert figures["rejected_per_s"] == 0.0
 
@@ -71,7 +73,7 @@ def test_total_cost_sums_pools_where_known() -> None:
 @pytest.mark.parametrize("fields", [{}, {b"time": b"x", b"pool": b"p", b"current": b"1",
                                          b"desired": b"1"}])
 def test_malformed_events_are_skipped(fields: dict[bytes, bytes]) -> None:
-    assert series.parse_event(fields) is None
+    assert ScalingEvent.parse(fields) is None
 
 
 def test_history_keeps_the_latest_sample_per_second_within_its_window() -> None:

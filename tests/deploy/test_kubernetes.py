@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from modelgate.autoscaler.backends.kubernetes import KubernetesBackend
-from modelgate.core import keys
 from modelgate.core.repository import Model
+from modelgate.core.store import pools
 from tests.deploy.conftest import ROOT, parse_command, run, tool
 
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -262,8 +262,8 @@ def test_keda_scaled_objects_scale_each_worker_on_its_request_stream_lag(
     assert set(targets) == {backend.deployment(m) for m in demo_models}
     for name, model in demo_models.items():
         metadata = targets[backend.deployment(name)]
-        assert metadata["stream"] == keys.requests_stream(model.default.pool)
-        assert metadata["consumerGroup"] == keys.WORKER_GROUP
+        assert metadata["stream"] == pools.requests_stream(model.default.pool)
+        assert metadata["consumerGroup"] == pools.WORKER_GROUP
         assert int(metadata["lagCount"]) > 0
         assert metadata["address"] == redis_address
     deployments = {d["metadata"]["name"] for d in find(objects, "Deployment")}

@@ -14,8 +14,8 @@ import redis
 
 from modelgate.autoscaler.loop import Autoscaler, PoolPlan
 from modelgate.autoscaler.policy import PolicyConfig
-from modelgate.core import keys
 from modelgate.core.stats import StatsAccumulator
+from modelgate.core.store import pools, scaling
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +58,8 @@ def write_load(client: redis.Redis, pool: str, now: float, arrivals_per_s: int,
     if backlog:
         # As a gateway queues them: one bundle entry nobody consumes, and the queued count (the
         # stream's length, 1, is not the backlog).
-        client.xadd(keys.requests_stream(pool), {"ids": ",".join(map(str, range(backlog)))})
-        client.incrby(keys.pool_queued(pool), backlog)
+        client.xadd(pools.requests_stream(pool), {"ids": ",".join(map(str, range(backlog)))})
+        client.incrby(pools.queued(pool), backlog)
 
 
 def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis.Redis) -> None:
@@ -78,11 +78,11 @@ def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis
     assert outcome.observation.backlog == 3
     assert outcome.desired == 3  # 100/s x 20 ms / 70% = 2.86
     assert backend.calls == [("mlp", 3)]
-    (_, event), = redis_client.xrevrange(keys.AUTOSCALER_EVENTS, count=1)
+    (_, event), = redis_client.xrevrange(scaling.EVENTS, count=1)
     assert event[b"pool"] == b"mlp:1" and event[b"desired"] == b"3"
     assert event[b"current"] == b"1" and b"scale up" in event[b"reason"]
     assert event[b"arrival_rate"] == b"100.00" and event[b"backlog"] == b"3"
-    assert redis_client.get(keys.pool_desired("mlp:1")) == b"3"
+    assert redis_client.get(pools.desired("mlp:1")) == b"3"
     sample = scaler.registry.get_sample_value("modelgate_desired_workers", {"model": "mlp"})
     assert sample == 3.0
 
@@ -103,7 +103,7 @@ def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redi
     cost = outcomes["a:1"].desired * 2.0 + outcomes["b:1"].desired * 1.0
     assert cost <= 8.0
     assert outcomes["a:1"].capped and outcomes["b:1"].capped
-    reasons = [e[b"reason"] for _, e in redis_client.xrange(keys.AUTOSCALER_EVENTS)]
+    reasons = [e[b"reason"] for _, e in redis_client.xrange(scaling.EVENTS)]
     assert all(b"capped by budget" in r for r in reasons)
 
 

@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from modelgate.cli import demo
-from modelgate.core import keys
 from modelgate.core.embedded_redis import free_port
 from modelgate.core.process import child_preexec, stop_process
+from modelgate.core.store import pools, scaling
 from tests.procs import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,7 @@ def _row_seconds(repository: Path) -> float:
 
 def _events(client: redis.Redis) -> list[dict[str, str]]:
     return [{k.decode(): v.decode() for k, v in fields.items()}
-            for _, fields in client.xrange(keys.AUTOSCALER_EVENTS)]
+            for _, fields in client.xrange(scaling.EVENTS)]
 
 
 @pytest.mark.timeout(180)
@@ -131,7 +131,7 @@ def test_step_load_scales_up_then_back_to_one_without_failures(heavy_repository:
             while time.monotonic() < deadline:
                 trickle.append(http.post("/v2/models/heavy/infer", json=body).status_code)
                 now = time.time()
-                live = client.zcount(keys.pool_workers(POOL), now - 5, "+inf")
+                live = client.zcount(pools.worker_set(POOL), now - 5, "+inf")
                 last = _events(client)[-1]
                 if live == 1 and last["desired"] == "1" and last["current"] == "1":
                     break

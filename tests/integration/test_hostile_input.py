@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import pathlib
 import pickle
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +23,18 @@ import onnx
 import pytest
 import redis
 
-from modelgate.core import keys, wire
+from modelgate.core import wire
 from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import stop_process
+from modelgate.core.store import pools, replies
 from tests.models import write_repository
-from tests.procs import Processes, wait_until
+from tests.procs import Processes, entry_fields, wait_until
 
 pytestmark = pytest.mark.integration
 
 MAX_BODY_BYTES = 64 * 1024
 MODELS = ["int64", "add2", "bytes"]  # INT64 [-1, -1]; FP32 a, b [-1, 3]; BYTES [-1]
-POOL = keys.pool_id("int64", "1")
+POOL = pools.pool_id("int64", "1")
 
 
 @dataclass
@@ -297,9 +297,8 @@ class _Touch:
 
 
 def _enqueue(server: Server, correlation: str, payload: bytes, reply_to: str) -> None:
-    server.redis.xadd(keys.requests_stream(POOL), {
-        "ids": correlation, "reply_to": reply_to, "attempt": 1, "payload": payload,
-        "deadline_ms": int(time.time() * 1000) + 600_000})
+    server.redis.xadd(pools.requests_stream(POOL), entry_fields(
+        pools.RequestEntry((correlation,), reply_to, 600_000, 1, payload)))
 
 
 def _reply(server: Server, reply_to: str) -> wire.Reply:
@@ -311,7 +310,7 @@ def _reply(server: Server, reply_to: str) -> wire.Reply:
 
 
 def _stream_drained(server: Server) -> bool:
-    return int(server.redis.xlen(keys.requests_stream(POOL))) == 0
+    return int(server.redis.xlen(pools.requests_stream(POOL))) == 0
 
 
 def test_pickle_on_the_queue_is_refused_not_executed(
@@ -320,7 +319,7 @@ def test_pickle_on_the_queue_is_refused_not_executed(
     pickle.loads(pickle.dumps(_Touch(control)))
     assert control.exists(), "the trap must fire when unpickled, or this test proves nothing"
 
-    reply_to = keys.reply_list("test")
+    reply_to = replies.reply_list("test")
     payload = pickle.dumps({"v": wire.WIRE_VERSION, "inputs": {"ids": _Touch(marker)}})
     _enqueue(server, "hostile-pickle", payload, reply_to)
     reply = _reply(server, reply_to)
@@ -335,7 +334,7 @@ def test_pickle_on_the_queue_is_refused_not_executed(
 def test_tensor_shape_numpy_cannot_hold_is_refused_on_the_queue(
         server: Server, client: httpx.Client) -> None:
     """Empty but with a dim past numpy's limit: decoding must fail as wire_error, not crash."""
-    reply_to = keys.reply_list("test")
+    reply_to = replies.reply_list("test")
     cases = [("huge-empty", [2**62, 0], b""), ("too-many-dims", [1] * 70, b"\0" * 8)]
     for correlation, shape, data in cases:
         payload = msgpack.packb({"v": wire.WIRE_VERSION, "rows": [1],
@@ -348,11 +347,11 @@ def test_tensor_shape_numpy_cannot_hold_is_refused_on_the_queue(
     assert_serving(client)
 
 
-@pytest.mark.parametrize("reply_to", [keys.requests_stream(POOL), "victim", ""])
+@pytest.mark.parametrize("reply_to", [pools.requests_stream(POOL), "victim", ""])
 def test_entry_whose_reply_to_is_no_reply_list_is_dropped_silently(
         server: Server, client: httpx.Client, reply_to: str) -> None:
     """A valid request naming some other key as its reply list: nothing is written there."""
-    stream = keys.requests_stream(POOL)
+    stream = pools.requests_stream(POOL)
     payload = wire.encode_bundle(wire.Bundle.single("hostile-reply-to", wire.Request(
         {"ids": wire.tensor(np.ones((1, 1), np.int64))})))
     existed = server.redis.exists(reply_to)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from modelgate.autoscaler.status import render
-from modelgate.core import keys
+from modelgate.cli.status import render
 from modelgate.core.stats import StatsAccumulator
+from modelgate.core.store import drift as drift_store
+from modelgate.core.store import heartbeats, pools, scaling
 from tests.procs import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -22,28 +23,23 @@ pytestmark = pytest.mark.integration
 def test_status_shows_pools_workers_decisions_and_drift(redis_client: redis.Redis) -> None:
     pool = "mlp:1"
     now = time.time()
-    redis_client.xadd(keys.requests_stream(pool), {"ids": "1"})  # the stream names the pool
-    redis_client.incrby(keys.pool_queued(pool), 1)
-    redis_client.zadd(keys.pool_workers(pool), {"w-1": now})
-    redis_client.hset(keys.worker_heartbeat("w-1"), mapping={
-        "pool": pool, "pid": 4242, "started": now - 60, "processed": 1234, "busy": 0.5})
+    redis_client.xadd(pools.requests_stream(pool), {"ids": "1"})  # the stream names the pool
+    redis_client.incrby(pools.queued(pool), 1)
+    redis_client.zadd(pools.worker_set(pool), {"w-1": now})
+    redis_client.hset(heartbeats.heartbeat("w-1"), mapping=heartbeats.Heartbeat(
+        pool, 4242, "host-a", now - 60, 1234, 0.5).fields())
     stats = StatsAccumulator(pool)
     stats.add(arrivals=30)
     stats.add_run(requests=30, rows=30, compute_ms=60.0, queue_ms=[1.0] * 30, errors=0)
     pipe = redis_client.pipeline()
     stats.flush(pipe, int(now) - 1)
-    pipe.set(keys.pool_desired(pool), 2)
-    pipe.xadd(keys.AUTOSCALER_EVENTS, {"time": now, "pool": pool, "current": 1, "desired": 2,
-                                       "reason": "scale up: backlog 40"})
-    pipe.xadd(keys.drift_alerts(pool), {"feature": "input[2]", "statistic": "cusum",
-                                        "value": 31.2, "threshold": 28.9, "window_rows": 0,
-                                        "time": now})
-    pipe.xadd(keys.drift_alerts(pool), {"feature": "input[0]", "statistic": "chi2",
-                                        "value": 50, "threshold": 40, "window_rows": 500,
-                                        "time": now - 5})
-    pipe.xadd(keys.drift_alerts(pool), {"feature": "input[0]", "statistic": "cleared",
-                                        "value": 9, "threshold": 40, "window_rows": 500,
-                                        "time": now})
+    pipe.set(pools.desired(pool), 2)
+    pipe.xadd(scaling.EVENTS, scaling.ScalingEvent(
+        time=now, pool=pool, current=1, desired=2, reason="scale up: backlog 40").fields())
+    for alert in (drift_store.DriftAlert("input[2]", "cusum", 31.2, 28.9, 0, now),
+                  drift_store.DriftAlert("input[0]", "chi2", 50, 40, 500, now - 5),
+                  drift_store.DriftAlert("input[0]", "cleared", 9, 40, 500, now)):
+        pipe.xadd(drift_store.alerts(pool), alert.fields())
     pipe.execute()
 
     out = io.StringIO()

@@ -17,17 +17,18 @@ import numpy as np
 import pytest
 import redis
 
-from modelgate.core import keys, wire
+from modelgate.core import wire
 from modelgate.core.repository import Model
+from modelgate.core.store import pools, replies
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.reclaim import ClaimTimeout, Reclaimer
 from modelgate.worker.runner import Runner
 from tests.conftest import redis_url_for_db
-from tests.procs import wait_until
+from tests.procs import entry_fields, wait_until
 
 pytestmark = pytest.mark.integration
 
-REPLY_TO = keys.reply_list("test-gateway")
+REPLY_TO = replies.reply_list("test-gateway")
 CLAIM_FLOOR_MS = 50
 TIMEOUT_S = 10.0
 ConsumerFactory = Callable[..., Consumer]
@@ -64,19 +65,18 @@ def fp32(rows: int, seed: int) -> np.ndarray:
 
 
 def enqueue(client: redis.Redis, pool: str, ids: Sequence[str], requests: list[wire.Request],
-            *, deadline_ms: int | None = None, dead_reader: bool = False) -> tuple[bytes, bytes]:
+            *, budget_ms: int = 60_000, dead_reader: bool = False) -> tuple[bytes, bytes]:
     """One entry holding the requests' bundle and the queued count, as a gateway adds them;
     with ``dead_reader``, also delivered to consumer "dead", which never answers (read in the
     same transaction, so no live consumer can take it first). Returns entry id and payload."""
-    stream = keys.requests_stream(pool)
+    stream = pools.requests_stream(pool)
     payload = wire.encode_bundle(wire.combine(list(ids), requests))
     pipe = client.pipeline(transaction=True)
-    pipe.xadd(stream, {"ids": ",".join(ids), "reply_to": REPLY_TO,
-                       "deadline_ms": deadline_ms or int(time.time() * 1000) + 60_000,
-                       "attempt": 1, "payload": payload})
-    pipe.incrby(keys.pool_queued(pool), len(ids))
+    pipe.xadd(stream, entry_fields(pools.RequestEntry(tuple(ids), REPLY_TO, budget_ms, 1,
+                                                      payload)))
+    pipe.incrby(pools.queued(pool), len(ids))
     if dead_reader:
-        pipe.xreadgroup(keys.WORKER_GROUP, "dead", {stream: ">"}, count=1)
+        pipe.xreadgroup(pools.WORKER_GROUP, "dead", {stream: ">"}, count=1)
     entry_id, *_ = pipe.execute()
     return entry_id, payload
 
@@ -94,10 +94,10 @@ def parts_by_id(replies: list[wire.Reply]) -> dict[str, wire.Reply]:
 
 def assert_drained(client: redis.Redis, pool: str) -> None:
     """Every entry acknowledged and deleted, and the backlog back to 0."""
-    stream = keys.requests_stream(pool)
+    stream = pools.requests_stream(pool)
     assert client.xlen(stream) == 0
-    assert client.xpending(stream, keys.WORKER_GROUP)["pending"] == 0
-    assert client.get(keys.pool_queued(pool)) == b"0"
+    assert client.xpending(stream, pools.WORKER_GROUP)["pending"] == 0
+    assert client.get(pools.queued(pool)) == b"0"
 
 
 def step_until(consumer: Consumer, condition: Callable[[], bool], what: str) -> None:
@@ -116,7 +116,7 @@ def test_a_bundle_in_one_entry_is_answered_with_one_reply_cut_per_request(
     enqueue(redis_client, pool, list(inputs), [req(input=x) for x in inputs.values()])
     inputs["d"] = fp32(1, seed=4)
     enqueue(redis_client, pool, ["d"], [req(input=inputs["d"])])
-    assert redis_client.get(keys.pool_queued(pool)) == b"4"
+    assert redis_client.get(pools.queued(pool)) == b"4"
 
     assert consumer.step(block_ms=100) == 2
 
@@ -165,7 +165,7 @@ def test_a_bundle_past_its_deadline_is_answered_for_every_request(
     consumer = make_consumer("mlp")
     pool = consumer.model.pool
     enqueue(redis_client, pool, ["a", "b"], [req(input=fp32(1, seed=1)),
-                                             req(input=fp32(2, seed=2))], deadline_ms=1)
+                                             req(input=fp32(2, seed=2))], budget_ms=-1)
 
     assert consumer.step(block_ms=100) == 1
 
@@ -199,7 +199,7 @@ def test_an_abandoned_bundle_is_split_and_each_request_answered_alone(
                                    ort_run("mlp", {"input": x})[0], rtol=1e-5, atol=1e-6)
         # Redelivered requests run one at a time: each led a run of its own rows.
         assert part.batch_leader and part.batch_size == len(x)
-    assert redis_client.xlen(keys.dead_letter_stream(pool)) == 0
+    assert redis_client.xlen(pools.dead_letters(pool)) == 0
     assert_drained(redis_client, pool)
 
 
@@ -212,9 +212,9 @@ def dead_reader(redis_url: str) -> Iterator[Callable[[str], list[Any]]]:
 
     def start(pool: str) -> list[Any]:
         got: list[Any] = []
-        stream = keys.requests_stream(pool)
+        stream = pools.requests_stream(pool)
         thread = threading.Thread(target=lambda: got.extend(client.xreadgroup(
-            keys.WORKER_GROUP, "dead", {stream: ">"}, count=10, block=int(TIMEOUT_S * 1000))))
+            pools.WORKER_GROUP, "dead", {stream: ">"}, count=10, block=int(TIMEOUT_S * 1000))))
         thread.start()
         threads.append(thread)
         wait_until(lambda: any(c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")
@@ -238,7 +238,7 @@ def test_split_requests_carry_the_bundles_deliveries_toward_the_dead_letter_limi
     max_deliveries=2, so they are parked, not run again."""
     consumer = make_consumer("mlp", max_deliveries=2)
     pool = consumer.model.pool
-    stream = keys.requests_stream(pool)
+    stream = pools.requests_stream(pool)
     requests = {"a": req(input=fp32(1, seed=1)), "b": req(input=fp32(2, seed=2)),
                 "c": req(input=fp32(1, seed=3))}
     bundle_id, _ = enqueue(redis_client, pool, list(requests), list(requests.values()),
@@ -258,14 +258,14 @@ def test_split_requests_carry_the_bundles_deliveries_toward_the_dead_letter_limi
         assert single.rows == (request.rows,)
         np.testing.assert_array_equal(single.request.inputs["input"].data,
                                       request.inputs["input"].data)
-    assert redis_client.get(keys.pool_queued(pool)) == b"3"  # still queued, split or not
+    assert redis_client.get(pools.queued(pool)) == b"3"  # still queued, split or not
 
     step_until(consumer, lambda: redis_client.llen(REPLY_TO) == 3, "three dead-letter replies")
 
     parts = parts_by_id(raw_replies(redis_client))
     assert {c: p.status for c, p in parts.items()} == dict.fromkeys(
         requests, wire.ReplyStatus.DEAD_LETTER)
-    parked = redis_client.xrange(keys.dead_letter_stream(pool))
+    parked = redis_client.xrange(pools.dead_letters(pool))
     assert sorted(f[b"ids"] for _, f in parked) == [b"a", b"b", b"c"]
     assert {(f[b"attempt"], f[b"deliveries"]) for _, f in parked} == {(b"2", b"3")}
     assert_drained(redis_client, pool)
@@ -288,7 +288,7 @@ def test_a_bundle_delivered_too_often_is_parked_whole(
         assert part.status == wire.ReplyStatus.DEAD_LETTER and part.outputs == {}
         assert "delivered 2 times" in part.error
     assert sorted(parts) == ["a", "b", "c"]
-    [(_, parked)] = redis_client.xrange(keys.dead_letter_stream(pool))
+    [(_, parked)] = redis_client.xrange(pools.dead_letters(pool))
     assert parked[b"ids"] == b"a,b,c" and parked[b"payload"] == payload
     assert parked[b"original_id"] == entry_id and parked[b"deliveries"] == b"2"
     assert_drained(redis_client, pool)
@@ -305,26 +305,26 @@ def test_an_entry_answered_twice_leaves_the_queued_count_right(
     held = slow._read(count=1, block_ms=None)  # the slow worker takes the bundle ...
     assert [entry.ids for entry in held] == [("1", "2")]
     assert make_consumer("mlp").step(block_ms=10) == 1  # ... while another serves entry "3"
-    assert keys.queued_count(redis_client.get(keys.pool_queued(pool))) == 2
+    assert pools.queued_count(redis_client.get(pools.queued(pool))) == 2
     answered = [(entry, entry.bundle, outcome) for entry in held
                 for _, outcome in slow.runner.run_batch([entry.bundle])[0]]
     slow._answer(answered, int(time.time() * 1000))
-    assert keys.queued_count(redis_client.get(keys.pool_queued(pool))) == 0
+    assert pools.queued_count(redis_client.get(pools.queued(pool))) == 0
     slow._answer(answered, int(time.time() * 1000))  # the same entry answered a second time
-    assert int(redis_client.get(keys.pool_queued(pool))) == 0  # not -2
+    assert int(redis_client.get(pools.queued(pool))) == 0  # not -2
 
 
 def test_the_queued_count_heals_when_the_stream_is_empty(redis_client: redis.Redis) -> None:
-    """keys.QUEUED_REPAIR: a count left off (a resent write, Redis lost a key) reads as and
+    """pools.QUEUED_REPAIR: a count left off (a resent write, Redis lost a key) reads as and
     becomes 0 once the stream is empty, and is kept while entries are queued."""
-    stream, queued = keys.requests_stream("mlp:1"), keys.pool_queued("mlp:1")
+    stream, queued = pools.requests_stream("mlp:1"), pools.queued("mlp:1")
     redis_client.set(queued, 7)
     redis_client.xadd(stream, {"ids": "1"})
-    assert redis_client.eval(keys.QUEUED_REPAIR, 2, stream, queued) == 7
+    assert redis_client.eval(pools.QUEUED_REPAIR, 2, stream, queued) == 7
     assert int(redis_client.get(queued)) == 7
     redis_client.delete(stream)
-    assert redis_client.eval(keys.QUEUED_REPAIR, 2, stream, queued) == 0
+    assert redis_client.eval(pools.QUEUED_REPAIR, 2, stream, queued) == 0
     assert int(redis_client.get(queued)) == 0
     redis_client.set(queued, -3)  # off the other way: also reset on an empty stream
-    assert redis_client.eval(keys.QUEUED_REPAIR, 2, stream, queued) == 0
-    assert keys.queued_count(b"-3") == 0
+    assert redis_client.eval(pools.QUEUED_REPAIR, 2, stream, queued) == 0
+    assert pools.queued_count(b"-3") == 0

@@ -7,7 +7,6 @@ session, so the test can put hostile entries on the stream and look at every rep
 from __future__ import annotations
 
 import pickle
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,16 @@ import numpy as np
 import pytest
 import redis
 
-from modelgate.core import keys, wire
+from modelgate.core import wire
 from modelgate.core.repository import Model
+from modelgate.core.store import pools, replies
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.runner import Runner
+from tests.procs import entry_fields
 
 pytestmark = pytest.mark.integration
 
-REPLY_TO = keys.reply_list("test-gateway")
+REPLY_TO = replies.reply_list("test-gateway")
 
 
 class _Trap:
@@ -36,10 +37,8 @@ class _Trap:
 
 
 def _fields(correlation: str, payload: bytes, *, reply_to: str = REPLY_TO,
-            deadline_ms: int | None = None) -> dict[str, Any]:
-    return {"ids": correlation, "reply_to": reply_to,
-            "deadline_ms": deadline_ms or int(time.time() * 1000) + 60_000, "attempt": 1,
-            "payload": payload}
+            budget_ms: int = 60_000) -> dict[str, Any]:
+    return entry_fields(pools.RequestEntry((correlation,), reply_to, budget_ms, 1, payload))
 
 
 def _mlp_payload(x: np.ndarray) -> bytes:
@@ -66,7 +65,7 @@ def _replies(client: redis.Redis) -> dict[str, wire.Reply]:
 def test_one_step_batches_valid_entries_and_answers_bad_ones(
         consumer: Consumer, redis_client: redis.Redis, tmp_path: Path,
         ort_run: Callable[..., list[Any]]) -> None:
-    stream = keys.requests_stream("mlp:1")
+    stream = pools.requests_stream("mlp:1")
     rng = np.random.default_rng(0)
     rows = {"a": 1, "b": 2, "c": 1}
     inputs = {k: rng.standard_normal((n, 4)).astype(np.float32) for k, n in rows.items()}
@@ -76,7 +75,7 @@ def test_one_step_batches_valid_entries_and_answers_bad_ones(
     redis_client.xadd(stream, _fields("garbage", b"\x81\x90\x00"))  # unhashable map key
     redis_client.xadd(stream, _fields("pickle", pickle.dumps({"v": 1, "t": _Trap(marker)})))
     redis_client.xadd(stream, _fields("wrong-version", msgpack.packb({"v": 99, "inputs": {}})))
-    redis_client.xadd(stream, _fields("late", _mlp_payload(inputs["a"]), deadline_ms=1))
+    redis_client.xadd(stream, _fields("late", _mlp_payload(inputs["a"]), budget_ms=-1))
     redis_client.xadd(stream, _fields("hijack", _mlp_payload(inputs["a"]), reply_to="victim"))
     redis_client.xadd(stream, {"junk": "no id, no reply_to"})
 
@@ -100,7 +99,7 @@ def test_one_step_batches_valid_entries_and_answers_bad_ones(
     assert not redis_client.exists("victim"), "the worker wrote to a key that is no reply list"
     # Everything read was acknowledged and deleted: nothing pending, nothing left.
     assert redis_client.xlen(stream) == 0
-    assert redis_client.xpending(stream, keys.WORKER_GROUP)["pending"] == 0
+    assert redis_client.xpending(stream, pools.WORKER_GROUP)["pending"] == 0
     assert 0 < redis_client.pttl(REPLY_TO) <= 60_000
 
 
@@ -112,7 +111,7 @@ def test_step_on_an_empty_stream_returns_zero(consumer: Consumer,
 
 def test_max_batch_size_rows_per_run(consumer: Consumer, redis_client: redis.Redis) -> None:
     """70 single-row entries with max_batch_size 64: read 64, then 6, in two ORT runs."""
-    stream = keys.requests_stream("mlp:1")
+    stream = pools.requests_stream("mlp:1")
     x = np.ones((1, 4), np.float32)
     for i in range(70):
         redis_client.xadd(stream, _fields(str(i), _mlp_payload(x)))

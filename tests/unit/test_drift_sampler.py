@@ -9,6 +9,7 @@ import numpy as np
 
 from modelgate.core import wire
 from modelgate.core.profile import FeatureProfile, LabelProfile, Profile
+from modelgate.core.store import drift as drift_store
 from modelgate.worker.drift_sampler import CHUNK_ROWS, DriftSampler
 
 
@@ -41,7 +42,7 @@ def test_flush_sends_chunk_sums_bin_counts_and_label_counts() -> None:
     pipe = RecordingPipe()
     assert sampler.flush(pipe) is True
     (batch,) = pipe.added
-    assert batch["key"] == "mg:m:1:drift"
+    assert batch["key"] == drift_store.batches("m:1")
     assert batch["rows"] == [CHUNK_ROWS, CHUNK_ROWS, 40 - 2 * CHUNK_ROWS]
     z = np.frombuffer(batch["z"], dtype="<f8").reshape(3, 2)
     np.testing.assert_allclose(z.sum(axis=0), x.sum(axis=0))

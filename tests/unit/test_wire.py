@@ -501,28 +501,3 @@ def test_unbundle_refuses_outputs_the_rows_do_not_cut(output: wire.Tensor) -> No
                        outputs={"ok": wire.tensor(np.zeros((6, 1), np.float32)), "bad": output})
     with pytest.raises(wire.WireError, match="do not cut"):
         wire.unbundle(reply)
-
-
-def test_ids_field_round_trip() -> None:
-    assert wire.decode_ids(wire.encode_ids(("1", "22", "x-3")).encode()) == ("1", "22", "x-3")
-    assert wire.decode_ids(b"7") == ("7",)
-
-
-@pytest.mark.parametrize("raw", [b"", b"1,,2", b",1", b"1,", b"\xff\xfe"], ids=repr)
-def test_ids_field_without_an_id_everywhere_is_rejected(raw: bytes) -> None:
-    with pytest.raises(wire.WireError):
-        wire.decode_ids(raw)
-
-
-@pytest.mark.parametrize(("fields", "attempt"), [
-    ({}, 1),
-    ({b"attempt": b"1"}, 1),
-    ({b"attempt": b"3"}, 3),
-    ({b"attempt": b""}, 1),
-    ({b"attempt": b"three"}, 1),
-    ({b"attempt": b"2.5"}, 1),
-    ({b"attempt": b"0"}, 1),
-    ({b"attempt": b"-4"}, 1),
-], ids=repr)
-def test_entry_attempt_defaults_to_1(fields: dict[bytes, bytes], attempt: int) -> None:
-    assert wire.entry_attempt(fields) == attempt

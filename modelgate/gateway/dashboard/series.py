@@ -16,60 +16,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from modelgate.core.stats import LATENCY_BOUNDS_MS, latency_field, percentile_ms
+from modelgate.core.stats import PoolRates, latency_figures
+from modelgate.core.store.scaling import ScalingEvent
 from modelgate.gateway.dashboard.history import Sample
 
-Bucket = dict[str, float]
+Bucket = dict[str, float]  # one second's counters (modelgate.core.stats)
 Series = list[float | None]
 
 COUNTS = ("completed", "arrivals", "errors", "rejected")
 PERCENTILES = (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99))
-LATENCY_FIELDS = tuple(latency_field(b) for b in LATENCY_BOUNDS_MS)
 # A gauge second with no sample keeps the previous value this long (samples and events are
 # about a second apart and jitter); past it the line breaks, which is the honest picture.
 GAUGE_CARRY_S = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One autoscaler decision for one pool (fields of ``mg:autoscaler:events``)."""
-
-    time: float
-    pool: str
-    current: int
-    desired: int
-    live: int
-    starting: int
-    backlog: int
-    cost_per_hour: float | None
-    reason: str
-    panic: bool
-    capped: bool
-
-    @property
-    def second(self) -> int:
-        return int(self.time)
-
-    @property
-    def changes(self) -> bool:
-        return self.desired != self.current
-
-
-def parse_event(fields: dict[bytes, bytes]) -> Event | None:
-    """An event from its stream fields; None if it lacks a field (written by another version)."""
-    try:
-        text = {k.decode(): v.decode() for k, v in fields.items()}
-        cost = text.get("cost_per_hour", "")
-        return Event(
-            time=float(text["time"]), pool=text["pool"], current=int(text["current"]),
-            desired=int(text["desired"]), live=int(text.get("live", text["current"])),
-            starting=int(text.get("starting", 0)), backlog=int(text.get("backlog", 0)),
-            cost_per_hour=float(cost) if cost else None, reason=text.get("reason", ""),
-            panic=text.get("panic") == "1", capped=text.get("capped") == "1")
-    except (KeyError, ValueError, UnicodeDecodeError):
-        return None
+# One autoscaler decision for one pool: the record the autoscaler writes.
+Event = ScalingEvent
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -78,26 +41,9 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return round(value, digits)
 
 
-def _sum(buckets: Iterable[Bucket]) -> Bucket:
-    total: Bucket = {}
-    for bucket in buckets:
-        for name, value in bucket.items():
-            total[name] = total.get(name, 0.0) + value
-    return total
-
-
 def latency(bucket: Bucket) -> dict[str, float | None]:
-    """Percentiles and the queue/compute split of one bucket (or a sum of buckets)."""
-    timed = sum(bucket.get(f, 0.0) for f in LATENCY_FIELDS)
-    runs = bucket.get("runs", 0.0)
-    completed = bucket.get("completed", 0.0)
-    figures: dict[str, float | None] = {
-        name: _round(percentile_ms(bucket, q)) for name, q in PERCENTILES}
-    figures["queue_ms"] = _round(bucket.get("queue_ms", 0.0) / timed) if timed else None
-    figures["compute_ms"] = _round(bucket.get("compute_ms", 0.0) / runs) if runs else None
-    figures["service_ms"] = (_round(bucket.get("compute_ms", 0.0) / completed)
-                             if completed and runs else None)
-    return figures
+    """Percentiles and the queue/compute split of one bucket (or a sum of buckets), rounded."""
+    return {name: _round(value) for name, value in latency_figures(bucket).items()}
 
 
 def counter_series(buckets: Sequence[Bucket]) -> dict[str, Series]:
@@ -117,14 +63,18 @@ def counter_series(buckets: Sequence[Bucket]) -> dict[str, Series]:
     return series
 
 
-def recent_figures(buckets: Sequence[Bucket], rate_window_s: int,
-                   latency_window_s: int) -> dict[str, float | None]:
-    """Rates per second over the last ``rate_window_s`` buckets, latency over a longer one."""
-    rates = _sum(buckets[-rate_window_s:])
-    figures: dict[str, float | None] = {
-        f"{name}_per_s": _round(rates.get(name, 0.0) / rate_window_s) for name in COUNTS}
-    figures.update(latency(_sum(buckets[-latency_window_s:])))
-    return figures
+def recent_figures(rates: PoolRates) -> dict[str, float | None]:
+    """The "now" numbers: rates per second and latency, as every reader computes them
+    (``modelgate.core.stats.rates``)."""
+    return {
+        "completed_per_s": _round(rates.completed_per_s),
+        "arrivals_per_s": _round(rates.arrivals_per_s),
+        "errors_per_s": _round(rates.errors_per_s),
+        "rejected_per_s": _round(rates.rejected_per_s),
+        **{name: _round(getattr(rates, name)) for name, _ in PERCENTILES},
+        "queue_ms": _round(rates.queue_ms), "compute_ms": _round(rates.compute_ms),
+        "service_ms": _round(rates.service_ms),
+    }
 
 
 def _carry(values: Series, limit_s: int) -> Series:

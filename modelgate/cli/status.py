@@ -1,0 +1,96 @@
+"""``modelgate status``: the live system as a readable table, from Redis alone."""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+import redis
+
+from modelgate.core.pool_figures import FiguresQuery
+from modelgate.core.store import drift as drift_store
+from modelgate.core.store import heartbeats, pools, scaling
+
+RECENT_DECISIONS = 8
+
+
+def _pool_ids(client: redis.Redis) -> list[str]:
+    return sorted(pools.pool_of_stream(key.decode())
+                  for key in client.scan_iter(match=pools.pools_pattern(), count=500))
+
+
+def _workers(client: redis.Redis, pool: str) -> list[tuple[str, heartbeats.Heartbeat]]:
+    since = time.time() - heartbeats.WORKER_TTL_S
+    ids = [w.decode() for w in client.zrangebyscore(pools.worker_set(pool), since, "+inf")]
+    pipe = client.pipeline(transaction=False)
+    for worker_id in ids:
+        pipe.hgetall(heartbeats.heartbeat(worker_id))
+    found = []
+    for worker_id, fields in zip(ids, pipe.execute(), strict=True):
+        beat = heartbeats.Heartbeat.parse(fields)
+        if beat is not None:
+            found.append((worker_id, beat))
+    return found
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render(client: redis.Redis, out: TextIO) -> int:
+    pool_ids = _pool_ids(client)
+    if not pool_ids:
+        print("no model pools in this Redis yet (no request stream exists)", file=out)
+        return 0
+    query = FiguresQuery(pool_ids, time.time())
+    pipe = client.pipeline(transaction=False)
+    query.queue(pipe)
+    figures = query.parse(pipe.execute())
+    print(f"{'pool':<24}{'workers':>8}{'starting':>9}{'desired':>8}{'backlog':>8}"
+          f"{'in/s':>8}{'out/s':>8}{'p95 ms':>8}{'svc ms':>8}", file=out)
+    for pool in pool_ids:
+        gauges, rates = figures[pool].gauges, figures[pool].rates
+        print(f"{pool:<24}{gauges.live_workers:>8}{gauges.starting_workers:>9}"
+              f"{gauges.desired if gauges.desired is not None else '-':>8}{gauges.backlog:>8}"
+              f"{rates.demand_per_s:>8.1f}{rates.completed_per_s:>8.1f}"
+              f"{_fmt(rates.p95_ms):>8}{_fmt(rates.service_ms, digits=2):>8}", file=out)
+    print("\nworkers", file=out)
+    for pool in pool_ids:
+        for worker_id, beat in _workers(client, pool):
+            uptime = time.time() - beat.started
+            print(f"  {worker_id:<36} {pool:<20} pid {beat.pid:>7} up {uptime:>6.0f}s  "
+                  f"processed {beat.processed:>8}  busy {beat.busy:.0%}", file=out)
+    events = [e for _, fields in client.xrevrange(scaling.EVENTS,
+                                                  count=RECENT_DECISIONS * len(pool_ids))
+              if (e := scaling.ScalingEvent.parse(fields)) is not None]
+    changes = [e for e in events if e.changes]
+    print("\nlast scaling decisions" + ("" if changes else ": none (steady)"), file=out)
+    for event in changes[:RECENT_DECISIONS]:
+        when = time.strftime("%H:%M:%S", time.localtime(event.time))
+        print(f"  {when} {event.pool:<16} {event.current} -> {event.desired}  {event.reason}",
+              file=out)
+    if events:
+        print(f"\nlatest tick: {events[0].reason}", file=out)
+    _drift(client, pool_ids, out)
+    return 0
+
+
+def _drift(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:
+    """Features whose latest drift event is an alert (not cleared)."""
+    pipe = client.pipeline(transaction=False)
+    for pool in pool_ids:
+        pipe.xrevrange(drift_store.alerts(pool), count=200)
+    active = []
+    for pool, entries in zip(pool_ids, pipe.execute(), strict=True):
+        latest: dict[str, drift_store.DriftAlert] = {}
+        for _, fields in entries:  # newest first: the first seen per feature is its state
+            alert = drift_store.DriftAlert.parse(fields)
+            if alert is not None:
+                latest.setdefault(alert.feature, alert)
+        active += [(pool, alert) for _, alert in sorted(latest.items())
+                   if alert.statistic != "cleared"]
+    print("\ndrift alerts" + ("" if active else ": none"), file=out)
+    for pool, alert in active:
+        when = time.strftime("%H:%M:%S", time.localtime(alert.time))
+        print(f"  {when} {pool:<16} {alert.feature:<24} {alert.statistic} "
+              f"{alert.value} > {alert.threshold}", file=out)

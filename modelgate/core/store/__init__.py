@@ -1,0 +1,22 @@
+"""Everything modelgate keeps in Redis: each key's name, the record stored under it (fields,
+encode and decode) and the Lua scripts that touch it, side by side, one module per family.
+
+Keys are typed by family so that a model name can never collide with another kind of key:
+
+    mg:pool:{model}:{version}:...   a pool: the workers serving one version of one model
+    mg:worker:{id}                  one worker's heartbeat
+    mg:replies:{gateway}            one gateway process's reply list
+    mg:autoscaler:...               the autoscaler's decisions and budget
+
+Model names are restricted by the repository to ``[A-Za-z0-9_.-]`` and versions to digits, so
+``:`` separates safely. Writers and readers of a record both go through its module here; that
+is the rule that keeps them from drifting apart. ``docs/architecture.md`` lists every key, from
+:data:`FAMILIES` (a test checks the page against it).
+"""
+
+from __future__ import annotations
+
+PREFIX = "mg"
+
+# The modules of this package, in the order docs/architecture.md lists them.
+FAMILIES = ("pools", "heartbeats", "replies", "scaling", "drift")

@@ -1,0 +1,283 @@
+"""A pool's keys: its request stream and the entries on it, its backlog count, its workers, the
+autoscaler's wish for it, its dead letters and per-second counters -- and the scripts that
+keep the stream and the count in step.
+
+A *pool* is the set of workers serving one version of one model; its id is
+``{model}:{version}`` and every key of it starts ``mg:pool:{model}:{version}:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelgate.core.store import PREFIX
+
+# Consumer group every worker of a pool reads the pool's request stream in.
+WORKER_GROUP = "workers"
+
+# A worker announced as starting (loading its model) counts as such for this long; one that
+# never finishes (killed while loading) stops holding calls after it.
+STARTING_GRACE_S = 120.0
+
+
+def pool_id(model: str, version: str) -> str:
+    return f"{model}:{version}"
+
+
+def _key(pool: str, name: str) -> str:
+    return f"{PREFIX}:pool:{pool}:{name}"
+
+
+def requests_stream(pool: str) -> str:
+    """Stream of request entries (:class:`RequestEntry`): XADD by gateways, XREADGROUP by
+    workers in :data:`WORKER_GROUP`; an entry leaves it when a worker acknowledges it."""
+    return _key(pool, "requests")
+
+
+def queued(pool: str) -> str:
+    """Requests queued for the pool and not yet answered: the backlog, in requests.
+
+    Gateways add a bundle's request count in the same write as its XADD; workers subtract it
+    in :data:`ACK` for the entries they acknowledge. An entry holds several requests, so the
+    stream's length is not the backlog (it counts entries).
+    """
+    return _key(pool, "queued")
+
+
+def worker_set(pool: str) -> str:
+    """Sorted set of the ids of workers serving the pool, scored by their last heartbeat
+    (epoch s); a member older than ``heartbeats.WORKER_TTL_S`` is not live."""
+    return _key(pool, "workers")
+
+
+def starting_set(pool: str) -> str:
+    """Sorted set of the ids of workers loading their model for the pool, scored by when they
+    began. Gateways hold a call for a pool with no live worker while one is starting, within
+    the call's deadline (scale from zero, restarts)."""
+    return _key(pool, "starting")
+
+
+def desired(pool: str) -> str:
+    """The autoscaler's latest desired worker count (an integer; expires unless renewed)."""
+    return _key(pool, "desired")
+
+
+def dead_letters(pool: str) -> str:
+    """Stream of entries delivered too often without an answer (:class:`DeadLetter`)."""
+    return _key(pool, "dead")
+
+
+def stats(pool: str, epoch_s: int) -> str:
+    """Hash of one second's counters (``modelgate.core.stats``); expires after minutes."""
+    return _key(pool, f"stats:{epoch_s}")
+
+
+def pools_pattern() -> str:
+    """A SCAN pattern matching every pool's request stream (:func:`pool_of_stream` inverts)."""
+    return f"{PREFIX}:pool:*:requests"
+
+
+def pool_of_stream(stream: str) -> str:
+    """The pool id of a :func:`requests_stream` key."""
+    return stream.removeprefix(f"{PREFIX}:pool:").removesuffix(":requests")
+
+
+class EntryError(ValueError):
+    """Stream entry fields that are not a request entry of this format."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEntry:
+    """The fields of one request entry: a bundle of calls (``modelgate.core.wire``).
+
+    ``ids``        the calls' correlation ids (unique per gateway), outside the payload so
+                   that even an undecodable payload gets its callers an answer
+    ``reply_to``   the gateway's reply list (``replies.reply_list``)
+    ``budget_ms``  milliseconds from the entry's stream id (Redis's clock when it was added)
+                   to the deadline of its last call: deadlines never compare two hosts' clocks
+    ``attempt``    deliveries before this entry was written: 1 when a gateway adds it; a bundle
+                   split after its worker died carries the deliveries so far, so a poison pill
+                   is still parked after ``max_deliveries``
+    ``payload``    the bundle, ``wire.encode_bundle``
+    """
+
+    ids: tuple[str, ...]
+    reply_to: str
+    budget_ms: int
+    attempt: int
+    payload: bytes
+
+    def fields(self) -> list[bytes | str | int]:
+        """Name/value items in XADD order."""
+        return ["ids", encode_ids(self.ids), "reply_to", self.reply_to,
+                "budget_ms", self.budget_ms, "attempt", self.attempt, "payload", self.payload]
+
+    @classmethod
+    def parse(cls, fields: Mapping[bytes, bytes]) -> RequestEntry:
+        """Raises EntryError naming what is missing or malformed."""
+        try:
+            ids = decode_ids(fields[b"ids"])
+            reply_to = fields[b"reply_to"].decode()
+            budget_ms = int(fields[b"budget_ms"])
+        except KeyError as e:
+            raise EntryError(f"entry lacks its {e.args[0].decode()!r} field") from e
+        except (ValueError, UnicodeDecodeError) as e:
+            raise EntryError(f"entry has a malformed field: {e}") from e
+        return cls(ids, reply_to, budget_ms, attempt_of(fields), fields.get(b"payload", b""))
+
+
+def entry_time_ms(entry_id: bytes | str) -> int:
+    """Redis's clock (epoch ms) when the entry was added: the first part of its stream id."""
+    raw = entry_id.encode() if isinstance(entry_id, str) else entry_id
+    return int(raw.split(b"-", 1)[0])
+
+
+def encode_ids(ids: Sequence[str]) -> str:
+    return ",".join(ids)
+
+
+def decode_ids(raw: bytes) -> tuple[str, ...]:
+    """The ``ids`` field; raises EntryError unless it names at least one id."""
+    try:
+        ids = tuple(raw.decode().split(","))
+    except UnicodeDecodeError as e:
+        raise EntryError("entry 'ids' is not UTF-8") from e
+    if not all(ids):
+        raise EntryError(f"entry 'ids' {raw[:80]!r} is not a comma-separated list of ids")
+    return ids
+
+
+def attempt_of(fields: Mapping[bytes, bytes]) -> int:
+    """Deliveries an entry had before it was written (its ``attempt`` field; 1 if absent)."""
+    try:
+        return max(1, int(fields.get(b"attempt", b"1")))
+    except ValueError:
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry parked in :func:`dead_letters`: its original fields, plus where it came from,
+    how often it was delivered and when it was parked."""
+
+    fields: dict[bytes, bytes]
+    original_id: bytes
+    deliveries: int
+    parked_at_ms: int
+
+    def items(self) -> list[bytes | str | int]:
+        items: list[bytes | str | int] = [
+            part for name, value in self.fields.items() for part in (name, value)]
+        return [*items, "original_id", self.original_id, "deliveries", self.deliveries,
+                "parked_at_ms", self.parked_at_ms]
+
+    @classmethod
+    def parse(cls, fields: Mapping[bytes, bytes]) -> DeadLetter:
+        try:
+            return cls({k: v for k, v in fields.items()
+                        if k not in (b"original_id", b"deliveries", b"parked_at_ms")},
+                       fields[b"original_id"], int(fields[b"deliveries"]),
+                       int(fields[b"parked_at_ms"]))
+        except (KeyError, ValueError) as e:
+            raise EntryError(f"not a dead letter: {e}") from e
+
+
+# Reads the queued count, resetting it to 0 when the stream is empty: a count left off by a
+# write resent after a dropped connection (or lost with Redis) heals once the pool drains.
+# Gateways INCRBY in the write that XADDs and workers DECRBY with XDEL in one script (ACK), so
+# an empty stream means nothing is queued.
+# KEYS: the pool's requests stream, its queued count.
+QUEUED_REPAIR = """
+local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
+if queued ~= 0 and redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[2], 0)
+  return 0
+end
+return queued
+"""
+
+# Acknowledge and delete entries; subtract from the queued count only the requests of entries
+# this call acknowledged, so an entry answered twice (its worker was slow, not dead, and
+# another took it over) is not subtracted twice. Atomic, hence never seen half done by
+# QUEUED_REPAIR. KEYS: stream, queued count. ARGV: group, then entry id and request count
+# pairs.
+ACK = """
+local done = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    done = done + tonumber(ARGV[i + 1])
+  end
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+if done > 0 then redis.call('DECRBY', KEYS[2], done) end
+return done
+"""
+
+# Replace a claimed bundle by one entry per request, unless it was acknowledged meanwhile. The
+# queued count is unchanged: the same requests stay queued. Each new entry's budget_ms is
+# taken down by the time since the bundle was added, so its deadline stays where it was.
+# KEYS: stream. ARGV: group, entry id, the bundle's budget_ms, fields per new entry (name/value
+# items, budget_ms last but one), then the new entries' items.
+SPLIT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local added_ms = tonumber(string.match(ARGV[2], '^(%d+)'))
+local budget = tonumber(ARGV[3]) - (now_ms - added_ms)
+local width = tonumber(ARGV[4])
+for i = 5, #ARGV, width do
+  local fields = {unpack(ARGV, i, i + width - 1)}
+  for j = 1, width, 2 do
+    if fields[j] == 'budget_ms' then fields[j + 1] = tostring(budget) end
+  end
+  redis.call('XADD', KEYS[1], '*', unpack(fields))
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolGauges:
+    """A pool's state right now: the one reading of it that every process shares."""
+
+    live_workers: int
+    starting_workers: int
+    backlog: int  # requests queued and not yet answered (see :func:`queued`)
+    desired: int | None  # the autoscaler's latest wish; None when no autoscaler runs
+
+
+GAUGE_COMMANDS = 4
+
+
+def read_gauges(pipe: Any, pool: str, now: float, worker_ttl_s: float) -> None:
+    """Queue the :data:`GAUGE_COMMANDS` commands whose results :func:`gauges_from` reads, on
+    a sync or asyncio pipeline. Repairs a stale backlog count on the way (QUEUED_REPAIR)."""
+    pipe.zcount(worker_set(pool), now - worker_ttl_s, "+inf")
+    pipe.zcount(starting_set(pool), now - STARTING_GRACE_S, "+inf")
+    pipe.eval(QUEUED_REPAIR, 2, requests_stream(pool), queued(pool))
+    pipe.get(desired(pool))
+
+
+def gauges_from(results: Sequence[Any]) -> PoolGauges:
+    """The gauges from the results of :func:`read_gauges`' commands, in order."""
+    live, starting_count, backlog, wanted = results[:GAUGE_COMMANDS]
+    return PoolGauges(int(live), int(starting_count), queued_count(backlog),
+                      _int_or_none(wanted))
+
+
+def queued_count(raw: bytes | str | int | None) -> int:
+    """The value of :func:`queued` as read back: absent, malformed or negative is 0."""
+    try:
+        return max(0, int(raw)) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def _int_or_none(raw: bytes | str | int | None) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
