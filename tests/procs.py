@@ -32,9 +32,15 @@ class Processes:
         self.log_dir = log_dir
         self.started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
-    def spawn(self, label: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, label: str, args: Sequence[str],
+              env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """``modelgate ARGS`` in the repository, with no MODELGATE_ variable of this
+        process's environment but those in ``env_extra``."""
         log_path = self.log_dir / f"{label}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+        env.update(env_extra or {})
+        # `modelgate up` keeps its embedded Redis's files per model repository under here.
+        env["XDG_STATE_HOME"] = str(self.log_dir / "state")
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "modelgate", *args], cwd=REPO_ROOT, env=env,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -125,8 +126,12 @@ class Autoscaler:
         pipe.execute()
 
     def run(self, stop: threading.Event, interval_s: float = 1.0,
-            max_ticks: int | None = None) -> int:
-        """Tick every ``interval_s`` until ``stop`` is set (or ``max_ticks``); returns ticks."""
+            max_ticks: int | None = None, on_tick: Callable[[], None] | None = None) -> int:
+        """Tick every ``interval_s`` until ``stop`` is set (or ``max_ticks``); returns ticks.
+
+        ``on_tick`` runs after every tick, and also while Redis cannot be observed (a
+        supervisor restarting what died, Redis included, must not wait for Redis).
+        """
         ticks = 0
         backoff_s = 0.5
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
@@ -139,9 +144,13 @@ class Autoscaler:
                 log.warning("autoscaler cannot observe (%s); holding, retry in %.1fs", e,
                             backoff_s)
                 self.backend.supervise()
+                if on_tick is not None:
+                    on_tick()
                 stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
                 continue
             ticks += 1
+            if on_tick is not None:
+                on_tick()
             stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
         return ticks

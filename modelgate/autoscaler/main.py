@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 
 import redis
@@ -17,38 +15,38 @@ from modelgate.autoscaler.budget import BudgetError
 from modelgate.autoscaler.loop import Autoscaler
 from modelgate.autoscaler.plans import plans_for
 from modelgate.core.repository import load_repository
+from modelgate.core.settings import AutoscalerSettings
 
 log = logging.getLogger("modelgate.autoscaler")
 
 
-def build_backend(args: argparse.Namespace) -> Backend:
-    if args.backend == "docker":
+def build_backend(settings: AutoscalerSettings) -> Backend:
+    if settings.backend == "docker":
         from modelgate.autoscaler.backends.docker import DockerBackend
 
-        return DockerBackend(image=args.docker_image, network=args.docker_network,
-                             redis_url=args.redis_url, models_dir=args.docker_models_dir)
-    if args.backend == "kubernetes":
+        return DockerBackend(image=settings.docker_image, network=settings.docker_network,
+                             redis_url=settings.redis_url, models_dir=settings.docker_models_dir)
+    if settings.backend == "kubernetes":
         from modelgate.autoscaler.backends.kubernetes import KubernetesBackend
 
-        return KubernetesBackend(namespace=args.k8s_namespace)
+        return KubernetesBackend(namespace=settings.k8s_namespace)
     from modelgate.autoscaler.backends.local import LocalBackend
 
-    return LocalBackend(Path(args.models), args.redis_url)
+    return LocalBackend(settings.models_dir, settings.redis_url)
 
 
-def main(args: argparse.Namespace) -> int:
-    models = load_repository(Path(args.models))
-    plans = plans_for(models, int(args.min_workers), int(args.max_workers),
-                      float(args.scale_down_delay))
-    max_cost = float(args.max_cost_per_hour) if args.max_cost_per_hour not in (None, "") else None
-    backend = build_backend(args)
+def main(settings: AutoscalerSettings) -> int:
+    models = load_repository(settings.models_dir)
+    plans = plans_for(models, settings.scaling)
+    backend = build_backend(settings)
     try:
-        autoscaler = Autoscaler(redis.Redis.from_url(args.redis_url), backend, plans, max_cost)
+        autoscaler = Autoscaler(redis.Redis.from_url(settings.redis_url), backend, plans,
+                                settings.scaling.max_cost_per_hour)
     except BudgetError as e:
         log.error("%s", e)
         return 2
-    if int(args.metrics_port):
-        start_http_server(int(args.metrics_port), registry=autoscaler.registry)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, registry=autoscaler.registry)
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -63,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         autoscaler.run(stop)
     finally:
+        # Local workers are this process's children and would be orphaned; containers and
+        # Deployments outlive a restart of the autoscaler, which finds them again.
         if backend.name == "local":
             backend.stop_all()
     return 0

@@ -1,5 +1,11 @@
 """The ``modelgate`` command. Every flag also reads ``MODELGATE_<FLAG>`` from the environment
-(``--redis-url`` <- ``MODELGATE_REDIS_URL``); a flag given on the command line wins."""
+(``--redis-url`` <- ``MODELGATE_REDIS_URL``); a flag given on the command line wins.
+
+Each subcommand registers its parser and its handler together (``_COMMANDS``); defaults come
+from the settings classes (``modelgate.core.settings``), never restated here. Secrets given as
+flags (API keys, a Redis URL with a password) are moved to the environment and the command
+re-executes itself without them at once, so ``ps`` does not show them.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,27 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from modelgate.core.repository import RepositoryError
+from modelgate.core.settings import (
+    AutoscalerSettings,
+    GatewaySettings,
+    ScalingSettings,
+    UpSettings,
+    WorkerSettings,
+    default_of,
+)
+
+# Set in the environment of a command that re-executed itself to hide secrets: never twice.
+_REEXECUTED = "MODELGATE_SECRETS_MOVED"
+
+
+class UsageError(ValueError):
+    """A setting that cannot be used as given; the message says how to fix it."""
 
 
 class _EnvParser(argparse.ArgumentParser):
@@ -22,7 +44,7 @@ class _EnvParser(argparse.ArgumentParser):
     def add_argument(self, *names: Any, **kwargs: Any) -> Any:
         flag = next((n for n in names if isinstance(n, str) and n.startswith("--")), None)
         if flag is not None:
-            variable = "MODELGATE_" + flag[2:].upper().replace("-", "_")
+            variable = env_variable(flag)
             if variable in self.env:
                 kwargs["default"] = self.env[variable]
                 kwargs["required"] = False
@@ -31,109 +53,243 @@ class _EnvParser(argparse.ArgumentParser):
         return super().add_argument(*names, **kwargs)
 
 
+def env_variable(flag: str) -> str:
+    return "MODELGATE_" + flag[2:].upper().replace("-", "_")
+
+
 def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
-def _scaling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scale-down-delay", type=float, default=30.0,
-                        help="seconds a lower worker count must be enough before workers are "
-                             "removed (the highest need in this window wins)")
-    parser.add_argument("--max-cost-per-hour", type=float, default=None,
-                        help="budget across all pools: sum of workers x worker_cost_per_hour")
-
-
-def _auth_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api-key", action="append", default=None,
-                        help="require 'Authorization: Bearer KEY'; repeat for several keys "
-                             "(the environment variable takes a comma-separated list)")
-    parser.add_argument("--protect-probes", action="store_true", default=False,
-                        help="require the API key on /v2/health/*, /metrics and /openapi.json too")
-
-
-def api_keys(value: str | list[str] | None) -> tuple[str, ...]:
-    """Keys from repeated flags or from the comma-separated environment variable."""
-    if not value:
-        return ()
-    items = value.split(",") if isinstance(value, str) else value
-    return tuple(k.strip() for k in items if k.strip())
+def _optional_float(value: object) -> float | None:
+    return float(str(value)) if value not in (None, "") else None
 
 
 def _flag(value: object) -> bool:
     return value is True or str(value).lower() in {"1", "true", "yes", "on"}
 
 
-def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    _EnvParser.env = os.environ if env is None else env
-    parser = _EnvParser(prog="modelgate", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_EnvParser)
+class _AppendKeys(argparse.Action):
+    """``--api-key`` repeated: flags replace a list read from the environment, never extend
+    it (a flag given on the command line wins), and never crash on it."""
 
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        keys = list(current) if isinstance(current, list) else []
+        keys.append(values)
+        setattr(namespace, self.dest, keys)
+
+
+def api_keys(value: str | list[str] | None, what: str = "--api-key") -> tuple[str, ...]:
+    """Keys from repeated flags or from the comma-separated environment variable.
+
+    Not given at all: no keys. Given but naming no key (an empty or blank value, an empty item
+    in the list): a UsageError, never an open gateway -- a missing Kubernetes Secret must not
+    turn authentication off.
+    """
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    keys = tuple(k.strip() for k in items)
+    if not keys or not all(keys):
+        raise UsageError(
+            f"{what} (or {env_variable(what)}) is set but holds an empty key: give one or more "
+            "keys (comma-separated in the environment), or unset it to run without keys")
+    if any("," in k for k in keys):
+        raise UsageError(f"{what}: a key cannot contain ','")
+    return keys
+
+
+def _scaling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-workers", type=_count,
+                        default=default_of(ScalingSettings, "min_workers"),
+                        help="workers per model at least (0 lets an idle model scale to zero)")
+    parser.add_argument("--max-workers", type=_positive_int,
+                        default=default_of(ScalingSettings, "max_workers"),
+                        help="upper bound per model")
+    parser.add_argument("--scale-down-delay", type=float,
+                        default=default_of(ScalingSettings, "scale_down_delay_s"),
+                        help="seconds a lower worker count must be enough before workers are "
+                             "removed (the highest need in this window wins)")
+    parser.add_argument("--max-cost-per-hour", type=_optional_float, default=None,
+                        help="budget across all pools: sum of workers x worker_cost_per_hour")
+
+
+def _scaling(args: argparse.Namespace) -> ScalingSettings:
+    return ScalingSettings(min_workers=int(args.min_workers),
+                           max_workers=int(args.max_workers),
+                           scale_down_delay_s=float(args.scale_down_delay),
+                           max_cost_per_hour=_optional_float(args.max_cost_per_hour))
+
+
+def _auth_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", action=_AppendKeys, default=None,
+                        help="require 'Authorization: Bearer KEY'; repeat for several keys "
+                             "(the environment variable takes a comma-separated list)")
+    parser.add_argument("--protect-probes", action="store_true", default=False,
+                        help="require the API key on /v2/health/*, /metrics and /openapi.json too")
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def _add_up(commands: Any) -> None:
     up = commands.add_parser("up", help="run Redis (embedded unless given), gateway and workers")
     up.add_argument("--models", type=Path, required=True, help="model repository folder")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--host", default=default_of(UpSettings, "host"))
+    up.add_argument("--port", type=int, default=default_of(UpSettings, "port"))
     up.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
-    up.add_argument("--min-workers", type=_positive_int, default=1, help="workers per model")
-    up.add_argument("--max-workers", type=_positive_int, default=4,
-                    help="upper bound per model (used by the autoscaler)")
-    up.add_argument("--default-timeout-ms", type=int, default=30_000)
-    up.add_argument("--gateway-procs", type=_positive_int, default=1,
+    up.add_argument("--state-dir", type=Path, default=None,
+                    help="where the embedded Redis keeps its files (default: a folder per model "
+                         "repository under $XDG_STATE_HOME/modelgate)")
+    up.add_argument("--default-timeout-ms", type=_positive_int,
+                    default=default_of(UpSettings, "default_timeout_ms"))
+    up.add_argument("--gateway-procs", type=_positive_int,
+                    default=default_of(UpSettings, "gateway_procs"),
                     help="gateway processes sharing the port (metrics merged across them)")
     _auth_flags(up)
     _scaling_flags(up)
+    up.set_defaults(handler=_run_up)
 
+
+def _run_up(args: argparse.Namespace) -> int:
+    from modelgate.cli import up
+
+    return up.run(UpSettings(
+        models_dir=Path(args.models), host=args.host, port=int(args.port),
+        redis_url=args.redis_url or None,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        default_timeout_ms=int(args.default_timeout_ms),
+        api_keys=api_keys(args.api_key), protect_probes=_flag(args.protect_probes),
+        scaling=_scaling(args), gateway_procs=int(args.gateway_procs)))
+
+
+def _add_autoscaler(commands: Any) -> None:
     autoscaler = commands.add_parser("autoscaler", help="run the autoscaling control loop")
     autoscaler.add_argument("--models", type=Path, required=True)
     autoscaler.add_argument("--redis-url", required=True)
     autoscaler.add_argument("--backend", choices=["local", "docker", "kubernetes"],
-                            default="local")
-    autoscaler.add_argument("--min-workers", type=_positive_int, default=1)
-    autoscaler.add_argument("--max-workers", type=_positive_int, default=4)
-    autoscaler.add_argument("--metrics-port", type=int, default=9100,
+                            default=default_of(AutoscalerSettings, "backend"))
+    autoscaler.add_argument("--metrics-port", type=_count,
+                            default=default_of(AutoscalerSettings, "metrics_port"),
                             help="serve the autoscaler's /metrics here (0 = off)")
-    autoscaler.add_argument("--docker-image", default="modelgate:latest")
+    autoscaler.add_argument("--docker-image",
+                            default=default_of(AutoscalerSettings, "docker_image"))
     autoscaler.add_argument("--docker-network", default=None)
-    autoscaler.add_argument("--docker-models-dir", default="/models",
+    autoscaler.add_argument("--docker-models-dir",
+                            default=default_of(AutoscalerSettings, "docker_models_dir"),
                             help="the model repository's path inside worker containers")
-    autoscaler.add_argument("--k8s-namespace", default="modelgate")
+    autoscaler.add_argument("--k8s-namespace",
+                            default=default_of(AutoscalerSettings, "k8s_namespace"))
     _scaling_flags(autoscaler)
+    autoscaler.set_defaults(handler=_run_autoscaler)
 
+
+def _run_autoscaler(args: argparse.Namespace) -> int:
+    from modelgate.autoscaler.main import main as autoscaler_main
+
+    return autoscaler_main(AutoscalerSettings(
+        models_dir=Path(args.models), redis_url=args.redis_url, scaling=_scaling(args),
+        backend=args.backend, metrics_port=int(args.metrics_port),
+        docker_image=args.docker_image, docker_network=args.docker_network or None,
+        docker_models_dir=args.docker_models_dir, k8s_namespace=args.k8s_namespace))
+
+
+def _add_gateway(commands: Any) -> None:
     gateway = commands.add_parser("gateway", help="run one gateway process")
     gateway.add_argument("--models", type=Path, required=True)
     gateway.add_argument("--redis-url", required=True)
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=int, default=8080)
-    gateway.add_argument("--default-timeout-ms", type=int, default=30_000)
-    gateway.add_argument("--max-inflight", type=int, default=8_192,
+    gateway.add_argument("--host", default=default_of(GatewaySettings, "host"))
+    gateway.add_argument("--port", type=int, default=default_of(GatewaySettings, "port"))
+    gateway.add_argument("--default-timeout-ms", type=_positive_int,
+                         default=default_of(GatewaySettings, "default_timeout_ms"))
+    gateway.add_argument("--max-inflight", type=_positive_int,
+                         default=default_of(GatewaySettings, "max_inflight"),
                          help="requests one gateway process waits on at once; past it, 429")
-    gateway.add_argument("--max-queue", type=int, default=10_000,
+    gateway.add_argument("--max-queue", type=_positive_int,
+                         default=default_of(GatewaySettings, "max_queue"),
                          help="backlog per model when its config sets no max_queue; past it, 429")
-    gateway.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
+    gateway.add_argument("--max-body-bytes", type=_positive_int,
+                         default=default_of(GatewaySettings, "max_body_bytes"))
     gateway.add_argument("--reuse-port", action="store_true", default=False,
                          help="share the port with other gateway processes (SO_REUSEPORT)")
+    gateway.add_argument("--fd", type=_count, default=None,
+                         help="serve on this inherited listening socket instead of binding "
+                              "(set by `modelgate up`)")
     _auth_flags(gateway)
+    gateway.set_defaults(handler=_run_gateway)
 
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    from modelgate.gateway.app import serve
+
+    serve(GatewaySettings(
+        models_dir=Path(args.models), redis_url=args.redis_url, host=args.host,
+        port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
+        max_inflight=int(args.max_inflight), max_queue=int(args.max_queue),
+        max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
+        protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
+        fd=int(args.fd) if args.fd not in (None, "") else None))
+    return 0
+
+
+def _add_worker(commands: Any) -> None:
     worker = commands.add_parser("worker", help="run one worker process for one model")
     worker.add_argument("--models", type=Path, required=True)
     worker.add_argument("--model", required=True, help="model name in the repository")
     worker.add_argument("--version", default=None, help="default: the highest version")
     worker.add_argument("--redis-url", required=True)
-    worker.add_argument("--intra-op-threads", type=int, default=None,
+    worker.add_argument("--intra-op-threads", type=_positive_int, default=None,
                         help="ONNX Runtime threads per run (default: model config, else 1)")
-    worker.add_argument("--claim-timeout-ms", type=int, default=5_000,
+    worker.add_argument("--claim-timeout-ms", type=_positive_int,
+                        default=default_of(WorkerSettings, "claim_timeout_ms"),
                         help="floor of the idle time after which a dead worker's entries are "
                              "taken over")
-    worker.add_argument("--max-deliveries", type=int, default=3,
+    worker.add_argument("--max-deliveries", type=_positive_int,
+                        default=default_of(WorkerSettings, "max_deliveries"),
                         help="deliveries after which an entry goes to the dead-letter stream")
+    worker.set_defaults(handler=_run_worker)
 
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from modelgate.worker.main import main as worker_main
+
+    return worker_main(WorkerSettings(
+        models_dir=Path(args.models), model=args.model, version=args.version or None,
+        redis_url=args.redis_url,
+        intra_op_threads=int(args.intra_op_threads) if args.intra_op_threads else None,
+        claim_timeout_ms=int(args.claim_timeout_ms), max_deliveries=int(args.max_deliveries)))
+
+
+def _add_status(commands: Any) -> None:
     status = commands.add_parser("status", help="show pools, workers, backlog, rates, p95, "
                                                 "desired workers and the last decisions")
-    status.add_argument("--redis-url", required=True)
+    status.add_argument("--redis-url", required=True,
+                        help="the Redis to read; for `modelgate up`'s, the URL in the file it "
+                             "printed")
+    status.set_defaults(handler=_run_status)
 
+
+def _run_status(args: argparse.Namespace) -> int:
+    import redis
+
+    from modelgate.cli.status import render
+
+    return render(redis.Redis.from_url(args.redis_url), sys.stdout)
+
+
+def _add_simulate(commands: Any) -> None:
     simulate = commands.add_parser(
         "simulate", help="replay a traffic trace through the scaling policy")
     simulate.add_argument("trace", nargs="?", default="step",
@@ -145,14 +301,32 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                           help="seconds from starting a worker to its first request")
     simulate.add_argument("--slo-ms", type=float, default=250.0,
                           help="latency a request must meet to count as within SLO")
-    simulate.add_argument("--min-workers", type=_positive_int, default=1)
-    simulate.add_argument("--max-workers", type=_positive_int, default=16)
     simulate.add_argument("--target", type=float, default=0.99,
                           help="SLO attainment the static allocation must reach")
     simulate.add_argument("--seed", type=int, default=7)
     simulate.add_argument("--plot", type=Path, default=None, help="write a PNG here")
     _scaling_flags(simulate)
+    simulate.set_defaults(handler=_run_simulate, max_workers=16)
 
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from modelgate.autoscaler.policy import PolicyConfig
+    from modelgate.autoscaler.simulate import SimConfig, run_cli
+
+    scaling = _scaling(args)
+    sim = SimConfig(service_ms=float(args.service_ms), startup_s=float(args.startup_s),
+                    slo_ms=float(args.slo_ms), seed=int(args.seed))
+    policy = PolicyConfig(min_workers=scaling.min_workers, max_workers=scaling.max_workers,
+                          slo_p95_ms=float(args.slo_ms),
+                          scale_down_delay_s=scaling.scale_down_delay_s)
+    try:
+        return run_cli(args.trace, sim, policy, float(args.target), args.plot)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"modelgate simulate: {e}", file=sys.stderr)
+        return 2
+
+
+def _add_profile(commands: Any) -> None:
     profile = commands.add_parser(
         "profile", help="write a model's reference profile for drift detection")
     profile.add_argument("--models", type=Path, required=True)
@@ -161,109 +335,135 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     profile.add_argument("--data", type=Path, required=True,
                          help="reference rows: .csv or .npy (one input), .npz (one array per "
                               "input, named after it)")
+    profile.set_defaults(handler=_run_profile)
 
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from modelgate.core.profile import build_profile, profile_path, read_data, run_model
+    from modelgate.core.repository import load_model
+
+    model = load_model(Path(args.models) / args.model)
+    version = model.versions.get(args.version or model.default_version)
+    if version is None:
+        raise RepositoryError(f"model {model.name!r} has no version {args.version}")
+    if not version.batchable:
+        raise RepositoryError(f"model {model.name!r} cannot batch; drift profiles need "
+                              "rows (a variable first dimension on every input)")
+    inputs = read_data(Path(args.data), version)
+    rows = len(next(iter(inputs.values())))
+    print(f"modelgate: running {model.name} v{version.version} over {rows} rows...",
+          flush=True)
+    built = build_profile(version, inputs, run_model(version, inputs))
+    built.save(profile_path(version))
+    print(f"modelgate: profile of {len(built.features)} feature(s) and "
+          f"{len(built.labels)} label output(s) written to {profile_path(version)}; "
+          "restart workers and gateways to use it")
+    return 0
+
+
+def _add_demo(commands: Any) -> None:
     demo = commands.add_parser("demo", help="build the demo model repository")
     demo.add_argument("--out", type=Path, default=Path("demo_models"))
+    demo.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from modelgate.cli.demo import build_demo_repository
+
+    names = build_demo_repository(args.out)
+    print(f"modelgate: demo repository with {names} written to {args.out}")
+    return 0
+
+
+_COMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_up, _add_autoscaler, _add_gateway, _add_worker, _add_status, _add_simulate,
+    _add_profile, _add_demo)
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    _EnvParser.env = os.environ if env is None else env
+    parser = _EnvParser(prog="modelgate", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_EnvParser)
+    for add in _COMMANDS:
+        add(commands)
     return parser
 
 
+# --------------------------------------------------------------------------- secrets
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None or "password=" in urlsplit(url).query
+    except ValueError:
+        return False
+
+
+def move_secrets(argv: Sequence[str], env: Mapping[str, str]
+                 ) -> tuple[list[str], dict[str, str]] | None:
+    """``argv`` without secret flags and ``env`` holding them instead, or None when there is
+    nothing to move. ``--api-key`` (repeatable) becomes ``MODELGATE_API_KEY``, a
+    ``--redis-url`` with a password ``MODELGATE_REDIS_URL``."""
+    kept: list[str] = []
+    keys: list[str] = []
+    redis_url: str | None = None
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        name, has_value, inline = item.partition("=")
+        if name in ("--api-key", "--redis-url"):
+            if has_value:
+                value = inline
+            elif i + 1 < len(items):
+                value, i = items[i + 1], i + 1
+            else:
+                kept.append(item)  # let argparse say the value is missing
+                i += 1
+                continue
+            if name == "--api-key":
+                keys.append(value)
+            elif _has_password(value):
+                redis_url = value
+            else:
+                kept += [name, value]
+        else:
+            kept.append(item)
+        i += 1
+    if not keys and redis_url is None:
+        return None
+    moved = dict(env)
+    if keys:
+        moved["MODELGATE_API_KEY"] = ",".join(keys)
+    if redis_url is not None:
+        moved["MODELGATE_REDIS_URL"] = redis_url
+    moved[_REEXECUTED] = "1"
+    return kept, moved
+
+
+def _hide_secrets_from_ps(argv: list[str]) -> None:
+    """Re-execute without secret flags (their values move to the environment)."""
+    if os.environ.get(_REEXECUTED):
+        return
+    moved = move_secrets(argv, os.environ)
+    if moved is None:
+        return
+    kept, env = moved
+    os.execve(sys.executable, [sys.executable, "-m", "modelgate", *kept], env)
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    if argv is None:
+        _hide_secrets_from_ps(sys.argv[1:])
     args = build_parser(env).parse_args(argv)
     logging.basicConfig(level=str(args.log_level).upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return _dispatch(args)
+        return int(args.handler(args))
+    except UsageError as e:
+        print(f"modelgate {args.command}: {e}", file=sys.stderr)
+        return 2
     except RepositoryError as e:
         print(f"modelgate: model repository error: {e}", file=sys.stderr)
         return 2
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    from modelgate.core import settings
-
-    if args.command == "up":
-        from modelgate.cli import up
-
-        return up.run(settings.UpSettings(
-            models_dir=Path(args.models), host=args.host, port=int(args.port),
-            redis_url=args.redis_url or None, min_workers=int(args.min_workers),
-            max_workers=int(args.max_workers), default_timeout_ms=int(args.default_timeout_ms),
-            api_keys=api_keys(args.api_key), protect_probes=_flag(args.protect_probes),
-            scale_down_delay_s=float(args.scale_down_delay),
-            gateway_procs=max(1, int(args.gateway_procs)),
-            max_cost_per_hour=(float(args.max_cost_per_hour)
-                               if args.max_cost_per_hour not in (None, "") else None),
-        ))
-    if args.command == "autoscaler":
-        from modelgate.autoscaler.main import main as autoscaler_main
-
-        return autoscaler_main(args)
-    if args.command == "gateway":
-        from modelgate.gateway.app import serve
-
-        serve(settings.GatewaySettings(
-            models_dir=Path(args.models), redis_url=args.redis_url, host=args.host,
-            port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
-            max_inflight=int(args.max_inflight), default_max_queue=int(args.max_queue),
-            max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
-            protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
-        ))
-        return 0
-    if args.command == "worker":
-        from modelgate.worker.main import main as worker_main
-
-        return worker_main(settings.WorkerSettings(
-            models_dir=Path(args.models), model=args.model, version=args.version,
-            redis_url=args.redis_url,
-            intra_op_threads=int(args.intra_op_threads) if args.intra_op_threads else None,
-            claim_timeout_floor_ms=int(args.claim_timeout_ms),
-            max_deliveries=int(args.max_deliveries),
-        ))
-    if args.command == "status":
-        import redis
-
-        from modelgate.cli.status import render
-
-        return render(redis.Redis.from_url(args.redis_url), sys.stdout)
-    if args.command == "simulate":
-        from modelgate.autoscaler.policy import PolicyConfig
-        from modelgate.autoscaler.simulate import SimConfig, run_cli
-
-        sim = SimConfig(service_ms=float(args.service_ms), startup_s=float(args.startup_s),
-                        slo_ms=float(args.slo_ms), seed=int(args.seed))
-        policy = PolicyConfig(min_workers=int(args.min_workers),
-                              max_workers=int(args.max_workers), slo_p95_ms=float(args.slo_ms),
-                              scale_down_delay_s=float(args.scale_down_delay))
-        try:
-            return run_cli(args.trace, sim, policy, float(args.target), args.plot)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"modelgate simulate: {e}", file=sys.stderr)
-            return 2
-    if args.command == "profile":
-        from modelgate.core.profile import build_profile, profile_path, read_data, run_model
-        from modelgate.core.repository import load_model
-
-        model = load_model(Path(args.models) / args.model)
-        version = model.versions.get(args.version or model.default_version)
-        if version is None:
-            raise RepositoryError(f"model {model.name!r} has no version {args.version}")
-        if not version.batchable:
-            raise RepositoryError(f"model {model.name!r} cannot batch; drift profiles need "
-                                  "rows (a variable first dimension on every input)")
-        inputs = read_data(Path(args.data), version)
-        rows = len(next(iter(inputs.values())))
-        print(f"modelgate: running {model.name} v{version.version} over {rows} rows...",
-              flush=True)
-        built = build_profile(version, inputs, run_model(version, inputs))
-        built.save(profile_path(version))
-        print(f"modelgate: profile of {len(built.features)} feature(s) and "
-              f"{len(built.labels)} label output(s) written to {profile_path(version)}; "
-              "restart workers and gateways to use it")
-        return 0
-    if args.command == "demo":
-        from modelgate.cli.demo import build_demo_repository
-
-        names = build_demo_repository(args.out)
-        print(f"modelgate: demo repository with {names} written to {args.out}")
-        return 0
-    raise AssertionError(args.command)

@@ -1,12 +1,19 @@
 """``modelgate up``: Redis (embedded unless given), the gateway and workers on one machine.
 
-Start order is Redis, workers, gateway; stop order is the reverse of what serves traffic:
-the gateway stops taking requests, workers drain (answer what they hold), then Redis goes.
+A supervisor in three stages. **start**: the listening sockets (so a taken port fails before
+anything starts), Redis, the workers each model needs at least, then the gateways. **serve**:
+the autoscaler's own control loop, which also scales the workers; after every tick the
+supervisor restarts what died unasked -- the embedded Redis (on the same port, socket, password
+and append-only file) and gateways (on the same listening socket, so calls arriving meanwhile
+wait in its queue instead of being refused) -- with backoff while they keep dying young.
+**stop**: the reverse of what serves traffic: gateways stop taking calls, workers drain (answer
+what they hold), then Redis goes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -20,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -29,20 +37,25 @@ from modelgate.autoscaler.backends.local import LocalBackend
 from modelgate.autoscaler.budget import BudgetError
 from modelgate.autoscaler.loop import Autoscaler
 from modelgate.autoscaler.plans import plans_for
-from modelgate.core.embedded_redis import free_port, start_redis
+from modelgate.core.embedded_redis import EmbeddedRedis, RedisPlace, free_port, password_of
+from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.process import child_preexec, stop_process
-from modelgate.core.repository import load_repository
-from modelgate.core.settings import UpSettings
-from modelgate.core.store import pools
+from modelgate.core.repository import Model, load_repository
+from modelgate.core.settings import SECRET_VARIABLES, UpSettings
 
 log = logging.getLogger("modelgate")
 
 START_TIMEOUT_S = 120.0
-TICK_S = 1.0
+HEALTHY_AFTER_S = 30.0  # a child that lived this long resets its restart backoff
+MAX_BACKOFF_S = 10.0
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"modelgate: {message}", flush=True)
+
+
+class StartError(RuntimeError):
+    """``up`` could not start; the message says what to do."""
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str,
@@ -52,7 +65,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str,
         if condition():
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            raise StartError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         stop.wait(0.1)
 
 
@@ -64,150 +77,267 @@ def _gateway_live(url: str) -> bool:
         return False
 
 
-def _exited(processes: list[subprocess.Popen[bytes]]) -> int | None:
-    """The exit code of the first process that has exited, else None."""
-    return next((p.returncode for p in processes if p.poll() is not None), None)
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on one port (SO_REUSEPORT spreads connections across them),
+    held by the supervisor for the life of ``up``. Binding here, first, means a port in use
+    fails before anything starts, and a server already on the port can never answer our
+    readiness checks in our place."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise StartError(f"cannot listen on {host}:{port} ({e.strerror}); stop what uses it "
+                         "or pass --port") from e
+    return sockets
 
 
-def _children(redis_process: subprocess.Popen[bytes] | None,
-              gateways: list[subprocess.Popen[bytes]],
-              backend: LocalBackend | None) -> list[subprocess.Popen[bytes]]:
-    found = [*gateways, *([redis_process] if redis_process is not None else [])]
-    if backend is not None:
-        found += [p for pool in backend.pools.values() for p in pool.processes]
-        found += [p for p, _ in backend.draining]
-    return found
+def default_state_dir(models_dir: Path) -> Path:
+    """A folder per model repository (by its absolute path) for the embedded Redis's files,
+    so the next ``up`` on the same repository resumes its state and never another's."""
+    root = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    resolved = models_dir.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return root / "modelgate" / f"{resolved.name}-{digest}"
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Fail before starting anything: otherwise a server already on the port would answer our
-    readiness checks and we would report success while our gateway failed to bind."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror}); stop what uses "
-                               "it or pass --port") from e
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without the servers' secrets, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class _Child:
+    """A gateway slot: its process, the socket it serves, and its restart backoff."""
+
+    sock: socket.socket
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    exited_at: float | None = None  # when the supervisor saw it gone, until restarted
+    backoff_s: float = 0.0
+    restarts: int = 0
+
+
+class Supervisor:
+    def __init__(self, settings: UpSettings, stop: threading.Event) -> None:
+        self.settings = settings
+        self.stop_event = stop
+        self.models: dict[str, Model] = {}
+        self.redis: EmbeddedRedis | None = None
+        self.redis_url = ""
+        self.redis_backoff_s = 0.0
+        self.redis_next_start = 0.0
+        self.gateways: list[_Child] = []
+        self.backend: LocalBackend | None = None
+        self.autoscaler: Autoscaler | None = None
+        self.metrics_dir: str | None = None
+        self.socket_dir: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> None:
+        settings = self.settings
+        self.models = load_repository(settings.models_dir)
+        self.gateways = [_Child(sock) for sock in listening_sockets(
+            settings.host, settings.port, settings.gateway_procs)]
+        self._start_redis()
+        client = redis.Redis.from_url(self.redis_url)
+        self.backend = LocalBackend(settings.models_dir, self.redis_url)
+        plans = plans_for(self.models, settings.scaling)
+        self.autoscaler = Autoscaler(client, self.backend, plans,
+                                     settings.scaling.max_cost_per_hour)
+        for plan in plans:
+            self.backend.scale(plan.model, plan.policy.min_workers)
+        budget = settings.scaling.max_cost_per_hour
+        say("starting workers: " + ", ".join(
+            f"{p.model} {p.policy.min_workers}..{p.policy.max_workers}" for p in plans)
+            + f" (scale-down delay {settings.scaling.scale_down_delay_s:.0f} s"
+            + (f", budget {budget}/h" if budget else "") + ")")
+
+        def workers_ready() -> bool:
+            query = FiguresQuery([p.pool for p in plans], time.time(), rates=False)
+            pipe = client.pipeline(transaction=False)
+            query.queue(pipe)
+            figures = query.parse(pipe.execute())
+            return all(figures[p.pool].gauges.live_workers >= p.policy.min_workers
+                       for p in plans)
+
+        _wait(workers_ready, START_TIMEOUT_S, "workers to load their models", self.stop_event)
+        if settings.gateway_procs > 1:
+            # Several processes share the port; Prometheus metrics go through files that
+            # every process's /metrics merges, so any one of them shows the whole.
+            self.metrics_dir = tempfile.mkdtemp(prefix="modelgate-metrics-")
+        for child in self.gateways:
+            self._start_gateway(child)
+        _wait(lambda: _gateway_live(self.url) or self._gateway_exited(), START_TIMEOUT_S,
+              "the gateway", self.stop_event)
+        if self._gateway_exited():
+            raise StartError("a gateway exited at start; see its log above")
+        if not self.stop_event.is_set():
+            self._say_started()
+
+    def _start_redis(self) -> None:
+        if self.settings.redis_url:
+            self.redis_url = self.settings.redis_url
+            host = redis.connection.parse_url(self.redis_url).get("host", "a Unix socket")
+            say(f"using Redis at {host}")
+            return
+        state_dir = self.settings.state_dir or default_state_dir(self.settings.models_dir)
+        resumed = (state_dir / "appendonlydir").is_dir() or (state_dir / "appendonly.aof").is_file()
+        # Children reach it by a Unix socket in a directory only this user can enter; the TCP
+        # port stays open to local tools (redis-cli, `modelgate status`), with the password.
+        self.socket_dir = tempfile.mkdtemp(prefix="modelgate-redis-")
+        place = RedisPlace(state_dir, Path(self.socket_dir), free_port(), password_of(state_dir))
+        self.redis = EmbeddedRedis(place)
+        self.redis.start()
+        self.redis_url = place.socket_url
+        pid = self.redis.process.pid if self.redis.process else "?"
+        say(f"started embedded Redis (pid {pid}) on 127.0.0.1:{place.port} and "
+            f"unix://{place.socket_path}; "
+            + (f"resumed its state in {state_dir}" if resumed else f"its state is in {state_dir}"))
+        say(f"  its URL, password included, is in {place.url_file} (readable by you only): "
+            f"modelgate status --redis-url \"$(cat {place.url_file})\"")
+
+    def _start_gateway(self, child: _Child) -> None:
+        settings = self.settings
+        env = child_environment(MODELGATE_REDIS_URL=self.redis_url)
+        # Secrets go to children by environment, never argv, so `ps` does not show them.
+        if settings.api_keys:
+            env["MODELGATE_API_KEY"] = ",".join(settings.api_keys)
+        if settings.protect_probes:
+            env["MODELGATE_PROTECT_PROBES"] = "1"
+        if self.metrics_dir is not None:
+            env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        fd = child.sock.fileno()
+        command = [sys.executable, "-m", "modelgate", "gateway",
+                   "--models", str(settings.models_dir), "--host", settings.host,
+                   "--port", str(settings.port), "--fd", str(fd),
+                   "--default-timeout-ms", str(settings.default_timeout_ms)]
+        child.process = subprocess.Popen(command, preexec_fn=child_preexec, env=env,
+                                         pass_fds=(fd,))
+        child.started_at = time.monotonic()
+
+    def _gateway_exited(self) -> bool:
+        return any(c.process is not None and c.process.poll() is not None for c in self.gateways)
+
+    def _say_started(self) -> None:
+        procs = self.settings.gateway_procs
+        say(f"gateway listening on {self.url}" + (f" ({procs} processes)" if procs > 1 else ""))
+        assert self.backend is not None
+        for name, model in sorted(self.models.items()):
+            v = model.default
+            say(f"  model {name!r} v{v.version}: {self.backend.running(name)} worker(s), "
+                f"inputs {[f'{i.name}:{i.datatype}{list(i.shape)}' for i in v.inputs]}, "
+                f"max_batch_size {v.max_batch_size}")
+        say(f"try: curl {self.url}/v2/models/{sorted(self.models)[0]}   "
+            "(Ctrl-C stops everything)")
+
+    # ------------------------------------------------------------------ serve
+
+    def serve(self) -> None:
+        """The autoscaler's loop until stopped; what died is restarted after each tick."""
+        assert self.autoscaler is not None
+        self.autoscaler.run(self.stop_event, on_tick=self.watch)
+
+    def watch(self) -> None:
+        """Restart the embedded Redis and gateways that died unasked, with backoff."""
+        now = time.monotonic()
+        if self.redis is not None and self.redis.exited() is not None \
+                and now >= self.redis_next_start:
+            log.warning("embedded Redis exited with %s; restarting it", self.redis.exited())
+            try:
+                self.redis.start()
+                self.redis_backoff_s = 0.0
+                say("embedded Redis restarted; it reloaded its append-only file")
+            except RuntimeError as e:
+                self.redis_backoff_s = min(max(self.redis_backoff_s * 2, 0.5), MAX_BACKOFF_S)
+                self.redis_next_start = now + self.redis_backoff_s
+                log.warning("embedded Redis did not restart (%s); next try in %.1fs", e,
+                            self.redis_backoff_s)
+        for child in self.gateways:
+            process = child.process
+            if process is None or process.poll() is None:
+                continue
+            if child.exited_at is None:
+                child.exited_at = now
+                lived_s = now - child.started_at
+                child.backoff_s = (0.0 if lived_s >= HEALTHY_AFTER_S
+                                   else min(max(child.backoff_s * 2, 0.5), MAX_BACKOFF_S))
+                log.warning("gateway %d exited with %s after %.1fs; restarting it in %.1fs",
+                            process.pid, process.returncode, lived_s, child.backoff_s)
+            if now >= child.exited_at + child.backoff_s:
+                child.exited_at = None
+                child.restarts += 1
+                self._start_gateway(child)
+
+    # ------------------------------------------------------------------ stop
+
+    def children(self) -> list[subprocess.Popen[bytes]]:
+        """Every child process running now (for a second signal, which kills them)."""
+        found = [c.process for c in self.gateways if c.process is not None]
+        if self.backend is not None:
+            found += self.backend.processes()
+        if self.redis is not None and self.redis.process is not None:
+            found.append(self.redis.process)
+        return [p for p in found if p.poll() is None]
+
+    def stop(self) -> None:
+        for child in self.gateways:
+            if child.process is not None and child.process.poll() is None:
+                child.process.terminate()
+        for child in self.gateways:
+            if child.process is not None:
+                stop_process(child.process, timeout_s=10, signalled=True)
+            child.sock.close()
+        if self.backend is not None:
+            self.backend.stop_all()
+        if self.redis is not None:
+            self.redis.stop()
+        for directory in (self.metrics_dir, self.socket_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def run(settings: UpSettings) -> int:
-    models = load_repository(settings.models_dir)
     stop = threading.Event()
-
-    redis_process: subprocess.Popen[bytes] | None = None
-    gateways: list[subprocess.Popen[bytes]] = []
-    backend: LocalBackend | None = None
-    metrics_dir: str | None = None
-    socket_dir: str | None = None
+    supervisor = Supervisor(settings, stop)
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             # Kill rather than abandon: leaving the cleanup half-done would orphan children.
-            _say("second signal: killing every child without waiting for workers to drain")
-            for process in _children(redis_process, gateways, backend):
+            say("second signal: killing every child without waiting for workers to drain")
+            for process in supervisor.children():
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
             raise SystemExit(1)
-        _say(f"{signal.Signals(signum).name}: shutting down (workers drain first)")
+        say(f"{signal.Signals(signum).name}: shutting down (workers drain first)")
         stop.set()
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
-
     try:
-        _check_port_free(settings.host, settings.port)
-        if settings.redis_url:
-            redis_url = settings.redis_url
-            _say(f"using Redis at {redis.connection.parse_url(redis_url).get('host', '?')}")
-        else:
-            # Children reach it by a Unix socket in a directory only this user can enter; the
-            # TCP port stays open to local tools (redis-cli, `modelgate status`).
-            socket_dir = tempfile.mkdtemp(prefix="modelgate-redis-")
-            port = free_port()
-            redis_process, redis_url = start_redis(port,
-                                                   unix_socket=Path(socket_dir) / "redis.sock")
-            _say(f"started embedded Redis (pid {redis_process.pid}) at {redis_url} and "
-                 f"redis://127.0.0.1:{port}/0")
-        backend = LocalBackend(settings.models_dir, redis_url)
-        client = redis.Redis.from_url(redis_url)
-        plans = plans_for(models, settings.min_workers, settings.max_workers,
-                          settings.scale_down_delay_s)
-        autoscaler = Autoscaler(client, backend, plans, settings.max_cost_per_hour)
-        for plan in plans:
-            backend.scale(plan.model, plan.policy.min_workers)
-
-        def workers_ready() -> bool:
-            now = time.time()
-            return all(
-                client.zcount(pools.worker_set(plan.pool), now - 5, "+inf")
-                >= plan.policy.min_workers for plan in plans)
-
-        _say("starting workers: " + ", ".join(
-            f"{p.model} {p.policy.min_workers}..{p.policy.max_workers}" for p in plans)
-            + f" (scale-down delay {settings.scale_down_delay_s:.0f} s"
-            + (f", budget {settings.max_cost_per_hour}/h" if settings.max_cost_per_hour else "")
-            + ")")
-        _wait(workers_ready, START_TIMEOUT_S, "workers to load their models", stop)
-        # Secrets (a Redis password, API keys) go to children by environment, never argv,
-        # so `ps` does not show them.
-        gateway_env = {**os.environ, "MODELGATE_REDIS_URL": redis_url}
-        gateway_env.pop("MODELGATE_API_KEY", None)
-        if settings.api_keys:
-            gateway_env["MODELGATE_API_KEY"] = ",".join(settings.api_keys)
-        if settings.protect_probes:
-            gateway_env["MODELGATE_PROTECT_PROBES"] = "1"
-        command = [sys.executable, "-m", "modelgate", "gateway",
-                   "--models", str(settings.models_dir), "--host", settings.host,
-                   "--port", str(settings.port),
-                   "--default-timeout-ms", str(settings.default_timeout_ms)]
-        if settings.gateway_procs > 1:
-            # Several processes share the port; Prometheus metrics go through files that
-            # every process's /metrics merges, so any one of them shows the whole.
-            metrics_dir = tempfile.mkdtemp(prefix="modelgate-metrics-")
-            gateway_env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-            command.append("--reuse-port")
-        gateways.extend(subprocess.Popen(command, preexec_fn=child_preexec, env=gateway_env)
-                        for _ in range(settings.gateway_procs))
-        url = f"http://{settings.host}:{settings.port}"
-        _wait(lambda: _gateway_live(url) or _exited(gateways) is not None, START_TIMEOUT_S,
-              "the gateway", stop)
-        if _exited(gateways) is not None:
-            raise RuntimeError(f"a gateway exited with {_exited(gateways)}; see its log above")
-        if not stop.is_set():
-            _say(f"gateway listening on {url}" + (f" ({settings.gateway_procs} processes)"
-                                                  if settings.gateway_procs > 1 else ""))
-            for name, model in sorted(models.items()):
-                v = model.default
-                _say(f"  model {name!r} v{v.version}: {backend.running(name)} worker(s), "
-                     f"inputs {[f'{i.name}:{i.datatype}{list(i.shape)}' for i in v.inputs]}, "
-                     f"max_batch_size {v.max_batch_size}")
-            _say(f"try: curl {url}/v2/models/{sorted(models)[0]}   (Ctrl-C stops everything)")
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                autoscaler.tick()
-            except redis.RedisError as e:
-                log.warning("autoscaler cannot observe (%s); holding", e)
-                backend.supervise()
-            if _exited(gateways) is not None:
-                raise RuntimeError(f"a gateway exited with {_exited(gateways)}")
-            stop.wait(max(0.0, TICK_S - (time.monotonic() - started)))
+        supervisor.start()
+        supervisor.serve()
         return 0
-    except (RuntimeError, BudgetError) as e:
-        _say(f"error: {e}")
+    except (StartError, BudgetError, RuntimeError) as e:
+        say(f"error: {e}")
         return 1
     finally:
-        for gateway in gateways:
-            if gateway.poll() is None:
-                gateway.terminate()
-        for gateway in gateways:
-            stop_process(gateway, timeout_s=10, signalled=True)
-        if backend is not None:
-            backend.stop_all()
-        if redis_process is not None:
-            stop_process(redis_process, timeout_s=5)
-        for directory in (metrics_dir, socket_dir):
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-        _say("stopped")
+        supervisor.stop()
+        say("stopped")

@@ -1,15 +1,32 @@
 """Typed, immutable settings, one object per process, built once in ``main`` and passed down.
 
-Every command-line flag also reads ``MODELGATE_<FLAG>`` from the environment (``--redis-url`` <-
-``MODELGATE_REDIS_URL``); see ``modelgate.cli.main``. Nothing here reads the environment by itself.
+Every default is declared here once; the command line (``modelgate.cli.main``) reads them from
+these classes (:func:`default_of`) and never restates them. Every flag also reads
+``MODELGATE_<FLAG>`` from the environment (``--redis-url`` <- ``MODELGATE_REDIS_URL``). Nothing
+here reads the environment by itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-DEFAULT_TIMEOUT_MS = 30_000
+from modelgate.core.store.heartbeats import HEARTBEAT_INTERVAL_S, WORKER_TTL_S
+
+# Environment variables holding servers' secrets: passed to the processes that need them, and
+# to no other (workers never need API keys).
+SECRET_VARIABLES = ("MODELGATE_API_KEY",)
+
+
+def default_of(settings: type, name: str) -> Any:
+    """The declared default of one setting."""
+    for f in fields(settings):
+        if f.name == name:
+            if f.default is MISSING:
+                raise KeyError(f"{settings.__name__}.{name} has no default")
+            return f.default
+    raise KeyError(f"{settings.__name__} has no setting {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,17 +35,15 @@ class GatewaySettings:
     redis_url: str
     host: str = "127.0.0.1"
     port: int = 8080
-    default_timeout_ms: int = DEFAULT_TIMEOUT_MS
+    default_timeout_ms: int = 30_000
     # How often the gateway refreshes worker liveness and backlog from Redis.
     monitor_interval_s: float = 0.5
-    # A worker whose last heartbeat is older than this is not counted as live.
-    worker_ttl_s: float = 5.0
     # Replies waiting for a gateway that died are dropped by Redis after this long.
     reply_ttl_s: int = 60
     # Admission control: requests this process waits on at once, and the backlog per model
     # when its config sets no max_queue. Past either the answer is 429 at once.
     max_inflight: int = 8_192
-    default_max_queue: int = 10_000
+    max_queue: int = 10_000
     max_body_bytes: int = 32 * 1024 * 1024
     # Optional API keys; probes (health, metrics, /openapi.json) stay open unless
     # protect_probes is set.
@@ -36,8 +51,11 @@ class GatewaySettings:
     protect_probes: bool = False
     # Longest a Redis command may take before the gateway treats Redis as unreachable.
     redis_timeout_s: float = 1.0
-    # Share the port with other gateway processes (SO_REUSEPORT; `up --gateway-procs N`).
+    # Share the port with other gateway processes (SO_REUSEPORT).
     reuse_port: bool = False
+    # A listening socket handed down by a supervisor (``modelgate up``), instead of binding:
+    # calls that arrive while this process restarts wait in its queue, not refused.
+    fd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +65,43 @@ class WorkerSettings:
     redis_url: str
     version: str | None = None  # None = the model's default (highest) version
     intra_op_threads: int | None = None  # None = the model's config, else 1
-    heartbeat_interval_s: float = 1.0
-    heartbeat_ttl_s: float = 5.0
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    heartbeat_ttl_s: float = WORKER_TTL_S
     # Longest a worker blocks on an empty stream; bounds how fast it notices a stop request.
     block_ms: int = 500
     reply_ttl_s: int = 60
     worker_id: str | None = None  # None = generated from host and pid
     # Entries pending this long with their consumer silent are taken over (never below this
     # floor; grows with the pool's slowest recent step).
-    claim_timeout_floor_ms: int = 5_000
+    claim_timeout_ms: int = 5_000
     reclaim_interval_s: float = 1.0
     # Deliveries after which an entry is parked in the dead-letter stream.
     max_deliveries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingSettings:
+    """What the autoscaler needs, wherever it runs (``up`` or its own process)."""
+
+    min_workers: int = 1
+    max_workers: int = 4
+    # Seconds a lower worker count must be enough before workers are removed.
+    scale_down_delay_s: float = 30.0
+    # Budget across pools: sum of workers x worker_cost_per_hour; None = no budget.
+    max_cost_per_hour: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalerSettings:
+    models_dir: Path
+    redis_url: str
+    scaling: ScalingSettings = ScalingSettings()
+    backend: str = "local"  # local | docker | kubernetes
+    metrics_port: int = 9100  # its /metrics; 0 = off
+    docker_image: str = "modelgate:latest"
+    docker_network: str | None = None
+    docker_models_dir: str = "/models"  # the model repository's path inside worker containers
+    k8s_namespace: str = "modelgate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +110,11 @@ class UpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     redis_url: str | None = None  # None = start an embedded redis-server
-    min_workers: int = 1
-    max_workers: int = 4
-    default_timeout_ms: int = DEFAULT_TIMEOUT_MS
+    # Where the embedded Redis keeps its files; None = a folder per model repository under
+    # $XDG_STATE_HOME (or ~/.local/state)/modelgate.
+    state_dir: Path | None = None
+    default_timeout_ms: int = 30_000
     api_keys: tuple[str, ...] = ()
     protect_probes: bool = False
-    scale_down_delay_s: float = 30.0
-    max_cost_per_hour: float | None = None
+    scaling: ScalingSettings = ScalingSettings()
     gateway_procs: int = 1

@@ -187,8 +187,9 @@ class InferFastPath:
 
 
 def serve(settings: GatewaySettings) -> None:
-    """Serve until stopped. With ``reuse_port`` several gateway processes share the port and
-    the kernel spreads connections across them (``modelgate up --gateway-procs N``)."""
+    """Serve until stopped: on an inherited listening socket (``fd``, from ``modelgate up``),
+    on a port shared with other gateway processes (``reuse_port``: the kernel spreads
+    connections across them), or on a port of its own."""
     config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, loop="uvloop",
                             http="httptools", timeout_graceful_shutdown=5,
@@ -197,6 +198,9 @@ def serve(settings: GatewaySettings) -> None:
                             # middleware that would parse it on every call.
                             proxy_headers=False)
     server = uvicorn.Server(config)
+    if settings.fd is not None:
+        server.run(sockets=[socket.socket(fileno=settings.fd)])
+        return
     if not settings.reuse_port:
         server.run()
         return

@@ -133,7 +133,7 @@ class DataPlane:
 
     def _admit(self, model: ModelVersion, view: PoolView) -> None:
         """429 at once past the in-flight cap or the model's backlog limit."""
-        limit = model.config.max_queue or self.settings.default_max_queue
+        limit = model.config.max_queue or self.settings.max_queue
         # The queued count at the last refresh, plus what this gateway queued since, minus
         # what it got answers for since: answered entries are deleted from the stream. Without
         # the answers, a pool draining faster than max_queue per refresh interval is refused

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +83,6 @@ class Dispatcher:
         self.reader = reader
         self.gateway_id = gateway_id
         self.reply_to = replies.reply_list(gateway_id)
-        self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[wire.Reply]] = {}
         self._outbox: list[_Outgoing] = []
         self._wake = asyncio.Event()
@@ -125,7 +124,8 @@ class Dispatcher:
                max_rows: int) -> asyncio.Future[wire.Reply]:
         """Queue one request; the future resolves with its reply or fails by the deadline."""
         loop = asyncio.get_running_loop()
-        correlation = str(next(self._ids))
+        # Unguessable: nothing that cannot read the stream can forge an answer to a call.
+        correlation = secrets.token_hex(8)
         future: asyncio.Future[wire.Reply] = loop.create_future()
         self._pending[correlation] = future
         self._add_deadline(loop, deadline_ms, correlation)

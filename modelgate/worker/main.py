@@ -65,7 +65,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         _withdraw(client, starting, worker_id)
         raise
     reclaimer = Reclaimer(client, version.pool, worker_id,
-                          ClaimTimeout(settings.claim_timeout_floor_ms), settings.max_deliveries,
+                          ClaimTimeout(settings.claim_timeout_ms), settings.max_deliveries,
                           settings.reclaim_interval_s)
     profile = load_profile(version) if version.batchable else None
     sampler = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -83,9 +82,9 @@ def _row_seconds(repository: Path) -> float:
     return float(np.median(times))
 
 
-def _events(client: redis.Redis) -> list[dict[str, str]]:
-    return [{k.decode(): v.decode() for k, v in fields.items()}
-            for _, fields in client.xrange(scaling.EVENTS)]
+def _events(client: redis.Redis) -> list[scaling.ScalingEvent]:
+    return [event for _, fields in client.xrange(scaling.EVENTS)
+            if (event := scaling.ScalingEvent.parse(fields)) is not None]
 
 
 @pytest.mark.timeout(180)
@@ -98,15 +97,15 @@ def test_step_load_scales_up_then_back_to_one_without_failures(heavy_repository:
         up = subprocess.Popen(
             [sys.executable, "-m", "modelgate", "up", "--models", str(heavy_repository),
              "--port", str(port), "--min-workers", "1", "--max-workers", "3",
-             "--scale-down-delay", "3"],
+             "--scale-down-delay", "3", "--state-dir", str(heavy_repository / ".state")],
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=child_preexec)
     try:
         wait_until(lambda: b"gateway listening" in log_path.read_bytes(), 90,
                    "modelgate up to start", details=lambda: log_path.read_text())
-        redis_url = re.search(rb"redis://127\.0\.0\.1:\d+/0", log_path.read_bytes())
-        assert redis_url is not None
-        client = redis.Redis.from_url(redis_url.group().decode())
+        # `up` keeps the embedded Redis's URL, password included, in a file only we can read.
+        client = redis.Redis.from_url((heavy_repository / ".state" / "redis-url").read_text()
+                                      .strip())
 
         results: list[int] = []
         # Enough load for 2.5 busy workers (what one row costs differs from machine to machine:
@@ -116,11 +115,10 @@ def test_step_load_scales_up_then_back_to_one_without_failures(heavy_repository:
         load_ended = time.time()
 
         events = _events(client)
-        up_events = [e for e in events if float(e["time"]) >= step_at
-                     and int(e["desired"]) > int(e["current"])]
+        up_events = [e for e in events if e.time >= step_at and e.desired > e.current]
         assert up_events, f"no scale-up during the step load; events: {events[-5:]}"
-        decision_s = float(up_events[0]["time"]) - step_at
-        assert int(max(int(e["desired"]) for e in up_events)) >= 2
+        decision_s = up_events[0].time - step_at
+        assert max(e.desired for e in up_events) >= 2
 
         # A trickle keeps flowing while the pool scales back down: none of it may fail.
         trickle: list[int] = []
@@ -133,32 +131,32 @@ def test_step_load_scales_up_then_back_to_one_without_failures(heavy_repository:
                 now = time.time()
                 live = client.zcount(pools.worker_set(POOL), now - 5, "+inf")
                 last = _events(client)[-1]
-                if live == 1 and last["desired"] == "1" and last["current"] == "1":
+                if live == 1 and last.desired == 1 and last.current == 1:
                     break
                 time.sleep(0.1)
         events = _events(client)
-        down_events = [e for e in events if int(e["desired"]) < int(e["current"])]
+        down_events = [e for e in events if e.desired < e.current]
         assert down_events, "never scaled back down"
-        assert events[-1]["desired"] == "1", events[-1]
+        assert events[-1].desired == 1, events[-1]
         # The first new worker to register is the moment it serves (it registers after warm-up).
-        serving = [e for e in events if float(e["time"]) >= step_at and int(e["live"]) >= 2]
-        serving_s = float(serving[0]["time"]) - step_at if serving else None
-        back_to_one_s = float(down_events[-1]["time"]) - load_ended
+        serving = [e for e in events if e.time >= step_at and e.live >= 2]
+        serving_s = serving[0].time - step_at if serving else None
+        back_to_one_s = down_events[-1].time - load_ended
 
         figures = {
             "step_requests": len(results), "step_failures": sum(c != 200 for c in results),
             "trickle_requests": len(trickle), "trickle_failures": sum(c != 200 for c in trickle),
             "seconds_to_scale_up_decision": round(decision_s, 2),
             "seconds_to_new_worker_serving": None if serving_s is None else round(serving_s, 2),
-            "peak_desired": max(int(e["desired"]) for e in events),
+            "peak_desired": max(e.desired for e in events),
             "seconds_from_load_end_to_one_worker": round(back_to_one_s, 2),
         }
         print("autoscaling:", json.dumps(figures))
         for e in events:  # the decisions around the step, for the log
-            if float(e["time"]) >= step_at - 1:
-                print(f"  t+{float(e['time']) - step_at:5.1f}s {e['current']}->{e['desired']} "
-                      f"backlog {e['backlog']:>3} in/s {e['arrival_rate']:>7} live {e['live']} "
-                      f"{e['reason']}")
+            if e.time >= step_at - 1:
+                print(f"  t+{e.time - step_at:5.1f}s {e.current}->{e.desired} "
+                      f"backlog {e.backlog:>3} in/s {e.arrival_rate:>7.2f} live {e.live} "
+                      f"{e.reason}")
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "autoscaling.json").write_text(json.dumps(figures, indent=2))
         assert figures["step_failures"] == 0 and figures["trickle_failures"] == 0

@@ -140,7 +140,7 @@ def test_up_serves_then_stops_everything_on_signal(
     # Gateway and workers reach the embedded Redis by a Unix socket in a private directory
     # (`up` says where; redis-server rewrites its own command line, so ps cannot).
     said = "\n".join(path.read_text(errors="replace") for _, _, path in processes.started)
-    found = re.search(r"started embedded Redis .* at unix://(\S+)\?db=0", said)
+    found = re.search(r"started embedded Redis .* and unix://(\S+);", said)
     assert found is not None, processes.logs()
     socket_path = Path(found.group(1))
     assert socket_path.is_socket()

@@ -27,7 +27,10 @@ def dispatcher() -> Dispatcher:
     return Dispatcher(client, client, "test-gateway")
 
 
-def answer(plane: Dispatcher, correlation: str) -> None:
+def answer(plane: Dispatcher, nth: int) -> None:
+    """Answer the ``nth`` call submitted (0-based) as the reply reader would; correlation ids
+    are random, so it is found in submission order."""
+    correlation = plane._outbox[nth].correlation
     plane._resolve(wire.encode_reply(wire.Reply((correlation,), "ok", rows=(1,))))
 
 
@@ -41,7 +44,7 @@ def test_each_waiting_call_fails_at_its_own_deadline() -> None:
         answered = plane.submit("mlp:1", REQUEST, now_ms() + 30, 8)
         late = plane.submit("mlp:1", REQUEST, now_ms() + 5_000, 8)
         soon = plane.submit("mlp:1", REQUEST, now_ms() + 80, 8)
-        answer(plane, "1")  # the earliest deadline's call is answered before its deadline
+        answer(plane, 0)  # the earliest deadline's call is answered before its deadline
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded):
             await asyncio.wait_for(soon, timeout=2.0)
@@ -72,7 +75,7 @@ def test_answered_calls_do_not_pile_up_in_the_deadline_heap() -> None:
         plane = dispatcher()
         for i in range(1, 5 * DEADLINES_SLACK):
             plane.submit("mlp:1", REQUEST, now_ms() + 30_000, 8)
-            answer(plane, str(i))
+            answer(plane, i - 1)
         assert plane.in_flight == 0
         assert len(plane._deadlines) <= DEADLINES_SLACK + 1
         plane._outbox.clear()

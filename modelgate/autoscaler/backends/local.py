@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelgate.core.process import child_preexec, stop_process
+from modelgate.core.settings import SECRET_VARIABLES
 
 log = logging.getLogger("modelgate.autoscaler")
 
@@ -49,7 +50,9 @@ class LocalBackend:
         command = [sys.executable, "-m", "modelgate", "worker", "--model", pool.model,
                    "--models", str(self.models_dir), *self.extra_args]
         # The Redis URL may hold a password: environment, not argv, so `ps` does not show it.
-        env = {**os.environ, "MODELGATE_REDIS_URL": self.redis_url}
+        # Workers need no API key: they do not inherit the servers' secrets.
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+        env["MODELGATE_REDIS_URL"] = self.redis_url
         process = subprocess.Popen(command, preexec_fn=child_preexec, env=env)
         pool.processes.append(process)
         pool.started_at[process.pid] = time.monotonic()
@@ -57,6 +60,11 @@ class LocalBackend:
     def running(self, model: str) -> int:
         pool = self.pools.get(model)
         return sum(1 for p in pool.processes if p.poll() is None) if pool else 0
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        """Every worker process this backend started and has not reaped, draining ones too."""
+        return ([p for pool in self.pools.values() for p in pool.processes]
+                + [p for p, _ in self.draining])
 
     def pids(self, model: str) -> list[int]:
         pool = self.pools.get(model)
@@ -124,8 +132,7 @@ class LocalBackend:
 
     def stop_all(self) -> None:
         """Drain every worker at once, then wait for each (kill those past the timeout)."""
-        processes = [p for pool in self.pools.values() for p in pool.processes]
-        processes += [p for p, _ in self.draining]
+        processes = self.processes()
         self.draining = []
         for pool in self.pools.values():
             pool.desired = 0
