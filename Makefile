@@ -32,7 +32,7 @@ up: $(VENV)/.runtime $(DEMO)/.built
 	$(BIN)/modelgate up --models $(DEMO) --port $(PORT)
 
 # Installs nothing outside the venv: without `make system-deps` the tests that need a system
-# tool skip and say which.
+# tool skip and say which. Under CI=true a skip fails the run (tests/skip_gate.py).
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
