@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO := demo_models
 PORT ?= 8080
 
-.PHONY: up test bench lint loadtest loadtest-overload clean
+.PHONY: up test test-fast system-deps bench lint loadtest loadtest-overload clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,21 @@ $(DEMO)/.built: $(VENV)/.runtime modelgate/cli/demo.py
 up: $(VENV)/.runtime $(DEMO)/.built
 	$(BIN)/modelgate up --models $(DEMO) --port $(PORT)
 
-# Installs nothing outside the venv: tests/dashboard use the system's chromium if there is one
-# (README "Development") and skip, saying so, if there is none.
+# Installs nothing outside the venv: without `make system-deps` the tests that need a system
+# tool skip and say which. Under CI=true a skip fails the run (tests/skip_gate.py).
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
+
+# The quick loop while editing: tests/unit without the `slow` ones (no Redis, no process, no
+# network; under 20 s on 2 cores). `make test` runs them all before you push.
+test-fast: $(VENV)/.dev
+	$(BIN)/python -m pytest tests/unit -m "not slow" -q
+
+# The system tools some tests need, from Debian's packages, only those missing (root or sudo):
+# chromium (tests/dashboard), docker-compose 1.x and prometheus's promtool (tests/deploy).
+# `scripts/system-deps --dry-run` says what it would install. .ci/run runs it first.
+system-deps:
+	scripts/system-deps
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run

@@ -27,6 +27,9 @@ from modelgate.core.repository import Model, load_repository
 from tests import models
 from tests.procs import Processes, wait_until
 
+# Under CI=true a skipped test fails the run (tests/skip_gate.py).
+pytest_plugins = ["tests.skip_gate"]
+
 READY_TIMEOUT_S = 60.0
 REDIS_DATABASES = 64  # one per server started by `serve`; 0 is left to `redis_client`
 

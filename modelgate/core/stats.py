@@ -81,7 +81,9 @@ class StatsAccumulator:
 
 
 def percentile_ms(histogram: Mapping[str, float], q: float) -> float | None:
-    """The upper bound of the bucket holding the q-quantile (None for an empty histogram)."""
+    """The q-quantile in ms: found in the bucket that holds it, then interpolated linearly
+    between that bucket's bounds (its latencies taken as spread evenly). Past the last finite
+    bound it is twice that bound, "at least this slow". None for an empty histogram."""
     total = sum(histogram.get(latency_field(b), 0.0) for b in LATENCY_BOUNDS_MS)
     if total <= 0:
         return None

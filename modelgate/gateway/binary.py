@@ -54,11 +54,14 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, BinarySec
     """JSON part and binary section of a body per the Inference-Header-Content-Length header."""
     if header_length is None:
         return body, None
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    length = header_length.strip()
+    # ASCII digits only: str.isdigit() also takes superscripts ('²', a Latin-1 header byte),
+    # which int() refuses.
+    if not (length.isascii() and length.isdigit()) or int(length) > len(body):
         raise InvalidInput(
             f"Inference-Header-Content-Length is {header_length!r} but the body has "
             f"{len(body)} bytes; it must be the byte length of the JSON header")
-    cut = int(header_length)
+    cut = int(length)
     return body[:cut], BinarySection(memoryview(body)[cut:])
 
 

