@@ -19,6 +19,7 @@ from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, Overloaded
 from modelgate.core.repository import ModelVersion, load_repository
 from modelgate.core.settings import GatewaySettings
+from modelgate.core.store.pools import PoolGauges
 from modelgate.gateway.dataplane import DataPlane, PoolView
 from modelgate.gateway.metrics import Metrics
 from tests.models import write_repository
@@ -29,6 +30,12 @@ REQUEST = wire.Request({"input": wire.tensor(np.zeros((1, 4), np.float32))})
 
 
 @pytest.fixture(scope="module")
+
+def queued(backlog: int) -> PoolGauges:
+    """Gauges as a refresh reads them: one live worker, ``backlog`` requests queued."""
+    return PoolGauges(live_workers=1, starting_workers=0, backlog=backlog, desired=None)
+
+
 def repo(tmp_path_factory: pytest.TempPathFactory,
          onnx_models: dict[str, onnx.ModelProto]) -> Path:
     return write_repository(tmp_path_factory.mktemp("admission-models"),
@@ -38,7 +45,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory,
 
 def data_plane(repo: Path, max_inflight: int = 100) -> DataPlane:
     settings = GatewaySettings(models_dir=repo, redis_url="redis://127.0.0.1:1/0",
-                               max_inflight=max_inflight, default_max_queue=DEFAULT_MAX_QUEUE)
+                               max_inflight=max_inflight, max_queue=DEFAULT_MAX_QUEUE)
     client = aioredis.Redis.from_url(settings.redis_url)  # never connects: no command is sent
     return DataPlane(settings, load_repository(repo), client, client, "test-gateway", Metrics())
 
@@ -52,14 +59,14 @@ def model(plane: DataPlane, name: str = "mlp") -> ModelVersion:
 
 def test_a_backlog_below_the_limit_is_admitted(repo: Path) -> None:
     plane = data_plane(repo)
-    view = PoolView(backlog=DEFAULT_MAX_QUEUE - 1)
+    view = PoolView(gauges=queued(DEFAULT_MAX_QUEUE - 1))
     plane._admit(model(plane), view)
     assert view.rejected == 0
 
 
 def test_a_backlog_at_the_limit_is_refused_and_counted(repo: Path) -> None:
     plane = data_plane(repo)
-    view = PoolView(backlog=DEFAULT_MAX_QUEUE, drain_per_s=5.0)
+    view = PoolView(gauges=queued(DEFAULT_MAX_QUEUE), drain_per_s=5.0)
     with pytest.raises(Overloaded) as refused:
         plane._admit(model(plane), view)
     assert view.rejected == 1
@@ -71,7 +78,7 @@ def test_a_backlog_at_the_limit_is_refused_and_counted(repo: Path) -> None:
 
 def test_calls_queued_since_the_refresh_count_against_the_limit(repo: Path) -> None:
     plane = data_plane(repo)
-    view = PoolView(backlog=6, admitted=4)
+    view = PoolView(gauges=queued(6), admitted=4)
     with pytest.raises(Overloaded):
         plane._admit(model(plane), view)
     assert view.rejected == 1
@@ -81,17 +88,17 @@ def test_answers_got_since_the_refresh_free_room(repo: Path) -> None:
     """A pool that drains faster than its limit per refresh is not refused with an empty queue:
     answered entries are gone from the stream, though the last refresh still counted them."""
     plane = data_plane(repo)
-    view = PoolView(backlog=DEFAULT_MAX_QUEUE, admitted=4, completed=5)
+    view = PoolView(gauges=queued(DEFAULT_MAX_QUEUE), admitted=4, completed=5)
     plane._admit(model(plane), view)
     assert view.rejected == 0
 
 
 def test_a_models_own_max_queue_overrides_the_gateway_default(repo: Path) -> None:
     plane = data_plane(repo)
-    view = PoolView(backlog=CAPPED_MAX_QUEUE)
+    view = PoolView(gauges=queued(CAPPED_MAX_QUEUE))
     with pytest.raises(Overloaded, match=f"limit is {CAPPED_MAX_QUEUE};"):
         plane._admit(model(plane, "capped"), view)
-    plane._admit(model(plane, "mlp"), PoolView(backlog=CAPPED_MAX_QUEUE))  # default: 10
+    plane._admit(model(plane, "mlp"), PoolView(gauges=queued(CAPPED_MAX_QUEUE)))  # default: 10
 
 
 # --------------------------------------------------------------------------- the in-flight cap
@@ -105,7 +112,7 @@ def test_past_the_in_flight_cap_this_gateway_refuses_whatever_the_backlog(repo: 
         for _ in range(2):
             plane._admit(mlp, PoolView())
             waiting.append(plane.dispatcher.submit(mlp.pool, REQUEST, 2**62, 8))
-        view = PoolView(backlog=0, drain_per_s=0.0)
+        view = PoolView(gauges=queued(0), drain_per_s=0.0)
         with pytest.raises(Overloaded, match="waiting on 2 requests, its limit") as refused:
             plane._admit(mlp, view)
         assert view.rejected == 1
