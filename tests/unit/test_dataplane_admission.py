@@ -29,13 +29,12 @@ CAPPED_MAX_QUEUE = 3  # the `capped` model's own max_queue, from its config.yaml
 REQUEST = wire.Request({"input": wire.tensor(np.zeros((1, 4), np.float32))})
 
 
-@pytest.fixture(scope="module")
-
 def queued(backlog: int) -> PoolGauges:
     """Gauges as a refresh reads them: one live worker, ``backlog`` requests queued."""
     return PoolGauges(live_workers=1, starting_workers=0, backlog=backlog, desired=None)
 
 
+@pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory,
          onnx_models: dict[str, onnx.ModelProto]) -> Path:
     return write_repository(tmp_path_factory.mktemp("admission-models"),
