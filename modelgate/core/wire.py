@@ -24,6 +24,7 @@ can count runs (the ``modelgate_batch_size`` histogram) without a second channel
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -142,14 +143,20 @@ class Reply:
         return self.ids[0]
 
 
-def _spans(ids: tuple[str, ...], rows: tuple[int, ...]) -> list[tuple[str, int, int]]:
-    """(id, first row, row count) of each request in a bundle's concatenated rows."""
+def row_spans(rows: Sequence[int]) -> list[tuple[int, int]]:
+    """(first row, row count) of each part of rows concatenated along dim 0, in order."""
     spans = []
     start = 0
-    for id_, count in zip(ids, rows, strict=True):
-        spans.append((id_, start, count))
+    for count in rows:
+        spans.append((start, count))
         start += count
     return spans
+
+
+def _spans(ids: tuple[str, ...], rows: tuple[int, ...]) -> list[tuple[str, int, int]]:
+    """(id, first row, row count) of each request in a bundle's concatenated rows."""
+    return [(id_, start, count)
+            for id_, (start, count) in zip(ids, row_spans(rows), strict=True)]
 
 
 def _rows_of(t: Tensor, start: int, count: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one gateway process, in a registry of its own (names: DESIGN §6).
+"""Prometheus metrics of one gateway process, in a registry of its own (docs/operations.md).
 
 Worker-side figures arrive with every reply (queue wait, compute time, rows per run), so the
 gateway's ``/metrics`` shows the whole path and one scrape target is enough. When several

@@ -108,24 +108,22 @@ class Runner:
         cannot be told apart, unless the run held a single request)."""
         rows = [b.request.rows for b in bundles]
         total = sum(rows)
-        offsets = [0]
-        for count in rows:
-            offsets.append(offsets[-1] + count)
+        spans = wire.row_spans(rows)
         whole = len(bundles) == 1 and len(bundles[0].ids) == 1
         per_bundle: list[dict[str, wire.Tensor]] = [{} for _ in bundles]
         for spec, value in zip(self.model.outputs, results, strict=True):
             if isinstance(value, np.ndarray):
                 if not whole and (value.ndim == 0 or value.shape[0] != total):
                     return None
-                for i in range(len(bundles)):
-                    part = value if len(bundles) == 1 else value[offsets[i] : offsets[i + 1]]
+                for i, (start, count) in enumerate(spans):
+                    part = value if len(bundles) == 1 else value[start:start + count]
                     per_bundle[i][spec.name] = wire.tensor(part)
             else:
                 items = _plain(value)
                 if not whole and (not isinstance(items, list) or len(items) != total):
                     return None
-                for i in range(len(bundles)):
-                    part = items if len(bundles) == 1 else items[offsets[i] : offsets[i + 1]]
+                for i, (start, count) in enumerate(spans):
+                    part = items if len(bundles) == 1 else items[start:start + count]
                     shape = (len(part),) if isinstance(part, list) else ()
                     per_bundle[i][spec.name] = wire.Tensor(wire.JSON, shape, part)
         return per_bundle

@@ -1,4 +1,4 @@
-"""Chaos tests: the delivery promise (DESIGN.md section 4) under crashes, outages and bursts.
+"""Chaos tests: the delivery promise (docs/architecture.md) under crashes, outages and bursts.
 
 Every request gets exactly one answer by its deadline and a crash loses nothing. Each test runs
 real processes (redis-server, ``modelgate worker``, ``modelgate gateway``) on 127.0.0.1, drives

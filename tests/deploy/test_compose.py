@@ -33,7 +33,7 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "modelgate.json"
 REDIS_URL = "redis://redis:6379/0"
 
-# Panel title -> metric names its queries must use (DESIGN §6).
+# Panel title -> metric names its queries must use (docs/operations.md, "Metrics").
 REQUIRED_PANELS = {
     "Throughput": {"modelgate_requests_total"},
     "Latency": {"modelgate_request_duration_seconds_bucket"},

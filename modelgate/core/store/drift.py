@@ -115,3 +115,9 @@ class DriftAlert:
     def body(self) -> dict[str, str | float | int]:
         """As the drift endpoint shows it."""
         return asdict(self)
+
+
+KEYS = (
+    (batches, "stream", "DriftBatch (field 'batch'), capped at BATCHES_MAXLEN"),
+    (alerts, "stream", "DriftAlert, capped at ALERTS_MAXLEN"),
+)

@@ -40,3 +40,6 @@ class Heartbeat:
                        int(float(text.get("processed", 0))), float(text.get("busy", 0.0)))
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
+
+
+KEYS = ((heartbeat, "hash", "Heartbeat; expires after WORKER_TTL_S"),)

@@ -281,3 +281,15 @@ def _int_or_none(raw: bytes | str | int | None) -> int | None:
         return int(raw) if raw is not None else None
     except ValueError:
         return None
+
+
+# Every key of this family: (key, Redis type, the record stored under it).
+KEYS = (
+    (requests_stream, "stream", "RequestEntry (group WORKER_GROUP)"),
+    (queued, "string", "integer: requests queued; ACK and QUEUED_REPAIR keep it"),
+    (worker_set, "sorted set", "worker id -> last heartbeat (epoch s)"),
+    (starting_set, "sorted set", "worker id -> when it began loading (epoch s)"),
+    (desired, "string", "integer; expires with the autoscaler"),
+    (dead_letters, "stream", "DeadLetter"),
+    (stats, "hash", "one second's counters (modelgate.core.stats)"),
+)

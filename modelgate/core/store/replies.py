@@ -16,3 +16,6 @@ def reply_list(gateway_id: str) -> str:
 def is_reply_list(key: str) -> bool:
     """Workers write only to keys that pass this, whatever an entry's ``reply_to`` says."""
     return key.startswith(PREFIX_REPLIES) and len(key) > len(PREFIX_REPLIES)
+
+
+KEYS = ((reply_list, "list", "wire.Reply messages (msgpack); expires when idle"),)

@@ -95,3 +95,9 @@ def budget_from(raw: bytes | str | None) -> float | None:
         return float(raw) if raw else None
     except ValueError:
         return None
+
+
+KEYS = (
+    (EVENTS, "stream", "ScalingEvent, capped at EVENTS_MAXLEN"),
+    (BUDGET, "string", "the budget per hour; expires with the autoscaler"),
+)

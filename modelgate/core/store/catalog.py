@@ -1,0 +1,37 @@
+"""The table of every Redis key, generated from the family modules' ``KEYS`` (for
+docs/architecture.md, which a test keeps equal to it).
+
+``python -m modelgate.core.store.catalog`` prints it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+
+from modelgate.core.store import FAMILIES
+
+# How each parameter of a key function shows in the table.
+PLACEHOLDERS = {"pool": "{model}:{version}", "worker_id": "{worker}",
+                "gateway_id": "{gateway}", "epoch_s": "{epoch_s}"}
+
+
+def pattern(key: str | Callable[..., str]) -> str:
+    """A key constant as it is, a key function applied to placeholders."""
+    if isinstance(key, str):
+        return key
+    return key(*(PLACEHOLDERS[name] for name in inspect.signature(key).parameters))
+
+
+def key_table() -> str:
+    lines = ["| key | type | holds | module |", "|---|---|---|---|"]
+    for family in FAMILIES:
+        module = importlib.import_module(f"modelgate.core.store.{family}")
+        for key, kind, record in module.KEYS:
+            lines.append(f"| `{pattern(key)}` | {kind} | {record} | `store/{family}.py` |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(key_table(), end="")
