@@ -72,7 +72,7 @@ class ModelControl:
     scans: dict[str, ModelScan] = field(default_factory=dict)
     _scanned_at: float = -1e9
     _started: bool = False
-    _cursor: str = "$"
+    _cursor: str = "0-0"  # the last command read (from the newest at start)
     _pending: dict[str, _Pending] = field(default_factory=dict)
     statuses: dict[str, dict[str, PoolStatus]] = field(default_factory=dict)
 
@@ -241,6 +241,9 @@ class ModelControl:
             self.client.delete(model_store.MODELS, model_store.EXPLICIT,
                                *(model_store.state(n) for n in names))
         self.client.set(model_store.REPOSITORY, identity)
+        # Commands older than this decider were for another; their callers have given up.
+        newest = self.client.xrevrange(model_store.COMMANDS, count=1)
+        self._cursor = newest[0][0].decode() if newest else "0-0"
         if self.mode == "explicit" and self.load_models:
             self._scan(None)
             chosen = list(self.scans) if "*" in self.load_models else list(self.load_models)

@@ -162,6 +162,9 @@ def _auth_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", action=_AppendKeys, default=None,
                         help="require 'Authorization: Bearer KEY'; repeat for several keys "
                              "(the environment variable takes a comma-separated list)")
+    parser.add_argument("--admin-api-key", action=_AppendKeys, default=None,
+                        help="keys for calls that change what is served (repository "
+                             "load/unload); with one set, application keys cannot make them")
     parser.add_argument("--protect-probes", action="store_true", default=False,
                         help="require the API key on /v2/health/*, /metrics and /openapi.json too")
 
@@ -197,8 +200,9 @@ def _run_up(args: argparse.Namespace) -> int:
         redis_url=args.redis_url or None,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         default_timeout_ms=int(args.default_timeout_ms),
-        api_keys=api_keys(args.api_key), protect_probes=_flag(args.protect_probes),
-        scaling=_scaling(args), control=_control(args),
+        api_keys=api_keys(args.api_key),
+        admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
+        protect_probes=_flag(args.protect_probes), scaling=_scaling(args), control=_control(args),
         gateway_procs=int(args.gateway_procs)))
 
 
@@ -267,6 +271,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
         port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
         max_inflight=int(args.max_inflight), max_queue=int(args.max_queue),
         max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
+        admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
         protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
         fd=int(args.fd) if args.fd not in (None, "") else None))
     return 0
@@ -437,13 +442,14 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
     ``--redis-url`` with a password ``MODELGATE_REDIS_URL``."""
     kept: list[str] = []
     keys: list[str] = []
+    admin_keys: list[str] = []
     redis_url: str | None = None
     items = list(argv)
     i = 0
     while i < len(items):
         item = items[i]
         name, has_value, inline = item.partition("=")
-        if name in ("--api-key", "--redis-url"):
+        if name in ("--api-key", "--admin-api-key", "--redis-url"):
             if has_value:
                 value = inline
             elif i + 1 < len(items):
@@ -454,6 +460,8 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
                 continue
             if name == "--api-key":
                 keys.append(value)
+            elif name == "--admin-api-key":
+                admin_keys.append(value)
             elif _has_password(value):
                 redis_url = value
             else:
@@ -461,11 +469,13 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
         else:
             kept.append(item)
         i += 1
-    if not keys and redis_url is None:
+    if not keys and not admin_keys and redis_url is None:
         return None
     moved = dict(env)
     if keys:
         moved["MODELGATE_API_KEY"] = ",".join(keys)
+    if admin_keys:
+        moved["MODELGATE_ADMIN_API_KEY"] = ",".join(admin_keys)
     if redis_url is not None:
         moved["MODELGATE_REDIS_URL"] = redis_url
     moved[_REEXECUTED] = "1"

@@ -221,6 +221,8 @@ class Supervisor:
         # Secrets go to children by environment, never argv, so `ps` does not show them.
         if settings.api_keys:
             env["MODELGATE_API_KEY"] = ",".join(settings.api_keys)
+        if settings.admin_api_keys:
+            env["MODELGATE_ADMIN_API_KEY"] = ",".join(settings.admin_api_keys)
         if settings.protect_probes:
             env["MODELGATE_PROTECT_PROBES"] = "1"
         if self.metrics_dir is not None:

@@ -16,7 +16,7 @@ from modelgate.core.store.heartbeats import HEARTBEAT_INTERVAL_S, WORKER_TTL_S
 
 # Environment variables holding servers' secrets: passed to the processes that need them, and
 # to no other (workers never need API keys).
-SECRET_VARIABLES = ("MODELGATE_API_KEY",)
+SECRET_VARIABLES = ("MODELGATE_API_KEY", "MODELGATE_ADMIN_API_KEY")
 
 
 def default_of(settings: type, name: str) -> Any:
@@ -48,6 +48,9 @@ class GatewaySettings:
     # Optional API keys; probes (health, metrics, /openapi.json) stay open unless
     # protect_probes is set.
     api_keys: tuple[str, ...] = ()
+    # Keys for calls that change what is served (repository load/unload); they work on every
+    # other call too. With any set, application keys cannot load or unload models.
+    admin_api_keys: tuple[str, ...] = ()
     protect_probes: bool = False
     # Longest a Redis command may take before the gateway treats Redis as unreachable.
     redis_timeout_s: float = 1.0
@@ -129,6 +132,7 @@ class UpSettings:
     state_dir: Path | None = None
     default_timeout_ms: int = 30_000
     api_keys: tuple[str, ...] = ()
+    admin_api_keys: tuple[str, ...] = ()
     protect_probes: bool = False
     scaling: ScalingSettings = ScalingSettings()
     control: ControlSettings = ControlSettings()

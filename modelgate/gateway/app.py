@@ -33,7 +33,7 @@ from modelgate.gateway.dashboard import Dashboard
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
-from modelgate.gateway.routes import dashboard, docs, health, v1, v2
+from modelgate.gateway.routes import dashboard, docs, health, repository, v1, v2
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -47,9 +47,16 @@ PUBLIC_PATHS = dashboard.STATIC_PATHS
 
 
 def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
-          public: bool = False) -> Endpoint:
-    """Auth, domain errors -> JSON, and per-model request metrics around one endpoint."""
-    api_keys = tuple(k.encode() for k in settings.api_keys)
+          public: bool = False, control: bool = False) -> Endpoint:
+    """Auth, domain errors -> JSON, and per-model request metrics around one endpoint.
+
+    Admin keys work everywhere; with any admin key set, calls that change what is served
+    (``control``) take nothing else.
+    """
+    admin_keys = tuple(k.encode() for k in settings.admin_api_keys)
+    api_keys = tuple(k.encode() for k in settings.api_keys) + admin_keys
+    if control and admin_keys:
+        api_keys = admin_keys
     needs_key = bool(api_keys) and not public and (not probe or settings.protect_probes)
 
     async def handler(request: Request) -> Response:
@@ -128,9 +135,11 @@ def build_app(settings: GatewaySettings) -> Starlette:
 
     routes = [
         Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS,
-                                route.path in PUBLIC_PATHS),
+                                route.path in PUBLIC_PATHS,
+                                route.path in repository.CONTROL_PATHS),
               methods=route.methods)
-        for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes)
+        for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes,
+                      *repository.routes)
         if isinstance(route, Route)
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

@@ -196,6 +196,27 @@ _SCHEMAS: dict[str, Any] = {
                 "max_batch_size": {"type": "integer", "minimum": 0}}},
         },
     },
+    "RepositoryIndexRequest": {
+        "type": "object", "properties": {"ready": {
+            "type": "boolean", "description": "Only versions that are READY."}}},
+    "RepositoryIndex": {
+        "type": "array", "items": {
+            "type": "object", "required": ["name", "version", "state", "reason"],
+            "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "state": {"type": "string",
+                          "enum": ["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]},
+                "reason": {"type": "string"}}}},
+    "RepositoryRequest": {
+        "type": "object", "properties": {"parameters": {
+            "type": "object", "additionalProperties": True,
+            "description": "timeout_ms: how long to wait for the change (default 120000); "
+                           "file:<version>/model.onnx: a new version's file in base64 (load)."}},
+    },
+    "RepositoryPending": {
+        "type": "object", "required": ["status", "message", "location"],
+        "properties": {"status": {"type": "string"}, "message": {"type": "string"},
+                       "location": {"type": "string"}}},
     "ModelReady": {
         "type": "object", "required": ["name", "ready"],
         "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
@@ -299,6 +320,36 @@ _MODEL_READY = {
 }
 
 
+def _repository_change(operation_id: str, summary: str) -> dict[str, Any]:
+    return {"post": {
+        "operationId": operation_id, "summary": summary, "tags": ["repository"],
+        "parameters": [_NAME],
+        "requestBody": {"required": False,
+                        "content": {JSON: {"schema": _schema("RepositoryRequest")}}},
+        "responses": {
+            "200": _json({"type": "object"}, "Done: every version the policy serves is READY "
+                                             "(load), or the model is gone (unload)."),
+            "202": _json(_schema("RepositoryPending"), "Still under way at the timeout."),
+            **_errors("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaType",
+                      "Unavailable")}}}
+
+
+_REPOSITORY_PATHS = {
+    "/v2/repository/index": {"post": {
+        "operationId": "repository_index", "tags": ["repository"],
+        "summary": "Every version on disk or loaded, with its state and why.",
+        "requestBody": {"required": False,
+                        "content": {JSON: {"schema": _schema("RepositoryIndexRequest")}}},
+        "responses": {"200": _json(_schema("RepositoryIndex"), "The index."),
+                      **_errors("BadRequest", "PayloadTooLarge", "UnsupportedMediaType")}}},
+    "/v2/repository/models/{name}/load": _repository_change(
+        "repository_model_load", "Load a model (explicit mode; admin key when set)."),
+    "/v2/repository/models/{name}/unload": _repository_change(
+        "repository_model_unload", "Unload a model, draining its versions (explicit mode; "
+                                   "admin key when set)."),
+}
+
+
 _DASHBOARD_DATA = {
     "type": "object",
     "required": ["time", "start", "end", "window_s", "drift", "autoscaler", "models"],
@@ -376,6 +427,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_NAME],
             "responses": {"200": _json(_schema("ModelReady"), "The model's readiness."),
                           **_errors("NotFound")}}},
+        **_REPOSITORY_PATHS,
         **_DASHBOARD_PATHS,
         "/metrics": _probe("metrics", "Prometheus metrics, worker-side figures included.", {
             "description": "Prometheus text exposition format.",

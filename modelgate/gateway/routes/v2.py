@@ -44,7 +44,7 @@ async def server_metadata(request: Request) -> Response:
     return Response(protocol.dumps({
         "name": "modelgate",
         "version": __version__,
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_repository"],
     }), media_type=JSON)
 
 
