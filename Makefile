@@ -82,7 +82,7 @@ bench-images: engine-deps
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy modelgate loadtests
+	$(BIN)/mypy modelgate loadtests deploy/local
 	$(BIN)/lint-imports
 
 # Load tests (loadtests/, README "Load testing"): a bounded headless locust run against a running

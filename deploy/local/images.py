@@ -59,7 +59,7 @@ REDIS_NAME = "modelgate-redis"
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
 # Bump to rebuild every base made by an older version of the steps in build_base().
-BASE_RECIPE = "1"
+BASE_RECIPE = "2"
 REDIS_FILES = ("redis.Dockerfile", "redis-entrypoint.sh")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 EXTRA_CA_DIR = "usr/local/share/ca-certificates"  # where update-ca-certificates adds local CAs
@@ -184,7 +184,7 @@ def build_base(docker: str, recipe: BaseRecipe, force: bool) -> Built:
                                 "."], stdout=subprocess.PIPE)
         try:
             run([docker, "import", "--change", "ENV LANG=C.UTF-8", "--change",
-                 'CMD ["python3"]', "--change", f"LABEL org.modelgate.inputs={tag}", "-", tag],
+                 'CMD ["python3"]', "--change", f"LABEL org.modelgate.base={tag}", "-", tag],
                 stdin=tar.stdout)
         finally:
             assert tar.stdout is not None
@@ -230,6 +230,22 @@ def image_id(docker: str, tag: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def release_replaced(docker: str, previous: dict[str, str | None]) -> None:
+    """Remove the images that ``previous`` (name -> id before this run) named and this run
+    replaced, if nothing else tags them, children first; one in use by a container stays.
+    Without this every code change would leave a full image behind. (The classic builder's
+    intermediate stages stay: they are Docker's layer cache; ``docker image prune`` frees
+    the ones no build needs any more.)"""
+    for name, old in previous.items():
+        if old is None or old == image_id(docker, name):
+            continue
+        tags = subprocess.run([docker, "image", "inspect", "--format", "{{len .RepoTags}}", old],
+                              capture_output=True, text=True, check=False).stdout.strip()
+        if tags == "0" and subprocess.run([docker, "image", "rm", old], capture_output=True,
+                                          check=False).returncode == 0:
+            print(f"removed the {name} it replaced ({old[:19]})", flush=True)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -256,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     recipe = BaseRecipe(args.mirror, args.security_mirror,
                         Path(args.ca_bundle) if args.ca_bundle else None)
     results: list[Built] = []
+    # Children before parents, for release_replaced.
+    names = [args.tag, f"{REDIS_NAME}:{SUITE}", f"{BASE_NAME}:{SUITE}"]
+    previous = {name: image_id(args.docker, name) for name in names}
     try:
         base = build_base(args.docker, recipe, args.no_cache)
         results.append(base)
@@ -266,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    release_replaced(args.docker, previous)
     for built in results:
         print(f"{built.image:28} {'cached' if built.cached else 'built':6} "
               f"{built.seconds:7.1f} s  ({built.tag})")
