@@ -27,7 +27,6 @@ import onnxruntime as ort
 import orjson
 import pytest
 import redis
-from onnx import TensorProto, helper, numpy_helper
 
 from modelgate.cli import demo
 from modelgate.core import wire
@@ -44,6 +43,7 @@ from tests.chaos.conftest import (
     rss_mb,
     write_repo,
 )
+from tests.models import matmul_chain
 from tests.procs import wait_until
 
 pytestmark = pytest.mark.integration
@@ -60,29 +60,6 @@ def mlp_heavy() -> onnx.ModelProto:
     """Four dense layers of width 256 and ten outputs: each distinct input has its own answer,
     so a reply delivered to the wrong request shows as a wrong output."""
     return demo.mlp_model(inputs=64, hidden=256, outputs=10, layers=4)
-
-
-def matmul_chain(width: int, depth: int) -> onnx.ModelProto:
-    """``y = tanh(... tanh(x @ W) ... @ W)``, ``depth`` times with one shared ``W``: a slow
-    model (milliseconds per row) that stays small on disk."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(
-        (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w")
-    nodes, previous = [], "input"
-    for k in range(depth):
-        nodes += [helper.make_node("MatMul", [previous, "w"], [f"m{k}"]),
-                  helper.make_node("Tanh", [f"m{k}"], [f"t{k}"])]
-        previous = f"t{k}"
-    nodes.append(helper.make_node("Identity", [previous], ["probabilities"]))
-    graph = helper.make_graph(
-        nodes, "chain",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", width])],
-        [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
 
 
 def reference(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:

@@ -7,8 +7,9 @@ Containers are found by label, so the backend keeps no state that matters across
 - ``modelgate.managed=true`` marks the containers this backend started. Only those are ever
   stopped or removed: a Compose-started worker is a floor the backend scales above.
 
-Scale-down drains: ``container.stop(timeout=drain_timeout_s)`` sends SIGTERM (the worker
-answers what it holds, then exits) and SIGKILL once the timeout passes. Those calls block for
+Scale-down drains: ``container.stop(timeout=...)`` sends SIGTERM (the worker answers what it
+holds, then exits) and SIGKILL once ``drain_timeout_s`` passes, rounded up to whole seconds:
+the Engine reads the timeout as an integer and refuses ``30.0``. Those calls block for
 as long as the drain takes, so they run on a small thread pool; ``scale`` returns at once and a
 draining container stops counting as running the moment its stop is requested.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import secrets
 import threading
 from collections.abc import Iterable, Mapping
@@ -146,7 +148,8 @@ class DockerBackend:
         # Runs on the drain pool. The entry goes before the future completes, so whoever
         # waits on the future (stop_all) sees the container gone from `_draining`.
         try:
-            container.stop(timeout=self.drain_timeout_s)  # SIGTERM, SIGKILL after the timeout
+            # SIGTERM, SIGKILL after the timeout (whole seconds: the Engine parses an integer)
+            container.stop(timeout=math.ceil(self.drain_timeout_s))
             container.remove()
         finally:
             with self._lock:

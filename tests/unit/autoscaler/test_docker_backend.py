@@ -5,7 +5,8 @@ small in-memory engine with the ``containers.run`` / ``containers.list(filters=.
 ``container.stop`` / ``container.remove`` calls of the docker SDK that the backend uses,
 recording each call. It models what the backend relies on: label filters (all must match),
 status filters (any may match), ``Created`` as RFC 3339 with trailing zeros dropped, and a
-stop that blocks until the container exits.
+stop that blocks until the container exits and, like the Engine's API, takes its timeout in
+whole seconds only (``?t=30.0`` is a 500 there).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class FakeContainer:
     def attrs(self) -> dict[str, Any]:
         return {"Created": self.created, "State": {"ExitCode": self.exit_code}}
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: int) -> None:
+        if not isinstance(timeout, int):
+            raise RuntimeError(f'500 Server Error: strconv.Atoi: parsing "{timeout}"')
         self.engine.calls.append(("stop", self.name, timeout))
         self.engine.stop_gate.wait(5)  # a draining worker takes a while to exit
         self.status = "exited"
@@ -154,14 +157,15 @@ def test_scale_is_idempotent(engine: FakeDocker) -> None:
 
 def test_scale_down_drains_the_newest_containers_first(engine: FakeDocker) -> None:
     """Stand-in engine (no Docker engine here). Checks newest-first removal, the drain
-    timeout passed to `container.stop` (SIGTERM, then SIGKILL), and removal afterwards."""
+    timeout passed to `container.stop` (SIGTERM, then SIGKILL; 12.5 s rounded up to the whole
+    seconds the Engine takes), and removal afterwards."""
     backend = make_backend(engine)
     backend.scale(MLP, 3)
     oldest, middle, newest = sorted(engine.pool("mlp:1"), key=lambda c: c.created)
     backend.scale(MLP, 1)
     wait_for(lambda: backend.draining() == 0)
     stops = [c for c in engine.calls if c[0] == "stop"]
-    assert sorted(stops) == sorted([("stop", newest.name, 12.5), ("stop", middle.name, 12.5)])
+    assert sorted(stops) == sorted([("stop", newest.name, 13), ("stop", middle.name, 13)])
     assert ("remove", newest.name) in engine.calls and ("remove", middle.name) in engine.calls
     assert list(engine.containers.values()) == [oldest]
 
@@ -176,7 +180,7 @@ def test_newest_first_reads_nanosecond_timestamps_not_text(engine: FakeDocker) -
     first, second = engine.containers.values()
     backend.scale(MLP, 1)
     wait_for(lambda: backend.draining() == 0)
-    assert [c for c in engine.calls if c[0] == "stop"] == [("stop", second.name, 12.5)]
+    assert [c for c in engine.calls if c[0] == "stop"] == [("stop", second.name, 13)]
     assert list(engine.containers.values()) == [first]
 
 
