@@ -180,8 +180,8 @@ def test_a_scalable_worker_service_per_demo_model(
         assert "container_name" not in service, f"{name}: container_name blocks --scale"
         assert "ports" not in service, f"{name}: a published port blocks --scale"
         args = parse_command(service["command"], environment(service))
-        assert service["labels"]["modelgate.pool"] == args.model, (
-            "the docker backend counts workers by this label")
+        assert service["labels"]["modelgate.pool"] == f"{args.model}:{args.version}", (
+            "the docker backend counts a pool's workers by this label: model:version")
         assert service["healthcheck"] == {"disable": True}, (
             "the image's HEALTHCHECK probes the gateway port, which a worker does not serve")
         served[args.model] = name

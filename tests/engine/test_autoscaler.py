@@ -54,8 +54,8 @@ SERVING_FOR_S = 3.0  # how long the added containers serve before the load drops
 OVERRIDES = {"services": {
     f"worker-{MODEL}": {
         "extends": {"file": str(COMPOSE_FILE), "service": "worker"},
-        "command": ["worker", "--models", "/models", "--model", MODEL],
-        "labels": {POOL_LABEL: MODEL},
+        "command": ["worker", "--models", "/models", "--model", MODEL, "--version", "1"],
+        "labels": {POOL_LABEL: POOL},
     },
     "autoscaler": {"command": [
         "autoscaler", "--models", "/models", "--backend", "docker",
@@ -63,8 +63,8 @@ OVERRIDES = {"services": {
         "--min-workers", "1", "--max-workers", str(MAX_WORKERS),
         "--scale-down-delay", str(SCALE_DOWN_DELAY_S), "--metrics-port", "9100"]},
 }}
-STARTED = re.compile(rf"started worker container (\S+) for {MODEL}\b")
-DRAINING = re.compile(rf"draining worker container (\S+) of {MODEL}\b")
+STARTED = re.compile(rf"started worker container (\S+) for {POOL}\b")
+DRAINING = re.compile(rf"draining worker container (\S+) of {POOL}\b")
 
 
 @pytest.fixture(scope="module")
