@@ -46,7 +46,8 @@ def test_status_shows_pools_workers_decisions_and_drift(redis_client: redis.Redi
     assert render(redis_client, out) == 0
     text = out.getvalue()
     row = next(line for line in text.splitlines() if line.startswith(pool))
-    assert row.split()[1:5] == ["1", "0", "2", "1"]  # live, starting, desired, backlog
+    # no decider: no state; then live, starting, desired, backlog
+    assert row.split()[1:6] == ["-", "1", "0", "2", "1"]
     assert "pid    4242" in text and "processed     1234" in text
     assert "1 -> 2  scale up: backlog 40" in text
     assert "input[2]" in text and "cusum 31.2 > 28.9" in text
