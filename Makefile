@@ -51,6 +51,12 @@ system-deps:
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
 
+# Rolling out versions under load (bench/swap.py): a swap at concurrency 32 for 60 s, a
+# poll-mode drop, 200 load/unload cycles; ~15 min. BENCH_SWAP_ARGS='--cycles 20' for less.
+BENCH_SWAP_ARGS ?=
+bench-swap: $(VENV)/.dev
+	$(BIN)/python -m bench.swap --json .bench/swap.json $(BENCH_SWAP_ARGS)
+
 # The image and compose.yaml on a real Docker Engine (tests/engine, README "Without a
 # registry"). `engine-deps` is system-deps plus a Docker Engine (docker.io) and debootstrap,
 # installed only when missing. `test-engine` starts dockerd when none answers (and stops only
