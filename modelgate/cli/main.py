@@ -346,7 +346,7 @@ def _run_profile(args: argparse.Namespace) -> int:
     version = model.versions.get(args.version or model.default_version)
     if version is None:
         raise RepositoryError(f"model {model.name!r} has no version {args.version}")
-    if not version.batchable:
+    if not version.rows_axis:
         raise RepositoryError(f"model {model.name!r} cannot batch; drift profiles need "
                               "rows (a variable first dimension on every input)")
     inputs = read_data(Path(args.data), version)

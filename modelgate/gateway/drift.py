@@ -90,7 +90,7 @@ class DriftMonitor:
         self.unprofiled: set[str] = set()
         for name, model in models.items():
             try:
-                profile = load_profile(model.default) if model.default.batchable else None
+                profile = load_profile(model.default) if model.default.rows_axis else None
             except RepositoryError as e:
                 log.warning("drift for %s is off: %s", name, e)
                 profile = None

@@ -67,7 +67,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     reclaimer = Reclaimer(client, version.pool, worker_id,
                           ClaimTimeout(settings.claim_timeout_ms), settings.max_deliveries,
                           settings.reclaim_interval_s)
-    profile = load_profile(version) if version.batchable else None
+    profile = load_profile(version) if version.rows_axis else None
     sampler = None
     if profile is not None:
         sampler = DriftSampler(version.pool, profile, version.config.drift_max_rows_per_s,
