@@ -14,6 +14,7 @@ from modelgate.autoscaler.backends.base import Backend
 from modelgate.autoscaler.budget import BudgetError
 from modelgate.autoscaler.loop import Autoscaler
 from modelgate.autoscaler.plans import plans_for
+from modelgate.core.redis_checks import check_redis
 from modelgate.core.repository import load_repository
 from modelgate.core.settings import AutoscalerSettings
 
@@ -39,9 +40,10 @@ def main(settings: AutoscalerSettings) -> int:
     models = load_repository(settings.models_dir)
     plans = plans_for(models, settings.scaling)
     backend = build_backend(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    check_redis(client, log)
     try:
-        autoscaler = Autoscaler(redis.Redis.from_url(settings.redis_url), backend, plans,
-                                settings.scaling.max_cost_per_hour)
+        autoscaler = Autoscaler(client, backend, plans, settings.scaling.max_cost_per_hour)
     except BudgetError as e:
         log.error("%s", e)
         return 2

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from modelgate.core import wire
 from modelgate.core.errors import (
@@ -27,6 +27,7 @@ from modelgate.core.errors import (
     Overloaded,
 )
 from modelgate.core.pool_figures import FiguresQuery
+from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.repository import Model, ModelVersion
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.stats import BUCKET_TTL_S
@@ -81,6 +82,7 @@ class DataPlane:
         self.dispatcher = Dispatcher(client, reader, gateway_id)
         self.drift = DriftMonitor(models, metrics)
         self.redis_ok = False
+        self.redis_problem = "the queue (Redis) is unreachable"  # why, while not redis_ok
         self._outage = False  # Redis was reachable once and then was not
         self.pools: dict[str, PoolView] = {
             v.pool: PoolView() for m in models.values() for v in m.versions.values()
@@ -164,7 +166,7 @@ class DataPlane:
         while True:
             if not self.redis_ok:
                 raise BackendUnavailable(
-                    "the queue (Redis) is unreachable; the request was not queued, retry shortly")
+                    f"{self.redis_problem}; the request was not queued, retry shortly")
             if view.live_workers > 0 or model.config.min_workers == 0:
                 return  # a pool allowed to scale to zero: its backlog wakes the autoscaler
             if view.starting_workers == 0 or time.time() * 1000 >= deadline_ms:
@@ -209,13 +211,16 @@ class DataPlane:
         try:
             results = await pipe.execute()
         except (RedisError, OSError) as e:
+            # At maxmemory Redis refuses this round's counters: no answer can be written either.
+            full = isinstance(e, OutOfMemoryError)
+            self.redis_problem = OUT_OF_MEMORY if full else "the queue (Redis) is unreachable"
             if self.redis_ok:
-                log.warning("redis unreachable: %s", e)
+                log.warning("redis unavailable: %s", self.redis_problem if full else e)
             self.redis_ok = False
             self._outage = True
             failed = self.dispatcher.fail_all(BackendUnavailable(
-                "the queue (Redis) became unreachable while the request waited; it may or may "
-                "not have run, retry shortly"))
+                f"{self.redis_problem} (the request was waiting for its answer: it may or may "
+                "not have run); retry shortly"))
             if failed:
                 log.warning("failed %d waiting requests with 503", failed)
             return

@@ -23,7 +23,6 @@ from modelgate.core.store import pools
 log = logging.getLogger("modelgate.worker")
 
 RECLAIM_COUNT = 64
-DEAD_LETTER_MAXLEN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +100,8 @@ class Reclaimer:
         return Claimed(retry, dead)
 
     def park(self, entry_id: bytes, fields: dict[bytes, bytes],
-             deliveries: int) -> tuple[bytes | str | int, ...]:
-        """The command that moves one entry to the dead-letter stream."""
+             deliveries: int) -> pools.DeadLetter:
+        """The letter that parks one entry (written with its caller's reply, before its
+        acknowledgement: ``pools.ANSWER``)."""
         self.dead_lettered += 1
-        letter = pools.DeadLetter(fields, entry_id, deliveries, int(time.time() * 1000))
-        return ("XADD", self.dead_stream, "MAXLEN", "~", DEAD_LETTER_MAXLEN, "*",
-                *letter.items())
+        return pools.DeadLetter(fields, entry_id, deliveries, int(time.time() * 1000))
