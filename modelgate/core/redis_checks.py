@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 SETTINGS_DOC = 'docs/operations.md, "Redis settings modelgate needs"'
 REQUIRED_POLICY = "noeviction"
-MIN_VERSION = (6, 2)  # XAUTOCLAIM, XTRIM MINID, LPOP with a count
+MIN_VERSION = (6, 2)  # XTRIM MINID, LPOP with a count
 
 OUT_OF_MEMORY = (
     "Redis is out of memory (used memory is over its maxmemory) and refuses writes; raise "
@@ -50,7 +50,7 @@ def _version_problem(info: dict[str, object]) -> str | None:
     if version >= MIN_VERSION:
         return None
     return (f"Redis {raw} is older than modelgate needs ({MIN_VERSION[0]}.{MIN_VERSION[1]}): "
-            "XAUTOCLAIM and XTRIM MINID will fail; upgrade Redis")
+            "XTRIM MINID and LPOP with a count will fail; upgrade Redis")
 
 
 def _log_findings(log: logging.Logger, policy: str | None, refused: str | None,

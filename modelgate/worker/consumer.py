@@ -188,11 +188,11 @@ class Consumer:
 
         Answers held from an earlier step go first: while Redis still refuses them, this raises
         the refusal (``redis.OutOfMemoryError``, a connection error) and reads nothing; a step
-        whose own answers are refused runs to its end and then raises it. Abandoned entries of
-        dead consumers are claimed next. A claimed bundle of several requests is split back
-        into one entry per request (so a poison pill takes no neighbour down with it on its
-        next delivery); a single request runs alone, and those delivered too often are parked
-        in the dead-letter stream instead.
+        whose own answers are refused runs to its end and then raises it. Entries of dead
+        workers are taken over next (``modelgate.worker.reclaim``). A bundle taken over is
+        split back into one entry per request (so a poison pill takes no neighbour down with
+        it on its next delivery); a single request runs alone, and those delivered too often
+        are parked in the dead-letter stream instead.
         """
         self.answers.flush()
         handled = self._step(block_ms)
@@ -201,7 +201,6 @@ class Consumer:
         return handled
 
     def _step(self, block_ms: int) -> int:
-        started = time.perf_counter()
         reclaimed: list[Entry] = []
         if self.reclaimer is not None and self.reclaimer.due(time.monotonic()):
             claimed = self.reclaimer.claim()
@@ -211,8 +210,9 @@ class Consumer:
             for entry_id, fields, deliveries in claimed.retry:
                 entry = parse_entry(entry_id, fields)
                 entry.deliveries = deliveries
-                is_bundle = entry.bundle is not None and len(entry.ids) > 1
-                (to_split if is_bundle else reclaimed).append(entry)
+                # Taken over from a dead worker (not merely taken back): one call per entry.
+                split = deliveries > 1 and entry.bundle is not None and len(entry.ids) > 1
+                (to_split if split else reclaimed).append(entry)
             if to_split:
                 self._split(to_split)
         # With reclaimed entries in hand, do not wait for more: None, since BLOCK 0 would make
@@ -255,8 +255,6 @@ class Consumer:
             if self.sampler is not None:
                 self._sample(pairs)
         self.processed += sum(len(entry.ids) for entry in entries)
-        if self.reclaimer is not None:
-            self.reclaimer.timeout.observe((time.perf_counter() - started) * 1000.0)
         return len(entries)
 
     def _round_trip(self, commands: list[Command]) -> list[Any]:

@@ -32,7 +32,7 @@ from modelgate.core.store import pools
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
-from modelgate.worker.reclaim import ClaimTimeout, Reclaimer
+from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Runner
 
 log = logging.getLogger("modelgate.worker")
@@ -70,9 +70,8 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     except Exception:
         _withdraw(client, starting, worker_id)
         raise
-    reclaimer = Reclaimer(client, version.pool, worker_id,
-                          ClaimTimeout(settings.claim_timeout_ms), settings.max_deliveries,
-                          settings.reclaim_interval_s)
+    reclaimer = Reclaimer(client, version.pool, worker_id, settings.claim_timeout_ms,
+                          settings.max_deliveries, settings.reclaim_interval_s)
     profile = load_profile(version) if version.rows_axis else None
     sampler = None
     if profile is not None:

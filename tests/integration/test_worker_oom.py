@@ -21,7 +21,7 @@ from modelgate.core import wire
 from modelgate.core.repository import Model
 from modelgate.core.store import pools, replies
 from modelgate.worker.consumer import Consumer
-from modelgate.worker.reclaim import ClaimTimeout, Reclaimer
+from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Runner
 from tests.procs import Processes, entry_fields, wait_until
 
@@ -72,7 +72,7 @@ def make_consumer(client: redis.Redis, model: Model,
     version = model.default
     reclaimer = None
     if max_deliveries is not None:
-        reclaimer = Reclaimer(client, version.pool, "live", ClaimTimeout(CLAIM_FLOOR_MS),
+        reclaimer = Reclaimer(client, version.pool, "live", CLAIM_FLOOR_MS,
                               max_deliveries, interval_s=0.0)
     consumer = Consumer(client, version, Runner(version, intra_op_threads=1), "live",
                         reply_ttl_s=60, reclaimer=reclaimer)

@@ -309,6 +309,23 @@ def answer_command(pool: str, entries: Sequence[tuple[bytes, int]],
     return ("EVAL", ANSWER, len(keys), *keys, *argv)
 
 
+# Remove a consumer from the group once it is dead and holds nothing: workers' consumer names
+# are new with every process, so the group would otherwise grow with every restart. Atomic, so
+# a consumer that beats or reads meanwhile is kept (deleting one with pending entries would
+# drop them from the group for good). Returns 1 if removed.
+# KEYS: the request stream, the consumer's heartbeat hash, the pool's worker set.
+# ARGV: group, consumer, the oldest heartbeat (epoch s) that still counts as alive.
+FORGET_CONSUMER = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local beat = redis.call('ZSCORE', KEYS[3], ARGV[2])
+if beat and tonumber(beat) >= tonumber(ARGV[3]) then return 0 end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+local removed = redis.pcall('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+if type(removed) == 'table' and removed.err then return 0 end
+return 1
+"""
+
+
 # Drop dead letters older than DEAD_LETTER_MAX_AGE_MS, in Redis's clock (workers run it
 # once a reclaim round; XTRIM never needs memory, so it runs at maxmemory too).
 # KEYS: the dead-letter stream. ARGV: the maximum age (ms). Returns letters dropped.
