@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from modelgate.core.repository import RepositoryError
 from modelgate.core.settings import (
     AutoscalerSettings,
+    ControlSettings,
     GatewaySettings,
     ScalingSettings,
     UpSettings,
@@ -133,6 +134,30 @@ def _scaling(args: argparse.Namespace) -> ScalingSettings:
                            max_cost_per_hour=_optional_float(args.max_cost_per_hour))
 
 
+def _control_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
+                        default=default_of(ControlSettings, "mode"),
+                        help="none: serve what the repository holds at start; poll: apply "
+                             "changes to it as they come; explicit: change only through the "
+                             "repository API (load/unload)")
+    parser.add_argument("--repository-poll-secs", type=float,
+                        default=default_of(ControlSettings, "poll_s"),
+                        help="how often poll mode scans the repository")
+    parser.add_argument("--load-model", action="append", default=None,
+                        help="explicit mode: a model to load at start (repeat; '*' loads all)")
+
+
+def _control(args: argparse.Namespace) -> ControlSettings:
+    loads = args.load_model
+    names = tuple(loads.split(",") if isinstance(loads, str) else loads or ())
+    if names and args.model_control_mode != "explicit":
+        raise UsageError("--load-model works with --model-control-mode explicit only")
+    if float(args.repository_poll_secs) <= 0:
+        raise UsageError("--repository-poll-secs must be more than 0")
+    return ControlSettings(mode=args.model_control_mode,
+                           poll_s=float(args.repository_poll_secs), load_models=names)
+
+
 def _auth_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", action=_AppendKeys, default=None,
                         help="require 'Authorization: Bearer KEY'; repeat for several keys "
@@ -160,6 +185,7 @@ def _add_up(commands: Any) -> None:
                     help="gateway processes sharing the port (metrics merged across them)")
     _auth_flags(up)
     _scaling_flags(up)
+    _control_flags(up)
     up.set_defaults(handler=_run_up)
 
 
@@ -172,7 +198,8 @@ def _run_up(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         default_timeout_ms=int(args.default_timeout_ms),
         api_keys=api_keys(args.api_key), protect_probes=_flag(args.protect_probes),
-        scaling=_scaling(args), gateway_procs=int(args.gateway_procs)))
+        scaling=_scaling(args), control=_control(args),
+        gateway_procs=int(args.gateway_procs)))
 
 
 def _add_autoscaler(commands: Any) -> None:
@@ -193,6 +220,7 @@ def _add_autoscaler(commands: Any) -> None:
     autoscaler.add_argument("--k8s-namespace",
                             default=default_of(AutoscalerSettings, "k8s_namespace"))
     _scaling_flags(autoscaler)
+    _control_flags(autoscaler)
     autoscaler.set_defaults(handler=_run_autoscaler)
 
 
@@ -201,7 +229,7 @@ def _run_autoscaler(args: argparse.Namespace) -> int:
 
     return autoscaler_main(AutoscalerSettings(
         models_dir=Path(args.models), redis_url=args.redis_url, scaling=_scaling(args),
-        backend=args.backend, metrics_port=int(args.metrics_port),
+        control=_control(args), backend=args.backend, metrics_port=int(args.metrics_port),
         docker_image=args.docker_image, docker_network=args.docker_network or None,
         docker_models_dir=args.docker_models_dir, k8s_namespace=args.k8s_namespace))
 
@@ -248,7 +276,9 @@ def _add_worker(commands: Any) -> None:
     worker = commands.add_parser("worker", help="run one worker process for one model")
     worker.add_argument("--models", type=Path, required=True)
     worker.add_argument("--model", required=True, help="model name in the repository")
-    worker.add_argument("--version", default=None, help="default: the highest version")
+    worker.add_argument("--version", default=None,
+                        help="default: the model's default version (as served, else as the "
+                             "repository says)")
     worker.add_argument("--redis-url", required=True)
     worker.add_argument("--intra-op-threads", type=_positive_int, default=None,
                         help="ONNX Runtime threads per run (default: model config, else 1)")

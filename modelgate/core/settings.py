@@ -93,10 +93,24 @@ class ScalingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """How the served versions follow the repository (Triton's model control modes)."""
+
+    # none: what the repository held at start; poll: rescanned every poll_s; explicit: only
+    # the repository API's load and unload change anything.
+    mode: str = "poll"
+    poll_s: float = 5.0
+    load_models: tuple[str, ...] = ()  # explicit mode: load these at start ("*": all)
+    # A version whose workers show no sign of life for this long is UNAVAILABLE.
+    load_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
 class AutoscalerSettings:
     models_dir: Path
     redis_url: str
     scaling: ScalingSettings = ScalingSettings()
+    control: ControlSettings = ControlSettings()
     backend: str = "local"  # local | docker | kubernetes
     metrics_port: int = 9100  # its /metrics; 0 = off
     docker_image: str = "modelgate:latest"
@@ -118,4 +132,5 @@ class UpSettings:
     api_keys: tuple[str, ...] = ()
     protect_probes: bool = False
     scaling: ScalingSettings = ScalingSettings()
+    control: ControlSettings = ControlSettings()
     gateway_procs: int = 1

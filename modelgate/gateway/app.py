@@ -28,7 +28,6 @@ from starlette.types import Receive, Scope, Send
 
 from modelgate.core.errors import ModelgateError
 from modelgate.core.redis_checks import check_redis_async
-from modelgate.core.repository import load_repository
 from modelgate.core.settings import GatewaySettings
 from modelgate.gateway.auth import check_bearer
 from modelgate.gateway.dashboard import Dashboard
@@ -106,13 +105,12 @@ def redis_clients(settings: GatewaySettings) -> tuple[aioredis.Redis, aioredis.R
 
 
 def build_app(settings: GatewaySettings) -> Starlette:
-    models = load_repository(settings.models_dir)
     gateway_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client, reader = redis_clients(settings)
-        plane = DataPlane(settings, models, client, reader, gateway_id, Metrics())
+        plane = DataPlane(settings, client, reader, gateway_id, Metrics())
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)
         await plane.start()

@@ -94,10 +94,16 @@ class Dispatcher:
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_at_ms = 0
         self._running = True
+        self._writing = False
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing submitted is waiting to be written, nor being written now."""
+        return not self._outbox and not self._writing
 
     def start(self) -> None:
         self._tasks = [
@@ -209,6 +215,7 @@ class Dispatcher:
                     self._fail(item.correlation,
                                ModelFailed(f"the request could not be queued: {e}"))
                 continue
+            self._writing = True
             try:
                 await self._send(entries)
             except (RedisError, OSError) as e:
@@ -216,6 +223,8 @@ class Dispatcher:
                     for correlation in entry.correlations:
                         self._fail(correlation, BackendUnavailable(
                             f"the queue (Redis) is unreachable: {e}; retry shortly"))
+            finally:
+                self._writing = False
 
     async def _send(self, entries: list[_Write]) -> None:
         """Every entry's XADD and queued-count INCRBY in one write on one connection, then

@@ -69,9 +69,11 @@ class Metrics:
                                      registry=r, multiprocess_mode=gauge_mode)
         self.drift_score = Gauge("modelgate_drift_score",
                                  "Drift statistic over its alarm threshold (1 = alarm)",
-                                 ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
+                                 ["model", "version", "feature"], registry=r,
+                                 multiprocess_mode=gauge_mode)
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
-                                 ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
+                                 ["model", "version", "feature"], registry=r,
+                                 multiprocess_mode=gauge_mode)
 
     def _per_call(self, model: str) -> tuple[Histogram, Histogram, Histogram, Histogram]:
         """The labelled children every call of ``model`` touches, looked up once."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from modelgate import __version__
 from modelgate.core import wire
+from modelgate.core.repository import MODEL_NAME, VERSION
 
 JSON = "application/json"
 
@@ -76,11 +77,11 @@ _INFER_ERRORS = ("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaT
 
 _NAME = {"name": "name", "in": "path", "required": True,
          "description": "Model name, as in the repository folder.",
-         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,128}$"}}
+         "schema": {"type": "string", "pattern": MODEL_NAME.pattern}}
 _VERSION = {"name": "version", "in": "path", "required": True,
-            "description": "Model version (a version folder's number); without it, the "
-                           "highest version is used.",
-            "schema": {"type": "string", "pattern": r"^[0-9]{1,18}$"}}
+            "description": "Model version (a version folder's number) that is loaded; without "
+                           "it, the model's default version answers.",
+            "schema": {"type": "string", "pattern": VERSION.pattern}}
 
 
 def _model_paths(suffix: str, operation: dict[str, Any], verb: str = "get",

@@ -17,6 +17,7 @@ import redis
 
 from modelgate.core.clock import RedisClock
 from modelgate.core.store import heartbeats, pools
+from modelgate.core.store import models as model_store
 
 log = logging.getLogger("modelgate.worker")
 
@@ -32,6 +33,8 @@ class Heartbeat:
         stats: Callable[[], dict[str, float]],
         flush: Callable[[redis.client.Pipeline, int], object] | None = None,
         clock: RedisClock | None = None,
+        sha256: str = "",
+        on_state: Callable[[bytes | None], None] | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -41,6 +44,11 @@ class Heartbeat:
         self.stats = stats
         self.flush = flush
         self.clock = clock  # kept in step with Redis's clock at every beat
+        self.sha256 = sha256
+        # Called with the model's stored state at every beat (the worker stops serving a
+        # version whose content changed under it).
+        self.on_state = on_state
+        self.model = pool.rsplit(":", 1)[0]
         self.started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -50,9 +58,11 @@ class Heartbeat:
         key = heartbeats.heartbeat(self.worker_id)
         stats = self.stats()
         record = heartbeats.Heartbeat(self.pool, os.getpid(), socket.gethostname(),
-                                      self.started, int(stats["processed"]), stats["busy"])
+                                      self.started, int(stats["processed"]), stats["busy"],
+                                      self.sha256)
         pipe = self.client.pipeline(transaction=False)
         pipe.time()
+        pipe.get(model_store.state(self.model))
         pipe.hset(key, mapping=record.fields())
         pipe.pexpire(key, self.ttl_ms)
         pipe.zadd(pools.worker_set(self.pool), {self.worker_id: now})
@@ -61,9 +71,11 @@ class Heartbeat:
         pipe.zremrangebyscore(pools.worker_set(self.pool), "-inf", now - heartbeats.WORKER_TTL_S)
         if self.flush is not None:
             self.flush(pipe, int(now))
-        redis_time = pipe.execute()[0]
+        redis_time, stored = pipe.execute()[:2]
         if self.clock is not None:
             self.clock.observe(now, time.time(), redis_time)
+        if self.on_state is not None:
+            self.on_state(stored)
 
     def start(self, beat_first: bool = True) -> None:
         if beat_first:

@@ -26,9 +26,11 @@ import redis
 from modelgate.core.clock import RedisClock
 from modelgate.core.profile import load_profile, profile_path
 from modelgate.core.redis_checks import OUT_OF_MEMORY, OUTAGES, check_redis
-from modelgate.core.repository import RepositoryError, load_model
+from modelgate.core.repository import ModelVersion, load_model, read_version
 from modelgate.core.settings import WorkerSettings
+from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
+from modelgate.core.store.models import ModelState
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
@@ -50,25 +52,52 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
+class ContentChanged(RuntimeError):
+    """The version's model.onnx is not the content the served state names."""
+
+
+def _stored_state(client: redis.Redis, model: str) -> ModelState | None:
+    try:
+        raw = client.get(model_store.state(model))
+        return ModelState.decode(raw) if raw is not None else None
+    except model_store.StateError as e:
+        log.warning("the stored state of model %s is unreadable (%s); going by the files", model,
+                    e)
+        return None
+    except redis.RedisError:
+        return None  # Redis not up yet: the files decide; the heartbeat checks again
+
+
+def resolve_version(settings: WorkerSettings, client: redis.Redis) -> ModelVersion:
+    """The version to serve: the one asked for, else the served default, else the repository's
+    default. Raises ContentChanged when its file is not what the served state names."""
+    state = _stored_state(client, settings.model)
+    wanted = settings.version or (state.default if state is not None else None)
+    version = (read_version(settings.models_dir, settings.model, wanted) if wanted
+               else load_model(settings.models_dir / settings.model).default)
+    stored = state.versions.get(version.version) if state is not None else None
+    if stored is not None and stored.sha256 and stored.sha256 != version.sha256:
+        raise ContentChanged(
+            f"{version.path} has sha256 {version.sha256[:12]}, but version {version.version} is "
+            f"served with {stored.sha256[:12]}: the file changed in place; the model control "
+            "loop reloads it (poll mode) or a load call does (explicit mode)")
+    return version
+
+
 def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None = None) -> int:
     """Serve until ``stop`` is set (or ``max_steps`` reads were made); returns entries handled."""
-    model = load_model(settings.models_dir / settings.model)
-    version = model.versions.get(settings.version or model.default_version)
-    if version is None:
-        raise RepositoryError(
-            f"model {model.name!r} has no version {settings.version}; "
-            f"it has {sorted(model.versions, key=int)}"
-        )
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)
+    version = resolve_version(settings, client)
     threads = settings.intra_op_threads or version.config.intra_op_threads or 1
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)
     starting = pools.starting_set(version.pool)
     _announce(client, starting, worker_id)
     try:
         runner = Runner(version, threads)
         runner.warm_up()
-    except Exception:
+    except Exception as e:
         _withdraw(client, starting, worker_id)
+        _report_load_error(client, version.pool, e)
         raise
     reclaimer = Reclaimer(client, version.pool, worker_id, settings.claim_timeout_ms,
                           settings.max_deliveries, settings.reclaim_interval_s)
@@ -94,9 +123,25 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         uptime = max(time.monotonic() - started, 1e-9)
         return {"processed": consumer.processed, "busy": round(consumer.busy_s / uptime, 4)}
 
+    def on_state(raw: bytes | None) -> None:
+        """Stop reading (and drain) once the served state names other content for this
+        version: its new workers take over the pool."""
+        if raw is None or stop.is_set():
+            return
+        try:
+            found = ModelState.decode(raw).versions.get(version.version)
+        except model_store.StateError:
+            return
+        if found is not None and found.sha256 and found.sha256 != version.sha256:
+            log.warning("version %s of %s is now served with content %s, not this worker's %s;"
+                        " draining", version.version, version.name, found.sha256[:12],
+                        version.sha256[:12])
+            stop.set()
+
     heartbeat = Heartbeat(
         redis.Redis.from_url(settings.redis_url), worker_id, version.pool,
         settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, flush, clock,
+        version.sha256, on_state,
     )
     _wait_for_redis(consumer, heartbeat, stop)
     check_redis(client, log)
@@ -169,6 +214,16 @@ class Outage:
         self.backoff_s = 0.1
 
 
+def _report_load_error(client: redis.Redis, pool: str, error: Exception) -> None:
+    """Tell the model control loop why this version cannot be served, so it stops trying."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    try:
+        client.set(model_store.load_error(pool), f"the worker could not load the model: "
+                                                 f"{message}", ex=model_store.RESULT_TTL_S)
+    except redis.RedisError as e:
+        log.warning("could not report the load failure (%s)", e)
+
+
 def _announce(client: redis.Redis, starting: str, worker_id: str) -> None:
     """Tell gateways a worker is on its way, so they hold calls instead of answering 503."""
     try:
@@ -201,5 +256,9 @@ def _wait_for_redis(consumer: Consumer, heartbeat: Heartbeat, stop: threading.Ev
 def main(settings: WorkerSettings) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
-    run(settings, stop)
+    try:
+        run(settings, stop)
+    except ContentChanged as e:
+        log.error("not serving: %s", e)
+        return 3
     return 0

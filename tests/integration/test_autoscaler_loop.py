@@ -8,12 +8,17 @@ and reporting, and the local process backend is exercised end to end in test_aut
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
+from modelgate.autoscaler.backends.base import PoolRef
+from modelgate.autoscaler.control import ModelControl
+from modelgate.autoscaler.decider import Decider
 from modelgate.autoscaler.loop import Autoscaler, PoolPlan
 from modelgate.autoscaler.policy import PolicyConfig
+from modelgate.core.settings import ScalingSettings
 from modelgate.core.stats import StatsAccumulator
 from modelgate.core.store import pools, scaling
 
@@ -26,15 +31,15 @@ class RecordingBackend:
     name = "recording"
 
     def __init__(self) -> None:
-        self.replicas: dict[str, int] = {}
+        self.replicas: dict[str, int] = {}  # by pool
         self.calls: list[tuple[str, int]] = []
 
-    def scale(self, model: str, desired: int) -> None:
-        self.calls.append((model, desired))
-        self.replicas[model] = desired
+    def scale(self, ref: PoolRef, desired: int) -> None:
+        self.calls.append((ref.pool, desired))
+        self.replicas[ref.pool] = desired
 
-    def running(self, model: str) -> int:
-        return self.replicas.get(model, 0)
+    def running(self, ref: PoolRef) -> int:
+        return self.replicas.get(ref.pool, 0)
 
     def supervise(self) -> None:
         pass
@@ -64,8 +69,8 @@ def write_load(client: redis.Redis, pool: str, now: float, arrivals_per_s: int,
 
 def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis.Redis) -> None:
     backend = RecordingBackend()
-    backend.replicas["mlp"] = 1
-    plan = PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=8))
+    backend.replicas["mlp:1"] = 1
+    plan = PoolPlan(PoolRef("mlp", "1"), PolicyConfig(min_workers=1, max_workers=8))
     scaler = Autoscaler(redis_client, backend, [plan])
     now = time.time()
     write_load(redis_client, "mlp:1", now, arrivals_per_s=100, compute_ms_per_request=20.0,
@@ -77,21 +82,22 @@ def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis
     assert outcome.observation.service_s == pytest.approx(0.02)
     assert outcome.observation.backlog == 3
     assert outcome.desired == 3  # 100/s x 20 ms / 70% = 2.86
-    assert backend.calls == [("mlp", 3)]
+    assert backend.calls == [("mlp:1", 3)]
     (_, event), = redis_client.xrevrange(scaling.EVENTS, count=1)
     assert event[b"pool"] == b"mlp:1" and event[b"desired"] == b"3"
     assert event[b"current"] == b"1" and b"scale up" in event[b"reason"]
     assert event[b"arrival_rate"] == b"100.00" and event[b"backlog"] == b"3"
     assert redis_client.get(pools.desired("mlp:1")) == b"3"
-    sample = scaler.registry.get_sample_value("modelgate_desired_workers", {"model": "mlp"})
+    sample = scaler.registry.get_sample_value("modelgate_desired_workers",
+                                              {"model": "mlp", "version": "1"})
     assert sample == 3.0
 
 
 def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redis) -> None:
     backend = RecordingBackend()
-    backend.replicas.update({"a": 1, "b": 1})
-    plans = [PoolPlan("a:1", "a", PolicyConfig(min_workers=1, max_workers=10), 2.0),
-             PoolPlan("b:1", "b", PolicyConfig(min_workers=1, max_workers=10), 1.0)]
+    backend.replicas.update({"a:1": 1, "b:1": 1})
+    plans = [PoolPlan(PoolRef("a", "1"), PolicyConfig(min_workers=1, max_workers=10), 2.0),
+             PoolPlan(PoolRef("b", "1"), PolicyConfig(min_workers=1, max_workers=10), 1.0)]
     scaler = Autoscaler(redis_client, backend, plans, max_cost_per_hour=8.0)
     now = time.time()
     for pool in ("a:1", "b:1"):
@@ -107,18 +113,22 @@ def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redi
     assert all(b"capped by budget" in r for r in reasons)
 
 
-def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis) -> None:
+def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis,
+                                                tmp_path: Path) -> None:
     """With Redis unreachable the loop keeps what runs and retries (bounded run)."""
     import threading
 
     backend = RecordingBackend()
-    backend.replicas["mlp"] = 2
+    backend.replicas["mlp:1"] = 2
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     scaler = Autoscaler(unreachable, backend,
-                        [PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=4))])
+                        [PoolPlan(PoolRef("mlp", "1"), PolicyConfig(min_workers=1,
+                                                                    max_workers=4))])
+    decider = Decider(unreachable, ModelControl(unreachable, tmp_path), scaler,
+                      ScalingSettings())
     stop = threading.Event()
     timer = threading.Timer(1.5, stop.set)
     timer.start()
-    ticks = scaler.run(stop, interval_s=0.1)
+    ticks = decider.run(stop, interval_s=0.1)
     timer.cancel()
-    assert ticks == 0 and backend.calls == [] and backend.replicas["mlp"] == 2
+    assert ticks == 0 and backend.calls == [] and backend.replicas["mlp:1"] == 2

@@ -85,6 +85,11 @@ def stats(pool: str, epoch_s: int) -> str:
     return _key(pool, f"stats:{epoch_s}")
 
 
+def pool_pattern(pool: str) -> str:
+    """A SCAN pattern matching every key of one pool (model names hold no glob characters)."""
+    return f"{PREFIX}:pool:{pool}:*"
+
+
 def pools_pattern() -> str:
     """A SCAN pattern matching every pool's request stream (:func:`pool_of_stream` inverts)."""
     return f"{PREFIX}:pool:*:requests"

@@ -10,6 +10,7 @@ from modelgate.core.errors import ModelNotFound
 from modelgate.gateway import protocol
 from modelgate.gateway.body import read_json_body
 from modelgate.gateway.dataplane import DataPlane
+from modelgate.gateway.protocol import MODEL_VERSION_HEADER
 
 
 async def predict(request: Request) -> Response:
@@ -27,7 +28,9 @@ async def predict(request: Request) -> Response:
     wire_request = protocol.parse_v1(body, model)
     reply = await plane.infer(model, wire_request,
                               model.config.timeout_ms or plane.settings.default_timeout_ms)
-    return Response(protocol.format_v1(reply), media_type="application/json")
+    # V1 has no field for it: the version that computed the answer goes in a header.
+    return Response(protocol.format_v1(reply), media_type="application/json",
+                    headers={MODEL_VERSION_HEADER: model.version})
 
 
 async def model_status(request: Request) -> Response:
