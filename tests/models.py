@@ -152,3 +152,17 @@ def matmul_chain(width: int, depth: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", width])],
         [w])
     return finish(graph)
+
+
+def batch_centred_model() -> onnx.ModelProto:
+    """``y = x - mean(x over rows)`` with x FP32 [-1, 3]: a variable first dimension, yet each
+    row's answer depends on every other row of the run (as batch normalisation in training
+    mode does), so calls must never share a run."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+         helper.make_node("Sub", ["x", "mean"], ["y"])],
+        "batch_centred",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    return finish(graph)

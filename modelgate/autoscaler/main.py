@@ -15,6 +15,7 @@ from modelgate.autoscaler.backends.base import Backend
 from modelgate.autoscaler.control import ModelControl
 from modelgate.autoscaler.decider import Decider
 from modelgate.autoscaler.loop import Autoscaler
+from modelgate.core.redis_checks import check_redis
 from modelgate.core.settings import AutoscalerSettings
 
 log = logging.getLogger("modelgate.autoscaler")
@@ -47,7 +48,9 @@ def build_decider(client: redis.Redis, backend: Backend, settings: AutoscalerSet
 
 def main(settings: AutoscalerSettings) -> int:
     backend = build_backend(settings)
-    decider = build_decider(redis.Redis.from_url(settings.redis_url), backend, settings,
+    client = redis.Redis.from_url(settings.redis_url)
+    check_redis(client, log)
+    decider = build_decider(client, backend, settings,
                             settings.models_dir)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=decider.autoscaler.registry)

@@ -289,11 +289,13 @@ def _add_worker(commands: Any) -> None:
                         help="ONNX Runtime threads per run (default: model config, else 1)")
     worker.add_argument("--claim-timeout-ms", type=_positive_int,
                         default=default_of(WorkerSettings, "claim_timeout_ms"),
-                        help="floor of the idle time after which a dead worker's entries are "
-                             "taken over")
+                        help="idle time after which a dead worker's entries are taken over "
+                             "(a worker is dead once its heartbeat has expired; a live "
+                             "worker's entries are never taken)")
     worker.add_argument("--max-deliveries", type=_positive_int,
                         default=default_of(WorkerSettings, "max_deliveries"),
-                        help="deliveries after which an entry goes to the dead-letter stream")
+                        help="deliveries (the first, plus one per worker that died holding "
+                             "it) after which an entry goes to the dead-letter stream")
     worker.set_defaults(handler=_run_worker)
 
 
@@ -381,7 +383,7 @@ def _run_profile(args: argparse.Namespace) -> int:
     version = model.versions.get(args.version or model.default_version)
     if version is None:
         raise RepositoryError(f"model {model.name!r} has no version {args.version}")
-    if not version.batchable:
+    if not version.rows_axis:
         raise RepositoryError(f"model {model.name!r} cannot batch; drift profiles need "
                               "rows (a variable first dimension on every input)")
     inputs = read_data(Path(args.data), version)

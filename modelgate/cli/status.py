@@ -104,6 +104,7 @@ def render(client: redis.Redis, out: TextIO) -> int:
             uptime = time.time() - beat.started
             print(f"  {worker_id:<36} {pool:<20} pid {beat.pid:>7} up {uptime:>6.0f}s  "
                   f"processed {beat.processed:>8}  busy {beat.busy:.0%}", file=out)
+    _dead_letters(client, pool_ids, out)
     events = [s for _, fields in client.xrevrange(scaling.EVENTS,
                                                   count=RECENT_DECISIONS * len(pool_ids))
               if (s := scaling.ScalingEvent.parse(fields)) is not None]
@@ -117,6 +118,19 @@ def render(client: redis.Redis, out: TextIO) -> int:
         print(f"\nlatest tick: {events[0].reason}", file=out)
     _drift(client, pool_ids, out)
     return 0
+
+
+def _dead_letters(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:
+    """Each pool's dead letters against their bound (docs/operations.md, poison pills)."""
+    pipe = client.pipeline(transaction=False)
+    for pool in pool_ids:
+        pipe.xlen(pools.dead_letters(pool))
+    for pool, count in zip(pool_ids, pipe.execute(), strict=True):
+        if count:
+            print(f"\ndead letters {pool}: {count} of {pools.DEAD_LETTER_MAXLEN} kept (for "
+                  f"{pools.DEAD_LETTER_MAX_AGE_MS // 86_400_000} days, payloads up to "
+                  f"{pools.DEAD_LETTER_PAYLOAD_MAX_BYTES // 1024} KiB) in "
+                  f"{pools.dead_letters(pool)}", file=out)
 
 
 def _drift(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:

@@ -126,8 +126,16 @@ class VersionPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """Per-model overrides from ``config.yaml``/``config.json``; ``None`` means "derive"."""
+    """Per-model overrides from ``config.yaml``/``config.json``; ``None`` means "derive".
 
+    ``batching`` is on by default whenever every input has a variable first dimension: calls
+    are then bundled by the gateway and run together by workers, their rows concatenated. A
+    model whose rows are not independent (it normalises across the batch, or reduces over
+    dim 0) would mix callers' rows: ``batching: false`` makes each call run alone, whole
+    (effective ``max_batch_size`` 0), while the rows axis still serves drift profiles.
+    """
+
+    batching: bool | None = None  # None = on when the graph can batch
     max_batch_size: int | None = None  # rows per ORT run; 0 = never batch
     max_queue_delay_ms: float = 0.0  # wait this long for more rows before a partial batch
     # Run sizes (rows) to cut batches at when more rows wait than one run takes (Triton's
@@ -173,6 +181,12 @@ class ModelConfig:
                                           f"number, got {value!r}")
                 values[key] = str(int(value))
                 continue
+            if key == "batching":
+                if not isinstance(value, bool):
+                    raise RepositoryError(f"{source}: batching must be true or false, got "
+                                          f"{value!r}")
+                values[key] = value
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise RepositoryError(f"{source}: {key} must be a number, got {value!r}")
             if value < 0:
@@ -210,7 +224,13 @@ class ModelVersion:
 
     @property
     def batchable(self) -> bool:
+        """Calls are combined: bundled by the gateway, batched in one run by the worker."""
         return self.max_batch_size > 0
+
+    @property
+    def rows_axis(self) -> bool:
+        """Every input has a variable first dimension: a call's rows, sampled for drift."""
+        return can_batch(self.inputs)
 
     def input(self, name: str) -> TensorSpec | None:
         return next((i for i in self.inputs if i.name == name), None)
@@ -323,14 +343,25 @@ def file_sha256(path: Path) -> str:
 def load_version(name: str, version: str, path: Path, config: ModelConfig) -> ModelVersion:
     inputs, outputs = read_signature(path)
     batchable = can_batch(inputs)
-    if config.max_batch_size is None:
+    fixed = [i.name for i in inputs if not i.shape or i.shape[0] != -1]
+    if config.batching is False:
+        if config.max_batch_size:
+            raise RepositoryError(
+                f"{path}: config sets batching: false and max_batch_size="
+                f"{config.max_batch_size}; remove one of them")
+        max_batch_size = 0
+    elif config.batching and not batchable:
+        raise RepositoryError(
+            f"{path}: config sets batching: true but input(s) {fixed} have no variable first "
+            "dimension to batch along; remove the setting or re-export with a dynamic batch "
+            "axis")
+    elif config.max_batch_size is None:
         max_batch_size = DEFAULT_MAX_BATCH_SIZE if batchable else 0
     elif config.max_batch_size > 0 and not batchable:
         raise RepositoryError(
             f"{path}: config sets max_batch_size={config.max_batch_size} but input(s) "
-            f"{[i.name for i in inputs if not i.shape or i.shape[0] != -1]} have no variable "
-            "first dimension to batch along; set max_batch_size: 0 or re-export with a dynamic "
-            "batch axis"
+            f"{fixed} have no variable first dimension to batch along; set max_batch_size: 0 "
+            "or re-export with a dynamic batch axis"
         )
     else:
         max_batch_size = config.max_batch_size

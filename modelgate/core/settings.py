@@ -74,11 +74,12 @@ class WorkerSettings:
     block_ms: int = 500
     reply_ttl_s: int = 60
     worker_id: str | None = None  # None = generated from host and pid
-    # Entries pending this long with their consumer silent are taken over (never below this
-    # floor; grows with the pool's slowest recent step).
+    # A dead worker's entries (its heartbeat expired) are taken over once idle this long; a
+    # live worker's never are, however long its step.
     claim_timeout_ms: int = 5_000
     reclaim_interval_s: float = 1.0
-    # Deliveries after which an entry is parked in the dead-letter stream.
+    # Deliveries (the first plus one per worker that died holding the entry) after which it
+    # is parked in the dead-letter stream.
     max_deliveries: int = 3
 
 

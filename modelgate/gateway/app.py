@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from modelgate.core.errors import ModelgateError
+from modelgate.core.redis_checks import check_redis_async
 from modelgate.core.settings import GatewaySettings
 from modelgate.gateway.auth import check_bearer
 from modelgate.gateway.dashboard import Dashboard
@@ -120,6 +121,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)
         await plane.start()
+        await check_redis_async(client, log)
         # Everything loaded so far (modules, the repository, clients) lives as long as the
         # process: keep it out of the collector's full passes, whose pauses every request in
         # flight would wait for.

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from modelgate.core import wire
 from modelgate.core.errors import (
@@ -28,6 +28,7 @@ from modelgate.core.errors import (
     Overloaded,
 )
 from modelgate.core.pool_figures import FiguresQuery
+from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.repository import ModelVersion
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.stats import BUCKET_TTL_S
@@ -84,6 +85,7 @@ class DataPlane:
         self.dispatcher = Dispatcher(client, reader, gateway_id)
         self.drift = DriftMonitor(metrics)
         self.redis_ok = False
+        self.redis_problem = "the queue (Redis) is unreachable"  # why, while not redis_ok
         self._outage = False  # Redis was reachable once and then was not
         # Until the decider's state is read: the repository as it is now (no decider at all).
         self.table = serving.from_repository(settings.models_dir)
@@ -179,7 +181,7 @@ class DataPlane:
         while True:
             if not self.redis_ok:
                 raise BackendUnavailable(
-                    "the queue (Redis) is unreachable; the request was not queued, retry shortly")
+                    f"{self.redis_problem}; the request was not queued, retry shortly")
             if view.live_workers > 0:
                 return
             if view.starting_workers == 0:
@@ -238,13 +240,16 @@ class DataPlane:
             if generation is not None and int(generation) != self.table.generation:
                 await self._reload(int(generation))
         except (RedisError, OSError) as e:
+            # At maxmemory Redis refuses this round's counters: no answer can be written either.
+            full = isinstance(e, OutOfMemoryError)
+            self.redis_problem = OUT_OF_MEMORY if full else "the queue (Redis) is unreachable"
             if self.redis_ok:
-                log.warning("redis unreachable: %s", e)
+                log.warning("redis unavailable: %s", self.redis_problem if full else e)
             self.redis_ok = False
             self._outage = True
             failed = self.dispatcher.fail_all(BackendUnavailable(
-                "the queue (Redis) became unreachable while the request waited; it may or may "
-                "not have run, retry shortly"))
+                f"{self.redis_problem} (the request was waiting for its answer: it may or may "
+                "not have run); retry shortly"))
             if failed:
                 log.warning("failed %d waiting requests with 503", failed)
             return

@@ -24,10 +24,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
+from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.store import pools, replies
 
 log = logging.getLogger("modelgate.gateway")
@@ -260,9 +261,11 @@ class Dispatcher:
             # This entry was refused; the others stand. Its INCRBY still ran: the count is one
             # bundle high until the stream next drains (pools.QUEUED_REPAIR).
             except ResponseError as e:
+                message = (f"{OUT_OF_MEMORY}; the request was not queued, retry shortly"
+                           if isinstance(e, OutOfMemoryError)
+                           else f"the queue refused the request ({e}); retry shortly")
                 for correlation in entry.correlations:
-                    self._fail(correlation, BackendUnavailable(
-                        f"the queue refused the request ({e}); retry shortly"))
+                    self._fail(correlation, BackendUnavailable(message))
             try:
                 await connection.read_response()
             except ResponseError as e:  # the backlog count only; the entry stands

@@ -111,7 +111,7 @@ class DriftMonitor:
                 continue
             self._seen[pool] = version.sha256
             try:
-                profile = load_profile(version) if version.batchable else None
+                profile = load_profile(version) if version.rows_axis else None
             except RepositoryError as e:
                 log.warning("drift for %s is off: %s", pool, e)
                 profile = None

@@ -77,16 +77,27 @@ class Heartbeat:
         if self.on_state is not None:
             self.on_state(stored)
 
-    def start(self) -> None:
-        self.beat()
+    def start(self, beat_first: bool = True) -> None:
+        if beat_first:
+            self.beat()
         self._thread.start()
 
     def _loop(self) -> None:
+        failing = False
         while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
+            # At maxmemory the hash's PEXPIRE still runs (it needs no memory) while its HSET is
+            # refused: the worker stays known as alive, and nobody takes its entries over.
             except redis.RedisError as e:
-                log.warning("heartbeat failed: %s", e)
+                if not failing:
+                    log.warning("heartbeat failed: %s; retrying every %.1f s", e,
+                                self.interval_s)
+                failing = True
+            else:
+                if failing:
+                    log.warning("heartbeat written again")
+                failing = False
 
     def stop(self) -> None:
         """Stop beating and deregister, so gateways stop counting this worker at once."""

@@ -2,6 +2,11 @@
 
 Shutdown contract: the first SIGTERM/SIGINT only sets an event; the loop finishes the batch it
 holds, answers and acknowledges it, deregisters and returns. A second signal exits at once.
+
+Redis unreachable, stalled, full (``maxmemory``) or read-only is an outage, never a reason to
+exit: at start the worker waits until it can create its group and write its first heartbeat;
+serving, it backs off and tries again, holding the answers Redis refused (nothing is
+acknowledged without them) and reading nothing new until they are written.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import redis
 
 from modelgate.core.clock import RedisClock
 from modelgate.core.profile import load_profile, profile_path
+from modelgate.core.redis_checks import OUT_OF_MEMORY, OUTAGES, check_redis
 from modelgate.core.repository import ModelVersion, load_model, read_version
 from modelgate.core.settings import WorkerSettings
 from modelgate.core.store import models as model_store
@@ -28,7 +34,7 @@ from modelgate.core.store.models import ModelState
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
-from modelgate.worker.reclaim import ClaimTimeout, Reclaimer
+from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Runner
 
 log = logging.getLogger("modelgate.worker")
@@ -93,10 +99,9 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         _withdraw(client, starting, worker_id)
         _report_load_error(client, version.pool, e)
         raise
-    reclaimer = Reclaimer(client, version.pool, worker_id,
-                          ClaimTimeout(settings.claim_timeout_ms), settings.max_deliveries,
-                          settings.reclaim_interval_s)
-    profile = load_profile(version) if version.batchable else None
+    reclaimer = Reclaimer(client, version.pool, worker_id, settings.claim_timeout_ms,
+                          settings.max_deliveries, settings.reclaim_interval_s)
+    profile = load_profile(version) if version.rows_axis else None
     sampler = None
     if profile is not None:
         sampler = DriftSampler(version.pool, profile, version.config.drift_max_rows_per_s,
@@ -138,38 +143,75 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, flush, clock,
         version.sha256, on_state,
     )
-    _wait_for_redis(consumer, stop)
+    _wait_for_redis(consumer, heartbeat, stop)
+    check_redis(client, log)
     gc.collect()
     gc.freeze()  # the session and modules live as long as the process: skip them in full passes
-    heartbeat.start()
+    heartbeat.start(beat_first=False)
     _withdraw(client, starting, worker_id)
     log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
              worker_id, version.pool, version.max_batch_size, threads)
     handled = steps = 0
-    backoff_s = 0.1
+    outage = Outage()
     try:
         while not stop.is_set() and (max_steps is None or steps < max_steps):
             steps += 1
             try:
                 handled += consumer.step(settings.block_ms)
-                backoff_s = 0.1
-            # A timeout is Redis not answering (stalled, overloaded): retry it like a dropped
-            # connection rather than die holding entries.
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                log.warning("redis unreachable (%s); retrying in %.1fs", e, backoff_s)
-                stop.wait(backoff_s)
+                outage.over()
+            # A timeout is Redis not answering (stalled, overloaded), OOM is Redis full: retry
+            # them like a dropped connection rather than die holding entries.
+            except OUTAGES as e:
                 # Never longer than a heartbeat: once Redis is back the heartbeat thread makes
                 # gateways count this worker live and send it work, so the loop must be reading.
-                backoff_s = min(backoff_s * 2, settings.heartbeat_interval_s)
+                stop.wait(outage.begin(e, consumer.answers.held,
+                                       settings.heartbeat_interval_s))
             except redis.ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
                 # Redis lost the stream (restart without persistence): recreate and go on.
                 consumer.ensure_group()
     finally:
+        if consumer.answers.held:
+            log.warning("stopping with %d runs' answers unwritten: their entries stay pending "
+                        "and other workers take them over", consumer.answers.held)
         heartbeat.stop()
         log.info("worker %s stopped after %d entries", worker_id, handled)
     return handled
+
+
+class Outage:
+    """Backoff and the log while Redis cannot take the worker's commands: said when it
+    starts, every 30 s while it lasts, and when it ends."""
+
+    REPEAT_S = 30.0
+
+    def __init__(self) -> None:
+        self.backoff_s = 0.1
+        self.since: float | None = None
+        self._said_at = 0.0
+
+    def begin(self, error: Exception, held: int, max_backoff_s: float) -> float:
+        """Seconds to wait before the next try."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self._said_at >= self.REPEAT_S or self._said_at < self.since:
+            self._said_at = now
+            if isinstance(error, redis.OutOfMemoryError):
+                log.warning("%s: holding the answers of %d runs, acknowledging nothing, "
+                            "reading nothing new; retrying (%s)", OUT_OF_MEMORY, held, error)
+            else:
+                log.warning("redis unavailable (%s: %s); retrying", type(error).__name__, error)
+        wait_s = self.backoff_s
+        self.backoff_s = min(self.backoff_s * 2, max_backoff_s)
+        return wait_s
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("redis takes writes again after %.1f s", time.monotonic() - self.since)
+            self.since = None
+        self.backoff_s = 0.1
 
 
 def _report_load_error(client: redis.Redis, pool: str, error: Exception) -> None:
@@ -197,16 +239,18 @@ def _withdraw(client: redis.Redis, starting: str, worker_id: str) -> None:
         log.warning("could not withdraw start announcement (%s); it expires", e)
 
 
-def _wait_for_redis(consumer: Consumer, stop: threading.Event) -> None:
-    backoff_s = 0.1
+def _wait_for_redis(consumer: Consumer, heartbeat: Heartbeat, stop: threading.Event) -> None:
+    """Until the group exists and the first heartbeat is written: a worker reads nothing
+    before others can see it is alive (they would take its entries over)."""
+    outage = Outage()
     while not stop.is_set():
         try:
             consumer.ensure_group()
+            heartbeat.beat()
+            outage.over()
             return
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            log.warning("waiting for redis (%s)", e)
-            stop.wait(backoff_s)
-            backoff_s = min(backoff_s * 2, 5.0)
+        except OUTAGES as e:
+            stop.wait(outage.begin(e, 0, 5.0))
 
 
 def main(settings: WorkerSettings) -> int:

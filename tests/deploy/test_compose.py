@@ -149,6 +149,9 @@ def test_redis_persists_with_an_append_only_file_on_a_volume(
     redis = services["redis"]
     assert redis["image"] == "redis:7-alpine"
     assert flag(redis["command"], "--appendonly") == "yes"
+    assert flag(redis["command"], "--appendfsync") == "everysec"
+    # At maxmemory Redis must refuse writes, never evict (docs/operations.md).
+    assert flag(redis["command"], "--maxmemory-policy") == "noeviction"
     volume = next(v for v in redis["volumes"] if v.endswith(":/data"))
     assert volume.split(":")[0] in compose["volumes"]
     assert "redis-cli" in redis["healthcheck"]["test"]

@@ -173,7 +173,13 @@ def test_every_pod_runs_non_root_with_resources(objects: list[dict[str, Any]]) -
 def test_redis_keeps_an_append_only_file_behind_a_service(objects: list[dict[str, Any]]) -> None:
     [redis] = find(objects, "Deployment", "redis")
     [server] = containers(redis)
-    assert server["args"][server["args"].index("--appendonly") + 1] == "yes"
+    args = server["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    # Redis refuses writes at maxmemory before the container's limit OOM-kills it.
+    maxmemory_mb = int(args[args.index("--maxmemory") + 1].removesuffix("mb"))
+    limit = server["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and maxmemory_mb < int(limit.removesuffix("Gi")) * 1024
     [service] = find(objects, "Service", "redis")
     assert service["spec"]["ports"][0]["port"] == 6379
     for deployment in find(objects, "Deployment"):

@@ -132,6 +132,37 @@ def test_config_json_overrides_and_zero_turns_batching_off(
     assert v.config.timeout_ms == 700
 
 
+def test_batching_false_runs_each_call_alone_on_a_batchable_graph(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    """A model that mixes rows across the batch keeps its rows axis (drift profiles, row
+    checks) but never combines calls: effective max_batch_size 0."""
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]}, {"mlp": "batching: false\n"})
+    v = load_repository(tmp_path)["mlp"].default
+    assert v.config.batching is False
+    assert v.max_batch_size == 0 and not v.batchable
+    assert v.rows_axis
+
+
+@pytest.mark.parametrize("text, match", [
+    ("batching: false\nmax_batch_size: 8\n", "batching: false"),
+    ("batching: false\npreferred_batch_sizes: [4]\n", "preferred_batch_sizes"),
+    ("batching: 0\n", "batching must be true or false"),
+    ("batching: 'no'\n", "batching must be true or false"),
+])
+def test_batching_false_contradicted_or_malformed_is_an_error(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto], text: str, match: str) -> None:
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]}, {"mlp": text})
+    with pytest.raises(RepositoryError, match=match):
+        load_repository(tmp_path)
+
+
+def test_batching_true_on_an_unbatchable_graph_is_an_error(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_repository(tmp_path, {"state": onnx_models["state"]}, {"state": "batching: true\n"})
+    with pytest.raises(RepositoryError, match="no variable first dimension"):
+        load_repository(tmp_path)
+
+
 def test_empty_config_file_means_defaults(tmp_path: Path,
                                           onnx_models: dict[str, onnx.ModelProto]) -> None:
     write_repository(tmp_path, {"mlp": onnx_models["mlp"]}, {"mlp": "# nothing set\n"})
