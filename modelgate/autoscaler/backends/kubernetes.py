@@ -73,6 +73,10 @@ class KubernetesBackend:
             return int(scale.status.replicas)
         return int(scale.spec.replicas or 0)
 
+    def remove(self, ref: PoolRef) -> None:
+        """The pool is gone for good: scale its Deployment to zero (its pods drain)."""
+        self.scale(ref, 0)
+
     def supervise(self) -> None:
         """Nothing to do: the Deployment controller replaces pods that die."""
 
