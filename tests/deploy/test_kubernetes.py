@@ -354,3 +354,23 @@ def test_keda_scaled_objects_scale_each_worker_on_its_request_stream_lag(
     deployments = {d["metadata"]["name"] for d in find(objects, "Deployment")}
     assert set(targets) <= deployments
 
+
+def test_keda_runs_each_template_as_workers_of_the_version_its_scaled_object_watches(
+        demo_models: dict[str, Model]) -> None:
+    """No autoscaler, so no Deployment per version: the keda overlay turns each template
+    into a worker Deployment pinned to one version, which must be the stream its ScaledObject
+    scales on and the repository's default (what a gateway without a decider serves). KEDA
+    owns replicas, so the manifests set none (re-applying would reset the pool)."""
+    built = kustomize("deploy/kubernetes/keda")
+    workers = worker_deployments(built)
+    assert set(workers) == set(demo_models)
+    watched = {o["spec"]["scaleTargetRef"]["name"]: o["spec"]["triggers"][0]["metadata"]
+               for o in find(built, "ScaledObject")}
+    for model, deployment in workers.items():
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+        assert "replicas" not in deployment["spec"]
+        [main] = containers(deployment, init=False)
+        version = modelgate_args(main).version
+        assert version == demo_models[model].default.version
+        stream = watched[deployment["metadata"]["name"]]["stream"]
+        assert stream == pools.requests_stream(pools.pool_id(model, version))
