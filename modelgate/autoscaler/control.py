@@ -7,6 +7,13 @@ it every ``poll_s`` and applies new, removed and changed version folders and con
 is stored in Redis so every process, restarted or not, comes back with it. Only the holder of
 the control lease runs this (one decider per deployment); the autoscaler then scales every
 pool the state names.
+
+A model whose config names a registry ``source:`` serves the local version its registry entry
+resolves to (``registry/``): the registry is asked under the same lease, at most every 5 s, and
+a new answer is applied like a load -- the model is rescanned at once and the usual swap serves
+it (in ``explicit`` mode only models loaded through the API are followed; in ``none`` mode the
+registry is asked until a first version is fetched, then never again). Each version's lineage
+is stored beside its pool when it enters LOADING (``core/store/lineage.py``).
 """
 
 from __future__ import annotations
@@ -18,13 +25,16 @@ from pathlib import Path
 
 import redis
 
+from modelgate.autoscaler.registry.sync import RegistrySync, Resolution
 from modelgate.autoscaler.versions import (
     PoolStatus,
     Wanted,
     decide_model,
 )
+from modelgate.core.lineage import RegistrySource, SourceError
 from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.repository import ModelScan, ModelVersion, RepositoryError, scan_model
+from modelgate.core.store import lineage as lineage_store
 from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
 from modelgate.core.store.models import (
@@ -47,10 +57,16 @@ def wanted_from(scan: ModelScan) -> Wanted:
         return Wanted((), None, {}, error=scan.error or "no config")
     loadable = scan.loadable()
     served = scan.served()
-    candidates = scan.config.version_policy.select(list(scan.versions))
+    candidates = scan.candidates()
     broken = {v: scan.versions[v].error for v in candidates if v not in loadable}
+    waiting = ""
+    if scan.source is not None and scan.sourced() is None:
+        waiting = f"waiting for {scan.source} from the model registry"
+    # The promotion gate (issue 14) hooks in here: with a ``promotion:`` rule, a version new
+    # to the model (from poll, load or a registry source alike) would be served beside the
+    # current default as a candidate, and the default would stay until the gate promotes it.
     return Wanted(tuple(served), scan.default(served),
-                  {v: loadable[v].sha256 for v in served}, broken)
+                  {v: loadable[v].sha256 for v in served}, broken, waiting=waiting)
 
 
 @dataclass
@@ -75,6 +91,7 @@ class ModelControl:
     _cursor: str = "0-0"  # the last command read (from the newest at start)
     _pending: dict[str, _Pending] = field(default_factory=dict)
     statuses: dict[str, dict[str, PoolStatus]] = field(default_factory=dict)
+    registry: RegistrySync | None = None  # follows models' registry sources
 
     # ------------------------------------------------------------------ reading
 
@@ -181,6 +198,9 @@ class ModelControl:
                         ex=model_store.RESULT_TTL_S)
 
     def _accept(self, command: ControlCommand, now: float) -> None:
+        if command.op == "sync":
+            self._sync_command(command, now)
+            return
         if self.mode != "explicit":
             self._result(command, CommandResult(
                 "refused", f"the model control mode is {self.mode}: load and unload work in "
@@ -197,10 +217,67 @@ class ModelControl:
         else:
             self.client.srem(model_store.EXPLICIT, command.model)
         self._scan([command.model])  # load re-reads the folder and its config
+        scan = self.scans.get(command.model)
+        if command.op == "load" and self.registry is not None and scan is not None \
+                and scan.source is not None:
+            self.registry.nudge(command.model)  # a load asks the registry again, at once
         self._pending[command.id] = _Pending(command, now)
         self._result(command, CommandResult("pending"))
         self._event(ControlEvent(now, command.model, "", command.op, "asked through the API",
                                  command.by))
+
+    def _sync_command(self, command: ControlCommand, now: float) -> None:
+        """A registry said registry model ``command.model`` changed: ask about it now."""
+        followers = []
+        for name, scan in self.scans.items():
+            try:
+                source = RegistrySource.parse(scan.source) if scan.source else None
+            except SourceError:
+                source = None
+            if source is not None and source.name == command.model:
+                followers.append(name)
+                if self.registry is not None:
+                    self.registry.nudge(name)
+        self._result(command, CommandResult(
+            "done", f"asking the registry about {followers}" if followers
+            else f"no model follows registry model {command.model!r}"))
+
+    def _sources(self) -> dict[str, str]:
+        """The models whose registry source is followed now, with their source URIs."""
+        chosen = self._explicit() if self.mode == "explicit" else None
+        return {name: scan.source for name, scan in self.scans.items()
+                if scan.source is not None
+                and (chosen is None or name in chosen)
+                and (self.mode != "none" or scan.sourced() is None)}
+
+    def registry_unanswered(self) -> list[str]:
+        """Models whose source the registry has not answered about yet (``up`` waits)."""
+        if self.registry is None:
+            return []
+        return self.registry.unanswered(sorted(self._sources()))
+
+    def _follow_registry(self, now: float) -> None:
+        """Ask the registry (in the background) and apply what it answered since: a moved
+        source is a rescan of its model, as a load command is."""
+        if self.registry is None:
+            return
+        results: list[Resolution] = self.registry.tick(self._sources(), now)
+        if not results:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for result in results:
+            pipe.set(lineage_store.registry(result.model), result.status.encode())
+        pipe.execute()
+        moved = [r for r in results if r.moved]
+        if moved:
+            self._scan([r.model for r in moved])
+        for result in moved:
+            status = result.status
+            self._event(ControlEvent(
+                now, result.model, status.version or "", "registry",
+                f"{status.source} is registry version {status.registry_version}"
+                + (f" (run {status.run_id})" if status.run_id else "")
+                + (", fetched" if result.new else ", already here"), "registry"))
 
     def _settle(self, wanted: dict[str, Wanted | None]) -> None:
         for command_id, pending in list(self._pending.items()):
@@ -212,8 +289,12 @@ class ModelControl:
                     result = CommandResult("done", f"model {name!r} unloaded")
             else:
                 want = wanted.get(name)
+                failure = self._registry_error(name, pending.issued_at)
                 if want is not None and want.error:
                     result = CommandResult("failed", want.error)
+                elif want is not None and want.waiting:
+                    if failure:
+                        result = CommandResult("failed", failure)
                 elif want is not None and state is not None:
                     result = _load_result(name, want, state)
                 elif want is not None and not want.served:
@@ -223,6 +304,13 @@ class ModelControl:
             if result is not None:
                 self._result(pending.command, result)
                 del self._pending[command_id]
+
+    def _registry_error(self, name: str, since: float) -> str:
+        """Why the registry could not give ``name`` a version, asked at ``since`` or later."""
+        if self.registry is None:
+            return "no registry client runs in this decider"
+        status = self.registry.statuses.get(name)
+        return status.error if status is not None and status.checked_at >= since else ""
 
     def _event(self, event: ControlEvent) -> None:
         self.client.xadd(model_store.EVENTS, event.fields(), maxlen=model_store.EVENTS_MAXLEN,
@@ -264,6 +352,7 @@ class ModelControl:
         if (self.mode == "poll" and due) or self._scanned_at < 0:
             self._scan(None)
             self._scanned_at = now
+        self._follow_registry(now)
         wanted = self._wanted()
         statuses = self.statuses = self._pool_status(self.states)
         generation = int(self.client.get(model_store.GENERATION) or 0)
@@ -284,6 +373,7 @@ class ModelControl:
         changed = self._within_budget(changed, now, events)
         if changed:
             self._write(changed, next_generation)
+            self._write_lineage(events)
         for event in events:
             log.info("model %s version %s: %s (%s)", event.model, event.version or "-",
                      event.change, event.reason)
@@ -339,6 +429,24 @@ class ModelControl:
                 pipe.sadd(model_store.MODELS, name)
                 self.states[name] = state
         pipe.set(model_store.GENERATION, generation)
+        pipe.execute()
+
+    def _write_lineage(self, events: list[ControlEvent]) -> None:
+        """Each version entering LOADING (or changed in place) gets its lineage stored beside
+        its pool; a version removed without a pool (UNAVAILABLE) loses it."""
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pool = pools.pool_id(event.model, event.version)
+            if event.change in ("LOADING", "reloaded"):
+                found = self.version(event.model, event.version)
+                if found is not None:
+                    pipe.set(lineage_store.lineage(pool),
+                             lineage_store.encode_lineage(found.lineage))
+                    for warning in found.lineage.warnings:
+                        log.warning("model %s version %s: %s; serving by the graph",
+                                    event.model, event.version, warning)
+            elif event.change == "removed":
+                pipe.delete(lineage_store.lineage(pool))
         pipe.execute()
 
     def _remove_pool(self, pool: str) -> None:

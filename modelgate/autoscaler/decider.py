@@ -1,7 +1,8 @@
 """The one decider of a deployment: whoever holds the control lease keeps the model state
 (``control.py``) and scales every pool it names (``loop.py``); any other process running this
 stands by until the lease lapses, then takes over. ``modelgate up``'s supervisor and the
-``modelgate autoscaler`` service both run it.
+``modelgate autoscaler`` service both run it. Each tick also folds every pool's finished
+seconds into its totals since it loaded (``totals.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ from collections.abc import Callable
 
 import redis
 
+from modelgate.autoscaler import totals
 from modelgate.autoscaler.control import ModelControl
 from modelgate.autoscaler.loop import Autoscaler
 from modelgate.autoscaler.plans import plans_for
 from modelgate.core.settings import ScalingSettings
 from modelgate.core.store import models as model_store
+from modelgate.core.store import pools
+from modelgate.core.store.models import VersionStatus
+
+# A version in these states has a pool whose figures are kept.
+POOLED = (VersionStatus.LOADING, VersionStatus.READY, VersionStatus.UNLOADING)
 
 log = logging.getLogger("modelgate.autoscaler")
 
@@ -54,10 +61,15 @@ class Decider:
         self.autoscaler.set_plans(plans_for(states, self.control.versions(), self.scaling,
                                             self.control.statuses))
         self.autoscaler.tick(now)
+        totals.fold(self.client, [pools.pool_id(m, v) for m, s in states.items()
+                                  for v, found in s.versions.items()
+                                  if found.status in POOLED], now)
         return True
 
     def release(self) -> None:
         """Give the lease up at once (on a clean stop), so a successor need not wait."""
+        if self.control.registry is not None:
+            self.control.registry.close()
         value = model_store.lease_value(self.id, self.control.mode)
         try:
             if self.client.get(model_store.LEASE) == value.encode():

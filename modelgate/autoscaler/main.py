@@ -15,6 +15,7 @@ from modelgate.autoscaler.backends.base import Backend
 from modelgate.autoscaler.control import ModelControl
 from modelgate.autoscaler.decider import Decider
 from modelgate.autoscaler.loop import Autoscaler
+from modelgate.autoscaler.registry.sync import RegistrySync
 from modelgate.core.redis_checks import check_redis
 from modelgate.core.settings import AutoscalerSettings
 
@@ -41,7 +42,8 @@ def build_decider(client: redis.Redis, backend: Backend, settings: AutoscalerSet
     """Model control and scaling under one lease, as ``up`` and this service both run them."""
     control = ModelControl(client, models_dir, settings.control.mode, settings.control.poll_s,
                            settings.control.load_models, settings.control.load_timeout_s,
-                           settings.scaling.max_cost_per_hour)
+                           settings.scaling.max_cost_per_hour,
+                           registry=RegistrySync(models_dir, settings.control.registry))
     autoscaler = Autoscaler(client, backend, [], settings.scaling.max_cost_per_hour, registry)
     return Decider(client, control, autoscaler, settings.scaling)
 

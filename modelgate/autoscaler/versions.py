@@ -37,6 +37,7 @@ class Wanted:
     broken: dict[str, str] = field(default_factory=dict)  # versions the policy picks that
     # cannot load, with the reason
     error: str = ""  # the model as a whole cannot be read (a bad config): keep what serves
+    waiting: str = ""  # nothing to serve yet, and why (a source its registry has not resolved)
 
 
 @dataclass(frozen=True, slots=True)

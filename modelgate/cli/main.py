@@ -23,6 +23,7 @@ from modelgate.core.settings import (
     AutoscalerSettings,
     ControlSettings,
     GatewaySettings,
+    RegistrySettings,
     ScalingSettings,
     UpSettings,
     WorkerSettings,
@@ -145,6 +146,24 @@ def _control_flags(parser: argparse.ArgumentParser) -> None:
                         help="how often poll mode scans the repository")
     parser.add_argument("--load-model", action="append", default=None,
                         help="explicit mode: a model to load at start (repeat; '*' loads all)")
+    _mlflow_flag(parser)
+
+
+def _mlflow_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mlflow-tracking-uri",
+                        default=_EnvParser.env.get("MLFLOW_TRACKING_URI"),
+                        help="the MLflow tracking server: where models with a source: take "
+                             "their versions from, and where run links point (default: "
+                             "MLflow's own MLFLOW_TRACKING_URI)")
+
+
+def _registry(args: argparse.Namespace) -> RegistrySettings:
+    """The tracking server, and its credentials from MLflow's own variables (never flags)."""
+    env = _EnvParser.env
+    return RegistrySettings(tracking_uri=args.mlflow_tracking_uri or None,
+                            token=env.get("MLFLOW_TRACKING_TOKEN") or None,
+                            username=env.get("MLFLOW_TRACKING_USERNAME") or None,
+                            password=env.get("MLFLOW_TRACKING_PASSWORD") or None)
 
 
 def _control(args: argparse.Namespace) -> ControlSettings:
@@ -155,7 +174,8 @@ def _control(args: argparse.Namespace) -> ControlSettings:
     if float(args.repository_poll_secs) <= 0:
         raise UsageError("--repository-poll-secs must be more than 0")
     return ControlSettings(mode=args.model_control_mode,
-                           poll_s=float(args.repository_poll_secs), load_models=names)
+                           poll_s=float(args.repository_poll_secs), load_models=names,
+                           registry=_registry(args))
 
 
 def _auth_flags(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +187,10 @@ def _auth_flags(parser: argparse.ArgumentParser) -> None:
                              "load/unload); with one set, application keys cannot make them")
     parser.add_argument("--protect-probes", action="store_true", default=False,
                         help="require the API key on /v2/health/*, /metrics and /openapi.json too")
+    parser.add_argument("--mlflow-webhook-secret", default=None,
+                        help="accept MLflow model-registry webhooks signed with this secret "
+                             "(they make the decider ask the registry at once); give it "
+                             "through the environment")
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -203,7 +227,8 @@ def _run_up(args: argparse.Namespace) -> int:
         api_keys=api_keys(args.api_key),
         admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
         protect_probes=_flag(args.protect_probes), scaling=_scaling(args), control=_control(args),
-        gateway_procs=int(args.gateway_procs)))
+        gateway_procs=int(args.gateway_procs),
+        mlflow_webhook_secret=args.mlflow_webhook_secret or None))
 
 
 def _add_autoscaler(commands: Any) -> None:
@@ -260,6 +285,7 @@ def _add_gateway(commands: Any) -> None:
                          help="serve on this inherited listening socket instead of binding "
                               "(set by `modelgate up`)")
     _auth_flags(gateway)
+    _mlflow_flag(gateway)
     gateway.set_defaults(handler=_run_gateway)
 
 
@@ -273,7 +299,9 @@ def _run_gateway(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
         admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
         protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
-        fd=int(args.fd) if args.fd not in (None, "") else None))
+        fd=int(args.fd) if args.fd not in (None, "") else None,
+        mlflow_tracking_uri=args.mlflow_tracking_uri or None,
+        mlflow_webhook_secret=args.mlflow_webhook_secret or None))
     return 0
 
 
@@ -315,15 +343,21 @@ def _add_status(commands: Any) -> None:
     status.add_argument("--redis-url", required=True,
                         help="the Redis to read; for `modelgate up`'s, the URL in the file it "
                              "printed")
+    status.add_argument("--model", default=None,
+                        help="show this model's versions in detail: lineage (run, params, "
+                             "training metrics, registry) beside live figures since loaded")
     status.set_defaults(handler=_run_status)
 
 
 def _run_status(args: argparse.Namespace) -> int:
     import redis
 
-    from modelgate.cli.status import render
+    from modelgate.cli.status import render, render_model
 
-    return render(redis.Redis.from_url(args.redis_url), sys.stdout)
+    client = redis.Redis.from_url(args.redis_url)
+    if args.model:
+        return render_model(client, args.model, sys.stdout)
+    return render(client, sys.stdout)
 
 
 def _add_simulate(commands: Any) -> None:
@@ -441,17 +475,19 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
                  ) -> tuple[list[str], dict[str, str]] | None:
     """``argv`` without secret flags and ``env`` holding them instead, or None when there is
     nothing to move. ``--api-key`` (repeatable) becomes ``MODELGATE_API_KEY``, a
-    ``--redis-url`` with a password ``MODELGATE_REDIS_URL``."""
+    ``--redis-url`` with a password ``MODELGATE_REDIS_URL``, ``--mlflow-webhook-secret``
+    ``MODELGATE_MLFLOW_WEBHOOK_SECRET``."""
     kept: list[str] = []
     keys: list[str] = []
     admin_keys: list[str] = []
     redis_url: str | None = None
+    webhook_secret: str | None = None
     items = list(argv)
     i = 0
     while i < len(items):
         item = items[i]
         name, has_value, inline = item.partition("=")
-        if name in ("--api-key", "--admin-api-key", "--redis-url"):
+        if name in ("--api-key", "--admin-api-key", "--redis-url", "--mlflow-webhook-secret"):
             if has_value:
                 value = inline
             elif i + 1 < len(items):
@@ -464,6 +500,8 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
                 keys.append(value)
             elif name == "--admin-api-key":
                 admin_keys.append(value)
+            elif name == "--mlflow-webhook-secret":
+                webhook_secret = value
             elif _has_password(value):
                 redis_url = value
             else:
@@ -471,7 +509,7 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
         else:
             kept.append(item)
         i += 1
-    if not keys and not admin_keys and redis_url is None:
+    if not keys and not admin_keys and redis_url is None and webhook_secret is None:
         return None
     moved = dict(env)
     if keys:
@@ -480,6 +518,8 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
         moved["MODELGATE_ADMIN_API_KEY"] = ",".join(admin_keys)
     if redis_url is not None:
         moved["MODELGATE_REDIS_URL"] = redis_url
+    if webhook_secret is not None:
+        moved["MODELGATE_MLFLOW_WEBHOOK_SECRET"] = webhook_secret
     moved[_REEXECUTED] = "1"
     return kept, moved
 

@@ -8,8 +8,10 @@ from typing import TextIO
 import redis
 
 from modelgate.core.pool_figures import FiguresQuery
+from modelgate.core.stats import percentile_ms
 from modelgate.core.store import drift as drift_store
 from modelgate.core.store import heartbeats, pools, scaling
+from modelgate.core.store import lineage as lineage_store
 from modelgate.core.store import models as model_store
 from modelgate.core.store.models import ControlEvent, ModelState, VersionStatus
 
@@ -152,3 +154,65 @@ def _drift(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(alert.time))
         print(f"  {when} {pool:<16} {alert.feature:<24} {alert.statistic} "
               f"{alert.value} > {alert.threshold}", file=out)
+
+
+def render_model(client: redis.Redis, model: str, out: TextIO) -> int:
+    """One model's versions: where each came from beside how it has done since it loaded."""
+    state = _states(client).get(model)
+    if state is None:
+        print(f"model {model!r} has no state in this Redis (not loaded, or no decider ran)",
+              file=out)
+        return 1
+    registry = lineage_store.RegistryStatus.decode(client.get(lineage_store.registry(model)))
+    print(f"model {model}: default version {state.default or '-'}", file=out)
+    if registry is not None:
+        when = time.strftime("%H:%M:%S", time.localtime(registry.checked_at))
+        print(f"  source {registry.source}: registry version {registry.registry_version or '-'}"
+              f" is local version {registry.version or '-'} (checked {when})"
+              + (f"\n  last check failed, what serves stays: {registry.error}"
+                 if registry.error else ""), file=out)
+    numbers = sorted(state.versions, key=int, reverse=True)
+    pipe = client.pipeline(transaction=False)
+    for version in numbers:
+        pool = pools.pool_id(model, version)
+        pipe.get(lineage_store.lineage(pool))
+        pipe.hgetall(lineage_store.totals(pool))
+    results = pipe.execute()
+    for i, version in enumerate(numbers):
+        found = state.versions[version]
+        lineage = lineage_store.decode_lineage(results[2 * i])
+        totals = lineage_store.decode_totals(results[2 * i + 1])
+        default = " (default)" if version == state.default else ""
+        print(f"\nversion {version}{default}: {found.status.value}"
+              + (f" ({found.reason})" if found.reason else "")
+              + f"  sha256 {found.sha256[:12] or '-'}", file=out)
+        if lineage is None or lineage.empty:
+            print("  lineage: none (no MLmodel or metadata.json beside model.onnx)", file=out)
+        else:
+            registry_entry = lineage.registry
+            if registry_entry:
+                print(f"  registry: {registry_entry.get('name')} version "
+                      f"{registry_entry.get('version')}"
+                      + (f" (alias {registry_entry['alias']})"
+                         if registry_entry.get("alias") else ""), file=out)
+            print(f"  run: {lineage.run_id or '-'}"
+                  + (f"  {lineage.run_url()}" if lineage.run_url() else ""), file=out)
+            if lineage.params:
+                print("  params: " + ", ".join(f"{k}={v}" for k, v in lineage.params.items()),
+                      file=out)
+            if lineage.metrics:
+                print("  training metrics: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in lineage.metrics.items()), file=out)
+            for warning in lineage.warnings:
+                print(f"  warning: {warning}; serving by the ONNX graph", file=out)
+        if totals:
+            calls, errors = totals.get("completed", 0.0), totals.get("errors", 0.0)
+            since = time.strftime("%H:%M:%S", time.localtime(totals.get("since", 0.0)))
+            rate = f"{errors / calls:.2%}" if calls else "-"
+            print(f"  live since {since}: {int(calls)} calls, error rate {rate}, p50 "
+                  f"{_fmt(percentile_ms(totals, 0.5))} ms, p99 "
+                  f"{_fmt(percentile_ms(totals, 0.99))} ms, agreement - (not measured yet)",
+                  file=out)
+        else:
+            print("  live: no figures yet", file=out)
+    return 0

@@ -176,8 +176,10 @@ class Supervisor:
             assert self.decider is not None
             self.decider.tick()
             self.states = self.decider.control.states
-            return all(not any(v.status == VersionStatus.LOADING for v in s.versions.values())
-                       for s in self.states.values())
+            # Models with a registry source wait for the registry's first answer too.
+            return not self.decider.control.registry_unanswered() and all(
+                not any(v.status == VersionStatus.LOADING for v in s.versions.values())
+                for s in self.states.values())
 
         _wait(settled, START_TIMEOUT_S, "workers to load their models", self.stop_event)
         if settings.gateway_procs > 1:
@@ -225,6 +227,10 @@ class Supervisor:
             env["MODELGATE_ADMIN_API_KEY"] = ",".join(settings.admin_api_keys)
         if settings.protect_probes:
             env["MODELGATE_PROTECT_PROBES"] = "1"
+        if settings.control.registry.tracking_uri:
+            env["MODELGATE_MLFLOW_TRACKING_URI"] = settings.control.registry.tracking_uri
+        if settings.mlflow_webhook_secret:
+            env["MODELGATE_MLFLOW_WEBHOOK_SECRET"] = settings.mlflow_webhook_secret
         if self.metrics_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         fd = child.sock.fileno()

@@ -4,6 +4,8 @@ Layout::
 
     MODELS/{name}/{version}/model.onnx
     MODELS/{name}/config.yaml  (or config.json; optional overrides, see ModelConfig)
+    MODELS/{name}/{version}/MLmodel, metadata.json  (optional lineage, see core/lineage.py)
+    MODELS/{name}/registry.json  (a ``source:`` model: the version its registry entry is)
 
 Versions are positive integers. Which of them are served is the model's ``version_policy``
 (Triton's: the latest N, all, or specific ones; default the latest one) and which answers calls
@@ -12,6 +14,10 @@ identified by the sha256 of its ``model.onnx`` as well as its number: versions a
 once loaded. Signatures come from the graph without loading an inference session, so the
 gateway never holds model weights in memory for long: input and output names, V2 datatypes, and
 shapes with ``-1`` for symbolic or unknown dims.
+
+A model whose config names a registry ``source:`` serves exactly the local version that source
+resolves to (its ``registry.json``), which is also its default: ``version_policy`` and
+``default_version`` do not apply to it.
 
 :func:`scan_model` reads a model folder without letting one bad version hide the others: each
 version is either loadable or carries the reason it is not.
@@ -29,6 +35,13 @@ from typing import Any
 import onnx
 import yaml
 
+from modelgate.core.lineage import (
+    Lineage,
+    RegistrySource,
+    SourceError,
+    SourcePointer,
+    read_lineage,
+)
 from modelgate.core.store import pools
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # never "." or ".."
@@ -152,6 +165,9 @@ class ModelConfig:
     drift_max_rows_per_s: int = 1000  # per worker; bounds the sampling cost
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     default_version: str | None = None  # None: the highest version served
+    # A model registry entry to take versions from (models:/NAME@ALIAS or models:/NAME/N):
+    # what it resolves to is the one version served, and the default.
+    source: str | None = None
 
     @classmethod
     def from_mapping(cls, raw: Any, source: Path) -> ModelConfig:
@@ -181,6 +197,12 @@ class ModelConfig:
                                           f"number, got {value!r}")
                 values[key] = str(int(value))
                 continue
+            if key == "source":
+                try:
+                    values[key] = RegistrySource.parse(value).uri
+                except SourceError as e:
+                    raise RepositoryError(f"{source}: {e}") from e
+                continue
             if key == "batching":
                 if not isinstance(value, bool):
                     raise RepositoryError(f"{source}: batching must be true or false, got "
@@ -194,6 +216,10 @@ class ModelConfig:
             if key.endswith("_share") and value > 1:
                 raise RepositoryError(f"{source}: {key} is a share in [0, 1], got {value}")
             values[key] = value if key.endswith(("_ms", "_per_hour", "_share")) else int(value)
+        if "source" in values and ({"version_policy", "default_version"} & set(values)):
+            raise RepositoryError(
+                f"{source}: a model with a source serves the version its registry entry "
+                "points at; remove version_policy and default_version (or the source)")
         return cls(**values)
 
 
@@ -217,6 +243,7 @@ class ModelVersion:
     config: ModelConfig
     max_batch_size: int  # effective: 0 when the graph cannot batch along dim 0
     sha256: str = ""  # of model.onnx: what identifies this version's content everywhere
+    lineage: Lineage = field(default_factory=Lineage)  # from MLmodel / metadata.json
 
     @property
     def pool(self) -> str:
@@ -370,7 +397,7 @@ def load_version(name: str, version: str, path: Path, config: ModelConfig) -> Mo
         raise RepositoryError(f"{path}: preferred_batch_sizes {too_big} exceed max_batch_size "
                               f"{max_batch_size}")
     return ModelVersion(name, version, path, inputs, outputs, config, max_batch_size,
-                        file_sha256(path))
+                        file_sha256(path), read_lineage(path.parent, inputs, outputs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,22 +418,55 @@ class ModelScan:
     config: ModelConfig | None
     versions: dict[str, VersionScan]
     error: str = ""
+    pointer: SourcePointer | None = None  # a source model's registry.json
 
     def loadable(self) -> dict[str, ModelVersion]:
         return {v: s.loaded for v, s in self.versions.items() if s.loaded is not None}
 
-    def served(self) -> list[str]:
-        """The versions the version policy serves among the loadable ones, highest first."""
+    @property
+    def source(self) -> str | None:
+        return self.config.source if self.config is not None else None
+
+    def sourced(self) -> str | None:
+        """A source model's version as its registry entry last resolved (None: not yet)."""
+        pointer = self.pointer
+        if self.source is None or pointer is None or pointer.source != self.source:
+            return None
+        return pointer.version
+
+    def candidates(self) -> list[str]:
+        """The versions the model asks to serve, loadable or not, highest first."""
         if self.config is None:
             return []
+        if self.source is not None:
+            sourced = self.sourced()
+            return [sourced] if sourced in self.versions else []
+        return self.config.version_policy.select(list(self.versions))
+
+    def served(self) -> list[str]:
+        """The versions the version policy (or the source) serves among the loadable ones,
+        highest first."""
+        if self.config is None:
+            return []
+        if self.source is not None:
+            return [v for v in self.candidates() if v in self.loadable()]
         return self.config.version_policy.select(list(self.loadable()))
 
     def default(self, served: list[str]) -> str | None:
-        """The configured default version if it is served, else the highest served."""
+        """The source's version; else the configured default version if it is served, else
+        the highest served."""
         if not served:
             return None
+        if self.source is not None:
+            return served[0]
         wanted = self.config.default_version if self.config is not None else None
         return wanted if wanted in served else max(served, key=int)
+
+    def unserved_reason(self, version: str) -> str:
+        """Why a loadable version on disk is not served."""
+        if self.source is not None:
+            return f"not the version {self.source} points at"
+        return "not served by its version_policy"
 
 
 def check_name(name: str, what: str = "model") -> str:
@@ -442,10 +502,11 @@ def scan_model(model_dir: Path) -> ModelScan:
                 child.name, load_version(name, child.name, onnx_file, config))
         except (RepositoryError, OSError) as e:
             versions[child.name] = VersionScan(child.name, None, str(e))
-    if not versions:
+    pointer = SourcePointer.read(model_dir) if config.source is not None else None
+    if not versions and config.source is None:
         return ModelScan(name, config, {}, f"{model_dir}: no version folder with a "
                                            f"model.onnx; expected {model_dir}/1/model.onnx")
-    return ModelScan(name, config, versions)
+    return ModelScan(name, config, versions, pointer=pointer)
 
 
 def scan_repository(root: Path) -> dict[str, ModelScan]:

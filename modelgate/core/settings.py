@@ -16,7 +16,9 @@ from modelgate.core.store.heartbeats import HEARTBEAT_INTERVAL_S, WORKER_TTL_S
 
 # Environment variables holding servers' secrets: passed to the processes that need them, and
 # to no other (workers never need API keys).
-SECRET_VARIABLES = ("MODELGATE_API_KEY", "MODELGATE_ADMIN_API_KEY")
+SECRET_VARIABLES = ("MODELGATE_API_KEY", "MODELGATE_ADMIN_API_KEY",
+                    "MODELGATE_MLFLOW_WEBHOOK_SECRET", "MLFLOW_TRACKING_TOKEN",
+                    "MLFLOW_TRACKING_PASSWORD")
 
 
 def default_of(settings: type, name: str) -> Any:
@@ -59,6 +61,12 @@ class GatewaySettings:
     # A listening socket handed down by a supervisor (``modelgate up``), instead of binding:
     # calls that arrive while this process restarts wait in its queue, not refused.
     fd: int | None = None
+    # The MLflow tracking server, for links to runs (MLFLOW_TRACKING_URI); None: links only
+    # for versions whose metadata names it.
+    mlflow_tracking_uri: str | None = None
+    # MLflow webhooks signed with this secret are accepted without an API key (MLflow cannot
+    # send one); they only make the decider ask the registry sooner.
+    mlflow_webhook_secret: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,20 @@ class ScalingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """How the decider reaches an MLflow tracking server for models with a ``source:``:
+    MLflow's own variables ``MLFLOW_TRACKING_URI`` and, if the server needs them,
+    ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``."""
+
+    tracking_uri: str | None = None
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    timeout_s: float = 10.0  # per REST call
+    poll_s: float = 5.0  # each source is asked at most this often (never under 5 s)
+
+
+@dataclass(frozen=True, slots=True)
 class ControlSettings:
     """How the served versions follow the repository (Triton's model control modes)."""
 
@@ -106,6 +128,7 @@ class ControlSettings:
     load_models: tuple[str, ...] = ()  # explicit mode: load these at start ("*": all)
     # A version whose workers show no sign of life for this long is UNAVAILABLE.
     load_timeout_s: float = 120.0
+    registry: RegistrySettings = RegistrySettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +161,4 @@ class UpSettings:
     scaling: ScalingSettings = ScalingSettings()
     control: ControlSettings = ControlSettings()
     gateway_procs: int = 1
+    mlflow_webhook_secret: str | None = None

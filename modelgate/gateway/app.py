@@ -35,6 +35,7 @@ from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.routes import dashboard, docs, health, repository, v1, v2
+from modelgate.gateway.versions import FolderScans
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -120,6 +121,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
         plane = DataPlane(settings, client, reader, gateway_id, Metrics())
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)
+        app.state.folder_scans = FolderScans(settings.models_dir)
         await plane.start()
         await check_redis_async(client, log)
         # Everything loaded so far (modules, the repository, clients) lives as long as the
@@ -137,7 +139,8 @@ def build_app(settings: GatewaySettings) -> Starlette:
 
     routes = [
         Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS,
-                                route.path in PUBLIC_PATHS,
+                                route.path in PUBLIC_PATHS
+                                or route.path in repository.SELF_AUTHENTICATED,
                                 route.path in repository.CONTROL_PATHS),
               methods=route.methods)
         for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes,

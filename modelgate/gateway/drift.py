@@ -170,6 +170,16 @@ class DriftMonitor:
                 self.metrics.drift_alert.labels(drift.model, drift.version, name).set(
                     int(state.alert))
 
+    def summary(self, pool: str) -> dict[str, Any]:
+        """One version's drift in a word: ``none`` (no reference profile), ``ok`` or
+        ``alert``, with the drifting features."""
+        drift = self.pools.get(pool)
+        if drift is None:
+            return {"state": "none", "features": []}
+        drifting = [n for n, s in zip(drift.names, drift.states, strict=True) if s.alert]
+        return {"state": "alert" if drifting else "ok", "features": drifting,
+                "sampled_rows": drift.sampled_rows}
+
     def report(self, model: str, pool: str) -> dict[str, Any]:
         """The body of GET /v2/models/{name}/drift."""
         drift = self.pools.get(pool)

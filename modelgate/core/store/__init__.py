@@ -11,6 +11,9 @@ Keys are typed by family so that a model name can never collide with another kin
     mg:replies:{gateway}            one gateway process's reply list
     mg:autoscaler:...               the autoscaler's decisions and budget
 
+and each version's lineage and totals since it loaded (``lineage``), under the pool's and the
+model's prefixes.
+
 Model names are restricted by the repository to ``[A-Za-z0-9_.-]`` and versions to digits, so
 ``:`` separates safely. Writers and readers of a record both go through its module here; that
 is the rule that keeps them from drifting apart. ``docs/architecture.md`` lists every key, from
@@ -22,4 +25,4 @@ from __future__ import annotations
 PREFIX = "mg"
 
 # The modules of this package, in the order docs/architecture.md lists them.
-FAMILIES = ("models", "pools", "heartbeats", "replies", "scaling", "drift")
+FAMILIES = ("models", "pools", "heartbeats", "replies", "scaling", "drift", "lineage")

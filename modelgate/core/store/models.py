@@ -158,11 +158,13 @@ class ModelState:
 
 @dataclass(frozen=True, slots=True)
 class ControlCommand:
-    """A request to the decider: ``load`` or ``unload`` one model (explicit mode)."""
+    """A request to the decider: ``load`` or ``unload`` one model (explicit mode), or ``sync``:
+    ask the registry now about every model whose source is registry model ``model`` (an
+    MLflow webhook; a decider of an earlier release ignores it)."""
 
     id: str
-    op: str  # load | unload
-    model: str
+    op: str  # load | unload | sync
+    model: str  # for sync: the registry's model name
     by: str  # who asked: the API key's id, or "cli"
     at: float
 
@@ -174,7 +176,7 @@ class ControlCommand:
     def parse(cls, fields: Mapping[bytes, bytes]) -> ControlCommand | None:
         try:
             text = {k.decode(): v.decode() for k, v in fields.items()}
-            if text["op"] not in ("load", "unload"):
+            if text["op"] not in ("load", "unload", "sync"):
                 return None
             return cls(text["id"], text["op"], text["model"], text.get("by", ""),
                        float(text["at"]))

@@ -9,6 +9,13 @@ Outside explicit mode they are refused with 400 (Triton's semantics), and with n
 running, 503. A load may carry files as Triton's client sends them (``parameters`` of
 ``"file:<version>/model.onnx"`` to base64 content): they are written into the repository first,
 atomically, then loaded.
+
+``POST /v2/repository/mlflow/webhook`` takes MLflow's model-registry webhooks (a new model
+version, an alias set or deleted): it only asks the decider to ask the registry about that
+registered model now, instead of at its next poll; what serves is always what the registry's
+API says, never what a webhook body claims. It is accepted with a valid ``X-MLflow-Signature``
+made with ``--mlflow-webhook-secret`` (MLflow cannot send an API key), else like load: with
+an admin key when the server has keys.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 import time
 import uuid
@@ -27,11 +35,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelgate.core.errors import BackendUnavailable, InvalidInput, ModelNotFound
+from modelgate.core.errors import BackendUnavailable, InvalidInput, ModelNotFound, Unauthorized
 from modelgate.core.repository import RepositoryError, check_name, scan_repository
 from modelgate.core.store import models as model_store
 from modelgate.core.store.models import CommandResult, ControlCommand
 from modelgate.gateway import protocol
+from modelgate.gateway.auth import check_bearer
 from modelgate.gateway.body import read_json_body
 from modelgate.gateway.dataplane import DataPlane
 
@@ -61,7 +70,7 @@ def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, str
     for name, scan in scan_repository(root).items():
         served = set(scan.served())
         for version, found in scan.versions.items():
-            reason = found.error or ("not served by its version_policy" if version not in served
+            reason = found.error or (scan.unserved_reason(version) if version not in served
                                      else "not loaded")
             rows[name, version] = {"name": name, "version": version, "state": "UNAVAILABLE",
                                    "reason": reason}
@@ -71,8 +80,13 @@ def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, str
     for name, model in plane.models.items():
         for version, served_version in model.versions.items():
             state = served_version.state
+            warnings = (served_version.version.lineage.warnings
+                        if served_version.version is not None else ())
+            # A signature its MLmodel disagrees with is served by the graph, and said here.
+            reason = "; ".join([state.reason] * bool(state.reason) + [
+                f"warning: {w}; serving by the ONNX graph" for w in warnings])
             rows[name, version] = {"name": name, "version": version,
-                                   "state": state.status.value, "reason": state.reason}
+                                   "state": state.status.value, "reason": reason}
     ordered = [rows[key] for key in sorted(rows, key=lambda k: (k[0], int(k[1] or 0)))]
     return [row for row in ordered if row["state"] == "READY"] if ready_only else ordered
 
@@ -182,6 +196,56 @@ async def _wait(plane: DataPlane, command_id: str, until: float) -> CommandResul
     return result
 
 
+# A signed webhook older (or newer) than this is refused: a replayed delivery does nothing.
+WEBHOOK_MAX_AGE_S = 300
+
+
+def signed_by(secret: str, headers: Any, body: bytes, now: float) -> bool:
+    """MLflow's webhook signature: ``v1,`` + base64 of HMAC-SHA256 over
+    ``{delivery id}.{timestamp}.{body}``, with a timestamp within WEBHOOK_MAX_AGE_S."""
+    signature = headers.get("x-mlflow-signature") or ""
+    delivery = headers.get("x-mlflow-delivery-id") or ""
+    stamp = headers.get("x-mlflow-timestamp") or ""
+    try:
+        if abs(now - int(stamp)) > WEBHOOK_MAX_AGE_S:
+            return False
+    except ValueError:
+        return False
+    digest = hmac.new(secret.encode(), f"{delivery}.{stamp}.".encode() + body,
+                      hashlib.sha256).digest()
+    expected = "v1," + base64.b64encode(digest).decode()
+    return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+async def mlflow_webhook(request: Request) -> Response:
+    plane = _plane(request)
+    settings = plane.settings
+    body = await read_json_body(request, 1 << 20)
+    secret = settings.mlflow_webhook_secret
+    if not (secret and signed_by(secret, request.headers, body, time.time())):
+        keys = tuple(k.encode() for k in settings.admin_api_keys or settings.api_keys)
+        if keys:
+            check_bearer(request.headers.get("authorization"), keys)
+        elif secret:
+            raise Unauthorized("the webhook's X-MLflow-Signature is missing or does not match "
+                               "--mlflow-webhook-secret (or is over 5 minutes old)")
+    payload = protocol.loads(body) if body.strip() else {}
+    data = payload.get("data") if isinstance(payload, dict) else None
+    name = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("not an MLflow model-registry webhook: expected {\"data\": "
+                           "{\"name\": REGISTERED_MODEL, ...}}")
+    if plane.decider_mode is None:
+        raise BackendUnavailable("no decider runs to follow the registry: run `modelgate "
+                                 "autoscaler` (or `modelgate up`) against this Redis")
+    command = ControlCommand(uuid.uuid4().hex, "sync", name[:256], "mlflow-webhook",
+                             time.time())
+    await plane.client.xadd(model_store.COMMANDS, command.fields(),
+                            maxlen=model_store.COMMANDS_MAXLEN, approximate=True)
+    return Response(protocol.dumps({"status": "asked", "registered_model": name[:256]}),
+                    media_type=JSON)
+
+
 async def load(request: Request) -> Response:
     return await _command(request, "load")
 
@@ -194,7 +258,11 @@ routes = [
     Route("/v2/repository/index", index, methods=["POST"]),
     Route("/v2/repository/models/{name}/load", load, methods=["POST"]),
     Route("/v2/repository/models/{name}/unload", unload, methods=["POST"]),
+    Route("/v2/repository/mlflow/webhook", mlflow_webhook, methods=["POST"]),
 ]
+
+# Authenticated by the endpoint itself: by MLflow's signature, else by an admin key.
+SELF_AUTHENTICATED = {"/v2/repository/mlflow/webhook"}
 
 # Calls that change what is served: they need an admin key when the server has any.
 CONTROL_PATHS = {"/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload"}

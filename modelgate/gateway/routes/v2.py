@@ -9,9 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelgate import __version__
-from modelgate.core.errors import InvalidInput
-from modelgate.core.repository import ModelVersion
-from modelgate.gateway import protocol
+from modelgate.core.errors import InvalidInput, ModelNotFound
+from modelgate.core.repository import ModelVersion, RepositoryError
+from modelgate.gateway import protocol, versions
 from modelgate.gateway.binary import HEADER, binary_outputs, split_body
 from modelgate.gateway.body import read_json_body
 from modelgate.gateway.dataplane import DataPlane
@@ -50,7 +50,8 @@ async def server_metadata(request: Request) -> Response:
 
 async def model_metadata(request: Request) -> Response:
     """The model (its default version's signature) or one version; ``versions`` lists the
-    READY ones, ``parameters.versions`` every version with its state."""
+    READY ones, ``parameters.versions`` every version with its state, ``parameters.lineage``
+    where this version came from (``null`` when its folder says nothing)."""
     plane = _plane(request)
     model = _model(request)
     served = plane.models[model.name]
@@ -68,8 +69,24 @@ async def model_metadata(request: Request) -> Response:
             "version_policy": model.config.version_policy.describe(),
             "versions": {v: sv.state.body() for v, sv in
                          sorted(served.versions.items(), key=lambda kv: int(kv[0]))},
+            "lineage": None if model.lineage.empty else model.lineage.body(),
+            "run_url": model.lineage.run_url(plane.settings.mlflow_tracking_uri),
         },
     }), media_type=JSON)
+
+
+async def model_versions(request: Request) -> Response:
+    """Every version side by side: lineage beside live figures (``gateway/versions.py``)."""
+    plane = _plane(request)
+    name = request.path_params["name"]
+    scans: versions.FolderScans = request.app.state.folder_scans
+    try:
+        scan = await scans.get(name)
+    except RepositoryError as e:
+        raise ModelNotFound(str(e)) from e
+    body = await versions.versions_view(plane.client, plane.models.get(name), scan,
+                                        plane.drift, plane.settings.mlflow_tracking_uri, name)
+    return Response(protocol.dumps(body), media_type=JSON)
 
 
 async def model_ready(request: Request) -> Response:
@@ -110,6 +127,7 @@ async def infer(request: Request) -> Response:
 routes = [
     Route("/v2", server_metadata, methods=["GET"]),
     Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{name}/versions", model_versions, methods=["GET"]),
     Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
     Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
     Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
