@@ -8,6 +8,7 @@ it; nothing here retries (the poller asks again at its next round).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class MlflowClient:
             raise RegistryError(f"MLFLOW_TRACKING_URI must be an http(s) URL of a tracking "
                                 f"server (mlflow server), got scheme {parts.scheme!r}")
         self._httpx = httpx
+        # One request line every few seconds per source says nothing: failures are ours to say.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         auth: Any = None
         headers = {}
         if settings.token:

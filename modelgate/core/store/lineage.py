@@ -34,7 +34,7 @@ def lineage(pool: str) -> str:
 
 def totals(pool: str) -> str:
     """A version's counters since its pool was created (hash; fields as a stats bucket, plus
-    ``since`` and ``through``, epoch seconds)."""
+    ``since``, the first second with a count, and ``through``, the last second folded)."""
     return f"{PREFIX}:pool:{pool}:totals"
 
 
@@ -52,14 +52,16 @@ local through = redis.call('HGET', KEYS[1], 'through')
 if (through or '') ~= ARGV[1] then
   return 0
 end
+local since = redis.call('HEXISTS', KEYS[1], 'since') == 1
 for i = 2, #KEYS do
   local fields = redis.call('HGETALL', KEYS[i])
+  if #fields > 0 and not since then
+    redis.call('HSET', KEYS[1], 'since', tonumber(ARGV[2]) + i - 2)
+    since = true
+  end
   for j = 1, #fields, 2 do
     redis.call('HINCRBYFLOAT', KEYS[1], fields[j], fields[j + 1])
   end
-end
-if not through then
-  redis.call('HSET', KEYS[1], 'since', ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'through', ARGV[3])
 return 1
