@@ -47,6 +47,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 KEY = "mg-dashboard-browser-5e1f"
 AUTH = {"authorization": f"Bearer {KEY}"}
 SCREENSHOT = REPO_ROOT / "test-artifacts" / "dashboard.png"
+VERSIONS_SCREENSHOT = REPO_ROOT / "test-artifacts" / "dashboard-versions.png"
+RUN_ID = "5f0c2a9d8e7b4c1a9f3e2d1c0b9a8f7e"
+LINEAGE = {"run_id": RUN_ID, "experiment_id": "3",
+           "params": {"hidden": 8, "lr": 0.01, "epochs": 20, "seed": 1, "optimizer": "adam"},
+           "metrics": {"accuracy": 0.947, "log_loss": 0.162},
+           "registry": {"name": "mlp", "version": "4", "alias": "champion"},
+           "tracking_uri": "http://mlflow.internal:5000"}
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'">&amp;"'
 READY_TIMEOUT_S = 90.0
 SHIFT = 2.0  # input[0] of the traffic, in reference standard deviations
@@ -150,10 +157,12 @@ class Stack:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory,
          onnx_models: dict[str, onnx.ModelProto]) -> Path:
-    """The demo MLP with a reference profile of standard normal rows, as `make up` ships it."""
+    """The demo MLP with a reference profile of standard normal rows, as `make up` ships it,
+    and the lineage of the run that trained it (metadata.json)."""
     root = write_repository(tmp_path_factory.mktemp("dashboard-browser"),
                             {"mlp": onnx_models["mlp"]})
     version = load_model(root / "mlp").default
+    (version.path.parent / "metadata.json").write_text(json.dumps(LINEAGE))
     rows = {"input": np.random.default_rng(0).standard_normal((5000, 4)).astype(np.float32)}
     build_profile(version, rows, run_model(version, rows)).save(profile_path(version))
     return root
@@ -425,4 +434,70 @@ def test_drift_panel_without_drift_data(stack: Stack, page: Page, change: dict[s
     tab.wait_for_function(f"() => {status}.startsWith({json.dumps(expected)})", timeout=20_000)
     assert tab.locator("#drift-body").is_hidden()
     assert tab.locator("#fig-live").text_content() == "1"
+    assert page.errors == []
+
+
+VERSION_ROWS = "() => document.getElementById('versions-table').tBodies[0].rows.length > 0"
+
+
+def test_versions_panel_shows_lineage_beside_live_figures(stack: Stack, page: Page) -> None:
+    tab = page.page
+    _open(tab, f"{stack.url}/dashboard#key={KEY}")
+    tab.wait_for_function(VERSION_ROWS, timeout=20_000)
+    view = httpx.get(f"{stack.url}/v2/models/mlp/versions", headers=AUTH, timeout=10).json()
+    [row] = view["versions"]
+    assert row["lineage"]["run_id"] == RUN_ID and row["default"]
+    assert row["run_url"] == f"http://mlflow.internal:5000/#/experiments/3/runs/{RUN_ID}"
+    assert row["live"]["calls"] > 0 and row["live"]["agreement"] is None
+    assert row["drift"]["state"] == "alert"  # input[0] is shifted
+
+    cells = tab.locator("#versions-table tbody tr").nth(0).locator("td")
+    assert cells.nth(0).text_content() == "1default"
+    assert cells.nth(1).text_content() == "READY"
+    link = cells.nth(2).locator("a")
+    assert link.text_content() == RUN_ID[:12]
+    assert link.get_attribute("href") == row["run_url"]
+    assert link.get_attribute("rel") == "noopener noreferrer"
+    assert "reg v4" in cells.nth(2).text_content()
+    # Four params by name (of five), and the training metrics.
+    assert cells.nth(3).text_content() == "epochs=20, hidden=8, lr=0.01, optimizer=adam, +1"
+    assert cells.nth(4).text_content() == "accuracy=0.947, log_loss=0.162"
+    shown_calls = int(cells.nth(5).text_content().replace(",", ""))
+    assert 0 < shown_calls <= httpx.get(f"{stack.url}/v2/models/mlp/versions", headers=AUTH,
+                                        timeout=10).json()["versions"][0]["live"]["calls"]
+    assert cells.nth(6).text_content() == "0.00%"
+    assert cells.nth(7).text_content() not in ("", "–")
+    assert cells.nth(9).text_content() == "n/a"  # agreement: not measured yet
+    assert cells.nth(10).text_content() == "drift"
+    assert "not measured yet" in tab.locator("#versions-status").text_content()
+
+    panel = tab.locator("#versions")
+    panel.scroll_into_view_if_needed()
+    VERSIONS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    panel.screenshot(path=str(VERSIONS_SCREENSHOT))
+    assert page.errors == []
+
+
+def test_versions_panel_keeps_strings_as_text_and_links_only_http(stack: Stack,
+                                                                   page: Page) -> None:
+    """A hostile param and a ``javascript:`` run URL (rewritten in the browser: this server
+    never makes them) stay text; a registry failure is shown as such."""
+    tab = page.page
+
+    def versions(route: Any) -> None:
+        body = route.fetch().json()
+        row = body["versions"][0]
+        row["lineage"]["params"] = {HOSTILE: HOSTILE}
+        row["run_url"] = "javascript:document.title='pwned'"
+        body["registry"] = {"error": HOSTILE, "registry_version": "9"}
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    tab.route("**/v2/models/*/versions", versions)
+    _open(tab, f"{stack.url}/dashboard#key={KEY}")
+    tab.wait_for_function(VERSION_ROWS, timeout=20_000)
+    cells = tab.locator("#versions-table tbody tr").nth(0).locator("td")
+    assert cells.nth(2).locator("a").count() == 0
+    assert cells.nth(3).text_content() == f"{HOSTILE}={HOSTILE}"
+    assert HOSTILE in tab.locator("#versions-status").text_content()
+    assert tab.locator("img").count() == 0 and tab.title() != "pwned"
     assert page.errors == []

@@ -10,6 +10,8 @@
 
   const POLL_MS = 1000;
   const DRIFT_POLL_MS = 5000;
+  const VERSIONS_POLL_MS = 2000;
+  const SHOWN_ENTRIES = 4; // params and metrics per version in the table
   const KEY_STORE = "modelgate.dashboard.key";
   const DECISIONS_SHOWN = 12;
   const C = {
@@ -20,6 +22,7 @@
 
   const state = {
     data: null, model: null, feature: null, drift: null, driftAt: 0, driftModel: null,
+    versions: null, versionsAt: 0, versionsModel: null,
     memoryKey: null, waitingForKey: false, timer: null,
   };
   const $ = (id) => document.getElementById(id);
@@ -173,6 +176,7 @@
         const when = window.MGCharts.clock(result.body.time);
         setStatus("live · updated " + when, "ok");
         refreshDrift(false);
+        refreshVersions(false);
       }
     } catch (e) {
       setStatus("gateway unreachable — retrying", "bad");
@@ -503,6 +507,110 @@
     $("drift-feature-detail").textContent = parts.join(" · ");
   }
 
+  // ------------------------------------------------------------------ versions
+
+  async function refreshVersions(force) {
+    if (!state.data || state.model === null) return;
+    const model = state.model;
+    if (!force && state.versionsModel === model && Date.now() - state.versionsAt < VERSIONS_POLL_MS) return;
+    state.versionsAt = Date.now();
+    state.versionsModel = model;
+    let result;
+    try {
+      result = await api("v2/models/" + encodeURIComponent(model) + "/versions");
+    } catch (e) {
+      $("versions-status").textContent = "versions: gateway unreachable";
+      return;
+    }
+    if (model !== state.model) return;
+    if (!result.ok || !result.body) {
+      $("versions-status").textContent = "versions: unavailable (" + errorText(result) + ")";
+      $("versions-table").hidden = true;
+      return;
+    }
+    state.versions = result.body;
+    renderVersions();
+  }
+
+  function entries(mapping, format) {
+    const keys = Object.keys(mapping || {});
+    const shown = keys.slice(0, SHOWN_ENTRIES).map((k) => k + "=" + format(mapping[k]));
+    return shown.join(", ") + (keys.length > SHOWN_ENTRIES ? ", +" + (keys.length - SHOWN_ENTRIES) : "");
+  }
+
+  function safeLink(url) {
+    // Only http(s) links: a run URL comes from files beside the model.
+    return typeof url === "string" && /^https?:\/\//.test(url) ? url : null;
+  }
+
+  function renderVersions() {
+    const v = state.versions;
+    const source = v.source ? "source " + v.source : "";
+    const registry = v.registry;
+    $("versions-source").textContent = source + (registry && registry.registry_version
+      ? " → registry version " + registry.registry_version : "");
+    const status = $("versions-status");
+    if (registry && registry.error) {
+      status.textContent = "registry: " + registry.error + " (what serves stays)";
+      status.className = "bad-text";
+    } else {
+      status.textContent = v.versions.length + " version(s) · live figures since each loaded · " + v.agreement;
+      status.className = "muted small";
+    }
+    const body = $("versions-table").tBodies[0];
+    clear(body);
+    for (const row of v.versions) {
+      const tr = el("tr");
+      tr.dataset.version = row.version;
+      const version = el("td", "", row.version);
+      if (row.default) version.appendChild(el("span", "badge ok", "default"));
+      tr.appendChild(version);
+      const stateCell = el("td", "", row.state);
+      const notes = [row.reason].concat(row.warnings || []).filter(Boolean);
+      if (notes.length) stateCell.title = notes.join("; ");
+      if (row.warnings && row.warnings.length) stateCell.appendChild(el("span", "badge warn", "signature"));
+      tr.appendChild(stateCell);
+      const lineage = row.lineage || {};
+      const run = el("td", "mono");
+      const runId = lineage.run_id ? String(lineage.run_id).slice(0, 12) : "–";
+      const link = safeLink(row.run_url);
+      if (link) {
+        const a = el("a", "", runId);
+        a.href = link;
+        a.target = "_blank";
+        a.rel = "noopener noreferrer";
+        run.appendChild(a);
+      } else {
+        run.textContent = runId;
+      }
+      if (lineage.registry && lineage.registry.version) {
+        run.appendChild(el("span", "muted small", " reg v" + lineage.registry.version));
+      }
+      tr.appendChild(run);
+      tr.appendChild(el("td", "small", entries(lineage.params, String) || "–"));
+      tr.appendChild(el("td", "small", entries(lineage.metrics, fmtValue) || "–"));
+      const live = row.live;
+      tr.appendChild(el("td", "r", live ? fmtInt(live.calls) : "–"));
+      tr.appendChild(el("td", "r", live && live.error_rate !== null ? (100 * live.error_rate).toFixed(2) + "%" : "–"));
+      tr.appendChild(el("td", "r", live ? fmtMs(live.p50_ms) : "–"));
+      tr.appendChild(el("td", "r", live ? fmtMs(live.p99_ms) : "–"));
+      tr.appendChild(el("td", "r muted", live && live.agreement !== null ? fmtValue(live.agreement) : "n/a"));
+      const drift = el("td");
+      const d = row.drift;
+      if (d) {
+        const label = d.state === "alert" ? "drift" : d.state === "ok" ? "ok" : "no profile";
+        const badge = el("span", "badge " + (d.state === "alert" ? "bad" : d.state === "ok" ? "ok" : ""), label);
+        if (d.features && d.features.length) badge.title = d.features.join(", ");
+        drift.appendChild(badge);
+      } else {
+        drift.textContent = "–";
+      }
+      tr.appendChild(drift);
+      body.appendChild(tr);
+    }
+    $("versions-table").hidden = v.versions.length === 0;
+  }
+
   // ------------------------------------------------------------------ wiring
 
   function start() {
@@ -516,6 +624,7 @@
       window.history.replaceState(null, "", window.location.pathname + "?" + params.toString());
       if (state.data) render();
       refreshDrift(true);
+      refreshVersions(true);
     });
     $("feature").addEventListener("change", (event) => {
       state.feature = event.target.value;
