@@ -193,7 +193,12 @@ _SCHEMAS: dict[str, Any] = {
             "inputs": {"type": "array", "items": _schema("TensorMetadata")},
             "outputs": {"type": "array", "items": _schema("TensorMetadata")},
             "parameters": {"type": "object", "properties": {
-                "max_batch_size": {"type": "integer", "minimum": 0}}},
+                "max_batch_size": {"type": "integer", "minimum": 0},
+                "lineage": {"type": "object", "nullable": True,
+                            "description": "Where this version came from: run_id, params, "
+                                           "metrics, registry (name, version, alias), from "
+                                           "MLmodel and metadata.json beside model.onnx"},
+                "run_url": {"type": "string", "nullable": True}}},
         },
     },
     "RepositoryIndexRequest": {
@@ -347,6 +352,50 @@ _REPOSITORY_PATHS = {
     "/v2/repository/models/{name}/unload": _repository_change(
         "repository_model_unload", "Unload a model, draining its versions (explicit mode; "
                                    "admin key when set)."),
+    "/v2/repository/mlflow/webhook": {"post": {
+        "operationId": "repository_mlflow_webhook", "tags": ["repository"],
+        "summary": "An MLflow model-registry webhook: the decider asks the registry about that "
+                   "registered model now. Signed with --mlflow-webhook-secret "
+                   "(X-MLflow-Signature), else an admin key when the server has keys.",
+        "requestBody": {"required": True, "content": {JSON: {"schema": {
+            "type": "object", "required": ["data"],
+            "properties": {"entity": {"type": "string"}, "action": {"type": "string"},
+                           "data": {"type": "object", "required": ["name"],
+                                    "properties": {"name": {"type": "string"}}}}}}}},
+        "responses": {"200": _json({"type": "object", "required": ["status"],
+                                    "properties": {"status": {"type": "string"},
+                                                   "registered_model": {"type": "string"}}},
+                                   "The decider was asked."),
+                      **_errors("BadRequest", "PayloadTooLarge", "UnsupportedMediaType",
+                                "Unavailable")}}},
+}
+
+_VERSIONS_VIEW = {
+    "type": "object", "required": ["name", "default_version", "versions"],
+    "description": "Every version the model serves or has on disk, highest first: its state, "
+                   "its lineage (run id, params, training metrics, registry entry; null when "
+                   "its folder says nothing), a link to its run in MLflow when the tracking "
+                   "server is known, and live figures since it loaded (null when it has no "
+                   "pool). `agreement` is null: it needs shadow traffic, not built yet.",
+    "properties": {
+        "name": {"type": "string"}, "default_version": {"type": "string", "nullable": True},
+        "source": {"type": "string", "nullable": True},
+        "registry": {"type": "object", "nullable": True},
+        "agreement": {"type": "string"},
+        "versions": {"type": "array", "items": {
+            "type": "object",
+            "required": ["version", "state", "reason", "sha256", "default", "lineage",
+                         "run_url", "warnings", "live", "drift"],
+            "properties": {
+                "version": {"type": "string"}, "state": {"type": "string"},
+                "reason": {"type": "string"}, "sha256": {"type": "string"},
+                "default": {"type": "boolean"},
+                "lineage": {"type": "object", "nullable": True},
+                "run_url": {"type": "string", "nullable": True},
+                "warnings": {"type": "array", "items": {"type": "string"}},
+                "live": {"type": "object", "nullable": True},
+                "drift": {"type": "object", "nullable": True}}}},
+    },
 }
 
 
@@ -415,6 +464,12 @@ def openapi_document() -> dict[str, Any]:
         **_model_paths("", _METADATA),
         **_model_paths("/ready", _MODEL_READY),
         **_model_paths("/infer", _INFER, verb="post"),
+        "/v2/models/{name}/versions": {"get": {
+            "operationId": "model_versions",
+            "summary": "Every version side by side: where it came from beside how it does.",
+            "parameters": [_NAME],
+            "responses": {"200": _json(_VERSIONS_VIEW, "The versions."),
+                          **_errors("NotFound")}}},
         "/v2/models/{name}/drift": {"get": {
             "operationId": "model_drift",
             "summary": "Input and prediction drift against the model's reference profile.",

@@ -67,6 +67,7 @@ async def model_metadata(request: Request) -> Response:
             "sha256": model.sha256,
             "max_batch_size": model.max_batch_size,
             "version_policy": model.config.version_policy.describe(),
+            "source": model.config.source,
             "versions": {v: sv.state.body() for v, sv in
                          sorted(served.versions.items(), key=lambda kv: int(kv[0]))},
             "lineage": None if model.lineage.empty else model.lineage.body(),
