@@ -4,7 +4,7 @@
 #
 #   docker build -t modelgate:latest .
 #
-# Stages: `builder` makes a virtualenv with modelgate and its docker/kubernetes extras;
+# Stages: `builder` makes a virtualenv with modelgate and its docker/kubernetes/mlflow extras;
 # `models` builds the demo model repository (it needs scikit-learn, which the runtime does
 # not, so it stays out of the final image); the final stage holds only the venv and /models.
 
@@ -27,7 +27,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY modelgate ./modelgate
 # The absolute path (= `.`) tells hadolint this is the local project, not an unpinned package.
-RUN pip install "/src[docker,kubernetes]"
+RUN pip install "/src[docker,kubernetes,mlflow]"
 
 FROM builder AS models
 # scikit-learn and skl2onnx are only needed to convert the iris demo model.
