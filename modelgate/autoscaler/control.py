@@ -92,6 +92,7 @@ class ModelControl:
     _pending: dict[str, _Pending] = field(default_factory=dict)
     statuses: dict[str, dict[str, PoolStatus]] = field(default_factory=dict)
     registry: RegistrySync | None = None  # follows models' registry sources
+    _reported: set[str] = field(default_factory=set)  # models with a registry record
 
     # ------------------------------------------------------------------ reading
 
@@ -261,23 +262,34 @@ class ModelControl:
         source is a rescan of its model, as a load command is."""
         if self.registry is None:
             return
-        results: list[Resolution] = self.registry.tick(self._sources(), now)
-        if not results:
+        sources = self._sources()
+        results: list[Resolution] = self.registry.tick(sources, now)
+        # A model that no longer follows a source (unloaded, its source removed) loses its
+        # record; in none mode a source stops being asked once resolved, and keeps it.
+        gone = set(self._reported) - set(sources) - (set(self.scans) if self.mode == "none"
+                                                     else set())
+        if not results and not gone:
             return
         pipe = self.client.pipeline(transaction=False)
         for result in results:
             pipe.set(lineage_store.registry(result.model), result.status.encode())
+            self._reported.add(result.model)
+        for model in gone:
+            pipe.delete(lineage_store.registry(model))
+            self._reported.discard(model)
         pipe.execute()
         moved = [r for r in results if r.moved]
         if moved:
             self._scan([r.model for r in moved])
         for result in moved:
             status = result.status
-            self._event(ControlEvent(
+            event = ControlEvent(
                 now, result.model, status.version or "", "registry",
                 f"{status.source} is registry version {status.registry_version}"
                 + (f" (run {status.run_id})" if status.run_id else "")
-                + (", fetched" if result.new else ", already here"), "registry"))
+                + (", fetched" if result.new else ", already here"), "registry")
+            log.info("model %s version %s: %s", event.model, event.version, event.reason)
+            self._event(event)
 
     def _settle(self, wanted: dict[str, Wanted | None]) -> None:
         for command_id, pending in list(self._pending.items()):
@@ -329,6 +341,8 @@ class ModelControl:
             self.client.delete(model_store.MODELS, model_store.EXPLICIT,
                                *(model_store.state(n) for n in names))
         self.client.set(model_store.REPOSITORY, identity)
+        self._reported = {key.decode().split(":")[2] for key in self.client.scan_iter(
+            match=lineage_store.registry("*"), count=500)}
         # Commands older than this decider were for another; their callers have given up.
         newest = self.client.xrevrange(model_store.COMMANDS, count=1)
         self._cursor = newest[0][0].decode() if newest else "0-0"

@@ -146,7 +146,15 @@ def _control_flags(parser: argparse.ArgumentParser) -> None:
                         help="how often poll mode scans the repository")
     parser.add_argument("--load-model", action="append", default=None,
                         help="explicit mode: a model to load at start (repeat; '*' loads all)")
+    _registry_flags(parser)
+
+
+def _registry_flags(parser: argparse.ArgumentParser) -> None:
     _mlflow_flag(parser)
+    parser.add_argument("--registry-poll-secs", type=float,
+                        default=default_of(RegistrySettings, "poll_s"),
+                        help="how often each model's registry source is asked (5 at least; "
+                             "MLflow webhooks make it ask at once)")
 
 
 def _mlflow_flag(parser: argparse.ArgumentParser) -> None:
@@ -160,7 +168,11 @@ def _mlflow_flag(parser: argparse.ArgumentParser) -> None:
 def _registry(args: argparse.Namespace) -> RegistrySettings:
     """The tracking server, and its credentials from MLflow's own variables (never flags)."""
     env = _EnvParser.env
+    if float(args.registry_poll_secs) < 5:
+        raise UsageError("--registry-poll-secs must be 5 or more: a registry is a shared "
+                         "service; MLflow webhooks make the decider ask at once")
     return RegistrySettings(tracking_uri=args.mlflow_tracking_uri or None,
+                            poll_s=float(args.registry_poll_secs),
                             token=env.get("MLFLOW_TRACKING_TOKEN") or None,
                             username=env.get("MLFLOW_TRACKING_USERNAME") or None,
                             password=env.get("MLFLOW_TRACKING_PASSWORD") or None)

@@ -180,7 +180,8 @@ def render_model(client: redis.Redis, model: str, out: TextIO) -> int:
     results = pipe.execute()
     for i, version in enumerate(numbers):
         found = state.versions[version]
-        lineage = lineage_store.decode_lineage(results[2 * i])
+        raw = results[2 * i]
+        lineage = lineage_store.decode_lineage(raw)
         totals = lineage_store.decode_totals(results[2 * i + 1])
         default = " (default)" if version == state.default else ""
         print(f"\nversion {version}{default}: {found.status.value}"
@@ -205,6 +206,10 @@ def render_model(client: redis.Redis, model: str, out: TextIO) -> int:
                     f"{k}={v:.4g}" for k, v in lineage.metrics.items()), file=out)
             for warning in lineage.warnings:
                 print(f"  warning: {warning}; serving by the ONNX graph", file=out)
+            print(f"  lineage record: {len(raw) / 1024:.1f} KiB of "
+                  f"{lineage_store.LINEAGE_MAX_BYTES // 1024} KiB"
+                  + (" (truncated: see the version's folder)" if lineage.truncated else ""),
+                  file=out)
         if totals:
             calls, errors = totals.get("completed", 0.0), totals.get("errors", 0.0)
             since = time.strftime("%H:%M:%S", time.localtime(totals.get("since", 0.0)))

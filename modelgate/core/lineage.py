@@ -150,6 +150,7 @@ class Lineage:
     tracking_uri: str | None = None  # public form, see public_uri
     files: tuple[str, ...] = ()  # which of MLmodel, metadata.json were read
     warnings: tuple[str, ...] = ()
+    truncated: bool = False  # the stored copy lost entries to stay within its bound
 
     @property
     def empty(self) -> bool:
@@ -171,7 +172,8 @@ class Lineage:
                 "signature": self.signature, "params": dict(self.params),
                 "metrics": dict(self.metrics), "dataset": self.dataset, "tags": dict(self.tags),
                 "registry": dict(self.registry), "tracking_uri": self.tracking_uri,
-                "files": list(self.files), "warnings": list(self.warnings)}
+                "files": list(self.files), "warnings": list(self.warnings),
+                "truncated": self.truncated}
 
     @classmethod
     def from_body(cls, raw: Mapping[str, Any]) -> Lineage:
@@ -182,7 +184,8 @@ class Lineage:
                    dict(raw.get("params") or {}), dict(raw.get("metrics") or {}),
                    raw.get("dataset"), dict(raw.get("tags") or {}),
                    dict(raw.get("registry") or {}), raw.get("tracking_uri"),
-                   tuple(raw.get("files") or ()), tuple(raw.get("warnings") or ()))
+                   tuple(raw.get("files") or ()), tuple(raw.get("warnings") or ()),
+                   bool(raw.get("truncated")))
 
 
 def _text(value: Any) -> str:

@@ -76,7 +76,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (root / "server.log").open("wb")
-    env = {**os.environ, "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true"}
+    # Webhooks to this machine over plain http (MLflow allows only public https by default),
+    # and a webhook created during the tests seen at the next event (the server caches the
+    # list of webhooks for 60 s by default).
+    env = {**os.environ, "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+           "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
     server = subprocess.Popen(
         [mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
@@ -317,3 +321,48 @@ def test_a_saved_mlflow_model_serves_its_lineage_without_a_tracking_server(
                                                 "shape": [1, 4], "data": ROWS[0].tolist()}]})
         assert response.status_code == 200
         assert "float64" in (tmp_path / "up.log").read_text()
+
+
+ADMIN = "admin-key-mlflow-0123"
+
+
+def test_explicit_mode_loads_a_source_and_an_mlflow_webhook_swaps_before_the_next_poll(
+        registry: Registry, tmp_path: Path) -> None:
+    """Explicit mode follows only what was loaded; ``load`` asks the registry at once and
+    answers when the alias's version is READY. The registry is asked every 300 s here, so the
+    swap that follows moving the alias can only come from MLflow's own webhook delivery."""
+    registry.set_alias("1")
+    root = tmp_path / "models"
+    (root / "iris").mkdir(parents=True)
+    (root / "iris" / "config.yaml").write_text("source: models:/iris-clf@champion\n")
+    env = {"MLFLOW_TRACKING_URI": registry.url, "MODELGATE_MLFLOW_WEBHOOK_SECRET": SECRET}
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    with up(root, tmp_path, env, "--model-control-mode", "explicit",
+            "--registry-poll-secs", "300", "--admin-api-key", ADMIN) as stack:
+        assert httpx.get(f"{stack.url}/v2/models/iris", headers=admin,
+                         timeout=10).status_code == 404
+        assert not (root / "iris" / "1").exists()  # nothing asked before the load
+        loaded = httpx.post(f"{stack.url}/v2/repository/models/iris/load", headers=admin,
+                            timeout=120)
+        assert loaded.status_code == 200, loaded.text
+        metadata = httpx.get(f"{stack.url}/v2/models/iris", headers=admin, timeout=10).json()
+        assert metadata["parameters"]["version"] == "1"
+        assert metadata["parameters"]["lineage"]["run_id"] == registry.runs[0]["run_id"]
+
+        hook = subprocess.run(
+            [sys.executable, "-c", "import sys, warnings; warnings.simplefilter('ignore'); "
+             "from mlflow import MlflowClient; "
+             "MlflowClient(sys.argv[1]).create_webhook(name=sys.argv[2], url=sys.argv[3], "
+             "events=['model_version_alias.created'], secret=sys.argv[4])",
+             registry.url, f"modelgate-{uuid.uuid4().hex[:6]}",
+             f"{stack.url}/v2/repository/mlflow/webhook", SECRET],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert hook.returncode == 0, hook.stderr[-2000:]
+        time.sleep(1.5)  # the server's webhook list is cached for 1 s (above): let it lapse
+        moved = time.monotonic()
+        registry.set_alias("2")
+        until(lambda: httpx.get(f"{stack.url}/v2/models/iris", headers=admin, timeout=10)
+              .json()["parameters"]["version"] == "2", 60, "the webhook's swap", stack)
+        assert time.monotonic() - moved < 60  # far before the next poll (300 s)
+        log = (tmp_path / "up.log").read_text()
+        assert "registry version 2" in log

@@ -12,6 +12,7 @@ import yaml
 
 from modelgate.core.lineage import Lineage, RegistrySource, SourceError, SourcePointer, public_uri
 from modelgate.core.repository import RepositoryError, scan_model
+from modelgate.core.store import lineage as lineage_store
 
 MLMODEL = {
     "run_id": "abc123", "model_uuid": "u-1", "utc_time_created": "2026-01-02 03:04:05.6",
@@ -125,3 +126,16 @@ def test_only_http_tracking_uris_are_shown_and_linked() -> None:
     assert public_uri("file:///tmp/mlruns") is None
     assert public_uri("databricks") is None
     assert public_uri("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"
+
+
+def test_the_stored_lineage_stays_within_its_bound() -> None:
+    big = Lineage(run_id="r", params={f"p{i:04}": "x" * 400 for i in range(200)},
+                  metrics={f"m{i:04}": float(i) for i in range(200)},
+                  tags={f"t{i}": "y" * 400 for i in range(200)}, files=("metadata.json",))
+    raw = lineage_store.encode_lineage(big)
+    assert len(raw) <= lineage_store.LINEAGE_MAX_BYTES
+    stored = lineage_store.decode_lineage(raw)
+    assert stored is not None and stored.truncated and stored.run_id == "r"
+    assert "p0000" in stored.params and stored.tags == {}
+    small = Lineage(run_id="r", params={"C": "1"}, files=("MLmodel",))
+    assert lineage_store.decode_lineage(lineage_store.encode_lineage(small)) == small

@@ -5,7 +5,9 @@ All three are written by the decider alone (the holder of the control lease) and
 gateways and ``modelgate status``:
 
 - :func:`lineage` holds a version's :class:`~modelgate.core.lineage.Lineage` (JSON), written
-  when the version enters LOADING and deleted with its pool;
+  when the version enters LOADING and deleted with its pool; at most
+  :data:`LINEAGE_MAX_BYTES` (64 KiB) per version: a larger one loses its signature, tags and
+  dataset, then the last params and metrics by name, and says so (``truncated``);
 - :func:`totals` holds a version's counters since its pool was created: every tick the
   decider folds the pool's finished one-second buckets (``pools.stats``) into it with
   :data:`FOLD`, which remembers the last second folded (field ``through``) so a second is
@@ -70,8 +72,22 @@ return 1
 FOLD_MAX_SECONDS = 600
 
 
+LINEAGE_MAX_BYTES = 64 * 1024
+
+
 def encode_lineage(found: Lineage) -> bytes:
-    return orjson.dumps(found.body())
+    """The record, within LINEAGE_MAX_BYTES."""
+    body = found.body()
+    raw = orjson.dumps(body)
+    if len(raw) <= LINEAGE_MAX_BYTES:
+        return raw
+    body.update(signature=None, tags={}, dataset=None, truncated=True)
+    while len(raw := orjson.dumps(body)) > LINEAGE_MAX_BYTES and (body["params"]
+                                                                   or body["metrics"]):
+        for key in ("params", "metrics"):
+            names = sorted(body[key])
+            body[key] = {k: body[key][k] for k in names[:len(names) // 2]}
+    return raw
 
 
 def decode_lineage(raw: bytes | str | None) -> Lineage | None:
