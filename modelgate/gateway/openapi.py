@@ -211,7 +211,10 @@ _SCHEMAS: dict[str, Any] = {
                 "name": {"type": "string"}, "version": {"type": "string"},
                 "state": {"type": "string",
                           "enum": ["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]},
-                "reason": {"type": "string"}}}},
+                "reason": {"type": "string"},
+                "lineage": {"type": "object",
+                            "description": "run_id, registry, params, metrics: where the "
+                                           "version came from (absent when unknown)"}}}},
     "RepositoryRequest": {
         "type": "object", "properties": {"parameters": {
             "type": "object", "additionalProperties": True,

@@ -261,6 +261,13 @@ def test_an_alias_is_served_with_its_lineage_swapped_under_load_and_rolled_back(
 
         view = stack.get("/v2/models/iris/versions")
         assert view["default_version"] == "1" and view["registry"]["error"] == ""
+        index = {r["version"]: r for r in httpx.post(f"{stack.url}/v2/repository/index",
+                                                       timeout=10).json()}
+        assert index["1"]["lineage"]["run_id"] == first["run_id"]
+        assert index["2"]["lineage"]["metrics"]["accuracy"] == pytest.approx(
+            second["accuracy"])
+        assert index["2"]["reason"] in (  # draining, or gone and on disk only
+            "no longer served", "not the version models:/iris-clf@champion points at")
         row = next(r for r in view["versions"] if r["version"] == "1")
         assert row["lineage"]["run_id"] == first["run_id"] and row["default"]
         until(lambda: (stack.get("/v2/models/iris/versions")["versions"][-1]["live"]

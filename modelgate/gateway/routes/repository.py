@@ -1,14 +1,15 @@
 """Triton's model repository extension: the index, and load and unload in explicit mode.
 
 ``POST /v2/repository/index`` lists every version on disk and every version loaded with its
-state (READY, LOADING, UNLOADING, UNAVAILABLE) and why. ``load`` and ``unload`` ask the
-decider (the holder of the control lease) and answer when it is done: 200 once every version
-the model's policy serves is READY (or it is unloaded), 400 with the reason when a version
-failed, 202 with where to look when the caller's ``timeout_ms`` (default 120 s) passed first.
-Outside explicit mode they are refused with 400 (Triton's semantics), and with no decider
-running, 503. A load may carry files as Triton's client sends them (``parameters`` of
-``"file:<version>/model.onnx"`` to base64 content): they are written into the repository first,
-atomically, then loaded.
+state (READY, LOADING, UNLOADING, UNAVAILABLE) and why, and, for a version whose folder says
+where it came from, its run, registry entry, params and training metrics (``lineage``).
+``load`` and ``unload`` ask the decider (the holder of the control lease) and answer when it is
+done: 200 once every version the model's policy serves is READY (or it is unloaded), 400 with
+the reason when a version failed, 202 with where to look when the caller's ``timeout_ms``
+(default 120 s) passed first. Outside explicit mode they are refused with 400 (Triton's
+semantics), and with no decider running, 503. A load may carry files as Triton's client sends
+them (``parameters`` of ``"file:<version>/model.onnx"`` to base64 content): they are written
+into the repository first, atomically, then loaded.
 
 ``POST /v2/repository/mlflow/webhook`` takes MLflow's model-registry webhooks (a new model
 version, an alias set or deleted): it only asks the decider to ask the registry about that
@@ -36,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelgate.core.errors import BackendUnavailable, InvalidInput, ModelNotFound, Unauthorized
+from modelgate.core.lineage import Lineage
 from modelgate.core.repository import RepositoryError, check_name, scan_repository
 from modelgate.core.store import models as model_store
 from modelgate.core.store.models import CommandResult, ControlCommand
@@ -63,10 +65,18 @@ async def _body(request: Request, plane: DataPlane) -> dict[str, Any]:
     return body
 
 
-def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, str]]:
+def _lineage(lineage: Lineage) -> dict[str, Any]:
+    """The index's short form of a version's lineage: the run and the registry entry, the
+    params and the training metrics (the rest: the version's metadata)."""
+    return {"run_id": lineage.run_id, "registry": dict(lineage.registry),
+            "params": dict(lineage.params), "metrics": dict(lineage.metrics)}
+
+
+def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, Any]]:
     """Every version loaded (its state) and every version on disk that is not (UNAVAILABLE,
-    with why), by model name and version."""
-    rows: dict[tuple[str, str], dict[str, str]] = {}
+    with why), by model name and version; those with a lineage carry it (``lineage``)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    lineages: dict[tuple[str, str], Lineage] = {}
     for name, scan in scan_repository(root).items():
         served = set(scan.served())
         for version, found in scan.versions.items():
@@ -74,6 +84,8 @@ def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, str
                                      else "not loaded")
             rows[name, version] = {"name": name, "version": version, "state": "UNAVAILABLE",
                                    "reason": reason}
+            if found.loaded is not None:
+                lineages[name, version] = found.loaded.lineage
         if scan.error:
             rows[name, ""] = {"name": name, "version": "", "state": "UNAVAILABLE",
                               "reason": scan.error}
@@ -87,6 +99,11 @@ def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, str
                 f"warning: {w}; serving by the ONNX graph" for w in warnings])
             rows[name, version] = {"name": name, "version": version,
                                    "state": state.status.value, "reason": reason}
+            if served_version.version is not None:
+                lineages[name, version] = served_version.version.lineage
+    for key, lineage in lineages.items():
+        if not lineage.empty:
+            rows[key]["lineage"] = _lineage(lineage)
     ordered = [rows[key] for key in sorted(rows, key=lambda k: (k[0], int(k[1] or 0)))]
     return [row for row in ordered if row["state"] == "READY"] if ready_only else ordered
 
