@@ -167,6 +167,13 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
                 stop.wait(outage.begin(e, consumer.answers.held,
                                        settings.heartbeat_interval_s))
             except redis.ResponseError as e:
+                if str(e).startswith("UNBLOCKED"):
+                    # The decider removed the pool (its version drained and left) while this
+                    # worker waited on its stream: nothing is left to serve. Recreating the
+                    # group would leave the stream behind.
+                    log.info("the stream of %s was removed (its version left): stopping",
+                             version.pool)
+                    break
                 if "NOGROUP" not in str(e):
                     raise
                 # Redis lost the stream (restart without persistence): recreate and go on.

@@ -87,13 +87,11 @@ class RegistrySync:
         """Ask about ``model`` at the next tick (a load command, a webhook)."""
         self._nudged.add(model)
 
-    def tick(self, sources: dict[str, str], now: float, wait: bool = False
-             ) -> list[Resolution]:
+    def tick(self, sources: dict[str, str], now: float) -> list[Resolution]:
         """Collect the answers of the last round and start the next one if any model is due.
-        ``sources``: model -> its source URI. ``wait``: finish the round before returning
-        (tests, and ``none`` mode's first resolution)."""
+        ``sources``: model -> its source URI."""
         done: list[Resolution] = []
-        if self._running is not None and (wait or self._running.done()):
+        if self._running is not None and self._running.done():
             done = self._collect()
         for model in list(self._due):
             if model not in sources:
@@ -109,8 +107,6 @@ class RegistrySync:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="registry")
             self._running = self._executor.submit(self._round, asked, now)
-            if wait:
-                done += self._collect()
         return done
 
     def _collect(self) -> list[Resolution]:
