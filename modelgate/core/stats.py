@@ -104,14 +104,19 @@ def percentile_ms(histogram: Mapping[str, float], q: float) -> float | None:
 Bucket = dict[str, float]
 
 
-def decode_bucket(raw: Mapping[bytes, bytes]) -> Bucket:
-    """One second's hash as read back; fields this release cannot read are left out."""
+def decode_bucket(raw: Mapping[bytes, bytes], problems: list[str] | None = None) -> Bucket:
+    """One second's hash as read back. Fields that are not a count (not a number, infinite,
+    NaN or negative) are left out, and named in ``problems`` when it is given."""
     bucket: Bucket = {}
     for name, value in raw.items():
         try:
-            bucket[name.decode()] = float(value)
+            number = float(value)
+            if not (math.isfinite(number) and number >= 0):
+                raise ValueError(f"{number} is not a count")
+            bucket[name.decode()] = number
         except (UnicodeDecodeError, ValueError):
-            continue
+            if problems is not None:
+                problems.append(f"stats field {name[:40]!r}: {value[:40]!r} is not a count")
     return bucket
 
 

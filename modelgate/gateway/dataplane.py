@@ -4,6 +4,12 @@ It resolves models and versions, applies admission control, enqueues through the
 turns error replies into domain errors, and keeps a view of each pool (live and starting
 workers, backlog, drain rate) refreshed from Redis by a monitor task, so neither readiness nor
 admission costs a Redis call per request.
+
+Its background tasks (the dispatcher's writer and reader, the pool monitor, the drift poller)
+run under one supervisor (``gateway/background.py``). What they read from Redis is checked
+value by value: a value that is not what its key holds is logged, counted
+(``modelgate_malformed_records_total``) and skipped -- a pool whose figures Redis refuses to
+read (a key of another type) keeps its last reading -- and is never taken for a Redis outage.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from modelgate.core import wire
 from modelgate.core.errors import (
@@ -30,7 +36,8 @@ from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.repository import Model, ModelVersion
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.stats import BUCKET_TTL_S
-from modelgate.core.store import pools, scaling
+from modelgate.core.store import is_bad_data, pools, scaling
+from modelgate.gateway.background import Background
 from modelgate.gateway.dispatch import Dispatcher
 from modelgate.gateway.drift import DriftMonitor
 from modelgate.gateway.errors import ERROR_OF_REPLY
@@ -39,6 +46,7 @@ from modelgate.gateway.metrics import Metrics
 log = logging.getLogger("modelgate.gateway")
 
 WAIT_POLL_S = 0.05
+MONITOR, DRIFT = "pool-monitor", "drift"
 
 
 @dataclass(slots=True)
@@ -78,28 +86,31 @@ class DataPlane:
         self.models = models
         self.client = client
         self.metrics = metrics
-        self.dispatcher = Dispatcher(client, reader, gateway_id)
+        self.background = Background(lambda name: metrics.background_errors.labels(name).inc())
+        self.dispatcher = Dispatcher(client, reader, gateway_id, metrics)
         self.drift = DriftMonitor(models, metrics)
         self.redis_ok = False
         self._outage = False  # Redis was reachable once and then was not
         self.pools: dict[str, PoolView] = {
             v.pool: PoolView() for m in models.values() for v in m.versions.values()
         }
-        self._monitor: asyncio.Task[None] | None = None
         # Called with the refresh's time after each refresh that reached Redis (the
-        # dashboard's gauge history); a hook must be quick and must not raise.
+        # dashboard's gauge history); a hook must be quick. One that raises is logged and
+        # counted as the task "dashboard", and the refresh goes on.
         self.on_refresh: list[Callable[[float], None]] = []
         self._refreshed_at = time.monotonic()
+        self._problems: dict[str, tuple[str, ...]] = {}  # the last ones logged, per record
 
     async def start(self) -> None:
         await self.refresh()
-        self.dispatcher.start()
-        self._monitor = asyncio.create_task(self._monitor_loop(), name="pool-monitor")
+        self.dispatcher.start(self.background)
+        self.background.start(MONITOR, self._monitor_loop)
+        # Drift is a side view: restarted when it dies, it never takes the gateway out of
+        # service.
+        self.background.start(DRIFT, self._drift_loop, critical=False)
 
     async def stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            await asyncio.wait([self._monitor], timeout=3.0)
+        await self.background.stop((MONITOR, DRIFT))
         await self.dispatcher.stop()
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
@@ -128,8 +139,10 @@ class DataPlane:
         return self.redis_ok and self.pools[model.pool].live_workers > 0
 
     def ready(self) -> bool:
-        """Every model's default version can be served right now."""
-        return self.redis_ok and all(self.model_ready(m.default) for m in self.models.values())
+        """Every model's default version can be served right now, and no task it takes is
+        down (``background.down``)."""
+        return (self.redis_ok and not self.background.down()
+                and all(self.model_ready(m.default) for m in self.models.values()))
 
     def _admit(self, model: ModelVersion, view: PoolView) -> None:
         """429 at once past the in-flight cap or the model's backlog limit."""
@@ -207,7 +220,13 @@ class DataPlane:
                 pipe.hincrby(bucket, "rejected", rejected)
                 pipe.expire(bucket, BUCKET_TTL_S)
         try:
-            results = await pipe.execute()
+            # Refused commands come back as results: a key holding the wrong type is bad data
+            # in one pool, not Redis being down.
+            results = await pipe.execute(raise_on_error=False)
+            refused = next((r for r in results if isinstance(r, ResponseError)
+                            and not is_bad_data(r)), None)
+            if refused is not None:
+                raise refused
         except (RedisError, OSError) as e:
             if self.redis_ok:
                 log.warning("redis unreachable: %s", e)
@@ -227,13 +246,17 @@ class DataPlane:
         self._refreshed_at = time.monotonic()
         for pool, figures in query.parse(results).items():
             view = self.pools[pool]
-            view.gauges = figures.gauges
+            self._report("pool", pool, figures.problems)
+            if figures.readable:
+                view.gauges = figures.gauges
             view.admitted -= flushed[pool][0]
             view.rejected -= flushed[pool][1]
             rate = view.completed / elapsed_s
             view.drain_per_s = (rate if view.drain_per_s == 0
                                 else 0.7 * view.drain_per_s + 0.3 * rate)
             view.completed = 0
+        flush_errors = [r for r in results[query.size + 1:] if isinstance(r, Exception)]
+        self._report("stats", "this gateway's counts", tuple(str(r) for r in flush_errors[:1]))
         for model in self.models.values():
             view = self.pools[model.default.pool]
             self.metrics.workers.labels(model.name).set(view.live_workers)
@@ -242,18 +265,47 @@ class DataPlane:
                 self.metrics.desired_workers.labels(model.name).set(view.desired)
                 self.metrics.cost_per_hour.labels(model.name).set(
                     view.desired * model.default.config.worker_cost_per_hour)
-        budget = scaling.budget_from(results[query.size])
+        raw_budget = results[query.size]
+        budget = None if isinstance(raw_budget, Exception) else scaling.budget_from(raw_budget)
+        self._report("budget", scaling.BUDGET, () if budget is not None or raw_budget is None
+                     else (f"{raw_budget!r:.60} is not a budget",))
         if budget is not None:
             self.metrics.budget_per_hour.set(budget)
         for hook in self.on_refresh:
-            hook(now)
+            try:
+                hook(now)
+            except Exception:  # a view of the gauges; never the monitor that keeps them
+                log.exception("a refresh hook failed")
+                self.metrics.background_errors.labels("dashboard").inc()
+
+    def _report(self, record: str, where: str, problems: tuple[str, ...]) -> None:
+        """Count every refresh that met bad data; log it when what is wrong changes, so a key
+        that stays bad is one log line, not two a second."""
+        key = f"{record}:{where}"
+        if problems:
+            self.metrics.malformed_records.labels(record).inc()
+            if self._problems.get(key) != problems:
+                log.warning("skipped bad data in %s %s (counted in "
+                            "modelgate_malformed_records_total): %s", record, where,
+                            "; ".join(problems))
+        elif key in self._problems:
+            log.warning("%s %s reads well again", record, where)
+        if problems:
+            self._problems[key] = problems
+        else:
+            self._problems.pop(key, None)
 
     async def _monitor_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.monitor_interval_s)
             await self.refresh()
-            if self.redis_ok:
-                try:
-                    await self.drift.poll(self.client)
-                except (RedisError, OSError) as e:
-                    log.warning("drift batches unreadable this round: %s", e)
+
+    async def _drift_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.monitor_interval_s)
+            if not self.redis_ok:
+                continue
+            try:
+                await self.drift.poll(self.client)
+            except (RedisError, OSError) as e:
+                log.warning("drift batches unreadable this round: %s", e)

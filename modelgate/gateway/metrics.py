@@ -70,6 +70,19 @@ class Metrics:
         self.drift_score = Gauge("modelgate_drift_score",
                                  "Drift statistic over its alarm threshold (1 = alarm)",
                                  ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
+        self.background_errors = Counter(
+            "modelgate_background_errors",
+            "Background tasks (task: dispatch-writer, dispatch-reader, pool-monitor, drift, "
+            "dashboard) that died with an exception; each was restarted", ["task"], registry=r)
+        self.dropped_replies = Counter(
+            "modelgate_dropped_replies",
+            "Replies dropped: malformed (not valid wire format; its callers get a 500 when its "
+            "ids were readable) or late (no call waits for it: answered already, past its "
+            "deadline, or not this gateway's)", ["reason"], registry=r)
+        self.malformed_records = Counter(
+            "modelgate_malformed_records",
+            "Values read from Redis that were skipped, not being what their key holds (record: "
+            "pool, stats, budget, drift)", ["record"], registry=r)
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
                                  ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
 

@@ -16,12 +16,15 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Ready only when Redis answers and every model has a live worker; says which do not."""
+    """Ready only when Redis answers, every model has a live worker and no critical background
+    task is down; says which are not."""
     plane: DataPlane = request.app.state.plane
     is_ready = plane.ready()
     body = {
         "ready": is_ready,
         "redis": plane.redis_ok,
+        # Background tasks down or crash-looping; only the critical ones fail readiness.
+        "failing_tasks": plane.background.restarting(),
         "models": {name: {"ready": plane.model_ready(m.default),
                           "workers": plane.pools[m.default.pool].live_workers}
                    for name, m in plane.models.items()},
