@@ -6,6 +6,13 @@ event on the ``mg:autoscaler:events`` stream (inputs and reason), a log line whe
 changes, and the ``modelgate_desired_workers`` gauge (also written to Redis so gateways show
 it on their ``/metrics``). The cost budget, when there is one, is written to Redis each tick
 too, so the gateway's dashboard can draw the cost rate against it.
+
+Nothing read from Redis can stop the loop: a value that is not what its key holds is skipped,
+logged when what is wrong changes and counted (``modelgate_malformed_records_total``); a pool
+whose figures Redis refuses to read (a key of another type) is held at the workers it runs,
+the others are scaled. A tick that fails for any other reason -- Redis down, the platform
+refusing, a bug -- holds everything, is logged and counted
+(``modelgate_background_errors_total{task="autoscaler"}``), and the next one retries.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelgate.autoscaler.backends.base import Backend
 from modelgate.autoscaler.budget import Ask, allocate, check_minimums
@@ -26,7 +33,6 @@ from modelgate.autoscaler.policy import Decision, Observation, PolicyConfig, Pol
 from modelgate.core.store import pools, scaling
 
 log = logging.getLogger("modelgate.autoscaler")
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,14 @@ class Autoscaler:
                                    ["model"], registry=self.registry)
         self.workers_gauge = Gauge("modelgate_workers", "Worker replicas the backend runs",
                                    ["model"], registry=self.registry)
+        self.errors = Counter("modelgate_background_errors",
+                              "Ticks that failed (Redis, the backend, a bug) and were retried",
+                              ["task"], registry=self.registry).labels("autoscaler")
+        self.malformed = Counter("modelgate_malformed_records",
+                                 "Values read from Redis that were skipped, not being what "
+                                 "their key holds", ["record"], registry=self.registry
+                                 ).labels("pool")
+        self._problems: dict[str, tuple[str, ...]] = {}  # the last ones logged, per pool
         check_minimums([self._ask(p, p.policy.min_workers, None) for p in plans],
                        max_cost_per_hour)
 
@@ -77,9 +91,17 @@ class Autoscaler:
         now = time.time() if now is None else now
         self.backend.supervise()
         replicas = {pool: self.backend.running(plan.model) for pool, plan in self.plans.items()}
-        observations = self.observer.observe(replicas, now)
+        observed = self.observer.observe(replicas, now)
+        observations = {pool: obs for pool, (obs, _) in observed.items()}
         decisions = {}
         for pool, plan in self.plans.items():
+            figures = observed[pool][1]
+            self._report(pool, figures.problems)
+            if not figures.readable:
+                decisions[pool] = Decision(
+                    replicas[pool], f"holding at {replicas[pool]}: the pool's figures are "
+                    f"unreadable ({'; '.join(figures.problems)})", self.states[pool])
+                continue
             decision = decide(observations[pool], self.states[pool], now, plan.policy)
             self.states[pool] = decision.state
             decisions[pool] = decision
@@ -93,6 +115,17 @@ class Autoscaler:
         self._apply(outcomes, now)
         self.last = outcomes
         return outcomes
+
+    def _report(self, pool: str, problems: tuple[str, ...]) -> None:
+        """Count every tick that met bad data in a pool; log it when what is wrong changes."""
+        if problems:
+            self.malformed.inc()
+            if self._problems.get(pool) != problems:
+                log.warning("%s: skipped bad data (counted in "
+                            "modelgate_malformed_records_total): %s", pool, "; ".join(problems))
+            self._problems[pool] = problems
+        elif self._problems.pop(pool, None) is not None:
+            log.warning("%s: reads well again", pool)
 
     def _apply(self, outcomes: dict[str, Scaled], now: float) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -139,11 +172,19 @@ class Autoscaler:
             try:
                 self.tick()
                 backoff_s = 0.5
-            except redis.RedisError as e:
-                # Without observations the safe action is none: keep what runs, retry.
-                log.warning("autoscaler cannot observe (%s); holding, retry in %.1fs", e,
-                            backoff_s)
-                self.backend.supervise()
+            # Without observations (or with a tick that broke halfway) the safe action is
+            # none: keep what runs, retry. Never fatal.
+            except Exception as e:
+                self.errors.inc()
+                if isinstance(e, redis.RedisError):
+                    log.warning("autoscaler cannot observe (%s); holding, retry in %.1fs", e,
+                                backoff_s)
+                else:
+                    log.exception("autoscaler tick failed; holding, retry in %.1fs", backoff_s)
+                try:
+                    self.backend.supervise()  # replace what died, even while blind
+                except Exception:
+                    log.exception("backend upkeep failed too")
                 if on_tick is not None:
                     on_tick()
                 stop.wait(backoff_s)

@@ -70,11 +70,17 @@ class Heartbeat:
         self._thread.start()
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
             except redis.RedisError as e:
                 log.warning("heartbeat failed: %s", e)
+            # A beat that broke on something else (a figure, a flush) is one missed beat: the
+            # thread goes on, or a worker still serving would be declared dead.
+            except Exception:
+                failures += 1
+                log.exception("heartbeat failed (%d such failures so far)", failures)
 
     def stop(self) -> None:
         """Stop beating and deregister, so gateways stop counting this worker at once."""

@@ -2,6 +2,10 @@
 
 Shutdown contract: the first SIGTERM/SIGINT only sets an event; the loop finishes the batch it
 holds, answers and acknowledges it, deregisters and returns. A second signal exits at once.
+
+Nothing read from Redis ends the loop: a step that fails (Redis unreachable, the pool's stream
+turned into a key of another type, a bug) is logged, counted in the log line and retried with
+backoff; entries it held stay pending and are taken over like a dead worker's.
 """
 
 from __future__ import annotations
@@ -100,27 +104,42 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     _withdraw(client, starting, worker_id)
     log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
              worker_id, version.pool, version.max_batch_size, threads)
-    handled = steps = 0
+    handled = steps = failures = 0
     backoff_s = 0.1
+    regroup = False
     try:
         while not stop.is_set() and (max_steps is None or steps < max_steps):
             steps += 1
             try:
+                if regroup:
+                    consumer.ensure_group()
+                    regroup = False
                 handled += consumer.step(settings.block_ms)
                 backoff_s = 0.1
+                continue
             # A timeout is Redis not answering (stalled, overloaded): retry it like a dropped
             # connection rather than die holding entries.
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 log.warning("redis unreachable (%s); retrying in %.1fs", e, backoff_s)
-                stop.wait(backoff_s)
-                # Never longer than a heartbeat: once Redis is back the heartbeat thread makes
-                # gateways count this worker live and send it work, so the loop must be reading.
-                backoff_s = min(backoff_s * 2, settings.heartbeat_interval_s)
             except redis.ResponseError as e:
-                if "NOGROUP" not in str(e):
-                    raise
-                # Redis lost the stream (restart without persistence): recreate and go on.
-                consumer.ensure_group()
+                # NOGROUP: Redis lost the stream (restart without persistence); UNBLOCKED: it
+                # was deleted under a blocked read. Recreate it and go on.
+                if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
+                    log.warning("the pool's stream is gone (%s); creating it again", e)
+                    regroup = True
+                    continue
+                failures += 1
+                log.error("step failed (%s; %d failures so far); retrying in %.1fs", e,
+                          failures, backoff_s)
+            # Anything else is a bug or data nothing foresaw: never a reason to stop serving.
+            except Exception:
+                failures += 1
+                log.exception("step failed (%d failures so far); retrying in %.1fs", failures,
+                              backoff_s)
+            stop.wait(backoff_s)
+            # Never longer than a heartbeat: once Redis is back the heartbeat thread makes
+            # gateways count this worker live and send it work, so the loop must be reading.
+            backoff_s = min(backoff_s * 2, settings.heartbeat_interval_s)
     finally:
         heartbeat.stop()
         log.info("worker %s stopped after %d entries", worker_id, handled)

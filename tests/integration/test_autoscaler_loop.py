@@ -7,6 +7,7 @@ and reporting, and the local process backend is exercised end to end in test_aut
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -109,8 +110,6 @@ def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redi
 
 def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis) -> None:
     """With Redis unreachable the loop keeps what runs and retries (bounded run)."""
-    import threading
-
     backend = RecordingBackend()
     backend.replicas["mlp"] = 2
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
@@ -122,3 +121,89 @@ def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis) -> No
     ticks = scaler.run(stop, interval_s=0.1)
     timer.cancel()
     assert ticks == 0 and backend.calls == [] and backend.replicas["mlp"] == 2
+
+
+# --------------------------------------------------------------------------- bad data
+
+
+def sample(scaler: Autoscaler, name: str, **labels: str) -> float:
+    return scaler.registry.get_sample_value(name, labels) or 0.0
+
+
+def run_ticks(scaler: Autoscaler, ticks: int, within_s: float = 10.0) -> int:
+    """``scaler.run`` until ``ticks`` ticks were made, or ``within_s`` passed (a loop that
+    holds on every tick would otherwise never end)."""
+    stop = threading.Event()
+    timer = threading.Timer(within_s, stop.set)
+    timer.start()
+    try:
+        return scaler.run(stop, interval_s=0, max_ticks=ticks)
+    finally:
+        timer.cancel()
+
+
+def test_a_counter_that_is_no_count_is_skipped_and_the_loop_goes_on(
+        redis_client: redis.Redis) -> None:
+    """An infinite arrival count made the policy raise OverflowError, which ended the loop
+    (issue 12): anything that reaches Redis could stop the autoscaler for good."""
+    backend = RecordingBackend()
+    backend.replicas["mlp"] = 1
+    scaler = Autoscaler(redis_client, backend,
+                        [PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=8))])
+    now = time.time()
+    write_load(redis_client, "mlp:1", now, arrivals_per_s=100, compute_ms_per_request=20.0,
+               backlog=0)
+    redis_client.hset(pools.stats("mlp:1", int(now) - 2), "arrivals", "inf")
+
+    assert run_ticks(scaler, 2) == 2
+
+    assert sample(scaler, "modelgate_malformed_records_total", record="pool") == 2
+    # The other seconds' arrivals still count: 2 of the 3 seconds of the rate window.
+    assert scaler.last["mlp:1"].observation.arrival_rate == pytest.approx(200 / 3)
+    assert backend.replicas["mlp"] == 2
+
+
+def test_a_pool_key_of_another_type_holds_that_pool_and_scales_the_others(
+        redis_client: redis.Redis) -> None:
+    """WRONGTYPE on one pool's key failed the whole round trip: every pool was held as if Redis
+    were down. Now that pool alone is held, at the workers it runs."""
+    backend = RecordingBackend()
+    backend.replicas.update({"a": 1, "b": 1})
+    plans = [PoolPlan("a:1", "a", PolicyConfig(min_workers=1, max_workers=8)),
+             PoolPlan("b:1", "b", PolicyConfig(min_workers=1, max_workers=8))]
+    scaler = Autoscaler(redis_client, backend, plans)
+    now = time.time()
+    for pool in ("a:1", "b:1"):
+        write_load(redis_client, pool, now, arrivals_per_s=100, compute_ms_per_request=20.0,
+                   backlog=0)
+    redis_client.set(pools.worker_set("a:1"), "not a sorted set")
+
+    assert run_ticks(scaler, 1) == 1
+
+    assert backend.calls == [("b", 3)]
+    held = scaler.last["a:1"]
+    assert held.desired == 1 and "holding" in held.decision.reason
+    assert sample(scaler, "modelgate_malformed_records_total", record="pool") == 1
+
+
+class FailingOnceBackend(RecordingBackend):
+    def scale(self, model: str, desired: int) -> None:
+        if not self.calls:
+            self.calls.append(("failed", desired))
+            raise RuntimeError("the platform said no, once")
+        super().scale(model, desired)
+
+
+def test_a_tick_that_raises_is_counted_and_the_loop_goes_on(redis_client: redis.Redis) -> None:
+    backend = FailingOnceBackend()
+    backend.replicas["mlp"] = 1
+    scaler = Autoscaler(redis_client, backend,
+                        [PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=8))])
+    write_load(redis_client, "mlp:1", time.time(), arrivals_per_s=100,
+               compute_ms_per_request=20.0, backlog=0)
+
+    assert run_ticks(scaler, 1) == 1
+
+    # The retry comes a backoff later, when the rate window holds a second less of the load.
+    assert backend.calls[0] == ("failed", 3) and [m for m, _ in backend.calls[1:]] == ["mlp"]
+    assert sample(scaler, "modelgate_background_errors_total", task="autoscaler") == 1
