@@ -64,6 +64,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -222,6 +229,17 @@ def _add_gateway(commands: Any) -> None:
                          help="backlog per model when its config sets no max_queue; past it, 429")
     gateway.add_argument("--max-body-bytes", type=_positive_int,
                          default=default_of(GatewaySettings, "max_body_bytes"))
+    gateway.add_argument("--header-timeout-s", type=_positive_float,
+                         default=default_of(GatewaySettings, "header_timeout_s"),
+                         help="a request's headers must arrive within this long; past it, 408")
+    gateway.add_argument("--body-timeout-s", type=_positive_float,
+                         default=default_of(GatewaySettings, "body_timeout_s"),
+                         help="a request's body must arrive within this long of its headers; "
+                              "past it, 408")
+    gateway.add_argument("--max-connections", type=_positive_int,
+                         default=default_of(GatewaySettings, "max_connections"),
+                         help="connections one gateway process holds; at the limit the one "
+                              "idle longest is closed, or the newcomer gets 503")
     gateway.add_argument("--reuse-port", action="store_true", default=False,
                          help="share the port with other gateway processes (SO_REUSEPORT)")
     gateway.add_argument("--fd", type=_count, default=None,
@@ -240,7 +258,9 @@ def _run_gateway(args: argparse.Namespace) -> int:
         max_inflight=int(args.max_inflight), max_queue=int(args.max_queue),
         max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
         protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
-        fd=int(args.fd) if args.fd not in (None, "") else None))
+        fd=int(args.fd) if args.fd not in (None, "") else None,
+        header_timeout_s=float(args.header_timeout_s), body_timeout_s=float(args.body_timeout_s),
+        max_connections=int(args.max_connections)))
     return 0
 
 

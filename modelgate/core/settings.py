@@ -56,6 +56,14 @@ class GatewaySettings:
     # A listening socket handed down by a supervisor (``modelgate up``), instead of binding:
     # calls that arrive while this process restarts wait in its queue, not refused.
     fd: int | None = None
+    # A request's headers must arrive within this long (of the connection opening, or of the
+    # next request's first byte); its body within body_timeout_s of its headers: 64 MiB at
+    # 1.1 MB/s. Past either, 408 and the socket is closed (gateway/connections.py).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    # Connections one gateway process holds at once (idle keep-alive ones included; the one
+    # idle longest is closed to make room); lowered to what the open-file limit allows.
+    max_connections: int = 4_096
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from modelgate.core.errors import ModelgateError
 from modelgate.core.repository import load_repository
 from modelgate.core.settings import GatewaySettings
 from modelgate.gateway.auth import check_bearer
+from modelgate.gateway.connections import ConnectionGuard, connection_budget
 from modelgate.gateway.dashboard import Dashboard
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
@@ -104,14 +105,14 @@ def redis_clients(settings: GatewaySettings) -> tuple[aioredis.Redis, aioredis.R
     return client, reader
 
 
-def build_app(settings: GatewaySettings) -> Starlette:
+def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Starlette:
     models = load_repository(settings.models_dir)
     gateway_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client, reader = redis_clients(settings)
-        plane = DataPlane(settings, models, client, reader, gateway_id, Metrics())
+        plane = DataPlane(settings, models, client, reader, gateway_id, metrics or Metrics())
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)
         await plane.start()
@@ -186,18 +187,27 @@ class InferFastPath:
         await self.app(scope, receive, send)
 
 
+def server_config(settings: GatewaySettings) -> uvicorn.Config:
+    """The uvicorn configuration of a gateway process: the app, and every connection held to
+    the header and body deadlines and the connection limit (``gateway/connections.py``),
+    whichever way the process gets its listening socket."""
+    metrics = Metrics()
+    guard = ConnectionGuard(settings.header_timeout_s, settings.body_timeout_s,
+                            connection_budget(settings.max_connections), metrics)
+    return uvicorn.Config(build_app(settings, metrics), host=settings.host, port=settings.port,
+                          log_level="warning", access_log=False, loop="uvloop",
+                          http=guard.protocol(), timeout_graceful_shutdown=5,
+                          timeout_keep_alive=KEEP_ALIVE_S,
+                          # No access log means nothing reads X-Forwarded-For: skip the
+                          # middleware that would parse it on every call.
+                          proxy_headers=False)
+
+
 def serve(settings: GatewaySettings) -> None:
     """Serve until stopped: on an inherited listening socket (``fd``, from ``modelgate up``),
     on a port shared with other gateway processes (``reuse_port``: the kernel spreads
-    connections across them), or on a port of its own."""
-    config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port,
-                            log_level="warning", access_log=False, loop="uvloop",
-                            http="httptools", timeout_graceful_shutdown=5,
-                            timeout_keep_alive=KEEP_ALIVE_S,
-                            # No access log means nothing reads X-Forwarded-For: skip the
-                            # middleware that would parse it on every call.
-                            proxy_headers=False)
-    server = uvicorn.Server(config)
+    connections across them), or on a port of its own -- with the same configuration."""
+    server = uvicorn.Server(server_config(settings))
     if settings.fd is not None:
         server.run(sockets=[socket.socket(fileno=settings.fd)])
         return

@@ -83,6 +83,14 @@ class Metrics:
             "modelgate_malformed_records",
             "Values read from Redis that were skipped, not being what their key holds (record: "
             "pool, stats, budget, drift)", ["record"], registry=r)
+        self.connections = Gauge(
+            "modelgate_connections", "Client connections open (counted once a second)",
+            registry=r, multiprocess_mode="livesum" if self.multiprocess_dir else "all")
+        self.connections_closed = Counter(
+            "modelgate_connections_closed",
+            "Connections the gateway closed: header_timeout, body_timeout, evicted (idle, to "
+            "make room at --max-connections), refused (none idle at the limit: a JSON 503)",
+            ["reason"], registry=r)
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
                                  ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
 

@@ -45,6 +45,10 @@ _ERROR_RESPONSES: dict[str, dict[str, Any]] = {
         {"WWW-Authenticate": {"description": "Always 'Bearer realm=\"modelgate\"'.",
                               "schema": {"type": "string"}}}),
     "NotFound": _error("No such model, no such version of it, or no such route."),
+    "RequestTimeout": _error(
+        "The request's headers or body did not arrive within --header-timeout-s or "
+        "--body-timeout-s; the connection is closed.",
+        {"Connection": {"description": "Always 'close'.", "schema": {"type": "string"}}}),
     "PayloadTooLarge": _error("The body is over the gateway's --max-body-bytes."),
     "UnsupportedMediaType": _error("The body is not sent as application/json."),
     "TooManyRequests": _error(
@@ -53,13 +57,16 @@ _ERROR_RESPONSES: dict[str, dict[str, Any]] = {
                          "schema": {"type": "integer", "minimum": 1}}}),
     "InternalError": _error("The model failed on input it accepted, the request was parked as "
                             "a poison pill, or the gateway hit an unexpected error."),
-    "Unavailable": _error("No live worker serves the model, or Redis is unreachable."),
+    "Unavailable": _error("No live worker serves the model, Redis is unreachable, or the "
+                          "gateway holds --max-connections connections and none is idle (then "
+                          "with Retry-After)."),
     "DeadlineExceeded": _error("No answer arrived before the request's deadline "
                                "(parameters.timeout_ms, else the model's, else the server's)."),
 }
 
 _STATUS_OF_RESPONSE = {
-    "BadRequest": "400", "Unauthorized": "401", "NotFound": "404", "PayloadTooLarge": "413",
+    "BadRequest": "400", "Unauthorized": "401", "NotFound": "404", "RequestTimeout": "408",
+    "PayloadTooLarge": "413",
     "UnsupportedMediaType": "415", "TooManyRequests": "429", "InternalError": "500",
     "Unavailable": "503", "DeadlineExceeded": "504",
 }
@@ -71,8 +78,8 @@ def _errors(*names: str) -> dict[str, Any]:
             for n in ("Unauthorized", *names, "InternalError")}
 
 
-_INFER_ERRORS = ("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaType",
-                 "TooManyRequests", "Unavailable", "DeadlineExceeded")
+_INFER_ERRORS = ("BadRequest", "NotFound", "RequestTimeout", "PayloadTooLarge",
+                 "UnsupportedMediaType", "TooManyRequests", "Unavailable", "DeadlineExceeded")
 
 _NAME = {"name": "name", "in": "path", "required": True,
          "description": "Model name, as in the repository folder.",

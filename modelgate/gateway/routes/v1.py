@@ -23,7 +23,8 @@ async def predict(request: Request) -> Response:
         name = request.path_params["name"]
     model = plane.resolve(name, request.path_params.get("version"))
     request.state.model = model.name
-    body = protocol.loads(await read_json_body(request, plane.settings.max_body_bytes))
+    body = protocol.loads(await read_json_body(request, plane.settings.max_body_bytes,
+                                               plane.settings.body_timeout_s))
     wire_request = protocol.parse_v1(body, model)
     reply = await plane.infer(model, wire_request,
                               model.config.timeout_ms or plane.settings.default_timeout_ms)

@@ -80,7 +80,8 @@ async def infer(request: Request) -> Response:
     plane = _plane(request)
     model = _model(request)
     request.state.model = model.name
-    raw = await read_json_body(request, plane.settings.max_body_bytes, binary_ok=True)
+    raw = await read_json_body(request, plane.settings.max_body_bytes,
+                               plane.settings.body_timeout_s, binary_ok=True)
     header, binary = split_body(raw, request.headers.get(HEADER))
     body = protocol.loads(header)
     wire_request, request_id = protocol.parse_v2(body, model, binary)
