@@ -179,7 +179,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.guard.opened(self, self.loop.time())
         if self.refused:
-            self.app = self.guard.refuse  # type: ignore[assignment]
+            self.app = self.guard.refuse
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.closed(self)
