@@ -228,7 +228,20 @@ def _add_gateway(commands: Any) -> None:
                          default=default_of(GatewaySettings, "max_queue"),
                          help="backlog per model when its config sets no max_queue; past it, 429")
     gateway.add_argument("--max-body-bytes", type=_positive_int,
-                         default=default_of(GatewaySettings, "max_body_bytes"))
+                         default=default_of(GatewaySettings, "max_body_bytes"),
+                         help="one request body, JSON and binary data together; past it, 413")
+    gateway.add_argument("--max-inflight-bytes", type=_positive_int,
+                         default=default_of(GatewaySettings, "max_inflight_bytes"),
+                         help="bytes of request bodies one gateway process holds at once, "
+                              "from arrival to answer; past it, 429")
+    gateway.add_argument("--large-body-bytes", type=_positive_int,
+                         default=default_of(GatewaySettings, "large_body_bytes"),
+                         help="bodies whose JSON part is this large or more are parsed in a "
+                              "parser process, off the event loop")
+    gateway.add_argument("--parse-processes", type=_positive_int,
+                         default=default_of(GatewaySettings, "parse_processes"),
+                         help="parser processes per gateway process (started on the first "
+                              "large body)")
     gateway.add_argument("--header-timeout-s", type=_positive_float,
                          default=default_of(GatewaySettings, "header_timeout_s"),
                          help="a request's headers must arrive within this long; past it, 408")
@@ -256,7 +269,10 @@ def _run_gateway(args: argparse.Namespace) -> int:
         models_dir=Path(args.models), redis_url=args.redis_url, host=args.host,
         port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
         max_inflight=int(args.max_inflight), max_queue=int(args.max_queue),
-        max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
+        max_body_bytes=int(args.max_body_bytes),
+        max_inflight_bytes=int(args.max_inflight_bytes),
+        large_body_bytes=int(args.large_body_bytes),
+        parse_processes=int(args.parse_processes), api_keys=api_keys(args.api_key),
         protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
         fd=int(args.fd) if args.fd not in (None, "") else None,
         header_timeout_s=float(args.header_timeout_s), body_timeout_s=float(args.body_timeout_s),

@@ -44,7 +44,16 @@ class GatewaySettings:
     # when its config sets no max_queue. Past either the answer is 429 at once.
     max_inflight: int = 8_192
     max_queue: int = 10_000
-    max_body_bytes: int = 32 * 1024 * 1024
+    # One body, JSON and binary tensor data together: Triton's --http-max-input-size default,
+    # what a V2 client expects to send.
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Bytes of bodies one gateway process holds at once, from arrival to answer: two of the
+    # largest bodies, or any number of small ones. Past it, 429.
+    max_inflight_bytes: int = 128 * 1024 * 1024
+    # Bodies whose JSON part is this large or more are parsed in parser processes (at most
+    # parse_processes of them), not on the event loop: parsing 256 KiB of JSON takes ~5 ms.
+    large_body_bytes: int = 256 * 1024
+    parse_processes: int = 1
     # Optional API keys; probes (health, metrics, /openapi.json) stay open unless
     # protect_probes is set.
     api_keys: tuple[str, ...] = ()

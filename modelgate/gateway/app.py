@@ -30,11 +30,13 @@ from modelgate.core.errors import ModelgateError
 from modelgate.core.repository import load_repository
 from modelgate.core.settings import GatewaySettings
 from modelgate.gateway.auth import check_bearer
+from modelgate.gateway.body import Bodies, BodyBudget, BodyLimits
 from modelgate.gateway.connections import ConnectionGuard, connection_budget
 from modelgate.gateway.dashboard import Dashboard
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
+from modelgate.gateway.parsing import Parsers
 from modelgate.gateway.routes import dashboard, docs, health, v1, v2
 
 log = logging.getLogger("modelgate.gateway")
@@ -115,6 +117,12 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
         plane = DataPlane(settings, models, client, reader, gateway_id, metrics or Metrics())
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)
+        parsers = Parsers(settings.models_dir, settings.large_body_bytes,
+                          settings.parse_processes, settings.default_timeout_ms / 1000.0,
+                          plane.metrics)
+        app.state.bodies = Bodies(
+            BodyLimits(settings.max_body_bytes, settings.body_timeout_s),
+            BodyBudget(settings.max_inflight_bytes, plane.metrics), parsers)
         await plane.start()
         # Everything loaded so far (modules, the repository, clients) lives as long as the
         # process: keep it out of the collector's full passes, whose pauses every request in
@@ -125,6 +133,7 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
             yield
         finally:
             await plane.stop()
+            await parsers.close()
             plane.metrics.close()
             await client.aclose()
             await reader.aclose()

@@ -91,6 +91,11 @@ class Metrics:
             "Connections the gateway closed: header_timeout, body_timeout, evicted (idle, to "
             "make room at --max-connections), refused (none idle at the limit: a JSON 503)",
             ["reason"], registry=r)
+        self.body_bytes_in_flight = Gauge(
+            "modelgate_body_bytes_in_flight",
+            "Bytes of request bodies held, from their arrival to their answer "
+            "(--max-inflight-bytes bounds it)",
+            registry=r, multiprocess_mode="livesum" if self.multiprocess_dir else "all")
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
                                  ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
 

@@ -23,7 +23,7 @@ _INT_KINDS = "iu"
 MAX_ELEMENTS = (2**63 - 1) // 8
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes | bytearray) -> Any:
     if not body:
         raise InvalidInput("the request body is empty; send a JSON object")
     try:
