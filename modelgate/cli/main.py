@@ -145,7 +145,9 @@ def _auth_flags(parser: argparse.ArgumentParser) -> None:
                         help="require 'Authorization: Bearer KEY'; repeat for several keys "
                              "(the environment variable takes a comma-separated list)")
     parser.add_argument("--protect-probes", action="store_true", default=False,
-                        help="require the API key on /v2/health/*, /metrics and /openapi.json too")
+                        help="require the API key on /v2/health/* and /openapi.json too "
+                             "(without it they answer everyone, naming no model; /metrics "
+                             "always needs the key when keys are set)")
 
 
 # --------------------------------------------------------------------------- subcommands

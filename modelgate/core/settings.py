@@ -54,7 +54,8 @@ class GatewaySettings:
     # parse_processes of them), not on the event loop: parsing 256 KiB of JSON takes ~5 ms.
     large_body_bytes: int = 256 * 1024
     parse_processes: int = 1
-    # Optional API keys; probes (health, metrics, /openapi.json) stay open unless
+    # Optional API keys. With keys, /metrics needs one; the health probes and /openapi.json
+    # stay open (the probes' bodies then name no model to a caller without a key) unless
     # protect_probes is set.
     api_keys: tuple[str, ...] = ()
     protect_probes: bool = False

@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from modelgate.core.errors import ModelgateError
 from modelgate.core.repository import load_repository
 from modelgate.core.settings import GatewaySettings
-from modelgate.gateway.auth import check_bearer
+from modelgate.gateway.auth import check_bearer, has_key
 from modelgate.gateway.body import Bodies, BodyBudget, BodyLimits
 from modelgate.gateway.connections import ConnectionGuard, connection_budget
 from modelgate.gateway.dashboard import Dashboard
@@ -42,9 +42,11 @@ from modelgate.gateway.routes import dashboard, docs, health, v1, v2
 log = logging.getLogger("modelgate.gateway")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-# Open even with API keys unless --protect-probes: health and metrics for probes and scrapers,
-# and the API description, which is the same for every server and names no model.
-PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"}
+# Open even with API keys unless --protect-probes: the health probes, whose status codes
+# Kubernetes probes and Docker's HEALTHCHECK read without a key (without a valid key their
+# bodies name no model), and the API description, the same for every server. /metrics names
+# every model and drift feature: it needs the key like any data.
+PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/openapi.json"}
 # Always open: the dashboard's static page and scripts, the same for every server and holding
 # no data; a browser cannot send a key on a page load. Its data calls need the key.
 PUBLIC_PATHS = dashboard.STATIC_PATHS
@@ -55,12 +57,17 @@ def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
     """Auth, domain errors -> JSON, and per-model request metrics around one endpoint."""
     api_keys = tuple(k.encode() for k in settings.api_keys)
     needs_key = bool(api_keys) and not public and (not probe or settings.protect_probes)
+    # An open probe answers everyone; its endpoint says more to a caller with a key.
+    tells_key = bool(api_keys) and probe and not needs_key
 
     async def handler(request: Request) -> Response:
         started = time.perf_counter()
         try:
             if needs_key:
                 check_bearer(request.headers.get("authorization"), api_keys)
+            elif tells_key:
+                request.state.authorized = has_key(request.headers.get("authorization"),
+                                                   api_keys)
             response = await endpoint(request)
         except ModelgateError as e:
             response = domain_error_response(e)

@@ -216,10 +216,15 @@ _SCHEMAS: dict[str, Any] = {
     "Live": {"type": "object", "required": ["live"],
              "properties": {"live": {"type": "boolean"}}},
     "Ready": {
-        "type": "object", "required": ["ready", "redis", "models"],
+        "type": "object", "required": ["ready"],
+        "description": "With API keys on and no valid key sent, only 'ready': the other "
+                       "fields name models and tasks.",
         "properties": {
             "ready": {"type": "boolean"},
             "redis": {"type": "boolean", "description": "Redis answers."},
+            "failing_tasks": {"type": "array", "items": {"type": "string"},
+                              "description": "Background tasks down or crash-looping; the "
+                                             "critical ones make the gateway not ready."},
             "models": {"type": "object", "additionalProperties": {
                 "type": "object", "required": ["ready", "workers"],
                 "properties": {"ready": {"type": "boolean"},
@@ -383,9 +388,14 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": _json(_schema("ModelReady"), "The model's readiness."),
                           **_errors("NotFound")}}},
         **_DASHBOARD_PATHS,
-        "/metrics": _probe("metrics", "Prometheus metrics, worker-side figures included.", {
-            "description": "Prometheus text exposition format.",
-            "content": {"text/plain": {"schema": {"type": "string"}}}}),
+        # Not a probe: it names every model and drift feature, so it needs the key when
+        # keys are on.
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics, worker-side figures "
+                                                 "included.",
+            "responses": {"200": {"description": "Prometheus text exposition format.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_errors()}}},
         "/openapi.json": _probe("openapi", "This document.", {
             "description": "The OpenAPI document.",
             "content": {JSON: {"schema": {"type": "object"}}}}),
@@ -398,8 +408,9 @@ def openapi_document() -> dict[str, Any]:
             "description": "Model-serving gateway for ONNX models: KServe Open Inference "
                            "Protocol V2 REST and V1. Every error is JSON {\"error\": \"...\"} "
                            "saying what is wrong and how to fix it. With API keys on, send "
-                           "'Authorization: Bearer KEY'; probes (health, metrics, this "
-                           "document) stay open unless the server runs with --protect-probes.",
+                           "'Authorization: Bearer KEY'; the health probes and this document "
+                           "stay open unless the server runs with --protect-probes, and "
+                           "without a valid key the probes' bodies name no model.",
         },
         # Authentication is optional: it applies only when the server has API keys.
         "security": [{}, {"bearer": []}],
