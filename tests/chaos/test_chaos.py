@@ -11,6 +11,7 @@ one ``[chaos]`` line with its figures (run pytest with ``-s``) and records them 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -687,3 +689,200 @@ def test_gateway_enqueues_on_stale_connections_after_redis_restart(
                   "failed_before_stop": len(failed)})
     assert written == RESTART_BATCH, f"{written} entries reached Redis: {failed[:1]}"
     assert not failed, failed[:1]
+
+
+# --------------------------------------------------------------------------- 7: bad data
+
+
+BAD_DATA_REQUESTS = 2_000
+
+
+def gateway_metric(base_url: str, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 when absent)."""
+    wanted = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    for line in httpx.get(f"{base_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + (wanted if labels else " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def reply_list_in_use(redis_url: str) -> str:
+    """The gateway's reply list, read off the next request entry it adds (entries are deleted
+    once answered, so a reader blocked on the stream's end is the sure way to see one)."""
+    watcher = redis.Redis.from_url(redis_url, socket_timeout=30)
+    try:
+        entries = watcher.xread({STREAM: "$"}, count=1, block=10_000)
+    finally:
+        watcher.close()
+    assert entries, "no request entry within 10 s: is there load?"
+    return str(entries[0][1][0][1][b"reply_to"].decode())
+
+
+@pytest.mark.timeout(120)
+def test_malformed_reply_and_pool_key_mid_load_are_counted_and_calls_go_on(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """Mid-load, replies that are not valid wire format land on the gateway's reply list and a
+    pool key gets a value no worker count can be and a key of another type: every call still
+    gets its own correct 200, and the bad data is logged and counted, not fatal (issue 12)."""
+    model = mlp_heavy()
+    cluster, _ = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory, model, workers=2)
+    inputs = np.random.default_rng(7).standard_normal((BAD_DATA_REQUESTS, 64), dtype=np.float32)
+    client = chaos_redis.client()
+
+    def inject() -> dict[str, Any]:
+        reply_to = reply_list_in_use(chaos_redis.url)
+        client.rpush(reply_to, msgpack.packb({  # issue 12's reproduction
+            "v": wire.WIRE_VERSION, "ids": ["999998", "999999"], "rows": [1, 1],
+            "status": "ok", "outputs": {"x": ["JSON", [2], 5]}}))
+        client.rpush(reply_to, b"\x00 not msgpack", msgpack.packb([1, 2, 3]))
+        client.set(pools.desired(POOL), "1" + "0" * 400, ex=60)
+        client.delete(pools.starting_set(POOL))
+        client.set(pools.starting_set(POOL), "not a sorted set")
+        return {"injected_at": time.monotonic()}
+
+    answers, figures, elapsed_s = run_with_signal(cluster, inject, inputs)
+    codes = Counter(a.status for a in answers)
+    wrong = wrong_outputs(answers, inputs, model)
+    log = cluster.log("gateway")
+    report = {
+        "sent": len(answers), "ok": codes[200],
+        "errors": sum(n for code, n in codes.items() if code != 200),
+        "wrong_outputs": len(wrong),
+        "dropped_replies": gateway_metric(cluster.base_url, "modelgate_dropped_replies_total",
+                                          reason="malformed"),
+        "malformed_pool_reads": gateway_metric(
+            cluster.base_url, "modelgate_malformed_records_total", record="pool"),
+        "background_errors": sum(gateway_metric(cluster.base_url,
+                                                "modelgate_background_errors_total", task=t)
+                                 for t in ("dispatch-reader", "dispatch-writer", "pool-monitor")),
+        "ready_after": httpx.get(f"{cluster.base_url}/v2/health/ready").status_code,
+        **latency_figures(answers, elapsed_s),
+    }
+    chaos_report(report)
+    assert figures, "nothing was injected"
+    assert codes == {200: len(inputs)}, f"{dict(codes)}: {failures(answers)}"
+    assert not wrong, f"outputs differ from onnxruntime for requests {wrong[:10]}"
+    assert report["dropped_replies"] == 3, report
+    # Monitor rounds go on after the load: the bad pool key is read, and counted, again.
+    wait_until(lambda: gateway_metric(cluster.base_url, "modelgate_malformed_records_total",
+                                      record="pool") >= 2, 10, "the bad pool key to be counted")
+    assert report["background_errors"] == 0 and report["ready_after"] == 200, report
+    assert "dropped a malformed reply" in log and "skipped bad data in pool" in log, log[-2000:]
+    client.close()
+
+
+# --------------------------------------------------------------------------- 8: idle and slow
+
+
+IDLE_SOCKETS = 500
+SLOWLORIS_SOCKETS = 50
+SLOWLORIS_BYTE_EVERY_S = 0.5
+# A modest load for two shared cores: 200 calls/s from 16 connections, 4.5 s.
+HOLD_RATE_PER_S = 200
+HOLD_REQUESTS = 900
+HOLD_CONCURRENCY = 16
+P99_FACTOR = 1.5
+# Below a few milliseconds a p99 is scheduling noise on two shared cores: a run-to-run
+# difference under this is not the sockets' doing, and 1.5x of it is not a meaningful bound.
+P99_NOISE_MS = 5.0
+
+
+async def hold_sockets(port: int, stop: asyncio.Event) -> dict[str, int]:
+    """IDLE_SOCKETS connections that send nothing and SLOWLORIS_SOCKETS that send a request's
+    headers one byte every SLOWLORIS_BYTE_EVERY_S, until ``stop``; each is reopened if the
+    gateway closes it (the header timeout does, after 10 s)."""
+    counts = Counter[str]()
+
+    async def idle() -> None:
+        while not stop.is_set():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            counts["idle_opened"] += 1
+            stop_waiting = asyncio.create_task(stop.wait())
+            closed = asyncio.create_task(reader.read(1))
+            await asyncio.wait([stop_waiting, closed], return_when=asyncio.FIRST_COMPLETED)
+            stop_waiting.cancel()
+            closed.cancel()
+            writer.close()
+
+    async def slowloris() -> None:
+        header = b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 10_000
+        while not stop.is_set():
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            counts["slow_opened"] += 1
+            try:
+                for byte in header:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), SLOWLORIS_BYTE_EVERY_S)
+                    if stop.is_set():
+                        break
+            except OSError:
+                counts["slow_cut_off"] += 1
+            writer.close()
+
+    tasks = [asyncio.create_task(idle()) for _ in range(IDLE_SOCKETS)]
+    tasks += [asyncio.create_task(slowloris()) for _ in range(SLOWLORIS_SOCKETS)]
+    await stop.wait()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return dict(counts)
+
+
+@pytest.mark.timeout(120)
+def test_idle_and_slowloris_sockets_leave_the_p99_of_a_load_alone(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """The same bounded load twice, alone and beside 500 idle and 50 slowloris sockets: its p99
+    with the sockets is within 1.5x of its p99 without them, and no call fails."""
+    model = mlp_heavy()
+    cluster, _ = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory, model, workers=1)
+    inputs = np.random.default_rng(8).standard_normal((HOLD_REQUESTS, 64), dtype=np.float32)
+    port = httpx.URL(cluster.base_url).port
+    assert port is not None
+
+    async def load() -> list[Answer]:
+        return await drive(cluster.base_url, "/v2/models/mlp/infer",
+                           lambda i: infer_body(inputs[i], 10_000), concurrency=HOLD_CONCURRENCY,
+                           count=HOLD_REQUESTS, rate_per_s=HOLD_RATE_PER_S, budget_s=30)
+
+    async def under_attack() -> tuple[list[Answer], dict[str, int], int]:
+        stop = asyncio.Event()
+        sockets = asyncio.create_task(hold_sockets(port, stop))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while gateway_metric(cluster.base_url, "modelgate_connections") < (
+                IDLE_SOCKETS + SLOWLORIS_SOCKETS):
+            assert loop.time() < deadline, "the sockets did not all open"
+            await asyncio.sleep(0.2)
+        held = int(gateway_metric(cluster.base_url, "modelgate_connections"))
+        try:
+            answers = await load()
+        finally:
+            stop.set()
+        return answers, await sockets, held
+
+    asyncio.run(load())  # warm up: connections, the worker's session, the gateway's caches
+    started = time.monotonic()
+    alone = asyncio.run(load())
+    alone_s = time.monotonic() - started
+    started = time.monotonic()
+    beside, counts, held = asyncio.run(under_attack())
+    beside_s = time.monotonic() - started
+    p99 = {name: percentile([a.latency_s for a in answers], 99) * 1000
+           for name, answers in (("alone", alone), ("beside", beside))}
+    report = {
+        "rate_per_s": HOLD_RATE_PER_S, "requests": HOLD_REQUESTS,
+        "idle_sockets": IDLE_SOCKETS, "slowloris_sockets": SLOWLORIS_SOCKETS,
+        "connections_held": held, **counts,
+        "p99_ms_alone": round(p99["alone"], 1), "p99_ms_beside": round(p99["beside"], 1),
+        "p99_ratio": round(p99["beside"] / max(p99["alone"], 1e-9), 2),
+        "p50_ms_alone": round(percentile([a.latency_s for a in alone], 50) * 1000, 1),
+        "p50_ms_beside": round(percentile([a.latency_s for a in beside], 50) * 1000, 1),
+        "seconds_alone": round(alone_s, 1), "seconds_beside": round(beside_s, 1),
+    }
+    chaos_report(report)
+    for answers in (alone, beside):
+        codes = Counter(a.status for a in answers)
+        assert codes == {200: HOLD_REQUESTS}, f"{dict(codes)}: {failures(answers)}"
+    assert p99["beside"] <= max(P99_FACTOR * p99["alone"], p99["alone"] + P99_NOISE_MS), report
