@@ -60,7 +60,12 @@ class Parsed:
 def parse_body(kind: str, header: bytes | bytearray, binary: BinarySection | None,
                model: ModelVersion) -> Parsed:
     """Parse and validate a V2 or V1 body (its JSON part and, for V2, the binary section)."""
-    body = protocol.loads(header)
+    return parse_loaded(kind, protocol.loads(header), binary, model)
+
+
+def parse_loaded(kind: str, body: Any, binary: BinarySection | None,
+                 model: ModelVersion) -> Parsed:
+    """:func:`parse_body` from the JSON part already loaded."""
     if kind == V1:
         return Parsed(protocol.parse_v1(body, model))
     request, request_id = protocol.parse_v2(body, model, binary)
@@ -76,12 +81,14 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
-def _answer(envelope: dict[str, Any], header: bytes, binary: bytes | None,
+def _answer(envelope: dict[str, Any], text: list[bytes], binary: bytes | None,
             models: dict[str, Any]) -> dict[str, Any]:
+    """The answer to one frame. ``text`` holds the JSON part, and nothing else does: it is
+    taken out to be loaded, so its memory goes before the tensors are built."""
     model = models[envelope["model"]].versions[envelope["version"]]
     section = BinarySection(memoryview(binary)) if binary is not None else None
     try:
-        parsed = parse_body(envelope["kind"], header, section, model)
+        parsed = parse_loaded(envelope["kind"], protocol.loads(text.pop()), section, model)
     except InvalidInput as e:
         return {"invalid": str(e)}
     payload = wire.encode_bundle(wire.Bundle.single(_PARSED_ID, parsed.request))
@@ -94,17 +101,17 @@ def serve_parser(models_dir: Path, stdin: BinaryIO, stdout: BinaryIO) -> None:
     models = load_repository(models_dir)
     while (head := _read_exactly(stdin, _LENGTH_BYTES)) is not None:
         envelope = msgpack.unpackb(_read_exactly(stdin, int.from_bytes(head, "little")) or b"")
-        header = _read_exactly(stdin, envelope["header"]) or b""
+        text = [_read_exactly(stdin, envelope["header"]) or b""]
         binary = None if envelope["binary"] is None else _read_exactly(stdin, envelope["binary"])
         try:
-            answer = _answer(envelope, header, binary, models)
+            answer = _answer(envelope, text, binary, models)
         except Exception as e:  # a bug: the call gets a 500, the parser goes on
             log.exception("the body parser failed")
             answer = {"error": f"{type(e).__name__}: {e}"}
         frame = msgpack.packb(answer)
         stdout.write(len(frame).to_bytes(_LENGTH_BYTES, "little") + frame)
         stdout.flush()
-        del envelope, header, binary, answer, frame
+        del envelope, text, binary, answer, frame
         _trim()
 
 
