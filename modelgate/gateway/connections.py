@@ -98,6 +98,10 @@ class ConnectionGuard:
         self._closed = {reason: metrics.connections_closed.labels(reason) for reason in
                         ("header_timeout", "body_timeout", "evicted", "refused")}
 
+    def count(self, reason: str) -> None:
+        """One connection closed for ``reason`` (modelgate_connections_closed_total)."""
+        self._closed[reason].inc()
+
     def protocol(self) -> type[GuardedProtocol]:
         """The protocol class for uvicorn's ``http`` setting, bound to this guard."""
         return type("GuardedHttpProtocol", (GuardedProtocol,), {"guard": self})
@@ -132,11 +136,11 @@ class ConnectionGuard:
         del self.idle[victim]
         self.connections.discard(victim)  # gone now, whenever its close completes
         victim.transport.close()
-        self._closed["evicted"].inc()
+        self.count("evicted")
         return True
 
     def _refuse(self, connection: GuardedProtocol, now: float) -> None:
-        self._closed["refused"].inc()
+        self.count("refused")
         if self.refusing >= self.refusal_slack:
             connection.transport.close()
             return
@@ -221,9 +225,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self.deadline = None
         responding = self.cycle is not None and not self.cycle.response_complete
         if self.in_body:
-            self.guard._closed["body_timeout"].inc()
+            self.guard.count("body_timeout")
         elif not self.refused:
-            self.guard._closed["header_timeout"].inc()
+            self.guard.count("header_timeout")
             if self.started and not responding:
                 self.transport.write(_json_response(408, (
                     f"the request's headers did not arrive within "
