@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 DEMO := demo_models
 PORT ?= 8080
 
-.PHONY: up test test-fast system-deps bench lint loadtest loadtest-overload clean
+.PHONY: up test test-fast system-deps engine-deps bench lint loadtest loadtest-overload clean \
+	images test-engine engine-tests bench-images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,9 +51,44 @@ system-deps:
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
 
+# Rolling out versions under load (bench/swap.py): a swap at concurrency 32 for 60 s, a
+# poll-mode drop, 200 load/unload cycles; ~15 min. BENCH_SWAP_ARGS='--cycles 20' for less.
+BENCH_SWAP_ARGS ?=
+bench-swap: $(VENV)/.dev
+	$(BIN)/python -m bench.swap --json .bench/swap.json $(BENCH_SWAP_ARGS)
+
+# The image and compose.yaml on a real Docker Engine (tests/engine, README "Without a
+# registry"). `engine-deps` is system-deps plus a Docker Engine (docker.io) and debootstrap,
+# installed only when missing. `test-engine` starts dockerd when none answers (and stops only
+# that one), builds the images (deploy/local/images.py: the base and Redis are skipped when an
+# image of the same inputs exists; the modelgate image reuses Docker's layer cache, so with
+# nothing changed it takes a second) and runs the tests.
+ENGINE = tests/engine/with-dockerd.sh
+IMAGES = deploy/local/images.py
+
+engine-deps:
+	scripts/system-deps --engine
+
+images: engine-deps
+	$(ENGINE) python3 $(IMAGES)
+
+test-engine: $(VENV)/.dev engine-deps
+	$(ENGINE) $(MAKE) --no-print-directory engine-tests
+
+engine-tests:
+	python3 $(IMAGES) --report test-artifacts/engine-images.json
+	$(BIN)/python -m pytest -m engine tests/engine
+
+# Image build times from scratch (as on a new machine: debootstrap, apt and pip downloads,
+# no layer cache) and then cached; prints both and the CPU model.
+bench-images: engine-deps
+	$(ENGINE) sh -c 'python3 $(IMAGES) --no-cache --report test-artifacts/images-cold.json \
+		&& python3 $(IMAGES) --report test-artifacts/images-cached.json \
+		&& cat test-artifacts/images-cold.json test-artifacts/images-cached.json'
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy modelgate loadtests
+	$(BIN)/mypy modelgate loadtests deploy/local
 	$(BIN)/lint-imports
 
 # Load tests (loadtests/, README "Load testing"): a bounded headless locust run against a running

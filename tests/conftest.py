@@ -49,6 +49,17 @@ def redis_url() -> Iterator[str]:
             process.stderr.close()
 
 
+@pytest.fixture
+def private_redis_url() -> Iterator[str]:
+    """A redis-server of this test alone, on a free port: for tests that change the server's
+    configuration (maxmemory, the eviction policy), which must not reach other tests."""
+    process, url = start_redis()
+    try:
+        yield url
+    finally:
+        stop_process(process, timeout_s=5)
+
+
 def redis_url_for_db(url: str, db: int) -> str:
     return f"{url.rsplit('/', 1)[0]}/{db}"
 

@@ -132,3 +132,37 @@ def total_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
     )
     return finish(graph)
+
+
+def matmul_chain(width: int, depth: int) -> onnx.ModelProto:
+    """``y = tanh(... tanh(x @ W) ... @ W)``, ``depth`` times with one shared ``W``: a slow
+    model (milliseconds per row) that stays small on disk."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(
+        (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w")
+    nodes, previous = [], "input"
+    for k in range(depth):
+        nodes += [helper.make_node("MatMul", [previous, "w"], [f"m{k}"]),
+                  helper.make_node("Tanh", [f"m{k}"], [f"t{k}"])]
+        previous = f"t{k}"
+    nodes.append(helper.make_node("Identity", [previous], ["probabilities"]))
+    graph = helper.make_graph(
+        nodes, "chain",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", width])],
+        [w])
+    return finish(graph)
+
+
+def batch_centred_model() -> onnx.ModelProto:
+    """``y = x - mean(x over rows)`` with x FP32 [-1, 3]: a variable first dimension, yet each
+    row's answer depends on every other row of the run (as batch normalisation in training
+    mode does), so calls must never share a run."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+         helper.make_node("Sub", ["x", "mean"], ["y"])],
+        "batch_centred",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    return finish(graph)

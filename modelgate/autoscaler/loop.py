@@ -1,6 +1,8 @@
-"""The control loop: observe every pool, decide, apply the budget, scale, and say why.
+"""The scaling loop: observe every pool, decide, apply the budget, scale, and say why.
 
-Each tick reads all pools in one Redis round trip, calls the pure policy per pool, shares the
+The pools to scale come from the model state each tick (``set_plans``: every version LOADING,
+READY or UNLOADING is a pool). Each tick reads all pools in one Redis round trip, calls the pure
+policy per pool, shares the
 cost budget across pools, and asks the backend for the resulting counts. Every decision is an
 event on the ``mg:autoscaler:events`` stream (inputs and reason), a log line when the count
 changes, and the ``modelgate_desired_workers`` gauge (also written to Redis so gateways show
@@ -12,22 +14,22 @@ logged when what is wrong changes and counted (``modelgate_malformed_records_tot
 whose figures Redis refuses to read (a key of another type) is held at the workers it runs,
 the others are scaled. A tick that fails for any other reason -- Redis down, the platform
 refusing, a bug -- holds everything, is logged and counted
-(``modelgate_background_errors_total{task="autoscaler"}``), and the next one retries.
+(``modelgate_background_errors_total{task="autoscaler"}``) by whoever runs the ticks
+(``decider.py``), and the next one retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from modelgate.autoscaler.backends.base import Backend
-from modelgate.autoscaler.budget import Ask, allocate, check_minimums
+from modelgate.autoscaler.backends.base import Backend, PoolRef
+from modelgate.autoscaler.budget import Ask, allocate
 from modelgate.autoscaler.observe import Observer
 from modelgate.autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, decide
 from modelgate.core.store import pools, scaling
@@ -37,12 +39,15 @@ log = logging.getLogger("modelgate.autoscaler")
 
 @dataclass(frozen=True, slots=True)
 class PoolPlan:
-    """One pool under control: which model the backend runs, its policy and its price."""
+    """One pool under control: which model version the backend runs, its policy and price."""
 
-    pool: str
-    model: str
+    ref: PoolRef
     policy: PolicyConfig
     cost_per_hour: float = 1.0
+
+    @property
+    def pool(self) -> str:
+        return self.ref.pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +64,16 @@ class Autoscaler:
                  registry: CollectorRegistry | None = None) -> None:
         self.client = client
         self.backend = backend
-        self.plans = {p.pool: p for p in plans}
         self.max_cost_per_hour = max_cost_per_hour
         self.observer = Observer(client)
-        self.states = {p.pool: PolicyState() for p in plans}
+        self.plans: dict[str, PoolPlan] = {}
+        self.states: dict[str, PolicyState] = {}
         self.last: dict[str, Scaled] = {}
         self.registry = registry or CollectorRegistry()
         self.desired_gauge = Gauge("modelgate_desired_workers", "Workers the autoscaler wants",
-                                   ["model"], registry=self.registry)
+                                   ["model", "version"], registry=self.registry)
         self.workers_gauge = Gauge("modelgate_workers", "Worker replicas the backend runs",
-                                   ["model"], registry=self.registry)
+                                   ["model", "version"], registry=self.registry)
         self.errors = Counter("modelgate_background_errors",
                               "Ticks that failed (Redis, the backend, a bug) and were retried",
                               ["task"], registry=self.registry).labels("autoscaler")
@@ -77,8 +82,22 @@ class Autoscaler:
                                  "their key holds", ["record"], registry=self.registry
                                  ).labels("pool")
         self._problems: dict[str, tuple[str, ...]] = {}  # the last ones logged, per pool
-        check_minimums([self._ask(p, p.policy.min_workers, None) for p in plans],
-                       max_cost_per_hour)
+        self.set_plans(plans)
+
+    def set_plans(self, plans: list[PoolPlan]) -> None:
+        """Scale these pools from now on; a pool no longer planned is scaled to zero."""
+        new = {p.pool: p for p in plans}
+        for pool, plan in self.plans.items():
+            if pool not in new:
+                log.info("%s: no longer served; scaling it to 0", pool)
+                self.backend.scale(plan.ref, 0)
+                self.states.pop(pool, None)
+                for gauge in (self.desired_gauge, self.workers_gauge):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(plan.ref.model, plan.ref.version)
+        self.plans = new
+        for pool in new:
+            self.states.setdefault(pool, PolicyState())
 
     @staticmethod
     def _ask(plan: PoolPlan, desired: int, obs: Observation | None) -> Ask:
@@ -90,7 +109,7 @@ class Autoscaler:
     def tick(self, now: float | None = None) -> dict[str, Scaled]:
         now = time.time() if now is None else now
         self.backend.supervise()
-        replicas = {pool: self.backend.running(plan.model) for pool, plan in self.plans.items()}
+        replicas = {pool: self.backend.running(plan.ref) for pool, plan in self.plans.items()}
         observed = self.observer.observe(replicas, now)
         observations = {pool: obs for pool, (obs, _) in observed.items()}
         decisions = {}
@@ -138,9 +157,9 @@ class Autoscaler:
                            f"({self.max_cost_per_hour:.2f}/h across pools)")
             if outcome.desired != obs.workers:
                 log.info("%s: %d -> %d workers: %s", pool, obs.workers, outcome.desired, reason)
-                self.backend.scale(plan.model, outcome.desired)
-            self.desired_gauge.labels(plan.model).set(outcome.desired)
-            self.workers_gauge.labels(plan.model).set(obs.workers)
+                self.backend.scale(plan.ref, outcome.desired)
+            self.desired_gauge.labels(plan.ref.model, plan.ref.version).set(outcome.desired)
+            self.workers_gauge.labels(plan.ref.model, plan.ref.version).set(obs.workers)
             pipe.set(pools.desired(pool), outcome.desired, ex=scaling.DECISION_TTL_S)
             event = scaling.ScalingEvent(
                 time=now, pool=pool, current=obs.workers, desired=outcome.desired,
@@ -157,41 +176,3 @@ class Autoscaler:
         else:
             pipe.set(scaling.BUDGET, f"{self.max_cost_per_hour:.4f}", ex=scaling.DECISION_TTL_S)
         pipe.execute()
-
-    def run(self, stop: threading.Event, interval_s: float = 1.0,
-            max_ticks: int | None = None, on_tick: Callable[[], None] | None = None) -> int:
-        """Tick every ``interval_s`` until ``stop`` is set (or ``max_ticks``); returns ticks.
-
-        ``on_tick`` runs after every tick, and also while Redis cannot be observed (a
-        supervisor restarting what died, Redis included, must not wait for Redis).
-        """
-        ticks = 0
-        backoff_s = 0.5
-        while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
-            started = time.monotonic()
-            try:
-                self.tick()
-                backoff_s = 0.5
-            # Without observations (or with a tick that broke halfway) the safe action is
-            # none: keep what runs, retry. Never fatal.
-            except Exception as e:
-                self.errors.inc()
-                if isinstance(e, redis.RedisError):
-                    log.warning("autoscaler cannot observe (%s); holding, retry in %.1fs", e,
-                                backoff_s)
-                else:
-                    log.exception("autoscaler tick failed; holding, retry in %.1fs", backoff_s)
-                try:
-                    self.backend.supervise()  # replace what died, even while blind
-                except Exception:
-                    log.exception("backend upkeep failed too")
-                if on_tick is not None:
-                    on_tick()
-                stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-                continue
-            ticks += 1
-            if on_tick is not None:
-                on_tick()
-            stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
-        return ticks

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 import redis
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from modelgate.autoscaler.backends.base import Backend
-from modelgate.autoscaler.budget import BudgetError
+from modelgate.autoscaler.control import ModelControl
+from modelgate.autoscaler.decider import Decider
 from modelgate.autoscaler.loop import Autoscaler
-from modelgate.autoscaler.plans import plans_for
-from modelgate.core.repository import load_repository
+from modelgate.core.redis_checks import check_redis
 from modelgate.core.settings import AutoscalerSettings
 
 log = logging.getLogger("modelgate.autoscaler")
@@ -35,18 +36,24 @@ def build_backend(settings: AutoscalerSettings) -> Backend:
     return LocalBackend(settings.models_dir, settings.redis_url)
 
 
+def build_decider(client: redis.Redis, backend: Backend, settings: AutoscalerSettings,
+                  models_dir: Path, registry: CollectorRegistry | None = None) -> Decider:
+    """Model control and scaling under one lease, as ``up`` and this service both run them."""
+    control = ModelControl(client, models_dir, settings.control.mode, settings.control.poll_s,
+                           settings.control.load_models, settings.control.load_timeout_s,
+                           settings.scaling.max_cost_per_hour)
+    autoscaler = Autoscaler(client, backend, [], settings.scaling.max_cost_per_hour, registry)
+    return Decider(client, control, autoscaler, settings.scaling)
+
+
 def main(settings: AutoscalerSettings) -> int:
-    models = load_repository(settings.models_dir)
-    plans = plans_for(models, settings.scaling)
     backend = build_backend(settings)
-    try:
-        autoscaler = Autoscaler(redis.Redis.from_url(settings.redis_url), backend, plans,
-                                settings.scaling.max_cost_per_hour)
-    except BudgetError as e:
-        log.error("%s", e)
-        return 2
+    client = redis.Redis.from_url(settings.redis_url)
+    check_redis(client, log)
+    decider = build_decider(client, backend, settings,
+                            settings.models_dir)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, registry=autoscaler.registry)
+        start_http_server(settings.metrics_port, registry=decider.autoscaler.registry)
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -55,12 +62,12 @@ def main(settings: AutoscalerSettings) -> int:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    log.info("autoscaler on the %s backend for %s", backend.name,
-             ", ".join(f"{p.model} ({p.policy.min_workers}..{p.policy.max_workers})"
-                       for p in plans))
+    log.info("autoscaler on the %s backend, model control %s, repository %s", backend.name,
+             settings.control.mode, settings.models_dir)
     try:
-        autoscaler.run(stop)
+        decider.run(stop)
     finally:
+        decider.release()
         # Local workers are this process's children and would be orphaned; containers and
         # Deployments outlive a restart of the autoscaler, which finds them again.
         if backend.name == "local":

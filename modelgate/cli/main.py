@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from modelgate.core.repository import RepositoryError
 from modelgate.core.settings import (
     AutoscalerSettings,
+    ControlSettings,
     GatewaySettings,
     ScalingSettings,
     UpSettings,
@@ -140,10 +141,37 @@ def _scaling(args: argparse.Namespace) -> ScalingSettings:
                            max_cost_per_hour=_optional_float(args.max_cost_per_hour))
 
 
+def _control_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
+                        default=default_of(ControlSettings, "mode"),
+                        help="none: serve what the repository holds at start; poll: apply "
+                             "changes to it as they come; explicit: change only through the "
+                             "repository API (load/unload)")
+    parser.add_argument("--repository-poll-secs", type=float,
+                        default=default_of(ControlSettings, "poll_s"),
+                        help="how often poll mode scans the repository")
+    parser.add_argument("--load-model", action="append", default=None,
+                        help="explicit mode: a model to load at start (repeat; '*' loads all)")
+
+
+def _control(args: argparse.Namespace) -> ControlSettings:
+    loads = args.load_model
+    names = tuple(loads.split(",") if isinstance(loads, str) else loads or ())
+    if names and args.model_control_mode != "explicit":
+        raise UsageError("--load-model works with --model-control-mode explicit only")
+    if float(args.repository_poll_secs) <= 0:
+        raise UsageError("--repository-poll-secs must be more than 0")
+    return ControlSettings(mode=args.model_control_mode,
+                           poll_s=float(args.repository_poll_secs), load_models=names)
+
+
 def _auth_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", action=_AppendKeys, default=None,
                         help="require 'Authorization: Bearer KEY'; repeat for several keys "
                              "(the environment variable takes a comma-separated list)")
+    parser.add_argument("--admin-api-key", action=_AppendKeys, default=None,
+                        help="keys for calls that change what is served (repository "
+                             "load/unload); with one set, application keys cannot make them")
     parser.add_argument("--protect-probes", action="store_true", default=False,
                         help="require the API key on /v2/health/* and /openapi.json too "
                              "(without it they answer everyone, naming no model; /metrics "
@@ -169,6 +197,7 @@ def _add_up(commands: Any) -> None:
                     help="gateway processes sharing the port (metrics merged across them)")
     _auth_flags(up)
     _scaling_flags(up)
+    _control_flags(up)
     up.set_defaults(handler=_run_up)
 
 
@@ -180,8 +209,10 @@ def _run_up(args: argparse.Namespace) -> int:
         redis_url=args.redis_url or None,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         default_timeout_ms=int(args.default_timeout_ms),
-        api_keys=api_keys(args.api_key), protect_probes=_flag(args.protect_probes),
-        scaling=_scaling(args), gateway_procs=int(args.gateway_procs)))
+        api_keys=api_keys(args.api_key),
+        admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
+        protect_probes=_flag(args.protect_probes), scaling=_scaling(args), control=_control(args),
+        gateway_procs=int(args.gateway_procs)))
 
 
 def _add_autoscaler(commands: Any) -> None:
@@ -202,6 +233,7 @@ def _add_autoscaler(commands: Any) -> None:
     autoscaler.add_argument("--k8s-namespace",
                             default=default_of(AutoscalerSettings, "k8s_namespace"))
     _scaling_flags(autoscaler)
+    _control_flags(autoscaler)
     autoscaler.set_defaults(handler=_run_autoscaler)
 
 
@@ -210,7 +242,7 @@ def _run_autoscaler(args: argparse.Namespace) -> int:
 
     return autoscaler_main(AutoscalerSettings(
         models_dir=Path(args.models), redis_url=args.redis_url, scaling=_scaling(args),
-        backend=args.backend, metrics_port=int(args.metrics_port),
+        control=_control(args), backend=args.backend, metrics_port=int(args.metrics_port),
         docker_image=args.docker_image, docker_network=args.docker_network or None,
         docker_models_dir=args.docker_models_dir, k8s_namespace=args.k8s_namespace))
 
@@ -275,6 +307,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
         max_inflight_bytes=int(args.max_inflight_bytes),
         large_body_bytes=int(args.large_body_bytes),
         parse_processes=int(args.parse_processes), api_keys=api_keys(args.api_key),
+        admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
         protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
         fd=int(args.fd) if args.fd not in (None, "") else None,
         header_timeout_s=float(args.header_timeout_s), body_timeout_s=float(args.body_timeout_s),
@@ -286,17 +319,21 @@ def _add_worker(commands: Any) -> None:
     worker = commands.add_parser("worker", help="run one worker process for one model")
     worker.add_argument("--models", type=Path, required=True)
     worker.add_argument("--model", required=True, help="model name in the repository")
-    worker.add_argument("--version", default=None, help="default: the highest version")
+    worker.add_argument("--version", default=None,
+                        help="default: the model's default version (as served, else as the "
+                             "repository says)")
     worker.add_argument("--redis-url", required=True)
     worker.add_argument("--intra-op-threads", type=_positive_int, default=None,
                         help="ONNX Runtime threads per run (default: model config, else 1)")
     worker.add_argument("--claim-timeout-ms", type=_positive_int,
                         default=default_of(WorkerSettings, "claim_timeout_ms"),
-                        help="floor of the idle time after which a dead worker's entries are "
-                             "taken over")
+                        help="idle time after which a dead worker's entries are taken over "
+                             "(a worker is dead once its heartbeat has expired; a live "
+                             "worker's entries are never taken)")
     worker.add_argument("--max-deliveries", type=_positive_int,
                         default=default_of(WorkerSettings, "max_deliveries"),
-                        help="deliveries after which an entry goes to the dead-letter stream")
+                        help="deliveries (the first, plus one per worker that died holding "
+                             "it) after which an entry goes to the dead-letter stream")
     worker.set_defaults(handler=_run_worker)
 
 
@@ -384,7 +421,7 @@ def _run_profile(args: argparse.Namespace) -> int:
     version = model.versions.get(args.version or model.default_version)
     if version is None:
         raise RepositoryError(f"model {model.name!r} has no version {args.version}")
-    if not version.batchable:
+    if not version.rows_axis:
         raise RepositoryError(f"model {model.name!r} cannot batch; drift profiles need "
                               "rows (a variable first dimension on every input)")
     inputs = read_data(Path(args.data), version)
@@ -445,13 +482,14 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
     ``--redis-url`` with a password ``MODELGATE_REDIS_URL``."""
     kept: list[str] = []
     keys: list[str] = []
+    admin_keys: list[str] = []
     redis_url: str | None = None
     items = list(argv)
     i = 0
     while i < len(items):
         item = items[i]
         name, has_value, inline = item.partition("=")
-        if name in ("--api-key", "--redis-url"):
+        if name in ("--api-key", "--admin-api-key", "--redis-url"):
             if has_value:
                 value = inline
             elif i + 1 < len(items):
@@ -462,6 +500,8 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
                 continue
             if name == "--api-key":
                 keys.append(value)
+            elif name == "--admin-api-key":
+                admin_keys.append(value)
             elif _has_password(value):
                 redis_url = value
             else:
@@ -469,11 +509,13 @@ def move_secrets(argv: Sequence[str], env: Mapping[str, str]
         else:
             kept.append(item)
         i += 1
-    if not keys and redis_url is None:
+    if not keys and not admin_keys and redis_url is None:
         return None
     moved = dict(env)
     if keys:
         moved["MODELGATE_API_KEY"] = ",".join(keys)
+    if admin_keys:
+        moved["MODELGATE_ADMIN_API_KEY"] = ",".join(admin_keys)
     if redis_url is not None:
         moved["MODELGATE_REDIS_URL"] = redis_url
     moved[_REEXECUTED] = "1"

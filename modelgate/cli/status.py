@@ -10,13 +10,33 @@ import redis
 from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.store import drift as drift_store
 from modelgate.core.store import heartbeats, pools, scaling
+from modelgate.core.store import models as model_store
+from modelgate.core.store.models import ControlEvent, ModelState, VersionStatus
 
 RECENT_DECISIONS = 8
 
 
-def _pool_ids(client: redis.Redis) -> list[str]:
-    return sorted(pools.pool_of_stream(key.decode())
-                  for key in client.scan_iter(match=pools.pools_pattern(), count=500))
+def _states(client: redis.Redis) -> dict[str, ModelState]:
+    names = sorted(n.decode() for n in client.smembers(model_store.MODELS))
+    states = {}
+    for name, raw in zip(names, client.mget([model_store.state(n) for n in names]) if names
+                         else [], strict=True):
+        if raw is not None:
+            try:
+                states[name] = ModelState.decode(raw)
+            except model_store.StateError:
+                continue
+    return states
+
+
+def _pool_ids(client: redis.Redis, states: dict[str, ModelState]) -> list[str]:
+    """Every pool the model state names, and any other with a request stream (workers
+    started by hand, no decider)."""
+    found = {pools.pool_id(m, v) for m, s in states.items() for v in s.versions
+             if s.versions[v].status != VersionStatus.UNAVAILABLE}
+    found |= {pools.pool_of_stream(key.decode())
+              for key in client.scan_iter(match=pools.pools_pattern(), count=500)}
+    return sorted(found, key=lambda p: (p.rsplit(":", 1)[0], int(p.rsplit(":", 1)[1])))
 
 
 def _workers(client: redis.Redis, pool: str) -> list[tuple[str, heartbeats.Heartbeat]]:
@@ -38,41 +58,79 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def render(client: redis.Redis, out: TextIO) -> int:
-    pool_ids = _pool_ids(client)
-    if not pool_ids:
+    states = _states(client)
+    pool_ids = _pool_ids(client, states)
+    lease = client.get(model_store.LEASE)
+    mode = model_store.lease_mode(lease)
+    print("model control: " + (f"{mode} (a decider holds the lease)" if mode
+                               else "no decider runs (versions as the repository had them)"),
+          file=out)
+    if not pool_ids and not states:
         print("no model pools in this Redis yet (no request stream exists)", file=out)
         return 0
     query = FiguresQuery(pool_ids, time.time())
     pipe = client.pipeline(transaction=False)
     query.queue(pipe)
     figures = query.parse(pipe.execute())
-    print(f"{'pool':<24}{'workers':>8}{'starting':>9}{'desired':>8}{'backlog':>8}"
-          f"{'in/s':>8}{'out/s':>8}{'p95 ms':>8}{'svc ms':>8}", file=out)
+    print(f"\n{'pool':<24}{'state':<12}{'workers':>8}{'starting':>9}{'desired':>8}"
+          f"{'backlog':>8}{'in/s':>8}{'out/s':>8}{'p95 ms':>8}{'svc ms':>8}", file=out)
     for pool in pool_ids:
+        model, version = pool.rsplit(":", 1)
+        state = states.get(model)
+        found = state.versions.get(version) if state is not None else None
+        status = found.status.value if found is not None else "-"
+        if state is not None and state.default == version:
+            status += "*"
         gauges, rates = figures[pool].gauges, figures[pool].rates
-        print(f"{pool:<24}{gauges.live_workers:>8}{gauges.starting_workers:>9}"
+        print(f"{pool:<24}{status:<12}{gauges.live_workers:>8}{gauges.starting_workers:>9}"
               f"{gauges.desired if gauges.desired is not None else '-':>8}{gauges.backlog:>8}"
               f"{rates.demand_per_s:>8.1f}{rates.completed_per_s:>8.1f}"
               f"{_fmt(rates.p95_ms):>8}{_fmt(rates.service_ms, digits=2):>8}", file=out)
+    print("  (* the model's default version)", file=out)
+    unavailable = [(m, v, s.reason) for m, st in states.items() for v, s in st.versions.items()
+                   if s.status == VersionStatus.UNAVAILABLE]
+    for model, version, reason in unavailable:
+        print(f"  {model}:{version} UNAVAILABLE: {reason}", file=out)
+    changes = [e for _, fields in client.xrevrange(model_store.EVENTS, count=RECENT_DECISIONS)
+               if (e := ControlEvent.parse(fields)) is not None]
+    print("\nlast version changes" + ("" if changes else ": none"), file=out)
+    for event in changes:
+        when = time.strftime("%H:%M:%S", time.localtime(event.time))
+        print(f"  {when} {event.model}:{event.version or '-':<6} {event.change:<12} "
+              f"{event.reason} ({event.by})", file=out)
     print("\nworkers", file=out)
     for pool in pool_ids:
         for worker_id, beat in _workers(client, pool):
             uptime = time.time() - beat.started
             print(f"  {worker_id:<36} {pool:<20} pid {beat.pid:>7} up {uptime:>6.0f}s  "
                   f"processed {beat.processed:>8}  busy {beat.busy:.0%}", file=out)
-    events = [e for _, fields in client.xrevrange(scaling.EVENTS,
+    _dead_letters(client, pool_ids, out)
+    events = [s for _, fields in client.xrevrange(scaling.EVENTS,
                                                   count=RECENT_DECISIONS * len(pool_ids))
-              if (e := scaling.ScalingEvent.parse(fields)) is not None]
-    changes = [e for e in events if e.changes]
-    print("\nlast scaling decisions" + ("" if changes else ": none (steady)"), file=out)
-    for event in changes[:RECENT_DECISIONS]:
-        when = time.strftime("%H:%M:%S", time.localtime(event.time))
-        print(f"  {when} {event.pool:<16} {event.current} -> {event.desired}  {event.reason}",
-              file=out)
+              if (s := scaling.ScalingEvent.parse(fields)) is not None]
+    scaled = [e for e in events if e.changes]
+    print("\nlast scaling decisions" + ("" if scaled else ": none (steady)"), file=out)
+    for decision in scaled[:RECENT_DECISIONS]:
+        when = time.strftime("%H:%M:%S", time.localtime(decision.time))
+        print(f"  {when} {decision.pool:<16} {decision.current} -> {decision.desired}  "
+              f"{decision.reason}", file=out)
     if events:
         print(f"\nlatest tick: {events[0].reason}", file=out)
     _drift(client, pool_ids, out)
     return 0
+
+
+def _dead_letters(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:
+    """Each pool's dead letters against their bound (docs/operations.md, poison pills)."""
+    pipe = client.pipeline(transaction=False)
+    for pool in pool_ids:
+        pipe.xlen(pools.dead_letters(pool))
+    for pool, count in zip(pool_ids, pipe.execute(), strict=True):
+        if count:
+            print(f"\ndead letters {pool}: {count} of {pools.DEAD_LETTER_MAXLEN} kept (for "
+                  f"{pools.DEAD_LETTER_MAX_AGE_MS // 86_400_000} days, payloads up to "
+                  f"{pools.DEAD_LETTER_PAYLOAD_MAX_BYTES // 1024} KiB) in "
+                  f"{pools.dead_letters(pool)}", file=out)
 
 
 def _drift(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:

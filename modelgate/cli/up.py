@@ -34,14 +34,13 @@ from types import FrameType
 import redis
 
 from modelgate.autoscaler.backends.local import LocalBackend
-from modelgate.autoscaler.budget import BudgetError
-from modelgate.autoscaler.loop import Autoscaler
-from modelgate.autoscaler.plans import plans_for
+from modelgate.autoscaler.decider import Decider
+from modelgate.autoscaler.main import build_decider
 from modelgate.core.embedded_redis import EmbeddedRedis, RedisPlace, free_port, password_of
-from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.process import child_preexec, stop_process
-from modelgate.core.repository import Model, load_repository
-from modelgate.core.settings import SECRET_VARIABLES, UpSettings
+from modelgate.core.repository import RepositoryError, scan_repository
+from modelgate.core.settings import SECRET_VARIABLES, AutoscalerSettings, UpSettings
+from modelgate.core.store.models import ModelState, VersionStatus
 
 log = logging.getLogger("modelgate")
 
@@ -134,14 +133,14 @@ class Supervisor:
     def __init__(self, settings: UpSettings, stop: threading.Event) -> None:
         self.settings = settings
         self.stop_event = stop
-        self.models: dict[str, Model] = {}
+        self.states: dict[str, ModelState] = {}
         self.redis: EmbeddedRedis | None = None
         self.redis_url = ""
         self.redis_backoff_s = 0.0
         self.redis_next_start = 0.0
         self.gateways: list[_Child] = []
         self.backend: LocalBackend | None = None
-        self.autoscaler: Autoscaler | None = None
+        self.decider: Decider | None = None
         self.metrics_dir: str | None = None
         self.socket_dir: str | None = None
 
@@ -153,32 +152,34 @@ class Supervisor:
 
     def start(self) -> None:
         settings = self.settings
-        self.models = load_repository(settings.models_dir)
+        if not scan_repository(settings.models_dir):
+            raise StartError(f"the model repository {settings.models_dir} has no models; add "
+                             f"{settings.models_dir}/NAME/1/model.onnx")
         self.gateways = [_Child(sock) for sock in listening_sockets(
             settings.host, settings.port, settings.gateway_procs)]
         self._start_redis()
         client = redis.Redis.from_url(self.redis_url)
         self.backend = LocalBackend(settings.models_dir, self.redis_url)
-        plans = plans_for(self.models, settings.scaling)
-        self.autoscaler = Autoscaler(client, self.backend, plans,
-                                     settings.scaling.max_cost_per_hour)
-        for plan in plans:
-            self.backend.scale(plan.model, plan.policy.min_workers)
+        self.decider = build_decider(client, self.backend, AutoscalerSettings(
+            models_dir=settings.models_dir, redis_url=self.redis_url, scaling=settings.scaling,
+            control=settings.control), settings.models_dir)
         budget = settings.scaling.max_cost_per_hour
-        say("starting workers: " + ", ".join(
-            f"{p.model} {p.policy.min_workers}..{p.policy.max_workers}" for p in plans)
-            + f" (scale-down delay {settings.scaling.scale_down_delay_s:.0f} s"
-            + (f", budget {budget}/h" if budget else "") + ")")
+        say(f"model control {settings.control.mode}"
+            + (f" (repository scanned every {settings.control.poll_s:g} s)"
+               if settings.control.mode == "poll" else "")
+            + f"; workers per version {settings.scaling.min_workers}.."
+            f"{settings.scaling.max_workers}, scale-down delay "
+            f"{settings.scaling.scale_down_delay_s:.0f} s"
+            + (f", budget {budget}/h" if budget else ""))
 
-        def workers_ready() -> bool:
-            query = FiguresQuery([p.pool for p in plans], time.time(), rates=False)
-            pipe = client.pipeline(transaction=False)
-            query.queue(pipe)
-            figures = query.parse(pipe.execute())
-            return all(figures[p.pool].gauges.live_workers >= p.policy.min_workers
-                       for p in plans)
+        def settled() -> bool:
+            assert self.decider is not None
+            self.decider.tick()
+            self.states = self.decider.control.states
+            return all(not any(v.status == VersionStatus.LOADING for v in s.versions.values())
+                       for s in self.states.values())
 
-        _wait(workers_ready, START_TIMEOUT_S, "workers to load their models", self.stop_event)
+        _wait(settled, START_TIMEOUT_S, "workers to load their models", self.stop_event)
         if settings.gateway_procs > 1:
             # Several processes share the port; Prometheus metrics go through files that
             # every process's /metrics merges, so any one of them shows the whole.
@@ -220,6 +221,8 @@ class Supervisor:
         # Secrets go to children by environment, never argv, so `ps` does not show them.
         if settings.api_keys:
             env["MODELGATE_API_KEY"] = ",".join(settings.api_keys)
+        if settings.admin_api_keys:
+            env["MODELGATE_ADMIN_API_KEY"] = ",".join(settings.admin_api_keys)
         if settings.protect_probes:
             env["MODELGATE_PROTECT_PROBES"] = "1"
         if self.metrics_dir is not None:
@@ -239,21 +242,30 @@ class Supervisor:
     def _say_started(self) -> None:
         procs = self.settings.gateway_procs
         say(f"gateway listening on {self.url}" + (f" ({procs} processes)" if procs > 1 else ""))
-        assert self.backend is not None
-        for name, model in sorted(self.models.items()):
-            v = model.default
-            say(f"  model {name!r} v{v.version}: {self.backend.running(name)} worker(s), "
-                f"inputs {[f'{i.name}:{i.datatype}{list(i.shape)}' for i in v.inputs]}, "
-                f"max_batch_size {v.max_batch_size}")
-        say(f"try: curl {self.url}/v2/models/{sorted(self.models)[0]}   "
-            "(Ctrl-C stops everything)")
+        assert self.backend is not None and self.decider is not None
+        if not self.states:
+            say("  no model is loaded" + (" yet: load one with POST /v2/repository/models/NAME"
+                                           "/load" if self.settings.control.mode == "explicit"
+                                           else ""))
+        for name, state in sorted(self.states.items()):
+            for version, found in sorted(state.versions.items(), key=lambda kv: int(kv[0])):
+                loaded = self.decider.control.version(name, version)
+                inputs = [f"{i.name}:{i.datatype}{list(i.shape)}"
+                          for i in (loaded.inputs if loaded else ())]
+                detail = (f"inputs {inputs}, max_batch_size {loaded.max_batch_size}"
+                          if loaded else "")
+                default = " (default)" if version == state.default else ""
+                say(f"  model {name!r} v{version}{default}: {found.status.value}"
+                    + (f" ({found.reason})" if found.reason else f", {detail}"))
+        first = sorted(self.states)[0] if self.states else "NAME"
+        say(f"try: curl {self.url}/v2/models/{first}   (Ctrl-C stops everything)")
 
     # ------------------------------------------------------------------ serve
 
     def serve(self) -> None:
         """The autoscaler's loop until stopped; what died is restarted after each tick."""
-        assert self.autoscaler is not None
-        self.autoscaler.run(self.stop_event, on_tick=self.watch)
+        assert self.decider is not None
+        self.decider.run(self.stop_event, on_tick=self.watch)
 
     def watch(self) -> None:
         """Restart the embedded Redis and gateways that died unasked, with backoff."""
@@ -305,6 +317,8 @@ class Supervisor:
             if child.process is not None:
                 stop_process(child.process, timeout_s=10, signalled=True)
             child.sock.close()
+        if self.decider is not None:
+            self.decider.release()
         if self.backend is not None:
             self.backend.stop_all()
         if self.redis is not None:
@@ -335,7 +349,7 @@ def run(settings: UpSettings) -> int:
         supervisor.start()
         supervisor.serve()
         return 0
-    except (StartError, BudgetError, RuntimeError) as e:
+    except (StartError, RepositoryError, RuntimeError) as e:
         say(f"error: {e}")
         return 1
     finally:

@@ -5,16 +5,24 @@ Layout::
     MODELS/{name}/{version}/model.onnx
     MODELS/{name}/config.yaml  (or config.json; optional overrides, see ModelConfig)
 
-Versions are positive integers; the highest is the default. Signatures come from the graph
-without loading an inference session, so the gateway never holds model weights in memory for
-long: input and output names, V2 datatypes, and shapes with ``-1`` for symbolic or unknown dims.
+Versions are positive integers. Which of them are served is the model's ``version_policy``
+(Triton's: the latest N, all, or specific ones; default the latest one) and which answers calls
+that name no version is ``default_version`` (default: the highest served). Each version is
+identified by the sha256 of its ``model.onnx`` as well as its number: versions are immutable
+once loaded. Signatures come from the graph without loading an inference session, so the
+gateway never holds model weights in memory for long: input and output names, V2 datatypes, and
+shapes with ``-1`` for symbolic or unknown dims.
+
+:func:`scan_model` reads a model folder without letting one bad version hide the others: each
+version is either loadable or carries the reason it is not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,8 @@ import yaml
 
 from modelgate.core.store import pools
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # never "." or ".."
+VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
 DEFAULT_MAX_BATCH_SIZE = 64
 
 # onnx.TensorProto element types -> V2 datatypes.
@@ -64,9 +73,69 @@ class TensorSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelConfig:
-    """Per-model overrides from ``config.yaml``/``config.json``; ``None`` means "derive"."""
+class VersionPolicy:
+    """Which versions on disk are served, with Triton's names: ``{latest: {num_versions: N}}``
+    (the default, N = 1), ``{all: {}}`` or ``{specific: {versions: [1, 3]}}``."""
 
+    kind: str = "latest"  # latest | all | specific
+    num_versions: int = 1
+    versions: tuple[str, ...] = ()
+
+    def select(self, available: list[str]) -> list[str]:
+        """The versions to serve among ``available``, highest first."""
+        ordered = sorted(available, key=int, reverse=True)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[:self.num_versions]
+
+    @classmethod
+    def from_mapping(cls, raw: Any, source: Path) -> VersionPolicy:
+        shape = ("version_policy must be one of {latest: {num_versions: N}}, {all: {}} or "
+                 "{specific: {versions: [1, 3]}}")
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise RepositoryError(f"{source}: {shape}, got {raw!r}")
+        ((kind, body),) = raw.items()
+        body = body or {}
+        if kind == "all" and isinstance(body, dict) and not body:
+            return cls("all")
+        if kind == "latest" and isinstance(body, dict) and set(body) <= {"num_versions"}:
+            count = body.get("num_versions", 1)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise RepositoryError(f"{source}: latest.num_versions must be a positive "
+                                      f"integer, got {count!r}")
+            return cls("latest", num_versions=count)
+        if kind == "specific" and isinstance(body, dict) and set(body) == {"versions"}:
+            versions = body["versions"]
+            if not isinstance(versions, list) or not versions or not all(
+                    VERSION.match(str(v)) for v in versions):
+                raise RepositoryError(f"{source}: specific.versions must be a non-empty list "
+                                      f"of version numbers, got {versions!r}")
+            return cls("specific", versions=tuple(str(int(v)) for v in versions))
+        raise RepositoryError(f"{source}: {shape}, got {raw!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """As config.yaml writes it (and model metadata shows it)."""
+        if self.kind == "all":
+            return {"all": {}}
+        if self.kind == "specific":
+            return {"specific": {"versions": [int(v) for v in self.versions]}}
+        return {"latest": {"num_versions": self.num_versions}}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Per-model overrides from ``config.yaml``/``config.json``; ``None`` means "derive".
+
+    ``batching`` is on by default whenever every input has a variable first dimension: calls
+    are then bundled by the gateway and run together by workers, their rows concatenated. A
+    model whose rows are not independent (it normalises across the batch, or reduces over
+    dim 0) would mix callers' rows: ``batching: false`` makes each call run alone, whole
+    (effective ``max_batch_size`` 0), while the rows axis still serves drift profiles.
+    """
+
+    batching: bool | None = None  # None = on when the graph can batch
     max_batch_size: int | None = None  # rows per ORT run; 0 = never batch
     max_queue_delay_ms: float = 0.0  # wait this long for more rows before a partial batch
     # Run sizes (rows) to cut batches at when more rows wait than one run takes (Triton's
@@ -81,6 +150,8 @@ class ModelConfig:
     intra_op_threads: int | None = None
     drift_sample_share: float = 1.0  # share of served rows sampled for drift detection
     drift_max_rows_per_s: int = 1000  # per worker; bounds the sampling cost
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    default_version: str | None = None  # None: the highest version served
 
     @classmethod
     def from_mapping(cls, raw: Any, source: Path) -> ModelConfig:
@@ -100,6 +171,21 @@ class ModelConfig:
                 continue
             if key == "preferred_batch_sizes":
                 values[key] = _sizes(value, source)
+                continue
+            if key == "version_policy":
+                values[key] = VersionPolicy.from_mapping(value, source)
+                continue
+            if key == "default_version":
+                if isinstance(value, bool) or not VERSION.match(str(value)):
+                    raise RepositoryError(f"{source}: default_version must be a version "
+                                          f"number, got {value!r}")
+                values[key] = str(int(value))
+                continue
+            if key == "batching":
+                if not isinstance(value, bool):
+                    raise RepositoryError(f"{source}: batching must be true or false, got "
+                                          f"{value!r}")
+                values[key] = value
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise RepositoryError(f"{source}: {key} must be a number, got {value!r}")
@@ -130,6 +216,7 @@ class ModelVersion:
     outputs: tuple[TensorSpec, ...]
     config: ModelConfig
     max_batch_size: int  # effective: 0 when the graph cannot batch along dim 0
+    sha256: str = ""  # of model.onnx: what identifies this version's content everywhere
 
     @property
     def pool(self) -> str:
@@ -137,7 +224,13 @@ class ModelVersion:
 
     @property
     def batchable(self) -> bool:
+        """Calls are combined: bundled by the gateway, batched in one run by the worker."""
         return self.max_batch_size > 0
+
+    @property
+    def rows_axis(self) -> bool:
+        """Every input has a variable first dimension: a call's rows, sampled for drift."""
+        return can_batch(self.inputs)
 
     def input(self, name: str) -> TensorSpec | None:
         return next((i for i in self.inputs if i.name == name), None)
@@ -227,17 +320,48 @@ def _read_config(model_dir: Path) -> ModelConfig:
     return ModelConfig()
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, hashed once per (size, modification time): a repository is
+    scanned every few seconds in ``poll`` mode and models can be large."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    found = _HASHES.get(key)
+    if found is None:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        found = _HASHES[key] = digest.hexdigest()
+        if len(_HASHES) > 4096:
+            _HASHES.clear()
+    return found
+
+
 def load_version(name: str, version: str, path: Path, config: ModelConfig) -> ModelVersion:
     inputs, outputs = read_signature(path)
     batchable = can_batch(inputs)
-    if config.max_batch_size is None:
+    fixed = [i.name for i in inputs if not i.shape or i.shape[0] != -1]
+    if config.batching is False:
+        if config.max_batch_size:
+            raise RepositoryError(
+                f"{path}: config sets batching: false and max_batch_size="
+                f"{config.max_batch_size}; remove one of them")
+        max_batch_size = 0
+    elif config.batching and not batchable:
+        raise RepositoryError(
+            f"{path}: config sets batching: true but input(s) {fixed} have no variable first "
+            "dimension to batch along; remove the setting or re-export with a dynamic batch "
+            "axis")
+    elif config.max_batch_size is None:
         max_batch_size = DEFAULT_MAX_BATCH_SIZE if batchable else 0
     elif config.max_batch_size > 0 and not batchable:
         raise RepositoryError(
             f"{path}: config sets max_batch_size={config.max_batch_size} but input(s) "
-            f"{[i.name for i in inputs if not i.shape or i.shape[0] != -1]} have no variable "
-            "first dimension to batch along; set max_batch_size: 0 or re-export with a dynamic "
-            "batch axis"
+            f"{fixed} have no variable first dimension to batch along; set max_batch_size: 0 "
+            "or re-export with a dynamic batch axis"
         )
     else:
         max_batch_size = config.max_batch_size
@@ -245,55 +369,151 @@ def load_version(name: str, version: str, path: Path, config: ModelConfig) -> Mo
     if too_big:
         raise RepositoryError(f"{path}: preferred_batch_sizes {too_big} exceed max_batch_size "
                               f"{max_batch_size}")
-    return ModelVersion(name, version, path, inputs, outputs, config, max_batch_size)
+    return ModelVersion(name, version, path, inputs, outputs, config, max_batch_size,
+                        file_sha256(path))
+
+
+@dataclass(frozen=True, slots=True)
+class VersionScan:
+    """One version folder as found: loadable (``loaded``) or not (``error`` says why)."""
+
+    version: str
+    loaded: ModelVersion | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScan:
+    """One model folder as found. ``error`` (a bad name or config) spoils the whole model;
+    otherwise each version stands or falls on its own."""
+
+    name: str
+    config: ModelConfig | None
+    versions: dict[str, VersionScan]
+    error: str = ""
+
+    def loadable(self) -> dict[str, ModelVersion]:
+        return {v: s.loaded for v, s in self.versions.items() if s.loaded is not None}
+
+    def served(self) -> list[str]:
+        """The versions the version policy serves among the loadable ones, highest first."""
+        if self.config is None:
+            return []
+        return self.config.version_policy.select(list(self.loadable()))
+
+    def default(self, served: list[str]) -> str | None:
+        """The configured default version if it is served, else the highest served."""
+        if not served:
+            return None
+        wanted = self.config.default_version if self.config is not None else None
+        return wanted if wanted in served else max(served, key=int)
+
+
+def check_name(name: str, what: str = "model") -> str:
+    """``name`` if it can name a model (or a version) folder; never a path of its own."""
+    pattern = MODEL_NAME if what == "model" else VERSION
+    if not pattern.match(name):
+        raise RepositoryError(
+            f"{what} name {name[:80]!r} is not allowed: "
+            + ("use letters, digits, '_', '.' and '-', starting with a letter, digit or '_'"
+               if what == "model" else "versions are positive integers like 1, 2, 3"))
+    return name
+
+
+def scan_model(model_dir: Path) -> ModelScan:
+    """Read a model folder; never raises for a problem with the folder's contents."""
+    name = model_dir.name
+    try:
+        check_name(name)
+        config = _read_config(model_dir)
+    except RepositoryError as e:
+        return ModelScan(name, None, {}, str(e))
+    versions: dict[str, VersionScan] = {}
+    for child in sorted(model_dir.iterdir()):
+        if not (child.is_dir() and VERSION.match(child.name)):
+            continue
+        onnx_file = child / "model.onnx"
+        if not onnx_file.is_file():
+            versions[child.name] = VersionScan(child.name, None,
+                                               f"{onnx_file} is missing")
+            continue
+        try:
+            versions[child.name] = VersionScan(
+                child.name, load_version(name, child.name, onnx_file, config))
+        except (RepositoryError, OSError) as e:
+            versions[child.name] = VersionScan(child.name, None, str(e))
+    if not versions:
+        return ModelScan(name, config, {}, f"{model_dir}: no version folder with a "
+                                           f"model.onnx; expected {model_dir}/1/model.onnx")
+    return ModelScan(name, config, versions)
+
+
+def scan_repository(root: Path) -> dict[str, ModelScan]:
+    """Every model folder under ``root`` (hidden folders skipped), by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RepositoryError(f"model repository {root} does not exist or is not a folder")
+    return {child.name: scan_model(child) for child in sorted(root.iterdir())
+            if child.is_dir() and not child.name.startswith(".")}
+
+
+def read_version(root: Path, name: str, version: str) -> ModelVersion:
+    """One version of one model, read from its folder. Raises RepositoryError saying why."""
+    check_name(name)
+    check_name(version, "version")
+    model_dir = Path(root) / name
+    if not model_dir.is_dir():
+        raise RepositoryError(f"no model {name!r} in the repository {root}")
+    onnx_file = model_dir / version / "model.onnx"
+    if not onnx_file.is_file():
+        raise RepositoryError(f"model {name!r} has no version {version} ({onnx_file} is "
+                              "missing)")
+    return load_version(name, version, onnx_file, _read_config(model_dir))
 
 
 def load_model(model_dir: Path) -> Model:
-    name = model_dir.name
-    if not MODEL_NAME.match(name):
-        raise RepositoryError(f"{model_dir}: model names may use letters, digits, '_', '.', '-'")
-    config = _read_config(model_dir)
-    versions: dict[str, ModelVersion] = {}
-    for child in sorted(model_dir.iterdir()):
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
-            onnx_file = child / "model.onnx"
-            if onnx_file.is_file():
-                versions[str(int(child.name))] = load_version(name, str(int(child.name)),
-                                                              onnx_file, config)
-    if not versions:
-        raise RepositoryError(
-            f"{model_dir}: no version folder with a model.onnx; expected "
-            f"{model_dir}/1/model.onnx"
-        )
-    return Model(name, versions, max(versions, key=int))
+    """The versions of a model its policy serves. Raises RepositoryError if it serves none."""
+    scan = scan_model(model_dir)
+    if scan.error:
+        raise RepositoryError(scan.error)
+    served = scan.served()
+    default = scan.default(served)
+    if default is None:
+        reasons = "; ".join(f"version {v}: {s.error}" for v, s in scan.versions.items()
+                            if s.error)
+        raise RepositoryError(f"{model_dir}: no version to serve"
+                              + (f" ({reasons})" if reasons else " under its version_policy"))
+    loadable = scan.loadable()
+    return Model(scan.name, {v: loadable[v] for v in served}, default)
 
 
 def load_repository(root: Path) -> dict[str, Model]:
     """Every model under ``root``, by name. Raises RepositoryError naming the folder at fault."""
-    root = Path(root)
-    if not root.is_dir():
-        raise RepositoryError(f"model repository {root} does not exist or is not a folder")
-    models = {
-        child.name: load_model(child)
-        for child in sorted(root.iterdir())
-        if child.is_dir() and not child.name.startswith(".")
-    }
-    if not models:
+    scans = scan_repository(root)
+    if not scans:
         raise RepositoryError(
             f"model repository {root} has no models; add {root}/NAME/1/model.onnx"
         )
-    return models
+    return {name: load_model(Path(root) / name) for name in scans}
 
 
 __all__ = [
     "Model",
     "ModelConfig",
+    "ModelScan",
     "ModelVersion",
     "RepositoryError",
     "TensorSpec",
+    "VersionPolicy",
+    "VersionScan",
     "can_batch",
+    "check_name",
+    "file_sha256",
     "load_model",
     "load_repository",
     "load_version",
     "read_signature",
+    "read_version",
+    "scan_model",
+    "scan_repository",
 ]

@@ -16,7 +16,7 @@ from modelgate.core.store.heartbeats import HEARTBEAT_INTERVAL_S, WORKER_TTL_S
 
 # Environment variables holding servers' secrets: passed to the processes that need them, and
 # to no other (workers never need API keys).
-SECRET_VARIABLES = ("MODELGATE_API_KEY",)
+SECRET_VARIABLES = ("MODELGATE_API_KEY", "MODELGATE_ADMIN_API_KEY")
 
 
 def default_of(settings: type, name: str) -> Any:
@@ -58,6 +58,9 @@ class GatewaySettings:
     # stay open (the probes' bodies then name no model to a caller without a key) unless
     # protect_probes is set.
     api_keys: tuple[str, ...] = ()
+    # Keys for calls that change what is served (repository load/unload); they work on every
+    # other call too. With any set, application keys cannot load or unload models.
+    admin_api_keys: tuple[str, ...] = ()
     protect_probes: bool = False
     # Longest a Redis command may take before the gateway treats Redis as unreachable.
     redis_timeout_s: float = 1.0
@@ -89,11 +92,12 @@ class WorkerSettings:
     block_ms: int = 500
     reply_ttl_s: int = 60
     worker_id: str | None = None  # None = generated from host and pid
-    # Entries pending this long with their consumer silent are taken over (never below this
-    # floor; grows with the pool's slowest recent step).
+    # A dead worker's entries (its heartbeat expired) are taken over once idle this long; a
+    # live worker's never are, however long its step.
     claim_timeout_ms: int = 5_000
     reclaim_interval_s: float = 1.0
-    # Deliveries after which an entry is parked in the dead-letter stream.
+    # Deliveries (the first plus one per worker that died holding the entry) after which it
+    # is parked in the dead-letter stream.
     max_deliveries: int = 3
 
 
@@ -110,10 +114,24 @@ class ScalingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """How the served versions follow the repository (Triton's model control modes)."""
+
+    # none: what the repository held at start; poll: rescanned every poll_s; explicit: only
+    # the repository API's load and unload change anything.
+    mode: str = "poll"
+    poll_s: float = 5.0
+    load_models: tuple[str, ...] = ()  # explicit mode: load these at start ("*": all)
+    # A version whose workers show no sign of life for this long is UNAVAILABLE.
+    load_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
 class AutoscalerSettings:
     models_dir: Path
     redis_url: str
     scaling: ScalingSettings = ScalingSettings()
+    control: ControlSettings = ControlSettings()
     backend: str = "local"  # local | docker | kubernetes
     metrics_port: int = 9100  # its /metrics; 0 = off
     docker_image: str = "modelgate:latest"
@@ -133,6 +151,8 @@ class UpSettings:
     state_dir: Path | None = None
     default_timeout_ms: int = 30_000
     api_keys: tuple[str, ...] = ()
+    admin_api_keys: tuple[str, ...] = ()
     protect_probes: bool = False
     scaling: ScalingSettings = ScalingSettings()
+    control: ControlSettings = ControlSettings()
     gateway_procs: int = 1

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from modelgate.core.errors import ModelgateError
-from modelgate.core.repository import load_repository
+from modelgate.core.redis_checks import check_redis_async
 from modelgate.core.settings import GatewaySettings
 from modelgate.gateway.auth import check_bearer, has_key
 from modelgate.gateway.body import Bodies, BodyBudget, BodyLimits
@@ -37,7 +37,7 @@ from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.parsing import Parsers
-from modelgate.gateway.routes import dashboard, docs, health, v1, v2
+from modelgate.gateway.routes import dashboard, docs, health, repository, v1, v2
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -53,9 +53,16 @@ PUBLIC_PATHS = dashboard.STATIC_PATHS
 
 
 def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
-          public: bool = False) -> Endpoint:
-    """Auth, domain errors -> JSON, and per-model request metrics around one endpoint."""
-    api_keys = tuple(k.encode() for k in settings.api_keys)
+          public: bool = False, control: bool = False) -> Endpoint:
+    """Auth, domain errors -> JSON, and per-model request metrics around one endpoint.
+
+    Admin keys work everywhere; with any admin key set, calls that change what is served
+    (``control``) take nothing else.
+    """
+    admin_keys = tuple(k.encode() for k in settings.admin_api_keys)
+    api_keys = tuple(k.encode() for k in settings.api_keys) + admin_keys
+    if control and admin_keys:
+        api_keys = admin_keys
     needs_key = bool(api_keys) and not public and (not probe or settings.protect_probes)
     # An open probe answers everyone; its endpoint says more to a caller with a key.
     tells_key = bool(api_keys) and probe and not needs_key
@@ -115,22 +122,21 @@ def redis_clients(settings: GatewaySettings) -> tuple[aioredis.Redis, aioredis.R
 
 
 def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Starlette:
-    models = load_repository(settings.models_dir)
     gateway_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client, reader = redis_clients(settings)
-        plane = DataPlane(settings, models, client, reader, gateway_id, metrics or Metrics())
+        plane = DataPlane(settings, client, reader, gateway_id, metrics or Metrics())
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)
-        parsers = Parsers(settings.models_dir, settings.large_body_bytes,
-                          settings.parse_processes, settings.default_timeout_ms / 1000.0,
-                          plane.metrics)
+        parsers = Parsers(settings.large_body_bytes, settings.parse_processes,
+                          settings.default_timeout_ms / 1000.0, plane.metrics)
         app.state.bodies = Bodies(
             BodyLimits(settings.max_body_bytes, settings.body_timeout_s),
             BodyBudget(settings.max_inflight_bytes, plane.metrics), parsers)
         await plane.start()
+        await check_redis_async(client, log)
         # Everything loaded so far (modules, the repository, clients) lives as long as the
         # process: keep it out of the collector's full passes, whose pauses every request in
         # flight would wait for.
@@ -147,9 +153,11 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
 
     routes = [
         Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS,
-                                route.path in PUBLIC_PATHS),
+                                route.path in PUBLIC_PATHS,
+                                route.path in repository.CONTROL_PATHS),
               methods=route.methods)
-        for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes)
+        for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes,
+                      *repository.routes)
         if isinstance(route, Route)
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

@@ -1,9 +1,11 @@
 """The handler layer between HTTP routes and the queue; it knows nothing about HTTP.
 
-It resolves models and versions, applies admission control, enqueues through the dispatcher,
-turns error replies into domain errors, and keeps a view of each pool (live and starting
-workers, backlog, drain rate) refreshed from Redis by a monitor task, so neither readiness nor
-admission costs a Redis call per request.
+It resolves models and versions (``serving.ServingTable``), applies admission control,
+enqueues through the dispatcher, turns error replies into domain errors, and keeps a view of
+each pool (live and starting workers, backlog, drain rate) refreshed from Redis by a monitor
+task, so neither readiness nor admission costs a Redis call per request. The same refresh
+notices a new generation of the served models' state, applies it, and tells the decider which
+generation this gateway applied once nothing admitted under the previous one is left unsent.
 
 Its background tasks (the dispatcher's writer and reader, the pool monitor, the drift poller)
 run under one supervisor (``gateway/background.py``). What they read from Redis is checked
@@ -22,21 +24,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from modelgate.core import wire
 from modelgate.core.errors import (
     BackendUnavailable,
     ModelFailed,
-    ModelNotFound,
     NoLiveWorker,
     Overloaded,
 )
 from modelgate.core.pool_figures import FiguresQuery
-from modelgate.core.repository import Model, ModelVersion
+from modelgate.core.redis_checks import OUT_OF_MEMORY
+from modelgate.core.repository import ModelVersion
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.stats import BUCKET_TTL_S
 from modelgate.core.store import is_bad_data, pools, scaling
+from modelgate.core.store import models as model_store
+from modelgate.core.store.models import ModelState, VersionStatus
+from modelgate.gateway import serving
 from modelgate.gateway.background import Background
 from modelgate.gateway.dispatch import Dispatcher
 from modelgate.gateway.drift import DriftMonitor
@@ -79,27 +84,34 @@ class PoolView:
 
 
 class DataPlane:
-    def __init__(self, settings: GatewaySettings, models: dict[str, Model],
-                 client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str,
-                 metrics: Metrics) -> None:
+    def __init__(self, settings: GatewaySettings, client: aioredis.Redis,
+                 reader: aioredis.Redis, gateway_id: str, metrics: Metrics) -> None:
         self.settings = settings
-        self.models = models
         self.client = client
         self.metrics = metrics
+        self.gateway_id = gateway_id
         self.background = Background(lambda name: metrics.background_errors.labels(name).inc())
         self.dispatcher = Dispatcher(client, reader, gateway_id, metrics)
-        self.drift = DriftMonitor(models, metrics)
+        self.drift = DriftMonitor(metrics)
         self.redis_ok = False
+        self.redis_problem = "the queue (Redis) is unreachable"  # why, while not redis_ok
         self._outage = False  # Redis was reachable once and then was not
-        self.pools: dict[str, PoolView] = {
-            v.pool: PoolView() for m in models.values() for v in m.versions.values()
-        }
+        # Until the decider's state is read: the repository as it is now (no decider at all).
+        self.table = serving.from_repository(settings.models_dir)
+        self.decider_mode: str | None = None  # the live decider's control mode; None: none
+        self._acknowledged: int | None = None  # the generation to tell the decider about
+        self.pools: dict[str, PoolView] = {}
+        self._apply(self.table)
         # Called with the refresh's time after each refresh that reached Redis (the
         # dashboard's gauge history); a hook must be quick. One that raises is logged and
         # counted as the task "dashboard", and the refresh goes on.
         self.on_refresh: list[Callable[[float], None]] = []
         self._refreshed_at = time.monotonic()
         self._problems: dict[str, tuple[str, ...]] = {}  # the last ones logged, per record
+
+    @property
+    def models(self) -> dict[str, serving.ServedModel]:
+        return self.table.models
 
     async def start(self) -> None:
         await self.refresh()
@@ -114,35 +126,36 @@ class DataPlane:
         await self.dispatcher.stop()
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
-        model = self.models.get(name)
-        if model is None:
-            raise ModelNotFound(f"unknown model {name!r}; this server has {sorted(self.models)}")
-        if version is None:
-            return model.default
-        found = model.versions.get(version)
-        if found is None:
-            raise ModelNotFound(
-                f"model {name!r} has no version {version!r}; it has "
-                f"{sorted(model.versions, key=int)}"
-            )
-        return found
+        return self.table.resolve(name, version)
 
     def shown_pools(self) -> list[tuple[str, str, str]]:
-        """(model, version, pool) of each model's default version, by model name."""
-        return [(name, model.default_version, model.default.pool)
-                for name, model in sorted(self.models.items())]
+        """(model, version, pool) of every version with a pool, by model and version."""
+        return [(name, number, sv.version.pool)
+                for name, model in sorted(self.models.items())
+                for number, sv in sorted(model.versions.items(), key=lambda kv: int(kv[0]))
+                if sv.version is not None and sv.version.pool in self.pools]
 
     def gauges(self, pool: str) -> pools.PoolGauges:
         return self.pools[pool].gauges
 
     def model_ready(self, model: ModelVersion) -> bool:
-        return self.redis_ok and self.pools[model.pool].live_workers > 0
+        view = self.pools.get(model.pool)
+        return self.redis_ok and view is not None and view.live_workers > 0
 
     def ready(self) -> bool:
-        """Every model's default version can be served right now, and no task it takes is
-        down (``background.down``)."""
-        return (self.redis_ok and not self.background.down()
-                and all(self.model_ready(m.default) for m in self.models.values()))
+        """Every model with a default version can serve it right now, none is still loading
+        its first version, and no critical background task is down (``background.down``)."""
+        if not self.redis_ok or self.background.down():
+            return False
+        for model in self.models.values():
+            default = model.default
+            if default is None:
+                if any(sv.state.status == VersionStatus.LOADING
+                       for sv in model.versions.values()):
+                    return False
+            elif not self.model_ready(default):
+                return False
+        return True
 
     def _admit(self, model: ModelVersion, view: PoolView) -> None:
         """429 at once past the in-flight cap or the model's backlog limit."""
@@ -172,20 +185,27 @@ class DataPlane:
         return max(1, min(60, math.ceil(backlog / view.drain_per_s)))
 
     async def _wait_for_worker(self, model: ModelVersion, deadline_ms: int) -> None:
-        """Return once a worker is live; wait for a starting one while the deadline allows."""
+        """Return once a worker is live; wait for a starting one while the deadline allows;
+        with none starting, go ahead only while a live decider will start one (its autoscaler
+        sees the backlog), else 503 at once: a call never waits for a worker nobody starts."""
         view = self.pools[model.pool]
         while True:
             if not self.redis_ok:
                 raise BackendUnavailable(
-                    "the queue (Redis) is unreachable; the request was not queued, retry shortly")
-            if view.live_workers > 0 or model.config.min_workers == 0:
-                return  # a pool allowed to scale to zero: its backlog wakes the autoscaler
-            if view.starting_workers == 0 or time.time() * 1000 >= deadline_ms:
+                    f"{self.redis_problem}; the request was not queued, retry shortly")
+            if view.live_workers > 0:
+                return
+            if view.starting_workers == 0:
+                if self.decider_mode is not None:
+                    return  # scale from zero: the backlog wakes the autoscaler
                 raise NoLiveWorker(
-                    f"no live worker serves model {model.name!r} version {model.version}"
-                    + (" and none started before the deadline" if view.starting_workers else "")
-                    + f"; start one with `modelgate worker --model {model.name}` or wait for "
-                    "the autoscaler")
+                    f"no live worker serves model {model.name!r} version {model.version} and "
+                    f"no autoscaler runs to start one; start one with `modelgate worker "
+                    f"--model {model.name} --version {model.version}`, or run the autoscaler")
+            if time.time() * 1000 >= deadline_ms:
+                raise NoLiveWorker(
+                    f"no live worker serves model {model.name!r} version {model.version}, and "
+                    "none started before the deadline; retry, or raise parameters.timeout_ms")
             await asyncio.sleep(WAIT_POLL_S)
 
     async def infer(self, model: ModelVersion, request: wire.Request,
@@ -206,12 +226,18 @@ class DataPlane:
         return reply
 
     async def refresh(self) -> None:
-        """Pool views from Redis, and this gateway's arrival counts to it, in one round trip."""
+        """Pool views from Redis, this gateway's arrival counts to it, and what it applied, in
+        one round trip (a second one only when the served models changed)."""
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
         query = FiguresQuery(list(self.pools), now, rates=False)
         query.queue(pipe)
         pipe.get(scaling.BUDGET)
+        pipe.get(model_store.GENERATION)
+        pipe.get(model_store.LEASE)
+        if self._acknowledged is not None:
+            pipe.set(model_store.gateway_applied(self.gateway_id), self._acknowledged,
+                     ex=int(model_store.GATEWAY_TTL_S))
         flushed = {pool: (view.admitted, view.rejected) for pool, view in self.pools.items()}
         for pool, (admitted, rejected) in flushed.items():
             if admitted or rejected:
@@ -227,14 +253,21 @@ class DataPlane:
                             and not is_bad_data(r)), None)
             if refused is not None:
                 raise refused
+            budget, generation, lease = results[query.size:query.size + 3]
+            generation_number = self._generation_of(generation)
+            if generation_number is not None and generation_number != self.table.generation:
+                await self._reload(generation_number)
         except (RedisError, OSError) as e:
+            # At maxmemory Redis refuses this round's counters: no answer can be written either.
+            full = isinstance(e, OutOfMemoryError)
+            self.redis_problem = OUT_OF_MEMORY if full else "the queue (Redis) is unreachable"
             if self.redis_ok:
-                log.warning("redis unreachable: %s", e)
+                log.warning("redis unavailable: %s", self.redis_problem if full else e)
             self.redis_ok = False
             self._outage = True
             failed = self.dispatcher.fail_all(BackendUnavailable(
-                "the queue (Redis) became unreachable while the request waited; it may or may "
-                "not have run, retry shortly"))
+                f"{self.redis_problem} (the request was waiting for its answer: it may or may "
+                "not have run); retry shortly"))
             if failed:
                 log.warning("failed %d waiting requests with 503", failed)
             return
@@ -242,10 +275,17 @@ class DataPlane:
             log.warning("redis reachable again")
             self._outage = False
         self.redis_ok = True
+        self.decider_mode = self._lease_mode(lease)
+        if self.table.generation is not None and self.dispatcher.idle:
+            # Nothing admitted under an earlier generation is left to send: the next refresh
+            # tells the decider, which then may remove the pools this generation left.
+            self._acknowledged = self.table.generation
         elapsed_s = max(time.monotonic() - self._refreshed_at, 1e-3)
         self._refreshed_at = time.monotonic()
         for pool, figures in query.parse(results).items():
-            view = self.pools[pool]
+            view = self.pools.get(pool)
+            if view is None:
+                continue  # left in the reload above
             self._report("pool", pool, figures.problems)
             if figures.readable:
                 view.gauges = figures.gauges
@@ -255,22 +295,24 @@ class DataPlane:
             view.drain_per_s = (rate if view.drain_per_s == 0
                                 else 0.7 * view.drain_per_s + 0.3 * rate)
             view.completed = 0
-        flush_errors = [r for r in results[query.size + 1:] if isinstance(r, Exception)]
+        flush_errors = [r for r in results[query.size + 3:] if isinstance(r, Exception)]
         self._report("stats", "this gateway's counts", tuple(str(r) for r in flush_errors[:1]))
         for model in self.models.values():
-            view = self.pools[model.default.pool]
+            default = model.default
+            view = self.pools.get(default.pool) if default is not None else None
+            if default is None or view is None:
+                continue
             self.metrics.workers.labels(model.name).set(view.live_workers)
             self.metrics.queue_depth.labels(model.name).set(view.backlog)
             if view.desired is not None:
                 self.metrics.desired_workers.labels(model.name).set(view.desired)
                 self.metrics.cost_per_hour.labels(model.name).set(
-                    view.desired * model.default.config.worker_cost_per_hour)
-        raw_budget = results[query.size]
-        budget = None if isinstance(raw_budget, Exception) else scaling.budget_from(raw_budget)
-        self._report("budget", scaling.BUDGET, () if budget is not None or raw_budget is None
-                     else (f"{raw_budget!r:.60} is not a budget",))
-        if budget is not None:
-            self.metrics.budget_per_hour.set(budget)
+                    view.desired * default.config.worker_cost_per_hour)
+        budget_value = None if isinstance(budget, Exception) else scaling.budget_from(budget)
+        self._report("budget", scaling.BUDGET, () if budget_value is not None or budget is None
+                     else (f"{budget!r:.60} is not a budget",))
+        if budget_value is not None:
+            self.metrics.budget_per_hour.set(budget_value)
         for hook in self.on_refresh:
             try:
                 hook(now)
@@ -294,6 +336,76 @@ class DataPlane:
             self._problems[key] = problems
         else:
             self._problems.pop(key, None)
+
+    def _generation_of(self, raw: object) -> int | None:
+        """The generation of the served models' state as read, or None (absent, or bad data:
+        then the models served stay as they are)."""
+        problem = ""
+        number = None
+        if isinstance(raw, Exception):
+            problem = f"Redis refused the read ({raw})"
+        elif raw is not None:
+            try:
+                number = int(raw)  # type: ignore[call-overload]
+            except ValueError:
+                problem = f"{raw!r:.60} is not a generation"
+        self._report("models", model_store.GENERATION, (problem,) if problem else ())
+        return number
+
+    def _lease_mode(self, raw: object) -> str | None:
+        """The live decider's control mode from its lease, or None (none, or bad data)."""
+        try:
+            if isinstance(raw, Exception):
+                raise ValueError(f"Redis refused the read ({raw})")
+            mode = model_store.lease_mode(raw)  # type: ignore[arg-type]
+        except (ValueError, UnicodeDecodeError) as e:
+            self._report("models", model_store.LEASE, (str(e),))
+            return None
+        self._report("models", model_store.LEASE, ())
+        return mode
+
+    async def _reload(self, generation: int) -> None:
+        """Read the decider's state of every model and serve it from now on; with bad data in
+        the set of models, keep serving what this gateway served."""
+        try:
+            members = await self.client.smembers(model_store.MODELS)
+            names = sorted(n.decode() for n in members)
+            raw = await self.client.mget([model_store.state(n) for n in names]) if names else []
+        except (ResponseError, UnicodeDecodeError) as e:
+            if isinstance(e, ResponseError) and not is_bad_data(e):
+                raise
+            self._report("models", model_store.MODELS, (f"unreadable: {e}",))
+            return
+        self._report("models", model_store.MODELS, ())
+        states = {}
+        for name, value in zip(names, raw, strict=True):
+            if value is None:
+                continue
+            try:
+                states[name] = ModelState.decode(value)
+            except model_store.StateError as e:
+                log.warning("the state of model %s is unreadable (%s); keeping what this "
+                            "gateway served of it", name, e)
+                old = self.models.get(name)
+                if old is not None:
+                    states[name] = old.state
+        # Signatures come from the repository's files: off the event loop.
+        table = await asyncio.to_thread(serving.from_states, states, generation,
+                                        serving.loader(self.settings.models_dir), self.table)
+        self._apply(table)
+        log.info("serving model state generation %d: %s", generation, ", ".join(
+            f"{m.name} {sorted(m.state.versions, key=int)} default {m.state.default}"
+            for m in table.models.values()) or "no model")
+
+    def _apply(self, table: serving.ServingTable) -> None:
+        """Serve ``table``: a view per pool it has (calls in flight keep theirs), drift per
+        version with a profile."""
+        self.table = table
+        wanted = table.pools()
+        self.pools = {pool: self.pools.get(pool) or PoolView() for pool in wanted}
+        self.drift.sync([sv.version for m in table.models.values()
+                         for sv in m.versions.values()
+                         if sv.version is not None and sv.version.pool in self.pools])
 
     async def _monitor_loop(self) -> None:
         while True:

@@ -29,10 +29,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
+from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.store import pools, replies
 from modelgate.gateway.background import Background
 from modelgate.gateway.metrics import Metrics
@@ -105,10 +106,16 @@ class Dispatcher:
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_at_ms = 0
         self._running = True
+        self._writing = False
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing submitted is waiting to be written, nor being written now."""
+        return not self._outbox and not self._writing
 
     def start(self, background: Background | None = None) -> None:
         """Run the writer and the reader under ``background`` (the gateway's supervisor), or
@@ -224,6 +231,7 @@ class Dispatcher:
                     self._fail(item.correlation,
                                ModelFailed(f"the request could not be queued: {e}"))
                 continue
+            self._writing = True
             try:
                 await self._send(entries)
             except (RedisError, OSError) as e:
@@ -231,6 +239,8 @@ class Dispatcher:
                     for correlation in entry.correlations:
                         self._fail(correlation, BackendUnavailable(
                             f"the queue (Redis) is unreachable: {e}; retry shortly"))
+            finally:
+                self._writing = False
 
     async def _send(self, entries: list[_Write]) -> None:
         """Every entry's XADD and queued-count INCRBY in one write on one connection, then
@@ -267,9 +277,11 @@ class Dispatcher:
             # This entry was refused; the others stand. Its INCRBY still ran: the count is one
             # bundle high until the stream next drains (pools.QUEUED_REPAIR).
             except ResponseError as e:
+                message = (f"{OUT_OF_MEMORY}; the request was not queued, retry shortly"
+                           if isinstance(e, OutOfMemoryError)
+                           else f"the queue refused the request ({e}); retry shortly")
                 for correlation in entry.correlations:
-                    self._fail(correlation, BackendUnavailable(
-                        f"the queue refused the request ({e}); retry shortly"))
+                    self._fail(correlation, BackendUnavailable(message))
             try:
                 await connection.read_response()
             except ResponseError as e:  # the backlog count only; the entry stands

@@ -8,6 +8,7 @@ raised and cleared alerts to ``mg:{pool}:drift:alerts``, and sets the drift gaug
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -27,7 +28,7 @@ from modelgate.core.drift import (
     score,
 )
 from modelgate.core.profile import Profile, load_profile
-from modelgate.core.repository import Model, RepositoryError
+from modelgate.core.repository import ModelVersion, RepositoryError
 from modelgate.core.store import drift as drift_store
 from modelgate.gateway.metrics import Metrics
 
@@ -52,7 +53,7 @@ class PoolDrift:
         default_factory=lambda: deque(maxlen=ALERTS_KEPT))
 
 
-def _pool_drift(model: Model, profile: Profile) -> PoolDrift:
+def _pool_drift(model: ModelVersion, profile: Profile) -> PoolDrift:
     names = [f.name for f in profile.features] + [lab.name for lab in profile.labels]
     kinds = ["input" if f.kind == "input" else "output" for f in profile.features]
     kinds += ["label"] * len(profile.labels)
@@ -65,7 +66,7 @@ def _pool_drift(model: Model, profile: Profile) -> PoolDrift:
         fractions = np.asarray([*label.fractions, LABEL_OTHER_FRACTION], dtype=float)
         states.append(FeatureState(fractions / fractions.sum(),
                                    thresholds.chi2_for(len(fractions)), cusum=False))
-    return PoolDrift(model.name, model.default_version, profile, names, kinds, thresholds, states)
+    return PoolDrift(model.name, model.version, profile, names, kinds, thresholds, states)
 
 
 def _batch(raw: bytes, features: int, numeric: int) -> Batch:
@@ -84,20 +85,42 @@ def _batch(raw: bytes, features: int, numeric: int) -> Batch:
 
 
 class DriftMonitor:
-    def __init__(self, models: dict[str, Model], metrics: Metrics) -> None:
+    """Detectors for every served version that has a reference profile."""
+
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.pools: dict[str, PoolDrift] = {}
-        self.unprofiled: set[str] = set()
-        for name, model in models.items():
+        self.unprofiled: set[str] = set()  # pools without a profile
+        self._seen: dict[str, str] = {}  # pool -> the content (sha256) its detectors are for
+
+    def sync(self, versions: list[ModelVersion]) -> None:
+        """Detect drift for exactly these versions: new ones start afresh, a version whose
+        content changed starts afresh, versions gone are dropped (and their gauges)."""
+        wanted = {v.pool: v for v in versions}
+        for pool in [p for p in self._seen if p not in wanted]:
+            drift = self.pools.pop(pool, None)
+            self.unprofiled.discard(pool)
+            del self._seen[pool]
+            if drift is not None:
+                for name in drift.names:
+                    for gauge in (self.metrics.drift_score, self.metrics.drift_alert):
+                        with contextlib.suppress(KeyError):
+                            gauge.remove(drift.model, drift.version, name)
+        for pool, version in wanted.items():
+            if self._seen.get(pool) == version.sha256:
+                continue
+            self._seen[pool] = version.sha256
             try:
-                profile = load_profile(model.default) if model.default.batchable else None
+                profile = load_profile(version) if version.rows_axis else None
             except RepositoryError as e:
-                log.warning("drift for %s is off: %s", name, e)
+                log.warning("drift for %s is off: %s", pool, e)
                 profile = None
             if profile is None:
-                self.unprofiled.add(name)
+                self.pools.pop(pool, None)
+                self.unprofiled.add(pool)
             else:
-                self.pools[model.default.pool] = _pool_drift(model, profile)
+                self.pools[pool] = _pool_drift(version, profile)
+                self.unprofiled.discard(pool)
 
     async def poll(self, client: aioredis.Redis) -> None:
         """Fold every batch added since the last poll; one XREAD for all pools."""
@@ -151,9 +174,10 @@ class DriftMonitor:
     def _gauges(self) -> None:
         for drift in self.pools.values():
             for name, state in zip(drift.names, drift.states, strict=True):
-                self.metrics.drift_score.labels(drift.model, name).set(
+                self.metrics.drift_score.labels(drift.model, drift.version, name).set(
                     round(score(state, drift.thresholds), 4))
-                self.metrics.drift_alert.labels(drift.model, name).set(int(state.alert))
+                self.metrics.drift_alert.labels(drift.model, drift.version, name).set(
+                    int(state.alert))
 
     def report(self, model: str, pool: str) -> dict[str, Any]:
         """The body of GET /v2/models/{name}/drift."""

@@ -69,7 +69,8 @@ class Metrics:
                                      registry=r, multiprocess_mode=gauge_mode)
         self.drift_score = Gauge("modelgate_drift_score",
                                  "Drift statistic over its alarm threshold (1 = alarm)",
-                                 ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
+                                 ["model", "version", "feature"], registry=r,
+                                 multiprocess_mode=gauge_mode)
         self.background_errors = Counter(
             "modelgate_background_errors",
             "Background tasks (task: dispatch-writer, dispatch-reader, pool-monitor, drift, "
@@ -97,7 +98,8 @@ class Metrics:
             "(--max-inflight-bytes bounds it)",
             registry=r, multiprocess_mode="livesum" if self.multiprocess_dir else "all")
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
-                                 ["model", "feature"], registry=r, multiprocess_mode=gauge_mode)
+                                 ["model", "version", "feature"], registry=r,
+                                 multiprocess_mode=gauge_mode)
 
     def _per_call(self, model: str) -> tuple[Histogram, Histogram, Histogram, Histogram]:
         """The labelled children every call of ``model`` touches, looked up once."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from modelgate import __version__
 from modelgate.core import wire
+from modelgate.core.repository import MODEL_NAME, VERSION
 
 JSON = "application/json"
 
@@ -83,11 +84,11 @@ _INFER_ERRORS = ("BadRequest", "NotFound", "RequestTimeout", "PayloadTooLarge",
 
 _NAME = {"name": "name", "in": "path", "required": True,
          "description": "Model name, as in the repository folder.",
-         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,128}$"}}
+         "schema": {"type": "string", "pattern": MODEL_NAME.pattern}}
 _VERSION = {"name": "version", "in": "path", "required": True,
-            "description": "Model version (a version folder's number); without it, the "
-                           "highest version is used.",
-            "schema": {"type": "string", "pattern": r"^[0-9]{1,18}$"}}
+            "description": "Model version (a version folder's number) that is loaded; without "
+                           "it, the model's default version answers.",
+            "schema": {"type": "string", "pattern": VERSION.pattern}}
 
 
 def _model_paths(suffix: str, operation: dict[str, Any], verb: str = "get",
@@ -202,6 +203,27 @@ _SCHEMAS: dict[str, Any] = {
                 "max_batch_size": {"type": "integer", "minimum": 0}}},
         },
     },
+    "RepositoryIndexRequest": {
+        "type": "object", "properties": {"ready": {
+            "type": "boolean", "description": "Only versions that are READY."}}},
+    "RepositoryIndex": {
+        "type": "array", "items": {
+            "type": "object", "required": ["name", "version", "state", "reason"],
+            "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "state": {"type": "string",
+                          "enum": ["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]},
+                "reason": {"type": "string"}}}},
+    "RepositoryRequest": {
+        "type": "object", "properties": {"parameters": {
+            "type": "object", "additionalProperties": True,
+            "description": "timeout_ms: how long to wait for the change (default 120000); "
+                           "file:<version>/model.onnx: a new version's file in base64 (load)."}},
+    },
+    "RepositoryPending": {
+        "type": "object", "required": ["status", "message", "location"],
+        "properties": {"status": {"type": "string"}, "message": {"type": "string"},
+                       "location": {"type": "string"}}},
     "ModelReady": {
         "type": "object", "required": ["name", "ready"],
         "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
@@ -310,6 +332,36 @@ _MODEL_READY = {
 }
 
 
+def _repository_change(operation_id: str, summary: str) -> dict[str, Any]:
+    return {"post": {
+        "operationId": operation_id, "summary": summary, "tags": ["repository"],
+        "parameters": [_NAME],
+        "requestBody": {"required": False,
+                        "content": {JSON: {"schema": _schema("RepositoryRequest")}}},
+        "responses": {
+            "200": _json({"type": "object"}, "Done: every version the policy serves is READY "
+                                             "(load), or the model is gone (unload)."),
+            "202": _json(_schema("RepositoryPending"), "Still under way at the timeout."),
+            **_errors("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaType",
+                      "Unavailable")}}}
+
+
+_REPOSITORY_PATHS = {
+    "/v2/repository/index": {"post": {
+        "operationId": "repository_index", "tags": ["repository"],
+        "summary": "Every version on disk or loaded, with its state and why.",
+        "requestBody": {"required": False,
+                        "content": {JSON: {"schema": _schema("RepositoryIndexRequest")}}},
+        "responses": {"200": _json(_schema("RepositoryIndex"), "The index."),
+                      **_errors("BadRequest", "PayloadTooLarge", "UnsupportedMediaType")}}},
+    "/v2/repository/models/{name}/load": _repository_change(
+        "repository_model_load", "Load a model (explicit mode; admin key when set)."),
+    "/v2/repository/models/{name}/unload": _repository_change(
+        "repository_model_unload", "Unload a model, draining its versions (explicit mode; "
+                                   "admin key when set)."),
+}
+
+
 _DASHBOARD_DATA = {
     "type": "object",
     "required": ["time", "start", "end", "window_s", "drift", "autoscaler", "models"],
@@ -387,6 +439,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_NAME],
             "responses": {"200": _json(_schema("ModelReady"), "The model's readiness."),
                           **_errors("NotFound")}}},
+        **_REPOSITORY_PATHS,
         **_DASHBOARD_PATHS,
         # Not a probe: it names every model and drift feature, so it needs the key when
         # keys are on.

@@ -3,13 +3,15 @@
 orjson and numpy hold the GIL for the whole of one call, so a thread does not help: a 30 MiB
 JSON body held the event loop (every other call, health probes included) for over a second.
 A body whose JSON part is ``large_body_bytes`` or more is parsed by one of at most
-``parse_processes`` child processes (``python -m modelgate.gateway.parsing MODELS``, started
+``parse_processes`` child processes (``python -m modelgate.gateway.parsing``, started
 on the first large body and kept), and the event loop only moves bytes through pipes. Calls
 wait for a free parser; how many bytes wait is bounded by the body budget (``body.py``).
 
 The pipe carries bytes only, never pickles: a request frame is an 8-byte little-endian length,
-a msgpack envelope ``{"kind", "model", "version", "header", "binary"}`` (the last two: byte
-lengths), then the JSON and the binary section themselves; an answer frame is an 8-byte length
+a msgpack envelope ``{"kind", "model", "header", "binary"}`` (``model``: the signature the body
+is checked against, so a version loaded after the parser started is parsed like any other;
+the last two: byte lengths), then the JSON and the binary section themselves; an answer frame
+is an 8-byte length
 and a msgpack map: ``{"ok": {"request": wire.encode_bundle payload, "id", "binary_outputs"}}``,
 ``{"invalid": message}`` (a 400, worded as on the event loop) or ``{"error": text}``. A parser
 that dies or overruns the call's budget is killed and replaced; its call gets a 429.
@@ -34,7 +36,7 @@ import msgpack
 from modelgate.core import wire
 from modelgate.core.errors import InvalidInput, Overloaded
 from modelgate.core.process import child_preexec
-from modelgate.core.repository import ModelVersion, load_repository
+from modelgate.core.repository import ModelConfig, ModelVersion, TensorSpec
 from modelgate.core.settings import SECRET_VARIABLES
 from modelgate.gateway import protocol
 from modelgate.gateway.binary import BinarySection, binary_outputs
@@ -81,11 +83,29 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
-def _answer(envelope: dict[str, Any], text: list[bytes], binary: bytes | None,
-            models: dict[str, Any]) -> dict[str, Any]:
+def signature(model: ModelVersion) -> dict[str, Any]:
+    """What parsing needs of a model version, as plain values."""
+    def specs(items: tuple[TensorSpec, ...]) -> list[list[Any]]:
+        return [[t.name, t.datatype, list(t.shape), t.onnx_type] for t in items]
+
+    return {"name": model.name, "version": model.version, "inputs": specs(model.inputs),
+            "outputs": specs(model.outputs), "max_batch_size": model.max_batch_size}
+
+
+def model_of(raw: dict[str, Any]) -> ModelVersion:
+    """The model version a :func:`signature` describes (no files, default config)."""
+    def specs(items: list[list[Any]]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(name, datatype, tuple(shape), onnx_type)
+                     for name, datatype, shape, onnx_type in items)
+
+    return ModelVersion(raw["name"], raw["version"], Path(), specs(raw["inputs"]),
+                        specs(raw["outputs"]), ModelConfig(), raw["max_batch_size"])
+
+
+def _answer(envelope: dict[str, Any], text: list[bytes], binary: bytes | None) -> dict[str, Any]:
     """The answer to one frame. ``text`` holds the JSON part, and nothing else does: it is
     taken out to be loaded, so its memory goes before the tensors are built."""
-    model = models[envelope["model"]].versions[envelope["version"]]
+    model = model_of(envelope["model"])
     section = BinarySection(memoryview(binary)) if binary is not None else None
     try:
         parsed = parse_loaded(envelope["kind"], protocol.loads(text.pop()), section, model)
@@ -96,15 +116,14 @@ def _answer(envelope: dict[str, Any], text: list[bytes], binary: bytes | None,
                    "binary_outputs": sorted(parsed.binary_outputs)}}
 
 
-def serve_parser(models_dir: Path, stdin: BinaryIO, stdout: BinaryIO) -> None:
+def serve_parser(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """Answer request frames from ``stdin`` on ``stdout`` until ``stdin`` ends."""
-    models = load_repository(models_dir)
     while (head := _read_exactly(stdin, _LENGTH_BYTES)) is not None:
         envelope = msgpack.unpackb(_read_exactly(stdin, int.from_bytes(head, "little")) or b"")
         text = [_read_exactly(stdin, envelope["header"]) or b""]
         binary = None if envelope["binary"] is None else _read_exactly(stdin, envelope["binary"])
         try:
-            answer = _answer(envelope, text, binary, models)
+            answer = _answer(envelope, text, binary)
         except Exception as e:  # a bug: the call gets a 500, the parser goes on
             log.exception("the body parser failed")
             answer = {"error": f"{type(e).__name__}: {e}"}
@@ -128,7 +147,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve_parser(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
+    serve_parser(sys.stdin.buffer, sys.stdout.buffer)
     return 0
 
 
@@ -162,9 +181,8 @@ class Parsers:
     counts a parser that had to be killed as ``background_errors{task="parser"}``.
     """
 
-    def __init__(self, models_dir: Path, large_body_bytes: int, processes: int,
-                 timeout_s: float, metrics: Metrics) -> None:
-        self.models_dir = models_dir
+    def __init__(self, large_body_bytes: int, processes: int, timeout_s: float,
+                 metrics: Metrics) -> None:
         self.large_body_bytes = large_body_bytes
         self.timeout_s = timeout_s
         self._slots = asyncio.Semaphore(processes)
@@ -181,7 +199,7 @@ class Parsers:
 
     async def _parse_apart(self, kind: str, model: ModelVersion, header: bytes | bytearray,
                            binary: BinarySection | None) -> Parsed:
-        envelope = msgpack.packb({"kind": kind, "model": model.name, "version": model.version,
+        envelope = msgpack.packb({"kind": kind, "model": signature(model),
                                   "header": len(header),
                                   "binary": None if binary is None else len(binary.data)})
         parts: list[bytes | bytearray | memoryview] = [
@@ -232,7 +250,7 @@ class Parsers:
     async def _spawn(self) -> _Parser:
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelgate.gateway.parsing", str(self.models_dir),
+            sys.executable, "-m", "modelgate.gateway.parsing",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
             preexec_fn=child_preexec, limit=1 << 20)
         log.info("started body parser process %d", process.pid)

@@ -23,6 +23,10 @@ _INT_KINDS = "iu"
 MAX_ELEMENTS = (2**63 - 1) // 8
 
 
+# Every answer names the model version that computed it (V2 also in its body).
+MODEL_VERSION_HEADER = "X-Model-Version"
+
+
 def loads(body: bytes | bytearray) -> Any:
     if not body:
         raise InvalidInput("the request body is empty; send a JSON object")

@@ -1,11 +1,13 @@
-"""The worker's read loop: consumer-group reads, dynamic batching, pipelined replies.
+"""The worker's read loop: consumer-group reads, dynamic batching, atomic answers.
 
 An entry holds a bundle of requests (modelgate.core.wire). Rows, not entries, count toward
 ``max_batch_size``: entries are read up to that many at once (each carries at least one row),
 grouped by compatible shapes, and cut into ORT runs of at most ``max_batch_size`` rows; an entry
-is never cut, and one larger than that runs on its own. Replies (one per bundle and gateway),
-``XACK``, ``XDEL`` and the pool's queued-requests count for a run go out in one pipelined round
-trip, and only after the run: an entry is never acknowledged before its answers are written.
+is never cut, and one larger than that runs on its own. A run's replies (one per bundle and
+gateway) and the acknowledgement of its entries (``XACK``, ``XDEL``, the pool's queued-requests
+count) are one script, after the run, that acknowledges only what it answered
+(``modelgate.worker.answers``): answers Redis refuses are held and sent again, and the worker
+reads nothing new until they are written.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from modelgate.core.clock import RedisClock
 from modelgate.core.repository import ModelVersion
 from modelgate.core.stats import StatsAccumulator
 from modelgate.core.store import pools, replies
+from modelgate.worker.answers import Answers, Command
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Outcome, Runner
@@ -131,9 +134,8 @@ class Consumer:
         self.model = model
         self.runner = runner
         self.consumer_name = consumer_name
-        self.reply_ttl_ms = reply_ttl_s * 1000
         self.stream = pools.requests_stream(model.pool)
-        self.queued_key = pools.queued(model.pool)
+        self.answers = Answers(model.pool, reply_ttl_s * 1000, self._round_trip)
         # The stream is read and answered on one connection held for the worker's life:
         # taking it from the pool on every call costs a health-check syscall and a pid check.
         self._connection: redis.connection.AbstractConnection | None = None
@@ -184,12 +186,21 @@ class Consumer:
     def step(self, block_ms: int) -> int:
         """Read what is there (waiting up to ``block_ms``), answer all of it; entries handled.
 
-        Abandoned entries of dead consumers are claimed first. A claimed bundle of several
-        requests is split back into one entry per request (so a poison pill takes no neighbour
-        down with it on its next delivery); a single request runs alone, and those delivered
-        too often are parked in the dead-letter stream instead.
+        Answers held from an earlier step go first: while Redis still refuses them, this raises
+        the refusal (``redis.OutOfMemoryError``, a connection error) and reads nothing; a step
+        whose own answers are refused runs to its end and then raises it. Entries of dead
+        workers are taken over next (``modelgate.worker.reclaim``). A bundle taken over is
+        split back into one entry per request (so a poison pill takes no neighbour down with
+        it on its next delivery); a single request runs alone, and those delivered too often
+        are parked in the dead-letter stream instead.
         """
-        started = time.perf_counter()
+        self.answers.flush()
+        handled = self._step(block_ms)
+        if self.answers.held and self.answers.error is not None:
+            raise self.answers.error
+        return handled
+
+    def _step(self, block_ms: int) -> int:
         reclaimed: list[Entry] = []
         if self.reclaimer is not None and self.reclaimer.due(time.monotonic()):
             claimed = self.reclaimer.claim()
@@ -199,8 +210,9 @@ class Consumer:
             for entry_id, fields, deliveries in claimed.retry:
                 entry = parse_entry(entry_id, fields)
                 entry.deliveries = deliveries
-                is_bundle = entry.bundle is not None and len(entry.ids) > 1
-                (to_split if is_bundle else reclaimed).append(entry)
+                # Taken over from a dead worker (not merely taken back): one call per entry.
+                split = deliveries > 1 and entry.bundle is not None and len(entry.ids) > 1
+                (to_split if split else reclaimed).append(entry)
             if to_split:
                 self._split(to_split)
         # With reclaimed entries in hand, do not wait for more: None, since BLOCK 0 would make
@@ -243,8 +255,6 @@ class Consumer:
             if self.sampler is not None:
                 self._sample(pairs)
         self.processed += sum(len(entry.ids) for entry in entries)
-        if self.reclaimer is not None:
-            self.reclaimer.timeout.observe((time.perf_counter() - started) * 1000.0)
         return len(entries)
 
     def _round_trip(self, commands: list[Command]) -> list[Any]:
@@ -302,23 +312,21 @@ class Consumer:
     def _park(self, dead: list[tuple[bytes, dict[bytes, bytes], int]]) -> None:
         """Move poison pills to the dead-letter stream and tell their callers, in one trip."""
         assert self.reclaimer is not None
-        moves = []
+        letters = []
         settled: list[Settled] = []
         for entry_id, fields, deliveries in dead:
-            moves.append(self.reclaimer.park(entry_id, fields, deliveries))
+            letters.append(self.reclaimer.park(entry_id, fields, deliveries))
             entry = parse_entry(entry_id, fields)
             settled.append((entry, None, Outcome(
                 wire.ReplyStatus.DEAD_LETTER, {},
                 f"the request was delivered {deliveries} times without an answer (a worker died "
                 f"on each attempt); it is parked in {self.reclaimer.dead_stream} for inspection "
                 "and will not be retried")))
-        self._answer(settled, int(self.clock.now_ms()), moves)
+        self._answer(settled, int(self.clock.now_ms()), letters)
 
     def _answer(self, settled: list[Settled], picked_ms: int,
-                first: list[Command] | None = None) -> None:
-        """Replies, then XACK, XDEL and the queued count of every entry, in one round trip
-        (after ``first``, if given)."""
-        commands: list[Command] = list(first or ())
+                letters: list[pools.DeadLetter] | None = None) -> None:
+        """Dead letters and replies, then the acknowledgement of every entry, in one script."""
         by_gateway: dict[str, list[bytes]] = {}
         entries: dict[bytes, Entry] = {}
         for entry, bundle, outcome in settled:
@@ -337,16 +345,9 @@ class Consumer:
                 batch_leader=outcome.leader,
             )
             by_gateway.setdefault(entry.reply_to, []).append(wire.encode_reply(reply))
-        for reply_to, encoded in by_gateway.items():
-            commands.append(("RPUSH", reply_to, *encoded))
-            commands.append(("PEXPIRE", reply_to, self.reply_ttl_ms))
-        commands.append(("EVAL", pools.ACK, 2, self.stream, self.queued_key, pools.WORKER_GROUP,
-                         *(part for entry in entries.values()
-                           for part in (entry.entry_id, len(entry.ids)))))
-        self._round_trip(commands)
+        self.answers.send([(entry.entry_id, len(entry.ids)) for entry in entries.values()],
+                          by_gateway, letters or ())
 
-
-Command = tuple[bytes | str | int, ...]
 
 def round_trip(connection: redis.connection.AbstractConnection,
                commands: list[Command]) -> list[Any]:

@@ -5,6 +5,11 @@ into a buffer bounded by that cap; once a second the heartbeat thread turns the 
 compact batch -- CUSUM sums per 16-row chunk, counts per reference bin, raw sums -- and appends
 it to the pool's ``mg:{pool}:drift`` stream (capped), where gateways run the detectors. No
 per-row data leaves the worker and nothing grows with traffic.
+
+Rows with a NaN or infinite value in any profiled feature are not sampled, as the profile
+builder (``modelgate.core.profile``) leaves them out of the reference: one such call would
+otherwise put an infinite sum into CUSUM and a count into the last bin, an alarm about the
+caller rather than the distribution.
 """
 
 from __future__ import annotations
@@ -54,9 +59,10 @@ class DriftSampler:
         if matrix is None and not arrays:
             return  # a profile with neither features nor labels: nothing to sample
         rows = matrix.shape[0] if matrix is not None else len(arrays[0])
-        keep = np.arange(rows)
+        keep = np.arange(rows) if matrix is None else np.flatnonzero(
+            np.isfinite(matrix).all(axis=1))
         if self.share < 1.0:
-            keep = keep[self.rng.random(rows) < self.share]
+            keep = keep[self.rng.random(keep.size) < self.share]
         keep = keep[: self.max_rows_per_s - self._buffered]
         if keep.size == 0:
             return

@@ -3,9 +3,15 @@
 Shutdown contract: the first SIGTERM/SIGINT only sets an event; the loop finishes the batch it
 holds, answers and acknowledges it, deregisters and returns. A second signal exits at once.
 
-Nothing read from Redis ends the loop: a step that fails (Redis unreachable, the pool's stream
-turned into a key of another type, a bug) is logged, counted in the log line and retried with
-backoff; entries it held stay pending and are taken over like a dead worker's.
+Redis unreachable, stalled, full (``maxmemory``) or read-only is an outage, never a reason to
+exit: at start the worker waits until it can create its group and write its first heartbeat;
+serving, it backs off and tries again, holding the answers Redis refused (nothing is
+acknowledged without them) and reading nothing new until they are written.
+
+Nothing else read from Redis ends the loop either: a step that fails (the pool's stream turned
+into a key of another type, a bug) is logged, counted in the log line and retried with backoff;
+entries it held stay pending and are taken over like a dead worker's. A stream deleted under
+the worker is made again.
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ import redis
 
 from modelgate.core.clock import RedisClock
 from modelgate.core.profile import load_profile, profile_path
-from modelgate.core.repository import RepositoryError, load_model
+from modelgate.core.redis_checks import OUT_OF_MEMORY, OUTAGES, check_redis
+from modelgate.core.repository import ModelVersion, load_model, read_version
 from modelgate.core.settings import WorkerSettings
+from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
+from modelgate.core.store.models import ModelState
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
-from modelgate.worker.reclaim import ClaimTimeout, Reclaimer
+from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Runner
 
 log = logging.getLogger("modelgate.worker")
@@ -48,30 +57,56 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
+class ContentChanged(RuntimeError):
+    """The version's model.onnx is not the content the served state names."""
+
+
+def _stored_state(client: redis.Redis, model: str) -> ModelState | None:
+    try:
+        raw = client.get(model_store.state(model))
+        return ModelState.decode(raw) if raw is not None else None
+    except model_store.StateError as e:
+        log.warning("the stored state of model %s is unreadable (%s); going by the files", model,
+                    e)
+        return None
+    except redis.RedisError:
+        return None  # Redis not up yet: the files decide; the heartbeat checks again
+
+
+def resolve_version(settings: WorkerSettings, client: redis.Redis) -> ModelVersion:
+    """The version to serve: the one asked for, else the served default, else the repository's
+    default. Raises ContentChanged when its file is not what the served state names."""
+    state = _stored_state(client, settings.model)
+    wanted = settings.version or (state.default if state is not None else None)
+    version = (read_version(settings.models_dir, settings.model, wanted) if wanted
+               else load_model(settings.models_dir / settings.model).default)
+    stored = state.versions.get(version.version) if state is not None else None
+    if stored is not None and stored.sha256 and stored.sha256 != version.sha256:
+        raise ContentChanged(
+            f"{version.path} has sha256 {version.sha256[:12]}, but version {version.version} is "
+            f"served with {stored.sha256[:12]}: the file changed in place; the model control "
+            "loop reloads it (poll mode) or a load call does (explicit mode)")
+    return version
+
+
 def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None = None) -> int:
     """Serve until ``stop`` is set (or ``max_steps`` reads were made); returns entries handled."""
-    model = load_model(settings.models_dir / settings.model)
-    version = model.versions.get(settings.version or model.default_version)
-    if version is None:
-        raise RepositoryError(
-            f"model {model.name!r} has no version {settings.version}; "
-            f"it has {sorted(model.versions, key=int)}"
-        )
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)
+    version = resolve_version(settings, client)
     threads = settings.intra_op_threads or version.config.intra_op_threads or 1
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=10)
     starting = pools.starting_set(version.pool)
     _announce(client, starting, worker_id)
     try:
         runner = Runner(version, threads)
         runner.warm_up()
-    except Exception:
+    except Exception as e:
         _withdraw(client, starting, worker_id)
+        _report_load_error(client, version.pool, e)
         raise
-    reclaimer = Reclaimer(client, version.pool, worker_id,
-                          ClaimTimeout(settings.claim_timeout_ms), settings.max_deliveries,
-                          settings.reclaim_interval_s)
-    profile = load_profile(version) if version.batchable else None
+    reclaimer = Reclaimer(client, version.pool, worker_id, settings.claim_timeout_ms,
+                          settings.max_deliveries, settings.reclaim_interval_s)
+    profile = load_profile(version) if version.rows_axis else None
     sampler = None
     if profile is not None:
         sampler = DriftSampler(version.pool, profile, version.config.drift_max_rows_per_s,
@@ -93,19 +128,37 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         uptime = max(time.monotonic() - started, 1e-9)
         return {"processed": consumer.processed, "busy": round(consumer.busy_s / uptime, 4)}
 
+    def on_state(raw: bytes | None) -> None:
+        """Stop reading (and drain) once the served state names other content for this
+        version: its new workers take over the pool."""
+        if raw is None or stop.is_set():
+            return
+        try:
+            found = ModelState.decode(raw).versions.get(version.version)
+        except model_store.StateError:
+            return
+        if found is not None and found.sha256 and found.sha256 != version.sha256:
+            log.warning("version %s of %s is now served with content %s, not this worker's %s;"
+                        " draining", version.version, version.name, found.sha256[:12],
+                        version.sha256[:12])
+            stop.set()
+
     heartbeat = Heartbeat(
         redis.Redis.from_url(settings.redis_url), worker_id, version.pool,
         settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, flush, clock,
+        version.sha256, on_state,
     )
-    _wait_for_redis(consumer, stop)
+    _wait_for_redis(consumer, heartbeat, stop)
+    check_redis(client, log)
     gc.collect()
     gc.freeze()  # the session and modules live as long as the process: skip them in full passes
-    heartbeat.start()
+    heartbeat.start(beat_first=False)
     _withdraw(client, starting, worker_id)
     log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
              worker_id, version.pool, version.max_batch_size, threads)
     handled = steps = failures = 0
-    backoff_s = 0.1
+    outage = Outage()
+    backoff_s = 0.1  # after a failed step that was no outage
     regroup = False
     try:
         while not stop.is_set() and (max_steps is None or steps < max_steps):
@@ -115,12 +168,17 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
                     consumer.ensure_group()
                     regroup = False
                 handled += consumer.step(settings.block_ms)
+                outage.over()
                 backoff_s = 0.1
                 continue
-            # A timeout is Redis not answering (stalled, overloaded): retry it like a dropped
-            # connection rather than die holding entries.
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                log.warning("redis unreachable (%s); retrying in %.1fs", e, backoff_s)
+            # A timeout is Redis not answering (stalled, overloaded), OOM is Redis full: retry
+            # them like a dropped connection rather than die holding entries.
+            except OUTAGES as e:
+                # Never longer than a heartbeat: once Redis is back the heartbeat thread makes
+                # gateways count this worker live and send it work, so the loop must be reading.
+                stop.wait(outage.begin(e, consumer.answers.held,
+                                       settings.heartbeat_interval_s))
+                continue
             except redis.ResponseError as e:
                 # NOGROUP: Redis lost the stream (restart without persistence); UNBLOCKED: it
                 # was deleted under a blocked read. Recreate it and go on.
@@ -137,13 +195,58 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
                 log.exception("step failed (%d failures so far); retrying in %.1fs", failures,
                               backoff_s)
             stop.wait(backoff_s)
-            # Never longer than a heartbeat: once Redis is back the heartbeat thread makes
-            # gateways count this worker live and send it work, so the loop must be reading.
-            backoff_s = min(backoff_s * 2, settings.heartbeat_interval_s)
+            backoff_s = min(backoff_s * 2, settings.heartbeat_interval_s)  # as for an outage
     finally:
+        if consumer.answers.held:
+            log.warning("stopping with %d runs' answers unwritten: their entries stay pending "
+                        "and other workers take them over", consumer.answers.held)
         heartbeat.stop()
         log.info("worker %s stopped after %d entries", worker_id, handled)
     return handled
+
+
+class Outage:
+    """Backoff and the log while Redis cannot take the worker's commands: said when it
+    starts, every 30 s while it lasts, and when it ends."""
+
+    REPEAT_S = 30.0
+
+    def __init__(self) -> None:
+        self.backoff_s = 0.1
+        self.since: float | None = None
+        self._said_at = 0.0
+
+    def begin(self, error: Exception, held: int, max_backoff_s: float) -> float:
+        """Seconds to wait before the next try."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self._said_at >= self.REPEAT_S or self._said_at < self.since:
+            self._said_at = now
+            if isinstance(error, redis.OutOfMemoryError):
+                log.warning("%s: holding the answers of %d runs, acknowledging nothing, "
+                            "reading nothing new; retrying (%s)", OUT_OF_MEMORY, held, error)
+            else:
+                log.warning("redis unavailable (%s: %s); retrying", type(error).__name__, error)
+        wait_s = self.backoff_s
+        self.backoff_s = min(self.backoff_s * 2, max_backoff_s)
+        return wait_s
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("redis takes writes again after %.1f s", time.monotonic() - self.since)
+            self.since = None
+        self.backoff_s = 0.1
+
+
+def _report_load_error(client: redis.Redis, pool: str, error: Exception) -> None:
+    """Tell the model control loop why this version cannot be served, so it stops trying."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    try:
+        client.set(model_store.load_error(pool), f"the worker could not load the model: "
+                                                 f"{message}", ex=model_store.RESULT_TTL_S)
+    except redis.RedisError as e:
+        log.warning("could not report the load failure (%s)", e)
 
 
 def _announce(client: redis.Redis, starting: str, worker_id: str) -> None:
@@ -161,20 +264,26 @@ def _withdraw(client: redis.Redis, starting: str, worker_id: str) -> None:
         log.warning("could not withdraw start announcement (%s); it expires", e)
 
 
-def _wait_for_redis(consumer: Consumer, stop: threading.Event) -> None:
-    backoff_s = 0.1
+def _wait_for_redis(consumer: Consumer, heartbeat: Heartbeat, stop: threading.Event) -> None:
+    """Until the group exists and the first heartbeat is written: a worker reads nothing
+    before others can see it is alive (they would take its entries over)."""
+    outage = Outage()
     while not stop.is_set():
         try:
             consumer.ensure_group()
+            heartbeat.beat()
+            outage.over()
             return
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            log.warning("waiting for redis (%s)", e)
-            stop.wait(backoff_s)
-            backoff_s = min(backoff_s * 2, 5.0)
+        except OUTAGES as e:
+            stop.wait(outage.begin(e, 0, 5.0))
 
 
 def main(settings: WorkerSettings) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
-    run(settings, stop)
+    try:
+        run(settings, stop)
+    except ContentChanged as e:
+        log.error("not serving: %s", e)
+        return 3
     return 0

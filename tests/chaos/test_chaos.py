@@ -29,7 +29,6 @@ import onnxruntime as ort
 import orjson
 import pytest
 import redis
-from onnx import TensorProto, helper, numpy_helper
 
 from modelgate.cli import demo
 from modelgate.core import wire
@@ -46,6 +45,7 @@ from tests.chaos.conftest import (
     rss_mb,
     write_repo,
 )
+from tests.models import matmul_chain
 from tests.procs import wait_until
 
 pytestmark = pytest.mark.integration
@@ -62,29 +62,6 @@ def mlp_heavy() -> onnx.ModelProto:
     """Four dense layers of width 256 and ten outputs: each distinct input has its own answer,
     so a reply delivered to the wrong request shows as a wrong output."""
     return demo.mlp_model(inputs=64, hidden=256, outputs=10, layers=4)
-
-
-def matmul_chain(width: int, depth: int) -> onnx.ModelProto:
-    """``y = tanh(... tanh(x @ W) ... @ W)``, ``depth`` times with one shared ``W``: a slow
-    model (milliseconds per row) that stays small on disk."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(
-        (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w")
-    nodes, previous = [], "input"
-    for k in range(depth):
-        nodes += [helper.make_node("MatMul", [previous, "w"], [f"m{k}"]),
-                  helper.make_node("Tanh", [f"m{k}"], [f"t{k}"])]
-        previous = f"t{k}"
-    nodes.append(helper.make_node("Identity", [previous], ["probabilities"]))
-    graph = helper.make_graph(
-        nodes, "chain",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", width])],
-        [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
 
 
 def reference(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
@@ -691,7 +668,209 @@ def test_gateway_enqueues_on_stale_connections_after_redis_restart(
     assert not failed, failed[:1]
 
 
-# --------------------------------------------------------------------------- 7: bad data
+# --------------------------------------------------------------------------- 7: slow batches
+
+
+# Batches of twice the claim timeout. (Before workers took over only dead workers' entries,
+# an idle worker took over any entry idle for max(claim timeout, 4 x its own last step, which
+# was its 500 ms blocking read): 2 s here, so every batch over 2 s ran again elsewhere.)
+SLOW_CLAIM_TIMEOUT_MS = 2_000
+SLOW_BATCH_S = 4.0  # one call, a full batch, on one core
+SLOW_WIDTH = 1_024
+SLOW_MAX_BATCH = 64
+SLOW_ROWS_PER_CALL = SLOW_MAX_BATCH
+SLOW_CALLS = 6
+SLOW_CONCURRENCY = 2  # three workers: one waits idle while two run, as when a pool has room
+SLOW_TIMEOUT_MS = 90_000
+
+
+def _one_core_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def slow_chain() -> tuple[onnx.ModelProto, float]:
+    """A chain whose full batch takes about SLOW_BATCH_S on one core of this machine (the
+    depth is measured, not guessed), and that estimate."""
+    probe_depth = 20
+    session = _one_core_session(matmul_chain(SLOW_WIDTH, probe_depth))
+    x = np.ones((SLOW_MAX_BATCH, SLOW_WIDTH), np.float32)
+    session.run(None, {"input": x})
+    started = time.perf_counter()
+    session.run(None, {"input": x})
+    per_layer_s = (time.perf_counter() - started) / probe_depth
+    depth = max(1, round(SLOW_BATCH_S / per_layer_s))
+    return matmul_chain(SLOW_WIDTH, depth), depth * per_layer_s
+
+
+def requests_run(client: redis.Redis, pool: str) -> int:
+    """Requests the pool's workers answered, from their per-second counters."""
+    keys = list(client.scan_iter(match=pools.stats(pool, 0).replace(":0", ":*")))
+    return sum(int(client.hget(key, "completed") or 0) for key in keys)
+
+
+@pytest.mark.timeout(180)
+def test_batches_longer_than_the_claim_timeout_run_once(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """Three live workers and batches that take twice the claim timeout (more, with three
+    workers on two cores): no worker takes over another's entries, every call runs exactly
+    once, none is dead-lettered, and every caller gets its 200."""
+    model, batch_s = slow_chain()
+    cluster, workers = start_mlp_cluster(
+        tmp_path, chaos_redis, cluster_factory, model, workers=3,
+        config=f"max_batch_size: {SLOW_MAX_BATCH}\n",
+        worker_flags=("--claim-timeout-ms", str(SLOW_CLAIM_TIMEOUT_MS)))
+    rng = np.random.default_rng(7)
+    inputs = rng.standard_normal((SLOW_CALLS, SLOW_ROWS_PER_CALL, SLOW_WIDTH),
+                                 dtype=np.float32)
+
+    def body(i: int) -> bytes:
+        return orjson.dumps({
+            "inputs": [{"name": "input", "shape": [SLOW_ROWS_PER_CALL, SLOW_WIDTH],
+                        "datatype": "FP32", "data": inputs[i].reshape(-1).tolist()}],
+            "parameters": {"timeout_ms": SLOW_TIMEOUT_MS}})
+
+    started = time.monotonic()
+    answers = asyncio.run(drive(cluster.base_url, "/v2/models/mlp/infer", body,
+                                concurrency=SLOW_CONCURRENCY, count=SLOW_CALLS, budget_s=120,
+                                client_timeout_s=SLOW_TIMEOUT_MS / 1000))
+    elapsed_s = time.monotonic() - started
+    client = chaos_redis.client()
+    wait_stream_empty(client)
+    # Workers flush their counters with every heartbeat (1 s): wait until every call counts.
+    wait_until(lambda: requests_run(client, POOL) >= SLOW_CALLS, 10, "the run counters")
+    time.sleep(2.0)  # two more heartbeats: a call run twice would show by now
+    runs = requests_run(client, POOL)
+    codes = Counter(a.status for a in answers)
+    # Rows are independent in this model: four rows of each answer are checked, not all.
+    session = _one_core_session(model)
+    wrong = [a.index for a in answers if a.status == 200 and not np.allclose(
+        output_of(a)[:4], session.run(None, {"input": inputs[a.index][:4]})[0],
+        rtol=1e-4, atol=1e-5)]
+    reclaimed = sum(reclaimed_in(cluster.log(f"worker-{i}")) for i in range(3))
+    report = {
+        "one_core_batch_s": round(batch_s, 2), "claim_timeout_ms": SLOW_CLAIM_TIMEOUT_MS,
+        "batch_x_claim_timeout": round(batch_s * 1000 / SLOW_CLAIM_TIMEOUT_MS, 1),
+        "sent": len(answers), "ok": codes[200], "codes": dict(codes),
+        "runs": runs, "runs_per_call": round(runs / max(len(answers), 1), 2),
+        "reclaimed": reclaimed, "dead_letters": client.xlen(pools.dead_letters(POOL)),
+        "max_s": round(max((a.latency_s for a in answers), default=0), 2),
+        "seconds": round(elapsed_s, 1), "wrong_outputs": len(wrong),
+    }
+    chaos_report(report)
+    client.close()
+    assert codes == {200: SLOW_CALLS}, f"{dict(codes)}: {failures(answers)}"
+    assert runs == SLOW_CALLS, report
+    assert reclaimed == 0 and report["dead_letters"] == 0, report
+    assert not wrong, wrong
+    assert all(w.poll() is None for w in workers)
+
+
+# --------------------------------------------------------------------------- 8: Redis full
+
+
+FULL_CALLS = 3_000
+FULL_CONCURRENCY = 16
+FULL_RATE_PER_S = 400
+FULL_AFTER = 600  # answers before Redis fills up
+FULL_FOR_S = 2.0
+FULL_TIMEOUT_MS = 15_000
+FULL_INJECTED = 40  # entries the test adds itself, read while Redis is full
+
+
+@pytest.mark.timeout(120)
+def test_redis_at_maxmemory_mid_load_loses_no_answer(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """Redis hits maxmemory (noeviction) under load for two seconds, with entries in the
+    workers' hands: callers get 503 or their answer, no entry is acknowledged without its
+    answer written, the workers stay up and serve afterwards.
+
+    The workers are paused for the moment Redis fills, with entries waiting: the test's own
+    entries (answered to a reply list the test reads) are then run while Redis refuses every
+    answer, and each must still be answered exactly once when Redis has room again."""
+    model = demo.mlp_model(inputs=16, hidden=64, outputs=4, layers=2)
+    cluster, workers = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory, model,
+                                         workers=2)
+    inputs = np.random.default_rng(8).standard_normal((FULL_CALLS, 16), dtype=np.float32)
+    client = chaos_redis.client()
+    moments: dict[str, float] = {}
+    injected: list[str] = []
+
+    def fill() -> None:
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGSTOP)
+        pipe = client.pipeline(transaction=False)
+        for i in range(FULL_INJECTED):
+            correlation = f"full-{i}"
+            payload = wire.encode_bundle(wire.Bundle.single(correlation, wire.Request(
+                {"input": wire.tensor(inputs[i:i + 1])})))
+            entry = pools.RequestEntry((correlation,), replies.reply_list("chaos"),
+                                       FULL_TIMEOUT_MS, 1, payload)
+            pipe.xadd(STREAM, dict(zip(entry.fields()[::2], entry.fields()[1::2], strict=True)))
+            pipe.incrby(pools.queued(POOL), 1)
+            injected.append(correlation)
+        pipe.execute()
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+        moments["full"] = time.monotonic()
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGCONT)
+        time.sleep(FULL_FOR_S)
+        client.config_set("maxmemory", 0)
+        moments["room"] = time.monotonic()
+
+    async def on_answer(answer: Answer, answered: int) -> None:
+        if answered == FULL_AFTER:
+            await asyncio.to_thread(fill)
+
+    answers = asyncio.run(drive(
+        cluster.base_url, "/v2/models/mlp/infer",
+        lambda i: infer_body(inputs[i], FULL_TIMEOUT_MS), concurrency=FULL_CONCURRENCY,
+        count=FULL_CALLS, rate_per_s=FULL_RATE_PER_S, budget_s=60,
+        client_timeout_s=FULL_TIMEOUT_MS / 1000 + 5, on_answer=on_answer))
+    assert "room" in moments, f"Redis never filled: {len(answers)} answers"
+    wait_stream_empty(client, timeout_s=15)
+    got: Counter[str] = Counter()
+    while (raw := client.lpop(replies.reply_list("chaos"))) is not None:
+        for part in wire.unbundle(wire.decode_reply(raw)):
+            got[part.id] += 1
+    codes = Counter(a.status for a in answers)
+    during = [a for a in answers if moments["full"] <= a.started_s < moments["room"]]
+    after = asyncio.run(drive(cluster.base_url, "/v2/models/mlp/infer",
+                              lambda i: infer_body(inputs[i], FULL_TIMEOUT_MS),
+                              concurrency=8, count=100, budget_s=20))
+    logs = "".join(cluster.log(f"worker-{i}") for i in range(2))
+    report = {
+        "sent": len(answers), "ok": codes[200], "503": codes[503],
+        "other_codes": {c: n for c, n in codes.items() if c not in (200, 503)},
+        "sent_while_full": len(during),
+        "503_while_full": sum(a.status == 503 for a in during),
+        "injected": FULL_INJECTED, "injected_answered": sum(1 for c in injected if got[c]),
+        "acked_without_answer": sum(1 for c in injected if not got[c]),
+        "answered_twice": sum(1 for c in injected if got[c] > 1),
+        "workers_alive": sum(w.poll() is None for w in workers),
+        "after_ok": sum(a.status == 200 for a in after),
+        "wrong_outputs": len(wrong_outputs(answers, inputs, model)),
+        "worker_said_out_of_memory": "out of memory" in logs,
+    }
+    chaos_report(report)
+    client.close()
+    assert report["acked_without_answer"] == 0, report
+    assert report["workers_alive"] == 2, logs[-3000:]
+    assert set(codes) <= {200, 503}, f"{dict(codes)}: {failures(answers)}"
+    assert report["503_while_full"] > 0, report
+    assert all(b"out of memory" in a.body for a in answers if a.status == 503), \
+        failures(answers)
+    assert report["after_ok"] == 100, failures(after)
+    assert report["wrong_outputs"] == 0
+    assert report["worker_said_out_of_memory"]
+
+
+# --------------------------------------------------------------------------- 9: bad data
 
 
 BAD_DATA_REQUESTS = 2_000
@@ -772,7 +951,7 @@ def test_malformed_reply_and_pool_key_mid_load_are_counted_and_calls_go_on(
     client.close()
 
 
-# --------------------------------------------------------------------------- 8: idle and slow
+# --------------------------------------------------------------------------- 10: idle and slow
 
 
 IDLE_SOCKETS = 500

@@ -23,6 +23,7 @@ COMPOSE_V1 = "docker-compose version 1.29.2, build unknown"
 COMPOSE_V2 = "Docker Compose version v2.40.3"
 TOOL_OF = {"chromium": "chromium", "docker-compose": "docker-compose", "prometheus": "promtool"}
 EVERYTHING = ["chromium", "docker-compose", "prometheus"]
+ENGINE_TOOLS = {"docker.io": ("dockerd", "docker"), "debootstrap": ("debootstrap",)}  # --engine
 
 # $1 is the apt-get command after the options the script passes (-q -y -o LOCK=...).
 FAKE_APT_GET = """#!/bin/sh
@@ -69,6 +70,10 @@ class Machine:
             (self.packages / package).mkdir()
             write_tool(self.packages / package / tool,
                        COMPOSE_V1 if tool == "docker-compose" else "")
+        for package, tools in ENGINE_TOOLS.items():
+            (self.packages / package).mkdir()
+            for tool in tools:
+                write_tool(self.packages / package / tool)
 
     def has(self, tool: str, stdout: str = "") -> None:
         write_tool(self.installed / tool, stdout)
@@ -164,3 +169,27 @@ def test_a_tool_still_missing_after_the_install_fails_the_run(machine: Machine) 
     assert result.returncode != 0
     assert "still lacks" in result.stderr
     assert "prometheus: promtool" in result.stderr
+
+
+def test_engine_adds_a_docker_engine_and_debootstrap_only_when_asked(machine: Machine) -> None:
+    """`make engine-deps` (--engine) for tests/engine; plain `make system-deps` never
+    installs an engine."""
+    machine.has("chromium")
+    machine.has("docker-compose", COMPOSE_V1)
+    machine.has("promtool")
+    assert "nothing to do" in machine.run().stdout
+    result = machine.run("--engine")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("system-deps: installing docker.io debootstrap from ")
+    assert "a Docker Engine for tests/engine" in result.stdout
+    update, install = machine.apt_calls()
+    assert update.endswith(" update")
+    assert install.endswith(" install --no-install-recommends docker.io debootstrap")
+    assert "nothing to do" in machine.run("--engine").stdout
+    assert len(machine.apt_calls()) == 2
+
+
+def test_an_unknown_option_is_refused(machine: Machine) -> None:
+    result = machine.run("--engines")
+    assert result.returncode == 2
+    assert "usage:" in result.stderr

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,10 +135,11 @@ class Stack:
         [worker] = [pid for pid in _children(self.up_pid)
                     if " worker " in _cmdline(pid) and "--model mlp" in _cmdline(pid)]
         thread = threading.Thread(target=lambda: asyncio.run(_burst(self.url, 300)))
+        began = time.time()  # the first decision started the first worker: not this one
         os.kill(worker, signal.SIGSTOP)
         try:
             thread.start()
-            wait_until(lambda: any(d["desired"] > d["current"]
+            wait_until(lambda: any(d["desired"] > d["current"] and d["time"] >= began
                                    for d in self.mlp()["decisions"]),
                        30, "the autoscaler to scale up on the backlog", interval_s=0.5)
         finally:

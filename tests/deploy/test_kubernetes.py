@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from modelgate.autoscaler.backends.base import PoolRef
 from modelgate.autoscaler.backends.kubernetes import KubernetesBackend
 from modelgate.core.repository import Model
 from modelgate.core.store import pools
@@ -172,7 +173,13 @@ def test_every_pod_runs_non_root_with_resources(objects: list[dict[str, Any]]) -
 def test_redis_keeps_an_append_only_file_behind_a_service(objects: list[dict[str, Any]]) -> None:
     [redis] = find(objects, "Deployment", "redis")
     [server] = containers(redis)
-    assert server["args"][server["args"].index("--appendonly") + 1] == "yes"
+    args = server["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    # Redis refuses writes at maxmemory before the container's limit OOM-kills it.
+    maxmemory_mb = int(args[args.index("--maxmemory") + 1].removesuffix("mb"))
+    limit = server["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and maxmemory_mb < int(limit.removesuffix("Gi")) * 1024
     [service] = find(objects, "Service", "redis")
     assert service["spec"]["ports"][0]["port"] == 6379
     for deployment in find(objects, "Deployment"):
@@ -218,7 +225,7 @@ def test_one_worker_deployment_per_demo_model_named_as_the_backend_expects(
         if main["args"][0] != "worker":
             continue
         args = modelgate_args(main)
-        assert deployment["metadata"]["name"] == backend.deployment(args.model)
+        assert deployment["metadata"]["name"] == backend.deployment(PoolRef(args.model, "1"))
         assert "replicas" not in deployment["spec"], (
             "the scaler owns replicas; a value here resets the pool on every apply")
         assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
@@ -259,9 +266,9 @@ def test_keda_scaled_objects_scale_each_worker_on_its_request_stream_lag(
         targets[spec["scaleTargetRef"]["name"]] = trigger["metadata"]
         assert spec["minReplicaCount"] >= 1, "the gateway is unready while a model has no worker"
         assert spec["maxReplicaCount"] >= spec["minReplicaCount"]
-    assert set(targets) == {backend.deployment(m) for m in demo_models}
+    assert set(targets) == {backend.deployment(PoolRef(m, "1")) for m in demo_models}
     for name, model in demo_models.items():
-        metadata = targets[backend.deployment(name)]
+        metadata = targets[backend.deployment(PoolRef(name, "1"))]
         assert metadata["stream"] == pools.requests_stream(model.default.pool)
         assert metadata["consumerGroup"] == pools.WORKER_GROUP
         assert int(metadata["lagCount"]) > 0

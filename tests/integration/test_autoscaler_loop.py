@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
+from modelgate.autoscaler.backends.base import PoolRef
+from modelgate.autoscaler.control import ModelControl
+from modelgate.autoscaler.decider import Decider
 from modelgate.autoscaler.loop import Autoscaler, PoolPlan
 from modelgate.autoscaler.policy import PolicyConfig
+from modelgate.core.settings import ScalingSettings
 from modelgate.core.stats import StatsAccumulator
 from modelgate.core.store import pools, scaling
 
@@ -27,15 +32,15 @@ class RecordingBackend:
     name = "recording"
 
     def __init__(self) -> None:
-        self.replicas: dict[str, int] = {}
+        self.replicas: dict[str, int] = {}  # by pool
         self.calls: list[tuple[str, int]] = []
 
-    def scale(self, model: str, desired: int) -> None:
-        self.calls.append((model, desired))
-        self.replicas[model] = desired
+    def scale(self, ref: PoolRef, desired: int) -> None:
+        self.calls.append((ref.pool, desired))
+        self.replicas[ref.pool] = desired
 
-    def running(self, model: str) -> int:
-        return self.replicas.get(model, 0)
+    def running(self, ref: PoolRef) -> int:
+        return self.replicas.get(ref.pool, 0)
 
     def supervise(self) -> None:
         pass
@@ -65,8 +70,8 @@ def write_load(client: redis.Redis, pool: str, now: float, arrivals_per_s: int,
 
 def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis.Redis) -> None:
     backend = RecordingBackend()
-    backend.replicas["mlp"] = 1
-    plan = PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=8))
+    backend.replicas["mlp:1"] = 1
+    plan = PoolPlan(PoolRef("mlp", "1"), PolicyConfig(min_workers=1, max_workers=8))
     scaler = Autoscaler(redis_client, backend, [plan])
     now = time.time()
     write_load(redis_client, "mlp:1", now, arrivals_per_s=100, compute_ms_per_request=20.0,
@@ -78,21 +83,22 @@ def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis
     assert outcome.observation.service_s == pytest.approx(0.02)
     assert outcome.observation.backlog == 3
     assert outcome.desired == 3  # 100/s x 20 ms / 70% = 2.86
-    assert backend.calls == [("mlp", 3)]
+    assert backend.calls == [("mlp:1", 3)]
     (_, event), = redis_client.xrevrange(scaling.EVENTS, count=1)
     assert event[b"pool"] == b"mlp:1" and event[b"desired"] == b"3"
     assert event[b"current"] == b"1" and b"scale up" in event[b"reason"]
     assert event[b"arrival_rate"] == b"100.00" and event[b"backlog"] == b"3"
     assert redis_client.get(pools.desired("mlp:1")) == b"3"
-    sample = scaler.registry.get_sample_value("modelgate_desired_workers", {"model": "mlp"})
+    sample = scaler.registry.get_sample_value("modelgate_desired_workers",
+                                              {"model": "mlp", "version": "1"})
     assert sample == 3.0
 
 
 def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redis) -> None:
     backend = RecordingBackend()
-    backend.replicas.update({"a": 1, "b": 1})
-    plans = [PoolPlan("a:1", "a", PolicyConfig(min_workers=1, max_workers=10), 2.0),
-             PoolPlan("b:1", "b", PolicyConfig(min_workers=1, max_workers=10), 1.0)]
+    backend.replicas.update({"a:1": 1, "b:1": 1})
+    plans = [PoolPlan(PoolRef("a", "1"), PolicyConfig(min_workers=1, max_workers=10), 2.0),
+             PoolPlan(PoolRef("b", "1"), PolicyConfig(min_workers=1, max_workers=10), 1.0)]
     scaler = Autoscaler(redis_client, backend, plans, max_cost_per_hour=8.0)
     now = time.time()
     for pool in ("a:1", "b:1"):
@@ -108,19 +114,23 @@ def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redi
     assert all(b"capped by budget" in r for r in reasons)
 
 
-def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis) -> None:
+def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis,
+                                                tmp_path: Path) -> None:
     """With Redis unreachable the loop keeps what runs and retries (bounded run)."""
     backend = RecordingBackend()
-    backend.replicas["mlp"] = 2
+    backend.replicas["mlp:1"] = 2
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     scaler = Autoscaler(unreachable, backend,
-                        [PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=4))])
+                        [PoolPlan(PoolRef("mlp", "1"), PolicyConfig(min_workers=1,
+                                                                    max_workers=4))])
+    decider = Decider(unreachable, ModelControl(unreachable, tmp_path), scaler,
+                      ScalingSettings())
     stop = threading.Event()
     timer = threading.Timer(1.5, stop.set)
     timer.start()
-    ticks = scaler.run(stop, interval_s=0.1)
+    ticks = decider.run(stop, interval_s=0.1)
     timer.cancel()
-    assert ticks == 0 and backend.calls == [] and backend.replicas["mlp"] == 2
+    assert ticks == 0 and backend.calls == [] and backend.replicas["mlp:1"] == 2
 
 
 # --------------------------------------------------------------------------- bad data
@@ -130,37 +140,27 @@ def sample(scaler: Autoscaler, name: str, **labels: str) -> float:
     return scaler.registry.get_sample_value(name, labels) or 0.0
 
 
-def run_ticks(scaler: Autoscaler, ticks: int, within_s: float = 10.0) -> int:
-    """``scaler.run`` until ``ticks`` ticks were made, or ``within_s`` passed (a loop that
-    holds on every tick would otherwise never end)."""
-    stop = threading.Event()
-    timer = threading.Timer(within_s, stop.set)
-    timer.start()
-    try:
-        return scaler.run(stop, interval_s=0, max_ticks=ticks)
-    finally:
-        timer.cancel()
-
-
 def test_a_counter_that_is_no_count_is_skipped_and_the_loop_goes_on(
         redis_client: redis.Redis) -> None:
     """An infinite arrival count made the policy raise OverflowError, which ended the loop
     (issue 12): anything that reaches Redis could stop the autoscaler for good."""
     backend = RecordingBackend()
-    backend.replicas["mlp"] = 1
+    backend.replicas["mlp:1"] = 1
     scaler = Autoscaler(redis_client, backend,
-                        [PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=8))])
+                        [PoolPlan(PoolRef("mlp", "1"), PolicyConfig(min_workers=1,
+                                                                    max_workers=8))])
     now = time.time()
     write_load(redis_client, "mlp:1", now, arrivals_per_s=100, compute_ms_per_request=20.0,
                backlog=0)
     redis_client.hset(pools.stats("mlp:1", int(now) - 2), "arrivals", "inf")
 
-    assert run_ticks(scaler, 2) == 2
+    scaler.tick(now)
+    scaler.tick(now)
 
     assert sample(scaler, "modelgate_malformed_records_total", record="pool") == 2
     # The other seconds' arrivals still count: 2 of the 3 seconds of the rate window.
     assert scaler.last["mlp:1"].observation.arrival_rate == pytest.approx(200 / 3)
-    assert backend.replicas["mlp"] == 2
+    assert backend.replicas["mlp:1"] == 2
 
 
 def test_a_pool_key_of_another_type_holds_that_pool_and_scales_the_others(
@@ -168,9 +168,9 @@ def test_a_pool_key_of_another_type_holds_that_pool_and_scales_the_others(
     """WRONGTYPE on one pool's key failed the whole round trip: every pool was held as if Redis
     were down. Now that pool alone is held, at the workers it runs."""
     backend = RecordingBackend()
-    backend.replicas.update({"a": 1, "b": 1})
-    plans = [PoolPlan("a:1", "a", PolicyConfig(min_workers=1, max_workers=8)),
-             PoolPlan("b:1", "b", PolicyConfig(min_workers=1, max_workers=8))]
+    backend.replicas.update({"a:1": 1, "b:1": 1})
+    plans = [PoolPlan(PoolRef("a", "1"), PolicyConfig(min_workers=1, max_workers=8)),
+             PoolPlan(PoolRef("b", "1"), PolicyConfig(min_workers=1, max_workers=8))]
     scaler = Autoscaler(redis_client, backend, plans)
     now = time.time()
     for pool in ("a:1", "b:1"):
@@ -178,32 +178,40 @@ def test_a_pool_key_of_another_type_holds_that_pool_and_scales_the_others(
                    backlog=0)
     redis_client.set(pools.worker_set("a:1"), "not a sorted set")
 
-    assert run_ticks(scaler, 1) == 1
+    scaler.tick(now)
 
-    assert backend.calls == [("b", 3)]
+    assert backend.calls == [("b:1", 3)]
     held = scaler.last["a:1"]
     assert held.desired == 1 and "holding" in held.decision.reason
     assert sample(scaler, "modelgate_malformed_records_total", record="pool") == 1
 
 
 class FailingOnceBackend(RecordingBackend):
-    def scale(self, model: str, desired: int) -> None:
-        if not self.calls:
-            self.calls.append(("failed", desired))
+    """The platform refuses its first upkeep (a Docker or Kubernetes API error, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upkeeps = 0
+
+    def supervise(self) -> None:
+        self.upkeeps += 1
+        if self.upkeeps == 1:
             raise RuntimeError("the platform said no, once")
-        super().scale(model, desired)
 
 
-def test_a_tick_that_raises_is_counted_and_the_loop_goes_on(redis_client: redis.Redis) -> None:
+def test_a_tick_that_raises_is_counted_and_the_loop_goes_on(
+        redis_client: redis.Redis, tmp_path: Path) -> None:
+    """The loop caught RedisError alone: anything else a tick raised ended the decider."""
     backend = FailingOnceBackend()
-    backend.replicas["mlp"] = 1
-    scaler = Autoscaler(redis_client, backend,
-                        [PoolPlan("mlp:1", "mlp", PolicyConfig(min_workers=1, max_workers=8))])
-    write_load(redis_client, "mlp:1", time.time(), arrivals_per_s=100,
-               compute_ms_per_request=20.0, backlog=0)
-
-    assert run_ticks(scaler, 1) == 1
-
-    # The retry comes a backoff later, when the rate window holds a second less of the load.
-    assert backend.calls[0] == ("failed", 3) and [m for m, _ in backend.calls[1:]] == ["mlp"]
+    scaler = Autoscaler(redis_client, backend, [])
+    decider = Decider(redis_client, ModelControl(redis_client, tmp_path), scaler,
+                      ScalingSettings())
+    stop = threading.Event()
+    timer = threading.Timer(10, stop.set)  # bounded, whatever happens
+    timer.start()
+    try:
+        assert decider.run(stop, interval_s=0, max_ticks=1) == 1
+    finally:
+        timer.cancel()
+    assert backend.upkeeps >= 2
     assert sample(scaler, "modelgate_background_errors_total", task="autoscaler") == 1

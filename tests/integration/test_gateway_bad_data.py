@@ -26,8 +26,8 @@ import redis.asyncio as aioredis
 from modelgate.core import wire
 from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import stop_process
-from modelgate.core.repository import load_repository
 from modelgate.core.settings import GatewaySettings
+from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.metrics import Metrics
@@ -221,7 +221,7 @@ def test_a_refresh_hook_that_raises_is_counted_and_the_refresh_goes_on(
 
     async def scenario() -> Metrics:
         client = aioredis.Redis.from_url(url)
-        plane = DataPlane(settings, load_repository(repo), client, client, "hooks", Metrics())
+        plane = DataPlane(settings, client, client, "hooks", Metrics())
         seen: list[float] = []
 
         def broken(now: float) -> None:
@@ -241,3 +241,26 @@ def test_a_refresh_hook_that_raises_is_counted_and_the_refresh_goes_on(
     metrics = asyncio.run(scenario())
     assert metrics.registry.get_sample_value("modelgate_background_errors_total",
                                              {"task": "dashboard"}) == 2
+
+
+def test_malformed_model_state_keys_are_counted_and_the_monitor_goes_on(
+        stack: Stack, client: httpx.Client) -> None:
+    """The served models' generation (an integer), the decider's lease (text) and the set of
+    models are read by the same monitor: int('abc') or a lease that is not UTF-8 stopped it
+    for good, and a set of another type was taken for a Redis outage."""
+    before = metric(client, "modelgate_malformed_records_total", record="models")
+    stack.redis.set(model_store.GENERATION, "abc")
+    stack.redis.set(model_store.LEASE, b"\xff\xfe not text", ex=30)
+    try:
+        keeps_serving(client)
+        assert metric(client, "modelgate_malformed_records_total", record="models") >= before + 2
+        stack.redis.set(model_store.GENERATION, "999")
+        stack.redis.delete(model_store.MODELS)
+        stack.redis.set(model_store.MODELS, "not a set")
+        keeps_serving(client)
+        ready = client.get("/v2/health/ready").json()
+        assert ready["redis"] is True and not ready["failing_tasks"], ready
+    finally:
+        stack.redis.delete(model_store.GENERATION, model_store.LEASE, model_store.MODELS)
+    assert "skipped bad data in models" in stack.gateway_log()
+    assert metric(client, "modelgate_background_errors_total", task="pool-monitor") == 0

@@ -41,7 +41,7 @@ def models(repo: Path) -> dict[str, Model]:
 
 def parsers(repo: Path) -> Parsers:
     """Every body goes to a parser process (large_body_bytes=1)."""
-    return Parsers(repo, large_body_bytes=1, processes=1, timeout_s=30.0, metrics=Metrics())
+    return Parsers(large_body_bytes=1, processes=1, timeout_s=30.0, metrics=Metrics())
 
 
 def assert_same(apart: Parsed, here: Parsed) -> None:
@@ -116,7 +116,7 @@ def test_a_parser_that_died_is_replaced(repo: Path, models: dict[str, Model]) ->
     metrics = Metrics()
 
     async def scenario() -> None:
-        pool = Parsers(repo, large_body_bytes=1, processes=1, timeout_s=30.0, metrics=metrics)
+        pool = Parsers(large_body_bytes=1, processes=1, timeout_s=30.0, metrics=metrics)
         try:
             await pool.parse(V2, mlp, body, None)
             (first,) = pool.running()
@@ -142,7 +142,7 @@ def test_small_bodies_stay_on_the_event_loop(repo: Path, models: dict[str, Model
                                      "data": [1, 2, 3, 4]}]})
 
     async def scenario() -> None:
-        pool = Parsers(repo, large_body_bytes=len(body) + 1, processes=1, timeout_s=30.0,
+        pool = Parsers(large_body_bytes=len(body) + 1, processes=1, timeout_s=30.0,
                        metrics=Metrics())
         await pool.parse(V2, models["mlp"].default, body, None)
         assert pool.running() == []  # no parser process was started

@@ -40,7 +40,9 @@ def idle_url(serve: ServeFactory, tmp_path_factory: pytest.TempPathFactory,
              onnx_models: dict[str, onnx.ModelProto]) -> Iterator[str]:
     """A gateway whose only model (two versions) has no worker at all."""
     mlp = onnx_models["mlp"]
-    repo = write_repository(tmp_path_factory.mktemp("idle-models"), {"idle": [mlp, mlp]})
+    # Both versions served (the default policy would serve only the latest).
+    repo = write_repository(tmp_path_factory.mktemp("idle-models"), {"idle": [mlp, mlp]},
+                            configs={"idle": "version_policy: {all: {}}\n"})
     with serve(repo, [("idle", 0)]) as url:
         yield url
 

@@ -40,13 +40,19 @@ def test_status_shows_pools_workers_decisions_and_drift(redis_client: redis.Redi
                   drift_store.DriftAlert("input[0]", "chi2", 50, 40, 500, now - 5),
                   drift_store.DriftAlert("input[0]", "cleared", 9, 40, 500, now)):
         pipe.xadd(drift_store.alerts(pool), alert.fields())
+    for i in range(3):
+        items = pools.DeadLetter({b"ids": b"x", b"payload": b"p" * 100}, b"1-0", 4, i).items()
+        pipe.xadd(pools.dead_letters(pool), dict(zip(items[::2], items[1::2], strict=True)))
     pipe.execute()
 
     out = io.StringIO()
     assert render(redis_client, out) == 0
     text = out.getvalue()
+    [dead] = [line for line in text.splitlines() if line.strip().startswith("dead letters")]
+    assert pool in dead and "3 of 1000" in dead and "7 days" in dead
     row = next(line for line in text.splitlines() if line.startswith(pool))
-    assert row.split()[1:5] == ["1", "0", "2", "1"]  # live, starting, desired, backlog
+    # no decider: no state; then live, starting, desired, backlog
+    assert row.split()[1:6] == ["-", "1", "0", "2", "1"]
     assert "pid    4242" in text and "processed     1234" in text
     assert "1 -> 2  scale up: backlog 40" in text
     assert "input[2]" in text and "cusum 31.2 > 28.9" in text

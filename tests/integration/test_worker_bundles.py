@@ -21,7 +21,7 @@ from modelgate.core import wire
 from modelgate.core.repository import Model
 from modelgate.core.store import pools, replies
 from modelgate.worker.consumer import Consumer
-from modelgate.worker.reclaim import ClaimTimeout, Reclaimer
+from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Runner
 from tests.conftest import redis_url_for_db
 from tests.procs import entry_fields, wait_until
@@ -47,7 +47,7 @@ def make_consumer(redis_client: redis.Redis,
         reclaimer = None
         if max_deliveries is not None:
             reclaimer = Reclaimer(redis_client, version.pool, "live",
-                                  ClaimTimeout(CLAIM_FLOOR_MS), max_deliveries, interval_s=0.0)
+                                  CLAIM_FLOOR_MS, max_deliveries, interval_s=0.0)
         consumer = Consumer(redis_client, version, runner, "live", reply_ttl_s=60,
                             reclaimer=reclaimer)
         consumer.ensure_group()

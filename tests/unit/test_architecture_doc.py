@@ -15,8 +15,8 @@ def test_the_key_table_is_the_one_the_store_generates() -> None:
     found = re.search(r"<!-- keys:begin -->\n(.*?)<!-- keys:end -->", text, re.S)
     assert found is not None, "docs/architecture.md lost its key table markers"
     assert found.group(1) == key_table(), (
-        "the key table is stale: paste the output of `python -m modelgate.core.store.catalog` "
-        "between the markers")
+        "the key table is stale: run `python -m modelgate.core.store.catalog --write "
+        "docs/architecture.md`")
 
 
 def test_every_file_the_page_names_exists() -> None:

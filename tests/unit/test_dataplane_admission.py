@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, Overloaded
-from modelgate.core.repository import ModelVersion, load_repository
+from modelgate.core.repository import ModelVersion
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.store.pools import PoolGauges
 from modelgate.gateway.dataplane import DataPlane, PoolView
@@ -46,7 +46,7 @@ def data_plane(repo: Path, max_inflight: int = 100) -> DataPlane:
     settings = GatewaySettings(models_dir=repo, redis_url="redis://127.0.0.1:1/0",
                                max_inflight=max_inflight, max_queue=DEFAULT_MAX_QUEUE)
     client = aioredis.Redis.from_url(settings.redis_url)  # never connects: no command is sent
-    return DataPlane(settings, load_repository(repo), client, client, "test-gateway", Metrics())
+    return DataPlane(settings, client, client, "test-gateway", Metrics())
 
 
 def model(plane: DataPlane, name: str = "mlp") -> ModelVersion:

@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from modelgate.core import wire
+from modelgate.core import drift, wire
 from modelgate.core.profile import FeatureProfile, LabelProfile, Profile
 from modelgate.core.store import drift as drift_store
 from modelgate.worker.drift_sampler import CHUNK_ROWS, DriftSampler
@@ -70,3 +70,59 @@ def test_requests_missing_a_profiled_tensor_are_skipped() -> None:
     sampler = DriftSampler("m:1", Profile("m", "1", 1, (feature(0),)))
     sampler.observe({"other": np.zeros((3, 1), dtype=np.float32)}, {})
     assert sampler.flush(RecordingPipe()) is False
+
+
+def _batch_of(added: dict[str, Any], features: int) -> drift.Batch:
+    """A flushed batch as the gateway's detectors take it (no labels here)."""
+    z = np.frombuffer(added["z"], dtype="<f8").reshape(len(added["rows"]), features)
+    return drift.Batch(z, np.asarray(added["rows"], dtype=float),
+                       [np.asarray(b, dtype=float) for b in added["bins"]],
+                       np.asarray(added["sums"], dtype=float),
+                       np.asarray(added["squares"], dtype=float))
+
+
+def test_rows_with_nan_or_inf_are_dropped_as_the_profile_builder_drops_them() -> None:
+    """A call carrying NaN or Inf must not move the detectors: its rows are not sampled."""
+    profile = Profile("m", "1", 100, (feature(0), feature(1)))
+    clean = np.random.default_rng(0).standard_normal((40, 2)).astype(np.float32)
+    dirty = clean.copy()
+    dirty[[3, 17, 29], [0, 1, 0]] = [np.nan, np.inf, -np.inf]
+    sampled = {}
+    for name, x in (("clean", np.delete(clean, [3, 17, 29], axis=0)), ("dirty", dirty)):
+        sampler = DriftSampler("m:1", profile, max_rows_per_s=1000)
+        sampler.observe({"input": x}, {})
+        pipe = RecordingPipe()
+        assert sampler.flush(pipe) is True
+        sampled[name] = pipe.added[0]
+    assert sum(sampled["dirty"]["rows"]) == 37
+    for field in ("rows", "bins", "sums", "squares", "z"):
+        assert sampled["dirty"][field] == sampled["clean"][field], field
+
+
+def test_nan_and_inf_rows_never_raise_a_drift_alert() -> None:
+    """End to end through the detectors: in-distribution rows with a share of NaN and Inf rows
+    (every one of them far outside the reference) stay quiet and keep finite statistics."""
+    edges = tuple(float(e) for e in np.quantile(np.random.default_rng(1).standard_normal(
+        100_000), np.linspace(0, 1, 11)[1:-1]))
+    columns = tuple(FeatureProfile(f"input[{j}]", "input", "input", j, None, edges,
+                                   (0.1,) * 10, 0.0, 1.0) for j in range(2))
+    profile = Profile("m", "1", 100_000, columns)
+    thresholds = drift.Thresholds.for_features(2, 10)
+    states = [drift.FeatureState(np.full(10, 0.1), thresholds.chi2) for _ in range(2)]
+    sampler = DriftSampler("m:1", profile, max_rows_per_s=100_000)
+    rng = np.random.default_rng(2)
+    events = []
+    for _ in range(20):
+        x = rng.standard_normal((200, 2)).astype(np.float32)
+        x[rng.random(200) < 0.2, 0] = np.nan
+        x[rng.random(200) < 0.2, 1] = np.inf
+        x[rng.random(200) < 0.05, 1] = -np.inf
+        sampler.observe({"input": x}, {})
+        pipe = RecordingPipe()
+        sampler.flush(pipe)
+        events += drift.fold(states, thresholds, _batch_of(pipe.added[0], 2))
+    assert events == []
+    for state in states:
+        assert np.isfinite([state.s_pos, state.s_neg, state.last_chi2]).all()
+        assert state.last_mean is not None and np.isfinite(state.last_mean)
+        assert drift.score(state, thresholds) < 1.0

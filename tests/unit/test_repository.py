@@ -14,8 +14,12 @@ from modelgate.core.repository import (
     Model,
     RepositoryError,
     TensorSpec,
+    check_name,
+    file_sha256,
     load_model,
     load_repository,
+    read_version,
+    scan_model,
 )
 from tests.models import finish, write_repository
 
@@ -92,12 +96,15 @@ def test_highest_version_is_the_default(tmp_path: Path,
     (tmp_path / "m" / "notes").mkdir()  # not a version: ignored
     (tmp_path / "m" / "3").mkdir()  # no model.onnx: ignored
 
+    scan = scan_model(tmp_path / "m")
+    assert sorted(scan.versions, key=int) == ["1", "2", "3", "10"]
+    assert "missing" in scan.versions["3"].error  # a folder without its model is reported
     model = load_repository(tmp_path)["m"]
 
-    assert sorted(model.versions, key=int) == ["1", "2", "10"]
+    assert list(model.versions) == ["10"]  # the default policy serves the latest one
     assert model.default_version == "10"
     assert model.default.pool == "m:10"
-    assert model.versions["2"].path == tmp_path / "m" / "2" / "model.onnx"
+    assert model.default.sha256 == file_sha256(tmp_path / "m" / "10" / "model.onnx")
 
 
 def test_config_yaml_overrides(tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
@@ -123,6 +130,37 @@ def test_config_json_overrides_and_zero_turns_batching_off(
     assert v.max_batch_size == 0
     assert not v.batchable
     assert v.config.timeout_ms == 700
+
+
+def test_batching_false_runs_each_call_alone_on_a_batchable_graph(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    """A model that mixes rows across the batch keeps its rows axis (drift profiles, row
+    checks) but never combines calls: effective max_batch_size 0."""
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]}, {"mlp": "batching: false\n"})
+    v = load_repository(tmp_path)["mlp"].default
+    assert v.config.batching is False
+    assert v.max_batch_size == 0 and not v.batchable
+    assert v.rows_axis
+
+
+@pytest.mark.parametrize("text, match", [
+    ("batching: false\nmax_batch_size: 8\n", "batching: false"),
+    ("batching: false\npreferred_batch_sizes: [4]\n", "preferred_batch_sizes"),
+    ("batching: 0\n", "batching must be true or false"),
+    ("batching: 'no'\n", "batching must be true or false"),
+])
+def test_batching_false_contradicted_or_malformed_is_an_error(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto], text: str, match: str) -> None:
+    write_repository(tmp_path, {"mlp": onnx_models["mlp"]}, {"mlp": text})
+    with pytest.raises(RepositoryError, match=match):
+        load_repository(tmp_path)
+
+
+def test_batching_true_on_an_unbatchable_graph_is_an_error(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_repository(tmp_path, {"state": onnx_models["state"]}, {"state": "batching: true\n"})
+    with pytest.raises(RepositoryError, match="no variable first dimension"):
+        load_repository(tmp_path)
 
 
 def test_empty_config_file_means_defaults(tmp_path: Path,
@@ -187,7 +225,7 @@ def test_unreadable_onnx_file_is_an_error(tmp_path: Path) -> None:
 def test_bad_model_name_is_an_error(tmp_path: Path,
                                     onnx_models: dict[str, onnx.ModelProto]) -> None:
     write_repository(tmp_path, {"no:colons": onnx_models["mlp"]})
-    with pytest.raises(RepositoryError, match="model names"):
+    with pytest.raises(RepositoryError, match="model name"):
         load_model(tmp_path / "no:colons")
 
 
@@ -233,3 +271,67 @@ def test_initializers_listed_as_inputs_are_not_inputs(tmp_path: Path,
     v = load_repository(tmp_path)["old"].default
     assert [i.name for i in v.inputs] == ["input"]
     assert v.batchable
+
+
+@pytest.mark.parametrize(("policy", "served", "default"), [
+    ("", ["3"], "3"),
+    ("version_policy: {latest: {num_versions: 2}}", ["3", "2"], "3"),
+    ("version_policy: {all: {}}", ["3", "2", "1"], "3"),
+    ("version_policy: {specific: {versions: [1, 3]}}", ["3", "1"], "3"),
+    ("version_policy: {all: {}}\ndefault_version: 2", ["3", "2", "1"], "2"),
+    ("version_policy: {latest: {num_versions: 1}}\ndefault_version: 1", ["3"], "3"),
+], ids=["default", "latest 2", "all", "specific", "default_version", "default not served"])
+def test_version_policy_picks_served_versions_and_the_default(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto], policy: str,
+        served: list[str], default: str) -> None:
+    for version in (1, 2, 3):
+        write_model(onnx_models["mlp"], tmp_path, "m", version)
+    (tmp_path / "m" / "config.yaml").write_text(policy + "\n")
+    scan = scan_model(tmp_path / "m")
+    assert scan.served() == served
+    assert scan.default(scan.served()) == default
+
+
+@pytest.mark.parametrize("policy", [
+    "version_policy: latest", "version_policy: {latest: {num_versions: 0}}",
+    "version_policy: {specific: {versions: []}}", "version_policy: {newest: {}}",
+    "version_policy: {all: {}, latest: {}}", "default_version: two",
+])
+def test_a_bad_version_policy_is_an_error_naming_the_shape(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto], policy: str) -> None:
+    write_model(onnx_models["mlp"], tmp_path, "m", 1)
+    (tmp_path / "m" / "config.yaml").write_text(policy + "\n")
+    scan = scan_model(tmp_path / "m")
+    assert scan.error and "config.yaml" in scan.error
+
+
+def test_one_broken_version_leaves_the_others_servable(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    write_model(onnx_models["mlp"], tmp_path, "m", 1)
+    write_model(onnx_models["mlp"], tmp_path, "m", 2)
+    whole = (tmp_path / "m" / "2" / "model.onnx").read_bytes()
+    (tmp_path / "m" / "2" / "model.onnx").write_bytes(whole[:len(whole) // 2])  # truncated
+    scan = scan_model(tmp_path / "m")
+    assert scan.versions["2"].loaded is None and "not a readable ONNX model" in \
+        scan.versions["2"].error
+    assert scan.served() == ["1"]  # the latest loadable one
+    assert load_model(tmp_path / "m").default_version == "1"
+
+
+@pytest.mark.parametrize(("name", "what"), [
+    ("..", "model"), (".", "model"), ("a/b", "model"), ("", "model"), (".hidden", "model"),
+    ("0", "version"), ("01", "version"), ("-1", "version"), ("1/../2", "version"),
+    ("x", "version"),
+])
+def test_names_that_could_build_a_path_are_refused(name: str, what: str) -> None:
+    with pytest.raises(RepositoryError, match="not allowed"):
+        check_name(name, what)
+
+
+def test_read_version_reads_one_version_whatever_the_policy(
+        tmp_path: Path, onnx_models: dict[str, onnx.ModelProto]) -> None:
+    for version in (1, 2):
+        write_model(onnx_models["mlp"], tmp_path, "m", version)
+    assert read_version(tmp_path, "m", "1").version == "1"
+    with pytest.raises(RepositoryError, match="no version 5"):
+        read_version(tmp_path, "m", "5")

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
+
+from modelgate.core.store import pools
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRef:
+    """One pool: the workers serving one version of one model."""
+
+    model: str
+    version: str
+
+    @property
+    def pool(self) -> str:
+        return pools.pool_id(self.model, self.version)
 
 
 class Backend(Protocol):
-    """Runs worker replicas per model pool.
+    """Runs worker replicas per pool (one model version).
 
     ``scale`` is idempotent and returns promptly: it starts replicas that are missing and
     drains the surplus (SIGTERM: the worker answers what it holds before it exits). A backend
@@ -15,11 +30,11 @@ class Backend(Protocol):
 
     name: str
 
-    def scale(self, model: str, desired: int) -> None:
-        """Make ``desired`` replicas of ``model``'s worker run (starting ones count)."""
+    def scale(self, ref: PoolRef, desired: int) -> None:
+        """Make ``desired`` replicas of the pool's worker run (starting ones count)."""
 
-    def running(self, model: str) -> int:
-        """Replicas of ``model`` that exist now (starting or serving; not the ones draining)."""
+    def running(self, ref: PoolRef) -> int:
+        """Replicas of the pool that exist now (starting or serving; not the ones draining)."""
 
     def supervise(self) -> None:
         """Periodic upkeep: replace replicas that died unasked (no-op where the platform does)."""

@@ -2,13 +2,14 @@
 
 Containers are found by label, so the backend keeps no state that matters across restarts:
 
-- ``modelgate.pool=<model>`` marks a worker of that model. Every running container with it
-  counts, including ones Compose started (``docker compose up --scale worker=N``).
+- ``modelgate.pool=<model>:<version>`` marks a worker of that pool. Every running container
+  with it counts, including ones Compose started (``docker compose up --scale worker=N``).
 - ``modelgate.managed=true`` marks the containers this backend started. Only those are ever
   stopped or removed: a Compose-started worker is a floor the backend scales above.
 
-Scale-down drains: ``container.stop(timeout=drain_timeout_s)`` sends SIGTERM (the worker
-answers what it holds, then exits) and SIGKILL once the timeout passes. Those calls block for
+Scale-down drains: ``container.stop(timeout=...)`` sends SIGTERM (the worker answers what it
+holds, then exits) and SIGKILL once ``drain_timeout_s`` passes, rounded up to whole seconds:
+the Engine reads the timeout as an integer and refuses ``30.0``. Those calls block for
 as long as the drain takes, so they run on a small thread pool; ``scale`` returns at once and a
 draining container stops counting as running the moment its stop is requested.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import secrets
 import threading
 from collections.abc import Iterable, Mapping
@@ -25,9 +27,11 @@ from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
+from modelgate.autoscaler.backends.base import PoolRef
+
 log = logging.getLogger("modelgate.autoscaler")
 
-POOL_LABEL = "modelgate.pool"  # the model a worker container serves
+POOL_LABEL = "modelgate.pool"  # the pool a worker container serves: "<model>:<version>"
 MANAGED_LABEL = "modelgate.managed"  # "true" on containers this backend started (and may stop)
 DRAIN_THREADS = 8  # containers stopped at once; more wait their turn on the pool
 
@@ -79,7 +83,7 @@ class DockerBackend:
         self.drain_timeout_s = drain_timeout_s
         self.environment = dict(environment or {})
         self.run_options = dict(run_options or {})
-        self.desired: dict[str, int] = {}
+        self.desired: dict[PoolRef, int] = {}
         self.restarts = 0  # containers started to replace ones that exited unasked
         self._lock = threading.Lock()
         self._draining: dict[str, Future[None]] = {}  # container id -> its stop
@@ -94,15 +98,15 @@ class DockerBackend:
             all=True, filters={"label": list(labels), "status": list(statuses)},
             ignore_removed=True))
 
-    def _live(self, model: str) -> list[Any]:
-        """Running containers of ``model``'s pool that are not draining, oldest first."""
+    def _live(self, ref: PoolRef) -> list[Any]:
+        """Running containers of the pool that are not draining, oldest first."""
         with self._lock:
             draining = set(self._draining)
-        containers = self._list([f"{POOL_LABEL}={model}"], ["running"])
+        containers = self._list([f"{POOL_LABEL}={ref.pool}"], ["running"])
         return sorted((c for c in containers if c.id not in draining), key=_created_key)
 
-    def running(self, model: str) -> int:
-        return len(self._live(model))
+    def running(self, ref: PoolRef) -> int:
+        return len(self._live(ref))
 
     def draining(self) -> int:
         """Containers whose stop was requested and has not finished yet."""
@@ -111,24 +115,26 @@ class DockerBackend:
 
     # ------------------------------------------------------------------ actions
 
-    def _start(self, model: str) -> None:
-        name = f"modelgate-worker-{model}-{secrets.token_hex(4)}"
+    def _start(self, ref: PoolRef) -> None:
+        name = f"modelgate-worker-{ref.model}-v{ref.version}-{secrets.token_hex(4)}"
         # The Redis URL may hold a password: environment, not command, so `ps` and
         # `docker inspect`'s Args do not show it.
         environment = {**self.environment, "MODELGATE_REDIS_URL": self.redis_url}
         container = self.client.containers.run(
             self.image,
-            command=["worker", "--models", self.models_dir, "--model", model],
+            command=["worker", "--models", self.models_dir, "--model", ref.model,
+                     "--version", ref.version],
             name=name,
             detach=True,
-            labels={POOL_LABEL: model, MANAGED_LABEL: "true"},
+            labels={POOL_LABEL: ref.pool, MANAGED_LABEL: "true"},
             environment=environment,
             network=self.network,
             # The image's HEALTHCHECK probes the gateway's port; a worker serves no HTTP.
             healthcheck={"test": ["NONE"]},
             **self.run_options,
         )
-        log.info("started worker container %s for %s", getattr(container, "name", name), model)
+        log.info("started worker container %s for %s", getattr(container, "name", name),
+                 ref.pool)
 
     def _drain(self, container: Any) -> None:
         with self._lock:  # held until the entry exists, so the task cannot pop it first
@@ -142,7 +148,8 @@ class DockerBackend:
         # Runs on the drain pool. The entry goes before the future completes, so whoever
         # waits on the future (stop_all) sees the container gone from `_draining`.
         try:
-            container.stop(timeout=self.drain_timeout_s)  # SIGTERM, SIGKILL after the timeout
+            # SIGTERM, SIGKILL after the timeout (whole seconds: the Engine parses an integer)
+            container.stop(timeout=math.ceil(self.drain_timeout_s))
             container.remove()
         finally:
             with self._lock:
@@ -154,17 +161,17 @@ class DockerBackend:
         if error is not None:
             log.warning("stopping worker container %s failed: %s", container_id[:12], error)
 
-    def scale(self, model: str, desired: int) -> None:
-        """Start or drain containers until ``desired`` run for ``model``; newest go first.
+    def scale(self, ref: PoolRef, desired: int) -> None:
+        """Start or drain containers until ``desired`` run for the pool; newest go first.
 
         Returns once the missing containers are started; surplus ones drain in the
         background. Only containers this backend started are drained, so the pool never goes
         below the number Compose runs.
         """
-        self.desired[model] = desired
-        live = self._live(model)
+        self.desired[ref] = desired
+        live = self._live(ref)
         for _ in range(desired - len(live)):
-            self._start(model)
+            self._start(ref)
         surplus = len(live) - desired
         if surplus <= 0:
             return
@@ -173,9 +180,9 @@ class DockerBackend:
         if len(victims) < surplus:
             # Debug, not info: the loop asks again every tick while the floor is above it.
             log.debug("%s: %d worker(s) wanted, but %d were not started by this backend "
-                      "(Compose's?) and stay", model, desired, len(live) - len(managed))
+                      "(Compose's?) and stay", ref.pool, desired, len(live) - len(managed))
         for container in victims:
-            log.info("draining worker container %s of %s", container.name, model)
+            log.info("draining worker container %s of %s", container.name, ref.pool)
             self._drain(container)
 
     def supervise(self) -> None:
@@ -193,11 +200,11 @@ class DockerBackend:
             log.warning("worker container %s of %s exited with %s; removing it", container.name,
                         container.labels.get(POOL_LABEL, "?"), state.get("ExitCode", "?"))
             container.remove()
-        for model, desired in self.desired.items():
-            missing = desired - len(self._live(model))
+        for ref, desired in self.desired.items():
+            missing = desired - len(self._live(ref))
             if missing > 0:
                 self.restarts += missing
-                self.scale(model, desired)
+                self.scale(ref, desired)
 
     def stop_all(self) -> None:
         """Drain every managed container at once and wait for them all to be gone.

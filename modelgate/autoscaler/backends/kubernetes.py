@@ -12,6 +12,8 @@ import logging
 import re
 from typing import Any
 
+from modelgate.autoscaler.backends.base import PoolRef
+
 log = logging.getLogger("modelgate.autoscaler")
 
 DEFAULT_DEPLOYMENT = "modelgate-worker-{model}"
@@ -48,25 +50,25 @@ class KubernetesBackend:
         self.deployment_template = deployment_template
         self.api = apps_api if apps_api is not None else _load_apps_api()
 
-    def deployment(self, model: str) -> str:
-        return self.deployment_template.format(model=_dns_label(model))
+    def deployment(self, ref: PoolRef) -> str:
+        return self.deployment_template.format(model=_dns_label(ref.model), version=ref.version)
 
-    def _read_scale(self, model: str) -> Any:
-        return self.api.read_namespaced_deployment_scale(self.deployment(model), self.namespace)
+    def _read_scale(self, ref: PoolRef) -> Any:
+        return self.api.read_namespaced_deployment_scale(self.deployment(ref), self.namespace)
 
-    def scale(self, model: str, desired: int) -> None:
+    def scale(self, ref: PoolRef, desired: int) -> None:
         """Set the Deployment's replicas to ``desired``; no write when it already is."""
-        current = self._read_scale(model).spec.replicas
+        current = self._read_scale(ref).spec.replicas
         if current == desired:
             return
         log.info("scaling deployment %s/%s from %s to %d replicas", self.namespace,
-                 self.deployment(model), current, desired)
+                 self.deployment(ref), current, desired)
         self.api.patch_namespaced_deployment_scale(
-            self.deployment(model), self.namespace, {"spec": {"replicas": desired}})
+            self.deployment(ref), self.namespace, {"spec": {"replicas": desired}})
 
-    def running(self, model: str) -> int:
+    def running(self, ref: PoolRef) -> int:
         """Pods the Deployment has now (``status.replicas``; terminating ones do not count)."""
-        scale = self._read_scale(model)
+        scale = self._read_scale(ref)
         if scale.status is not None and scale.status.replicas is not None:
             return int(scale.status.replicas)
         return int(scale.spec.replicas or 0)

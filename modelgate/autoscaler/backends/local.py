@@ -1,4 +1,4 @@
-"""Local backend: each worker is its own ``modelgate worker --model NAME`` process.
+"""Local backend: each worker is its own ``modelgate worker --model NAME --version V`` process.
 
 Scale-down drains with SIGTERM (the worker answers what it holds first). A worker that exits
 unasked is restarted, with exponential backoff while it keeps dying young.
@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelgate.autoscaler.backends.base import PoolRef
 from modelgate.core.process import child_preexec, stop_process
 from modelgate.core.settings import SECRET_VARIABLES
 
@@ -25,7 +26,7 @@ MAX_BACKOFF_S = 30.0
 
 @dataclass(slots=True)
 class _Pool:
-    model: str
+    ref: PoolRef
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     desired: int = 0
     backoff_s: float = 0.0
@@ -47,8 +48,9 @@ class LocalBackend:
         self.restarts = 0
 
     def _spawn(self, pool: _Pool) -> None:
-        command = [sys.executable, "-m", "modelgate", "worker", "--model", pool.model,
-                   "--models", str(self.models_dir), *self.extra_args]
+        command = [sys.executable, "-m", "modelgate", "worker", "--model", pool.ref.model,
+                   "--version", pool.ref.version, "--models", str(self.models_dir),
+                   *self.extra_args]
         # The Redis URL may hold a password: environment, not argv, so `ps` does not show it.
         # Workers need no API key: they do not inherit the servers' secrets.
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
@@ -57,8 +59,8 @@ class LocalBackend:
         pool.processes.append(process)
         pool.started_at[process.pid] = time.monotonic()
 
-    def running(self, model: str) -> int:
-        pool = self.pools.get(model)
+    def running(self, ref: PoolRef) -> int:
+        pool = self.pools.get(ref.pool)
         return sum(1 for p in pool.processes if p.poll() is None) if pool else 0
 
     def processes(self) -> list[subprocess.Popen[bytes]]:
@@ -66,17 +68,17 @@ class LocalBackend:
         return ([p for pool in self.pools.values() for p in pool.processes]
                 + [p for p, _ in self.draining])
 
-    def pids(self, model: str) -> list[int]:
-        pool = self.pools.get(model)
+    def pids(self, ref: PoolRef) -> list[int]:
+        pool = self.pools.get(ref.pool)
         return [p.pid for p in pool.processes if p.poll() is None] if pool else []
 
-    def scale(self, model: str, desired: int) -> None:
-        """Start or drain workers until ``desired`` run for ``model``; newest go first.
+    def scale(self, ref: PoolRef, desired: int) -> None:
+        """Start or drain workers until ``desired`` run for the pool; newest go first.
 
         Returns at once: draining workers finish in the background (``supervise`` reaps
         them, killing any still running after the drain timeout).
         """
-        pool = self.pools.setdefault(model, _Pool(model))
+        pool = self.pools.setdefault(ref.pool, _Pool(ref))
         pool.desired = desired
         self._reap(pool)
         while len(pool.processes) < desired:
@@ -119,7 +121,7 @@ class LocalBackend:
             for process in self._reap(pool):
                 lived_s = now - pool.started_at.pop(process.pid, now)
                 log.warning("worker %d of %s exited with %s after %.1fs", process.pid,
-                            pool.model, process.returncode, lived_s)
+                            pool.ref.pool, process.returncode, lived_s)
                 if lived_s >= HEALTHY_AFTER_S:
                     pool.backoff_s = 0.0
                 else:

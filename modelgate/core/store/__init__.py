@@ -3,6 +3,9 @@ encode and decode) and the Lua scripts that touch it, side by side, one module p
 
 Keys are typed by family so that a model name can never collide with another kind of key:
 
+    mg:models, mg:model:{model}:... which versions of which models are served
+    mg:control:...                  the decider's lease, commands and events
+    mg:gateway:{id}:...             what one gateway process has applied
     mg:pool:{model}:{version}:...   a pool: the workers serving one version of one model
     mg:worker:{id}                  one worker's heartbeat
     mg:replies:{gateway}            one gateway process's reply list
@@ -19,7 +22,7 @@ from __future__ import annotations
 PREFIX = "mg"
 
 # The modules of this package, in the order docs/architecture.md lists them.
-FAMILIES = ("pools", "heartbeats", "replies", "scaling", "drift")
+FAMILIES = ("models", "pools", "heartbeats", "replies", "scaling", "drift")
 
 # Words of Redis error replies caused by what a key holds (a key of another type, a counter that
 # is not a number), as opposed to the server's own state (LOADING, MISCONF, OOM, READONLY, ...):

@@ -1,20 +1,24 @@
 """The table of every Redis key, generated from the family modules' ``KEYS`` (for
 docs/architecture.md, which a test keeps equal to it).
 
-``python -m modelgate.core.store.catalog`` prints it.
+``python -m modelgate.core.store.catalog`` prints it; with ``--write DOC`` it replaces the
+table between DOC's ``<!-- keys:begin -->`` and ``<!-- keys:end -->`` markers.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from modelgate.core.store import FAMILIES
 
 # How each parameter of a key function shows in the table.
 PLACEHOLDERS = {"pool": "{model}:{version}", "worker_id": "{worker}",
-                "gateway_id": "{gateway}", "epoch_s": "{epoch_s}"}
+                "gateway_id": "{gateway}", "epoch_s": "{epoch_s}", "model": "{model}",
+                "command_id": "{command}"}
 
 
 def pattern(key: str | Callable[..., str]) -> str:
@@ -33,5 +37,18 @@ def key_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- keys:begin -->\n", "<!-- keys:end -->"
+
+
+def write_into(path: Path) -> None:
+    text = path.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    path.write_text(head + BEGIN + key_table() + END + tail)
+
+
 if __name__ == "__main__":
-    print(key_table(), end="")
+    if sys.argv[1:2] == ["--write"]:
+        write_into(Path(sys.argv[2]))
+    else:
+        print(key_table(), end="")

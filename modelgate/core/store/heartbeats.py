@@ -27,6 +27,7 @@ class Heartbeat:
     started: float  # epoch s
     processed: int = 0  # requests answered so far
     busy: float = 0.0  # share of its lifetime spent in ONNX Runtime runs
+    sha256: str = ""  # of the model.onnx it loaded: which content of the version it serves
 
     def fields(self) -> dict[str, str | int | float]:
         return asdict(self)
@@ -37,7 +38,8 @@ class Heartbeat:
         try:
             text = {k.decode(): v.decode() for k, v in fields.items()}
             return cls(text["pool"], int(text["pid"]), text["host"], float(text["started"]),
-                       int(float(text.get("processed", 0))), float(text.get("busy", 0.0)))
+                       int(float(text.get("processed", 0))), float(text.get("busy", 0.0)),
+                       text.get("sha256", ""))
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelgate.core.store import PREFIX
+from modelgate.core.store.replies import PREFIX_REPLIES
 
 # Consumer group every worker of a pool reads the pool's request stream in.
 WORKER_GROUP = "workers"
@@ -40,7 +41,7 @@ def queued(pool: str) -> str:
     """Requests queued for the pool and not yet answered: the backlog, in requests.
 
     Gateways add a bundle's request count in the same write as its XADD; workers subtract it
-    in :data:`ACK` for the entries they acknowledge. An entry holds several requests, so the
+    in :data:`ANSWER` for the entries they acknowledge. An entry holds several requests, so the
     stream's length is not the backlog (it counts entries).
     """
     return _key(pool, "queued")
@@ -65,13 +66,28 @@ def desired(pool: str) -> str:
 
 
 def dead_letters(pool: str) -> str:
-    """Stream of entries delivered too often without an answer (:class:`DeadLetter`)."""
+    """Stream of entries delivered too often without an answer (:class:`DeadLetter`), bounded
+    by count (:data:`DEAD_LETTER_MAXLEN`), age (:data:`DEAD_LETTER_MAX_AGE_MS`) and the payload
+    kept per letter (:data:`DEAD_LETTER_PAYLOAD_MAX_BYTES`)."""
     return _key(pool, "dead")
+
+
+# The dead-letter stream's bounds: at most this many letters (the oldest go first), none older
+# than a week, and a payload kept only up to 64 KiB (a larger one is replaced by its size), so
+# a pool's dead letters take at most about 1,000 x 65 KiB = 65 MiB of Redis memory.
+DEAD_LETTER_MAXLEN = 1_000
+DEAD_LETTER_MAX_AGE_MS = 7 * 24 * 3600 * 1000
+DEAD_LETTER_PAYLOAD_MAX_BYTES = 64 * 1024
 
 
 def stats(pool: str, epoch_s: int) -> str:
     """Hash of one second's counters (``modelgate.core.stats``); expires after minutes."""
     return _key(pool, f"stats:{epoch_s}")
+
+
+def pool_pattern(pool: str) -> str:
+    """A SCAN pattern matching every key of one pool (model names hold no glob characters)."""
+    return f"{PREFIX}:pool:{pool}:*"
 
 
 def pools_pattern() -> str:
@@ -157,10 +173,17 @@ def attempt_of(fields: Mapping[bytes, bytes]) -> int:
         return 1
 
 
+_LETTER_FIELDS = (b"original_id", b"deliveries", b"parked_at_ms")
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """An entry parked in :func:`dead_letters`: its original fields, plus where it came from,
-    how often it was delivered and when it was parked."""
+    how often it was delivered and when it was parked.
+
+    A ``payload`` over :data:`DEAD_LETTER_PAYLOAD_MAX_BYTES` is not kept: the letter holds
+    ``payload_bytes`` (its size) instead, and the rest of the entry (ids, reply list, budget).
+    """
 
     fields: dict[bytes, bytes]
     original_id: bytes
@@ -168,16 +191,20 @@ class DeadLetter:
     parked_at_ms: int
 
     def items(self) -> list[bytes | str | int]:
+        fields = dict(self.fields)
+        payload = fields.get(b"payload", b"")
+        if len(payload) > DEAD_LETTER_PAYLOAD_MAX_BYTES:
+            del fields[b"payload"]
+            fields[b"payload_bytes"] = str(len(payload)).encode()
         items: list[bytes | str | int] = [
-            part for name, value in self.fields.items() for part in (name, value)]
+            part for name, value in fields.items() for part in (name, value)]
         return [*items, "original_id", self.original_id, "deliveries", self.deliveries,
                 "parked_at_ms", self.parked_at_ms]
 
     @classmethod
     def parse(cls, fields: Mapping[bytes, bytes]) -> DeadLetter:
         try:
-            return cls({k: v for k, v in fields.items()
-                        if k not in (b"original_id", b"deliveries", b"parked_at_ms")},
+            return cls({k: v for k, v in fields.items() if k not in _LETTER_FIELDS},
                        fields[b"original_id"], int(fields[b"deliveries"]),
                        int(fields[b"parked_at_ms"]))
         except (KeyError, ValueError) as e:
@@ -186,7 +213,7 @@ class DeadLetter:
 
 # Reads the queued count, resetting it to 0 when the stream is empty: a count left off by a
 # write resent after a dropped connection (or lost with Redis) heals once the pool drains.
-# Gateways INCRBY in the write that XADDs and workers DECRBY with XDEL in one script (ACK), so
+# Gateways INCRBY in the write that XADDs and workers DECRBY with XDEL in one script (ANSWER), so
 # an empty stream means nothing is queued.
 # KEYS: the pool's requests stream, its queued count.
 QUEUED_REPAIR = """
@@ -198,22 +225,122 @@ end
 return queued
 """
 
-# Acknowledge and delete entries; subtract from the queued count only the requests of entries
-# this call acknowledged, so an entry answered twice (its worker was slow, not dead, and
-# another took it over) is not subtracted twice. Atomic, hence never seen half done by
-# QUEUED_REPAIR. KEYS: stream, queued count. ARGV: group, then entry id and request count
-# pairs.
-ACK = """
+# Write a worker's answers, then acknowledge their entries -- only if every answer was written.
+# Redis at maxmemory (noeviction) refuses the first write that may grow memory (RPUSH, XADD),
+# and did so to a plain RPUSH while the XACK after it still ran: the entry was acknowledged and
+# its answer lost. Here each write is a redis.pcall; a refused one ends the script before any
+# acknowledgement, and the worker keeps the answers and sends them again. (Once one write has
+# run, Redis lets the rest of the script run: it never stops a script half done.) A reply list
+# holding another type of value (an operator's mistake, never healed by waiting) gets no reply:
+# its entries are acknowledged and the count of replies dropped returned. Only keys under
+# mg:replies: are written to, whatever the caller passes. The queued count drops by the
+# requests of the entries this call acknowledged, so an entry answered twice (its worker was
+# slow, not dead, and another took it over) is not subtracted twice.
+# KEYS: the request stream, its queued count, its dead-letter stream, then the reply lists.
+# ARGV: group, reply TTL (ms), dead-letter MAXLEN, entries (n), letters (d); then n pairs
+# (entry id, requests in it); then d letters, each its item count and its items (XADD
+# name/value items); then per reply list, in KEYS order, its reply count and the replies.
+# Returns {1, requests acknowledged, replies dropped}, or {0, the refusal} with nothing acked.
+ANSWER = """
+local replies = '@replies@'
+local n, d = tonumber(ARGV[4]), tonumber(ARGV[5])
+local at = 6 + 2 * n
+for i = 1, d do
+  local width = tonumber(ARGV[at])
+  local written = redis.pcall('XADD', KEYS[3], 'MAXLEN', ARGV[3], '*',
+                              unpack(ARGV, at + 1, at + width))
+  if type(written) == 'table' and written.err then return {0, written.err} end
+  at = at + 1 + width
+end
+local dropped = 0
+for k = 4, #KEYS do
+  local count = tonumber(ARGV[at])
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if string.sub(KEYS[k], 1, #replies) ~= replies or (kind ~= 'list' and kind ~= 'none') then
+    dropped = dropped + count
+  else
+    for s = at + 1, at + count, 1000 do
+      local written = redis.pcall('RPUSH', KEYS[k], unpack(ARGV, s, math.min(s + 999, at + count)))
+      if type(written) == 'table' and written.err then return {0, written.err} end
+    end
+    redis.call('PEXPIRE', KEYS[k], ARGV[2])
+  end
+  at = at + 1 + count
+end
 local done = 0
-for i = 2, #ARGV, 2 do
+for i = 6, 5 + 2 * n, 2 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     done = done + tonumber(ARGV[i + 1])
   end
   redis.call('XDEL', KEYS[1], ARGV[i])
 end
 if done > 0 then redis.call('DECRBY', KEYS[2], done) end
-return done
+return {1, done, dropped}
+""".replace("@replies@", PREFIX_REPLIES)
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """What :data:`ANSWER` did: everything (``written``), or nothing, refused with ``error``."""
+
+    written: bool
+    acked_requests: int = 0
+    dropped_replies: int = 0
+    error: str = ""
+
+    @classmethod
+    def parse(cls, result: Sequence[Any]) -> Answered:
+        if int(result[0]) == 1:
+            return cls(True, int(result[1]), int(result[2]))
+        error = result[1]
+        return cls(False, error=error.decode() if isinstance(error, bytes) else str(error))
+
+
+def answer_command(pool: str, entries: Sequence[tuple[bytes, int]],
+                   replies_by_list: Mapping[str, Sequence[bytes]], reply_ttl_ms: int,
+                   letters: Sequence[DeadLetter] = ()) -> tuple[bytes | str | int, ...]:
+    """The EVAL of :data:`ANSWER`: ``letters`` to park, replies (encoded, by reply list), then
+    the acknowledgement of ``entries`` (entry id, requests in it)."""
+    keys = [requests_stream(pool), queued(pool), dead_letters(pool), *replies_by_list]
+    argv: list[bytes | str | int] = [WORKER_GROUP, reply_ttl_ms, DEAD_LETTER_MAXLEN,
+                                     len(entries), len(letters)]
+    for entry_id, requests in entries:
+        argv += [entry_id, requests]
+    for letter in letters:
+        items = letter.items()
+        argv += [len(items), *items]
+    for encoded in replies_by_list.values():
+        argv += [len(encoded), *encoded]
+    return ("EVAL", ANSWER, len(keys), *keys, *argv)
+
+
+# Remove a consumer from the group once it is dead and holds nothing: workers' consumer names
+# are new with every process, so the group would otherwise grow with every restart. Atomic, so
+# a consumer that beats or reads meanwhile is kept (deleting one with pending entries would
+# drop them from the group for good). Returns 1 if removed.
+# KEYS: the request stream, the consumer's heartbeat hash, the pool's worker set.
+# ARGV: group, consumer, the oldest heartbeat (epoch s) that still counts as alive.
+FORGET_CONSUMER = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local beat = redis.call('ZSCORE', KEYS[3], ARGV[2])
+if beat and tonumber(beat) >= tonumber(ARGV[3]) then return 0 end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+local removed = redis.pcall('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+if type(removed) == 'table' and removed.err then return 0 end
+return 1
 """
+
+
+# Drop dead letters older than DEAD_LETTER_MAX_AGE_MS, in Redis's clock (workers run it
+# once a reclaim round; XTRIM never needs memory, so it runs at maxmemory too).
+# KEYS: the dead-letter stream. ARGV: the maximum age (ms). Returns letters dropped.
+DEAD_LETTER_TRIM = """
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 - tonumber(ARGV[1])
+if cutoff <= 0 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', cutoff)
+"""
+
 
 # Replace a claimed bundle by one entry per request, unless it was acknowledged meanwhile. The
 # queued count is unchanged: the same requests stay queued. Each new entry's budget_ms is
@@ -312,10 +439,11 @@ def _int_or_none(raw: bytes | str | int | None) -> int | None:
 # Every key of this family: (key, Redis type, the record stored under it).
 KEYS = (
     (requests_stream, "stream", "RequestEntry (group WORKER_GROUP)"),
-    (queued, "string", "integer: requests queued; ACK and QUEUED_REPAIR keep it"),
+    (queued, "string", "integer: requests queued; ANSWER and QUEUED_REPAIR keep it"),
     (worker_set, "sorted set", "worker id -> last heartbeat (epoch s)"),
     (starting_set, "sorted set", "worker id -> when it began loading (epoch s)"),
     (desired, "string", "integer; expires with the autoscaler"),
-    (dead_letters, "stream", "DeadLetter"),
+    (dead_letters, "stream",
+     "DeadLetter; at most 1,000, a week old, a 64 KiB payload each (DEAD_LETTER_*)"),
     (stats, "hash", "one second's counters (modelgate.core.stats)"),
 )

@@ -9,6 +9,7 @@ from starlette.routing import Route
 from modelgate.gateway import protocol
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.metrics import CONTENT_TYPE
+from modelgate.gateway.serving import ServedModel
 
 
 async def live(request: Request) -> Response:
@@ -30,12 +31,20 @@ async def ready(request: Request) -> Response:
         "redis": plane.redis_ok,
         # Background tasks down or crash-looping; only the critical ones fail readiness.
         "failing_tasks": plane.background.restarting(),
-        "models": {name: {"ready": plane.model_ready(m.default),
-                          "workers": plane.pools[m.default.pool].live_workers}
-                   for name, m in plane.models.items()},
+        "models": {name: _model_health(plane, m) for name, m in plane.models.items()},
     }
     return Response(protocol.dumps(body), status_code=200 if is_ready else 503,
                     media_type="application/json")
+
+
+def _model_health(plane: DataPlane, model: ServedModel) -> dict[str, object]:
+    default = model.default
+    if default is None:
+        return {"ready": False, "version": None, "workers": 0,
+                "versions": {v: sv.state.status.value for v, sv in model.versions.items()}}
+    view = plane.pools.get(default.pool)
+    return {"ready": plane.model_ready(default), "version": default.version,
+            "workers": view.live_workers if view is not None else 0}
 
 
 async def metrics(request: Request) -> Response:

@@ -11,6 +11,7 @@ from modelgate.gateway import protocol
 from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.parsing import V1
+from modelgate.gateway.protocol import MODEL_VERSION_HEADER
 
 
 async def predict(request: Request) -> Response:
@@ -29,7 +30,9 @@ async def predict(request: Request) -> Response:
         parsed = await bodies.parsers.parse(V1, model, raw, None)
         reply = await plane.infer(model, parsed.request,
                                   model.config.timeout_ms or plane.settings.default_timeout_ms)
-    return Response(protocol.format_v1(reply), media_type="application/json")
+    # V1 has no field for it: the version that computed the answer goes in a header.
+    return Response(protocol.format_v1(reply), media_type="application/json",
+                    headers={MODEL_VERSION_HEADER: model.version})
 
 
 async def model_status(request: Request) -> Response:

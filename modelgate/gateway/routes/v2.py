@@ -45,20 +45,31 @@ async def server_metadata(request: Request) -> Response:
     return Response(protocol.dumps({
         "name": "modelgate",
         "version": __version__,
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_repository"],
     }), media_type=JSON)
 
 
 async def model_metadata(request: Request) -> Response:
+    """The model (its default version's signature) or one version; ``versions`` lists the
+    READY ones, ``parameters.versions`` every version with its state."""
     plane = _plane(request)
     model = _model(request)
+    served = plane.models[model.name]
     return Response(protocol.dumps({
         "name": model.name,
-        "versions": sorted(plane.models[model.name].versions, key=int),
+        "versions": served.state.ready(),
         "platform": "onnxruntime_onnx",
         "inputs": [i.metadata() for i in model.inputs],
         "outputs": [o.metadata() for o in model.outputs],
-        "parameters": {"max_batch_size": model.max_batch_size},
+        "parameters": {
+            "version": model.version,
+            "default_version": served.state.default,
+            "sha256": model.sha256,
+            "max_batch_size": model.max_batch_size,
+            "version_policy": model.config.version_policy.describe(),
+            "versions": {v: sv.state.body() for v, sv in
+                         sorted(served.versions.items(), key=lambda kv: int(kv[0]))},
+        },
     }), media_type=JSON)
 
 
@@ -91,9 +102,11 @@ async def infer(request: Request) -> Response:
     content, header_length = protocol.format_v2_binary(model, reply, parsed.request_id,
                                                        set(parsed.binary_outputs))
     if header_length is None:
-        return Response(content, media_type=JSON)
+        return Response(content, media_type=JSON,
+                        headers={protocol.MODEL_VERSION_HEADER: model.version})
     return Response(content, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(header_length)})
+                    headers={"Inference-Header-Content-Length": str(header_length),
+                             protocol.MODEL_VERSION_HEADER: model.version})
 
 
 routes = [

@@ -5,7 +5,8 @@ small in-memory engine with the ``containers.run`` / ``containers.list(filters=.
 ``container.stop`` / ``container.remove`` calls of the docker SDK that the backend uses,
 recording each call. It models what the backend relies on: label filters (all must match),
 status filters (any may match), ``Created`` as RFC 3339 with trailing zeros dropped, and a
-stop that blocks until the container exits.
+stop that blocks until the container exits and, like the Engine's API, takes its timeout in
+whole seconds only (``?t=30.0`` is a 500 there).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Any
 
 import pytest
 
+from modelgate.autoscaler.backends.base import PoolRef
 from modelgate.autoscaler.backends.docker import MANAGED_LABEL, POOL_LABEL, DockerBackend
+
+MLP, IRIS = PoolRef("mlp", "1"), PoolRef("iris", "1")
 
 IMAGE = "modelgate:latest"
 REDIS_URL = "redis://:secret@redis:6379/0"
@@ -40,7 +44,9 @@ class FakeContainer:
     def attrs(self) -> dict[str, Any]:
         return {"Created": self.created, "State": {"ExitCode": self.exit_code}}
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: int) -> None:
+        if not isinstance(timeout, int):
+            raise RuntimeError(f'500 Server Error: strconv.Atoi: parsing "{timeout}"')
         self.engine.calls.append(("stop", self.name, timeout))
         self.engine.stop_gate.wait(5)  # a draining worker takes a while to exit
         self.status = "exited"
@@ -121,14 +127,15 @@ def test_scale_up_starts_labelled_worker_containers(engine: FakeDocker) -> None:
     image, the `worker` command, the pool and managed labels, the Redis URL in its
     environment (never in its command), the network, and no gateway health check."""
     backend = make_backend(engine, environment={"MODELGATE_LOG_LEVEL": "DEBUG"})
-    backend.scale("mlp", 2)
-    started = engine.pool("mlp")
-    assert len(started) == 2 and backend.running("mlp") == 2 and backend.running("iris") == 0
+    backend.scale(MLP, 2)
+    started = engine.pool("mlp:1")
+    assert len(started) == 2 and backend.running(MLP) == 2 and backend.running(IRIS) == 0
     for container in started:
         run = container.run_kwargs
         assert run["image"] == IMAGE
-        assert run["command"] == ["worker", "--models", "/models", "--model", "mlp"]
-        assert container.labels == {POOL_LABEL: "mlp", MANAGED_LABEL: "true"}
+        assert run["command"] == ["worker", "--models", "/models", "--model", "mlp",
+                                  "--version", "1"]
+        assert container.labels == {POOL_LABEL: "mlp:1", MANAGED_LABEL: "true"}
         assert run["environment"] == {"MODELGATE_REDIS_URL": REDIS_URL,
                                       "MODELGATE_LOG_LEVEL": "DEBUG"}
         assert REDIS_URL not in " ".join(run["command"])
@@ -142,22 +149,23 @@ def test_scale_is_idempotent(engine: FakeDocker) -> None:
     """Stand-in engine (no Docker engine here). Checks that asking for the count that runs
     starts and stops nothing."""
     backend = make_backend(engine)
-    backend.scale("mlp", 2)
+    backend.scale(MLP, 2)
     calls = len(engine.calls)
-    backend.scale("mlp", 2)
-    assert len(engine.calls) == calls and backend.running("mlp") == 2
+    backend.scale(MLP, 2)
+    assert len(engine.calls) == calls and backend.running(MLP) == 2
 
 
 def test_scale_down_drains_the_newest_containers_first(engine: FakeDocker) -> None:
     """Stand-in engine (no Docker engine here). Checks newest-first removal, the drain
-    timeout passed to `container.stop` (SIGTERM, then SIGKILL), and removal afterwards."""
+    timeout passed to `container.stop` (SIGTERM, then SIGKILL; 12.5 s rounded up to the whole
+    seconds the Engine takes), and removal afterwards."""
     backend = make_backend(engine)
-    backend.scale("mlp", 3)
-    oldest, middle, newest = sorted(engine.pool("mlp"), key=lambda c: c.created)
-    backend.scale("mlp", 1)
+    backend.scale(MLP, 3)
+    oldest, middle, newest = sorted(engine.pool("mlp:1"), key=lambda c: c.created)
+    backend.scale(MLP, 1)
     wait_for(lambda: backend.draining() == 0)
     stops = [c for c in engine.calls if c[0] == "stop"]
-    assert sorted(stops) == sorted([("stop", newest.name, 12.5), ("stop", middle.name, 12.5)])
+    assert sorted(stops) == sorted([("stop", newest.name, 13), ("stop", middle.name, 13)])
     assert ("remove", newest.name) in engine.calls and ("remove", middle.name) in engine.calls
     assert list(engine.containers.values()) == [oldest]
 
@@ -168,11 +176,11 @@ def test_newest_first_reads_nanosecond_timestamps_not_text(engine: FakeDocker) -
     that the container created last is the one stopped."""
     engine = FakeDocker(created=["2026-01-01T00:00:01.1Z", "2026-01-01T00:00:01.12Z"])
     backend = make_backend(engine)
-    backend.scale("mlp", 2)
+    backend.scale(MLP, 2)
     first, second = engine.containers.values()
-    backend.scale("mlp", 1)
+    backend.scale(MLP, 1)
     wait_for(lambda: backend.draining() == 0)
-    assert [c for c in engine.calls if c[0] == "stop"] == [("stop", second.name, 12.5)]
+    assert [c for c in engine.calls if c[0] == "stop"] == [("stop", second.name, 13)]
     assert list(engine.containers.values()) == [first]
 
 
@@ -183,34 +191,34 @@ def test_scale_down_returns_at_once_and_draining_containers_stop_counting(
     that a draining container no longer counts as running nor is stopped twice, and that it
     is removed once it exits."""
     backend = make_backend(engine)
-    backend.scale("mlp", 2)
+    backend.scale(MLP, 2)
     engine.stop_gate.clear()
     started = time.monotonic()
-    backend.scale("mlp", 1)
+    backend.scale(MLP, 1)
     assert time.monotonic() - started < 1.0
     wait_for(lambda: any(c[0] == "stop" for c in engine.calls))
-    assert backend.running("mlp") == 1 and backend.draining() == 1
-    backend.scale("mlp", 1)  # the loop asks again next tick: nothing more to do
+    assert backend.running(MLP) == 1 and backend.draining() == 1
+    backend.scale(MLP, 1)  # the loop asks again next tick: nothing more to do
     backend.supervise()
     assert len(engine.containers) == 2 and sum(c[0] == "stop" for c in engine.calls) == 1
     engine.stop_gate.set()
     wait_for(lambda: backend.draining() == 0)
-    assert len(engine.containers) == 1 and backend.running("mlp") == 1
+    assert len(engine.containers) == 1 and backend.running(MLP) == 1
 
 
 def test_compose_started_workers_count_but_are_never_stopped(engine: FakeDocker) -> None:
     """Stand-in engine (no Docker engine here). A `docker compose up --scale worker=N`
     container carries the pool label but not the managed one: checks that it counts towards
     the pool and is never stopped, so it is a floor the backend scales above."""
-    compose = engine.add("modelgate-worker-1", {POOL_LABEL: "mlp"})
+    compose = engine.add("modelgate-worker-1", {POOL_LABEL: "mlp:1"})
     backend = make_backend(engine)
-    backend.scale("mlp", 1)
-    assert backend.running("mlp") == 1 and not any(c[0] == "run" for c in engine.calls)
-    backend.scale("mlp", 3)
-    assert backend.running("mlp") == 3
-    backend.scale("mlp", 0)
+    backend.scale(MLP, 1)
+    assert backend.running(MLP) == 1 and not any(c[0] == "run" for c in engine.calls)
+    backend.scale(MLP, 3)
+    assert backend.running(MLP) == 3
+    backend.scale(MLP, 0)
     wait_for(lambda: backend.draining() == 0)
-    assert list(engine.containers.values()) == [compose] and backend.running("mlp") == 1
+    assert list(engine.containers.values()) == [compose] and backend.running(MLP) == 1
 
 
 def test_supervise_removes_exited_managed_containers_and_replaces_them(
@@ -218,27 +226,27 @@ def test_supervise_removes_exited_managed_containers_and_replaces_them(
     """Stand-in engine (no Docker engine here). A managed worker that exits unasked (and one
     whose start failed, left `created`) is removed and replaced; an exited container the
     backend did not start is left alone."""
-    foreign = engine.add("someone-elses", {POOL_LABEL: "mlp"})
+    foreign = engine.add("someone-elses", {POOL_LABEL: "mlp:1"})
     foreign.status = "exited"
     backend = make_backend(engine)
-    backend.scale("mlp", 2)
-    crashed, failed = engine.pool("mlp")
+    backend.scale(MLP, 2)
+    crashed, failed = engine.pool("mlp:1")
     crashed.status, crashed.exit_code = "exited", 137
     failed.status = "created"
     backend.supervise()
     assert crashed.id not in engine.containers and failed.id not in engine.containers
     assert foreign.id in engine.containers
-    assert backend.running("mlp") == 2 and backend.restarts == 2
+    assert backend.running(MLP) == 2 and backend.restarts == 2
 
 
 def test_stop_all_drains_every_managed_container_and_waits(engine: FakeDocker) -> None:
     """Stand-in engine (no Docker engine here). Checks that `stop_all` stops and removes every
     managed container of every pool, returns only when they are gone, and leaves
     Compose's containers running."""
-    compose = engine.add("modelgate-worker-iris-1", {POOL_LABEL: "iris"})
+    compose = engine.add("modelgate-worker-iris-1", {POOL_LABEL: "iris:1"})
     backend = make_backend(engine)
-    backend.scale("mlp", 2)
-    backend.scale("iris", 2)
+    backend.scale(MLP, 2)
+    backend.scale(IRIS, 2)
     backend.stop_all()
     assert backend.draining() == 0
     assert list(engine.containers.values()) == [compose]

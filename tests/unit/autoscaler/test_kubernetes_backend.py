@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from modelgate.autoscaler.backends.base import PoolRef
 from modelgate.autoscaler.backends.kubernetes import KubernetesBackend
+
+MLP, IRIS = PoolRef("mlp", "1"), PoolRef("iris", "1")
 
 
 class FakeAppsV1Api:
@@ -53,7 +56,7 @@ def test_scale_patches_the_scale_subresource_of_the_models_deployment(
     """Stand-in AppsV1Api (no API server here). Checks the deployment name
     (modelgate-worker-<model>), the namespace and the patch body."""
     backend = KubernetesBackend("serving", apps_api=api)
-    backend.scale("mlp", 4)
+    backend.scale(MLP, 4)
     assert api.patches() == [("patch", "modelgate-worker-mlp", "serving",
                               {"spec": {"replicas": 4}})]
     assert api.deployments["modelgate-worker-mlp"][0] == 4
@@ -63,7 +66,7 @@ def test_scale_writes_nothing_when_the_count_is_already_desired(api: FakeAppsV1A
     """Stand-in AppsV1Api (no API server here). Checks that an unchanged count costs one
     read and no patch (the loop may ask every tick)."""
     backend = KubernetesBackend("serving", apps_api=api)
-    backend.scale("iris", 2)
+    backend.scale(IRIS, 2)
     assert api.calls == [("read", "modelgate-worker-iris", "serving")]
 
 
@@ -71,9 +74,9 @@ def test_scale_compares_with_spec_not_with_pods_still_starting(api: FakeAppsV1Ap
     """Stand-in AppsV1Api (no API server here). Right after a scale-up the pods lag behind
     spec; checks that asking again for the same count does not patch again."""
     backend = KubernetesBackend("serving", apps_api=api)
-    backend.scale("mlp", 3)
-    assert backend.running("mlp") == 1  # status.replicas: the pods are not there yet
-    backend.scale("mlp", 3)
+    backend.scale(MLP, 3)
+    assert backend.running(MLP) == 1  # status.replicas: the pods are not there yet
+    backend.scale(MLP, 3)
     assert len(api.patches()) == 1
 
 
@@ -82,9 +85,9 @@ def test_running_reports_status_replicas_else_spec(api: FakeAppsV1Api) -> None:
     `status.replicas` of the scale subresource, and `spec.replicas` when there is no status."""
     api.deployments["modelgate-worker-iris"] = [5, 3]
     backend = KubernetesBackend("serving", apps_api=api)
-    assert backend.running("iris") == 3
+    assert backend.running(IRIS) == 3
     api.deployments["modelgate-worker-iris"] = [5, None]  # type: ignore[list-item]
-    assert backend.running("iris") == 5
+    assert backend.running(IRIS) == 5
     assert not api.patches()
 
 
@@ -92,11 +95,11 @@ def test_deployment_name_template_is_configurable_and_dns_safe(api: FakeAppsV1Ap
     """Stand-in AppsV1Api (no API server here). Model names may hold `_` and capitals,
     which Deployment names may not; checks the mapping and a custom template."""
     backend = KubernetesBackend("serving", apps_api=api)
-    assert backend.deployment("Fraud_v2") == "modelgate-worker-fraud-v2"
-    backend.scale("Fraud_v2", 2)
+    assert backend.deployment(PoolRef("Fraud_v2", "1")) == "modelgate-worker-fraud-v2"
+    backend.scale(PoolRef("Fraud_v2", "1"), 2)
     assert api.patches()[0][1] == "modelgate-worker-fraud-v2"
     custom = KubernetesBackend("serving", deployment_template="{model}-workers", apps_api=api)
-    assert custom.deployment("mlp") == "mlp-workers"
+    assert custom.deployment(MLP) == "mlp-workers"
 
 
 def test_supervise_and_stop_all_leave_the_deployments_alone(api: FakeAppsV1Api) -> None:

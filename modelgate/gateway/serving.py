@@ -1,0 +1,148 @@
+"""What this gateway serves: every model's versions with their state and signature, and the
+rules that turn a call's model and version into the one version it is admitted to.
+
+The table is built from the shared model state the decider keeps in Redis
+(``core/store/models.py``), re-read whenever its generation moves. A deployment without a
+decider (no state in Redis at all: workers started by hand, or scaled by KEDA) is served from
+the repository as it was at start, each model's policy-served versions READY -- model control
+``none``, read locally.
+
+Signatures come from the repository folder (shared by every process), read once per version
+content (sha256).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelgate.core.errors import ModelNotFound, NoLiveWorker
+from modelgate.core.repository import ModelVersion, RepositoryError, read_version, scan_repository
+from modelgate.core.store.models import ModelState, VersionState, VersionStatus
+
+log = logging.getLogger("modelgate.gateway")
+
+# A version in these states has a pool: calls already admitted to it may still be answered.
+POOLED = (VersionStatus.LOADING, VersionStatus.READY, VersionStatus.UNLOADING)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedVersion:
+    state: VersionState
+    version: ModelVersion | None  # None when its folder cannot be read any more
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    name: str
+    state: ModelState
+    versions: dict[str, ServedVersion]
+
+    @property
+    def default(self) -> ModelVersion | None:
+        found = self.versions.get(self.state.default or "")
+        return found.version if found is not None else None
+
+
+Loader = Callable[[str, str], ModelVersion]
+
+
+class ServingTable:
+    def __init__(self, models: dict[str, ServedModel], generation: int | None) -> None:
+        self.models = models
+        self.generation = generation  # None: served from the repository, no decider's state
+
+    @classmethod
+    def empty(cls) -> ServingTable:
+        return cls({}, None)
+
+    def pools(self) -> list[str]:
+        return [sv.version.pool for m in self.models.values() for sv in m.versions.values()
+                if sv.version is not None and sv.state.status in POOLED]
+
+    def resolve(self, name: str, version: str | None = None) -> ModelVersion:
+        """The version a call is admitted to. Not loaded: 404 at once; loading: 503."""
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"unknown model {name!r}; this server has "
+                                f"{sorted(self.models)}")
+        if version is None:
+            default = model.default
+            if default is None:
+                loading = [v for v, sv in model.versions.items()
+                           if sv.state.status == VersionStatus.LOADING]
+                if loading:
+                    raise NoLiveWorker(f"model {name!r} has no version ready yet: version(s) "
+                                       f"{sorted(loading, key=int)} loading; retry shortly")
+                raise ModelNotFound(f"model {name!r} has no version ready: "
+                                    + _describe(model))
+            return default
+        found = model.versions.get(version)
+        if found is None:
+            raise ModelNotFound(f"model {name!r} has no version {version!r} loaded; "
+                                + _describe(model))
+        status = found.state.status
+        if status == VersionStatus.READY and found.version is not None:
+            return found.version
+        if status == VersionStatus.LOADING:
+            raise NoLiveWorker(f"version {version} of model {name!r} is loading; retry shortly")
+        if status == VersionStatus.UNLOADING:
+            raise ModelNotFound(f"version {version} of model {name!r} is being unloaded and "
+                                "takes no new calls; " + _describe(model))
+        raise ModelNotFound(f"version {version} of model {name!r} is unavailable: "
+                            f"{found.state.reason or 'its file cannot be read'}")
+
+
+def _describe(model: ServedModel) -> str:
+    ready = model.state.ready()
+    return (f"ready: {ready}, default {model.state.default}" if ready
+            else "no version is ready")
+
+
+def from_states(states: dict[str, ModelState], generation: int, load: Loader,
+                previous: ServingTable | None = None) -> ServingTable:
+    """The table for the decider's state; signatures are reused from ``previous`` when the
+    content is the same, else read with ``load``."""
+    known: dict[tuple[str, str, str], ModelVersion] = {}
+    if previous is not None:
+        known = {(m.name, v, sv.version.sha256): sv.version
+                 for m in previous.models.values() for v, sv in m.versions.items()
+                 if sv.version is not None}
+    models = {}
+    for name, state in states.items():
+        versions = {}
+        for number, found in state.versions.items():
+            loaded: ModelVersion | None = known.get((name, number, found.sha256))
+            if loaded is None and found.status in POOLED:
+                try:
+                    loaded = load(name, number)
+                except RepositoryError as e:
+                    log.warning("cannot read version %s of %s for its signature: %s", number,
+                                name, e)
+            versions[number] = ServedVersion(found, loaded)
+        models[name] = ServedModel(name, state, versions)
+    return ServingTable(models, generation)
+
+
+def from_repository(root: Path) -> ServingTable:
+    """Without a decider: each model's policy-served versions, READY, as the folder holds them
+    now; the default as its config says."""
+    models = {}
+    for name, scan in scan_repository(root).items():
+        if scan.error:
+            log.warning("model %s is not served: %s", name, scan.error)
+            continue
+        served = scan.served()
+        loadable = scan.loadable()
+        versions = {v: ServedVersion(VersionState(VersionStatus.READY, loadable[v].sha256, 0.0),
+                                     loadable[v]) for v in served}
+        state = ModelState(name, {v: sv.state for v, sv in versions.items()},
+                           scan.default(served))
+        models[name] = ServedModel(name, state, versions)
+    return ServingTable(models, None)
+
+
+def loader(root: Path) -> Loader:
+    return lambda name, version: read_version(root, name, version)
