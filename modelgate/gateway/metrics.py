@@ -83,7 +83,7 @@ class Metrics:
         self.malformed_records = Counter(
             "modelgate_malformed_records",
             "Values read from Redis that were skipped, not being what their key holds (record: "
-            "pool, stats, budget, drift)", ["record"], registry=r)
+            "pool, stats, budget, models, drift)", ["record"], registry=r)
         self.connections = Gauge(
             "modelgate_connections", "Client connections open (counted once a second)",
             registry=r, multiprocess_mode="livesum" if self.multiprocess_dir else "all")
