@@ -10,8 +10,9 @@ acknowledged without them) and reading nothing new until they are written.
 
 Nothing else read from Redis ends the loop either: a step that fails (the pool's stream turned
 into a key of another type, a bug) is logged, counted in the log line and retried with backoff;
-entries it held stay pending and are taken over like a dead worker's. A stream deleted under
-the worker is made again.
+entries it held stay pending and are taken over like a dead worker's. A stream that is gone
+is made again while the served state still wants this version (or no decider keeps one); once
+the version left it, the decider removed the pool on purpose and the worker stops.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from modelgate.core.repository import ModelVersion, load_model, read_version
 from modelgate.core.settings import WorkerSettings
 from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
-from modelgate.core.store.models import ModelState
+from modelgate.core.store.models import ModelState, VersionStatus
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
@@ -71,6 +72,15 @@ def _stored_state(client: redis.Redis, model: str) -> ModelState | None:
         return None
     except redis.RedisError:
         return None  # Redis not up yet: the files decide; the heartbeat checks again
+
+
+def _still_served(client: redis.Redis, version: ModelVersion) -> bool:
+    """Whether the served state still wants this version's pool (or no decider keeps one)."""
+    state = _stored_state(client, version.name)
+    if state is None:
+        return True
+    found = state.versions.get(version.version)
+    return found is not None and found.status in (VersionStatus.LOADING, VersionStatus.READY)
 
 
 def resolve_version(settings: WorkerSettings, client: redis.Redis) -> ModelVersion:
@@ -183,6 +193,13 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
                 # NOGROUP: Redis lost the stream (restart without persistence); UNBLOCKED: it
                 # was deleted under a blocked read. Recreate it and go on.
                 if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
+                    if not _still_served(client, version):
+                        # The decider removed the pool once its version left: nothing more
+                        # will come, and making the stream again would leave a key behind.
+                        log.warning("the pool's stream is gone and version %s of %s is no "
+                                    "longer served; stopping", version.version, version.name)
+                        stop.set()
+                        continue
                     log.warning("the pool's stream is gone (%s); creating it again", e)
                     regroup = True
                     continue

@@ -11,10 +11,11 @@ one ``[chaos]`` line with its figures (run pytest with ``-s``) and records them 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +33,7 @@ import redis
 
 from modelgate.cli import demo
 from modelgate.core import wire
+from modelgate.core.process import child_preexec, stop_process
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.store import pools, replies
 from modelgate.gateway.app import redis_clients
@@ -46,7 +48,7 @@ from tests.chaos.conftest import (
     write_repo,
 )
 from tests.models import matmul_chain
-from tests.procs import wait_until
+from tests.procs import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -956,112 +958,72 @@ def test_malformed_reply_and_pool_key_mid_load_are_counted_and_calls_go_on(
 
 IDLE_SOCKETS = 500
 SLOWLORIS_SOCKETS = 50
-SLOWLORIS_BYTE_EVERY_S = 0.5
-# A modest load for two shared cores: 200 calls/s from 16 connections, 4.5 s.
+# A modest load for two shared cores: 200 calls/s from 16 connections, 4.5 s a round; rounds
+# alternate alone and beside the sockets, and each side's p99 is the median of its rounds, so
+# one hiccup of the shared machine does not decide the comparison either way.
 HOLD_RATE_PER_S = 200
 HOLD_REQUESTS = 900
 HOLD_CONCURRENCY = 16
+HOLD_ROUNDS = 3
 P99_FACTOR = 1.5
 # Below a few milliseconds a p99 is scheduling noise on two shared cores: a run-to-run
 # difference under this is not the sockets' doing, and 1.5x of it is not a meaningful bound.
-P99_NOISE_MS = 5.0
+P99_NOISE_MS = 3.0
 
 
-async def hold_sockets(port: int, stop: asyncio.Event) -> dict[str, int]:
-    """IDLE_SOCKETS connections that send nothing and SLOWLORIS_SOCKETS that send a request's
-    headers one byte every SLOWLORIS_BYTE_EVERY_S, until ``stop``; each is reopened if the
-    gateway closes it (the header timeout does, after 10 s)."""
-    counts = Counter[str]()
-
-    async def idle() -> None:
-        while not stop.is_set():
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            counts["idle_opened"] += 1
-            stop_waiting = asyncio.create_task(stop.wait())
-            closed = asyncio.create_task(reader.read(1))
-            await asyncio.wait([stop_waiting, closed], return_when=asyncio.FIRST_COMPLETED)
-            stop_waiting.cancel()
-            closed.cancel()
-            writer.close()
-
-    async def slowloris() -> None:
-        header = b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 10_000
-        while not stop.is_set():
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            counts["slow_opened"] += 1
-            try:
-                for byte in header:
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), SLOWLORIS_BYTE_EVERY_S)
-                    if stop.is_set():
-                        break
-            except OSError:
-                counts["slow_cut_off"] += 1
-            writer.close()
-
-    tasks = [asyncio.create_task(idle()) for _ in range(IDLE_SOCKETS)]
-    tasks += [asyncio.create_task(slowloris()) for _ in range(SLOWLORIS_SOCKETS)]
-    await stop.wait()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return dict(counts)
-
-
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_idle_and_slowloris_sockets_leave_the_p99_of_a_load_alone(
         tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
         chaos_report: Callable[[dict[str, Any]], None]) -> None:
-    """The same bounded load twice, alone and beside 500 idle and 50 slowloris sockets: its p99
-    with the sockets is within 1.5x of its p99 without them, and no call fails."""
+    """The same bounded load alone and beside 500 idle and 50 slowloris sockets (held by a
+    process of their own, so the client measuring is not slowed by them): its p99 beside them
+    is within 1.5x of its p99 alone, and no call fails."""
     model = mlp_heavy()
     cluster, _ = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory, model, workers=1)
     inputs = np.random.default_rng(8).standard_normal((HOLD_REQUESTS, 64), dtype=np.float32)
     port = httpx.URL(cluster.base_url).port
     assert port is not None
 
-    async def load() -> list[Answer]:
-        return await drive(cluster.base_url, "/v2/models/mlp/infer",
-                           lambda i: infer_body(inputs[i], 10_000), concurrency=HOLD_CONCURRENCY,
-                           count=HOLD_REQUESTS, rate_per_s=HOLD_RATE_PER_S, budget_s=30)
+    def load() -> list[Answer]:
+        return asyncio.run(drive(
+            cluster.base_url, "/v2/models/mlp/infer", lambda i: infer_body(inputs[i], 10_000),
+            concurrency=HOLD_CONCURRENCY, count=HOLD_REQUESTS, rate_per_s=HOLD_RATE_PER_S,
+            budget_s=30))
 
-    async def under_attack() -> tuple[list[Answer], dict[str, int], int]:
-        stop = asyncio.Event()
-        sockets = asyncio.create_task(hold_sockets(port, stop))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while gateway_metric(cluster.base_url, "modelgate_connections") < (
-                IDLE_SOCKETS + SLOWLORIS_SOCKETS):
-            assert loop.time() < deadline, "the sockets did not all open"
-            await asyncio.sleep(0.2)
-        held = int(gateway_metric(cluster.base_url, "modelgate_connections"))
+    def p99_ms(answers: list[Answer]) -> float:
+        return percentile([a.latency_s for a in answers], 99) * 1000
+
+    held = []
+    rounds: dict[str, list[list[Answer]]] = {"alone": [], "beside": []}
+    load()  # warm up: connections, the worker's session, the gateway's caches
+    for _ in range(HOLD_ROUNDS):
+        rounds["alone"].append(load())
+        sockets = subprocess.Popen(
+            [sys.executable, "-m", "tests.chaos.sockets", str(port), str(IDLE_SOCKETS),
+             str(SLOWLORIS_SOCKETS)], cwd=REPO_ROOT, preexec_fn=child_preexec)
         try:
-            answers = await load()
+            wait_until(lambda: gateway_metric(cluster.base_url, "modelgate_connections")
+                       >= IDLE_SOCKETS + SLOWLORIS_SOCKETS, 20, "the sockets to be held")
+            held.append(int(gateway_metric(cluster.base_url, "modelgate_connections")))
+            rounds["beside"].append(load())
         finally:
-            stop.set()
-        return answers, await sockets, held
-
-    asyncio.run(load())  # warm up: connections, the worker's session, the gateway's caches
-    started = time.monotonic()
-    alone = asyncio.run(load())
-    alone_s = time.monotonic() - started
-    started = time.monotonic()
-    beside, counts, held = asyncio.run(under_attack())
-    beside_s = time.monotonic() - started
-    p99 = {name: percentile([a.latency_s for a in answers], 99) * 1000
-           for name, answers in (("alone", alone), ("beside", beside))}
+            stop_process(sockets, timeout_s=5)
+    p99 = {side: sorted(p99_ms(answers) for answers in runs)[HOLD_ROUNDS // 2]
+           for side, runs in rounds.items()}
     report = {
-        "rate_per_s": HOLD_RATE_PER_S, "requests": HOLD_REQUESTS,
-        "idle_sockets": IDLE_SOCKETS, "slowloris_sockets": SLOWLORIS_SOCKETS,
-        "connections_held": held, **counts,
+        "rate_per_s": HOLD_RATE_PER_S, "requests_per_round": HOLD_REQUESTS,
+        "rounds": HOLD_ROUNDS, "idle_sockets": IDLE_SOCKETS,
+        "slowloris_sockets": SLOWLORIS_SOCKETS, "connections_held": held,
+        "p99_ms_alone_rounds": [round(p99_ms(a), 1) for a in rounds["alone"]],
+        "p99_ms_beside_rounds": [round(p99_ms(a), 1) for a in rounds["beside"]],
         "p99_ms_alone": round(p99["alone"], 1), "p99_ms_beside": round(p99["beside"], 1),
         "p99_ratio": round(p99["beside"] / max(p99["alone"], 1e-9), 2),
-        "p50_ms_alone": round(percentile([a.latency_s for a in alone], 50) * 1000, 1),
-        "p50_ms_beside": round(percentile([a.latency_s for a in beside], 50) * 1000, 1),
-        "seconds_alone": round(alone_s, 1), "seconds_beside": round(beside_s, 1),
+        "closed_header_timeout": gateway_metric(
+            cluster.base_url, "modelgate_connections_closed_total", reason="header_timeout"),
     }
     chaos_report(report)
-    for answers in (alone, beside):
-        codes = Counter(a.status for a in answers)
-        assert codes == {200: HOLD_REQUESTS}, f"{dict(codes)}: {failures(answers)}"
+    for runs in rounds.values():
+        for answers in runs:
+            codes = Counter(a.status for a in answers)
+            assert codes == {200: HOLD_REQUESTS}, f"{dict(codes)}: {failures(answers)}"
     assert p99["beside"] <= max(P99_FACTOR * p99["alone"], p99["alone"] + P99_NOISE_MS), report

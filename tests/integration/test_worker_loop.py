@@ -18,7 +18,9 @@ import redis
 
 from modelgate.core import wire
 from modelgate.core.settings import WorkerSettings
+from modelgate.core.store import models as model_store
 from modelgate.core.store import pools, replies
+from modelgate.core.store.models import ModelState
 from modelgate.worker import main as worker_main
 from modelgate.worker.heartbeat import Heartbeat
 from tests.conftest import redis_url_for_db
@@ -79,6 +81,18 @@ def test_a_stream_key_of_another_type_is_logged_and_the_loop_goes_on(
     redis_client.delete(STREAM)  # NOGROUP next: the worker makes the stream and group again
     assert answered(redis_client, "after").status == "ok"
     assert serving.is_alive()
+
+
+def test_a_worker_whose_pool_was_removed_stops_instead_of_making_its_stream_again(
+        serving: threading.Thread, redis_client: redis.Redis) -> None:
+    """The decider removes a pool's keys once its version left the served state: a worker still
+    reading it stops, and leaves no key behind (making the stream again would)."""
+    assert answered(redis_client, "before").status == "ok"
+    redis_client.set(model_store.state("mlp"), ModelState("mlp").encode())  # v1 not served
+    redis_client.delete(STREAM)
+    serving.join(timeout=10)
+    assert not serving.is_alive(), "the worker kept serving a removed pool"
+    assert not redis_client.exists(STREAM)
 
 
 class FlakyStats:
