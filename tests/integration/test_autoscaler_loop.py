@@ -34,6 +34,7 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.replicas: dict[str, int] = {}  # by pool
         self.calls: list[tuple[str, int]] = []
+        self.removed: list[str] = []
 
     def scale(self, ref: PoolRef, desired: int) -> None:
         self.calls.append((ref.pool, desired))
@@ -41,6 +42,10 @@ class RecordingBackend:
 
     def running(self, ref: PoolRef) -> int:
         return self.replicas.get(ref.pool, 0)
+
+    def remove(self, ref: PoolRef) -> None:
+        self.removed.append(ref.pool)
+        self.replicas.pop(ref.pool, None)
 
     def supervise(self) -> None:
         pass
@@ -92,6 +97,30 @@ def test_tick_observes_redis_scales_and_records_the_decision(redis_client: redis
     sample = scaler.registry.get_sample_value("modelgate_desired_workers",
                                               {"model": "mlp", "version": "1"})
     assert sample == 3.0
+
+
+def test_a_pool_no_longer_planned_is_removed_not_scaled_to_zero(
+        redis_client: redis.Redis) -> None:
+    """A version that stops being served is gone for good: the backend removes its pool (on
+    Kubernetes, deletes its Deployment) and the pool's gauges go; the other pool is kept."""
+    backend = RecordingBackend()
+    backend.replicas.update({"mlp:1": 1, "mlp:2": 1})
+    plans = [PoolPlan(PoolRef("mlp", v), PolicyConfig(min_workers=1, max_workers=4))
+             for v in ("1", "2")]
+    scaler = Autoscaler(redis_client, backend, plans)
+    scaler.tick(time.time())
+    assert scaler.registry.get_sample_value("modelgate_workers",
+                                            {"model": "mlp", "version": "1"}) == 1.0
+
+    scaler.set_plans(plans[1:])
+
+    assert backend.removed == ["mlp:1"]
+    assert ("mlp:1", 0) not in backend.calls
+    assert list(scaler.plans) == ["mlp:2"] and "mlp:1" not in scaler.states
+    assert scaler.registry.get_sample_value("modelgate_workers",
+                                            {"model": "mlp", "version": "1"}) is None
+    scaler.set_plans(plans[1:])  # asked again: nothing more to remove
+    assert backend.removed == ["mlp:1"]
 
 
 def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redis) -> None:

@@ -25,7 +25,8 @@ class Backend(Protocol):
 
     ``scale`` is idempotent and returns promptly: it starts replicas that are missing and
     drains the surplus (SIGTERM: the worker answers what it holds before it exits). A backend
-    removes idle or newest replicas first.
+    removes idle or newest replicas first. A platform's errors (an API that refuses or cannot
+    be reached) are the backend's to log and retry; they never reach the control loop.
     """
 
     name: str
@@ -35,6 +36,10 @@ class Backend(Protocol):
 
     def running(self, ref: PoolRef) -> int:
         """Replicas of the pool that exist now (starting or serving; not the ones draining)."""
+
+    def remove(self, ref: PoolRef) -> None:
+        """The pool is gone for good: drain its replicas and forget it (Kubernetes: delete its
+        Deployment). Returns promptly, like ``scale``."""
 
     def supervise(self) -> None:
         """Periodic upkeep: replace replicas that died unasked (no-op where the platform does)."""

@@ -185,6 +185,12 @@ class DockerBackend:
             log.info("draining worker container %s of %s", container.name, ref.pool)
             self._drain(container)
 
+    def remove(self, ref: PoolRef) -> None:
+        """Drain the pool's managed containers and forget the pool (nothing restarts them).
+        Containers Compose started are left alone, as ``scale`` leaves them."""
+        self.scale(ref, 0)
+        self.desired.pop(ref, None)
+
     def supervise(self) -> None:
         """Remove managed containers that exited unasked and start their replacements.
 

@@ -91,6 +91,12 @@ class LocalBackend:
             pool.started_at.pop(process.pid, None)
             self.draining.append((process, kill_at))
 
+    def remove(self, ref: PoolRef) -> None:
+        """Drain the pool's workers and forget the pool (nothing restarts them)."""
+        if ref.pool in self.pools:
+            self.scale(ref, 0)
+            del self.pools[ref.pool]
+
     def _finish(self, process: subprocess.Popen[bytes]) -> None:
         try:
             process.wait(timeout=self.drain_timeout_s)

@@ -239,6 +239,20 @@ def test_supervise_removes_exited_managed_containers_and_replaces_them(
     assert backend.running(MLP) == 2 and backend.restarts == 2
 
 
+def test_remove_drains_the_pool_and_nothing_restarts_it(engine: FakeDocker) -> None:
+    """Stand-in engine (no Docker engine here). A pool no longer served: its managed
+    containers drain, `supervise` does not start new ones, and other pools are untouched."""
+    backend = make_backend(engine)
+    backend.scale(MLP, 2)
+    backend.scale(IRIS, 1)
+    backend.remove(MLP)
+    wait_for(lambda: backend.draining() == 0)
+    backend.supervise()
+    assert backend.running(MLP) == 0 and engine.pool("mlp:1") == []
+    assert backend.running(IRIS) == 1
+    backend.close()
+
+
 def test_stop_all_drains_every_managed_container_and_waits(engine: FakeDocker) -> None:
     """Stand-in engine (no Docker engine here). Checks that `stop_all` stops and removes every
     managed container of every pool, returns only when they are gone, and leaves
