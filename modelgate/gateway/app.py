@@ -78,12 +78,13 @@ def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
             response = await endpoint(request)
         except ModelgateError as e:
             response = domain_error_response(e)
-        model = getattr(request.state, "model", None)
-        if model is not None:
+        served = getattr(request.state, "served", None)
+        if served is not None:
             # Counted once the response is written (the rest of this step), not before it.
             metrics: Metrics = request.app.state.plane.metrics
+            model, version, route = served
             asyncio.get_running_loop().call_soon(
-                metrics.count_request, model, response.status_code,
+                metrics.count_request, model, version, "http", route, response.status_code,
                 time.perf_counter() - started)
         return response
 

@@ -220,7 +220,8 @@ class DataPlane:
         reply = await future
         view.completed += 1
         # After this call's answer is written (the rest of this step), not before it.
-        asyncio.get_running_loop().call_soon(self.metrics.observe_reply, model.name, reply)
+        asyncio.get_running_loop().call_soon(self.metrics.observe_reply, model.name,
+                                             model.version, reply)
         if reply.status != wire.ReplyStatus.OK:
             raise ERROR_OF_REPLY.get(reply.status, ModelFailed)(reply.error)
         return reply
@@ -298,16 +299,18 @@ class DataPlane:
         flush_errors = [r for r in results[query.size + 3:] if isinstance(r, Exception)]
         self._report("stats", "this gateway's counts", tuple(str(r) for r in flush_errors[:1]))
         for model in self.models.values():
-            default = model.default
-            view = self.pools.get(default.pool) if default is not None else None
-            if default is None or view is None:
-                continue
-            self.metrics.workers.labels(model.name).set(view.live_workers)
-            self.metrics.queue_depth.labels(model.name).set(view.backlog)
-            if view.desired is not None:
-                self.metrics.desired_workers.labels(model.name).set(view.desired)
-                self.metrics.cost_per_hour.labels(model.name).set(
-                    view.desired * default.config.worker_cost_per_hour)
+            for served in model.versions.values():
+                version = served.version
+                view = self.pools.get(version.pool) if version is not None else None
+                if version is None or view is None:
+                    continue
+                labels = (model.name, version.version)
+                self.metrics.workers.labels(*labels).set(view.live_workers)
+                self.metrics.queue_depth.labels(*labels).set(view.backlog)
+                if view.desired is not None:
+                    self.metrics.desired_workers.labels(*labels).set(view.desired)
+                    self.metrics.cost_per_hour.labels(*labels).set(
+                        view.desired * version.config.worker_cost_per_hour)
         budget_value = None if isinstance(budget, Exception) else scaling.budget_from(budget)
         self._report("budget", scaling.BUDGET, () if budget_value is not None or budget is None
                      else (f"{budget!r:.60} is not a budget",))
@@ -400,6 +403,10 @@ class DataPlane:
     def _apply(self, table: serving.ServingTable) -> None:
         """Serve ``table``: a view per pool it has (calls in flight keep theirs), drift per
         version with a profile."""
+        gone = [pool for pool in self.pools if pool not in set(table.pools())]
+        for pool in gone:
+            model, version = pool.rsplit(":", 1)
+            self.metrics.forget_pool(model, version)
         self.table = table
         wanted = table.pools()
         self.pools = {pool: self.pools.get(pool) or PoolView() for pool in wanted}

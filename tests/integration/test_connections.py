@@ -24,6 +24,7 @@ import pytest
 
 from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import stop_process
+from tests import metrics
 from tests.models import write_repository
 from tests.procs import Processes, wait_until
 
@@ -288,11 +289,7 @@ def test_a_gateway_on_an_inherited_socket_has_the_same_deadlines(
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    wanted = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + (wanted if labels else " ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metrics.value(metrics.scrape(url), name, **labels)
 
 
 def test_idle_keepalive_connections_make_room_for_a_new_caller(gateway: Gateway) -> None:

@@ -9,7 +9,6 @@ with ``/v2/health/ready`` still 200). Real processes on a Redis of their own.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.metrics import Metrics
+from tests import metrics
 from tests.conftest import redis_url_for_db
 from tests.models import write_repository
 from tests.procs import Processes, wait_until
@@ -99,14 +99,8 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 
 
 def metric(client: httpx.Client, name: str, **labels: str) -> float:
-    """The value of one sample on /metrics (0 when absent)."""
-    text = client.get("/metrics").text
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
-            return float(match.group(2))
-    return 0.0
+    """The sum of a metric's samples with these labels on /metrics (0 when absent)."""
+    return metrics.value(metrics.parse(client.get("/metrics").text), name, **labels)
 
 
 def gateway_reply_list(stack: Stack, client: httpx.Client) -> str:

@@ -22,6 +22,7 @@ import pytest
 
 from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import stop_process
+from tests import metrics
 from tests.models import write_repository
 from tests.procs import Processes, wait_until
 
@@ -209,7 +210,4 @@ def test_bodies_past_the_bytes_in_flight_are_refused_with_429(
 
 
 def metric(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    return metrics.value(metrics.scrape(url), name)

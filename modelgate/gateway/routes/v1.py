@@ -24,7 +24,7 @@ async def predict(request: Request) -> Response:
     else:
         name = request.path_params["name"]
     model = plane.resolve(name, request.path_params.get("version"))
-    request.state.model = model.name
+    request.state.served = (model.name, model.version, "serving")
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget) as raw:
         parsed = await bodies.parsers.parse(V1, model, raw, None)

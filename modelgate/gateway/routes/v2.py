@@ -91,7 +91,7 @@ async def drift(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     plane = _plane(request)
     model = _model(request)
-    request.state.model = model.name
+    request.state.served = (model.name, model.version, "serving")
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget, binary_ok=True) as raw:
         header, binary = split_body(raw, request.headers.get(HEADER))
