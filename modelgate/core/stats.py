@@ -5,9 +5,9 @@ Gateways add ``arrivals`` and ``rejected``; workers add, per ORT run and per req
 well -- ``errors`` (the version's own failures: the model failed on input it accepted, or the
 call was parked as a poison pill), ``bad_input`` (the model refused the caller's input),
 ``expired`` (past its deadline before a worker took it), ``malformed`` (not valid wire format)
--- and a latency histogram (``lat:<bound>``: requests whose queue wait + compute was at most ``bound`` ms
-and over the previous bound). Both sides count in memory and flush once a second, so the hot
-path pays nothing; the autoscaler sums a short window of buckets.
+-- and a latency histogram (``lat:<bound>``: requests whose queue wait + compute was at most
+``bound`` ms and over the previous bound). Both sides count in memory and flush once a second,
+so the hot path pays nothing; the autoscaler sums a short window of buckets.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def _plane(request: Request) -> DataPlane:
     return request.app.state.plane
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def object_body(request: Request) -> dict[str, Any]:
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget) as raw:
         if not raw.strip():
@@ -81,7 +81,7 @@ def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, str
 
 async def index(request: Request) -> Response:
     plane = _plane(request)
-    body = await _body(request)
+    body = await object_body(request)
     ready_only = body.get("ready") is True
     rows = await asyncio.to_thread(_index, plane.settings.models_dir, plane, ready_only)
     return Response(protocol.dumps(rows), media_type=JSON)
@@ -135,7 +135,7 @@ async def _command(request: Request, op: str) -> Response:
         check_name(name)
     except RepositoryError as e:
         raise ModelNotFound(str(e)) from e
-    body = await _body(request)
+    body = await object_body(request)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
@@ -157,7 +157,7 @@ async def _command(request: Request, op: str) -> Response:
     command = ControlCommand(uuid.uuid4().hex, op, name, key_id(request), time.time())
     await plane.client.xadd(model_store.COMMANDS, command.fields(),
                             maxlen=model_store.COMMANDS_MAXLEN, approximate=True)
-    result = await _wait(plane, command.id, time.monotonic() + timeout_ms / 1000.0)
+    result = await wait_for_result(plane, command.id, time.monotonic() + timeout_ms / 1000.0)
     if result is None or result.status == "pending":
         return Response(protocol.dumps({
             "status": "pending", "message": f"the {op} of {name!r} is still under way; "
@@ -172,7 +172,7 @@ async def _command(request: Request, op: str) -> Response:
     raise InvalidInput(f"{op} of {name!r} failed: {result.message}")
 
 
-async def _wait(plane: DataPlane, command_id: str, until: float) -> CommandResult | None:
+async def wait_for_result(plane: DataPlane, command_id: str, until: float) -> CommandResult | None:
     result: CommandResult | None = None
     while time.monotonic() < until:
         raw = await plane.client.get(model_store.command_result(command_id))
@@ -199,4 +199,5 @@ routes = [
 ]
 
 # Calls that change what is served: they need an admin key when the server has any.
-CONTROL_PATHS = {"/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload"}
+CONTROL = {("/v2/repository/models/{name}/load", "POST"),
+           ("/v2/repository/models/{name}/unload", "POST")}
