@@ -167,6 +167,15 @@ class DataPlane:
         view.admitted += 1  # its arrivals are the candidate's (its autoscaling, its cost)
         return True
 
+    def _shadowed_pairs(self) -> list[tuple[str, str, str]]:
+        """(model, serving, candidate) of every model mirroring calls now."""
+        pairs = []
+        for model in self.models.values():
+            mirror = model.traffic.shadow if model.traffic is not None else None
+            if mirror is not None and model.state.default is not None:
+                pairs.append((model.name, model.state.default, mirror.version))
+        return pairs
+
     def spec_of(self, version: ModelVersion) -> PredictionSpec:
         """What the prediction of a version is (``core/prediction.py``), derived once."""
         key = (version.pool, version.sha256)
@@ -283,6 +292,9 @@ class DataPlane:
         pipe.get(scaling.BUDGET)
         pipe.get(model_store.GENERATION)
         pipe.get(model_store.LEASE)
+        shadowed = self._shadowed_pairs()
+        for pair in shadowed:
+            pipe.hgetall(traffic_store.agreement(*pair, "total"))
         if self._acknowledged is not None:
             pipe.set(model_store.gateway_applied(self.gateway_id), self._acknowledged,
                      ex=int(model_store.GATEWAY_TTL_S))
@@ -303,6 +315,7 @@ class DataPlane:
             if refused is not None:
                 raise refused
             budget, generation, lease = results[query.size:query.size + 3]
+            agreements = results[query.size + 3:query.size + 3 + len(shadowed)]
             generation_number = self._generation_of(generation)
             if generation_number is not None and generation_number != self.table.generation:
                 await self._reload(generation_number)
@@ -344,7 +357,14 @@ class DataPlane:
             view.drain_per_s = (rate if view.drain_per_s == 0
                                 else 0.7 * view.drain_per_s + 0.3 * rate)
             view.completed = 0
-        flush_errors = [r for r in results[query.size + 3:] if isinstance(r, Exception)]
+        for pair, raw in zip(shadowed, agreements, strict=True):
+            if isinstance(raw, dict):
+                summary = traffic_store.AgreementTally.parse(raw).summary()
+                for stat, value in summary.items():
+                    if value is not None:
+                        self.metrics.agreement.labels(*pair, stat).set(value)
+        flush_errors = [r for r in results[query.size + 3 + len(shadowed):]
+                        if isinstance(r, Exception)]
         self._report("stats", "this gateway's counts", tuple(str(r) for r in flush_errors[:1]))
         for model in self.models.values():
             for served in model.versions.values():

@@ -8,6 +8,7 @@ version that computed it, so the tests count what reached callers from which ver
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -21,8 +22,10 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+import redis
 
 from modelgate.cli import demo
+from modelgate.cli.status import render
 from tests.integration.test_up import descendants
 from tests.integration.test_versions import APP, Stack, up
 from tests.models import guarded_mlp, perturbed_mlp, swapped_mlp
@@ -166,6 +169,11 @@ def test_a_failing_shadow_is_never_seen_by_callers(tmp_path: Path) -> None:
             wait_until(lambda: shadow_failures() > 0, 10, "shadow failures counted")
             view = client.get("/v2/models/mlp/traffic").json()
         assert view["policy"]["shadow"] == {"version": "2", "percent": 100.0}
+        status = io.StringIO()
+        render(redis.Redis.from_url((tmp_path / "state" / "redis-url").read_text().strip()),
+               status)
+        assert "shadow v2 100%" in status.getvalue() and "agreement v1 vs v2" in \
+            status.getvalue()
 
 
 PROMOTION = """\
