@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -33,9 +34,12 @@ class Processes:
         self.started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def spawn(self, label: str, args: Sequence[str],
-              env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+              env_extra: dict[str, str] | None = None,
+              open_files: int | None = None,
+              pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
         """``modelgate ARGS`` in the repository, with no MODELGATE_ variable of this
-        process's environment but those in ``env_extra``."""
+        process's environment but those in ``env_extra``; with ``open_files``, that many file
+        descriptors at most (RLIMIT_NOFILE, soft and hard); inheriting ``pass_fds``."""
         log_path = self.log_dir / f"{label}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
         env.update(env_extra or {})
@@ -45,7 +49,9 @@ class Processes:
             process = subprocess.Popen(
                 [sys.executable, "-m", "modelgate", *args], cwd=REPO_ROOT, env=env,
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=child_preexec,  # SIGTERM if pytest dies: nothing is orphaned
+                # SIGTERM if pytest dies: nothing is orphaned.
+                preexec_fn=child_preexec if open_files is None else _limited(open_files),
+                pass_fds=tuple(pass_fds),
             )
         self.started.append((label, process, log_path))
         return process
@@ -69,6 +75,14 @@ class Processes:
                     process.terminate()
             for process in group:
                 stop_process(process, timeout_s=STOP_TIMEOUT_S, signalled=True)
+
+
+def _limited(open_files: int) -> Callable[[], None]:
+    def preexec() -> None:
+        child_preexec()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    return preexec
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str,

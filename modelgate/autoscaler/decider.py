@@ -41,6 +41,9 @@ class Decider:
         self.scaling = scaling
         self.id = decider_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.holding = False
+        # The gate waits while the budget caps a candidate (the serving version goes first).
+        control.rollouts.capped = lambda pool: (pool in autoscaler.last
+                                                and autoscaler.last[pool].capped)
 
     def _take_lease(self) -> bool:
         value = model_store.lease_value(self.id, self.control.mode)
@@ -91,10 +94,20 @@ class Decider:
             try:
                 self.tick()
                 backoff_s = 0.5
-            except redis.RedisError as e:
-                # Without observations the safe action is none: keep what runs, retry.
-                log.warning("cannot reach Redis (%s); holding, retry in %.1fs", e, backoff_s)
-                self.autoscaler.backend.supervise()
+            # Without observations (or with a tick that broke halfway) the safe action is
+            # none: keep what runs, retry. Never fatal: a bad value read, the platform refusing
+            # or a bug is logged and counted, and the next tick tries again.
+            except Exception as e:
+                self.autoscaler.errors.inc()
+                if isinstance(e, redis.RedisError):
+                    log.warning("cannot reach Redis (%s); holding, retry in %.1fs", e,
+                                backoff_s)
+                else:
+                    log.exception("tick failed; holding, retry in %.1fs", backoff_s)
+                try:
+                    self.autoscaler.backend.supervise()  # replace what died, even while blind
+                except Exception:
+                    log.exception("backend upkeep failed too")
                 if on_tick is not None:
                     on_tick()
                 stop.wait(backoff_s)

@@ -8,6 +8,14 @@ event on the ``mg:autoscaler:events`` stream (inputs and reason), a log line whe
 changes, and the ``modelgate_desired_workers`` gauge (also written to Redis so gateways show
 it on their ``/metrics``). The cost budget, when there is one, is written to Redis each tick
 too, so the gateway's dashboard can draw the cost rate against it.
+
+Nothing read from Redis can stop the loop: a value that is not what its key holds is skipped,
+logged when what is wrong changes and counted (``modelgate_malformed_records_total``); a pool
+whose figures Redis refuses to read (a key of another type) is held at the workers it runs,
+the others are scaled. A tick that fails for any other reason -- Redis down, the platform
+refusing, a bug -- holds everything, is logged and counted
+(``modelgate_background_errors_total{task="autoscaler"}``) by whoever runs the ticks
+(``decider.py``), and the next one retries.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 import redis
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelgate.autoscaler.backends.base import Backend, PoolRef
 from modelgate.autoscaler.budget import Ask, allocate
@@ -29,7 +37,6 @@ from modelgate.core.store import pools, scaling
 log = logging.getLogger("modelgate.autoscaler")
 
 
-
 @dataclass(frozen=True, slots=True)
 class PoolPlan:
     """One pool under control: which model version the backend runs, its policy and price."""
@@ -37,6 +44,7 @@ class PoolPlan:
     ref: PoolRef
     policy: PolicyConfig
     cost_per_hour: float = 1.0
+    priority: int = 0  # 0: the model's default version; 1: a candidate or a leaving version
 
     @property
     def pool(self) -> str:
@@ -67,6 +75,14 @@ class Autoscaler:
                                    ["model", "version"], registry=self.registry)
         self.workers_gauge = Gauge("modelgate_workers", "Worker replicas the backend runs",
                                    ["model", "version"], registry=self.registry)
+        self.errors = Counter("modelgate_background_errors",
+                              "Ticks that failed (Redis, the backend, a bug) and were retried",
+                              ["task"], registry=self.registry).labels("autoscaler")
+        self.malformed = Counter("modelgate_malformed_records",
+                                 "Values read from Redis that were skipped, not being what "
+                                 "their key holds", ["record"], registry=self.registry
+                                 ).labels("pool")
+        self._problems: dict[str, tuple[str, ...]] = {}  # the last ones logged, per pool
         self.set_plans(plans)
 
     def set_plans(self, plans: list[PoolPlan]) -> None:
@@ -90,15 +106,24 @@ class Autoscaler:
         pressure = 0.0
         if obs is not None and plan.policy.slo_p95_ms and obs.latency_p95_ms is not None:
             pressure = obs.latency_p95_ms / plan.policy.slo_p95_ms
-        return Ask(plan.pool, desired, plan.policy.min_workers, plan.cost_per_hour, pressure)
+        return Ask(plan.pool, desired, plan.policy.min_workers, plan.cost_per_hour, pressure,
+                   plan.priority)
 
     def tick(self, now: float | None = None) -> dict[str, Scaled]:
         now = time.time() if now is None else now
         self.backend.supervise()
         replicas = {pool: self.backend.running(plan.ref) for pool, plan in self.plans.items()}
-        observations = self.observer.observe(replicas, now)
+        observed = self.observer.observe(replicas, now)
+        observations = {pool: obs for pool, (obs, _) in observed.items()}
         decisions = {}
         for pool, plan in self.plans.items():
+            figures = observed[pool][1]
+            self._report(pool, figures.problems)
+            if not figures.readable:
+                decisions[pool] = Decision(
+                    replicas[pool], f"holding at {replicas[pool]}: the pool's figures are "
+                    f"unreadable ({'; '.join(figures.problems)})", self.states[pool])
+                continue
             decision = decide(observations[pool], self.states[pool], now, plan.policy)
             self.states[pool] = decision.state
             decisions[pool] = decision
@@ -112,6 +137,17 @@ class Autoscaler:
         self._apply(outcomes, now)
         self.last = outcomes
         return outcomes
+
+    def _report(self, pool: str, problems: tuple[str, ...]) -> None:
+        """Count every tick that met bad data in a pool; log it when what is wrong changes."""
+        if problems:
+            self.malformed.inc()
+            if self._problems.get(pool) != problems:
+                log.warning("%s: skipped bad data (counted in "
+                            "modelgate_malformed_records_total): %s", pool, "; ".join(problems))
+            self._problems[pool] = problems
+        elif self._problems.pop(pool, None) is not None:
+            log.warning("%s: reads well again", pool)
 
     def _apply(self, outcomes: dict[str, Scaled], now: float) -> None:
         pipe = self.client.pipeline(transaction=False)

@@ -10,6 +10,7 @@ import redis
 from modelgate.autoscaler.policy import Observation
 from modelgate.core.pool_figures import FiguresQuery, PoolFigures
 from modelgate.core.stats import RATE_WINDOW_S
+from modelgate.core.store import is_bad_data
 
 
 def observation(pool: str, replicas: int, figures: PoolFigures) -> Observation:
@@ -34,10 +35,19 @@ class Observer:
         self.client = client
 
     def observe(self, replicas: dict[str, int], now: float | None = None
-                ) -> dict[str, Observation]:
-        """Observations for the pools in ``replicas`` (pool id -> replicas the backend runs)."""
+                ) -> dict[str, tuple[Observation, PoolFigures]]:
+        """Observations for the pools in ``replicas`` (pool id -> replicas the backend runs),
+        each with the figures it was made from (their ``problems`` and ``readable`` say what
+        bad data was skipped). Raises RedisError when Redis is not serving; a key holding
+        something else than it should is bad data in its pool, not an error."""
         query = FiguresQuery(list(replicas), time.time() if now is None else now)
         pipe = self.client.pipeline(transaction=False)
         query.queue(pipe)
-        figures = query.parse(pipe.execute())
-        return {pool: observation(pool, count, figures[pool]) for pool, count in replicas.items()}
+        results = pipe.execute(raise_on_error=False)
+        refused = next((r for r in results if isinstance(r, redis.ResponseError)
+                        and not is_bad_data(r)), None)
+        if refused is not None:
+            raise refused
+        figures = query.parse(results)
+        return {pool: (observation(pool, count, figures[pool]), figures[pool])
+                for pool, count in replicas.items()}

@@ -66,6 +66,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -198,7 +205,9 @@ def _auth_flags(parser: argparse.ArgumentParser) -> None:
                         help="keys for calls that change what is served (repository "
                              "load/unload); with one set, application keys cannot make them")
     parser.add_argument("--protect-probes", action="store_true", default=False,
-                        help="require the API key on /v2/health/*, /metrics and /openapi.json too")
+                        help="require the API key on /v2/health/* and /openapi.json too "
+                             "(without it they answer everyone, naming no model; /metrics "
+                             "always needs the key when keys are set)")
     parser.add_argument("--mlflow-webhook-secret", default=None,
                         help="accept MLflow model-registry webhooks signed with this secret "
                              "(they make the decider ask the registry at once); give it "
@@ -290,7 +299,31 @@ def _add_gateway(commands: Any) -> None:
                          default=default_of(GatewaySettings, "max_queue"),
                          help="backlog per model when its config sets no max_queue; past it, 429")
     gateway.add_argument("--max-body-bytes", type=_positive_int,
-                         default=default_of(GatewaySettings, "max_body_bytes"))
+                         default=default_of(GatewaySettings, "max_body_bytes"),
+                         help="one request body, JSON and binary data together; past it, 413")
+    gateway.add_argument("--max-inflight-bytes", type=_positive_int,
+                         default=default_of(GatewaySettings, "max_inflight_bytes"),
+                         help="bytes of request bodies one gateway process holds at once, "
+                              "from arrival to answer; past it, 429")
+    gateway.add_argument("--large-body-bytes", type=_positive_int,
+                         default=default_of(GatewaySettings, "large_body_bytes"),
+                         help="bodies whose JSON part is this large or more are parsed in a "
+                              "parser process, off the event loop")
+    gateway.add_argument("--parse-processes", type=_positive_int,
+                         default=default_of(GatewaySettings, "parse_processes"),
+                         help="parser processes per gateway process (started on the first "
+                              "large body)")
+    gateway.add_argument("--header-timeout-s", type=_positive_float,
+                         default=default_of(GatewaySettings, "header_timeout_s"),
+                         help="a request's headers must arrive within this long; past it, 408")
+    gateway.add_argument("--body-timeout-s", type=_positive_float,
+                         default=default_of(GatewaySettings, "body_timeout_s"),
+                         help="a request's body must arrive within this long of its headers; "
+                              "past it, 408")
+    gateway.add_argument("--max-connections", type=_positive_int,
+                         default=default_of(GatewaySettings, "max_connections"),
+                         help="connections one gateway process holds; at the limit the one "
+                              "idle longest is closed, or the newcomer gets 503")
     gateway.add_argument("--reuse-port", action="store_true", default=False,
                          help="share the port with other gateway processes (SO_REUSEPORT)")
     gateway.add_argument("--fd", type=_count, default=None,
@@ -308,10 +341,15 @@ def _run_gateway(args: argparse.Namespace) -> int:
         models_dir=Path(args.models), redis_url=args.redis_url, host=args.host,
         port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
         max_inflight=int(args.max_inflight), max_queue=int(args.max_queue),
-        max_body_bytes=int(args.max_body_bytes), api_keys=api_keys(args.api_key),
+        max_body_bytes=int(args.max_body_bytes),
+        max_inflight_bytes=int(args.max_inflight_bytes),
+        large_body_bytes=int(args.large_body_bytes),
+        parse_processes=int(args.parse_processes), api_keys=api_keys(args.api_key),
         admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
         protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
         fd=int(args.fd) if args.fd not in (None, "") else None,
+        header_timeout_s=float(args.header_timeout_s), body_timeout_s=float(args.body_timeout_s),
+        max_connections=int(args.max_connections),
         mlflow_tracking_uri=args.mlflow_tracking_uri or None,
         mlflow_webhook_secret=args.mlflow_webhook_secret or None))
     return 0
@@ -370,6 +408,40 @@ def _run_status(args: argparse.Namespace) -> int:
     if args.model:
         return render_model(client, args.model, sys.stdout)
     return render(client, sys.stdout)
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    """For the commands that talk to a gateway over HTTP (not servers' flags)."""
+    parser.add_argument("--url", default="http://127.0.0.1:8080",
+                        help="the gateway to talk to")
+    parser.add_argument("--key", default=None,
+                        help="the API key to send (env MODELGATE_CLIENT_KEY; the admin key to "
+                             "change traffic when the server has one)")
+
+
+def _add_traffic(commands: Any) -> None:
+    traffic = commands.add_parser(
+        "traffic", help="show or set how a model's calls are shared between its versions")
+    traffic.add_argument("model")
+    traffic.add_argument("--weights", default=None,
+                         help="canary weights, e.g. 1=90,2=10 (replaces the whole policy)")
+    traffic.add_argument("--shadow", default=None,
+                         help="mirror calls to a version, e.g. 3:100 (version:percent)")
+    traffic.add_argument("--sticky-header", default=None,
+                         help="calls with the same value of this header stay on one version")
+    traffic.add_argument("--default", default=None, help="the version for unpinned calls")
+    action = traffic.add_mutually_exclusive_group()
+    for name in ("promote", "rollback", "pause", "resume"):
+        action.add_argument(f"--{name}", action="store_true", default=False,
+                            help=f"{name} the model's promotion gate")
+    _client_flags(traffic)
+    traffic.set_defaults(handler=_run_traffic)
+
+
+def _run_traffic(args: argparse.Namespace) -> int:
+    from modelgate.cli.traffic import run
+
+    return run(args)
 
 
 def _add_simulate(commands: Any) -> None:
@@ -459,8 +531,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
-    _add_up, _add_autoscaler, _add_gateway, _add_worker, _add_status, _add_simulate,
-    _add_profile, _add_demo)
+    _add_up, _add_autoscaler, _add_gateway, _add_worker, _add_status, _add_traffic,
+    _add_simulate, _add_profile, _add_demo)
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:

@@ -40,6 +40,10 @@ class Overloaded(ModelgateError):
         self.retry_after_s = retry_after_s
 
 
+class RequestTimeout(ModelgateError):
+    """The request did not arrive (its headers or its body) within the gateway's deadline."""
+
+
 class PayloadTooLarge(ModelgateError):
     """The request body is over the gateway's size limit."""
 

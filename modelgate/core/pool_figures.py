@@ -19,6 +19,12 @@ from modelgate.core.store import heartbeats, pools
 class PoolFigures:
     gauges: pools.PoolGauges
     rates: stats.PoolRates = field(default_factory=stats.PoolRates)
+    # What could not be read, each said in a few words: values that are not what their key
+    # holds (left out, or read as absent) and reads Redis refused. Empty when all was well.
+    problems: tuple[str, ...] = ()
+    # False when Redis refused a gauge's read (a key of another type): the gauges are then not
+    # a reading of the pool, and a reader should keep its last one rather than act on them.
+    readable: bool = True
 
 
 class FiguresQuery:
@@ -43,14 +49,24 @@ class FiguresQuery:
                 pipe.hgetall(pools.stats(pool, second))
 
     def parse(self, results: Sequence[Any]) -> dict[str, PoolFigures]:
+        """Figures per pool from the pipeline's results, which may hold exceptions (run it
+        with ``raise_on_error=False``): a bad value or a refused read is a problem of its pool,
+        never an exception here."""
         per_pool = pools.GAUGE_COMMANDS + len(self.seconds)
         figures = {}
         for i, pool in enumerate(self.pool_ids):
             chunk = results[i * per_pool:(i + 1) * per_pool]
-            gauges = pools.gauges_from(chunk)
+            problems: list[str] = []
+            gauges = pools.gauges_from(chunk, problems)
+            readable = not any(isinstance(r, Exception) for r in chunk[:pools.GAUGE_COMMANDS])
             if not self.seconds:
-                figures[pool] = PoolFigures(gauges)
+                figures[pool] = PoolFigures(gauges, problems=tuple(problems), readable=readable)
                 continue
-            buckets = [stats.decode_bucket(raw) for raw in chunk[pools.GAUGE_COMMANDS:]]
-            figures[pool] = PoolFigures(gauges, stats.rates(buckets))
+            buckets = []
+            for raw in chunk[pools.GAUGE_COMMANDS:]:
+                if isinstance(raw, Exception):
+                    problems.append(f"stats: Redis refused the read ({raw})")
+                    raw = {}
+                buckets.append(stats.decode_bucket(raw, problems))
+            figures[pool] = PoolFigures(gauges, stats.rates(buckets), tuple(problems), readable)
         return figures

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelgate.core.repository import ModelVersion
+
 INTEGER_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 FLOAT_DATATYPES = {"FP16", "FP32", "FP64"}
 
@@ -97,3 +99,13 @@ def predict(spec: PredictionSpec, outputs: Mapping[str, np.ndarray]) -> Predicti
         best = probabilities.argmax(axis=1)
         return Predictions(best, probabilities[np.arange(len(best)), best], probabilities)
     raise PredictionError("the answer holds neither the label nor the probabilities output")
+
+
+def spec_for(version: ModelVersion) -> PredictionSpec:
+    """The spec of one served version: its config's ``task``/``prediction``, else derived from
+    its tensor outputs."""
+    config = version.config
+    named = dict(config.prediction)
+    return derive([(o.name, o.datatype, o.shape) for o in version.outputs if o.is_tensor],
+                  task=config.task, label=named.get("label"),
+                  probabilities=named.get("probabilities"), score=named.get("score"))

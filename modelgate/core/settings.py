@@ -46,8 +46,18 @@ class GatewaySettings:
     # when its config sets no max_queue. Past either the answer is 429 at once.
     max_inflight: int = 8_192
     max_queue: int = 10_000
-    max_body_bytes: int = 32 * 1024 * 1024
-    # Optional API keys; probes (health, metrics, /openapi.json) stay open unless
+    # One body, JSON and binary tensor data together: Triton's --http-max-input-size default,
+    # what a V2 client expects to send.
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Bytes of bodies one gateway process holds at once, from arrival to answer: two of the
+    # largest bodies, or any number of small ones. Past it, 429.
+    max_inflight_bytes: int = 128 * 1024 * 1024
+    # Bodies whose JSON part is this large or more are parsed in parser processes (at most
+    # parse_processes of them), not on the event loop: parsing 256 KiB of JSON takes ~5 ms.
+    large_body_bytes: int = 256 * 1024
+    parse_processes: int = 1
+    # Optional API keys. With keys, /metrics needs one; the health probes and /openapi.json
+    # stay open (the probes' bodies then name no model to a caller without a key) unless
     # protect_probes is set.
     api_keys: tuple[str, ...] = ()
     # Keys for calls that change what is served (repository load/unload); they work on every
@@ -67,6 +77,14 @@ class GatewaySettings:
     # MLflow webhooks signed with this secret are accepted without an API key (MLflow cannot
     # send one); they only make the decider ask the registry sooner.
     mlflow_webhook_secret: str | None = None
+    # A request's headers must arrive within this long (of the connection opening, or of the
+    # next request's first byte); its body within body_timeout_s of its headers: 64 MiB at
+    # 1.1 MB/s. Past either, 408 and the socket is closed (gateway/connections.py).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    # Connections one gateway process holds at once (idle keep-alive ones included; the one
+    # idle longest is closed to make room); lowered to what the open-file limit allows.
+    max_connections: int = 4_096
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,11 @@ A reply answers a whole bundle (or, when the worker had to run its requests apar
 them): one msgpack map ``{"v", "ids", "rows", "status", "error", "outputs", "queue_ms",
 "compute_ms", "batch_size", "batch_leader"}`` whose outputs hold the rows of every id in order;
 :func:`unbundle` cuts it into one reply per id. ``status`` is ``"ok"`` or an error code from
-:class:`ReplyStatus`. Exactly one reply of every ORT run has ``batch_leader`` set, so a gateway
-can count runs (the ``modelgate_batch_size`` histogram) without a second channel.
+:class:`ReplyStatus`. A reply is validated whole when decoded (types, every tensor's data against
+its shape, an ``ok`` bundle's rows against its outputs), so a malformed or forged reply is a
+WireError there and nothing downstream can trip on it. Exactly one reply of every ORT run has
+``batch_leader`` set, so a gateway can count runs (the ``modelgate_batch_size`` histogram)
+without a second channel.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ WIRE_VERSION = 2
 
 class WireError(ValueError):
     """Bytes that are not a valid message of this wire format version."""
+
+
+class ReplyError(WireError):
+    """A reply whose ids could be read but not the rest: its callers can still be answered
+    (with an error) at once instead of at their deadline."""
+
+    def __init__(self, message: str, ids: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.ids = ids
 
 
 # V2 datatype -> numpy dtype (little-endian, as the wire carries it).
@@ -186,8 +198,9 @@ def batch_key(request: Request) -> tuple[Any, ...]:
 def unbundle(reply: Reply) -> list[Reply]:
     """One reply per id; an ``ok`` reply's outputs are cut by ``rows``.
 
-    Raises WireError when the outputs cannot be cut as ``rows`` says (a worker bug or a forged
-    reply): every id is then answered with that error rather than with someone else's rows.
+    A reply from :func:`decode_reply` always cuts. One built otherwise whose outputs cannot be
+    cut as ``rows`` says raises WireError, never anything else: every id is then answered with
+    that error rather than with someone else's rows.
     """
     if len(reply.ids) == 1:
         return [reply]
@@ -195,18 +208,22 @@ def unbundle(reply: Reply) -> list[Reply]:
         return [Reply((id_,), reply.status, {}, reply.error, reply.queue_ms, reply.compute_ms,
                       reply.batch_size, reply.batch_leader and i == 0)
                 for i, id_ in enumerate(reply.ids)]
-    total = sum(reply.rows)
-    if any(
-        not t.shape or t.shape[0] != total or (t.datatype == JSON and len(t.data) != total)
-        for t in reply.outputs.values()
-    ):
-        raise WireError(f"reply for {len(reply.ids)} requests has rows {list(reply.rows)} that "
-                        "do not cut its outputs")
+    _check_cut(reply.ids, reply.rows, reply.outputs)
     return [Reply((id_,), reply.status,
                   {name: _rows_of(t, start, count) for name, t in reply.outputs.items()}, "",
                   reply.queue_ms, reply.compute_ms, reply.batch_size,
                   reply.batch_leader and i == 0)
             for i, (id_, start, count) in enumerate(_spans(reply.ids, reply.rows))]
+
+
+def _check_cut(ids: tuple[str, ...], rows: tuple[int, ...], outputs: dict[str, Tensor]) -> None:
+    """Raise WireError unless every output has exactly ``sum(rows)`` rows along dim 0."""
+    total = sum(rows)
+    for t in outputs.values():
+        if not t.shape or t.shape[0] != total or (
+                t.datatype == JSON and not (isinstance(t.data, list) and len(t.data) == total)):
+            raise WireError(f"reply for {len(ids)} requests has rows {list(rows)} that do not "
+                            "cut its outputs")
 
 
 def tensor(array: np.ndarray) -> Tensor:
@@ -240,6 +257,11 @@ def _decode_tensor(name: str, raw: Any) -> Tensor:
         raise WireError(f"tensor {name!r} has a negative dimension in {list(shape)}")
     count = math.prod(shape)
     if datatype == JSON:
+        # One plain value (shape []) or a list of one value per row (shape [n]), as
+        # worker.runner makes them: anything else cannot be cut per request or answered.
+        if len(shape) > 1 or (shape and not (isinstance(data, list) and len(data) == shape[0])):
+            raise WireError(f"JSON tensor {name!r} of shape {list(shape)} needs a list of "
+                            f"{shape[0] if shape else 0} values, or shape [] and one value")
         return Tensor(JSON, shape, data)
     if datatype == BYTES:
         if not isinstance(data, list) or len(data) != count:
@@ -348,27 +370,57 @@ def encode_reply(reply: Reply) -> bytes:
 
 
 def decode_reply(data: bytes) -> Reply:
+    """A reply, every field checked: whatever this returns :func:`unbundle` can cut.
+
+    Raises WireError; ReplyError (naming the ids) once the ids were readable.
+    """
     message = _unpack_map(data, "reply")
-    if not isinstance(message.get("outputs") or {}, dict):
-        raise WireError("reply 'outputs' is not a map")
     ids = message.get("ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise WireError("reply 'ids' must be a non-empty list of strings")
     ids = tuple(ids)
-    rows = _rows_for(ids, message.get("rows"), "reply")
     try:
-        return Reply(
-            ids=ids,
-            rows=rows,
-            status=str(message["status"]),
-            error=str(message.get("error") or ""),
-            outputs={
-                str(n): _decode_tensor(str(n), t) for n, t in (message.get("outputs") or {}).items()
-            },
-            queue_ms=float(message.get("queue_ms") or 0.0),
-            compute_ms=float(message.get("compute_ms") or 0.0),
-            batch_size=int(message.get("batch_size") or 0),
-            batch_leader=bool(message.get("batch_leader")),
-        )
-    except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise WireError(f"reply is missing or has a malformed field: {e}") from e
+        return _reply_of(ids, message)
+    except WireError as e:
+        raise ReplyError(str(e), ids) from e
+
+
+def _reply_of(ids: tuple[str, ...], message: dict[str, Any]) -> Reply:
+    rows = _rows_for(ids, message.get("rows"), "reply")
+    status = message.get("status")
+    if not isinstance(status, str):
+        raise WireError(f"reply 'status' must be a string, got {type(status).__name__}")
+    error = message.get("error")
+    if error is not None and not isinstance(error, str):
+        raise WireError(f"reply 'error' must be a string, got {type(error).__name__}")
+    raw_outputs = message.get("outputs")
+    if raw_outputs is None:
+        raw_outputs = {}
+    if not isinstance(raw_outputs, dict) or not all(isinstance(n, str) for n in raw_outputs):
+        raise WireError("reply 'outputs' must be a map of output names to tensors")
+    outputs = {name: _decode_tensor(name, t) for name, t in raw_outputs.items()}
+    if status == ReplyStatus.OK and len(ids) > 1:
+        _check_cut(ids, rows, outputs)
+    batch_size = message.get("batch_size")
+    if batch_size is None:
+        batch_size = 0
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
+        raise WireError(f"reply 'batch_size' must be a count, got {batch_size!r}")
+    batch_leader = message.get("batch_leader")
+    if batch_leader is not None and not isinstance(batch_leader, bool):
+        raise WireError(f"reply 'batch_leader' must be true or false, got {batch_leader!r}")
+    return Reply(ids=ids, rows=rows, status=status, error=error or "", outputs=outputs,
+                 queue_ms=_milliseconds(message, "queue_ms"),
+                 compute_ms=_milliseconds(message, "compute_ms"),
+                 batch_size=batch_size, batch_leader=bool(batch_leader))
+
+
+def _milliseconds(message: dict[str, Any], name: str) -> float:
+    """A duration field: absent is 0; otherwise a finite, non-negative number."""
+    value = message.get(name)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value >= 0):
+        raise WireError(f"reply {name!r} must be a non-negative number, got {value!r}")
+    return float(value)

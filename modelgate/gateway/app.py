@@ -29,23 +29,30 @@ from starlette.types import Receive, Scope, Send
 from modelgate.core.errors import ModelgateError
 from modelgate.core.redis_checks import check_redis_async
 from modelgate.core.settings import GatewaySettings
-from modelgate.gateway.auth import check_bearer
+from modelgate.gateway.auth import check_bearer, has_key
+from modelgate.gateway.body import Bodies, BodyBudget, BodyLimits
+from modelgate.gateway.connections import ConnectionGuard, connection_budget
 from modelgate.gateway.dashboard import Dashboard
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
-from modelgate.gateway.routes import dashboard, docs, health, repository, v1, v2
+from modelgate.gateway.parsing import Parsers
+from modelgate.gateway.routes import dashboard, docs, health, repository, traffic, v1, v2
 from modelgate.gateway.versions import FolderScans
 
 log = logging.getLogger("modelgate.gateway")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-# Open even with API keys unless --protect-probes: health and metrics for probes and scrapers,
-# and the API description, which is the same for every server and names no model.
-PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"}
+# Open even with API keys unless --protect-probes: the health probes, whose status codes
+# Kubernetes probes and Docker's HEALTHCHECK read without a key (without a valid key their
+# bodies name no model), and the API description, the same for every server. /metrics names
+# every model and drift feature: it needs the key like any data.
+PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/openapi.json"}
 # Always open: the dashboard's static page and scripts, the same for every server and holding
 # no data; a browser cannot send a key on a page load. Its data calls need the key.
 PUBLIC_PATHS = dashboard.STATIC_PATHS
+# (path, method) of the calls that change what is served: with an admin key set, only it.
+CONTROL = repository.CONTROL | traffic.CONTROL
 
 
 def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
@@ -60,21 +67,27 @@ def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
     if control and admin_keys:
         api_keys = admin_keys
     needs_key = bool(api_keys) and not public and (not probe or settings.protect_probes)
+    # An open probe answers everyone; its endpoint says more to a caller with a key.
+    tells_key = bool(api_keys) and probe and not needs_key
 
     async def handler(request: Request) -> Response:
         started = time.perf_counter()
         try:
             if needs_key:
                 check_bearer(request.headers.get("authorization"), api_keys)
+            elif tells_key:
+                request.state.authorized = has_key(request.headers.get("authorization"),
+                                                   api_keys)
             response = await endpoint(request)
         except ModelgateError as e:
             response = domain_error_response(e)
-        model = getattr(request.state, "model", None)
-        if model is not None:
+        served = getattr(request.state, "served", None)
+        if served is not None:
             # Counted once the response is written (the rest of this step), not before it.
             metrics: Metrics = request.app.state.plane.metrics
+            model, version, route = served
             asyncio.get_running_loop().call_soon(
-                metrics.count_request, model, response.status_code,
+                metrics.count_request, model, version, "http", route, response.status_code,
                 time.perf_counter() - started)
         return response
 
@@ -112,16 +125,21 @@ def redis_clients(settings: GatewaySettings) -> tuple[aioredis.Redis, aioredis.R
     return client, reader
 
 
-def build_app(settings: GatewaySettings) -> Starlette:
+def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Starlette:
     gateway_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client, reader = redis_clients(settings)
-        plane = DataPlane(settings, client, reader, gateway_id, Metrics())
+        plane = DataPlane(settings, client, reader, gateway_id, metrics or Metrics())
         app.state.plane = plane
         app.state.dashboard = Dashboard(plane)
         app.state.folder_scans = FolderScans(settings.models_dir)
+        parsers = Parsers(settings.large_body_bytes, settings.parse_processes,
+                          settings.default_timeout_ms / 1000.0, plane.metrics)
+        app.state.bodies = Bodies(
+            BodyLimits(settings.max_body_bytes, settings.body_timeout_s),
+            BodyBudget(settings.max_inflight_bytes, plane.metrics), parsers)
         await plane.start()
         await check_redis_async(client, log)
         # Everything loaded so far (modules, the repository, clients) lives as long as the
@@ -133,6 +151,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
             yield
         finally:
             await plane.stop()
+            await parsers.close()
             plane.metrics.close()
             await client.aclose()
             await reader.aclose()
@@ -141,10 +160,10 @@ def build_app(settings: GatewaySettings) -> Starlette:
         Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS,
                                 route.path in PUBLIC_PATHS
                                 or route.path in repository.SELF_AUTHENTICATED,
-                                route.path in repository.CONTROL_PATHS),
+                                any((route.path, m) in CONTROL for m in route.methods or ())),
               methods=route.methods)
         for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes,
-                      *repository.routes)
+                      *repository.routes, *traffic.routes)
         if isinstance(route, Route)
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
@@ -198,18 +217,27 @@ class InferFastPath:
         await self.app(scope, receive, send)
 
 
+def server_config(settings: GatewaySettings) -> uvicorn.Config:
+    """The uvicorn configuration of a gateway process: the app, and every connection held to
+    the header and body deadlines and the connection limit (``gateway/connections.py``),
+    whichever way the process gets its listening socket."""
+    metrics = Metrics()
+    guard = ConnectionGuard(settings.header_timeout_s, settings.body_timeout_s,
+                            connection_budget(settings.max_connections), metrics)
+    return uvicorn.Config(build_app(settings, metrics), host=settings.host, port=settings.port,
+                          log_level="warning", access_log=False, loop="uvloop",
+                          http=guard.protocol(), timeout_graceful_shutdown=5,
+                          timeout_keep_alive=KEEP_ALIVE_S,
+                          # No access log means nothing reads X-Forwarded-For: skip the
+                          # middleware that would parse it on every call.
+                          proxy_headers=False)
+
+
 def serve(settings: GatewaySettings) -> None:
     """Serve until stopped: on an inherited listening socket (``fd``, from ``modelgate up``),
     on a port shared with other gateway processes (``reuse_port``: the kernel spreads
-    connections across them), or on a port of its own."""
-    config = uvicorn.Config(build_app(settings), host=settings.host, port=settings.port,
-                            log_level="warning", access_log=False, loop="uvloop",
-                            http="httptools", timeout_graceful_shutdown=5,
-                            timeout_keep_alive=KEEP_ALIVE_S,
-                            # No access log means nothing reads X-Forwarded-For: skip the
-                            # middleware that would parse it on every call.
-                            proxy_headers=False)
-    server = uvicorn.Server(config)
+    connections across them), or on a port of its own -- with the same configuration."""
+    server = uvicorn.Server(server_config(settings))
     if settings.fd is not None:
         server.run(sockets=[socket.socket(fileno=settings.fd)])
         return

@@ -50,7 +50,8 @@ class BinarySection:
                 "input's binary_data_size accounts for")
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, BinarySection | None]:
+def split_body(body: bytes | bytearray, header_length: str | None
+               ) -> tuple[bytes | bytearray, BinarySection | None]:
     """JSON part and binary section of a body per the Inference-Header-Content-Length header."""
     if header_length is None:
         return body, None

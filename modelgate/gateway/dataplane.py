@@ -6,6 +6,12 @@ each pool (live and starting workers, backlog, drain rate) refreshed from Redis 
 task, so neither readiness nor admission costs a Redis call per request. The same refresh
 notices a new generation of the served models' state, applies it, and tells the decider which
 generation this gateway applied once nothing admitted under the previous one is left unsent.
+
+Its background tasks (the dispatcher's writer and reader, the pool monitor, the drift poller)
+run under one supervisor (``gateway/background.py``). What they read from Redis is checked
+value by value: a value that is not what its key holds is logged, counted
+(``modelgate_malformed_records_total``) and skipped -- a pool whose figures Redis refuses to
+read (a key of another type) keeps its last reading -- and is never taken for a Redis outage.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from modelgate.core import wire
 from modelgate.core.errors import (
@@ -28,22 +34,27 @@ from modelgate.core.errors import (
     Overloaded,
 )
 from modelgate.core.pool_figures import FiguresQuery
+from modelgate.core.prediction import PredictionSpec, spec_for
 from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.repository import ModelVersion
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.stats import BUCKET_TTL_S
+from modelgate.core.store import is_bad_data, pools, scaling
 from modelgate.core.store import models as model_store
-from modelgate.core.store import pools, scaling
+from modelgate.core.store import traffic as traffic_store
 from modelgate.core.store.models import ModelState, VersionStatus
 from modelgate.gateway import serving
+from modelgate.gateway.background import Background
 from modelgate.gateway.dispatch import Dispatcher
 from modelgate.gateway.drift import DriftMonitor
 from modelgate.gateway.errors import ERROR_OF_REPLY
 from modelgate.gateway.metrics import Metrics
+from modelgate.gateway.shadow import Mirror
 
 log = logging.getLogger("modelgate.gateway")
 
 WAIT_POLL_S = 0.05
+MONITOR, DRIFT = "pool-monitor", "drift"
 
 
 @dataclass(slots=True)
@@ -82,7 +93,10 @@ class DataPlane:
         self.client = client
         self.metrics = metrics
         self.gateway_id = gateway_id
-        self.dispatcher = Dispatcher(client, reader, gateway_id)
+        self.background = Background(lambda name: metrics.background_errors.labels(name).inc())
+        self.dispatcher = Dispatcher(client, reader, gateway_id, metrics)
+        self._specs: dict[tuple[str, str], PredictionSpec] = {}
+        self.mirrors = Mirror(self.dispatcher, metrics, self.spec_of)
         self.drift = DriftMonitor(metrics)
         self.redis_ok = False
         self.redis_problem = "the queue (Redis) is unreachable"  # why, while not redis_ok
@@ -93,11 +107,12 @@ class DataPlane:
         self._acknowledged: int | None = None  # the generation to tell the decider about
         self.pools: dict[str, PoolView] = {}
         self._apply(self.table)
-        self._monitor: asyncio.Task[None] | None = None
         # Called with the refresh's time after each refresh that reached Redis (the
-        # dashboard's gauge history); a hook must be quick and must not raise.
+        # dashboard's gauge history); a hook must be quick. One that raises is logged and
+        # counted as the task "dashboard", and the refresh goes on.
         self.on_refresh: list[Callable[[float], None]] = []
         self._refreshed_at = time.monotonic()
+        self._problems: dict[str, tuple[str, ...]] = {}  # the last ones logged, per record
 
     @property
     def models(self) -> dict[str, serving.ServedModel]:
@@ -105,17 +120,69 @@ class DataPlane:
 
     async def start(self) -> None:
         await self.refresh()
-        self.dispatcher.start()
-        self._monitor = asyncio.create_task(self._monitor_loop(), name="pool-monitor")
+        self.dispatcher.start(self.background)
+        self.background.start(MONITOR, self._monitor_loop)
+        # Drift is a side view: restarted when it dies, it never takes the gateway out of
+        # service.
+        self.background.start(DRIFT, self._drift_loop, critical=False)
 
     async def stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            await asyncio.wait([self._monitor], timeout=3.0)
+        await self.background.stop((MONITOR, DRIFT))
         await self.dispatcher.stop()
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
         return self.table.resolve(name, version)
+
+    def route(self, name: str, version: str | None,
+              headers: Mapping[str, str]) -> serving.Routed:
+        """A pinned call goes to its version; an unpinned one by the model's traffic policy
+        (its sticky header's value keeps a session on one version)."""
+        if version is not None:
+            return serving.Routed(self.table.resolve(name, version), "serving")
+        model = self.models.get(name)
+        if model is None:
+            self.table.resolve(name)  # raises the model's not-found error
+        assert model is not None
+        if model.default is None:
+            self.table.resolve(name)  # raises why no version is ready
+        sticky = model.traffic.sticky_header if model.traffic is not None else None
+        return model.route(headers.get(sticky) if sticky else None)
+
+    def mirror(self, primary: ModelVersion, candidate: ModelVersion, request: wire.Request,
+               answer: wire.Reply) -> None:
+        """Send a copy of an answered call to a candidate (a shadow), after the answer."""
+        self.mirrors.send(primary, candidate, request, answer, self._shadow_admitted)
+
+    def _shadow_admitted(self, candidate: ModelVersion) -> bool:
+        """Shadow copies go first under load: only to a live candidate with room, from a
+        gateway with room."""
+        view = self.pools.get(candidate.pool)
+        if not self.redis_ok or view is None or view.live_workers == 0:
+            return False
+        limit = candidate.config.max_queue or self.settings.max_queue
+        if view.backlog + view.admitted - view.completed >= limit // 2:
+            return False
+        if self.dispatcher.in_flight >= self.settings.max_inflight // 2:
+            return False
+        view.admitted += 1  # its arrivals are the candidate's (its autoscaling, its cost)
+        return True
+
+    def _shadowed_pairs(self) -> list[tuple[str, str, str]]:
+        """(model, serving, candidate) of every model mirroring calls now."""
+        pairs = []
+        for model in self.models.values():
+            mirror = model.traffic.shadow if model.traffic is not None else None
+            if mirror is not None and model.state.default is not None:
+                pairs.append((model.name, model.state.default, mirror.version))
+        return pairs
+
+    def spec_of(self, version: ModelVersion) -> PredictionSpec:
+        """What the prediction of a version is (``core/prediction.py``), derived once."""
+        key = (version.pool, version.sha256)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = spec_for(version)
+        return spec
 
     def shown_pools(self) -> list[tuple[str, str, str]]:
         """(model, version, pool) of every version with a pool, by model and version."""
@@ -132,9 +199,9 @@ class DataPlane:
         return self.redis_ok and view is not None and view.live_workers > 0
 
     def ready(self) -> bool:
-        """Every model with a default version can serve it right now, and none is still
-        loading its first version."""
-        if not self.redis_ok:
+        """Every model with a default version can serve it right now, none is still loading
+        its first version, and no critical background task is down (``background.down``)."""
+        if not self.redis_ok or self.background.down():
             return False
         for model in self.models.values():
             default = model.default
@@ -209,7 +276,8 @@ class DataPlane:
         reply = await future
         view.completed += 1
         # After this call's answer is written (the rest of this step), not before it.
-        asyncio.get_running_loop().call_soon(self.metrics.observe_reply, model.name, reply)
+        asyncio.get_running_loop().call_soon(self.metrics.observe_reply, model.name,
+                                             model.version, reply)
         if reply.status != wire.ReplyStatus.OK:
             raise ERROR_OF_REPLY.get(reply.status, ModelFailed)(reply.error)
         return reply
@@ -224,9 +292,13 @@ class DataPlane:
         pipe.get(scaling.BUDGET)
         pipe.get(model_store.GENERATION)
         pipe.get(model_store.LEASE)
+        shadowed = self._shadowed_pairs()
+        for pair in shadowed:
+            pipe.hgetall(traffic_store.agreement(*pair, "total"))
         if self._acknowledged is not None:
             pipe.set(model_store.gateway_applied(self.gateway_id), self._acknowledged,
                      ex=int(model_store.GATEWAY_TTL_S))
+        self.mirrors.flush(pipe, now)
         flushed = {pool: (view.admitted, view.rejected) for pool, view in self.pools.items()}
         for pool, (admitted, rejected) in flushed.items():
             if admitted or rejected:
@@ -235,10 +307,18 @@ class DataPlane:
                 pipe.hincrby(bucket, "rejected", rejected)
                 pipe.expire(bucket, BUCKET_TTL_S)
         try:
-            results = await pipe.execute()
+            # Refused commands come back as results: a key holding the wrong type is bad data
+            # in one pool, not Redis being down.
+            results = await pipe.execute(raise_on_error=False)
+            refused = next((r for r in results if isinstance(r, ResponseError)
+                            and not is_bad_data(r)), None)
+            if refused is not None:
+                raise refused
             budget, generation, lease = results[query.size:query.size + 3]
-            if generation is not None and int(generation) != self.table.generation:
-                await self._reload(int(generation))
+            agreements = results[query.size + 3:query.size + 3 + len(shadowed)]
+            generation_number = self._generation_of(generation)
+            if generation_number is not None and generation_number != self.table.generation:
+                await self._reload(generation_number)
         except (RedisError, OSError) as e:
             # At maxmemory Redis refuses this round's counters: no answer can be written either.
             full = isinstance(e, OutOfMemoryError)
@@ -257,7 +337,7 @@ class DataPlane:
             log.warning("redis reachable again")
             self._outage = False
         self.redis_ok = True
-        self.decider_mode = model_store.lease_mode(lease)
+        self.decider_mode = self._lease_mode(lease)
         if self.table.generation is not None and self.dispatcher.idle:
             # Nothing admitted under an earlier generation is left to send: the next refresh
             # tells the decider, which then may remove the pools this generation left.
@@ -268,34 +348,108 @@ class DataPlane:
             view = self.pools.get(pool)
             if view is None:
                 continue  # left in the reload above
-            view.gauges = figures.gauges
+            self._report("pool", pool, figures.problems)
+            if figures.readable:
+                view.gauges = figures.gauges
             view.admitted -= flushed[pool][0]
             view.rejected -= flushed[pool][1]
             rate = view.completed / elapsed_s
             view.drain_per_s = (rate if view.drain_per_s == 0
                                 else 0.7 * view.drain_per_s + 0.3 * rate)
             view.completed = 0
+        for pair, raw in zip(shadowed, agreements, strict=True):
+            if isinstance(raw, dict):
+                summary = traffic_store.AgreementTally.parse(raw).summary()
+                for stat, value in summary.items():
+                    if value is not None:
+                        self.metrics.agreement.labels(*pair, stat).set(value)
+        flush_errors = [r for r in results[query.size + 3 + len(shadowed):]
+                        if isinstance(r, Exception)]
+        self._report("stats", "this gateway's counts", tuple(str(r) for r in flush_errors[:1]))
         for model in self.models.values():
-            default = model.default
-            view = self.pools.get(default.pool) if default is not None else None
-            if default is None or view is None:
-                continue
-            self.metrics.workers.labels(model.name).set(view.live_workers)
-            self.metrics.queue_depth.labels(model.name).set(view.backlog)
-            if view.desired is not None:
-                self.metrics.desired_workers.labels(model.name).set(view.desired)
-                self.metrics.cost_per_hour.labels(model.name).set(
-                    view.desired * default.config.worker_cost_per_hour)
-        budget_value = scaling.budget_from(budget)
+            for served in model.versions.values():
+                version = served.version
+                view = self.pools.get(version.pool) if version is not None else None
+                if version is None or view is None:
+                    continue
+                labels = (model.name, version.version)
+                self.metrics.workers.labels(*labels).set(view.live_workers)
+                self.metrics.queue_depth.labels(*labels).set(view.backlog)
+                if view.desired is not None:
+                    self.metrics.desired_workers.labels(*labels).set(view.desired)
+                    self.metrics.cost_per_hour.labels(*labels).set(
+                        view.desired * version.config.worker_cost_per_hour)
+        budget_value = None if isinstance(budget, Exception) else scaling.budget_from(budget)
+        self._report("budget", scaling.BUDGET, () if budget_value is not None or budget is None
+                     else (f"{budget!r:.60} is not a budget",))
         if budget_value is not None:
             self.metrics.budget_per_hour.set(budget_value)
         for hook in self.on_refresh:
-            hook(now)
+            try:
+                hook(now)
+            except Exception:  # a view of the gauges; never the monitor that keeps them
+                log.exception("a refresh hook failed")
+                self.metrics.background_errors.labels("dashboard").inc()
+
+    def _report(self, record: str, where: str, problems: tuple[str, ...]) -> None:
+        """Count every refresh that met bad data; log it when what is wrong changes, so a key
+        that stays bad is one log line, not two a second."""
+        key = f"{record}:{where}"
+        if problems:
+            self.metrics.malformed_records.labels(record).inc()
+            if self._problems.get(key) != problems:
+                log.warning("skipped bad data in %s %s (counted in "
+                            "modelgate_malformed_records_total): %s", record, where,
+                            "; ".join(problems))
+        elif key in self._problems:
+            log.warning("%s %s reads well again", record, where)
+        if problems:
+            self._problems[key] = problems
+        else:
+            self._problems.pop(key, None)
+
+    def _generation_of(self, raw: object) -> int | None:
+        """The generation of the served models' state as read, or None (absent, or bad data:
+        then the models served stay as they are)."""
+        problem = ""
+        number = None
+        if isinstance(raw, Exception):
+            problem = f"Redis refused the read ({raw})"
+        elif raw is not None:
+            try:
+                number = int(raw)  # type: ignore[call-overload]
+            except ValueError:
+                problem = f"{raw!r:.60} is not a generation"
+        self._report("models", model_store.GENERATION, (problem,) if problem else ())
+        return number
+
+    def _lease_mode(self, raw: object) -> str | None:
+        """The live decider's control mode from its lease, or None (none, or bad data)."""
+        try:
+            if isinstance(raw, Exception):
+                raise ValueError(f"Redis refused the read ({raw})")
+            mode = model_store.lease_mode(raw)  # type: ignore[arg-type]
+        except (ValueError, UnicodeDecodeError) as e:
+            self._report("models", model_store.LEASE, (str(e),))
+            return None
+        self._report("models", model_store.LEASE, ())
+        return mode
 
     async def _reload(self, generation: int) -> None:
-        """Read the decider's state of every model and serve it from now on."""
-        names = sorted(n.decode() for n in await self.client.smembers(model_store.MODELS))
-        raw = await self.client.mget([model_store.state(n) for n in names]) if names else []
+        """Read the decider's state of every model and serve it from now on; with bad data in
+        the set of models, keep serving what this gateway served."""
+        try:
+            members = await self.client.smembers(model_store.MODELS)
+            names = sorted(n.decode() for n in members)
+            raw = await self.client.mget([model_store.state(n) for n in names]) if names else []
+            policies = (await self.client.mget([traffic_store.policy(n) for n in names])
+                        if names else [])
+        except (ResponseError, UnicodeDecodeError) as e:
+            if isinstance(e, ResponseError) and not is_bad_data(e):
+                raise
+            self._report("models", model_store.MODELS, (f"unreadable: {e}",))
+            return
+        self._report("models", model_store.MODELS, ())
         states = {}
         for name, value in zip(names, raw, strict=True):
             if value is None:
@@ -308,9 +462,19 @@ class DataPlane:
                 old = self.models.get(name)
                 if old is not None:
                     states[name] = old.state
+        traffic: dict[str, traffic_store.TrafficPolicy] = {}
+        for name, value in zip(names, policies, strict=True):
+            if value is None:
+                continue
+            try:
+                traffic[name] = traffic_store.TrafficPolicy.decode(value)
+            except traffic_store.PolicyError as e:
+                log.warning("the traffic policy of %s is unreadable (%s); its unpinned calls go "
+                            "to its default version", name, e)
         # Signatures come from the repository's files: off the event loop.
         table = await asyncio.to_thread(serving.from_states, states, generation,
-                                        serving.loader(self.settings.models_dir), self.table)
+                                        serving.loader(self.settings.models_dir), self.table,
+                                        traffic)
         self._apply(table)
         log.info("serving model state generation %d: %s", generation, ", ".join(
             f"{m.name} {sorted(m.state.versions, key=int)} default {m.state.default}"
@@ -319,7 +483,12 @@ class DataPlane:
     def _apply(self, table: serving.ServingTable) -> None:
         """Serve ``table``: a view per pool it has (calls in flight keep theirs), drift per
         version with a profile."""
+        gone = [pool for pool in self.pools if pool not in set(table.pools())]
+        for pool in gone:
+            model, version = pool.rsplit(":", 1)
+            self.metrics.forget_pool(model, version)
         self.table = table
+        self._specs.clear()
         wanted = table.pools()
         self.pools = {pool: self.pools.get(pool) or PoolView() for pool in wanted}
         self.drift.sync([sv.version for m in table.models.values()
@@ -330,8 +499,13 @@ class DataPlane:
         while True:
             await asyncio.sleep(self.settings.monitor_interval_s)
             await self.refresh()
-            if self.redis_ok:
-                try:
-                    await self.drift.poll(self.client)
-                except (RedisError, OSError) as e:
-                    log.warning("drift batches unreadable this round: %s", e)
+
+    async def _drift_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.monitor_interval_s)
+            if not self.redis_ok:
+                continue
+            try:
+                await self.drift.poll(self.client)
+            except (RedisError, OSError) as e:
+                log.warning("drift batches unreadable this round: %s", e)

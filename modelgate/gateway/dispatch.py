@@ -10,6 +10,11 @@ bulk, cuts each into one reply per request and resolves futures by id; an id res
 redelivered entry answered twice) or no longer waited for is dropped. Every future is failed at
 its deadline by one deadline sweep (a heap of deadlines, one timer for the earliest), so none is
 left pending; a timer per call would cost more than the rest of its bookkeeping.
+
+Anything that reaches Redis can write to the reply list: a reply that is not valid wire format
+is dropped, logged and counted (``modelgate_dropped_replies_total``), and when its ids were
+readable their callers get a 500 at once. Writer and reader run under the gateway's task
+supervisor (``gateway/background.py``), which restarts either if it ever dies.
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
 from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.store import pools, replies
+from modelgate.gateway.background import Background
+from modelgate.gateway.metrics import Metrics
 
 log = logging.getLogger("modelgate.gateway")
 
 REPLY_POP_COUNT = 512
 DEADLINES_SLACK = 4096  # answered calls the deadline heap may hold before it is compacted
 STOP_TIMEOUT_S = 3.0
+WRITER, READER = "dispatch-writer", "dispatch-reader"
 
 
 @dataclass(slots=True)
@@ -79,15 +87,19 @@ def bundles(outbox: list[_Outgoing]) -> list[list[_Outgoing]]:
 
 
 class Dispatcher:
-    def __init__(self, client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str) -> None:
+    def __init__(self, client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str,
+                 metrics: Metrics | None = None) -> None:
         self.client = client
         self.reader = reader
         self.gateway_id = gateway_id
+        self.metrics = metrics or Metrics()
+        self._malformed = self.metrics.dropped_replies.labels("malformed")
+        self._late = self.metrics.dropped_replies.labels("late")
+        self._background: Background | None = None
         self.reply_to = replies.reply_list(gateway_id)
         self._pending: dict[str, asyncio.Future[wire.Reply]] = {}
         self._outbox: list[_Outgoing] = []
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self._blmpop = True  # until the server says it does not know the command
         self._reader_connection: Connection | None = None
         self._deadlines: list[tuple[int, str]] = []  # heap: (deadline_ms, correlation)
@@ -105,21 +117,23 @@ class Dispatcher:
         """Nothing submitted is waiting to be written, nor being written now."""
         return not self._outbox and not self._writing
 
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._write_loop(), name="dispatch-writer"),
-            asyncio.create_task(self._read_loop(), name="dispatch-reader"),
-        ]
+    def start(self, background: Background | None = None) -> None:
+        """Run the writer and the reader under ``background`` (the gateway's supervisor), or
+        under a supervisor of their own."""
+        if background is None:
+            metrics = self.metrics
+            background = Background(lambda name: metrics.background_errors.labels(name).inc())
+        self._background = background
+        background.start(WRITER, self._write_loop)
+        background.start(READER, self._read_loop)
 
     async def stop(self) -> None:
         # redis-py can swallow a cancellation that lands in a blocking command (BLMPOP), and
         # the loop would then block again: the flag ends the loop whatever happens to the
         # cancel, and the wait is bounded so a shutdown never hangs.
         self._running = False
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+        if self._background is not None:
+            await self._background.stop((WRITER, READER), timeout_s=STOP_TIMEOUT_S)
         if self._sweep is not None:
             self._sweep.cancel()
         for future in self._pending.values():
@@ -201,6 +215,8 @@ class Dispatcher:
             future.set_exception(error)
 
     async def _write_loop(self) -> None:
+        if self._outbox:  # restarted after a death: calls may have arrived meanwhile
+            self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -272,6 +288,10 @@ class Dispatcher:
                 log.warning("queued count of %s not updated: %s", entry.pool, e)
 
     async def _read_loop(self) -> None:
+        if self._reader_connection is not None:
+            # Restarted after a death that may have left a reply unread on it: never reuse it.
+            await self._reader_connection.disconnect()
+            self._reader_connection = None
         backoff_s = 0.05
         while self._running:
             try:
@@ -283,7 +303,12 @@ class Dispatcher:
                 backoff_s = min(backoff_s * 2, 2.0)
                 continue
             for raw in replies:
-                self._resolve(raw)
+                try:
+                    self._resolve(raw)
+                # One reply this code cannot handle is one dropped reply, never the reader.
+                except Exception:
+                    log.exception("dropped a reply that could not be resolved")
+                    self._malformed.inc()
             if replies:
                 # Let the callers just resolved answer before this task writes its next pop:
                 # with few calls in flight, that write would otherwise delay every answer.
@@ -331,16 +356,14 @@ class Dispatcher:
             reply = wire.decode_reply(raw)
         except wire.WireError as e:
             log.warning("dropped a malformed reply: %s", e)
-            return
-        try:
-            parts = wire.unbundle(reply)
-        except wire.WireError as e:
-            log.warning("a reply could not be cut per request: %s", e)
-            for correlation in reply.ids:
+            self._malformed.inc()
+            # Its callers, if it named any of ours, get the error now rather than a 504 later.
+            for correlation in e.ids if isinstance(e, wire.ReplyError) else ():
                 self._fail(correlation, ModelFailed(f"the worker's answer was unreadable: {e}"))
             return
-        for part in parts:
+        for part in wire.unbundle(reply):  # a decoded reply always cuts
             future = self._pending.pop(part.id, None)
             if future is None or future.done():
-                continue  # answered already (duplicate delivery) or past its deadline
+                self._late.inc()  # answered already (duplicate delivery) or past its deadline
+                continue
             future.set_result(part)

@@ -138,11 +138,20 @@ class DriftMonitor:
                 drift.last_id = entry_id.decode()
                 try:
                     batch = _batch(fields[b"batch"], len(drift.states), numeric)
+                    events = fold(drift.states, drift.thresholds, batch, time.time())
                 except (KeyError, drift_store.DriftRecordError) as e:
                     log.warning("dropped a malformed drift batch on %s: %s", pool, e)
+                    self.metrics.malformed_records.labels("drift").inc()
+                    continue
+                # Anything else a batch makes the detectors raise is bad data too: one batch
+                # dropped, never the poller.
+                except Exception:
+                    log.exception("dropped a drift batch on %s the detectors could not fold",
+                                  pool)
+                    self.metrics.malformed_records.labels("drift").inc()
                     continue
                 drift.sampled_rows += batch.rows
-                for event in fold(drift.states, drift.thresholds, batch, time.time()):
+                for event in events:
                     raised.append((pool, self._record(drift, event)))
         if raised:
             pipe = client.pipeline(transaction=False)

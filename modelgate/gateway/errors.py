@@ -15,6 +15,7 @@ STATUS_OF: dict[type[errors.ModelgateError], int] = {
     errors.DeadlineExceeded: 504,
     errors.ModelFailed: 500,
     errors.Overloaded: 429,
+    errors.RequestTimeout: 408,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.Unauthorized: 401,
@@ -48,4 +49,6 @@ def domain_error_response(error: errors.ModelgateError) -> Response:
         headers = {"Retry-After": str(error.retry_after_s)}
     elif isinstance(error, errors.Unauthorized):
         headers = {"WWW-Authenticate": 'Bearer realm="modelgate"'}
+    elif isinstance(error, errors.RequestTimeout):
+        headers = {"Connection": "close"}  # the rest of the request is not worth waiting for
     return error_response(status_of(error), str(error), headers)

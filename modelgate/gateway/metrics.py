@@ -10,6 +10,7 @@ live process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Literal
 
@@ -34,36 +35,41 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._children: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
-        self._requests: dict[tuple[str, int], Counter] = {}
+        self._children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
+        self._calls: dict[tuple[str, str, str, str], Histogram] = {}
+        self._requests: dict[tuple[str, str, str, str, int], Counter] = {}
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
         gauge_mode: Literal["livemostrecent", "all"] = (
             "livemostrecent" if self.multiprocess_dir else "all")
+        # Calls: by the version that answered, the protocol they came by and the route that
+        # sent them there (serving, canary, shadow, job); pools: by model and version.
+        call_labels = ["model", "version", "protocol", "route"]
+        pool_labels = ["model", "version"]
         self.requests = Counter("modelgate_requests", "Requests answered, by HTTP status code",
-                                ["model", "code"], registry=r)
+                                [*call_labels, "code"], registry=r)
         self.request_duration = Histogram(
             "modelgate_request_duration_seconds", "End-to-end latency at the gateway",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+            call_labels, buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_wait = Histogram(
             "modelgate_queue_wait_seconds", "Time from enqueue to a worker taking the request",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+            pool_labels, buckets=LATENCY_BUCKETS_S, registry=r)
         self.inference_duration = Histogram(
             "modelgate_inference_duration_seconds", "ONNX Runtime time per batch",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+            pool_labels, buckets=LATENCY_BUCKETS_S, registry=r)
         self.batch_size = Histogram(
-            "modelgate_batch_size", "Rows per ONNX Runtime run", ["model"],
+            "modelgate_batch_size", "Rows per ONNX Runtime run", pool_labels,
             buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("modelgate_queue_depth", "Backlog: requests waiting or in work",
-                                 ["model"], registry=r, multiprocess_mode=gauge_mode)
-        self.workers = Gauge("modelgate_workers", "Live workers serving the model", ["model"],
-                             registry=r, multiprocess_mode=gauge_mode)
+                                 pool_labels, registry=r, multiprocess_mode=gauge_mode)
+        self.workers = Gauge("modelgate_workers", "Live workers serving the model version",
+                             pool_labels, registry=r, multiprocess_mode=gauge_mode)
         self.desired_workers = Gauge("modelgate_desired_workers",
-                                     "Workers the autoscaler wants", ["model"], registry=r,
+                                     "Workers the autoscaler wants", pool_labels, registry=r,
                                      multiprocess_mode=gauge_mode)
         self.cost_per_hour = Gauge("modelgate_cost_per_hour",
                                    "Cost rate of the workers the autoscaler wants",
-                                   ["model"], registry=r, multiprocess_mode=gauge_mode)
+                                   pool_labels, registry=r, multiprocess_mode=gauge_mode)
         self.budget_per_hour = Gauge("modelgate_budget_per_hour",
                                      "The autoscaler's budget across models (absent: none)",
                                      registry=r, multiprocess_mode=gauge_mode)
@@ -71,32 +77,83 @@ class Metrics:
                                  "Drift statistic over its alarm threshold (1 = alarm)",
                                  ["model", "version", "feature"], registry=r,
                                  multiprocess_mode=gauge_mode)
+        self.background_errors = Counter(
+            "modelgate_background_errors",
+            "Background tasks (task: dispatch-writer, dispatch-reader, pool-monitor, drift, "
+            "dashboard) that died with an exception; each was restarted", ["task"], registry=r)
+        self.dropped_replies = Counter(
+            "modelgate_dropped_replies",
+            "Replies dropped: malformed (not valid wire format; its callers get a 500 when its "
+            "ids were readable) or late (no call waits for it: answered already, past its "
+            "deadline, or not this gateway's)", ["reason"], registry=r)
+        self.malformed_records = Counter(
+            "modelgate_malformed_records",
+            "Values read from Redis that were skipped, not being what their key holds (record: "
+            "pool, stats, budget, models, drift)", ["record"], registry=r)
+        self.connections = Gauge(
+            "modelgate_connections", "Client connections open (counted once a second)",
+            registry=r, multiprocess_mode="livesum" if self.multiprocess_dir else "all")
+        self.connections_closed = Counter(
+            "modelgate_connections_closed",
+            "Connections the gateway closed: header_timeout, body_timeout, evicted (idle, to "
+            "make room at --max-connections), refused (none idle at the limit: a JSON 503)",
+            ["reason"], registry=r)
+        self.body_bytes_in_flight = Gauge(
+            "modelgate_body_bytes_in_flight",
+            "Bytes of request bodies held, from their arrival to their answer "
+            "(--max-inflight-bytes bounds it)",
+            registry=r, multiprocess_mode="livesum" if self.multiprocess_dir else "all")
+        self.shadow_shed = Counter(
+            "modelgate_shadow_shed",
+            "Shadow copies not sent: the candidate could not take them (no live worker, a "
+            "backlog past half its limit) or this gateway was busy", pool_labels, registry=r)
+        self.agreement = Gauge(
+            "modelgate_agreement",
+            "Agreement of a candidate with the serving version on shadowed calls, since the "
+            "candidate loaded (stat: n, top1, mean_abs_delta, p99_abs_delta)",
+            ["model", "serving", "candidate", "stat"], registry=r,
+            multiprocess_mode=gauge_mode)
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
                                  ["model", "version", "feature"], registry=r,
                                  multiprocess_mode=gauge_mode)
 
-    def _per_call(self, model: str) -> tuple[Histogram, Histogram, Histogram, Histogram]:
-        """The labelled children every call of ``model`` touches, looked up once."""
-        children = self._children.get(model)
+    def _per_pool(self, model: str, version: str) -> tuple[Histogram, Histogram, Histogram]:
+        """The labelled children every answer of a pool touches, looked up once."""
+        children = self._children.get((model, version))
         if children is None:
-            children = self._children[model] = (
-                self.request_duration.labels(model), self.queue_wait.labels(model),
-                self.inference_duration.labels(model), self.batch_size.labels(model))
+            children = self._children[model, version] = (
+                self.queue_wait.labels(model, version),
+                self.inference_duration.labels(model, version),
+                self.batch_size.labels(model, version))
         return children
 
-    def count_request(self, model: str, status: int, duration_s: float) -> None:
-        counter = self._requests.get((model, status))
+    def count_request(self, model: str, version: str, protocol: str, route: str, status: int,
+                      duration_s: float) -> None:
+        key = (model, version, protocol, route, status)
+        counter = self._requests.get(key)
         if counter is None:
-            counter = self._requests[model, status] = self.requests.labels(model, str(status))
+            counter = self._requests[key] = self.requests.labels(
+                model, version, protocol, route, str(status))
         counter.inc()
-        self._per_call(model)[0].observe(duration_s)
+        duration = self._calls.get(key[:4])
+        if duration is None:
+            duration = self._calls[key[:4]] = self.request_duration.labels(*key[:4])
+        duration.observe(duration_s)
 
-    def observe_reply(self, model: str, reply: wire.Reply) -> None:
-        _, queue_wait, inference_duration, batch_size = self._per_call(model)
+    def observe_reply(self, model: str, version: str, reply: wire.Reply) -> None:
+        queue_wait, inference_duration, batch_size = self._per_pool(model, version)
         queue_wait.observe(reply.queue_ms / 1000.0)
         if reply.batch_leader:
             inference_duration.observe(reply.compute_ms / 1000.0)
             batch_size.observe(reply.batch_size)
+
+    def forget_pool(self, model: str, version: str) -> None:
+        """A pool that left: its gauges go (its counters and histograms stay, as Prometheus
+        expects of counters)."""
+        for gauge in (self.queue_depth, self.workers, self.desired_workers, self.cost_per_hour):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, version)
+        self._children.pop((model, version), None)
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:

@@ -46,6 +46,10 @@ _ERROR_RESPONSES: dict[str, dict[str, Any]] = {
         {"WWW-Authenticate": {"description": "Always 'Bearer realm=\"modelgate\"'.",
                               "schema": {"type": "string"}}}),
     "NotFound": _error("No such model, no such version of it, or no such route."),
+    "RequestTimeout": _error(
+        "The request's headers or body did not arrive within --header-timeout-s or "
+        "--body-timeout-s; the connection is closed.",
+        {"Connection": {"description": "Always 'close'.", "schema": {"type": "string"}}}),
     "PayloadTooLarge": _error("The body is over the gateway's --max-body-bytes."),
     "UnsupportedMediaType": _error("The body is not sent as application/json."),
     "TooManyRequests": _error(
@@ -54,13 +58,16 @@ _ERROR_RESPONSES: dict[str, dict[str, Any]] = {
                          "schema": {"type": "integer", "minimum": 1}}}),
     "InternalError": _error("The model failed on input it accepted, the request was parked as "
                             "a poison pill, or the gateway hit an unexpected error."),
-    "Unavailable": _error("No live worker serves the model, or Redis is unreachable."),
+    "Unavailable": _error("No live worker serves the model, Redis is unreachable, or the "
+                          "gateway holds --max-connections connections and none is idle (then "
+                          "with Retry-After)."),
     "DeadlineExceeded": _error("No answer arrived before the request's deadline "
                                "(parameters.timeout_ms, else the model's, else the server's)."),
 }
 
 _STATUS_OF_RESPONSE = {
-    "BadRequest": "400", "Unauthorized": "401", "NotFound": "404", "PayloadTooLarge": "413",
+    "BadRequest": "400", "Unauthorized": "401", "NotFound": "404", "RequestTimeout": "408",
+    "PayloadTooLarge": "413",
     "UnsupportedMediaType": "415", "TooManyRequests": "429", "InternalError": "500",
     "Unavailable": "503", "DeadlineExceeded": "504",
 }
@@ -72,8 +79,8 @@ def _errors(*names: str) -> dict[str, Any]:
             for n in ("Unauthorized", *names, "InternalError")}
 
 
-_INFER_ERRORS = ("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaType",
-                 "TooManyRequests", "Unavailable", "DeadlineExceeded")
+_INFER_ERRORS = ("BadRequest", "NotFound", "RequestTimeout", "PayloadTooLarge",
+                 "UnsupportedMediaType", "TooManyRequests", "Unavailable", "DeadlineExceeded")
 
 _NAME = {"name": "name", "in": "path", "required": True,
          "description": "Model name, as in the repository folder.",
@@ -239,10 +246,15 @@ _SCHEMAS: dict[str, Any] = {
     "Live": {"type": "object", "required": ["live"],
              "properties": {"live": {"type": "boolean"}}},
     "Ready": {
-        "type": "object", "required": ["ready", "redis", "models"],
+        "type": "object", "required": ["ready"],
+        "description": "With API keys on and no valid key sent, only 'ready': the other "
+                       "fields name models and tasks.",
         "properties": {
             "ready": {"type": "boolean"},
             "redis": {"type": "boolean", "description": "Redis answers."},
+            "failing_tasks": {"type": "array", "items": {"type": "string"},
+                              "description": "Background tasks down or crash-looping; the "
+                                             "critical ones make the gateway not ready."},
             "models": {"type": "object", "additionalProperties": {
                 "type": "object", "required": ["ready", "workers"],
                 "properties": {"ready": {"type": "boolean"},
@@ -487,9 +499,14 @@ def openapi_document() -> dict[str, Any]:
                           **_errors("NotFound")}}},
         **_REPOSITORY_PATHS,
         **_DASHBOARD_PATHS,
-        "/metrics": _probe("metrics", "Prometheus metrics, worker-side figures included.", {
-            "description": "Prometheus text exposition format.",
-            "content": {"text/plain": {"schema": {"type": "string"}}}}),
+        # Not a probe: it names every model and drift feature, so it needs the key when
+        # keys are on.
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics, worker-side figures "
+                                                 "included.",
+            "responses": {"200": {"description": "Prometheus text exposition format.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_errors()}}},
         "/openapi.json": _probe("openapi", "This document.", {
             "description": "The OpenAPI document.",
             "content": {JSON: {"schema": {"type": "object"}}}}),
@@ -502,8 +519,9 @@ def openapi_document() -> dict[str, Any]:
             "description": "Model-serving gateway for ONNX models: KServe Open Inference "
                            "Protocol V2 REST and V1. Every error is JSON {\"error\": \"...\"} "
                            "saying what is wrong and how to fix it. With API keys on, send "
-                           "'Authorization: Bearer KEY'; probes (health, metrics, this "
-                           "document) stay open unless the server runs with --protect-probes.",
+                           "'Authorization: Bearer KEY'; the health probes and this document "
+                           "stay open unless the server runs with --protect-probes, and "
+                           "without a valid key the probes' bodies name no model.",
         },
         # Authentication is optional: it applies only when the server has API keys.
         "security": [{}, {"bearer": []}],

@@ -27,7 +27,7 @@ MAX_ELEMENTS = (2**63 - 1) // 8
 MODEL_VERSION_HEADER = "X-Model-Version"
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes | bytearray) -> Any:
     if not body:
         raise InvalidInput("the request body is empty; send a JSON object")
     try:

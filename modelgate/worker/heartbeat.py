@@ -84,6 +84,7 @@ class Heartbeat:
 
     def _loop(self) -> None:
         failing = False
+        failures = 0
         while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
@@ -94,6 +95,11 @@ class Heartbeat:
                     log.warning("heartbeat failed: %s; retrying every %.1f s", e,
                                 self.interval_s)
                 failing = True
+            # A beat that broke on something else (a figure, a flush) is one missed beat: the
+            # thread goes on, or a worker still serving would be declared dead.
+            except Exception:
+                failures += 1
+                log.exception("heartbeat failed (%d such failures so far)", failures)
             else:
                 if failing:
                     log.warning("heartbeat written again")

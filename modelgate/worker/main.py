@@ -7,6 +7,12 @@ Redis unreachable, stalled, full (``maxmemory``) or read-only is an outage, neve
 exit: at start the worker waits until it can create its group and write its first heartbeat;
 serving, it backs off and tries again, holding the answers Redis refused (nothing is
 acknowledged without them) and reading nothing new until they are written.
+
+Nothing else read from Redis ends the loop either: a step that fails (the pool's stream turned
+into a key of another type, a bug) is logged, counted in the log line and retried with backoff;
+entries it held stay pending and are taken over like a dead worker's. A stream that is gone
+is made again while the served state still wants this version (or no decider keeps one); once
+the version left it, the decider removed the pool on purpose and the worker stops.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from modelgate.core.repository import ModelVersion, load_model, read_version
 from modelgate.core.settings import WorkerSettings
 from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
-from modelgate.core.store.models import ModelState
+from modelgate.core.store.models import ModelState, VersionStatus
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
@@ -66,6 +72,15 @@ def _stored_state(client: redis.Redis, model: str) -> ModelState | None:
         return None
     except redis.RedisError:
         return None  # Redis not up yet: the files decide; the heartbeat checks again
+
+
+def _still_served(client: redis.Redis, version: ModelVersion) -> bool:
+    """Whether the served state still wants this version's pool (or no decider keeps one)."""
+    state = _stored_state(client, version.name)
+    if state is None:
+        return True
+    found = state.versions.get(version.version)
+    return found is not None and found.status in (VersionStatus.LOADING, VersionStatus.READY)
 
 
 def resolve_version(settings: WorkerSettings, client: redis.Redis) -> ModelVersion:
@@ -151,14 +166,21 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     _withdraw(client, starting, worker_id)
     log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
              worker_id, version.pool, version.max_batch_size, threads)
-    handled = steps = 0
+    handled = steps = failures = 0
     outage = Outage()
+    backoff_s = 0.1  # after a failed step that was no outage
+    regroup = False
     try:
         while not stop.is_set() and (max_steps is None or steps < max_steps):
             steps += 1
             try:
+                if regroup:
+                    consumer.ensure_group()
+                    regroup = False
                 handled += consumer.step(settings.block_ms)
                 outage.over()
+                backoff_s = 0.1
+                continue
             # A timeout is Redis not answering (stalled, overloaded), OOM is Redis full: retry
             # them like a dropped connection rather than die holding entries.
             except OUTAGES as e:
@@ -166,18 +188,31 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
                 # gateways count this worker live and send it work, so the loop must be reading.
                 stop.wait(outage.begin(e, consumer.answers.held,
                                        settings.heartbeat_interval_s))
+                continue
             except redis.ResponseError as e:
-                if str(e).startswith("UNBLOCKED"):
-                    # The decider removed the pool (its version drained and left) while this
-                    # worker waited on its stream: nothing is left to serve. Recreating the
-                    # group would leave the stream behind.
-                    log.info("the stream of %s was removed (its version left): stopping",
-                             version.pool)
-                    break
-                if "NOGROUP" not in str(e):
-                    raise
-                # Redis lost the stream (restart without persistence): recreate and go on.
-                consumer.ensure_group()
+                # NOGROUP: Redis lost the stream (restart without persistence); UNBLOCKED: it
+                # was deleted under a blocked read. Recreate it and go on.
+                if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
+                    if not _still_served(client, version):
+                        # The decider removed the pool once its version left: nothing more
+                        # will come, and making the stream again would leave a key behind.
+                        log.warning("the pool's stream is gone and version %s of %s is no "
+                                    "longer served; stopping", version.version, version.name)
+                        stop.set()
+                        continue
+                    log.warning("the pool's stream is gone (%s); creating it again", e)
+                    regroup = True
+                    continue
+                failures += 1
+                log.error("step failed (%s; %d failures so far); retrying in %.1fs", e,
+                          failures, backoff_s)
+            # Anything else is a bug or data nothing foresaw: never a reason to stop serving.
+            except Exception:
+                failures += 1
+                log.exception("step failed (%d failures so far); retrying in %.1fs", failures,
+                              backoff_s)
+            stop.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, settings.heartbeat_interval_s)  # as for an outage
     finally:
         if consumer.answers.held:
             log.warning("stopping with %d runs' answers unwritten: their entries stay pending "

@@ -14,6 +14,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -30,6 +33,7 @@ import redis
 
 from modelgate.cli import demo
 from modelgate.core import wire
+from modelgate.core.process import child_preexec, stop_process
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.store import pools, replies
 from modelgate.gateway.app import redis_clients
@@ -44,7 +48,7 @@ from tests.chaos.conftest import (
     write_repo,
 )
 from tests.models import matmul_chain
-from tests.procs import wait_until
+from tests.procs import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -866,3 +870,160 @@ def test_redis_at_maxmemory_mid_load_loses_no_answer(
     assert report["after_ok"] == 100, failures(after)
     assert report["wrong_outputs"] == 0
     assert report["worker_said_out_of_memory"]
+
+
+# --------------------------------------------------------------------------- 9: bad data
+
+
+BAD_DATA_REQUESTS = 2_000
+
+
+def gateway_metric(base_url: str, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 when absent)."""
+    wanted = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    for line in httpx.get(f"{base_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + (wanted if labels else " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def reply_list_in_use(redis_url: str) -> str:
+    """The gateway's reply list, read off the next request entry it adds (entries are deleted
+    once answered, so a reader blocked on the stream's end is the sure way to see one)."""
+    watcher = redis.Redis.from_url(redis_url, socket_timeout=30)
+    try:
+        entries = watcher.xread({STREAM: "$"}, count=1, block=10_000)
+    finally:
+        watcher.close()
+    assert entries, "no request entry within 10 s: is there load?"
+    return str(entries[0][1][0][1][b"reply_to"].decode())
+
+
+@pytest.mark.timeout(120)
+def test_malformed_reply_and_pool_key_mid_load_are_counted_and_calls_go_on(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """Mid-load, replies that are not valid wire format land on the gateway's reply list and a
+    pool key gets a value no worker count can be and a key of another type: every call still
+    gets its own correct 200, and the bad data is logged and counted, not fatal (issue 12)."""
+    model = mlp_heavy()
+    cluster, _ = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory, model, workers=2)
+    inputs = np.random.default_rng(7).standard_normal((BAD_DATA_REQUESTS, 64), dtype=np.float32)
+    client = chaos_redis.client()
+
+    def inject() -> dict[str, Any]:
+        reply_to = reply_list_in_use(chaos_redis.url)
+        client.rpush(reply_to, msgpack.packb({  # issue 12's reproduction
+            "v": wire.WIRE_VERSION, "ids": ["999998", "999999"], "rows": [1, 1],
+            "status": "ok", "outputs": {"x": ["JSON", [2], 5]}}))
+        client.rpush(reply_to, b"\x00 not msgpack", msgpack.packb([1, 2, 3]))
+        client.set(pools.desired(POOL), "1" + "0" * 400, ex=60)
+        client.delete(pools.starting_set(POOL))
+        client.set(pools.starting_set(POOL), "not a sorted set")
+        return {"injected_at": time.monotonic()}
+
+    answers, figures, elapsed_s = run_with_signal(cluster, inject, inputs)
+    codes = Counter(a.status for a in answers)
+    wrong = wrong_outputs(answers, inputs, model)
+    log = cluster.log("gateway")
+    report = {
+        "sent": len(answers), "ok": codes[200],
+        "errors": sum(n for code, n in codes.items() if code != 200),
+        "wrong_outputs": len(wrong),
+        "dropped_replies": gateway_metric(cluster.base_url, "modelgate_dropped_replies_total",
+                                          reason="malformed"),
+        "malformed_pool_reads": gateway_metric(
+            cluster.base_url, "modelgate_malformed_records_total", record="pool"),
+        "background_errors": sum(gateway_metric(cluster.base_url,
+                                                "modelgate_background_errors_total", task=t)
+                                 for t in ("dispatch-reader", "dispatch-writer", "pool-monitor")),
+        "ready_after": httpx.get(f"{cluster.base_url}/v2/health/ready").status_code,
+        **latency_figures(answers, elapsed_s),
+    }
+    chaos_report(report)
+    assert figures, "nothing was injected"
+    assert codes == {200: len(inputs)}, f"{dict(codes)}: {failures(answers)}"
+    assert not wrong, f"outputs differ from onnxruntime for requests {wrong[:10]}"
+    assert report["dropped_replies"] == 3, report
+    # Monitor rounds go on after the load: the bad pool key is read, and counted, again.
+    wait_until(lambda: gateway_metric(cluster.base_url, "modelgate_malformed_records_total",
+                                      record="pool") >= 2, 10, "the bad pool key to be counted")
+    assert report["background_errors"] == 0 and report["ready_after"] == 200, report
+    assert "dropped a malformed reply" in log and "skipped bad data in pool" in log, log[-2000:]
+    client.close()
+
+
+# --------------------------------------------------------------------------- 10: idle and slow
+
+
+IDLE_SOCKETS = 500
+SLOWLORIS_SOCKETS = 50
+# A modest load for two shared cores: 200 calls/s from 16 connections, 4.5 s a round; rounds
+# alternate alone and beside the sockets, and each side's p99 is the median of its rounds, so
+# one hiccup of the shared machine does not decide the comparison either way.
+HOLD_RATE_PER_S = 200
+HOLD_REQUESTS = 900
+HOLD_CONCURRENCY = 16
+HOLD_ROUNDS = 3
+P99_FACTOR = 1.5
+# Below a few milliseconds a p99 is scheduling noise on two shared cores: a run-to-run
+# difference under this is not the sockets' doing, and 1.5x of it is not a meaningful bound.
+P99_NOISE_MS = 3.0
+
+
+@pytest.mark.timeout(180)
+def test_idle_and_slowloris_sockets_leave_the_p99_of_a_load_alone(
+        tmp_path: Path, chaos_redis: ChaosRedis, cluster_factory: Callable[[Path, str], Cluster],
+        chaos_report: Callable[[dict[str, Any]], None]) -> None:
+    """The same bounded load alone and beside 500 idle and 50 slowloris sockets (held by a
+    process of their own, so the client measuring is not slowed by them): its p99 beside them
+    is within 1.5x of its p99 alone, and no call fails."""
+    model = mlp_heavy()
+    cluster, _ = start_mlp_cluster(tmp_path, chaos_redis, cluster_factory, model, workers=1)
+    inputs = np.random.default_rng(8).standard_normal((HOLD_REQUESTS, 64), dtype=np.float32)
+    port = httpx.URL(cluster.base_url).port
+    assert port is not None
+
+    def load() -> list[Answer]:
+        return asyncio.run(drive(
+            cluster.base_url, "/v2/models/mlp/infer", lambda i: infer_body(inputs[i], 10_000),
+            concurrency=HOLD_CONCURRENCY, count=HOLD_REQUESTS, rate_per_s=HOLD_RATE_PER_S,
+            budget_s=30))
+
+    def p99_ms(answers: list[Answer]) -> float:
+        return percentile([a.latency_s for a in answers], 99) * 1000
+
+    held = []
+    rounds: dict[str, list[list[Answer]]] = {"alone": [], "beside": []}
+    load()  # warm up: connections, the worker's session, the gateway's caches
+    for _ in range(HOLD_ROUNDS):
+        rounds["alone"].append(load())
+        sockets = subprocess.Popen(
+            [sys.executable, "-m", "tests.chaos.sockets", str(port), str(IDLE_SOCKETS),
+             str(SLOWLORIS_SOCKETS)], cwd=REPO_ROOT, preexec_fn=child_preexec)
+        try:
+            wait_until(lambda: gateway_metric(cluster.base_url, "modelgate_connections")
+                       >= IDLE_SOCKETS + SLOWLORIS_SOCKETS, 20, "the sockets to be held")
+            held.append(int(gateway_metric(cluster.base_url, "modelgate_connections")))
+            rounds["beside"].append(load())
+        finally:
+            stop_process(sockets, timeout_s=5)
+    p99 = {side: sorted(p99_ms(answers) for answers in runs)[HOLD_ROUNDS // 2]
+           for side, runs in rounds.items()}
+    report = {
+        "rate_per_s": HOLD_RATE_PER_S, "requests_per_round": HOLD_REQUESTS,
+        "rounds": HOLD_ROUNDS, "idle_sockets": IDLE_SOCKETS,
+        "slowloris_sockets": SLOWLORIS_SOCKETS, "connections_held": held,
+        "p99_ms_alone_rounds": [round(p99_ms(a), 1) for a in rounds["alone"]],
+        "p99_ms_beside_rounds": [round(p99_ms(a), 1) for a in rounds["beside"]],
+        "p99_ms_alone": round(p99["alone"], 1), "p99_ms_beside": round(p99["beside"], 1),
+        "p99_ratio": round(p99["beside"] / max(p99["alone"], 1e-9), 2),
+        "closed_header_timeout": gateway_metric(
+            cluster.base_url, "modelgate_connections_closed_total", reason="header_timeout"),
+    }
+    chaos_report(report)
+    for runs in rounds.values():
+        for answers in runs:
+            codes = Counter(a.status for a in answers)
+            assert codes == {200: HOLD_REQUESTS}, f"{dict(codes)}: {failures(answers)}"
+    assert p99["beside"] <= max(P99_FACTOR * p99["alone"], p99["alone"] + P99_NOISE_MS), report

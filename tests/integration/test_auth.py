@@ -33,6 +33,7 @@ REDIS_PASSWORD = "redis-pw-c4f7e1d2"
 WRONG_PASSWORD = "redis-pw-wrong-99e0"
 SECRETS = [KEY_1, KEY_2, WRONG_KEY, REDIS_PASSWORD, WRONG_PASSWORD]
 PROBES = ["/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"]
+OPEN_PROBES = ["/v2/health/live", "/v2/health/ready", "/openapi.json"]
 INFER = "/v2/models/int64/infer"
 BODY = {"inputs": [{"name": "ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}]}
 READY_TIMEOUT_S = 60.0
@@ -195,9 +196,26 @@ def test_either_key_is_accepted(keyed: Server, key: str) -> None:
 
 
 def test_probes_and_document_are_open_by_default(keyed: Server) -> None:
+    """Kubernetes probes and the HEALTHCHECK send no key: their status codes stay usable."""
     with keyed.client() as client:
-        for path in PROBES:
+        for path in OPEN_PROBES:
             assert client.get(path).status_code == 200, path
+
+
+def test_without_a_key_probes_name_no_model_and_metrics_need_the_key(keyed: Server) -> None:
+    """Issue 12, item 9: with keys on, the open readiness body and /metrics named every model
+    (and /metrics every drift feature) to anyone."""
+    with keyed.client() as client:
+        assert client.get("/v2/health/live").json() == {"live": True}
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        assert_unauthorized(client.get("/metrics"))
+    with keyed.client(bearer(KEY_1)) as client:
+        ready = client.get("/v2/health/ready").json()
+        assert ready["ready"] is True and "int64" in ready["models"]
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and 'model="int64"' in metrics.text
+    with keyed.client(bearer(WRONG_KEY)) as client:
+        assert client.get("/v2/health/ready").json() == {"ready": True}
 
 
 def test_protect_probes_puts_them_behind_the_key(protected: Server) -> None:

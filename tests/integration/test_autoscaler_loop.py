@@ -7,6 +7,7 @@ and reporting, and the local process backend is exercised end to end in test_aut
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def write_load(client: redis.Redis, pool: str, now: float, arrivals_per_s: int,
         stats.add(arrivals=arrivals_per_s)
         stats.add_run(requests=arrivals_per_s, rows=arrivals_per_s,
                       compute_ms=compute_ms_per_request * arrivals_per_s,
-                      queue_ms=[5.0] * arrivals_per_s, errors=0)
+                      queue_ms=[5.0] * arrivals_per_s)
         pipe = client.pipeline()
         stats.flush(pipe, second)
         pipe.execute()
@@ -145,8 +146,6 @@ def test_budget_caps_the_pools_and_the_decision_says_so(redis_client: redis.Redi
 def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis,
                                                 tmp_path: Path) -> None:
     """With Redis unreachable the loop keeps what runs and retries (bounded run)."""
-    import threading
-
     backend = RecordingBackend()
     backend.replicas["mlp:1"] = 2
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
@@ -161,3 +160,87 @@ def test_redis_outage_holds_instead_of_guessing(redis_client: redis.Redis,
     ticks = decider.run(stop, interval_s=0.1)
     timer.cancel()
     assert ticks == 0 and backend.calls == [] and backend.replicas["mlp:1"] == 2
+
+
+# --------------------------------------------------------------------------- bad data
+
+
+def sample(scaler: Autoscaler, name: str, **labels: str) -> float:
+    return scaler.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_counter_that_is_no_count_is_skipped_and_the_loop_goes_on(
+        redis_client: redis.Redis) -> None:
+    """An infinite arrival count made the policy raise OverflowError, which ended the loop
+    (issue 12): anything that reaches Redis could stop the autoscaler for good."""
+    backend = RecordingBackend()
+    backend.replicas["mlp:1"] = 1
+    scaler = Autoscaler(redis_client, backend,
+                        [PoolPlan(PoolRef("mlp", "1"), PolicyConfig(min_workers=1,
+                                                                    max_workers=8))])
+    now = time.time()
+    write_load(redis_client, "mlp:1", now, arrivals_per_s=100, compute_ms_per_request=20.0,
+               backlog=0)
+    redis_client.hset(pools.stats("mlp:1", int(now) - 2), "arrivals", "inf")
+
+    scaler.tick(now)
+    scaler.tick(now)
+
+    assert sample(scaler, "modelgate_malformed_records_total", record="pool") == 2
+    # The other seconds' arrivals still count: 2 of the 3 seconds of the rate window.
+    assert scaler.last["mlp:1"].observation.arrival_rate == pytest.approx(200 / 3)
+    assert backend.replicas["mlp:1"] == 2
+
+
+def test_a_pool_key_of_another_type_holds_that_pool_and_scales_the_others(
+        redis_client: redis.Redis) -> None:
+    """WRONGTYPE on one pool's key failed the whole round trip: every pool was held as if Redis
+    were down. Now that pool alone is held, at the workers it runs."""
+    backend = RecordingBackend()
+    backend.replicas.update({"a:1": 1, "b:1": 1})
+    plans = [PoolPlan(PoolRef("a", "1"), PolicyConfig(min_workers=1, max_workers=8)),
+             PoolPlan(PoolRef("b", "1"), PolicyConfig(min_workers=1, max_workers=8))]
+    scaler = Autoscaler(redis_client, backend, plans)
+    now = time.time()
+    for pool in ("a:1", "b:1"):
+        write_load(redis_client, pool, now, arrivals_per_s=100, compute_ms_per_request=20.0,
+                   backlog=0)
+    redis_client.set(pools.worker_set("a:1"), "not a sorted set")
+
+    scaler.tick(now)
+
+    assert backend.calls == [("b:1", 3)]
+    held = scaler.last["a:1"]
+    assert held.desired == 1 and "holding" in held.decision.reason
+    assert sample(scaler, "modelgate_malformed_records_total", record="pool") == 1
+
+
+class FailingOnceBackend(RecordingBackend):
+    """The platform refuses its first upkeep (a Docker or Kubernetes API error, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upkeeps = 0
+
+    def supervise(self) -> None:
+        self.upkeeps += 1
+        if self.upkeeps == 1:
+            raise RuntimeError("the platform said no, once")
+
+
+def test_a_tick_that_raises_is_counted_and_the_loop_goes_on(
+        redis_client: redis.Redis, tmp_path: Path) -> None:
+    """The loop caught RedisError alone: anything else a tick raised ended the decider."""
+    backend = FailingOnceBackend()
+    scaler = Autoscaler(redis_client, backend, [])
+    decider = Decider(redis_client, ModelControl(redis_client, tmp_path), scaler,
+                      ScalingSettings())
+    stop = threading.Event()
+    timer = threading.Timer(10, stop.set)  # bounded, whatever happens
+    timer.start()
+    try:
+        assert decider.run(stop, interval_s=0, max_ticks=1) == 1
+    finally:
+        timer.cancel()
+    assert backend.upkeeps >= 2
+    assert sample(scaler, "modelgate_background_errors_total", task="autoscaler") == 1

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests import metrics
 from tests.conftest import ServeFactory
 from tests.models import write_repository
 
@@ -68,14 +68,12 @@ def as_array(out: dict[str, Any], dtype: Any) -> np.ndarray:
     return np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
 
 
-def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+def scrape(base: str) -> list[metrics.Sample]:
+    return metrics.scrape(base)
 
 
-def metric(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def metric(samples: list[metrics.Sample], name: str, **labels: str) -> float:
+    return metrics.value(samples, name, **labels)
 
 
 # --------------------------------------------------------------------------- inference

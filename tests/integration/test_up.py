@@ -24,6 +24,7 @@ import onnx
 import pytest
 
 from modelgate.core.embedded_redis import free_port
+from tests import metrics
 from tests.models import write_repository
 from tests.procs import Processes, wait_until
 
@@ -244,10 +245,9 @@ def test_several_gateway_processes_share_the_port_and_merge_their_metrics(
             assert httpx.post(f"{base_url}/v2/models/mlp/infer", json=body).status_code == 200
         counts = set()
         for _ in range(6):  # scrapes land on either process; each must show the total
-            text = httpx.get(f"{base_url}/metrics").text
-            line = next(line for line in text.splitlines()
-                        if line.startswith('modelgate_requests_total{code="200",model="mlp"}'))
-            counts.add(float(line.rsplit(" ", 1)[1]))
+            samples = metrics.scrape(base_url)
+            counts.add(metrics.value(samples, "modelgate_requests_total", code="200",
+                                     model="mlp"))
         assert counts == {float(calls)}
         # Both processes served some of the calls: each wrote its own counter file.
         environ = Path(f"/proc/{gateways[0]}/environ").read_bytes().split(b"\0")

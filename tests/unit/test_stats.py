@@ -11,7 +11,8 @@ import bisect
 import numpy as np
 import pytest
 
-from modelgate.core.stats import LATENCY_BOUNDS_MS, latency_field, percentile_ms
+from modelgate.core.pool_figures import FiguresQuery
+from modelgate.core.stats import LATENCY_BOUNDS_MS, decode_bucket, latency_field, percentile_ms
 
 
 def histogram(latencies_ms: list[float]) -> dict[str, float]:
@@ -84,3 +85,28 @@ def test_percentiles_rise_with_q_and_stay_in_the_bucket_of_the_true_quantile() -
         true = float(np.quantile(latencies, q, method="inverted_cdf"))
         bucket = bisect.bisect_left(LATENCY_BOUNDS_MS, true)  # as latency_field files it
         assert bounds[bucket] <= estimate <= bounds[bucket + 1], (q, true, estimate)
+
+
+@pytest.mark.parametrize("value", [b"inf", b"nan", b"-3", b"1e400", b"many", b"\xff"])
+def test_a_counter_that_is_not_a_count_is_left_out_and_named(value: bytes) -> None:
+    """An infinite arrival rate made the autoscaler's policy raise OverflowError (issue 12)."""
+    problems: list[str] = []
+    bucket = decode_bucket({b"arrivals": value, b"completed": b"4"}, problems)
+    assert bucket == {"completed": 4.0}
+    assert len(problems) == 1 and "arrivals" in problems[0]
+
+
+def test_figures_of_a_pool_with_bad_data_name_it_and_say_whether_they_are_a_reading() -> None:
+    """Refused reads come back as exceptions from a pipeline run with raise_on_error=False."""
+    refused = RuntimeError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    query = FiguresQuery(["a:1", "b:1", "c:1"], now=1000.0)
+    seconds = len(query.seconds)
+    results = ([1, 0, 2, b"3"] + [{b"arrivals": b"inf"}] + [{}] * (seconds - 1)
+               + [refused, 0, 0, None] + [{}] * seconds
+               + [1, 0, 0, None] + [refused] + [{}] * (seconds - 1))
+    figures = query.parse(results)
+    assert (figures["a:1"].readable, figures["a:1"].gauges.live_workers) == (True, 1)
+    assert figures["a:1"].rates.arrivals_per_s == 0.0
+    assert len(figures["a:1"].problems) == 1
+    assert not figures["b:1"].readable and figures["b:1"].problems[0].startswith("workers")
+    assert figures["c:1"].readable and figures["c:1"].problems[0].startswith("stats")

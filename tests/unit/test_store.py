@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from redis.exceptions import ResponseError
 
-from modelgate.core.store import FAMILIES, heartbeats, pools, replies, scaling
+from modelgate.core.store import FAMILIES, heartbeats, is_bad_data, pools, replies, scaling
 from modelgate.core.store import drift as drift_store
 
 
@@ -85,6 +86,32 @@ def test_gauges_from_results_in_queue_order() -> None:
     assert pools.gauges_from([2, 1, 30, b"4"]) == pools.PoolGauges(2, 1, 30, 4)
     assert pools.gauges_from([0, 0, None, None]) == pools.PoolGauges(0, 0, 0, None)
     assert pools.gauges_from([0, 0, 0, b"abc"]).desired is None
+
+
+@pytest.mark.parametrize("raw", [b"abc", b"-1", b"1" + b"0" * 400, b"1" * 5000, b"2.5"],
+                         ids=["text", "negative", "past-a-float", "past-int-parsing", "fraction"])
+def test_a_desired_value_that_is_no_worker_count_is_absent_and_a_problem(raw: bytes) -> None:
+    """10**400 workers was an int, and overflowed the float of a metric (issue 12)."""
+    problems: list[str] = []
+    assert pools.gauges_from([1, 0, 0, raw], problems) == pools.PoolGauges(1, 0, 0, None)
+    assert len(problems) == 1 and problems[0].startswith("desired:")
+
+
+def test_refused_reads_are_absent_and_named() -> None:
+    refused = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    problems: list[str] = []
+    assert pools.gauges_from([refused, 2, refused, b"3"], problems) == pools.PoolGauges(
+        0, 2, 0, 3)
+    assert [p.split(":")[0] for p in problems] == ["workers", "queued"]
+
+
+def test_store_tells_bad_data_from_a_server_not_serving() -> None:
+    assert is_bad_data(ResponseError("WRONGTYPE Operation against a key holding the wrong "
+                                     "kind of value"))
+    assert is_bad_data(ResponseError("ERR hash value is not an integer"))
+    assert not is_bad_data(ResponseError("LOADING Redis is loading the dataset in memory"))
+    assert not is_bad_data(ResponseError("OOM command not allowed when used memory > "
+                                         "'maxmemory'."))
 
 
 def test_heartbeat_round_trip() -> None:

@@ -501,3 +501,99 @@ def test_unbundle_refuses_outputs_the_rows_do_not_cut(output: wire.Tensor) -> No
                        outputs={"ok": wire.tensor(np.zeros((6, 1), np.float32)), "bad": output})
     with pytest.raises(wire.WireError, match="do not cut"):
         wire.unbundle(reply)
+
+
+# --------------------------------------------------------------------------- replies validated
+
+
+def _reply_message(outputs: dict[str, Any], ids: tuple[str, ...] = ("4", "5"),
+                   rows: tuple[int, ...] = (1, 1)) -> dict[str, Any]:
+    message = msgpack.unpackb(wire.encode_reply(wire.Reply(ids=ids, rows=rows, status="ok")),
+                              raw=False)
+    message["outputs"] = outputs
+    return message
+
+
+@pytest.mark.parametrize("raw", [
+    ["JSON", [2], 5],  # issue 12's reproduction: the data is not a list
+    ["JSON", [2], [1]],  # one item for a shape of two
+    ["JSON", [2], {"a": 1, "b": 2}],  # a map has a length, but is not rows
+    ["JSON", [2, 1], [[1], [2]]],  # JSON outputs are a list of rows or one value, no more
+    ["JSON", [2], "ab"],  # a string has a length of two too
+], ids=["scalar-for-list", "short-list", "map", "rank-2", "string"])
+def test_decode_reply_refuses_json_data_that_does_not_fit_its_shape(raw: Any) -> None:
+    message = _reply_message({"x": raw})
+    with pytest.raises(wire.WireError, match="'x'"):
+        wire.decode_reply(msgpack.packb(message))
+
+
+def test_decode_reply_keeps_a_json_value_of_shape_scalar_whole() -> None:
+    message = _reply_message({"x": ["JSON", [], {"total": 1.5}]}, ids=("4",), rows=(1,))
+    reply = wire.decode_reply(msgpack.packb(message))
+    assert reply.outputs["x"] == wire.Tensor(wire.JSON, (), {"total": 1.5})
+
+
+@pytest.mark.parametrize("raw", [
+    ["FP32", [3, 1], b"\x00" * 12],  # a row too many for rows (1, 1)
+    ["INT64", [], b"\x00" * 8],  # no dim 0 at all
+    ["JSON", [3], [1, 2, 3]],
+    ["JSON", [], 7],
+], ids=["numeric-long", "scalar", "json-long", "json-scalar"])
+def test_decode_reply_refuses_an_ok_bundle_reply_its_rows_do_not_cut(raw: Any) -> None:
+    message = _reply_message({"y": ["FP32", [2, 1], b"\x00" * 8], "x": raw})
+    with pytest.raises(wire.WireError, match="do not cut"):
+        wire.decode_reply(msgpack.packb(message))
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda m: m.update(status=5),
+    lambda m: m.update(status=None),
+    lambda m: m.update(error=[1]),
+    lambda m: m.update(error=5),
+    lambda m: m.update(queue_ms=float("nan")),
+    lambda m: m.update(compute_ms=-1.0),
+    lambda m: m.update(queue_ms=True),
+    lambda m: m.update(batch_size=-3),
+    lambda m: m.update(batch_size=2.5),
+    lambda m: m.update(batch_leader="no"),  # a truthy string is not a flag
+    lambda m: m.update(outputs={5: ["FP32", [2, 1], b"\x00" * 8]}),
+], ids=["status-int", "status-nil", "error-list", "error-int", "queue-nan", "compute-negative",
+        "queue-bool", "batch-negative", "batch-fraction", "leader-str", "output-name-int"])
+def test_decode_reply_refuses_fields_of_the_wrong_type(
+        mutate: Callable[[dict[str, Any]], object]) -> None:
+    message = _reply_message({"y": ["FP32", [2, 1], b"\x00" * 8]})
+    mutate(message)
+    with pytest.raises(wire.WireError):
+        wire.decode_reply(msgpack.packb(message))
+
+
+def test_a_reply_that_decodes_always_unbundles() -> None:
+    """Flip bytes of a bundle's reply: whatever decodes can be cut per id without raising."""
+    rng = np.random.default_rng(12)
+    original = wire.encode_reply(wire.Reply(
+        ids=BUNDLE_IDS, rows=BUNDLE_ROWS, status="ok",
+        outputs={"y": wire.tensor(np.ones((6, 2), np.int16)),
+                 "t": wire.tensor(bytes_array([b"x"] * 6, (6,))),
+                 "p": wire.Tensor(wire.JSON, (6,), [{1: 0.5}] * 6)},
+        queue_ms=1.0, compute_ms=2.0, batch_size=6, batch_leader=True))
+    decoded = 0
+    for _ in range(3000):
+        mutated = bytearray(original)
+        for position in rng.integers(0, len(mutated), rng.integers(1, 4)):
+            mutated[position] = int(rng.integers(0, 256))
+        try:
+            reply = wire.decode_reply(bytes(mutated))
+        except wire.WireError:
+            continue
+        decoded += 1
+        assert len(wire.unbundle(reply)) == len(reply.ids)
+    assert decoded > 0
+
+
+def test_a_reply_error_after_the_ids_names_them() -> None:
+    """The gateway can answer the callers of an unreadable reply at once, not at their
+    deadline: the error carries the ids when they could be read."""
+    message = _reply_message({"x": ["JSON", [2], 5]})
+    with pytest.raises(wire.ReplyError) as raised:
+        wire.decode_reply(msgpack.packb(message))
+    assert raised.value.ids == ("4", "5")

@@ -25,4 +25,16 @@ from __future__ import annotations
 PREFIX = "mg"
 
 # The modules of this package, in the order docs/architecture.md lists them.
-FAMILIES = ("models", "pools", "heartbeats", "replies", "scaling", "drift", "lineage")
+FAMILIES = ("models", "traffic", "pools", "heartbeats", "replies", "scaling", "drift",
+            "lineage")
+
+# Words of Redis error replies caused by what a key holds (a key of another type, a counter that
+# is not a number), as opposed to the server's own state (LOADING, MISCONF, OOM, READONLY, ...):
+# the former is bad data in one record, to be skipped; the latter is Redis not serving.
+_BAD_DATA_ERRORS = ("WRONGTYPE", "not an integer", "not a valid float")
+
+
+def is_bad_data(error: BaseException) -> bool:
+    """Whether an error reply of Redis was caused by the value of a key, not by the server."""
+    text = str(error)
+    return any(words in text for words in _BAD_DATA_ERRORS)

@@ -156,14 +156,18 @@ class ModelState:
             raise StateError(f"not a model state: {e}") from e
 
 
+COMMAND_OPS = ("load", "unload", "promote", "rollback", "pause", "resume", "sync")
+
+
 @dataclass(frozen=True, slots=True)
 class ControlCommand:
-    """A request to the decider: ``load`` or ``unload`` one model (explicit mode), or ``sync``:
-    ask the registry now about every model whose source is registry model ``model`` (an
-    MLflow webhook; a decider of an earlier release ignores it)."""
+    """A request to the decider: ``load`` or ``unload`` one model (explicit mode); a
+    person's override of its promotion gate: ``promote``, ``rollback``, ``pause``,
+    ``resume``; or ``sync``: ask the registry now about every model whose source is registry
+    model ``model`` (an MLflow webhook; a decider of an earlier release ignores it)."""
 
     id: str
-    op: str  # load | unload | sync
+    op: str  # load | unload | promote | rollback | pause | resume | sync
     model: str  # for sync: the registry's model name
     by: str  # who asked: the API key's id, or "cli"
     at: float
@@ -176,7 +180,7 @@ class ControlCommand:
     def parse(cls, fields: Mapping[bytes, bytes]) -> ControlCommand | None:
         try:
             text = {k.decode(): v.decode() for k, v in fields.items()}
-            if text["op"] not in ("load", "unload", "sync"):
+            if text["op"] not in COMMAND_OPS:
                 return None
             return cls(text["id"], text["op"], text["model"], text.get("by", ""),
                        float(text["at"]))

@@ -377,6 +377,11 @@ class PoolGauges:
 
 
 GAUGE_COMMANDS = 4
+# The keys read_gauges reads, in order, as problems name them.
+GAUGE_KEYS = ("workers", "starting", "queued", "desired")
+# No pool runs this many workers: a desired count past it is not one (and would overflow the
+# float a metric holds).
+MAX_DESIRED = 1_000_000
 
 
 def read_gauges(pipe: Any, pool: str, now: float, worker_ttl_s: float) -> None:
@@ -388,11 +393,32 @@ def read_gauges(pipe: Any, pool: str, now: float, worker_ttl_s: float) -> None:
     pipe.get(desired(pool))
 
 
-def gauges_from(results: Sequence[Any]) -> PoolGauges:
-    """The gauges from the results of :func:`read_gauges`' commands, in order."""
-    live, starting_count, backlog, wanted = results[:GAUGE_COMMANDS]
-    return PoolGauges(int(live), int(starting_count), queued_count(backlog),
-                      _int_or_none(wanted))
+def gauges_from(results: Sequence[Any], problems: list[str] | None = None) -> PoolGauges:
+    """The gauges from the results of :func:`read_gauges`' commands, in order.
+
+    Results may be exceptions (a pipeline run with ``raise_on_error=False``: Redis refused the
+    command, e.g. a key of another type). Those, and values that are not what their key holds,
+    read as absent (0, or no desired count) and are described in ``problems``."""
+    found = problems if problems is not None else []
+    values = list(results[:GAUGE_COMMANDS])
+    for i, (key, value) in enumerate(zip(GAUGE_KEYS, values, strict=True)):
+        if isinstance(value, Exception):
+            found.append(f"{key}: Redis refused the read ({value})")
+            values[i] = None
+    live, starting_count, backlog, wanted = values
+    wanted_count = _int_or_none(wanted)
+    if wanted_count is not None and not 0 <= wanted_count <= MAX_DESIRED:
+        wanted_count = None
+    if wanted is not None and wanted_count is None:
+        found.append(f"desired: {_shown(wanted)} is not a worker count")
+    return PoolGauges(int(live or 0), int(starting_count or 0), queued_count(backlog),
+                      wanted_count)
+
+
+def _shown(raw: bytes | str | int) -> str:
+    """A value read from Redis, cut short for a log line."""
+    text = repr(raw)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def queued_count(raw: bytes | str | int | None) -> int:
@@ -406,7 +432,7 @@ def queued_count(raw: bytes | str | int | None) -> int:
 def _int_or_none(raw: bytes | str | int | None) -> int | None:
     try:
         return int(raw) if raw is not None else None
-    except ValueError:
+    except ValueError:  # not digits, or more digits than int() converts
         return None
 
 

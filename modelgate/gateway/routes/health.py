@@ -17,12 +17,20 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Ready only when Redis answers and every model has a live worker; says which do not."""
+    """Ready only when Redis answers, every model has a live worker and no critical background
+    task is down; says which are not, to a caller allowed to know (see app.PROBE_PATHS)."""
     plane: DataPlane = request.app.state.plane
     is_ready = plane.ready()
+    if not getattr(request.state, "authorized", True):
+        # API keys are on and this caller has none: the status, and nothing that names a
+        # model or a task.
+        return Response(protocol.dumps({"ready": is_ready}),
+                        status_code=200 if is_ready else 503, media_type="application/json")
     body = {
         "ready": is_ready,
         "redis": plane.redis_ok,
+        # Background tasks down or crash-looping; only the critical ones fail readiness.
+        "failing_tasks": plane.background.restarting(),
         "models": {name: _model_health(plane, m) for name, m in plane.models.items()},
     }
     return Response(protocol.dumps(body), status_code=200 if is_ready else 503,

@@ -43,7 +43,7 @@ from modelgate.core.store import models as model_store
 from modelgate.core.store.models import CommandResult, ControlCommand
 from modelgate.gateway import protocol
 from modelgate.gateway.auth import check_bearer
-from modelgate.gateway.body import read_json_body
+from modelgate.gateway.body import Bodies, BodyLimits, json_body
 from modelgate.gateway.dataplane import DataPlane
 
 JSON = "application/json"
@@ -55,11 +55,13 @@ def _plane(request: Request) -> DataPlane:
     return request.app.state.plane
 
 
-async def _body(request: Request, plane: DataPlane) -> dict[str, Any]:
-    raw = await read_json_body(request, plane.settings.max_body_bytes)
-    if not raw.strip():
-        return {}
-    body = protocol.loads(raw)
+async def object_body(request: Request) -> dict[str, Any]:
+    bodies: Bodies = request.app.state.bodies
+    async with json_body(request, bodies.limits, bodies.budget) as raw:
+        if not raw.strip():
+            return {}
+        # One large base64 string at most (a model file): quick to parse on the event loop.
+        body = protocol.loads(raw)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object, e.g. {\"parameters\": {}}")
     return body
@@ -110,7 +112,7 @@ def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, Any
 
 async def index(request: Request) -> Response:
     plane = _plane(request)
-    body = await _body(request, plane)
+    body = await object_body(request)
     ready_only = body.get("ready") is True
     rows = await asyncio.to_thread(_index, plane.settings.models_dir, plane, ready_only)
     return Response(protocol.dumps(rows), media_type=JSON)
@@ -164,7 +166,7 @@ async def _command(request: Request, op: str) -> Response:
         check_name(name)
     except RepositoryError as e:
         raise ModelNotFound(str(e)) from e
-    body = await _body(request, plane)
+    body = await object_body(request)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
@@ -186,7 +188,7 @@ async def _command(request: Request, op: str) -> Response:
     command = ControlCommand(uuid.uuid4().hex, op, name, key_id(request), time.time())
     await plane.client.xadd(model_store.COMMANDS, command.fields(),
                             maxlen=model_store.COMMANDS_MAXLEN, approximate=True)
-    result = await _wait(plane, command.id, time.monotonic() + timeout_ms / 1000.0)
+    result = await wait_for_result(plane, command.id, time.monotonic() + timeout_ms / 1000.0)
     if result is None or result.status == "pending":
         return Response(protocol.dumps({
             "status": "pending", "message": f"the {op} of {name!r} is still under way; "
@@ -201,7 +203,7 @@ async def _command(request: Request, op: str) -> Response:
     raise InvalidInput(f"{op} of {name!r} failed: {result.message}")
 
 
-async def _wait(plane: DataPlane, command_id: str, until: float) -> CommandResult | None:
+async def wait_for_result(plane: DataPlane, command_id: str, until: float) -> CommandResult | None:
     result: CommandResult | None = None
     while time.monotonic() < until:
         raw = await plane.client.get(model_store.command_result(command_id))
@@ -237,7 +239,11 @@ def signed_by(secret: str, headers: Any, body: bytes, now: float) -> bool:
 async def mlflow_webhook(request: Request) -> Response:
     plane = _plane(request)
     settings = plane.settings
-    body = await read_json_body(request, 1 << 20)
+    bodies: Bodies = request.app.state.bodies
+    # A webhook is small: a megabyte at most, whatever the server's limit for calls.
+    limits = BodyLimits(min(bodies.limits.max_bytes, 1 << 20), bodies.limits.timeout_s)
+    async with json_body(request, limits, bodies.budget) as raw:
+        body = bytes(raw)
     secret = settings.mlflow_webhook_secret
     if not (secret and signed_by(secret, request.headers, body, time.time())):
         keys = tuple(k.encode() for k in settings.admin_api_keys or settings.api_keys)
@@ -282,4 +288,5 @@ routes = [
 SELF_AUTHENTICATED = {"/v2/repository/mlflow/webhook"}
 
 # Calls that change what is served: they need an admin key when the server has any.
-CONTROL_PATHS = {"/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload"}
+CONTROL = {("/v2/repository/models/{name}/load", "POST"),
+           ("/v2/repository/models/{name}/unload", "POST")}

@@ -8,8 +8,9 @@ from starlette.routing import Route
 
 from modelgate.core.errors import ModelNotFound
 from modelgate.gateway import protocol
-from modelgate.gateway.body import read_json_body
+from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
+from modelgate.gateway.parsing import V1
 from modelgate.gateway.protocol import MODEL_VERSION_HEADER
 
 
@@ -22,12 +23,16 @@ async def predict(request: Request) -> Response:
             raise ModelNotFound(f"unknown V1 route {target!r}; use /v1/models/NAME:predict")
     else:
         name = request.path_params["name"]
-    model = plane.resolve(name, request.path_params.get("version"))
-    request.state.model = model.name
-    body = protocol.loads(await read_json_body(request, plane.settings.max_body_bytes))
-    wire_request = protocol.parse_v1(body, model)
-    reply = await plane.infer(model, wire_request,
-                              model.config.timeout_ms or plane.settings.default_timeout_ms)
+    routed = plane.route(name, request.path_params.get("version"), request.headers)
+    model = routed.version
+    request.state.served = (model.name, model.version, routed.route)
+    bodies: Bodies = request.app.state.bodies
+    async with json_body(request, bodies.limits, bodies.budget) as raw:
+        parsed = await bodies.parsers.parse(V1, model, raw, None)
+        reply = await plane.infer(model, parsed.request,
+                                  model.config.timeout_ms or plane.settings.default_timeout_ms)
+    if routed.shadow is not None:
+        plane.mirror(model, routed.shadow, parsed.request, reply)
     # V1 has no field for it: the version that computed the answer goes in a header.
     return Response(protocol.format_v1(reply), media_type="application/json",
                     headers={MODEL_VERSION_HEADER: model.version})

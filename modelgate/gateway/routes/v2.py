@@ -12,9 +12,10 @@ from modelgate import __version__
 from modelgate.core.errors import InvalidInput, ModelNotFound
 from modelgate.core.repository import ModelVersion, RepositoryError
 from modelgate.gateway import protocol, versions
-from modelgate.gateway.binary import HEADER, binary_outputs, split_body
-from modelgate.gateway.body import read_json_body
+from modelgate.gateway.binary import HEADER, split_body
+from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
+from modelgate.gateway.parsing import V2
 
 JSON = "application/json"
 
@@ -107,16 +108,21 @@ async def drift(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     plane = _plane(request)
-    model = _model(request)
-    request.state.model = model.name
-    raw = await read_json_body(request, plane.settings.max_body_bytes, binary_ok=True)
-    header, binary = split_body(raw, request.headers.get(HEADER))
-    body = protocol.loads(header)
-    wire_request, request_id = protocol.parse_v2(body, model, binary)
-    deadline = timeout_ms(wire_request.parameters, model, plane.settings.default_timeout_ms)
-    as_binary = binary_outputs(body, [o.name for o in model.outputs])
-    reply = await plane.infer(model, wire_request, deadline)
-    content, header_length = protocol.format_v2_binary(model, reply, request_id, as_binary)
+    routed = plane.route(request.path_params["name"], request.path_params.get("version"),
+                         request.headers)
+    model = routed.version
+    request.state.served = (model.name, model.version, routed.route)
+    bodies: Bodies = request.app.state.bodies
+    async with json_body(request, bodies.limits, bodies.budget, binary_ok=True) as raw:
+        header, binary = split_body(raw, request.headers.get(HEADER))
+        parsed = await bodies.parsers.parse(V2, model, header, binary)
+        deadline = timeout_ms(parsed.request.parameters, model,
+                              plane.settings.default_timeout_ms)
+        reply = await plane.infer(model, parsed.request, deadline)
+    if routed.shadow is not None:
+        plane.mirror(model, routed.shadow, parsed.request, reply)
+    content, header_length = protocol.format_v2_binary(model, reply, parsed.request_id,
+                                                       set(parsed.binary_outputs))
     if header_length is None:
         return Response(content, media_type=JSON,
                         headers={protocol.MODEL_VERSION_HEADER: model.version})
