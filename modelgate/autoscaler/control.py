@@ -450,8 +450,31 @@ class ModelControl:
             self._remove_pool(pool)
         for event in self.rollouts.tick(self.states, self.scans, self.traffic, now):
             self._event(event)
+        self._config_traffic(now)
         self._settle(wanted)
         return self.states
+
+    def _config_traffic(self, now: float) -> None:
+        """A model's ``traffic:`` from config.yaml, stored once the versions it names are
+        READY, and only while no policy is stored (the API's and the gate's win)."""
+        for name, scan in self.scans.items():
+            state = self.states.get(name)
+            raw = scan.config.traffic if scan.config is not None else None
+            if raw is None or state is None or name in self.traffic:
+                continue
+            try:
+                policy = traffic_store.from_body(raw, by="config", reason="config.yaml",
+                                                 time=now)
+            except traffic_store.PolicyError as e:
+                log.warning("config.yaml traffic of %s ignored: %s", name, e)
+                continue
+            if not policy.versions() <= set(state.ready()):
+                continue  # waits for the versions it names
+            written = self.client.set(traffic_store.policy(name), policy.encode(), nx=True)
+            if written:
+                self.client.incr(model_store.GENERATION)
+                self._event(ControlEvent(now, name, "", "traffic", "from config.yaml",
+                                         "config"))
 
     def _within_budget(self, changed: dict[str, ModelState | None], now: float,
                        events: list[ControlEvent]) -> dict[str, ModelState | None]:
