@@ -65,9 +65,9 @@ def wanted_from(scan: ModelScan) -> Wanted:
     waiting = ""
     if scan.source is not None and scan.sourced() is None:
         waiting = f"waiting for {scan.source} from the model registry"
-    # The promotion gate (issue 14) hooks in here: with a ``promotion:`` rule, a version new
-    # to the model (from poll, load or a registry source alike) would be served beside the
-    # current default as a candidate, and the default would stay until the gate promotes it.
+    # With a ``promotion:`` rule, ``ModelControl._steered`` keeps the default where it is, so a
+    # version new to the model -- from poll, load or a registry source alike -- is served
+    # beside it as the gate's candidate until the gate (or a person) promotes it.
     return Wanted(tuple(served), scan.default(served),
                   {v: loadable[v].sha256 for v in served}, broken, waiting=waiting)
 
@@ -172,11 +172,18 @@ class ModelControl:
         a promotion rule, a new version waits as a candidate and the serving one stays."""
         if wanted is None or wanted.error:
             return wanted
+        scan = self.scans.get(name)
+        state = self.states.get(name)
+        sourced = scan.sourced() if scan is not None else None
+        if sourced is not None and state is not None and state.default is not None \
+                and int(sourced) < int(state.default):
+            # A registry alias moved back to a version fetched before: a rollback by whoever
+            # moved it. The default follows at once, gate or not: a gate judges new versions,
+            # not a return to one that served.
+            return replace(wanted, default=sourced)
         policy = self.traffic.get(name)
         if policy is not None and policy.default is not None:
             return replace(wanted, default=policy.default)
-        scan = self.scans.get(name)
-        state = self.states.get(name)
         if scan is not None and scan.config is not None and scan.config.promotion is not None \
                 and state is not None and state.default is not None:
             return replace(wanted, default=state.default)

@@ -260,7 +260,7 @@ def render_model(client: redis.Redis, model: str, out: TextIO) -> int:
             rate = f"{errors / calls:.2%}" if calls else "-"
             print(f"  live since {since}: {int(calls)} calls, error rate {rate}, p50 "
                   f"{_fmt(percentile_ms(totals, 0.5))} ms, p99 "
-                  f"{_fmt(percentile_ms(totals, 0.99))} ms, agreement - (not measured yet)",
+                  f"{_fmt(percentile_ms(totals, 0.99))} ms",
                   file=out)
         else:
             print("  live: no figures yet", file=out)

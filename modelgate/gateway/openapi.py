@@ -391,7 +391,8 @@ _VERSIONS_VIEW = {
                    "its lineage (run id, params, training metrics, registry entry; null when "
                    "its folder says nothing), a link to its run in MLflow when the tracking "
                    "server is known, and live figures since it loaded (null when it has no "
-                   "pool). `agreement` is null: it needs shadow traffic, not built yet.",
+                   "pool), agreement with the serving version among them (null without "
+                   "shadowed calls).",
     "properties": {
         "name": {"type": "string"}, "default_version": {"type": "string", "nullable": True},
         "source": {"type": "string", "nullable": True},

@@ -5,8 +5,9 @@ panel; it knows nothing about HTTP.
 
 Live figures come from the pool's running totals, which the decider folds from the per-second
 counters (``core/store/lineage.py``): without a decider they stay empty. Agreement with the
-serving version needs the shadow traffic of the rollouts issue, which does not exist yet: it
-is ``null``, and says so.
+serving (default) version is the shadowed calls' tally since the version loaded
+(``core/store/traffic.py``, merged across gateways): ``null`` for the serving version itself
+and for a version no traffic is shadowed to.
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ from modelgate.core.repository import ModelScan, check_name, scan_model
 from modelgate.core.stats import percentile_ms
 from modelgate.core.store import lineage as lineage_store
 from modelgate.core.store import pools
+from modelgate.core.store import traffic as traffic_store
+from modelgate.core.store.traffic import AgreementTally
 from modelgate.gateway.drift import DriftMonitor
 from modelgate.gateway.serving import POOLED, ServedModel
 
-AGREEMENT_NOTE = ("agreement with the serving version needs shadow traffic (the rollouts "
-                  "issue); not measured yet")
+AGREEMENT_NOTE = ("agreement with the serving version over calls shadowed to this one since "
+                  "it loaded (modelgate traffic MODEL --shadow); null without them")
 
 
-def live_figures(totals: dict[str, float]) -> dict[str, Any]:
-    """Calls, errors and latency since the pool was created, from its totals."""
+def live_figures(totals: dict[str, float],
+                 agreement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Calls, errors and latency since the pool was created, from its totals; agreement with
+    the serving version (``AgreementTally.summary``), when calls were shadowed to it."""
     calls = totals.get("completed", 0.0)
     errors = totals.get("errors", 0.0)
     return {
@@ -42,7 +47,7 @@ def live_figures(totals: dict[str, float]) -> dict[str, Any]:
         "error_rate": round(errors / calls, 6) if calls else None,
         "p50_ms": _round(percentile_ms(totals, 0.50)),
         "p99_ms": _round(percentile_ms(totals, 0.99)),
-        "agreement": None,
+        "agreement": agreement,
     }
 
 
@@ -88,13 +93,21 @@ async def versions_view(client: aioredis.Redis, served: ServedModel | None,
     ordered = sorted(numbers, key=int, reverse=True)
     pooled = [v for v in ordered if served is not None and v in served.versions
               and served.versions[v].state.status in POOLED]
+    serving = state.default if state is not None else None
+    shadowed = [v for v in pooled if serving is not None and v != serving]
     pipe = client.pipeline(transaction=False)
     for version in pooled:
         pipe.hgetall(lineage_store.totals(pools.pool_id(name, version)))
+    for version in shadowed:
+        pipe.hgetall(traffic_store.agreement(name, str(serving), version, "total"))
     pipe.get(lineage_store.registry(name))
     results = await pipe.execute()
     totals = {v: lineage_store.decode_totals(raw) for v, raw in zip(pooled, results,
                                                                        strict=False)}
+    agreements = {}
+    for version, raw in zip(shadowed, results[len(pooled):], strict=False):
+        tally = AgreementTally.parse(raw)
+        agreements[version] = tally.summary() if tally.n else None
     registry = lineage_store.RegistryStatus.decode(results[-1])
     loadable = scan.loadable() if scan is not None else {}
     rows = []
@@ -119,7 +132,8 @@ async def versions_view(client: aioredis.Redis, served: ServedModel | None,
             "lineage": None if lineage.empty else lineage.body(),
             "run_url": lineage.run_url(tracking_uri),
             "warnings": list(lineage.warnings),
-            "live": live_figures(totals[version]) if version in totals else None,
+            "live": live_figures(totals[version], agreements.get(version))
+            if version in totals else None,
             "drift": drift.summary(pool) if version in totals else None,
         })
     return {

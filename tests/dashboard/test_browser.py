@@ -467,9 +467,9 @@ def test_versions_panel_shows_lineage_beside_live_figures(stack: Stack, page: Pa
                                         timeout=10).json()["versions"][0]["live"]["calls"]
     assert cells.nth(6).text_content() == "0.00%"
     assert cells.nth(7).text_content() not in ("", "\u2013")  # p50: a figure, not a dash
-    assert cells.nth(9).text_content() == "n/a"  # agreement: not measured yet
+    assert cells.nth(9).text_content() == "n/a"  # agreement: it is the serving version
     assert cells.nth(10).text_content() == "drift"
-    assert "not measured yet" in tab.locator("#versions-status").text_content()
+    assert "shadowed" in tab.locator("#versions-status").text_content()
 
     panel = tab.locator("#versions")
     panel.scroll_into_view_if_needed()

@@ -373,3 +373,56 @@ def test_explicit_mode_loads_a_source_and_an_mlflow_webhook_swaps_before_the_nex
         assert time.monotonic() - moved < 60  # far before the next poll (300 s)
         log = (tmp_path / "up.log").read_text()
         assert "registry version 2" in log
+
+
+PROMOTION = """source: models:/iris-clf@champion
+promotion:
+  steps:
+    - {shadow: 100, min_s: 2, min_calls: 40}
+    - {weight: 100, min_s: 1, min_calls: 20}
+  rules: {min_agreement: null, min_samples: 40, max_p99_ratio: null, no_drift_alert: false}
+"""
+
+
+def test_with_a_promotion_rule_an_alias_enters_through_the_gate_and_moving_it_back_rolls_back(
+        registry: Registry, tmp_path: Path) -> None:
+    """The registry's version is the gate's candidate: shadowed (agreement measured), then
+    promoted by the gate, not by the alias alone; moving the alias back is a rollback by
+    whoever moved it, at once."""
+    registry.set_alias("1")
+    root = tmp_path / "models"
+    (root / "iris").mkdir(parents=True)
+    (root / "iris" / "config.yaml").write_text(PROMOTION)
+    with up(root, tmp_path, {"MLFLOW_TRACKING_URI": registry.url}) as stack:
+        until(lambda: stack.get("/v2/models/iris/versions")["default_version"] == "1", 60,
+              "the alias's version served", stack)
+        with Load(stack.url, threads=3) as load:
+            until(lambda: load.count("1") > 20, 30, "calls on version 1", stack)
+            registry.set_alias("2")
+
+            def candidate() -> bool:
+                rows = {r["version"]: r for r in stack.get("/v2/models/iris/versions")[
+                    "versions"]}
+                return rows.get("2", {}).get("state") == "READY"
+
+            until(candidate, 40, "version 2 READY as a candidate", stack)
+            view = stack.get("/v2/models/iris/versions")
+            assert view["default_version"] == "1"  # the alias alone does not promote
+
+            def measured() -> bool:
+                rows = {r["version"]: r for r in stack.get("/v2/models/iris/versions")[
+                    "versions"]}
+                agreement = (rows["2"]["live"] or {}).get("agreement") or {}
+                return agreement.get("n", 0) > 0
+
+            until(measured, 40, "agreement of the candidate with version 1", stack)
+            until(lambda: stack.get("/v2/models/iris/versions")["default_version"] == "2",
+                  90, "the gate to promote version 2", stack)
+            registry.set_alias("1")
+            until(lambda: stack.get("/v2/models/iris/versions")["default_version"] == "1",
+                  30, "the rollback by alias", stack)
+            before = load.count("1")
+            until(lambda: load.count("1") > before + 20, 30, "version 1 serving again", stack)
+        assert load.failed == []
+        events = (tmp_path / "up.log").read_text()
+        assert "registry version 2" in events and "registry version 1" in events

@@ -538,6 +538,17 @@
     return shown.join(", ") + (keys.length > SHOWN_ENTRIES ? ", +" + (keys.length - SHOWN_ENTRIES) : "");
   }
 
+  function agreementCell(a) {
+    // Top-1 match rate for classifiers, else the mean |difference|, over shadowed calls.
+    if (!a) return el("td", "r muted", "n/a");
+    const text = a.top1 !== null && a.top1 !== undefined ? (100 * a.top1).toFixed(1) + "%"
+      : "Δ " + fmtValue(a.mean_abs_delta);
+    const cell = el("td", "r", text);
+    cell.title = fmtInt(a.n) + " shadowed rows; mean |Δ| " + fmtValue(a.mean_abs_delta) +
+      ", p99 |Δ| " + fmtValue(a.p99_abs_delta);
+    return cell;
+  }
+
   function safeLink(url) {
     // Only http(s) links: a run URL comes from files beside the model.
     return typeof url === "string" && /^https?:\/\//.test(url) ? url : null;
@@ -594,7 +605,7 @@
       tr.appendChild(el("td", "r", live && live.error_rate !== null ? (100 * live.error_rate).toFixed(2) + "%" : "–"));
       tr.appendChild(el("td", "r", live ? fmtMs(live.p50_ms) : "–"));
       tr.appendChild(el("td", "r", live ? fmtMs(live.p99_ms) : "–"));
-      tr.appendChild(el("td", "r muted", live && live.agreement !== null ? fmtValue(live.agreement) : "n/a"));
+      tr.appendChild(agreementCell(live ? live.agreement : null));
       const drift = el("td");
       const d = row.drift;
       if (d) {
