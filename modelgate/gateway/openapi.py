@@ -208,6 +208,34 @@ _SCHEMAS: dict[str, Any] = {
                 "run_url": {"type": "string", "nullable": True}}},
         },
     },
+    "TrafficPolicy": {
+        "type": "object", "description": "How unpinned calls are shared; PUT replaces all.",
+        "properties": {
+            "weights": {"type": "object", "additionalProperties": {"type": "integer",
+                                                                    "minimum": 0},
+                        "description": "version -> weight, e.g. {\"1\": 90, \"2\": 10}"},
+            "shadow": {"type": "object", "nullable": True, "required": ["version"],
+                       "properties": {"version": {"type": "string"},
+                                      "percent": {"type": "number", "minimum": 0,
+                                                  "maximum": 100}}},
+            "sticky_header": {"type": "string", "nullable": True},
+            "default": {"type": "string", "nullable": True},
+            "reason": {"type": "string"}}},
+    "Traffic": {
+        "type": "object", "required": ["model", "default", "policy", "versions", "agreement",
+                                       "gate"],
+        "properties": {
+            "model": {"type": "string"}, "default": {"type": "string", "nullable": True},
+            "policy": {"type": "object", "nullable": True},
+            "versions": {"type": "array", "items": {"type": "object"}},
+            "agreement": {"type": "array", "items": {
+                "type": "object", "required": ["serving", "candidate", "n"],
+                "properties": {"serving": {"type": "string"}, "candidate": {"type": "string"},
+                               "n": {"type": "integer"},
+                               "top1": {"type": "number", "nullable": True},
+                               "mean_abs_delta": {"type": "number", "nullable": True},
+                               "p99_abs_delta": {"type": "number", "nullable": True}}}},
+            "gate": {"type": "object", "nullable": True}}},
     "RepositoryIndexRequest": {
         "type": "object", "properties": {"ready": {
             "type": "boolean", "description": "Only versions that are READY."}}},
@@ -352,6 +380,33 @@ def _repository_change(operation_id: str, summary: str) -> dict[str, Any]:
             "202": _json(_schema("RepositoryPending"), "Still under way at the timeout."),
             **_errors("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaType",
                       "Unavailable")}}}
+
+
+_TRAFFIC_PATHS = {
+    "/v2/models/{name}/traffic": {
+        "get": {"operationId": "model_traffic", "tags": ["traffic"],
+                "summary": "The traffic policy, each version's share and figures, agreement "
+                           "between versions, the promotion gate.",
+                "parameters": [_NAME],
+                "responses": {"200": _json(_schema("Traffic"), "The model's traffic."),
+                              **_errors("NotFound", "Unavailable")}},
+        "put": {"operationId": "model_traffic_set", "tags": ["traffic"],
+                "summary": "Replace the traffic policy (admin key when set).",
+                "parameters": [_NAME],
+                "requestBody": {"required": True,
+                                "content": {JSON: {"schema": _schema("TrafficPolicy")}}},
+                "responses": {"200": _json(_schema("Traffic"), "Applied."),
+                              **_errors("BadRequest", "NotFound", "PayloadTooLarge",
+                                        "UnsupportedMediaType", "Unavailable")}}},
+    "/v2/models/{name}/traffic/{action}": {"post": {
+        "operationId": "model_traffic_action", "tags": ["traffic"],
+        "summary": "Override the promotion gate: promote, rollback, pause, resume (admin key).",
+        "parameters": [_NAME, {"name": "action", "in": "path", "required": True,
+                               "schema": {"type": "string", "enum": ["promote", "rollback",
+                                                                     "pause", "resume"]}}],
+        "responses": {"200": _json(_schema("Traffic"), "Done, and the traffic now."),
+                      **_errors("BadRequest", "NotFound", "Unavailable")}}},
+}
 
 
 _REPOSITORY_PATHS = {
@@ -499,6 +554,7 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": _json(_schema("ModelReady"), "The model's readiness."),
                           **_errors("NotFound")}}},
         **_REPOSITORY_PATHS,
+        **_TRAFFIC_PATHS,
         **_DASHBOARD_PATHS,
         # Not a probe: it names every model and drift feature, so it needs the key when
         # keys are on.

@@ -63,9 +63,12 @@ PINNED_EXAMPLES = {  # by (method, has a body), mode
 SCHEMA = schemathesis.openapi.from_dict(openapi_document())
 # Load and unload change what the stack serves for every other test here (and need a decider,
 # which this stack does not run: they answer 503): tests/integration/test_versions.py covers
-# them on a stack of their own. The MLflow webhook needs a decider too (503 here);
-# tests/integration/test_mlflow.py covers it with one.
+# them on a stack of their own.
 DESTRUCTIVE = {"POST /v2/repository/models/{name}/load", "POST /v2/repository/models/{name}/unload",
+               # Traffic changes move every other test's calls (and the gate's overrides need a
+               # decider): tests/integration/test_rollouts.py covers them on stacks of their own.
+               "PUT /v2/models/{name}/traffic", "POST /v2/models/{name}/traffic/{action}",
+               # The MLflow webhook needs a decider too (503 here): test_mlflow.py covers it.
                "POST /v2/repository/mlflow/webhook"}
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations()
                                       if isinstance(result, Ok))
