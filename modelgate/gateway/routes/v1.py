@@ -31,7 +31,7 @@ async def predict(request: Request) -> Response:
         reply = await plane.infer(model, parsed.request,
                                   model.config.timeout_ms or plane.settings.default_timeout_ms)
     # V1 has no field for it: the version that computed the answer goes in a header.
-    return Response(protocol.format_v1(reply), media_type="application/json",
+    return Response(protocol.format_v1(reply, model), media_type="application/json",
                     headers={MODEL_VERSION_HEADER: model.version})
 
 

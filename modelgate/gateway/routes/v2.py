@@ -99,8 +99,9 @@ async def infer(request: Request) -> Response:
         deadline = timeout_ms(parsed.request.parameters, model,
                               plane.settings.default_timeout_ms)
         reply = await plane.infer(model, parsed.request, deadline)
-    content, header_length = protocol.format_v2_binary(model, reply, parsed.request_id,
-                                                       set(parsed.binary_outputs))
+    content, header_length = protocol.format_v2_binary(
+        model, reply, parsed.request_id, set(parsed.binary_outputs),
+        protocol.wants_maps(parsed.request))
     if header_length is None:
         return Response(content, media_type=JSON,
                         headers={protocol.MODEL_VERSION_HEADER: model.version})
@@ -111,6 +112,8 @@ async def infer(request: Request) -> Response:
 
 routes = [
     Route("/v2", server_metadata, methods=["GET"]),
+    # The path as the protocol's REST document writes it; without it the router answers 307.
+    Route("/v2/", server_metadata, methods=["GET"]),
     Route("/v2/models/{name}", model_metadata, methods=["GET"]),
     Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
     Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
