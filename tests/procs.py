@@ -38,10 +38,14 @@ class Processes:
               open_files: int | None = None,
               pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
         """``modelgate ARGS`` in the repository, with no MODELGATE_ variable of this
-        process's environment but those in ``env_extra``; with ``open_files``, that many file
-        descriptors at most (RLIMIT_NOFILE, soft and hard); inheriting ``pass_fds``."""
+        process's environment but those in ``env_extra`` (and MODELGATE_GRPC_PORT=0); with
+        ``open_files``, that many file descriptors at most (RLIMIT_NOFILE, soft and hard);
+        inheriting ``pass_fds``."""
         log_path = self.log_dir / f"{label}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+        # No gRPC unless a test asks (--grpc-port or this variable): gateways of parallel
+        # servers would all take the default port.
+        env["MODELGATE_GRPC_PORT"] = "0"
         env.update(env_extra or {})
         # `modelgate up` keeps its embedded Redis's files per model repository under here.
         env["XDG_STATE_HOME"] = str(self.log_dir / "state")

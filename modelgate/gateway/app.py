@@ -38,6 +38,7 @@ from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.parsing import Parsers
 from modelgate.gateway.routes import dashboard, docs, health, repository, v1, v2
+from modelgate.gateway.rpc import server as grpc_server
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -137,6 +138,8 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
             BodyLimits(settings.max_body_bytes, settings.body_timeout_s),
             BodyBudget(settings.max_inflight_bytes, plane.metrics), parsers)
         await plane.start()
+        # gRPC in this process and loop, on the same data plane, before HTTP takes calls.
+        rpc = await grpc_server.start(settings, plane) if settings.grpc_port else None
         await check_redis_async(client, log)
         # Everything loaded so far (modules, the repository, clients) lives as long as the
         # process: keep it out of the collector's full passes, whose pauses every request in
@@ -146,6 +149,8 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
         try:
             yield
         finally:
+            if rpc is not None:
+                await grpc_server.stop(rpc)
             await plane.stop()
             await parsers.close()
             plane.metrics.close()

@@ -40,6 +40,18 @@ def loads(body: bytes | bytearray) -> Any:
         raise InvalidInput(f"the request body is not valid JSON: {e}") from e
 
 
+def timeout_ms(parameters: dict[str, Any], model: ModelVersion, default_ms: int) -> int:
+    """Per-request ``parameters.timeout_ms``, else the model's, else the server default."""
+    raw = parameters.get("timeout_ms")
+    if raw is None:
+        return model.config.timeout_ms or default_ms
+    # At least 1 ms: the deadline is kept in whole milliseconds, and 0 would expire at once.
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 1 <= raw <= 3_600_000:
+        raise InvalidInput(f"parameters.timeout_ms must be a number of milliseconds in "
+                           f"[1, 3600000], got {raw!r}")
+    return int(raw)
+
+
 def _shape_text(shape: tuple[int, ...] | list[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
@@ -141,22 +153,8 @@ def parse_v2(body: Any, model: ModelVersion,
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"inputs[{position}] must be an object with a string 'name'")
         name = item["name"]
-        spec = model.input(name)
-        if spec is None:
-            raise InvalidInput(
-                f"unknown input {name!r}; model {model.name!r} takes "
-                f"{[i.name for i in model.inputs]}"
-            )
-        if name in inputs:
-            raise InvalidInput(f"input {name!r} is given twice")
-        datatype = item.get("datatype")
-        if datatype != spec.datatype:
-            raise InvalidInput(
-                f"input {name!r} has datatype {datatype!r} but model {model.name!r} expects "
-                f"{spec.datatype!r}"
-            )
-        shape = _shape_of(name, item.get("shape"))
-        check_shape(spec, shape, model.name)
+        datatype, shape = check_input(model, name, item.get("datatype"), item.get("shape"),
+                                      inputs)
         size = _binary_size(item)
         if size is not None:
             if binary is None:
@@ -169,13 +167,10 @@ def parse_v2(body: Any, model: ModelVersion,
         else:
             array = to_array(name, datatype, item["data"], shape)
         inputs[name] = wire.Tensor(datatype, shape, array)
-    missing = [i.name for i in model.inputs if i.name not in inputs]
-    if missing:
-        raise InvalidInput(f"missing input(s) {missing} for model {model.name!r}")
+    check_inputs(inputs, model)
     if binary is not None:
         binary.check_consumed()
-    _check_rows(inputs, model)
-    outputs = _requested_outputs(body.get("outputs"), model)
+    outputs = requested_outputs(body.get("outputs"), model)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
@@ -186,6 +181,36 @@ def parse_v2(body: Any, model: ModelVersion,
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, got {type(request_id).__name__}")
     return wire.Request(inputs, outputs, parameters), request_id
+
+
+def check_input(model: ModelVersion, name: str, datatype: Any, raw_shape: Any,
+                seen: dict[str, wire.Tensor]) -> tuple[str, tuple[int, ...]]:
+    """One input's name, datatype and shape against the signature (any transport); its
+    datatype and shape. ``seen``: the inputs taken so far."""
+    spec = model.input(name)
+    if spec is None:
+        raise InvalidInput(
+            f"unknown input {name!r}; model {model.name!r} takes "
+            f"{[i.name for i in model.inputs]}"
+        )
+    if name in seen:
+        raise InvalidInput(f"input {name!r} is given twice")
+    if datatype != spec.datatype:
+        raise InvalidInput(
+            f"input {name!r} has datatype {datatype!r} but model {model.name!r} expects "
+            f"{spec.datatype!r}"
+        )
+    shape = _shape_of(name, raw_shape)
+    check_shape(spec, shape, model.name)
+    return spec.datatype, shape
+
+
+def check_inputs(inputs: dict[str, wire.Tensor], model: ModelVersion) -> None:
+    """Every input given, and one row count across them when the model batches."""
+    missing = [i.name for i in model.inputs if i.name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing} for model {model.name!r}")
+    _check_rows(inputs, model)
 
 
 def _binary_size(item: dict[str, Any]) -> Any:
@@ -205,7 +230,8 @@ def _check_rows(inputs: dict[str, wire.Tensor], model: ModelVersion) -> None:
         raise InvalidInput(f"inputs must have the same first (batch) dimension; got {rows}")
 
 
-def _requested_outputs(raw: Any, model: ModelVersion) -> tuple[str, ...] | None:
+def requested_outputs(raw: Any, model: ModelVersion) -> tuple[str, ...] | None:
+    """The outputs a call names (``[{"name": ...}]``), checked; None: all of them."""
     if raw is None:
         return None
     if not isinstance(raw, list):
