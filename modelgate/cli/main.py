@@ -297,6 +297,9 @@ def _add_gateway(commands: Any) -> None:
     gateway.add_argument("--reuse-port", action="store_true", default=False,
                          help="share the port (and the gRPC port) with other gateway "
                               "processes (SO_REUSEPORT)")
+    gateway.add_argument("--record-answers", type=Path, default=None,
+                         help="append every answer on the protocol's REST paths to "
+                              "DIR/answers-PID.jsonl (conformance checks; a write per call)")
     gateway.add_argument("--fd", type=_count, default=None,
                          help="serve on this inherited listening socket instead of binding "
                               "(set by `modelgate up`)")
@@ -320,7 +323,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
         protect_probes=_flag(args.protect_probes), reuse_port=_flag(args.reuse_port),
         fd=int(args.fd) if args.fd not in (None, "") else None,
         header_timeout_s=float(args.header_timeout_s), body_timeout_s=float(args.body_timeout_s),
-        max_connections=int(args.max_connections)))
+        max_connections=int(args.max_connections),
+        record_answers=Path(args.record_answers) if args.record_answers else None))
     return 0
 
 

@@ -80,6 +80,9 @@ class GatewaySettings:
     # Connections one gateway process holds at once (idle keep-alive ones included; the one
     # idle longest is closed to make room); lowered to what the open-file limit allows.
     max_connections: int = 4_096
+    # Append every answer on the protocol's REST paths to a file in this folder (conformance
+    # checks: gateway/recorder.py); None: off.
+    record_answers: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

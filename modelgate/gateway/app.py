@@ -37,6 +37,7 @@ from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.parsing import Parsers
+from modelgate.gateway.recorder import AnswerRecorder
 from modelgate.gateway.routes import dashboard, docs, health, repository, v1, v2
 from modelgate.gateway.rpc import server as grpc_server
 
@@ -169,7 +170,10 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
     infer = next(r.endpoint for r in routes if r.path == "/v2/models/{name}/infer")
-    return InferFastPath(app, infer)  # type: ignore[return-value]
+    front = InferFastPath(app, infer)
+    if settings.record_answers is not None:
+        return AnswerRecorder(front, settings.record_answers)  # type: ignore[return-value]
+    return front  # type: ignore[return-value]
 
 
 # Idle keep-alive connections stay open this long. uvicorn's default (5 s) equals the idle
