@@ -6,6 +6,10 @@ Triton client expects and the message the HTTP answer carries."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +35,11 @@ with warnings.catch_warnings():
     from tritonclient.utils import InferenceServerException
 
 KEY = "grpc-test-key"
+# KServe's SDK, in a venv of its own (see kserve_client.py), built once and kept under the
+# project's venv (`make clean` removes it); its install time counts in the CI budget (~1 min).
+KSERVE_SDK = "kserve==0.21.0"
+KSERVE_VENV = Path(sys.prefix) / "kserve-sdk"
+KSERVE_INSTALL_TIMEOUT_S = 600
 SLOW = "slow"  # ~100 ms a row: for deadlines and overload
 
 
@@ -267,3 +276,49 @@ def test_api_keys_come_from_the_authorization_metadata(keyed: str) -> None:
         assert client.get_model_metadata("mlp", headers={"authorization": f"Bearer {KEY}"})
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def kserve_python() -> str:
+    """The interpreter of a venv holding KServe's SDK, built on first use."""
+    python = KSERVE_VENV / "bin" / "python"
+    marker = KSERVE_VENV / f".installed-{KSERVE_SDK}"
+    if not marker.exists():
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(KSERVE_VENV)], check=True,
+                       timeout=120)
+        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", KSERVE_SDK],
+                              capture_output=True, text=True, timeout=KSERVE_INSTALL_TIMEOUT_S)
+        assert done.returncode == 0, f"pip install {KSERVE_SDK} failed:\n{done.stderr[-3000:]}"
+        marker.write_text(f"{time.monotonic() - started:.0f} s\n")
+    return str(python)
+
+
+def _kserve(python: str, *arguments: str) -> dict[str, Any]:
+    script = Path(__file__).with_name("kserve_client.py")
+    done = subprocess.run([python, str(script), *arguments], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return seen
+
+
+def test_kserves_grpc_client_works_unchanged(kserve_python: str, stack: tuple[str, str],
+                                              keyed: str) -> None:
+    seen = _kserve(kserve_python, stack[1], SLOW)
+    assert seen["live"] and not seen["ready"] and seen["model_ready"]  # "idle" has no worker
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert seen["add2"]["id"] == "k-1" and seen["add2"]["model_name"] == "add2"
+    np.testing.assert_allclose(seen["add2"]["outputs"]["sum"], a + 0.5)
+    np.testing.assert_allclose(seen["add2"]["outputs"]["diff"], a - 0.5)
+    assert seen["bytes"] == ["hello", "gr\u00fc\u00df"]
+    assert seen["unknown_model"]["failed"]["code"] == "NOT_FOUND"
+    assert "unknown model 'nope'" in seen["unknown_model"]["failed"]["message"]
+    assert seen["bad_shape"]["failed"]["code"] == "INVALID_ARGUMENT"
+    assert "has shape [1, 3]" in seen["bad_shape"]["failed"]["message"]
+    assert seen["deadline"]["failed"]["code"] == "DEADLINE_EXCEEDED"
+
+    keys = _kserve(kserve_python, keyed, SLOW, KEY)
+    assert keys["live"]
+    assert keys["without_key"]["failed"]["code"] == "UNAUTHENTICATED"
+    assert np.asarray(keys["with_key"]).shape == (1, 3)
