@@ -54,6 +54,12 @@ bench: $(VENV)/.dev
 # Rolling out versions under load (bench/swap.py): a swap at concurrency 32 for 60 s, a
 # poll-mode drop, 200 load/unload cycles; ~15 min. BENCH_SWAP_ARGS='--cycles 20' for less.
 BENCH_SWAP_ARGS ?=
+# What shadow traffic costs the callers (bench/rollout.py): the primary's p99 with and without
+# a 100% shadow, at a load that keeps the machine at most half busy; ~3 min.
+BENCH_ROLLOUT_ARGS ?=
+bench-rollout: $(VENV)/.dev
+	$(BIN)/python -m bench.rollout --json .bench/rollout.json $(BENCH_ROLLOUT_ARGS)
+
 bench-swap: $(VENV)/.dev
 	$(BIN)/python -m bench.swap --json .bench/swap.json $(BENCH_SWAP_ARGS)
 

@@ -166,3 +166,64 @@ def batch_centred_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
     )
     return finish(graph)
+
+
+def perturbed_mlp(seed: int = 1, scale: float = 0.01) -> onnx.ModelProto:
+    """The demo MLP of ``seed`` with every weight nudged by ``scale`` of noise: a candidate that
+    answers like it (top-1 agreement near 1)."""
+    model = demo.mlp_model(seed=seed)
+    rng = np.random.default_rng(seed + 1000)
+    for tensor in model.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        tensor.CopyFrom(numpy_helper.from_array(
+            (array + rng.normal(0, scale, array.shape)).astype(np.float32), tensor.name))
+    return model
+
+
+def swapped_mlp(seed: int = 1, classes: tuple[int, int] = (0, 1)) -> onnx.ModelProto:
+    """The demo MLP of ``seed`` with two classes' outputs swapped: a candidate that is wrong
+    whenever it predicts one of them."""
+    model = demo.mlp_model(seed=seed)
+    for tensor in model.graph.initializer:
+        if tensor.name in ("w_out", "b_out"):
+            array = numpy_helper.to_array(tensor).copy()
+            a, b = classes
+            array[..., [a, b]] = array[..., [b, a]]
+            tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+    return model
+
+
+def guarded_mlp(seed: int = 1, threshold: float = 3.0) -> onnx.ModelProto:
+    """The demo MLP of ``seed`` (the same answers), except that a run fails (a runtime error,
+    not a refused input) when any row's first feature is above ``threshold``: a candidate that
+    errors on some inputs only."""
+    model = demo.mlp_model(seed=seed)
+    graph = model.graph
+    core = next(n for n in graph.node if n.op_type == "Softmax")
+    core.output[0] = "probabilities_core"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([0], np.int64), "g_start"),
+        numpy_helper.from_array(np.array([1], np.int64), "g_end"),
+        numpy_helper.from_array(np.array([1], np.int64), "g_axis"),
+        numpy_helper.from_array(np.array(threshold, np.float32), "g_threshold"),
+        numpy_helper.from_array(np.array(4, np.int64), "g_width"),
+        numpy_helper.from_array(np.array([-1], np.int64), "g_rows"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "g_zero"),
+    ])
+    graph.node.extend([
+        helper.make_node("Slice", ["input", "g_start", "g_end", "g_axis"], ["g_first"]),
+        helper.make_node("Greater", ["g_first", "g_threshold"], ["g_over"]),
+        helper.make_node("Cast", ["g_over"], ["g_over_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["g_over_f"], ["g_any"], keepdims=0),
+        helper.make_node("Cast", ["g_any"], ["g_any_i"], to=TensorProto.INT64),
+        helper.make_node("Add", ["g_any_i", "g_width"], ["g_cols"]),
+        helper.make_node("Unsqueeze", ["g_cols", "g_start"], ["g_cols_1"]),
+        helper.make_node("Concat", ["g_rows", "g_cols_1"], ["g_shape"], axis=0),
+        # [rows, 4] reshaped to [-1, 5] fails when any first feature is over the threshold.
+        helper.make_node("Reshape", ["input", "g_shape"], ["g_reshaped"]),
+        helper.make_node("ReduceSum", ["g_reshaped", "g_axis"], ["g_sum"], keepdims=1),
+        helper.make_node("Mul", ["g_sum", "g_zero"], ["g_nothing"]),
+        helper.make_node("Add", ["probabilities_core", "g_nothing"], ["probabilities"]),
+    ])
+    onnx.checker.check_model(model)
+    return model

@@ -1,19 +1,17 @@
 """The cost budget across pools: ``sum(workers x worker_cost_per_hour) <= max_cost_per_hour``.
 
-Every pool first gets its ``min_workers`` (the budget must cover those; ``check_minimums``
-says so at start-up). Then workers are handed out one at a time to the pool under the highest
-pressure -- the largest shortfall of its desired count relative to what it holds, SLO
-overshoot breaking ties -- until each pool has what it asked for or the next worker would
-break the budget. Pools that got less than they asked for are "capped by budget".
+Every pool first gets its ``min_workers`` (the budget must cover those; loading a version that
+would break it is refused). Then workers are handed out one at a time, to the models' default
+versions first (candidates and leaving versions wait: the serving version is served first),
+each time to the pool under the highest pressure -- the largest shortfall of its desired count
+relative to what it holds, SLO overshoot breaking ties -- until each pool has what it asked for
+or the next worker would break the budget. Pools that got less than they asked for are "capped
+by budget".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-
-class BudgetError(ValueError):
-    """The configured minimums alone cost more than the budget allows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,16 +21,7 @@ class Ask:
     min_workers: int
     cost_per_hour: float
     slo_pressure: float = 0.0  # p95 / SLO (0 when unknown); breaks ties toward late pools
-
-
-def check_minimums(asks: list[Ask], max_cost_per_hour: float | None) -> None:
-    if max_cost_per_hour is None:
-        return
-    floor = sum(a.min_workers * a.cost_per_hour for a in asks)
-    if floor > max_cost_per_hour + 1e-9:
-        raise BudgetError(
-            f"min_workers alone cost {floor:.2f}/h, over --max-cost-per-hour "
-            f"{max_cost_per_hour:.2f}; lower min_workers or raise the budget")
+    priority: int = 0  # 0: a model's default version, served first; 1: candidates, leavers
 
 
 def allocate(asks: list[Ask], max_cost_per_hour: float | None) -> dict[str, tuple[int, bool]]:
@@ -47,7 +36,8 @@ def allocate(asks: list[Ask], max_cost_per_hour: float | None) -> dict[str, tupl
         if not wanting:
             break
         best = max(wanting, key=lambda a: (
-            (a.desired - granted[a.pool]) / max(granted[a.pool], 1), a.slo_pressure))
+            -a.priority, (a.desired - granted[a.pool]) / max(granted[a.pool], 1),
+            a.slo_pressure))
         granted[best.pool] += 1
         spent += best.cost_per_hour
     return {a.pool: (granted[a.pool], granted[a.pool] < a.desired) for a in asks}

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import redis
 
+from modelgate.autoscaler.rollout import TRAFFIC_OPS, Rollouts
 from modelgate.autoscaler.versions import (
     PoolStatus,
     Wanted,
@@ -27,6 +28,7 @@ from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.repository import ModelScan, ModelVersion, RepositoryError, scan_model
 from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
+from modelgate.core.store import traffic as traffic_store
 from modelgate.core.store.models import (
     CommandResult,
     ControlCommand,
@@ -34,6 +36,7 @@ from modelgate.core.store.models import (
     ModelState,
     VersionStatus,
 )
+from modelgate.core.store.traffic import TrafficPolicy
 
 log = logging.getLogger("modelgate.autoscaler")
 
@@ -75,6 +78,11 @@ class ModelControl:
     _cursor: str = "0-0"  # the last command read (from the newest at start)
     _pending: dict[str, _Pending] = field(default_factory=dict)
     statuses: dict[str, dict[str, PoolStatus]] = field(default_factory=dict)
+    traffic: dict[str, TrafficPolicy] = field(default_factory=dict)
+    rollouts: Rollouts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rollouts = Rollouts(self.client)
 
     # ------------------------------------------------------------------ reading
 
@@ -117,13 +125,44 @@ class ModelControl:
     def _explicit(self) -> set[str]:
         return {n.decode() for n in self.client.smembers(model_store.EXPLICIT)}
 
+    def _read_traffic(self, names: list[str]) -> dict[str, TrafficPolicy]:
+        found: dict[str, TrafficPolicy] = {}
+        raw = self.client.mget([traffic_store.policy(n) for n in names]) if names else []
+        for name, value in zip(names, raw, strict=True):
+            if value is None:
+                continue
+            try:
+                found[name] = TrafficPolicy.decode(value)
+            except traffic_store.PolicyError as e:
+                log.warning("the traffic policy of %s is unreadable (%s); ignoring it", name, e)
+        return found
+
     def _wanted(self) -> dict[str, Wanted | None]:
         names = set(self.scans) | set(self.states)
         if self.mode == "explicit":
             chosen = self._explicit()
-            return {n: wanted_from(self.scans[n]) if n in chosen and n in self.scans else None
-                    for n in names}
-        return {n: wanted_from(self.scans[n]) if n in self.scans else None for n in names}
+            wanted = {n: wanted_from(self.scans[n]) if n in chosen and n in self.scans else None
+                      for n in names}
+        else:
+            wanted = {n: wanted_from(self.scans[n]) if n in self.scans else None
+                      for n in names}
+        return {n: self._steered(n, w) for n, w in wanted.items()}
+
+    def _steered(self, name: str, wanted: Wanted | None) -> Wanted | None:
+        """The default as the traffic policy (a person, the gate) says, over the repository's:
+        a version rolled back to stays the default even if the version policy moved on; with
+        a promotion rule, a new version waits as a candidate and the serving one stays."""
+        if wanted is None or wanted.error:
+            return wanted
+        policy = self.traffic.get(name)
+        if policy is not None and policy.default is not None:
+            return replace(wanted, default=policy.default)
+        scan = self.scans.get(name)
+        state = self.states.get(name)
+        if scan is not None and scan.config is not None and scan.config.promotion is not None \
+                and state is not None and state.default is not None:
+            return replace(wanted, default=state.default)
+        return wanted
 
     def _pool_status(self, states: dict[str, ModelState]) -> dict[str, dict[str, PoolStatus]]:
         refs = [(m, v) for m, s in states.items() for v in s.versions]
@@ -181,6 +220,19 @@ class ModelControl:
                         ex=model_store.RESULT_TTL_S)
 
     def _accept(self, command: ControlCommand, now: float) -> None:
+        if command.op in TRAFFIC_OPS:
+            scan = self.scans.get(command.model)
+            config = scan.config.promotion if scan is not None and scan.config else None
+            try:
+                done = self.rollouts.command(command.model, command.op,
+                                             self.states.get(command.model), config,
+                                             self.traffic.get(command.model), command.by, now)
+            except ValueError as e:
+                self._result(command, CommandResult("failed", str(e)))
+                return
+            self._result(command, CommandResult("done", done))
+            self._event(ControlEvent(now, command.model, "", command.op, done, command.by))
+            return
         if self.mode != "explicit":
             self._result(command, CommandResult(
                 "refused", f"the model control mode is {self.mode}: load and unload work in "
@@ -259,6 +311,7 @@ class ModelControl:
         if not self._started:
             self.start()
         self.states = self._read_states()
+        self.traffic = self._read_traffic(sorted(set(self.states) | set(self.scans)))
         self._read_commands(now)
         due = now - self._scanned_at >= self.poll_s
         if (self.mode == "poll" and due) or self._scanned_at < 0:
@@ -282,16 +335,41 @@ class ModelControl:
             events += [ControlEvent(now, name, c.version, c.change, c.reason)
                        for c in decision.changes]
         changed = self._within_budget(changed, now, events)
-        if changed:
-            self._write(changed, next_generation)
+        if changed and not self._write(changed, generation):
+            return self.states  # the generation moved under us: decide again next tick
         for event in events:
             log.info("model %s version %s: %s (%s)", event.model, event.version or "-",
                      event.change, event.reason)
             self._event(event)
         for pool in removed:
             self._remove_pool(pool)
+        for event in self.rollouts.tick(self.states, self.scans, self.traffic, now):
+            self._event(event)
+        self._config_traffic(now)
         self._settle(wanted)
         return self.states
+
+    def _config_traffic(self, now: float) -> None:
+        """A model's ``traffic:`` from config.yaml, stored once the versions it names are
+        READY, and only while no policy is stored (the API's and the gate's win)."""
+        for name, scan in self.scans.items():
+            state = self.states.get(name)
+            raw = scan.config.traffic if scan.config is not None else None
+            if raw is None or state is None or name in self.traffic:
+                continue
+            try:
+                policy = traffic_store.from_body(raw, by="config", reason="config.yaml",
+                                                 time=now)
+            except traffic_store.PolicyError as e:
+                log.warning("config.yaml traffic of %s ignored: %s", name, e)
+                continue
+            if not policy.versions() <= set(state.ready()):
+                continue  # waits for the versions it names
+            written = self.client.set(traffic_store.policy(name), policy.encode(), nx=True)
+            if written:
+                self.client.incr(model_store.GENERATION)
+                self._event(ControlEvent(now, name, "", "traffic", "from config.yaml",
+                                         "config"))
 
     def _within_budget(self, changed: dict[str, ModelState | None], now: float,
                        events: list[ControlEvent]) -> dict[str, ModelState | None]:
@@ -327,19 +405,33 @@ class ModelControl:
                 floor += minimum * cost
         return changed
 
-    def _write(self, changed: dict[str, ModelState | None], generation: int) -> None:
-        pipe = self.client.pipeline(transaction=True)
+    def _write(self, changed: dict[str, ModelState | None], read_generation: int) -> bool:
+        """Write the changed states under the next generation, unless the generation moved
+        since this tick read it (a gateway changed a traffic policy): then nothing is written
+        and the next tick decides again on what is there now. True when written."""
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(model_store.GENERATION)
+                if int(pipe.get(model_store.GENERATION) or 0) != read_generation:
+                    return False
+                pipe.multi()
+                for name, state in changed.items():
+                    if state is None:
+                        pipe.delete(model_store.state(name))
+                        pipe.srem(model_store.MODELS, name)
+                    else:
+                        pipe.set(model_store.state(name), state.encode())
+                        pipe.sadd(model_store.MODELS, name)
+                pipe.set(model_store.GENERATION, read_generation + 1)
+                pipe.execute()
+            except redis.WatchError:
+                return False
         for name, state in changed.items():
             if state is None:
-                pipe.delete(model_store.state(name))
-                pipe.srem(model_store.MODELS, name)
                 self.states.pop(name, None)
             else:
-                pipe.set(model_store.state(name), state.encode())
-                pipe.sadd(model_store.MODELS, name)
                 self.states[name] = state
-        pipe.set(model_store.GENERATION, generation)
-        pipe.execute()
+        return True
 
     def _remove_pool(self, pool: str) -> None:
         """Every key of a pool that left: its stream, counts, sets, dead letters, counters."""

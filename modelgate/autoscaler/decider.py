@@ -34,6 +34,9 @@ class Decider:
         self.scaling = scaling
         self.id = decider_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.holding = False
+        # The gate waits while the budget caps a candidate (the serving version goes first).
+        control.rollouts.capped = lambda pool: (pool in autoscaler.last
+                                                and autoscaler.last[pool].capped)
 
     def _take_lease(self) -> bool:
         value = model_store.lease_value(self.id, self.control.mode)

@@ -44,6 +44,7 @@ class PoolPlan:
     ref: PoolRef
     policy: PolicyConfig
     cost_per_hour: float = 1.0
+    priority: int = 0  # 0: the model's default version; 1: a candidate or a leaving version
 
     @property
     def pool(self) -> str:
@@ -105,7 +106,8 @@ class Autoscaler:
         pressure = 0.0
         if obs is not None and plan.policy.slo_p95_ms and obs.latency_p95_ms is not None:
             pressure = obs.latency_p95_ms / plan.policy.slo_p95_ms
-        return Ask(plan.pool, desired, plan.policy.min_workers, plan.cost_per_hour, pressure)
+        return Ask(plan.pool, desired, plan.policy.min_workers, plan.cost_per_hour, pressure,
+                   plan.priority)
 
     def tick(self, now: float | None = None) -> dict[str, Scaled]:
         now = time.time() if now is None else now

@@ -13,7 +13,8 @@ from modelgate.core.store.models import ModelState, VersionStatus
 
 
 def plan_for(ref: PoolRef, status: VersionStatus, version: ModelVersion | None,
-             scaling: ScalingSettings, pool: PoolStatus | None = None) -> PoolPlan:
+             scaling: ScalingSettings, pool: PoolStatus | None = None,
+             default: bool = True) -> PoolPlan:
     """A LOADING pool gets at least one worker (it must show it can load); a READY one its
     bounds; an UNLOADING one keeps a worker while it still holds calls, then none."""
     config = version.config if version is not None else ModelConfig()
@@ -33,6 +34,7 @@ def plan_for(ref: PoolRef, status: VersionStatus, version: ModelVersion | None,
                             slo_p95_ms=config.slo_p95_ms,
                             scale_down_delay_s=scaling.scale_down_delay_s),
         cost_per_hour=config.worker_cost_per_hour,
+        priority=0 if default else 1,
     )
 
 
@@ -49,7 +51,8 @@ def plans_for(states: dict[str, ModelState],
                 continue
             pool = (statuses or {}).get(name, {}).get(version)
             plans.append(plan_for(PoolRef(name, version), found.status,
-                                  versions.get((name, version)), scaling, pool))
+                                  versions.get((name, version)), scaling, pool,
+                                  default=version == state.default))
     return plans
 
 

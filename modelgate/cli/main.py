@@ -377,6 +377,40 @@ def _run_status(args: argparse.Namespace) -> int:
     return render(redis.Redis.from_url(args.redis_url), sys.stdout)
 
 
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    """For the commands that talk to a gateway over HTTP (not servers' flags)."""
+    parser.add_argument("--url", default="http://127.0.0.1:8080",
+                        help="the gateway to talk to")
+    parser.add_argument("--key", default=None,
+                        help="the API key to send (env MODELGATE_CLIENT_KEY; the admin key to "
+                             "change traffic when the server has one)")
+
+
+def _add_traffic(commands: Any) -> None:
+    traffic = commands.add_parser(
+        "traffic", help="show or set how a model's calls are shared between its versions")
+    traffic.add_argument("model")
+    traffic.add_argument("--weights", default=None,
+                         help="canary weights, e.g. 1=90,2=10 (replaces the whole policy)")
+    traffic.add_argument("--shadow", default=None,
+                         help="mirror calls to a version, e.g. 3:100 (version:percent)")
+    traffic.add_argument("--sticky-header", default=None,
+                         help="calls with the same value of this header stay on one version")
+    traffic.add_argument("--default", default=None, help="the version for unpinned calls")
+    action = traffic.add_mutually_exclusive_group()
+    for name in ("promote", "rollback", "pause", "resume"):
+        action.add_argument(f"--{name}", action="store_true", default=False,
+                            help=f"{name} the model's promotion gate")
+    _client_flags(traffic)
+    traffic.set_defaults(handler=_run_traffic)
+
+
+def _run_traffic(args: argparse.Namespace) -> int:
+    from modelgate.cli.traffic import run
+
+    return run(args)
+
+
 def _add_simulate(commands: Any) -> None:
     simulate = commands.add_parser(
         "simulate", help="replay a traffic trace through the scaling policy")
@@ -464,8 +498,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
-    _add_up, _add_autoscaler, _add_gateway, _add_worker, _add_status, _add_simulate,
-    _add_profile, _add_demo)
+    _add_up, _add_autoscaler, _add_gateway, _add_worker, _add_status, _add_traffic,
+    _add_simulate, _add_profile, _add_demo)
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:

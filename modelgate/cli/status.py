@@ -11,7 +11,9 @@ from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.store import drift as drift_store
 from modelgate.core.store import heartbeats, pools, scaling
 from modelgate.core.store import models as model_store
+from modelgate.core.store import traffic as traffic_store
 from modelgate.core.store.models import ControlEvent, ModelState, VersionStatus
+from modelgate.core.store.traffic import AgreementTally, GateState, TrafficPolicy
 
 RECENT_DECISIONS = 8
 
@@ -91,6 +93,7 @@ def render(client: redis.Redis, out: TextIO) -> int:
                    if s.status == VersionStatus.UNAVAILABLE]
     for model, version, reason in unavailable:
         print(f"  {model}:{version} UNAVAILABLE: {reason}", file=out)
+    _traffic(client, states, out)
     changes = [e for _, fields in client.xrevrange(model_store.EVENTS, count=RECENT_DECISIONS)
                if (e := ControlEvent.parse(fields)) is not None]
     print("\nlast version changes" + ("" if changes else ": none"), file=out)
@@ -131,6 +134,47 @@ def _dead_letters(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None
                   f"{pools.DEAD_LETTER_MAX_AGE_MS // 86_400_000} days, payloads up to "
                   f"{pools.DEAD_LETTER_PAYLOAD_MAX_BYTES // 1024} KiB) in "
                   f"{pools.dead_letters(pool)}", file=out)
+
+
+def _traffic(client: redis.Redis, states: dict[str, ModelState], out: TextIO) -> None:
+    """Each model's traffic policy, its gate, and agreement of the pair it shadows."""
+    names = sorted(states)
+    if not names:
+        return
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(traffic_store.policy(name))
+        pipe.get(traffic_store.gate(name))
+    raw = pipe.execute()
+    lines = []
+    for i, name in enumerate(names):
+        policy_raw, gate_raw = raw[2 * i], raw[2 * i + 1]
+        try:
+            policy = TrafficPolicy.decode(policy_raw) if policy_raw else None
+            gate = GateState.decode(gate_raw) if gate_raw else None
+        except traffic_store.PolicyError:
+            continue
+        if policy is not None and (policy.weights or policy.shadow):
+            mirror = policy.shadow
+            lines.append(f"  {name}: weights {policy.weights or '-'}"
+                         + (f", shadow v{mirror.version} {mirror.percent:g}%" if mirror else "")
+                         + f" (by {policy.by or '?'})")
+            default = states[name].default
+            if mirror is not None and default is not None:
+                tally = AgreementTally.parse(client.hgetall(
+                    traffic_store.agreement(name, default, mirror.version, "total")))
+                summary = tally.summary()
+                lines.append(f"    agreement v{default} vs v{mirror.version}: n {summary['n']}"
+                             f", top1 {summary['top1']}, mean |delta| "
+                             f"{summary['mean_abs_delta']}, p99 |delta| "
+                             f"{summary['p99_abs_delta']}")
+        if gate is not None:
+            lines.append(f"  {name}: gate {gate.status}, candidate v{gate.candidate} at step "
+                         f"{gate.step + 1}: {gate.reason}")
+    print("\ntraffic" + ("" if lines else ": every unpinned call to the default version"),
+          file=out)
+    for line in lines:
+        print(line, file=out)
 
 
 def _drift(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:

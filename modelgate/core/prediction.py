@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelgate.core.repository import TensorSpec
+from modelgate.core.repository import ModelVersion, TensorSpec
 
 INTEGER_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 FLOAT_DATATYPES = {"FP16", "FP32", "FP64"}
@@ -121,3 +121,13 @@ def predict(spec: PredictionSpec, outputs: Mapping[str, np.ndarray]) -> Predicti
         named = np.asarray(known)[best] if known else best
         return Predictions(named, probabilities[np.arange(len(best)), best], probabilities)
     raise PredictionError("the answer holds neither the label nor the probabilities output")
+
+
+def spec_for(version: ModelVersion) -> PredictionSpec:
+    """The spec of one served version: its config's ``task``/``prediction``, else derived from
+    its tensor outputs (a ZipMap output is one, with its classes)."""
+    config = version.config
+    named = dict(config.prediction)
+    return of_signature([o for o in version.outputs if o.is_tensor], task=config.task,
+                        label=named.get("label"), probabilities=named.get("probabilities"),
+                        score=named.get("score"))

@@ -31,6 +31,8 @@ from typing import Any
 import onnx
 import yaml
 
+from modelgate.core import promotion
+from modelgate.core.promotion import PromotionConfig
 from modelgate.core.store import pools
 from modelgate.core.zipmap import Classes, classes_of
 
@@ -166,6 +168,13 @@ class ModelConfig:
     drift_max_rows_per_s: int = 1000  # per worker; bounds the sampling cost
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     default_version: str | None = None  # None: the highest version served
+    # What the prediction is (modelgate.core.prediction): derived from the outputs unless set.
+    task: str | None = None  # classification | regression
+    prediction: tuple[tuple[str, str], ...] = ()  # (label|probabilities|score, output name)
+    # With one, a new version enters as a candidate and becomes the default only through the
+    # promotion gate (or a person): modelgate.core.promotion.
+    promotion: PromotionConfig | None = None
+    traffic: dict[str, Any] | None = None  # the traffic policy when none is stored
 
     @classmethod
     def from_mapping(cls, raw: Any, source: Path) -> ModelConfig:
@@ -188,6 +197,33 @@ class ModelConfig:
                 continue
             if key == "version_policy":
                 values[key] = VersionPolicy.from_mapping(value, source)
+                continue
+            if key == "promotion":
+                try:
+                    values[key] = promotion.parse(value)
+                except promotion.PromotionConfigError as e:
+                    raise RepositoryError(f"{source}: {e}") from e
+                continue
+            if key == "traffic":
+                if not isinstance(value, dict):
+                    raise RepositoryError(f"{source}: traffic must be a mapping like "
+                                          "{weights: {1: 90, 2: 10}}")
+                values[key] = value
+                continue
+            if key == "task":
+                if value not in ("classification", "regression"):
+                    raise RepositoryError(f"{source}: task must be classification or "
+                                          f"regression, got {value!r}")
+                values[key] = value
+                continue
+            if key == "prediction":
+                if not isinstance(value, dict) or not value or not set(value) <= {
+                        "label", "probabilities", "score"} or not all(
+                        isinstance(v, str) for v in value.values()):
+                    raise RepositoryError(f"{source}: prediction names outputs, e.g. "
+                                          "{label: output_label, probabilities: "
+                                          f"output_probability}}, got {value!r}")
+                values[key] = tuple(sorted(value.items()))
                 continue
             if key == "default_version":
                 if isinstance(value, bool) or not VERSION.match(str(value)):

@@ -1,10 +1,13 @@
 """Per-pool counters in one-second Redis hashes: the signals the autoscaler scales on.
 
 Gateways add ``arrivals`` and ``rejected``; workers add, per ORT run and per request,
-``completed``, ``errors``, ``runs``, ``rows``, ``compute_ms`` (busy time), ``queue_ms`` and a
-latency histogram (``lat:<bound>``: requests whose queue wait + compute was at most ``bound`` ms
-and over the previous bound). Both sides count in memory and flush once a second, so the hot
-path pays nothing; the autoscaler sums a short window of buckets.
+``completed``, ``runs``, ``rows``, ``compute_ms`` (busy time), ``queue_ms``, what did not end
+well -- ``errors`` (the version's own failures: the model failed on input it accepted, or the
+call was parked as a poison pill), ``bad_input`` (the model refused the caller's input),
+``expired`` (past its deadline before a worker took it), ``malformed`` (not valid wire format)
+-- and a latency histogram (``lat:<bound>``: requests whose queue wait + compute was at most
+``bound`` ms and over the previous bound). Both sides count in memory and flush once a second,
+so the hot path pays nothing; the autoscaler sums a short window of buckets.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000
 BUCKET_TTL_S = 600
 
 
+# What each reply status that is not ok counts as: only ``errors`` is the version's fault, the
+# error rate a rollout judges a version by.
+FAILURE_FIELDS = {"model_error": "errors", "dead_letter": "errors", "bad_input": "bad_input",
+                  "deadline": "expired", "wire_error": "malformed"}
+
+
+def failure_field(status: str) -> str:
+    return FAILURE_FIELDS.get(status, "errors")
+
+
 def latency_field(latency_ms: float) -> str:
     """The histogram field of a latency (the smallest bound at or above it)."""
     bound = LATENCY_BOUNDS_MS[bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)]
@@ -52,11 +65,14 @@ class StatsAccumulator:
                 self._counts[name] += value
 
     def add_run(self, requests: int, rows: int, compute_ms: float, queue_ms: list[float],
-                errors: int) -> None:
+                failures: Mapping[str, int] | None = None) -> None:
+        """One ORT run's requests; ``failures`` counts those that did not end well, by field
+        (see FAILURE_FIELDS)."""
         with self._lock:
             c = self._counts
             c["completed"] += requests
-            c["errors"] += errors
+            for name, count in (failures or {}).items():
+                c[name] += count
             c["runs"] += 1
             c["rows"] += rows
             c["compute_ms"] += compute_ms

@@ -38,7 +38,7 @@ from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.parsing import Parsers
 from modelgate.gateway.recorder import AnswerRecorder
-from modelgate.gateway.routes import dashboard, docs, health, repository, v1, v2
+from modelgate.gateway.routes import dashboard, docs, health, repository, traffic, v1, v2
 from modelgate.gateway.rpc import server as grpc_server
 
 log = logging.getLogger("modelgate.gateway")
@@ -52,6 +52,8 @@ PROBE_PATHS = {"/v2/health/live", "/v2/health/ready", "/openapi.json"}
 # Always open: the dashboard's static page and scripts, the same for every server and holding
 # no data; a browser cannot send a key on a page load. Its data calls need the key.
 PUBLIC_PATHS = dashboard.STATIC_PATHS
+# (path, method) of the calls that change what is served: with an admin key set, only it.
+CONTROL = repository.CONTROL | traffic.CONTROL
 
 
 def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
@@ -161,10 +163,10 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
     routes = [
         Route(route.path, _wrap(route.endpoint, settings, route.path in PROBE_PATHS,
                                 route.path in PUBLIC_PATHS,
-                                route.path in repository.CONTROL_PATHS),
+                                any((route.path, m) in CONTROL for m in route.methods or ())),
               methods=route.methods)
         for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes,
-                      *repository.routes)
+                      *repository.routes, *traffic.routes)
         if isinstance(route, Route)
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

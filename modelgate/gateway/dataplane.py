@@ -20,7 +20,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -34,12 +34,14 @@ from modelgate.core.errors import (
     Overloaded,
 )
 from modelgate.core.pool_figures import FiguresQuery
+from modelgate.core.prediction import PredictionSpec, spec_for
 from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.repository import ModelVersion
 from modelgate.core.settings import GatewaySettings
 from modelgate.core.stats import BUCKET_TTL_S
 from modelgate.core.store import is_bad_data, pools, scaling
 from modelgate.core.store import models as model_store
+from modelgate.core.store import traffic as traffic_store
 from modelgate.core.store.models import ModelState, VersionStatus
 from modelgate.gateway import serving
 from modelgate.gateway.background import Background
@@ -47,6 +49,7 @@ from modelgate.gateway.dispatch import Dispatcher
 from modelgate.gateway.drift import DriftMonitor
 from modelgate.gateway.errors import ERROR_OF_REPLY
 from modelgate.gateway.metrics import Metrics
+from modelgate.gateway.shadow import Mirror
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -92,6 +95,8 @@ class DataPlane:
         self.gateway_id = gateway_id
         self.background = Background(lambda name: metrics.background_errors.labels(name).inc())
         self.dispatcher = Dispatcher(client, reader, gateway_id, metrics)
+        self._specs: dict[tuple[str, str], PredictionSpec] = {}
+        self.mirrors = Mirror(self.dispatcher, metrics, self.spec_of)
         self.drift = DriftMonitor(metrics)
         self.redis_ok = False
         self.redis_problem = "the queue (Redis) is unreachable"  # why, while not redis_ok
@@ -127,6 +132,57 @@ class DataPlane:
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
         return self.table.resolve(name, version)
+
+    def route(self, name: str, version: str | None,
+              headers: Mapping[str, str]) -> serving.Routed:
+        """A pinned call goes to its version; an unpinned one by the model's traffic policy
+        (its sticky header's value keeps a session on one version)."""
+        if version is not None:
+            return serving.Routed(self.table.resolve(name, version), "serving")
+        model = self.models.get(name)
+        if model is None:
+            self.table.resolve(name)  # raises the model's not-found error
+        assert model is not None
+        if model.default is None:
+            self.table.resolve(name)  # raises why no version is ready
+        sticky = model.traffic.sticky_header if model.traffic is not None else None
+        return model.route(headers.get(sticky) if sticky else None)
+
+    def mirror(self, primary: ModelVersion, candidate: ModelVersion, request: wire.Request,
+               answer: wire.Reply) -> None:
+        """Send a copy of an answered call to a candidate (a shadow), after the answer."""
+        self.mirrors.send(primary, candidate, request, answer, self._shadow_admitted)
+
+    def _shadow_admitted(self, candidate: ModelVersion) -> bool:
+        """Shadow copies go first under load: only to a live candidate with room, from a
+        gateway with room."""
+        view = self.pools.get(candidate.pool)
+        if not self.redis_ok or view is None or view.live_workers == 0:
+            return False
+        limit = candidate.config.max_queue or self.settings.max_queue
+        if view.backlog + view.admitted - view.completed >= limit // 2:
+            return False
+        if self.dispatcher.in_flight >= self.settings.max_inflight // 2:
+            return False
+        view.admitted += 1  # its arrivals are the candidate's (its autoscaling, its cost)
+        return True
+
+    def _shadowed_pairs(self) -> list[tuple[str, str, str]]:
+        """(model, serving, candidate) of every model mirroring calls now."""
+        pairs = []
+        for model in self.models.values():
+            mirror = model.traffic.shadow if model.traffic is not None else None
+            if mirror is not None and model.state.default is not None:
+                pairs.append((model.name, model.state.default, mirror.version))
+        return pairs
+
+    def spec_of(self, version: ModelVersion) -> PredictionSpec:
+        """What the prediction of a version is (``core/prediction.py``), derived once."""
+        key = (version.pool, version.sha256)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = spec_for(version)
+        return spec
 
     def shown_pools(self) -> list[tuple[str, str, str]]:
         """(model, version, pool) of every version with a pool, by model and version."""
@@ -236,9 +292,13 @@ class DataPlane:
         pipe.get(scaling.BUDGET)
         pipe.get(model_store.GENERATION)
         pipe.get(model_store.LEASE)
+        shadowed = self._shadowed_pairs()
+        for pair in shadowed:
+            pipe.hgetall(traffic_store.agreement(*pair, "total"))
         if self._acknowledged is not None:
             pipe.set(model_store.gateway_applied(self.gateway_id), self._acknowledged,
                      ex=int(model_store.GATEWAY_TTL_S))
+        self.mirrors.flush(pipe, now)
         flushed = {pool: (view.admitted, view.rejected) for pool, view in self.pools.items()}
         for pool, (admitted, rejected) in flushed.items():
             if admitted or rejected:
@@ -255,6 +315,7 @@ class DataPlane:
             if refused is not None:
                 raise refused
             budget, generation, lease = results[query.size:query.size + 3]
+            agreements = results[query.size + 3:query.size + 3 + len(shadowed)]
             generation_number = self._generation_of(generation)
             if generation_number is not None and generation_number != self.table.generation:
                 await self._reload(generation_number)
@@ -296,7 +357,14 @@ class DataPlane:
             view.drain_per_s = (rate if view.drain_per_s == 0
                                 else 0.7 * view.drain_per_s + 0.3 * rate)
             view.completed = 0
-        flush_errors = [r for r in results[query.size + 3:] if isinstance(r, Exception)]
+        for pair, raw in zip(shadowed, agreements, strict=True):
+            if isinstance(raw, dict):
+                summary = traffic_store.AgreementTally.parse(raw).summary()
+                for stat, value in summary.items():
+                    if value is not None:
+                        self.metrics.agreement.labels(*pair, stat).set(value)
+        flush_errors = [r for r in results[query.size + 3 + len(shadowed):]
+                        if isinstance(r, Exception)]
         self._report("stats", "this gateway's counts", tuple(str(r) for r in flush_errors[:1]))
         for model in self.models.values():
             for served in model.versions.values():
@@ -374,6 +442,8 @@ class DataPlane:
             members = await self.client.smembers(model_store.MODELS)
             names = sorted(n.decode() for n in members)
             raw = await self.client.mget([model_store.state(n) for n in names]) if names else []
+            policies = (await self.client.mget([traffic_store.policy(n) for n in names])
+                        if names else [])
         except (ResponseError, UnicodeDecodeError) as e:
             if isinstance(e, ResponseError) and not is_bad_data(e):
                 raise
@@ -392,9 +462,19 @@ class DataPlane:
                 old = self.models.get(name)
                 if old is not None:
                     states[name] = old.state
+        traffic: dict[str, traffic_store.TrafficPolicy] = {}
+        for name, value in zip(names, policies, strict=True):
+            if value is None:
+                continue
+            try:
+                traffic[name] = traffic_store.TrafficPolicy.decode(value)
+            except traffic_store.PolicyError as e:
+                log.warning("the traffic policy of %s is unreadable (%s); its unpinned calls go "
+                            "to its default version", name, e)
         # Signatures come from the repository's files: off the event loop.
         table = await asyncio.to_thread(serving.from_states, states, generation,
-                                        serving.loader(self.settings.models_dir), self.table)
+                                        serving.loader(self.settings.models_dir), self.table,
+                                        traffic)
         self._apply(table)
         log.info("serving model state generation %d: %s", generation, ", ".join(
             f"{m.name} {sorted(m.state.versions, key=int)} default {m.state.default}"
@@ -408,6 +488,7 @@ class DataPlane:
             model, version = pool.rsplit(":", 1)
             self.metrics.forget_pool(model, version)
         self.table = table
+        self._specs.clear()
         wanted = table.pools()
         self.pools = {pool: self.pools.get(pool) or PoolView() for pool in wanted}
         self.drift.sync([sv.version for m in table.models.values()

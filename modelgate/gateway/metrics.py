@@ -110,6 +110,16 @@ class Metrics:
             "Bytes of request bodies held, from their arrival to their answer "
             "(--max-inflight-bytes bounds it)",
             registry=r, multiprocess_mode="livesum" if self.multiprocess_dir else "all")
+        self.shadow_shed = Counter(
+            "modelgate_shadow_shed",
+            "Shadow copies not sent: the candidate could not take them (no live worker, a "
+            "backlog past half its limit) or this gateway was busy", pool_labels, registry=r)
+        self.agreement = Gauge(
+            "modelgate_agreement",
+            "Agreement of a candidate with the serving version on shadowed calls, since the "
+            "candidate loaded (stat: n, top1, mean_abs_delta, p99_abs_delta)",
+            ["model", "serving", "candidate", "stat"], registry=r,
+            multiprocess_mode=gauge_mode)
         self.drift_alert = Gauge("modelgate_drift_alert", "1 while the feature is drifting",
                                  ["model", "version", "feature"], registry=r,
                                  multiprocess_mode=gauge_mode)

@@ -134,7 +134,7 @@ async def run_command(plane: DataPlane, op: str, name: str, parameters: dict[str
     command = ControlCommand(uuid.uuid4().hex, op, name, key_id(authorization), time.time())
     await plane.client.xadd(model_store.COMMANDS, command.fields(),
                             maxlen=model_store.COMMANDS_MAXLEN, approximate=True)
-    result = await _wait(plane, command.id, time.monotonic() + timeout_ms / 1000.0)
+    result = await wait_for_result(plane, command.id, time.monotonic() + timeout_ms / 1000.0)
     if result is None or result.status == "pending":
         return CommandDone.PENDING
     if result.status == "done":
@@ -146,7 +146,8 @@ async def run_command(plane: DataPlane, op: str, name: str, parameters: dict[str
     raise InvalidInput(f"{op} of {name!r} failed: {result.message}")
 
 
-async def _wait(plane: DataPlane, command_id: str, until: float) -> CommandResult | None:
+async def wait_for_result(plane: DataPlane, command_id: str,
+                          until: float) -> CommandResult | None:
     result: CommandResult | None = None
     while time.monotonic() < until:
         raw = await plane.client.get(model_store.command_result(command_id))

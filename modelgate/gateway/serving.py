@@ -13,7 +13,10 @@ content (sha256).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from pathlib import Path
 from modelgate.core.errors import ModelNotFound, NoLiveWorker
 from modelgate.core.repository import ModelVersion, RepositoryError, read_version, scan_repository
 from modelgate.core.store.models import ModelState, VersionState, VersionStatus
+from modelgate.core.store.traffic import TrafficPolicy
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -35,15 +39,82 @@ class ServedVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class Routed:
+    """Where an unpinned call goes: the version that answers it, by which route (``serving``:
+    the default; ``canary``: another version its weight picked), and the version its copy is
+    mirrored to after the answer, if any."""
+
+    version: ModelVersion
+    route: str
+    shadow: ModelVersion | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServedModel:
     name: str
     state: ModelState
     versions: dict[str, ServedVersion]
+    traffic: TrafficPolicy | None = None
 
     @property
     def default(self) -> ModelVersion | None:
         found = self.versions.get(self.state.default or "")
         return found.version if found is not None else None
+
+    def ready(self, version: str | None) -> ModelVersion | None:
+        found = self.versions.get(version or "")
+        if found is None or found.state.status != VersionStatus.READY:
+            return None
+        return found.version
+
+    def route(self, session: str | None) -> Routed:
+        """The version for an unpinned call (``session``: the sticky header's value)."""
+        default = self.default
+        traffic = self.traffic
+        if default is None or traffic is None:
+            if default is None:
+                raise NoLiveWorker(f"model {self.name!r} has no version ready")
+            return Routed(default, "serving")
+        chosen = default
+        weighted = [(v, w) for v, w in traffic.weights.items()
+                    if w > 0 and self.ready(v) is not None]
+        if weighted:
+            number = pick(weighted, session)
+            chosen = self.ready(number) or default
+        shadow = None
+        mirror = traffic.shadow
+        if mirror is not None and mirror.percent > 0:
+            candidate = self.ready(mirror.version)
+            if candidate is not None and candidate.version != chosen.version and (
+                    mirror.percent >= 100 or random.random() * 100 < mirror.percent):
+                shadow = candidate
+        return Routed(chosen, "serving" if chosen.version == default.version else "canary",
+                      shadow)
+
+
+def pick(weighted: list[tuple[str, int]], session: str | None) -> str:
+    """A version by weight: at random, or for a session by weighted rendezvous hashing, so a
+    session keeps its version across weight changes unless that version's share shrinks (and
+    then only as few sessions move as the shrinking needs), and across gateway restarts (the
+    hash is not Python's, which changes per process)."""
+    if len(weighted) == 1:
+        return weighted[0][0]
+    if session is None:
+        total = sum(w for _, w in weighted)
+        point = random.random() * total
+        for version, weight in weighted:
+            point -= weight
+            if point < 0:
+                return version
+        return weighted[-1][0]
+    best, best_score = weighted[0][0], -math.inf
+    for version, weight in weighted:
+        digest = hashlib.blake2b(f"{version}\0{session}".encode(), digest_size=8).digest()
+        unit = (int.from_bytes(digest, "big") + 0.5) / 2.0 ** 64  # in (0, 1)
+        score = -weight / math.log(unit)
+        if score > best_score:
+            best, best_score = version, score
+    return best
 
 
 Loader = Callable[[str, str], ModelVersion]
@@ -102,7 +173,8 @@ def _describe(model: ServedModel) -> str:
 
 
 def from_states(states: dict[str, ModelState], generation: int, load: Loader,
-                previous: ServingTable | None = None) -> ServingTable:
+                previous: ServingTable | None = None,
+                traffic: dict[str, TrafficPolicy] | None = None) -> ServingTable:
     """The table for the decider's state; signatures are reused from ``previous`` when the
     content is the same, else read with ``load``."""
     known: dict[tuple[str, str, str], ModelVersion] = {}
@@ -122,7 +194,7 @@ def from_states(states: dict[str, ModelState], generation: int, load: Loader,
                     log.warning("cannot read version %s of %s for its signature: %s", number,
                                 name, e)
             versions[number] = ServedVersion(found, loaded)
-        models[name] = ServedModel(name, state, versions)
+        models[name] = ServedModel(name, state, versions, (traffic or {}).get(name))
     return ServingTable(models, generation)
 
 

@@ -23,7 +23,7 @@ import redis
 from modelgate.core import wire
 from modelgate.core.clock import RedisClock
 from modelgate.core.repository import ModelVersion
-from modelgate.core.stats import StatsAccumulator
+from modelgate.core.stats import StatsAccumulator, failure_field
 from modelgate.core.store import pools, replies
 from modelgate.worker.answers import Answers, Command
 from modelgate.worker.drift_sampler import DriftSampler
@@ -238,8 +238,11 @@ class Consumer:
                 runnable.append(entry)
         if settled:
             self._answer(settled, now_ms)
-            requests = sum(len(entry.ids) for entry, _, _ in settled)
-            self.stats.add(completed=requests, errors=requests)
+            failed: dict[str, float] = {}
+            for entry, _, outcome in settled:
+                field = failure_field(outcome.status)
+                failed[field] = failed.get(field, 0) + len(entry.ids)
+            self.stats.add(completed=sum(failed.values()), **failed)
         runs = [*plan_runs(retried, 0),
                 *plan_runs(runnable, self.model.max_batch_size,
                            self.model.config.preferred_batch_sizes)]
@@ -275,18 +278,19 @@ class Consumer:
         """Fold one answered run into the pool's per-second counters."""
         leaders = [outcome for _, _, outcome in pairs if outcome.leader]
         queue_ms: list[float] = []
-        errors = 0
+        failures: dict[str, int] = {}
         for entry, bundle, outcome in pairs:
             requests = len(bundle.ids) if bundle is not None else len(entry.ids)
             queue_ms.extend([max(0.0, float(picked_ms - entry.enqueued_ms))] * requests)
             if outcome.status != wire.ReplyStatus.OK:
-                errors += requests
+                field = failure_field(outcome.status)
+                failures[field] = failures.get(field, 0) + requests
         self.stats.add_run(
             requests=len(queue_ms),
             rows=sum(o.batch_size for o in leaders),
             compute_ms=sum(o.compute_ms for o in leaders),
             queue_ms=queue_ms,
-            errors=errors,
+            failures=failures,
         )
 
     def _split(self, entries: list[Entry]) -> None:

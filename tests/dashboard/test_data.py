@@ -93,13 +93,14 @@ def test_data_reports_what_was_written(repo: Path, redis_url: str, redis_client:
     recent = now - 2
     # 4 requests in one run: queue waits 1, 3, 5, 7 ms, 2 ms of compute -> latencies 3..9 ms.
     write_second(redis_client, old, [dict(requests=4, rows=4, compute_ms=2.0,
-                                          queue_ms=[1.0, 3.0, 5.0, 7.0], errors=1)],
+                                          queue_ms=[1.0, 3.0, 5.0, 7.0],
+                                          failures={"errors": 1})],
                  arrivals=10, rejected=2)
     # Two runs of 2: queue 0.5 ms, compute 1 ms each -> every latency 1.5 ms.
     write_second(redis_client, older, [dict(requests=2, rows=2, compute_ms=1.0,
-                                            queue_ms=[0.5, 0.5], errors=0)] * 2)
+                                            queue_ms=[0.5, 0.5])] * 2)
     write_second(redis_client, recent, [dict(requests=6, rows=6, compute_ms=3.0,
-                                             queue_ms=[2.0] * 6, errors=0)], arrivals=6)
+                                             queue_ms=[2.0] * 6)], arrivals=6)
     # Backlog: 3 requests as a gateway queues them, bundled in one entry nobody consumes (the
     # stream's length, 1, is not the backlog).
     redis_client.xadd(pools.requests_stream(POOL), {"ids": "0,1,2"})

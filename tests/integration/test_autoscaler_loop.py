@@ -62,7 +62,7 @@ def write_load(client: redis.Redis, pool: str, now: float, arrivals_per_s: int,
         stats.add(arrivals=arrivals_per_s)
         stats.add_run(requests=arrivals_per_s, rows=arrivals_per_s,
                       compute_ms=compute_ms_per_request * arrivals_per_s,
-                      queue_ms=[5.0] * arrivals_per_s, errors=0)
+                      queue_ms=[5.0] * arrivals_per_s)
         pipe = client.pipeline()
         stats.flush(pipe, second)
         pipe.execute()

@@ -120,3 +120,27 @@ def test_a_removed_pool_leaves_no_key_behind(
     control.tick()  # no gateway runs and nothing is queued: removed
     assert state(redis_client, "a") is None
     assert list(redis_client.scan_iter(match="mg:pool:*")) == []
+
+
+def test_config_traffic_is_stored_once_its_versions_are_ready_and_never_over_a_stored_one(
+        redis_client: redis.Redis, tmp_path: Path,
+        onnx_models: dict[str, onnx.ModelProto]) -> None:
+    from modelgate.core.store import traffic as traffic_store
+
+    root = write_repository(tmp_path, {"a": [onnx_models["mlp"], onnx_models["mlp"]]},
+                            configs={"a": "version_policy: {all: {}}\n"
+                                          "traffic: {weights: {1: 90, 2: 10}}\n"})
+    control = ModelControl(redis_client, root, "poll")
+    control.tick()
+    assert redis_client.get(traffic_store.policy("a")) is None  # versions still loading
+    live(redis_client, "a:1")
+    live(redis_client, "a:2")
+    control.tick()
+    control.tick()
+    stored = traffic_store.TrafficPolicy.decode(redis_client.get(traffic_store.policy("a")))
+    assert stored.weights == {"1": 90, "2": 10} and stored.by == "config"
+    redis_client.set(traffic_store.policy("a"), traffic_store.from_body(
+        {"weights": {"1": 100}}, by="key:x").encode())
+    control.tick()
+    kept = traffic_store.TrafficPolicy.decode(redis_client.get(traffic_store.policy("a")))
+    assert kept.by == "key:x"

@@ -30,7 +30,7 @@ def test_status_shows_pools_workers_decisions_and_drift(redis_client: redis.Redi
         pool, 4242, "host-a", now - 60, 1234, 0.5).fields())
     stats = StatsAccumulator(pool)
     stats.add(arrivals=30)
-    stats.add_run(requests=30, rows=30, compute_ms=60.0, queue_ms=[1.0] * 30, errors=0)
+    stats.add_run(requests=30, rows=30, compute_ms=60.0, queue_ms=[1.0] * 30)
     pipe = redis_client.pipeline()
     stats.flush(pipe, int(now) - 1)
     pipe.set(pools.desired(pool), 2)

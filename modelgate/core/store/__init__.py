@@ -22,7 +22,7 @@ from __future__ import annotations
 PREFIX = "mg"
 
 # The modules of this package, in the order docs/architecture.md lists them.
-FAMILIES = ("models", "pools", "heartbeats", "replies", "scaling", "drift")
+FAMILIES = ("models", "traffic", "pools", "heartbeats", "replies", "scaling", "drift")
 
 # Words of Redis error replies caused by what a key holds (a key of another type, a counter that
 # is not a number), as opposed to the server's own state (LOADING, MISCONF, OOM, READONLY, ...):

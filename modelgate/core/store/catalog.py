@@ -18,7 +18,8 @@ from modelgate.core.store import FAMILIES
 # How each parameter of a key function shows in the table.
 PLACEHOLDERS = {"pool": "{model}:{version}", "worker_id": "{worker}",
                 "gateway_id": "{gateway}", "epoch_s": "{epoch_s}", "model": "{model}",
-                "command_id": "{command}"}
+                "command_id": "{command}", "serving": "{serving}",
+                "candidate": "{candidate}"}
 
 
 def pattern(key: str | Callable[..., str]) -> str:

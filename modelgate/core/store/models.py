@@ -156,12 +156,17 @@ class ModelState:
             raise StateError(f"not a model state: {e}") from e
 
 
+COMMAND_OPS = ("load", "unload", "promote", "rollback", "pause", "resume")
+
+
 @dataclass(frozen=True, slots=True)
 class ControlCommand:
-    """A request to the decider: ``load`` or ``unload`` one model (explicit mode)."""
+    """A request to the decider: ``load`` or ``unload`` one model (explicit mode), or a
+    person's override of its promotion gate: ``promote``, ``rollback``, ``pause``,
+    ``resume``."""
 
     id: str
-    op: str  # load | unload
+    op: str  # load | unload | promote | rollback | pause | resume
     model: str
     by: str  # who asked: the API key's id, or "cli"
     at: float
@@ -174,7 +179,7 @@ class ControlCommand:
     def parse(cls, fields: Mapping[bytes, bytes]) -> ControlCommand | None:
         try:
             text = {k.decode(): v.decode() for k, v in fields.items()}
-            if text["op"] not in ("load", "unload"):
+            if text["op"] not in COMMAND_OPS:
                 return None
             return cls(text["id"], text["op"], text["model"], text.get("by", ""),
                        float(text["at"]))

@@ -21,7 +21,15 @@ from modelgate.core.errors import InvalidInput
 from modelgate.gateway import protocol
 from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
-from modelgate.gateway.repository import CommandDone, index_rows, run_command
+from modelgate.gateway.repository import (
+    CommandDone,
+    index_rows,
+    run_command,
+    wait_for_result,
+)
+from modelgate.gateway.repository import key_id as key_id_of
+
+__all__ = ["key_id", "object_body", "routes", "wait_for_result"]
 
 JSON = "application/json"
 
@@ -30,7 +38,7 @@ def _plane(request: Request) -> DataPlane:
     return request.app.state.plane
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def object_body(request: Request) -> dict[str, Any]:
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget) as raw:
         if not raw.strip():
@@ -42,9 +50,14 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+def key_id(request: Request) -> str:
+    """Who asked, for the record: a short hash of the key used, never the key."""
+    return key_id_of(request.headers.get("authorization"))
+
+
 async def index(request: Request) -> Response:
     plane = _plane(request)
-    body = await _body(request)
+    body = await object_body(request)
     ready_only = body.get("ready") is True
     rows = await asyncio.to_thread(index_rows, plane.settings.models_dir, plane, ready_only)
     return Response(protocol.dumps(rows), media_type=JSON)
@@ -52,7 +65,7 @@ async def index(request: Request) -> Response:
 
 async def _command(request: Request, op: str) -> Response:
     name = request.path_params["name"]
-    body = await _body(request)
+    body = await object_body(request)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
@@ -81,4 +94,5 @@ routes = [
 ]
 
 # Calls that change what is served: they need an admin key when the server has any.
-CONTROL_PATHS = {"/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload"}
+CONTROL = {("/v2/repository/models/{name}/load", "POST"),
+           ("/v2/repository/models/{name}/unload", "POST")}

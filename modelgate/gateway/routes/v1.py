@@ -23,13 +23,16 @@ async def predict(request: Request) -> Response:
             raise ModelNotFound(f"unknown V1 route {target!r}; use /v1/models/NAME:predict")
     else:
         name = request.path_params["name"]
-    model = plane.resolve(name, request.path_params.get("version"))
-    request.state.served = (model.name, model.version, "serving")
+    routed = plane.route(name, request.path_params.get("version"), request.headers)
+    model = routed.version
+    request.state.served = (model.name, model.version, routed.route)
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget) as raw:
         parsed = await bodies.parsers.parse(V1, model, raw, None)
         reply = await plane.infer(model, parsed.request,
                                   model.config.timeout_ms or plane.settings.default_timeout_ms)
+    if routed.shadow is not None:
+        plane.mirror(model, routed.shadow, parsed.request, reply)
     # V1 has no field for it: the version that computed the answer goes in a header.
     return Response(protocol.format_v1(reply, model), media_type="application/json",
                     headers={MODEL_VERSION_HEADER: model.version})

@@ -75,8 +75,10 @@ async def drift(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     plane = _plane(request)
-    model = _model(request)
-    request.state.served = (model.name, model.version, "serving")
+    routed = plane.route(request.path_params["name"], request.path_params.get("version"),
+                         request.headers)
+    model = routed.version
+    request.state.served = (model.name, model.version, routed.route)
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget, binary_ok=True) as raw:
         header, binary = split_body(raw, request.headers.get(HEADER))
@@ -84,6 +86,8 @@ async def infer(request: Request) -> Response:
         deadline = protocol.timeout_ms(parsed.request.parameters, model,
                               plane.settings.default_timeout_ms)
         reply = await plane.infer(model, parsed.request, deadline)
+    if routed.shadow is not None:
+        plane.mirror(model, routed.shadow, parsed.request, reply)
     content, header_length = protocol.format_v2_binary(
         model, reply, parsed.request_id, set(parsed.binary_outputs),
         protocol.wants_maps(parsed.request))

@@ -1,5 +1,6 @@
 """``inference.GRPCInferenceService``: the Open Inference Protocol over gRPC, on the same data
-plane as HTTP (``gateway/dataplane.py``: versions, admission, bundling, deadlines).
+plane as HTTP (``gateway/dataplane.py``: versions, traffic policies and shadows, admission,
+bundling, deadlines).
 
 Every RPC goes through one wrapper, as every HTTP route goes through ``app._wrap``: the API
 keys from the ``authorization`` metadata (``Bearer KEY``, the same keys as HTTP; the health
@@ -134,11 +135,15 @@ class InferenceService:
                           context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         started = time.perf_counter()
         plane = self.plane
-        served: tuple[str, str] | None = None
+        served: tuple[str, str, str] | None = None
         code = grpc.StatusCode.OK
         try:
-            model = plane.resolve(request.model_name, request.model_version or None)
-            served = (model.name, model.version)
+            # The model's traffic policy, as for HTTP; the sticky key from the metadata.
+            metadata = {k: v if isinstance(v, str) else v.decode("latin-1")
+                        for k, v in context.invocation_metadata() or ()}
+            routed = plane.route(request.model_name, request.model_version or None, metadata)
+            model = routed.version
+            served = (model.name, model.version, routed.route)
             wire_request, typed = codec.parse_infer(request, model)
             deadline_ms = protocol.timeout_ms(wire_request.parameters, model,
                                               plane.settings.default_timeout_ms)
@@ -149,6 +154,8 @@ class InferenceService:
                                            "queued; give it a longer deadline")
                 deadline_ms = max(1, min(deadline_ms, int(remaining_s * 1000)))
             reply = await plane.infer(model, wire_request, deadline_ms)
+            if routed.shadow is not None:
+                plane.mirror(model, routed.shadow, wire_request, reply)
             return codec.format_infer(model, reply, request.id, typed)
         except ModelgateError as e:
             code = grpc_status_of(e)
@@ -164,7 +171,7 @@ class InferenceService:
             raise
         finally:
             if served is not None:
-                plane.metrics.count_grpc_request(served[0], served[1], "serving", code.name,
+                plane.metrics.count_grpc_request(*served, code.name,
                                                  time.perf_counter() - started)
 
     # ------------------------------------------------------------------ repository

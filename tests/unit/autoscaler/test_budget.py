@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from modelgate.autoscaler.budget import Ask, BudgetError, allocate, check_minimums
+from modelgate.autoscaler.budget import Ask, allocate
 
 
 def test_no_budget_grants_every_ask() -> None:
@@ -30,7 +28,10 @@ def test_workers_go_where_the_shortfall_and_slo_pressure_are_highest() -> None:
     assert allocate(asks, 6.0)["a"][0] == 2
 
 
-def test_minimums_over_budget_are_refused_at_start() -> None:
-    with pytest.raises(BudgetError, match="min_workers alone cost"):
-        check_minimums([Ask("a", 1, 3, 2.0)], 5.0)
-    check_minimums([Ask("a", 1, 2, 2.0)], 5.0)
+def test_the_serving_version_is_served_before_a_candidate() -> None:
+    """A candidate under more pressure still waits for the default version's workers."""
+    asks = [Ask("m:1", 4, 1, 1.0, slo_pressure=1.0, priority=0),
+            Ask("m:2", 4, 1, 1.0, slo_pressure=5.0, priority=1)]
+    granted = allocate(asks, 5.0)
+    assert granted["m:1"] == (4, False)
+    assert granted["m:2"] == (1, True)
