@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO := demo_models
 PORT ?= 8080
 
-.PHONY: up test test-fast system-deps engine-deps bench lint loadtest loadtest-overload clean \
+.PHONY: up test test-fast system-deps engine-deps bench lint loadtest loadtest-overload clean protos \
 	images test-engine engine-tests bench-images
 
 $(BIN)/python:
@@ -143,3 +143,13 @@ loadtest-overload: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
+
+# The gRPC messages (modelgate/gateway/rpc/grpc_predict_v2_pb2.py and .pyi) from the vendored
+# .proto. They go into a descriptor pool of their own (the sed), so that a process may also
+# import tritonclient's or KServe's copies of package `inference` without a clash. The service
+# needs no generated stub: rpc/service.py registers its methods by name.
+protos: $(VENV)/.dev
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. \
+		modelgate/gateway/rpc/grpc_predict_v2.proto
+	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile(/' \
+		modelgate/gateway/rpc/grpc_predict_v2_pb2.py

@@ -157,6 +157,20 @@ class PythonClient(LoadClient):
                 "--duration-s", str(duration_s), "--timeout-s", str(self.request_timeout_s)]
 
 
+class GrpcClient(LoadClient):
+    """For targets reached over gRPC (URLs ``grpc://HOST:PORT/MODEL``): bench.grpcclient."""
+
+    name = "bench.grpcclient"
+    version = "tritonclient.grpc.aio"
+
+    def command(self, url: str, body: bytes, concurrency: int, duration_s: int) -> list[str]:
+        body_path = self.work_dir / "grpc-body.json"
+        body_path.write_bytes(body)
+        return [sys.executable, "-m", "bench.grpcclient", "--url", url,
+                "--body-file", str(body_path), "--concurrency", str(concurrency),
+                "--duration-s", str(duration_s), "--timeout-s", str(self.request_timeout_s)]
+
+
 def _install_wrk() -> str | None:
     """``apt-get install -y wrk`` when running as root; the binary, or None if that failed."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:

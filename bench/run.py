@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import cpu, floor
 from bench.goals import FLOOR, PEER
-from bench.load import LoadClient, LoadError, LoadPoint, PythonClient, make_client
+from bench.load import GrpcClient, LoadClient, LoadError, LoadPoint, PythonClient, make_client
 from bench.peer import BentoMLTarget
 from bench.peer_venv import PeerUnavailable, PeerVenv, default_venv
 from bench.publish import publish
@@ -164,7 +164,9 @@ def measure_target(target: Target, workload: Workload, model_root: Path, client:
         print(f"bench: {target.name} answers correctly at {started.base_url} "
               f"({started.ready_s:.1f}s after spawn)", flush=True)
         results.notes.append(f"{label}: first correct answer {started.ready_s:.1f}s after spawn")
-        url = started.base_url + path
+        url = target.load_url(started, workload, path)
+        if url.startswith("grpc://"):
+            client = GrpcClient(client.work_dir, client.request_timeout_s)
         load_log = settings.log_dir / f"load-{target.name}-{workload.name}.txt"
         load_log.write_text("")
         for point in settings.points:

@@ -65,6 +65,11 @@ class Target(ABC):
         """Raise :class:`WrongAnswer` unless ``content`` answers :meth:`request` correctly."""
         check_answer(content, expected)
 
+    def load_url(self, started: Started, workload: Workload, path: str) -> str:
+        """Where the load goes: ``started``'s HTTP URL, or ``grpc://HOST:PORT/MODEL`` for a
+        target measured over gRPC (the bench then drives it with bench.grpcclient)."""
+        return started.base_url + path
+
     @abstractmethod
     def start(self, workload: Workload, model_root: Path, log_dir: Path,
               expected: Mapping[str, np.ndarray]) -> Started:
@@ -247,7 +252,8 @@ def modelgate_target(gateway_procs: int = 1,
         workers = str(workload.workers)
         return [sys.executable, "-m", "modelgate", "up", "--models", str(model_root),
                 "--host", HOST, "--port", str(port), "--min-workers", workers,
-                "--max-workers", workers, "--gateway-procs", str(gateway_procs)]
+                "--max-workers", workers, "--gateway-procs", str(gateway_procs),
+                "--grpc-port", "0"]  # HTTP only: the modelgate-grpc target measures gRPC
 
     if gateway_procs == 1:
         name = "modelgate"
@@ -263,6 +269,29 @@ def modelgate_target(gateway_procs: int = 1,
     if workloads is not None:
         description += f"; runs on {', '.join(sorted(workloads))} only"
     return lambda: ProcessTarget(name, description, command, workloads=workloads)
+
+
+class GrpcModelgate(ProcessTarget):
+    """modelgate measured over gRPC: the same `up` as the modelgate target, with its gRPC
+    port; readiness is probed over HTTP (the same data plane), the load goes to gRPC."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "modelgate-grpc",
+            "as modelgate, driven over gRPC (`inference.GRPCInferenceService` on --grpc-port) "
+            "by tritonclient.grpc.aio (bench/grpcclient.py: raw_input_contents, one Python "
+            "process) instead of HTTP/JSON by wrk", workloads=frozenset({"mlp", "cnn"}))
+        self.grpc_port = 0
+
+    def command(self, workload: Workload, model_root: Path, port: int) -> list[str]:
+        self.grpc_port = free_port()
+        workers = str(workload.workers)
+        return [sys.executable, "-m", "modelgate", "up", "--models", str(model_root),
+                "--host", HOST, "--port", str(port), "--grpc-port", str(self.grpc_port),
+                "--min-workers", workers, "--max-workers", workers]
+
+    def load_url(self, started: Started, workload: Workload, path: str) -> str:
+        return f"grpc://{HOST}:{self.grpc_port}/{workload.name}"
 
 
 def naive_target() -> Target:
@@ -286,4 +315,5 @@ TARGETS: dict[str, Callable[[], Target]] = {
     # compute-bound model the second one only takes CPU from the workers (0.9x in a trial).
     "modelgate-gw2": modelgate_target(gateway_procs=2, workloads=frozenset({"mlp"})),
     "naive": naive_target,
+    "modelgate-grpc": GrpcModelgate,
 }

@@ -135,4 +135,78 @@ def heavy() -> Workload:
     )
 
 
-WORKLOADS: dict[str, Callable[[], Workload]] = {"mlp": mlp, "heavy": heavy}
+# A MobileNet-style CNN: 3x112x112 images (the JSON body stays under the gateway's
+# --large-body-bytes, so both transports parse in the gateway process), depthwise-separable
+# conv / batch-norm / ReLU stages (MobileNet v1's, to 512 channels), random weights; ~85 M
+# multiply-adds per image.
+CNN_SIZE = 112
+STAGES = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1))
+
+
+def cnn_model(size: int = CNN_SIZE, seed: int = 0) -> onnx.ModelProto:
+    """Conv 3x3/2 (3->32), then depthwise 3x3 + pointwise 1x1 stages (``STAGES``: channels
+    and stride), each with batch norm and ReLU, global average pool, a dense layer to 10
+    classes and softmax. Input FP32 [-1, 3, size, size]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    weights: list[onnx.TensorProto] = []
+
+    def tensor(name: str, array: np.ndarray) -> str:
+        weights.append(numpy_helper.from_array(array.astype(np.float32), name))
+        return name
+
+    def conv_bn_relu(x: str, name: str, cin: int, cout: int, kernel: int, stride: int,
+                     group: int) -> str:
+        fan_in = cin // group * kernel * kernel
+        w = tensor(f"{name}_w", rng.normal(0, np.sqrt(2 / fan_in),
+                                           (cout, cin // group, kernel, kernel)))
+        nodes.append(helper.make_node("Conv", [x, w], [f"{name}_c"], strides=[stride] * 2,
+                                      pads=[kernel // 2] * 4, group=group))
+        bn = [tensor(f"{name}_{k}", v) for k, v in (
+            ("scale", rng.uniform(0.5, 1.5, cout)), ("bias", rng.normal(0, 0.1, cout)),
+            ("mean", rng.normal(0, 0.1, cout)), ("var", rng.uniform(0.5, 1.5, cout)))]
+        nodes.append(helper.make_node("BatchNormalization", [f"{name}_c", *bn], [f"{name}_b"]))
+        nodes.append(helper.make_node("Relu", [f"{name}_b"], [f"{name}_r"]))
+        return f"{name}_r"
+
+    x = conv_bn_relu("input", "stem", 3, 32, 3, 2, 1)
+    width = 32
+    for i, (out, stride) in enumerate(STAGES):
+        x = conv_bn_relu(x, f"dw{i}", width, width, 3, stride, width)
+        x = conv_bn_relu(x, f"pw{i}", width, out, 1, 1, 1)
+        width = out
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"]),
+              helper.make_node("Flatten", ["pooled"], ["features"]),
+              helper.make_node("Gemm", ["features", tensor("fc_w", rng.normal(
+                  0, 1 / np.sqrt(width), (width, 10))), tensor("fc_b", np.zeros(10))],
+                  ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
+    graph = helper.make_graph(
+        nodes, "cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def cnn() -> Workload:
+    pixels = np.random.default_rng(1).uniform(0, 1, (1, 3, CNN_SIZE, CNN_SIZE)).round(2)
+    return Workload(
+        name="cnn",
+        description=f"MobileNet-style CNN (`bench.workloads.cnn_model`: FP32 [1,3,{CNN_SIZE},"
+                    f"{CNN_SIZE}] -> [1,10], depthwise-separable conv/batch-norm/ReLU stages, "
+                    "random weights), one image per request, batches of up to 8",
+        build=cnn_model,
+        body={"inputs": [{"name": "input", "shape": list(pixels.shape), "datatype": "FP32",
+                          "data": pixels.reshape(-1).tolist()}]},
+        workers=len(os.sched_getaffinity(0)),  # one per core
+        max_batch_size=8,
+    )
+
+
+WORKLOADS: dict[str, Callable[[], Workload]] = {"mlp": mlp, "heavy": heavy, "cnn": cnn}

@@ -130,12 +130,15 @@ def _answers_200(client: httpx.Client, path: str) -> bool:
         return False
 
 
-ServeFactory = Callable[[Path, Sequence[tuple[str, int]]], contextlib.AbstractContextManager[str]]
+ServeFactory = Callable[..., contextlib.AbstractContextManager[str]]
 
 
 @pytest.fixture(scope="session")
 def serve(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> ServeFactory:
     """``with serve(repo, [(model, n_workers), ...]) as base_url:`` real workers and a gateway.
+
+    ``grpc_port``: the gateway serves gRPC there too (else no gRPC); ``gateway_env``: more of
+    the gateway's environment (API keys).
 
     All processes start at once (workers load models in parallel with the gateway booting).
     Readiness is polled with a deadline: ``/v2/health/ready`` when every model in the
@@ -146,7 +149,8 @@ def serve(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> ServeFact
     databases = itertools.count(1)
 
     @contextlib.contextmanager
-    def start(repo: Path, plan: Sequence[tuple[str, int]]) -> Iterator[str]:
+    def start(repo: Path, plan: Sequence[tuple[str, int]], grpc_port: int = 0,
+              gateway_env: dict[str, str] | None = None) -> Iterator[str]:
         db = next(databases)
         assert db < REDIS_DATABASES, "more servers than Redis databases; raise REDIS_DATABASES"
         url = redis_url_for_db(redis_url, db)
@@ -160,7 +164,8 @@ def serve(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> ServeFact
                         "worker", "--models", str(repo), "--model", model, "--redis-url", url])
             processes.spawn("gateway", [
                 "gateway", "--models", str(repo), "--redis-url", url,
-                "--host", "127.0.0.1", "--port", str(port)])
+                "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port)],
+                env_extra=gateway_env)
             served = {model for model, count in plan if count > 0}
             if served == set(load_repository(repo)):
                 paths = ["/v2/health/ready"]

@@ -14,6 +14,7 @@ import pytest
 
 from modelgate.core.process import child_preexec, stop_process
 from modelgate.core.store import pools
+from tests.protocol.conformance import check_recorded
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 15.0
@@ -27,10 +28,16 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 class Processes:
-    """Real child processes with their logs, stopped SIGTERM -> wait -> SIGKILL."""
+    """Real child processes with their logs, stopped SIGTERM -> wait -> SIGKILL.
+
+    Every gateway among them (``up``'s too) records its answers on the Open Inference
+    Protocol's REST paths under ``answers_dir``; :meth:`stop` checks them against KServe's
+    published schemas (tests/protocol) and fails the test on any violation.
+    """
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
+        self.answers_dir = log_dir / "answers"
         self.started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def spawn(self, label: str, args: Sequence[str],
@@ -38,10 +45,15 @@ class Processes:
               open_files: int | None = None,
               pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
         """``modelgate ARGS`` in the repository, with no MODELGATE_ variable of this
-        process's environment but those in ``env_extra``; with ``open_files``, that many file
-        descriptors at most (RLIMIT_NOFILE, soft and hard); inheriting ``pass_fds``."""
+        process's environment but those in ``env_extra`` (and MODELGATE_GRPC_PORT=0); with
+        ``open_files``, that many file descriptors at most (RLIMIT_NOFILE, soft and hard);
+        inheriting ``pass_fds``."""
         log_path = self.log_dir / f"{label}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+        # No gRPC unless a test asks (--grpc-port or this variable): gateways of parallel
+        # servers would all take the default port.
+        env["MODELGATE_GRPC_PORT"] = "0"
+        env["MODELGATE_RECORD_ANSWERS"] = str(self.answers_dir)
         env.update(env_extra or {})
         # `modelgate up` keeps its embedded Redis's files per model repository under here.
         env["XDG_STATE_HOME"] = str(self.log_dir / "state")
@@ -75,6 +87,14 @@ class Processes:
                     process.terminate()
             for process in group:
                 stop_process(process, timeout_s=STOP_TIMEOUT_S, signalled=True)
+        self.check_answers()
+
+    def check_answers(self) -> None:
+        """Fail unless every answer recorded so far conforms to the protocol's schemas."""
+        found = check_recorded(self.answers_dir)
+        if found:
+            pytest.fail(f"{len(found)} answer(s) do not conform to KServe's REST schemas of the "
+                        "Open Inference Protocol (tests/protocol):\n" + "\n".join(found[:20]))
 
 
 def _limited(open_files: int) -> Callable[[], None]:

@@ -3,7 +3,8 @@
 - ``mlp``: a small multilayer perceptron made with ``onnx.helper`` (FP32 [-1, 4] -> [-1, 3]).
 - ``iris``: a scikit-learn logistic regression trained on the iris data that ships with
   scikit-learn, converted with skl2onnx; its probabilities output is a ZipMap,
-  ``seq(map(int64, tensor(float)))``, served as JSON.
+  ``seq(map(int64, tensor(float)))``, served as an FP32 ``[N, 3]`` tensor with its classes
+  (``modelgate.core.zipmap``).
 """
 
 from __future__ import annotations

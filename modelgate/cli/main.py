@@ -222,6 +222,9 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--models", type=Path, required=True, help="model repository folder")
     up.add_argument("--host", default=default_of(UpSettings, "host"))
     up.add_argument("--port", type=int, default=default_of(UpSettings, "port"))
+    up.add_argument("--grpc-port", type=_count, default=default_of(UpSettings, "grpc_port"),
+                    help="the Open Inference Protocol over gRPC on this port, shared by every "
+                         "gateway process (0: no gRPC)")
     up.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
     up.add_argument("--state-dir", type=Path, default=None,
                     help="where the embedded Redis keeps its files (default: a folder per model "
@@ -242,7 +245,7 @@ def _run_up(args: argparse.Namespace) -> int:
 
     return up.run(UpSettings(
         models_dir=Path(args.models), host=args.host, port=int(args.port),
-        redis_url=args.redis_url or None,
+        grpc_port=int(args.grpc_port), redis_url=args.redis_url or None,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         default_timeout_ms=int(args.default_timeout_ms),
         api_keys=api_keys(args.api_key),
@@ -290,6 +293,10 @@ def _add_gateway(commands: Any) -> None:
     gateway.add_argument("--redis-url", required=True)
     gateway.add_argument("--host", default=default_of(GatewaySettings, "host"))
     gateway.add_argument("--port", type=int, default=default_of(GatewaySettings, "port"))
+    gateway.add_argument("--grpc-port", type=_count,
+                         default=default_of(GatewaySettings, "grpc_port"),
+                         help="serve the Open Inference Protocol over gRPC here too "
+                              "(inference.GRPCInferenceService; 0: no gRPC)")
     gateway.add_argument("--default-timeout-ms", type=_positive_int,
                          default=default_of(GatewaySettings, "default_timeout_ms"))
     gateway.add_argument("--max-inflight", type=_positive_int,
@@ -325,7 +332,11 @@ def _add_gateway(commands: Any) -> None:
                          help="connections one gateway process holds; at the limit the one "
                               "idle longest is closed, or the newcomer gets 503")
     gateway.add_argument("--reuse-port", action="store_true", default=False,
-                         help="share the port with other gateway processes (SO_REUSEPORT)")
+                         help="share the port (and the gRPC port) with other gateway "
+                              "processes (SO_REUSEPORT)")
+    gateway.add_argument("--record-answers", type=Path, default=None,
+                         help="append every answer on the protocol's REST paths to "
+                              "DIR/answers-PID.jsonl (conformance checks; a write per call)")
     gateway.add_argument("--fd", type=_count, default=None,
                          help="serve on this inherited listening socket instead of binding "
                               "(set by `modelgate up`)")
@@ -339,7 +350,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
 
     serve(GatewaySettings(
         models_dir=Path(args.models), redis_url=args.redis_url, host=args.host,
-        port=int(args.port), default_timeout_ms=int(args.default_timeout_ms),
+        port=int(args.port), grpc_port=int(args.grpc_port),
+        default_timeout_ms=int(args.default_timeout_ms),
         max_inflight=int(args.max_inflight), max_queue=int(args.max_queue),
         max_body_bytes=int(args.max_body_bytes),
         max_inflight_bytes=int(args.max_inflight_bytes),
@@ -351,7 +363,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
         header_timeout_s=float(args.header_timeout_s), body_timeout_s=float(args.body_timeout_s),
         max_connections=int(args.max_connections),
         mlflow_tracking_uri=args.mlflow_tracking_uri or None,
-        mlflow_webhook_secret=args.mlflow_webhook_secret or None))
+        mlflow_webhook_secret=args.mlflow_webhook_secret or None,
+        record_answers=Path(args.record_answers) if args.record_answers else None))
     return 0
 
 

@@ -101,6 +101,19 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+def check_free(host: str, port: int, what: str) -> None:
+    """Fail before anything starts when ``port`` is taken. The gateways bind the gRPC port
+    themselves (gRPC cannot serve an inherited socket), with SO_REUSEPORT when there are
+    several: a port already held by another server that set it would be shared silently."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise StartError(f"cannot listen for {what} on {host}:{port} ({e.strerror}); stop "
+                             f"what uses it or pass --grpc-port (0 turns gRPC off)") from e
+
+
 def default_state_dir(models_dir: Path) -> Path:
     """A folder per model repository (by its absolute path) for the embedded Redis's files,
     so the next ``up`` on the same repository resumes its state and never another's."""
@@ -157,6 +170,8 @@ class Supervisor:
                              f"{settings.models_dir}/NAME/1/model.onnx")
         self.gateways = [_Child(sock) for sock in listening_sockets(
             settings.host, settings.port, settings.gateway_procs)]
+        if settings.grpc_port:
+            check_free(settings.host, settings.grpc_port, "gRPC")
         self._start_redis()
         client = redis.Redis.from_url(self.redis_url)
         self.backend = LocalBackend(settings.models_dir, self.redis_url)
@@ -237,7 +252,10 @@ class Supervisor:
         command = [sys.executable, "-m", "modelgate", "gateway",
                    "--models", str(settings.models_dir), "--host", settings.host,
                    "--port", str(settings.port), "--fd", str(fd),
+                   "--grpc-port", str(settings.grpc_port),
                    "--default-timeout-ms", str(settings.default_timeout_ms)]
+        if settings.gateway_procs > 1:
+            command.append("--reuse-port")  # the gRPC port, shared; HTTP comes by --fd
         child.process = subprocess.Popen(command, preexec_fn=child_preexec, env=env,
                                          pass_fds=(fd,))
         child.started_at = time.monotonic()
@@ -247,7 +265,9 @@ class Supervisor:
 
     def _say_started(self) -> None:
         procs = self.settings.gateway_procs
-        say(f"gateway listening on {self.url}" + (f" ({procs} processes)" if procs > 1 else ""))
+        say(f"gateway listening on {self.url}" + (f" ({procs} processes)" if procs > 1 else "")
+            + (f", gRPC on {self.settings.host}:{self.settings.grpc_port}"
+               if self.settings.grpc_port else ""))
         assert self.backend is not None and self.decider is not None
         if not self.states:
             say("  no model is loaded" + (" yet: load one with POST /v2/repository/models/NAME"

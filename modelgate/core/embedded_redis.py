@@ -73,13 +73,14 @@ def start_redis(port: int | None = None, *, extra_args: tuple[str, ...] = (),
     return process, url if unix_socket is None else f"unix://{unix_socket}?db=0"
 
 
-def _spawn(command: list[str], port: int, timeout_s: float) -> subprocess.Popen[bytes]:
+def _spawn(command: list[str], port: int, timeout_s: float,
+           password: str | None = None) -> subprocess.Popen[bytes]:
     # Redis logs to stdout; a file (not a pipe nobody drains) keeps it for a failed start.
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
                                    preexec_fn=child_preexec)
         try:
-            _wait_for_pong(process, port, timeout_s)
+            _wait_for_pong(process, port, timeout_s, password)
             return process
         except RuntimeError as e:
             output.seek(0)
@@ -87,17 +88,31 @@ def _spawn(command: list[str], port: int, timeout_s: float) -> subprocess.Popen[
             raise RuntimeError(f"{e}: {said}" if said else str(e)) from None
 
 
-def _wait_for_pong(process: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
+def _wait_for_pong(process: subprocess.Popen[bytes], port: int, timeout_s: float,
+                   password: str | None = None) -> None:
+    # With a password, PING before AUTH answers -NOAUTH even while the server still loads its
+    # append-only file (and refuses every command with -LOADING): authenticate first, so the
+    # PING tells a loading server from a ready one.
+    hello = b"PING\r\n"
+    if password is not None:
+        secret = password.encode()
+        hello = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) + hello
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"redis-server exited at start with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                # With a password the server answers -NOAUTH: it is up all the same. While it
-                # loads its append-only file it answers -LOADING: not yet.
-                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
+                s.sendall(hello)
+                said = b""
+                while said.count(b"\r\n") < (1 if password is None else 2):
+                    chunk = s.recv(64)
+                    if not chunk:
+                        break
+                    said += chunk
+                # While it loads its append-only file it answers -LOADING: not yet.
+                last = said.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
+                if last.startswith((b"+PONG", b"-NOAUTH")):
                     return
         except OSError:
             pass
@@ -190,7 +205,7 @@ class EmbeddedRedis:
         """Start (or start again, on the same port, socket and files) and wait for it."""
         self.place.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.process = _spawn([find_redis_server(), str(self._config())], self.place.port,
-                              self.timeout_s)
+                              self.timeout_s, self.place.password)
         self.starts += 1
         _write_private(self.place.url_file, self.place.tcp_url + "\n")
 

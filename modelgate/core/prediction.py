@@ -9,17 +9,20 @@ probabilities (taken as such when its rows sum to 1); otherwise the model is a r
 first numeric output, one value per row, is the score.
 
 :func:`predict` turns one answer's outputs into per-row predictions: the class (the label, else
-the arg-max of the probabilities) and its probability, or the score.
+the arg-max of the probabilities, named by its class label when the output has them) and its
+probability, or the score. A scikit-learn classifier's ZipMap output is such a probabilities
+output, ``[N, C]`` FP32 with its class labels (``modelgate.core.zipmap``):
+:func:`of_signature` takes them from the signature.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from modelgate.core.repository import ModelVersion
+from modelgate.core.repository import ModelVersion, TensorSpec
 
 INTEGER_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 FLOAT_DATATYPES = {"FP16", "FP32", "FP64"}
@@ -31,7 +34,9 @@ class PredictionSpec:
     label: str | None = None  # output name of the class label
     probabilities: str | None = None  # output name of the class probabilities [N, C]
     score: str | None = None  # output name of the regression score
-    classes: tuple[str, ...] = ()  # class names of the probabilities' columns, if known
+    # The class labels of the probabilities' columns, if known (a ZipMap output's, from the
+    # graph): a label is then looked up among them, and the arg-max names one of them.
+    classes: tuple[int | str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +60,19 @@ class PredictionError(ValueError):
     """Outputs that do not hold the prediction the spec names."""
 
 
+def of_signature(outputs: Sequence[TensorSpec], task: str | None = None,
+                 label: str | None = None, probabilities: str | None = None,
+                 score: str | None = None) -> PredictionSpec:
+    """:func:`derive` from a model version's outputs: a ZipMap output's classes come from its
+    signature (``TensorSpec.classes``)."""
+    return derive([(o.name, o.datatype, o.shape) for o in outputs], task, label,
+                  probabilities, score, {o.name: o.classes for o in outputs if o.classes})
+
+
 def derive(outputs: list[tuple[str, str, tuple[int, ...]]], task: str | None = None,
            label: str | None = None, probabilities: str | None = None,
-           score: str | None = None, classes: Mapping[str, tuple[str, ...]] | None = None
-           ) -> PredictionSpec:
+           score: str | None = None,
+           classes: Mapping[str, tuple[int | str, ...]] | None = None) -> PredictionSpec:
     """The spec from (name, datatype, shape) of every output and what the config says."""
     def per_row(shape: tuple[int, ...]) -> bool:
         return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
@@ -88,24 +102,32 @@ def predict(spec: PredictionSpec, outputs: Mapping[str, np.ndarray]) -> Predicti
         probabilities = np.asarray(outputs[spec.probabilities], dtype=float)
         if probabilities.ndim != 2:
             raise PredictionError(f"output {spec.probabilities!r} is not [rows, classes]")
+    known = spec.classes if probabilities is not None and \
+        len(spec.classes) == probabilities.shape[1] else ()
     if spec.label is not None and spec.label in outputs:
         labels = np.asarray(outputs[spec.label]).reshape(-1)
         confidence = None
-        if probabilities is not None and np.issubdtype(labels.dtype, np.integer) and \
+        if known:
+            column = {c: i for i, c in enumerate(known)}
+            found = [column.get(v) for v in labels.tolist()]
+            if probabilities is not None and all(i is not None for i in found):
+                confidence = probabilities[np.arange(len(labels)), np.asarray(found, int)]
+        elif probabilities is not None and np.issubdtype(labels.dtype, np.integer) and \
                 probabilities.shape[1] > int(labels.max(initial=0)) and labels.min(initial=0) >= 0:
             confidence = probabilities[np.arange(len(labels)), labels]
         return Predictions(labels, confidence, probabilities)
     if probabilities is not None:
         best = probabilities.argmax(axis=1)
-        return Predictions(best, probabilities[np.arange(len(best)), best], probabilities)
+        named = np.asarray(known)[best] if known else best
+        return Predictions(named, probabilities[np.arange(len(best)), best], probabilities)
     raise PredictionError("the answer holds neither the label nor the probabilities output")
 
 
 def spec_for(version: ModelVersion) -> PredictionSpec:
     """The spec of one served version: its config's ``task``/``prediction``, else derived from
-    its tensor outputs."""
+    its tensor outputs (a ZipMap output is one, with its classes)."""
     config = version.config
     named = dict(config.prediction)
-    return derive([(o.name, o.datatype, o.shape) for o in version.outputs if o.is_tensor],
-                  task=config.task, label=named.get("label"),
-                  probabilities=named.get("probabilities"), score=named.get("score"))
+    return of_signature([o for o in version.outputs if o.is_tensor], task=config.task,
+                        label=named.get("label"), probabilities=named.get("probabilities"),
+                        score=named.get("score"))

@@ -13,7 +13,9 @@ that name no version is ``default_version`` (default: the highest served). Each 
 identified by the sha256 of its ``model.onnx`` as well as its number: versions are immutable
 once loaded. Signatures come from the graph without loading an inference session, so the
 gateway never holds model weights in memory for long: input and output names, V2 datatypes, and
-shapes with ``-1`` for symbolic or unknown dims.
+shapes with ``-1`` for symbolic or unknown dims. A ZipMap output (a scikit-learn classifier's
+probabilities, a sequence of maps in the graph) is an FP32 ``[-1, C]`` tensor with its class
+labels (``modelgate.core.zipmap``); other non-tensor outputs are served as JSON.
 
 A model whose config names a registry ``source:`` serves exactly the local version that source
 resolves to (its ``registry.json``), which is also its default: ``version_policy`` and
@@ -45,6 +47,7 @@ from modelgate.core.lineage import (
 )
 from modelgate.core.promotion import PromotionConfig
 from modelgate.core.store import pools
+from modelgate.core.zipmap import Classes, classes_of
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # never "." or ".."
 VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
@@ -78,13 +81,24 @@ class TensorSpec:
     datatype: str  # a V2 datatype, or "JSON" for non-tensor values (sequences, maps)
     shape: tuple[int, ...]  # -1 for symbolic or unknown dims
     onnx_type: str  # e.g. "tensor(float)" or "seq(map(int64,tensor(float)))"
+    # A ZipMap output's class labels, its columns in order: the output is served as FP32
+    # [-1, len(classes)] (modelgate.core.zipmap), not as the graph's sequence of maps.
+    classes: Classes = ()
 
     @property
     def is_tensor(self) -> bool:
         return self.datatype != "JSON"
 
+    @property
+    def zipmap(self) -> bool:
+        return bool(self.classes)
+
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        found: dict[str, Any] = {"name": self.name, "datatype": self.datatype,
+                                 "shape": list(self.shape)}
+        if self.classes:
+            found["parameters"] = {"classes": list(self.classes)}
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,10 +347,15 @@ def _type_string(type_proto: onnx.TypeProto) -> str:
     return str(kind)
 
 
-def _spec(value_info: onnx.ValueInfoProto, path: Path) -> TensorSpec:
+def _spec(value_info: onnx.ValueInfoProto, path: Path,
+          graph: onnx.GraphProto | None = None) -> TensorSpec:
     type_proto = value_info.type
     onnx_type = _type_string(type_proto)
     if type_proto.WhichOneof("value") != "tensor_type":
+        classes = classes_of(graph, value_info.name) if graph is not None else None
+        if classes is not None and onnx_type.startswith("seq(map(") and \
+                onnx_type.endswith("tensor(float)))"):
+            return TensorSpec(value_info.name, "FP32", (-1, len(classes)), onnx_type, classes)
         return TensorSpec(value_info.name, "JSON", (-1,), onnx_type)
     elem = type_proto.tensor_type.elem_type
     datatype = _ONNX_DATATYPES.get(elem)
@@ -357,7 +376,7 @@ def read_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec
     # Older exporters list initializers among the graph inputs; they are weights, not inputs.
     initializers = {i.name for i in graph.initializer}
     inputs = tuple(_spec(v, path) for v in graph.input if v.name not in initializers)
-    outputs = tuple(_spec(v, path) for v in graph.output)
+    outputs = tuple(_spec(v, path, graph) for v in graph.output)
     for spec in inputs:
         if not spec.is_tensor:
             raise RepositoryError(f"{path}: input {spec.name!r} is {spec.onnx_type}; "

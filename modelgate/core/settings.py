@@ -37,6 +37,9 @@ class GatewaySettings:
     redis_url: str
     host: str = "127.0.0.1"
     port: int = 8080
+    # The Open Inference Protocol over gRPC (inference.GRPCInferenceService), beside HTTP in
+    # the same process; 0: no gRPC. Triton's 8001 is one above its HTTP 8000: so is ours.
+    grpc_port: int = 8081
     default_timeout_ms: int = 30_000
     # How often the gateway refreshes worker liveness and backlog from Redis.
     monitor_interval_s: float = 0.5
@@ -66,7 +69,7 @@ class GatewaySettings:
     protect_probes: bool = False
     # Longest a Redis command may take before the gateway treats Redis as unreachable.
     redis_timeout_s: float = 1.0
-    # Share the port with other gateway processes (SO_REUSEPORT).
+    # Share the port with other gateway processes (SO_REUSEPORT); the gRPC port too.
     reuse_port: bool = False
     # A listening socket handed down by a supervisor (``modelgate up``), instead of binding:
     # calls that arrive while this process restarts wait in its queue, not refused.
@@ -85,6 +88,9 @@ class GatewaySettings:
     # Connections one gateway process holds at once (idle keep-alive ones included; the one
     # idle longest is closed to make room); lowered to what the open-file limit allows.
     max_connections: int = 4_096
+    # Append every answer on the protocol's REST paths to a file in this folder (conformance
+    # checks: gateway/recorder.py); None: off.
+    record_answers: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +174,7 @@ class UpSettings:
     models_dir: Path
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int = 8081  # 0: no gRPC
     redis_url: str | None = None  # None = start an embedded redis-server
     # Where the embedded Redis keeps its files; None = a folder per model repository under
     # $XDG_STATE_HOME (or ~/.local/state)/modelgate.

@@ -11,7 +11,8 @@ request. The entry's ``payload`` is the msgpack map ``{"v": WIRE_VERSION, "rows"
 request], "inputs": {name: tensor}, "outputs": [names] or None, "parameters": {...}}``,
 and a tensor is ``[datatype, shape, data]``: ``data`` is the raw little-endian buffer for
 numeric types, a list of byte strings for ``BYTES`` and a plain msgpack value for ``JSON``
-(non-tensor outputs such as scikit-learn's ZipMap probabilities).
+(non-tensor outputs other than ZipMap probabilities, which workers turn into FP32
+tensors: ``modelgate.core.zipmap``).
 
 A reply answers a whole bundle (or, when the worker had to run its requests apart, one of
 them): one msgpack map ``{"v", "ids", "rows", "status", "error", "outputs", "queue_ms",

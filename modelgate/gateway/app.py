@@ -37,7 +37,9 @@ from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.parsing import Parsers
+from modelgate.gateway.recorder import AnswerRecorder
 from modelgate.gateway.routes import dashboard, docs, health, repository, traffic, v1, v2
+from modelgate.gateway.rpc import server as grpc_server
 from modelgate.gateway.versions import FolderScans
 
 log = logging.getLogger("modelgate.gateway")
@@ -141,6 +143,8 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
             BodyLimits(settings.max_body_bytes, settings.body_timeout_s),
             BodyBudget(settings.max_inflight_bytes, plane.metrics), parsers)
         await plane.start()
+        # gRPC in this process and loop, on the same data plane, before HTTP takes calls.
+        rpc = await grpc_server.start(settings, plane) if settings.grpc_port else None
         await check_redis_async(client, log)
         # Everything loaded so far (modules, the repository, clients) lives as long as the
         # process: keep it out of the collector's full passes, whose pauses every request in
@@ -150,6 +154,8 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
         try:
             yield
         finally:
+            if rpc is not None:
+                await grpc_server.stop(rpc)
             await plane.stop()
             await parsers.close()
             plane.metrics.close()
@@ -169,7 +175,10 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
     infer = next(r.endpoint for r in routes if r.path == "/v2/models/{name}/infer")
-    return InferFastPath(app, infer)  # type: ignore[return-value]
+    front = InferFastPath(app, infer)
+    if settings.record_answers is not None:
+        return AnswerRecorder(front, settings.record_answers)  # type: ignore[return-value]
+    return front  # type: ignore[return-value]
 
 
 # Idle keep-alive connections stay open this long. uvicorn's default (5 s) equals the idle

@@ -1,25 +1,32 @@
-"""The one table from domain errors to HTTP status codes, and the JSON error response."""
+"""The one table from domain errors to HTTP status codes and gRPC status codes, and the JSON
+error response. Both transports answer the same error with the same message."""
 
 from __future__ import annotations
 
+import grpc
 import orjson
 from starlette.responses import Response
 
 from modelgate.core import errors, wire
 
-STATUS_OF: dict[type[errors.ModelgateError], int] = {
-    errors.InvalidInput: 400,
-    errors.ModelNotFound: 404,
-    errors.NoLiveWorker: 503,
-    errors.BackendUnavailable: 503,
-    errors.DeadlineExceeded: 504,
-    errors.ModelFailed: 500,
-    errors.Overloaded: 429,
-    errors.RequestTimeout: 408,
-    errors.PayloadTooLarge: 413,
-    errors.UnsupportedMediaType: 415,
-    errors.Unauthorized: 401,
+Code = grpc.StatusCode
+# Domain error -> (HTTP status, gRPC status). The gRPC codes are what Triton's and KServe's
+# servers answer and their clients expect: overload is RESOURCE_EXHAUSTED, a missing worker
+# UNAVAILABLE (DECISIONS 9).
+CODES: dict[type[errors.ModelgateError], tuple[int, grpc.StatusCode]] = {
+    errors.InvalidInput: (400, Code.INVALID_ARGUMENT),
+    errors.ModelNotFound: (404, Code.NOT_FOUND),
+    errors.NoLiveWorker: (503, Code.UNAVAILABLE),
+    errors.BackendUnavailable: (503, Code.UNAVAILABLE),
+    errors.DeadlineExceeded: (504, Code.DEADLINE_EXCEEDED),
+    errors.ModelFailed: (500, Code.INTERNAL),
+    errors.Overloaded: (429, Code.RESOURCE_EXHAUSTED),
+    errors.RequestTimeout: (408, Code.DEADLINE_EXCEEDED),
+    errors.PayloadTooLarge: (413, Code.RESOURCE_EXHAUSTED),
+    errors.UnsupportedMediaType: (415, Code.INVALID_ARGUMENT),
+    errors.Unauthorized: (401, Code.UNAUTHENTICATED),
 }
+STATUS_OF: dict[type[errors.ModelgateError], int] = {k: v[0] for k, v in CODES.items()}
 
 # Worker reply statuses -> the domain error the caller sees.
 ERROR_OF_REPLY: dict[str, type[errors.ModelgateError]] = {
@@ -32,10 +39,18 @@ ERROR_OF_REPLY: dict[str, type[errors.ModelgateError]] = {
 
 
 def status_of(error: errors.ModelgateError) -> int:
+    return _codes_of(error)[0]
+
+
+def grpc_status_of(error: errors.ModelgateError) -> grpc.StatusCode:
+    return _codes_of(error)[1]
+
+
+def _codes_of(error: errors.ModelgateError) -> tuple[int, grpc.StatusCode]:
     for cls in type(error).__mro__:
-        if cls in STATUS_OF:
-            return STATUS_OF[cls]
-    return 500
+        if cls in CODES:
+            return CODES[cls]
+    return 500, Code.INTERNAL
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

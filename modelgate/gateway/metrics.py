@@ -38,6 +38,7 @@ class Metrics:
         self._children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
         self._calls: dict[tuple[str, str, str, str], Histogram] = {}
         self._requests: dict[tuple[str, str, str, str, int], Counter] = {}
+        self._grpc_requests: dict[tuple[str, str, str, str], Counter] = {}
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
         gauge_mode: Literal["livemostrecent", "all"] = (
@@ -46,8 +47,14 @@ class Metrics:
         # sent them there (serving, canary, shadow, job); pools: by model and version.
         call_labels = ["model", "version", "protocol", "route"]
         pool_labels = ["model", "version"]
-        self.requests = Counter("modelgate_requests", "Requests answered, by HTTP status code",
+        self.requests = Counter("modelgate_requests",
+                                "HTTP requests answered, by HTTP status code (protocol http)",
                                 [*call_labels, "code"], registry=r)
+        # gRPC calls by their gRPC status, never in the HTTP code (DECISIONS 8).
+        self.grpc_requests = Counter(
+            "modelgate_grpc_requests", "gRPC calls answered, by gRPC status code (OK, "
+            "INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, "
+            "...)", ["model", "version", "route", "grpc_code"], registry=r)
         self.request_duration = Histogram(
             "modelgate_request_duration_seconds", "End-to-end latency at the gateway",
             call_labels, buckets=LATENCY_BUCKETS_S, registry=r)
@@ -138,6 +145,19 @@ class Metrics:
         duration = self._calls.get(key[:4])
         if duration is None:
             duration = self._calls[key[:4]] = self.request_duration.labels(*key[:4])
+        duration.observe(duration_s)
+
+    def count_grpc_request(self, model: str, version: str, route: str, grpc_code: str,
+                           duration_s: float) -> None:
+        key = (model, version, route, grpc_code)
+        counter = self._grpc_requests.get(key)
+        if counter is None:
+            counter = self._grpc_requests[key] = self.grpc_requests.labels(*key)
+        counter.inc()
+        calls = (model, version, "grpc", route)
+        duration = self._calls.get(calls)
+        if duration is None:
+            duration = self._calls[calls] = self.request_duration.labels(*calls)
         duration.observe(duration_s)
 
     def observe_reply(self, model: str, version: str, reply: wire.Reply) -> None:

@@ -121,6 +121,12 @@ _SCHEMAS: dict[str, Any] = {
             "binary_data_output": {
                 "type": "boolean",
                 "description": "Return every tensor output as binary data after the JSON."},
+            "zipmap": {
+                "type": "boolean",
+                "description": "Answer a classifier's ZipMap outputs as one {class: "
+                               "probability} map per row (datatype JSON, outside the "
+                               "protocol's tensor data) instead of FP32 [N, C] with "
+                               "parameters.classes."},
         },
     },
     "RequestInput": {
@@ -164,13 +170,25 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "datatype": {"type": "string", "enum": [*wire.DATATYPES, wire.JSON],
-                         "description": "JSON marks a non-tensor output (e.g. a scikit-learn "
-                                        "classifier's probability maps) served as JSON."},
+                         "description": "JSON marks a non-tensor output served as JSON: a "
+                                        "ZipMap output asked for as maps (parameters.zipmap), "
+                                        "or another sequence or map."},
             "data": {"description": "Flat, row-major values of a tensor; any JSON value for "
                                     "datatype JSON. Absent for a binary output."},
-            "parameters": {"type": "object", "properties": {"binary_data_size": {
-                "type": "integer", "minimum": 0,
-                "description": "A binary output: its bytes in the binary part of the body."}}},
+            "parameters": {"type": "object", "properties": {
+                "binary_data_size": {
+                    "type": "integer", "minimum": 0,
+                    "description": "A binary output: its bytes in the binary part of the "
+                                   "body."},
+                "classes": {
+                    "type": "array",
+                    "items": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                    "description": "A classifier's ZipMap output (FP32 [N, C]): the class "
+                                   "label of each column, in order."},
+                "zipmap": {
+                    "type": "boolean",
+                    "description": "The ZipMap output is answered as maps (datatype JSON), "
+                                   "as the call asked with parameters.zipmap."}}},
         },
     },
     "InferenceResponse": {
@@ -189,6 +207,11 @@ _SCHEMAS: dict[str, Any] = {
             "datatype": {"type": "string", "enum": [*wire.DATATYPES, wire.JSON]},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": -1},
                       "description": "-1 marks a variable dimension."},
+            "parameters": {"type": "object", "properties": {"classes": {
+                "type": "array",
+                "items": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                "description": "A classifier's ZipMap output: the class label of each column "
+                               "of its FP32 [N, C] tensor."}}},
         },
     },
     "ModelMetadata": {
@@ -526,6 +549,11 @@ def openapi_document() -> dict[str, Any]:
         "/v2": {"get": {"operationId": "server_metadata", "summary": "Server name and version.",
                         "responses": {"200": _json(_schema("ServerMetadata"), "Metadata."),
                                       **_errors()}}},
+        # The path as KServe's REST document writes it.
+        "/v2/": {"get": {"operationId": "server_metadata_slash",
+                         "summary": "Server name and version (as GET /v2).",
+                         "responses": {"200": _json(_schema("ServerMetadata"), "Metadata."),
+                                       **_errors()}}},
         "/v2/health/live": _probe("server_live", "The gateway process answers.",
                                   _json(_schema("Live"), "Live.")),
         "/v2/health/ready": _probe(

@@ -86,7 +86,8 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
 def signature(model: ModelVersion) -> dict[str, Any]:
     """What parsing needs of a model version, as plain values."""
     def specs(items: tuple[TensorSpec, ...]) -> list[list[Any]]:
-        return [[t.name, t.datatype, list(t.shape), t.onnx_type] for t in items]
+        return [[t.name, t.datatype, list(t.shape), t.onnx_type, list(t.classes)]
+                for t in items]
 
     return {"name": model.name, "version": model.version, "inputs": specs(model.inputs),
             "outputs": specs(model.outputs), "max_batch_size": model.max_batch_size}
@@ -95,8 +96,8 @@ def signature(model: ModelVersion) -> dict[str, Any]:
 def model_of(raw: dict[str, Any]) -> ModelVersion:
     """The model version a :func:`signature` describes (no files, default config)."""
     def specs(items: list[list[Any]]) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(name, datatype, tuple(shape), onnx_type)
-                     for name, datatype, shape, onnx_type in items)
+        return tuple(TensorSpec(name, datatype, tuple(shape), onnx_type, tuple(classes))
+                     for name, datatype, shape, onnx_type, classes in items)
 
     return ModelVersion(raw["name"], raw["version"], Path(), specs(raw["inputs"]),
                         specs(raw["outputs"]), ModelConfig(), raw["max_batch_size"])

@@ -15,6 +15,7 @@ import orjson
 from modelgate.core import wire
 from modelgate.core.errors import InvalidInput
 from modelgate.core.repository import ModelVersion, TensorSpec
+from modelgate.core.zipmap import to_maps
 from modelgate.gateway.binary import BinarySection, decode_tensor, encode_tensor
 
 _INT_KINDS = "iu"
@@ -25,6 +26,9 @@ MAX_ELEMENTS = (2**63 - 1) // 8
 
 # Every answer names the model version that computed it (V2 also in its body).
 MODEL_VERSION_HEADER = "X-Model-Version"
+# A V2 call's parameter asking for ZipMap outputs as JSON maps (one {class: probability} per
+# row, datatype JSON) instead of the FP32 tensor the protocol can carry; see core/zipmap.py.
+ZIPMAP_PARAMETER = "zipmap"
 
 
 def loads(body: bytes | bytearray) -> Any:
@@ -34,6 +38,18 @@ def loads(body: bytes | bytearray) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise InvalidInput(f"the request body is not valid JSON: {e}") from e
+
+
+def timeout_ms(parameters: dict[str, Any], model: ModelVersion, default_ms: int) -> int:
+    """Per-request ``parameters.timeout_ms``, else the model's, else the server default."""
+    raw = parameters.get("timeout_ms")
+    if raw is None:
+        return model.config.timeout_ms or default_ms
+    # At least 1 ms: the deadline is kept in whole milliseconds, and 0 would expire at once.
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 1 <= raw <= 3_600_000:
+        raise InvalidInput(f"parameters.timeout_ms must be a number of milliseconds in "
+                           f"[1, 3600000], got {raw!r}")
+    return int(raw)
 
 
 def _shape_text(shape: tuple[int, ...] | list[int]) -> str:
@@ -137,22 +153,8 @@ def parse_v2(body: Any, model: ModelVersion,
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"inputs[{position}] must be an object with a string 'name'")
         name = item["name"]
-        spec = model.input(name)
-        if spec is None:
-            raise InvalidInput(
-                f"unknown input {name!r}; model {model.name!r} takes "
-                f"{[i.name for i in model.inputs]}"
-            )
-        if name in inputs:
-            raise InvalidInput(f"input {name!r} is given twice")
-        datatype = item.get("datatype")
-        if datatype != spec.datatype:
-            raise InvalidInput(
-                f"input {name!r} has datatype {datatype!r} but model {model.name!r} expects "
-                f"{spec.datatype!r}"
-            )
-        shape = _shape_of(name, item.get("shape"))
-        check_shape(spec, shape, model.name)
+        datatype, shape = check_input(model, name, item.get("datatype"), item.get("shape"),
+                                      inputs)
         size = _binary_size(item)
         if size is not None:
             if binary is None:
@@ -165,20 +167,50 @@ def parse_v2(body: Any, model: ModelVersion,
         else:
             array = to_array(name, datatype, item["data"], shape)
         inputs[name] = wire.Tensor(datatype, shape, array)
-    missing = [i.name for i in model.inputs if i.name not in inputs]
-    if missing:
-        raise InvalidInput(f"missing input(s) {missing} for model {model.name!r}")
+    check_inputs(inputs, model)
     if binary is not None:
         binary.check_consumed()
-    _check_rows(inputs, model)
-    outputs = _requested_outputs(body.get("outputs"), model)
+    outputs = requested_outputs(body.get("outputs"), model)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
+    if not isinstance(parameters.get(ZIPMAP_PARAMETER, False), bool):
+        raise InvalidInput(f"parameters.{ZIPMAP_PARAMETER} must be true or false, got "
+                           f"{parameters[ZIPMAP_PARAMETER]!r}")
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, got {type(request_id).__name__}")
     return wire.Request(inputs, outputs, parameters), request_id
+
+
+def check_input(model: ModelVersion, name: str, datatype: Any, raw_shape: Any,
+                seen: dict[str, wire.Tensor]) -> tuple[str, tuple[int, ...]]:
+    """One input's name, datatype and shape against the signature (any transport); its
+    datatype and shape. ``seen``: the inputs taken so far."""
+    spec = model.input(name)
+    if spec is None:
+        raise InvalidInput(
+            f"unknown input {name!r}; model {model.name!r} takes "
+            f"{[i.name for i in model.inputs]}"
+        )
+    if name in seen:
+        raise InvalidInput(f"input {name!r} is given twice")
+    if datatype != spec.datatype:
+        raise InvalidInput(
+            f"input {name!r} has datatype {datatype!r} but model {model.name!r} expects "
+            f"{spec.datatype!r}"
+        )
+    shape = _shape_of(name, raw_shape)
+    check_shape(spec, shape, model.name)
+    return spec.datatype, shape
+
+
+def check_inputs(inputs: dict[str, wire.Tensor], model: ModelVersion) -> None:
+    """Every input given, and one row count across them when the model batches."""
+    missing = [i.name for i in model.inputs if i.name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing} for model {model.name!r}")
+    _check_rows(inputs, model)
 
 
 def _binary_size(item: dict[str, Any]) -> Any:
@@ -198,7 +230,8 @@ def _check_rows(inputs: dict[str, wire.Tensor], model: ModelVersion) -> None:
         raise InvalidInput(f"inputs must have the same first (batch) dimension; got {rows}")
 
 
-def _requested_outputs(raw: Any, model: ModelVersion) -> tuple[str, ...] | None:
+def requested_outputs(raw: Any, model: ModelVersion) -> tuple[str, ...] | None:
+    """The outputs a call names (``[{"name": ...}]``), checked; None: all of them."""
     if raw is None:
         return None
     if not isinstance(raw, list):
@@ -225,24 +258,42 @@ def _data(t: wire.Tensor) -> Any:
     return t.data.reshape(-1)  # orjson serialises numpy arrays natively
 
 
-def format_v2(model: ModelVersion, reply: wire.Reply, request_id: Any) -> bytes:
-    return format_v2_binary(model, reply, request_id, set())[0]
+def format_v2(model: ModelVersion, reply: wire.Reply, request_id: Any,
+              maps: bool = False) -> bytes:
+    return format_v2_binary(model, reply, request_id, set(), maps)[0]
+
+
+def wants_maps(request: wire.Request) -> bool:
+    """The call asked for ZipMap outputs as JSON maps (``parameters.zipmap: true``)."""
+    return request.parameters.get(ZIPMAP_PARAMETER) is True
 
 
 def format_v2_binary(model: ModelVersion, reply: wire.Reply, request_id: Any,
-                     binary: set[str]) -> tuple[bytes, int | None]:
+                     binary: set[str], maps: bool = False) -> tuple[bytes, int | None]:
     """The response body and, when any output went binary, the JSON header's length.
 
     Outputs named in ``binary`` follow the JSON as raw data (Triton's binary extension);
-    non-tensor (JSON) outputs always stay in the JSON.
+    non-tensor (JSON) outputs always stay in the JSON. A ZipMap output carries its class
+    labels in ``parameters.classes``; with ``maps`` it is answered as JSON maps instead
+    (datatype JSON, ``parameters.zipmap: true``), outside the protocol's tensor data.
     """
     outputs = []
     tail = []
+    specs = {o.name: o for o in model.outputs}
     for name, t in reply.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": t.datatype, "shape": list(t.shape)}
+        spec = specs.get(name)
+        if spec is not None and spec.classes and t.datatype != wire.JSON:
+            entry["parameters"] = {"classes": list(spec.classes)}
+            if maps:
+                entry.update(datatype=wire.JSON, shape=[t.shape[0]],
+                             data=to_maps(t.data, spec.classes))
+                entry["parameters"]["zipmap"] = True
+                outputs.append(entry)
+                continue
         if name in binary and t.datatype != wire.JSON:
             data = encode_tensor(t)
-            entry["parameters"] = {"binary_data_size": len(data)}
+            entry["parameters"] = {**entry.get("parameters", {}), "binary_data_size": len(data)}
             tail.append(data)
         else:
             entry["data"] = _data(t)
@@ -301,9 +352,20 @@ def _instances_array(spec: TensorSpec, column: list[Any]) -> np.ndarray:
     return to_array(spec.name, spec.datatype, column, tuple(int(d) for d in shape))
 
 
-def format_v1(reply: wire.Reply) -> bytes:
-    """Predictions per instance: the row of the single output, or an object of all outputs."""
-    columns = {name: _rows(t) for name, t in reply.outputs.items()}
+def format_v1(reply: wire.Reply, model: ModelVersion | None = None) -> bytes:
+    """Predictions per instance: the row of the single output, or an object of all outputs.
+
+    V1 has no datatypes: a ZipMap output's row is its ``{class: probability}`` map, as the
+    graph's ZipMap makes it.
+    """
+    specs = {o.name: o for o in model.outputs} if model is not None else {}
+    columns: dict[str, list[Any]] = {}
+    for name, t in reply.outputs.items():
+        spec = specs.get(name)
+        if spec is not None and spec.classes and t.datatype != wire.JSON:
+            columns[name] = list(to_maps(t.data, spec.classes))
+        else:
+            columns[name] = _rows(t)
     if len(columns) == 1:
         predictions: Any = next(iter(columns.values()))
     else:

@@ -3,7 +3,9 @@
 ``run_batch`` concatenates bundles (each already several requests' rows, see modelgate.core.wire)
 along dim 0, runs the session once and splits every output back per bundle. Should a batch
 fail, or an output not have a row per input row, each request is run on its own, so one bad
-request never fails its neighbours.
+request never fails its neighbours. A ZipMap output (the runtime's list of maps) becomes the
+FP32 ``[N, C]`` tensor its signature says (``modelgate.core.zipmap``), so it travels back as raw
+tensor bytes like any other.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 import onnxruntime as ort
 
 from modelgate.core import wire
-from modelgate.core.repository import ModelVersion
+from modelgate.core.repository import ModelVersion, TensorSpec
+from modelgate.core.zipmap import to_array
 
 log = logging.getLogger("modelgate.worker")
 
@@ -40,7 +43,8 @@ class Outcome:
 
 
 def _plain(value: Any) -> Any:
-    """Non-tensor outputs (lists of dicts from ZipMap) as msgpack-able plain values."""
+    """Non-tensor outputs (sequences and maps other than ZipMap's, which become tensors) as
+    msgpack-able plain values."""
     if isinstance(value, dict):
         return {(k.item() if isinstance(k, np.generic) else k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -99,7 +103,20 @@ class Runner:
         feeds = self._feeds([b.request for b in bundles])
         started = time.perf_counter()
         results = self.session.run(self.output_names, feeds)
-        return results, (time.perf_counter() - started) * 1000.0
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        return [self._tensor_of(spec, value)
+                for spec, value in zip(self.model.outputs, results, strict=True)], elapsed_ms
+
+    @staticmethod
+    def _tensor_of(spec: TensorSpec, value: Any) -> Any:
+        """A ZipMap output (a list of {class: probability}) as the FP32 [N, C] tensor its
+        signature promises; any other output as the runtime gave it."""
+        if not spec.classes or isinstance(value, np.ndarray):
+            return value
+        try:
+            return to_array(value, spec.classes)
+        except ValueError as e:  # not what the graph's ZipMap node says: the model's fault
+            raise RuntimeError(f"output {spec.name!r}: {e}") from e
 
     def _split(
         self, bundles: Sequence[wire.Bundle], results: list[Any]

@@ -43,7 +43,7 @@ from tests.models import write_repository
 pytestmark = pytest.mark.integration
 
 # int64: INT64 [-1, -1]; add2: two FP32 inputs; bytes: BYTES; scalar: a shape-[] input, so it
-# never batches; iris: non-tensor (JSON) outputs from skl2onnx.
+# never batches; iris: a ZipMap output from skl2onnx (FP32 with its classes; maps on request).
 SERVED = ["int64", "add2", "bytes", "scalar", "iris"]
 # Schemathesis' not_a_server_error is left out: _check asserts that, with one exception.
 CHECKS = [status_code_conformance, content_type_conformance, response_headers_conformance,

@@ -156,8 +156,11 @@ def test_bytes_model(client: httpx.Client) -> None:
     assert (out["datatype"], out["shape"], out["data"]) == ("BYTES", [3], texts)
 
 
-def test_zipmap_classifier_answers_json_probabilities(
+def test_zipmap_classifier_answers_an_fp32_tensor_with_its_classes(
         client: httpx.Client, ort_run: Callable[..., list[Any]]) -> None:
+    """A scikit-learn classifier's ZipMap probabilities: FP32 [N, C] with the class of each
+    column in the output's parameters (the protocol's tensor data); the maps when the call
+    asks with parameters.zipmap; V1, which has no datatypes, shows the maps."""
     flowers = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]],
                        np.float32)
     labels, probabilities = ort_run("iris", {"input": flowers})
@@ -167,12 +170,20 @@ def test_zipmap_classifier_answers_json_probabilities(
     body = response.json()
     np.testing.assert_array_equal(as_array(output(body, "output_label"), np.int64), labels)
     out = output(body, "output_probability")
-    assert (out["datatype"], out["shape"]) == ("JSON", [3])
-    assert len(out["data"]) == 3
-    for got, want in zip(out["data"], probabilities, strict=True):
-        assert set(got) == {str(k) for k in want}
-        for cls, p in want.items():
-            assert got[str(cls)] == pytest.approx(p, rel=1e-6)
+    assert (out["datatype"], out["shape"]) == ("FP32", [3, 3])
+    assert out["parameters"]["classes"] == [0, 1, 2]
+    np.testing.assert_allclose(as_array(out, np.float32),
+                               [[row[c] for c in (0, 1, 2)] for row in probabilities],
+                               rtol=1e-6)
+
+    asked = client.post("/v2/models/iris/infer", json={
+        **v2_body(("input", "FP32", flowers)), "parameters": {"zipmap": True}})
+    assert asked.status_code == 200, asked.text
+    maps = output(asked.json(), "output_probability")
+    assert (maps["datatype"], maps["shape"]) == ("JSON", [3])
+    assert maps["parameters"] == {"classes": [0, 1, 2], "zipmap": True}
+    for got, want in zip(maps["data"], probabilities, strict=True):
+        assert got == pytest.approx({str(k): v for k, v in want.items()}, rel=1e-6)
 
     response = client.post("/v1/models/iris:predict", json={"instances": flowers.tolist()})
     assert response.status_code == 200, response.text
@@ -282,7 +293,8 @@ def test_metadata_of_other_models(client: httpx.Client) -> None:
     assert [o["name"] for o in add2["outputs"]] == ["sum", "diff"]
     iris = client.get("/v2/models/iris").json()
     assert {o["name"]: o["datatype"] for o in iris["outputs"]} == {
-        "output_label": "INT64", "output_probability": "JSON"}
+        "output_label": "INT64", "output_probability": "FP32"}
+    assert iris["outputs"][1]["parameters"] == {"classes": [0, 1, 2]}
     assert client.get("/v2/models/bytes").json()["inputs"][0]["datatype"] == "BYTES"
 
 

@@ -236,19 +236,55 @@ def test_format_v2_echoes_the_id_and_flattens_row_major(models: dict[str, ModelV
 def test_format_v2_bytes_json_and_int(models: dict[str, ModelVersion]) -> None:
     text = np.array(["h\u00e9".encode(), b"x"], dtype=object)
     reply = _reply(same=wire.tensor(text),
-                   output_probability=wire.Tensor(wire.JSON, (1,), [{0: 0.75, 1: 0.25}]),
+                   other=wire.Tensor(wire.JSON, (1,), [{"a": [1, 2]}]),
                    label=wire.tensor(np.array([3], np.int64)))
     outputs = {o["name"]: o for o in orjson.loads(format_v2(models["iris"], reply, 5))["outputs"]}
     assert outputs["same"] == {"name": "same", "datatype": "BYTES", "shape": [2],
                                "data": ["h\u00e9", "x"]}
-    assert outputs["output_probability"]["datatype"] == "JSON"
-    assert outputs["output_probability"]["data"] == [{"0": 0.75, "1": 0.25}]
+    assert outputs["other"]["datatype"] == "JSON"  # a non-tensor output other than ZipMap
+    assert outputs["other"]["data"] == [{"a": [1, 2]}]
     assert outputs["label"]["data"] == [3]
+
+
+def test_a_zipmap_output_is_an_fp32_tensor_with_its_classes(
+        models: dict[str, ModelVersion]) -> None:
+    """The protocol's tensor_data holds no objects: the probabilities are FP32 [N, C] and the
+    class of each column is in the output's parameters; maps only when the call asks."""
+    probabilities = np.array([[0.75, 0.25, 0.0], [0.1, 0.2, 0.7]], np.float32)
+    reply = _reply(output_label=wire.tensor(np.array([0, 2], np.int64)),
+                   output_probability=wire.tensor(probabilities))
+    outputs = {o["name"]: o for o in orjson.loads(
+        format_v2(models["iris"], reply, None))["outputs"]}
+    assert outputs["output_probability"] == {
+        "name": "output_probability", "datatype": "FP32", "shape": [2, 3],
+        "parameters": {"classes": [0, 1, 2]},
+        "data": pytest.approx(probabilities.reshape(-1).tolist())}
+    maps = {o["name"]: o for o in orjson.loads(
+        format_v2(models["iris"], reply, None, maps=True))["outputs"]}
+    assert maps["output_probability"]["datatype"] == "JSON"
+    assert maps["output_probability"]["shape"] == [2]
+    assert maps["output_probability"]["parameters"] == {"classes": [0, 1, 2], "zipmap": True}
+    assert maps["output_probability"]["data"][0] == pytest.approx(
+        {"0": 0.75, "1": 0.25, "2": 0.0})
+    assert maps["output_label"]["data"] == [0, 2]  # other outputs are untouched
+
+
+def test_zipmap_must_be_a_boolean(models: dict[str, ModelVersion]) -> None:
+    body = v2(tensor("input", "FP32", [1, 4], [1, 2, 3, 4]), parameters={"zipmap": "yes"})
+    with pytest.raises(InvalidInput, match="zipmap must be true or false"):
+        parse_v2(body, models["iris"])
 
 
 def test_format_v1_single_output_gives_rows() -> None:
     reply = _reply(y=wire.tensor(np.array([[1, 2], [3, 4]], np.float32)))
     assert orjson.loads(format_v1(reply)) == {"predictions": [[1.0, 2.0], [3.0, 4.0]]}
+
+
+def test_format_v1_shows_a_zipmap_output_as_maps(models: dict[str, ModelVersion]) -> None:
+    reply = _reply(output_label=wire.tensor(np.array([1], np.int64)),
+                   output_probability=wire.tensor(np.array([[0.25, 0.5, 0.25]], np.float32)))
+    assert orjson.loads(format_v1(reply, models["iris"])) == {"predictions": [
+        {"output_label": 1, "output_probability": {"0": 0.25, "1": 0.5, "2": 0.25}}]}
 
 
 def test_format_v1_several_outputs_give_an_object_per_instance() -> None:

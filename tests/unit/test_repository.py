@@ -76,16 +76,45 @@ def test_int64_and_string_datatypes(unit_repository: dict[str, Model]) -> None:
         [("text", "BYTES", (-1,))], [("same", "BYTES", (-1,))])
 
 
-def test_zipmap_output_is_served_as_json(unit_repository: dict[str, Model]) -> None:
+def test_a_zipmap_output_is_an_fp32_tensor_of_its_classes(
+        unit_repository: dict[str, Model]) -> None:
     v = unit_repository["iris"].default
     outputs = {o.name: o for o in v.outputs}
     assert outputs["output_label"].datatype == "INT64"
     assert outputs["output_label"].shape == (-1,)
     probabilities = outputs["output_probability"]
-    assert probabilities.datatype == "JSON"
-    assert not probabilities.is_tensor
+    assert (probabilities.datatype, probabilities.shape) == ("FP32", (-1, 3))
+    assert probabilities.classes == (0, 1, 2)  # the ZipMap node's classlabels_int64s
     assert probabilities.onnx_type == "seq(map(int64,tensor(float)))"
+    assert probabilities.metadata() == {"name": "output_probability", "datatype": "FP32",
+                                        "shape": [-1, 3], "parameters": {"classes": [0, 1, 2]}}
     assert v.batchable  # the input is a plain FP32 [-1, 4]
+
+
+def test_string_class_labels_and_other_sequences(tmp_path: Path) -> None:
+    """String labels are kept as the graph names them; a sequence no ZipMap makes stays JSON."""
+    from onnx import TensorProto, helper
+
+    zipmap = helper.make_node("ZipMap", ["p"], ["maps"], domain="ai.onnx.ml",
+                              classlabels_strings=["cat", "dog"])
+    identity = helper.make_node("Identity", ["maps"], ["probabilities"])
+    to_seq = helper.make_node("SplitToSequence", ["p"], ["rows"], keepdims=0)
+    maps_type = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph(
+        [zipmap, identity, to_seq], "zipped",
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_value_info("probabilities", maps_type),
+         helper.make_tensor_sequence_value_info("rows", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    write_model(model, tmp_path, "zipped")
+    outputs = {o.name: o for o in load_repository(tmp_path)["zipped"].default.outputs}
+    assert outputs["probabilities"].classes == ("cat", "dog")
+    assert (outputs["probabilities"].datatype, outputs["probabilities"].shape) == (
+        "FP32", (-1, 2))
+    assert outputs["rows"].datatype == "JSON" and not outputs["rows"].is_tensor
 
 
 def test_highest_version_is_the_default(tmp_path: Path,

@@ -199,8 +199,10 @@ def test_batched_int64_and_bytes(runners: Callable[[str], Runner]) -> None:
                                                               [b"bc"]]
 
 
-def test_zipmap_outputs_are_split_per_request(runners: Callable[[str], Runner],
-                                              ort_run: Callable[..., list[Any]]) -> None:
+def test_zipmap_outputs_become_fp32_tensors_split_per_request(
+        runners: Callable[[str], Runner], ort_run: Callable[..., list[Any]]) -> None:
+    """The runtime's list of {class: probability} maps becomes FP32 [N, C] in the ZipMap
+    node's class order, so it travels back as raw tensor bytes."""
     flowers = [np.array([[5.1, 3.5, 1.4, 0.2]], np.float32),
                np.array([[6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], np.float32)]
     outcomes = run_singles(runners("iris"), [req(input=x) for x in flowers])
@@ -209,12 +211,9 @@ def test_zipmap_outputs_are_split_per_request(runners: Callable[[str], Runner],
         labels, probabilities = ort_run("iris", {"input": x})
         np.testing.assert_array_equal(outcome.outputs["output_label"].data, labels)
         got = outcome.outputs["output_probability"]
-        assert (got.datatype, got.shape) == ("JSON", (len(x),))
-        assert len(got.data) == len(probabilities)
-        for mine, reference in zip(got.data, probabilities, strict=True):
-            assert set(mine) == set(reference)
-            for cls, p in reference.items():
-                assert mine[cls] == pytest.approx(p, rel=1e-6)
+        assert (got.datatype, got.shape) == ("FP32", (len(x), 3))
+        want = np.array([[row[c] for c in (0, 1, 2)] for row in probabilities], np.float32)
+        np.testing.assert_allclose(got.data, want, rtol=1e-6)
         wire.decode_reply(wire.encode_reply(wire.Reply(("1",), "ok", outcome.outputs)))
 
 

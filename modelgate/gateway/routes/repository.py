@@ -1,54 +1,53 @@
-"""Triton's model repository extension: the index, and load and unload in explicit mode.
+"""Triton's model repository extension over HTTP (the logic, shared with gRPC:
+``gateway/repository.py``), and MLflow's registry webhooks.
 
 ``POST /v2/repository/index`` lists every version on disk and every version loaded with its
 state (READY, LOADING, UNLOADING, UNAVAILABLE) and why, and, for a version whose folder says
 where it came from, its run, registry entry, params and training metrics (``lineage``).
-``load`` and ``unload`` ask the decider (the holder of the control lease) and answer when it is
-done: 200 once every version the model's policy serves is READY (or it is unloaded), 400 with
-the reason when a version failed, 202 with where to look when the caller's ``timeout_ms``
-(default 120 s) passed first. Outside explicit mode they are refused with 400 (Triton's
-semantics), and with no decider running, 503. A load may carry files as Triton's client sends
-them (``parameters`` of ``"file:<version>/model.onnx"`` to base64 content): they are written
-into the repository first, atomically, then loaded.
+``load`` and ``unload`` answer 200 once done, 400 with the reason when a version failed, 202
+with where to look when the caller's ``timeout_ms`` (default 120 s) passed first; outside
+explicit mode 400, with no decider 503. Files come as Triton's HTTP client sends them:
+``parameters`` of ``"file:<version>/model.onnx"`` to base64 content.
 
 ``POST /v2/repository/mlflow/webhook`` takes MLflow's model-registry webhooks (a new model
 version, an alias set or deleted): it only asks the decider to ask the registry about that
 registered model now, instead of at its next poll; what serves is always what the registry's
 API says, never what a webhook body claims. It is accepted with a valid ``X-MLflow-Signature``
 made with ``--mlflow-webhook-secret`` (MLflow cannot send an API key), else like load: with
-an admin key when the server has keys.
-"""
+an admin key when the server has keys."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
-import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelgate.core.errors import BackendUnavailable, InvalidInput, ModelNotFound, Unauthorized
-from modelgate.core.lineage import Lineage
-from modelgate.core.repository import RepositoryError, check_name, scan_repository
+from modelgate.core.errors import BackendUnavailable, InvalidInput, Unauthorized
 from modelgate.core.store import models as model_store
-from modelgate.core.store.models import CommandResult, ControlCommand
+from modelgate.core.store.models import ControlCommand
 from modelgate.gateway import protocol
 from modelgate.gateway.auth import check_bearer
 from modelgate.gateway.body import Bodies, BodyLimits, json_body
 from modelgate.gateway.dataplane import DataPlane
+from modelgate.gateway.repository import (
+    CommandDone,
+    index_rows,
+    run_command,
+    wait_for_result,
+)
+from modelgate.gateway.repository import key_id as key_id_of
+
+__all__ = ["key_id", "object_body", "routes", "wait_for_result"]
 
 JSON = "application/json"
-DEFAULT_TIMEOUT_MS = 120_000
-POLL_S = 0.1
 
 
 def _plane(request: Request) -> DataPlane:
@@ -67,152 +66,33 @@ async def object_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _lineage(lineage: Lineage) -> dict[str, Any]:
-    """The index's short form of a version's lineage: the run and the registry entry, the
-    params and the training metrics (the rest: the version's metadata)."""
-    return {"run_id": lineage.run_id, "registry": dict(lineage.registry),
-            "params": dict(lineage.params), "metrics": dict(lineage.metrics)}
-
-
-def _index(root: Path, plane: DataPlane, ready_only: bool) -> list[dict[str, Any]]:
-    """Every version loaded (its state) and every version on disk that is not (UNAVAILABLE,
-    with why), by model name and version; those with a lineage carry it (``lineage``)."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    lineages: dict[tuple[str, str], Lineage] = {}
-    for name, scan in scan_repository(root).items():
-        served = set(scan.served())
-        for version, found in scan.versions.items():
-            reason = found.error or (scan.unserved_reason(version) if version not in served
-                                     else "not loaded")
-            rows[name, version] = {"name": name, "version": version, "state": "UNAVAILABLE",
-                                   "reason": reason}
-            if found.loaded is not None:
-                lineages[name, version] = found.loaded.lineage
-        if scan.error:
-            rows[name, ""] = {"name": name, "version": "", "state": "UNAVAILABLE",
-                              "reason": scan.error}
-    for name, model in plane.models.items():
-        for version, served_version in model.versions.items():
-            state = served_version.state
-            warnings = (served_version.version.lineage.warnings
-                        if served_version.version is not None else ())
-            # A signature its MLmodel disagrees with is served by the graph, and said here.
-            reason = "; ".join([state.reason] * bool(state.reason) + [
-                f"warning: {w}; serving by the ONNX graph" for w in warnings])
-            rows[name, version] = {"name": name, "version": version,
-                                   "state": state.status.value, "reason": reason}
-            if served_version.version is not None:
-                lineages[name, version] = served_version.version.lineage
-    for key, lineage in lineages.items():
-        if not lineage.empty:
-            rows[key]["lineage"] = _lineage(lineage)
-    ordered = [rows[key] for key in sorted(rows, key=lambda k: (k[0], int(k[1] or 0)))]
-    return [row for row in ordered if row["state"] == "READY"] if ready_only else ordered
+def key_id(request: Request) -> str:
+    """Who asked, for the record: a short hash of the key used, never the key."""
+    return key_id_of(request.headers.get("authorization"))
 
 
 async def index(request: Request) -> Response:
     plane = _plane(request)
     body = await object_body(request)
     ready_only = body.get("ready") is True
-    rows = await asyncio.to_thread(_index, plane.settings.models_dir, plane, ready_only)
+    rows = await asyncio.to_thread(index_rows, plane.settings.models_dir, plane, ready_only)
     return Response(protocol.dumps(rows), media_type=JSON)
 
 
-def key_id(request: Request) -> str:
-    """Who asked, for the record: a short hash of the key used, never the key."""
-    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return "anonymous"
-    return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:8]
-
-
-def _write_files(root: Path, model: str, parameters: dict[str, Any]) -> list[str]:
-    """Triton's ``file:<version>/model.onnx`` parameters, written atomically (to a temporary
-    name, then renamed) into the model's folder; returns the paths written."""
-    written = []
-    for key, value in parameters.items():
-        if not key.startswith("file:"):
-            continue
-        relative = key.removeprefix("file:")
-        version, _, filename = relative.partition("/")
-        try:
-            check_name(version, "version")
-        except RepositoryError as e:
-            raise InvalidInput(f"parameter {key!r}: {e}") from e
-        if filename != "model.onnx":
-            raise InvalidInput(f"parameter {key!r}: only <version>/model.onnx can be uploaded")
-        if not isinstance(value, str):
-            raise InvalidInput(f"parameter {key!r} must be the file's content in base64")
-        try:
-            content = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise InvalidInput(f"parameter {key!r} is not valid base64: {e}") from e
-        folder = root / model / version
-        if (folder / filename).exists():
-            raise InvalidInput(f"version {version} of {model!r} exists already and versions "
-                               "are immutable: upload it as a new version")
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / f".{filename}.{uuid.uuid4().hex}.part"
-        temporary.write_bytes(content)
-        os.replace(temporary, folder / filename)
-        written.append(f"{model}/{version}/{filename}")
-    return written
-
-
 async def _command(request: Request, op: str) -> Response:
-    plane = _plane(request)
     name = request.path_params["name"]
-    try:
-        check_name(name)
-    except RepositoryError as e:
-        raise ModelNotFound(str(e)) from e
     body = await object_body(request)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
-    timeout_ms = parameters.get("timeout_ms", DEFAULT_TIMEOUT_MS)
-    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float) or not (
-            1 <= timeout_ms <= 3_600_000):
-        raise InvalidInput(f"parameters.timeout_ms must be milliseconds in [1, 3600000], got "
-                           f"{timeout_ms!r}")
-    if plane.decider_mode is None:
-        raise BackendUnavailable(
-            f"no model control loop runs to {op} models: run `modelgate autoscaler` (or "
-            "`modelgate up`) against this Redis")
-    if plane.decider_mode != "explicit":
-        raise InvalidInput(f"the model control mode is {plane.decider_mode}: {op} works in "
-                           "explicit mode only (--model-control-mode explicit); change the "
-                           "repository folder instead")
-    if op == "load":
-        await asyncio.to_thread(_write_files, plane.settings.models_dir, name, parameters)
-    command = ControlCommand(uuid.uuid4().hex, op, name, key_id(request), time.time())
-    await plane.client.xadd(model_store.COMMANDS, command.fields(),
-                            maxlen=model_store.COMMANDS_MAXLEN, approximate=True)
-    result = await wait_for_result(plane, command.id, time.monotonic() + timeout_ms / 1000.0)
-    if result is None or result.status == "pending":
+    outcome = await run_command(_plane(request), op, name, parameters,
+                                request.headers.get("authorization"))
+    if outcome is CommandDone.PENDING:
         return Response(protocol.dumps({
             "status": "pending", "message": f"the {op} of {name!r} is still under way; "
             "follow it with POST /v2/repository/index", "location": "/v2/repository/index"}),
             status_code=202, media_type=JSON, headers={"Location": "/v2/repository/index"})
-    if result.status == "done":
-        # Read your writes: this gateway serves the new state before it says it is done.
-        await plane.refresh()
-        return Response(protocol.dumps({}), media_type=JSON)
-    if result.status == "failed" and "no model" in result.message:
-        raise ModelNotFound(result.message)
-    raise InvalidInput(f"{op} of {name!r} failed: {result.message}")
-
-
-async def wait_for_result(plane: DataPlane, command_id: str, until: float) -> CommandResult | None:
-    result: CommandResult | None = None
-    while time.monotonic() < until:
-        raw = await plane.client.get(model_store.command_result(command_id))
-        if raw is not None:
-            result = CommandResult.decode(raw)
-            if result.status != "pending":
-                return result
-        await asyncio.sleep(POLL_S)
-    return result
+    return Response(protocol.dumps({}), media_type=JSON)
 
 
 # A signed webhook older (or newer) than this is refused: a replayed delivery does nothing.

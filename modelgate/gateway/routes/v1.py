@@ -34,7 +34,7 @@ async def predict(request: Request) -> Response:
     if routed.shadow is not None:
         plane.mirror(model, routed.shadow, parsed.request, reply)
     # V1 has no field for it: the version that computed the answer goes in a header.
-    return Response(protocol.format_v1(reply), media_type="application/json",
+    return Response(protocol.format_v1(reply, model), media_type="application/json",
                     headers={MODEL_VERSION_HEADER: model.version})
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from modelgate import __version__
-from modelgate.core.errors import InvalidInput, ModelNotFound
+from modelgate.core.errors import ModelNotFound
 from modelgate.core.repository import ModelVersion, RepositoryError
 from modelgate.gateway import protocol, versions
 from modelgate.gateway.binary import HEADER, split_body
@@ -27,18 +25,6 @@ def _plane(request: Request) -> DataPlane:
 def _model(request: Request) -> ModelVersion:
     return _plane(request).resolve(request.path_params["name"],
                                    request.path_params.get("version"))
-
-
-def timeout_ms(parameters: dict[str, Any], model: ModelVersion, default_ms: int) -> int:
-    """Per-request ``parameters.timeout_ms``, else the model's, else the server default."""
-    raw = parameters.get("timeout_ms")
-    if raw is None:
-        return model.config.timeout_ms or default_ms
-    # At least 1 ms: the deadline is kept in whole milliseconds, and 0 would expire at once.
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 1 <= raw <= 3_600_000:
-        raise InvalidInput(f"parameters.timeout_ms must be a number of milliseconds in "
-                           f"[1, 3600000], got {raw!r}")
-    return int(raw)
 
 
 async def server_metadata(request: Request) -> Response:
@@ -116,13 +102,14 @@ async def infer(request: Request) -> Response:
     async with json_body(request, bodies.limits, bodies.budget, binary_ok=True) as raw:
         header, binary = split_body(raw, request.headers.get(HEADER))
         parsed = await bodies.parsers.parse(V2, model, header, binary)
-        deadline = timeout_ms(parsed.request.parameters, model,
+        deadline = protocol.timeout_ms(parsed.request.parameters, model,
                               plane.settings.default_timeout_ms)
         reply = await plane.infer(model, parsed.request, deadline)
     if routed.shadow is not None:
         plane.mirror(model, routed.shadow, parsed.request, reply)
-    content, header_length = protocol.format_v2_binary(model, reply, parsed.request_id,
-                                                       set(parsed.binary_outputs))
+    content, header_length = protocol.format_v2_binary(
+        model, reply, parsed.request_id, set(parsed.binary_outputs),
+        protocol.wants_maps(parsed.request))
     if header_length is None:
         return Response(content, media_type=JSON,
                         headers={protocol.MODEL_VERSION_HEADER: model.version})
@@ -133,6 +120,8 @@ async def infer(request: Request) -> Response:
 
 routes = [
     Route("/v2", server_metadata, methods=["GET"]),
+    # The path as the protocol's REST document writes it; without it the router answers 307.
+    Route("/v2/", server_metadata, methods=["GET"]),
     Route("/v2/models/{name}", model_metadata, methods=["GET"]),
     Route("/v2/models/{name}/versions", model_versions, methods=["GET"]),
     Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),

@@ -1,0 +1,1 @@
+"""The Open Inference Protocol over gRPC: its messages (generated), codec, service and server."""
