@@ -11,6 +11,7 @@ from types import FrameType
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
 
+from modelgate.autoscaler import coordinator as job_coordinator
 from modelgate.autoscaler.backends.base import Backend
 from modelgate.autoscaler.control import ModelControl
 from modelgate.autoscaler.decider import Decider
@@ -66,9 +67,13 @@ def main(settings: AutoscalerSettings) -> int:
     signal.signal(signal.SIGINT, handle)
     log.info("autoscaler on the %s backend, model control %s, repository %s", backend.name,
              settings.control.mode, settings.models_dir)
+    # Batch jobs' coordinator beside the decider, under its own lease.
+    coordinator, _ = job_coordinator.start_thread(redis.Redis.from_url(settings.redis_url),
+                                                  settings.models_dir, settings.jobs_dir, stop)
     try:
         decider.run(stop)
     finally:
+        coordinator.release()
         decider.release()
         # Local workers are this process's children and would be orphaned; containers and
         # Deployments outlive a restart of the autoscaler, which finds them again.

@@ -217,6 +217,17 @@ def _auth_flags(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- subcommands
 
 
+def _jobs_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs-dir", type=Path, default=None,
+                        help="batch jobs read and write files only under this folder (paths "
+                             "relative to it, or absolute inside it); without it only "
+                             "uploaded inputs work")
+
+
+def _jobs_dir(args: argparse.Namespace) -> Path | None:
+    return Path(args.jobs_dir) if args.jobs_dir else None
+
+
 def _add_up(commands: Any) -> None:
     up = commands.add_parser("up", help="run Redis (embedded unless given), gateway and workers")
     up.add_argument("--models", type=Path, required=True, help="model repository folder")
@@ -235,6 +246,7 @@ def _add_up(commands: Any) -> None:
                     default=default_of(UpSettings, "gateway_procs"),
                     help="gateway processes sharing the port (metrics merged across them)")
     _auth_flags(up)
+    _jobs_dir_flag(up)
     _scaling_flags(up)
     _control_flags(up)
     up.set_defaults(handler=_run_up)
@@ -252,7 +264,7 @@ def _run_up(args: argparse.Namespace) -> int:
         admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
         protect_probes=_flag(args.protect_probes), scaling=_scaling(args), control=_control(args),
         gateway_procs=int(args.gateway_procs),
-        mlflow_webhook_secret=args.mlflow_webhook_secret or None))
+        mlflow_webhook_secret=args.mlflow_webhook_secret or None, jobs_dir=_jobs_dir(args)))
 
 
 def _add_autoscaler(commands: Any) -> None:
@@ -272,6 +284,7 @@ def _add_autoscaler(commands: Any) -> None:
                             help="the model repository's path inside worker containers")
     autoscaler.add_argument("--k8s-namespace",
                             default=default_of(AutoscalerSettings, "k8s_namespace"))
+    _jobs_dir_flag(autoscaler)
     _scaling_flags(autoscaler)
     _control_flags(autoscaler)
     autoscaler.set_defaults(handler=_run_autoscaler)
@@ -284,7 +297,24 @@ def _run_autoscaler(args: argparse.Namespace) -> int:
         models_dir=Path(args.models), redis_url=args.redis_url, scaling=_scaling(args),
         control=_control(args), backend=args.backend, metrics_port=int(args.metrics_port),
         docker_image=args.docker_image, docker_network=args.docker_network or None,
-        docker_models_dir=args.docker_models_dir, k8s_namespace=args.k8s_namespace))
+        docker_models_dir=args.docker_models_dir, k8s_namespace=args.k8s_namespace,
+        jobs_dir=_jobs_dir(args)))
+
+
+def _add_coordinator(commands: Any) -> None:
+    coordinator = commands.add_parser(
+        "coordinator", help="run only the batch-job coordinator (`up` and `autoscaler` run it "
+                            "already; one acts per deployment, under a lease)")
+    coordinator.add_argument("--models", type=Path, required=True)
+    coordinator.add_argument("--redis-url", required=True)
+    _jobs_dir_flag(coordinator)
+    coordinator.set_defaults(handler=_run_coordinator)
+
+
+def _run_coordinator(args: argparse.Namespace) -> int:
+    from modelgate.autoscaler.coordinator import main as coordinator_main
+
+    return coordinator_main(Path(args.models), args.redis_url, _jobs_dir(args))
 
 
 def _add_gateway(commands: Any) -> None:
@@ -341,6 +371,7 @@ def _add_gateway(commands: Any) -> None:
                          help="serve on this inherited listening socket instead of binding "
                               "(set by `modelgate up`)")
     _auth_flags(gateway)
+    _jobs_dir_flag(gateway)
     _mlflow_flag(gateway)
     gateway.set_defaults(handler=_run_gateway)
 
@@ -364,7 +395,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
         max_connections=int(args.max_connections),
         mlflow_tracking_uri=args.mlflow_tracking_uri or None,
         mlflow_webhook_secret=args.mlflow_webhook_secret or None,
-        record_answers=Path(args.record_answers) if args.record_answers else None))
+        record_answers=Path(args.record_answers) if args.record_answers else None,
+        jobs_dir=_jobs_dir(args)))
     return 0
 
 
@@ -457,6 +489,41 @@ def _run_traffic(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_batch(commands: Any) -> None:
+    batch = commands.add_parser("batch", help="batch prediction jobs: submit a file and "
+                                              "download its scores, or follow jobs")
+    actions = batch.add_subparsers(dest="action", required=True, parser_class=_EnvParser)
+    submit = actions.add_parser("submit", help="upload FILE, show progress, download the "
+                                               "output to --out")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--model", required=True)
+    submit.add_argument("--version", default=None, help="default: the model's default version")
+    submit.add_argument("--out", type=Path, required=True, help="where to write the output")
+    submit.add_argument("--format", default=None,
+                        help="the input's format (default: from FILE's extension)")
+    submit.add_argument("--id-column", default=None, help="the column holding each row's id")
+    submit.add_argument("--output-format", default=None,
+                        help="jsonl or parquet (default: from --out's extension, else jsonl)")
+    submit.add_argument("--detach", action="store_true", default=False,
+                        help="print the job's id and return without waiting")
+    _client_flags(submit)
+    for name, text in (("status", "show a job"), ("cancel", "cancel a job"),
+                       ("retry", "run a job's failed rows again")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("job")
+        _client_flags(action)
+    listing = actions.add_parser("list", help="list the newest jobs")
+    listing.add_argument("--state", default=None)
+    _client_flags(listing)
+    batch.set_defaults(handler=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from modelgate.cli.batch import run
+
+    return run(args)
+
+
 def _add_simulate(commands: Any) -> None:
     simulate = commands.add_parser(
         "simulate", help="replay a traffic trace through the scaling policy")
@@ -544,8 +611,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
-    _add_up, _add_autoscaler, _add_gateway, _add_worker, _add_status, _add_traffic,
-    _add_simulate, _add_profile, _add_demo)
+    _add_up, _add_autoscaler, _add_coordinator, _add_gateway, _add_worker, _add_status,
+    _add_traffic, _add_batch, _add_simulate, _add_profile, _add_demo)
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:

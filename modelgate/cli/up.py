@@ -33,6 +33,7 @@ from types import FrameType
 
 import redis
 
+from modelgate.autoscaler import coordinator as job_coordinator
 from modelgate.autoscaler.backends.local import LocalBackend
 from modelgate.autoscaler.decider import Decider
 from modelgate.autoscaler.main import build_decider
@@ -154,6 +155,7 @@ class Supervisor:
         self.gateways: list[_Child] = []
         self.backend: LocalBackend | None = None
         self.decider: Decider | None = None
+        self.coordinator: job_coordinator.Coordinator | None = None
         self.metrics_dir: str | None = None
         self.socket_dir: str | None = None
 
@@ -178,6 +180,10 @@ class Supervisor:
         self.decider = build_decider(client, self.backend, AutoscalerSettings(
             models_dir=settings.models_dir, redis_url=self.redis_url, scaling=settings.scaling,
             control=settings.control), settings.models_dir)
+        # Batch jobs' coordinator: a thread of this process, under its own lease.
+        self.coordinator, _ = job_coordinator.start_thread(
+            redis.Redis.from_url(self.redis_url), settings.models_dir, settings.jobs_dir,
+            self.stop_event)
         budget = settings.scaling.max_cost_per_hour
         say(f"model control {settings.control.mode}"
             + (f" (repository scanned every {settings.control.poll_s:g} s)"
@@ -256,6 +262,8 @@ class Supervisor:
                    "--default-timeout-ms", str(settings.default_timeout_ms)]
         if settings.gateway_procs > 1:
             command.append("--reuse-port")  # the gRPC port, shared; HTTP comes by --fd
+        if settings.jobs_dir is not None:
+            command += ["--jobs-dir", str(settings.jobs_dir)]
         child.process = subprocess.Popen(command, preexec_fn=child_preexec, env=env,
                                          pass_fds=(fd,))
         child.started_at = time.monotonic()
@@ -345,6 +353,8 @@ class Supervisor:
             child.sock.close()
         if self.decider is not None:
             self.decider.release()
+        if self.coordinator is not None:
+            self.coordinator.release()
         if self.backend is not None:
             self.backend.stop_all()
         if self.redis is not None:

@@ -54,3 +54,12 @@ class UnsupportedMediaType(ModelgateError):
 
 class Unauthorized(ModelgateError):
     """API keys are on and the request carries none that matches."""
+
+
+class Forbidden(ModelgateError):
+    """The call names something it may not reach (a path outside the jobs folder)."""
+
+
+class Conflict(ModelgateError):
+    """The call conflicts with the state of what it names (a job already finished, a version
+    that running jobs still use)."""

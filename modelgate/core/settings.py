@@ -91,6 +91,8 @@ class GatewaySettings:
     # Append every answer on the protocol's REST paths to a file in this folder (conformance
     # checks: gateway/recorder.py); None: off.
     record_answers: Path | None = None
+    # Batch jobs read and write files only under this folder; None: only uploaded inputs.
+    jobs_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,8 @@ class AutoscalerSettings:
     docker_network: str | None = None
     docker_models_dir: str = "/models"  # the model repository's path inside worker containers
     k8s_namespace: str = "modelgate"
+    # The job coordinator runs beside the decider; job files only under this folder.
+    jobs_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +191,4 @@ class UpSettings:
     control: ControlSettings = ControlSettings()
     gateway_procs: int = 1
     mlflow_webhook_secret: str | None = None
+    jobs_dir: Path | None = None  # batch jobs' files (gateways and coordinator alike)

@@ -66,18 +66,18 @@ class BodyBudget:
 
 @contextlib.asynccontextmanager
 async def json_body(request: Request, limits: BodyLimits, budget: BodyBudget,
-                    binary_ok: bool = False) -> AsyncIterator[bytearray]:
+                    binary_ok: bool = False, any_type: bool = False) -> AsyncIterator[bytearray]:
     """The raw body of a JSON call, counted in ``budget`` until the block ends.
 
     415 for other content types, 413 past ``limits.max_bytes``, 429 past the budget, 408 when
     it has not all arrived ``limits.timeout_s`` after this began (the connection's guard cuts
     off a body nobody reads, ``gateway/connections.py``). With ``binary_ok``, a body announced
     by Triton's ``Inference-Header-Content-Length`` header (JSON then raw tensor data) is taken
-    whatever its content type.
+    whatever its content type; with ``any_type``, any body is (an uploaded file).
     """
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     binary = binary_ok and "inference-header-content-length" in request.headers
-    if (content_type and not binary and content_type not in JSON_TYPES
+    if (content_type and not binary and not any_type and content_type not in JSON_TYPES
             and not content_type.endswith("+json")):
         raise UnsupportedMediaType(
             f"content type {content_type!r} is not supported here; send the body as JSON with "

@@ -25,6 +25,8 @@ CODES: dict[type[errors.ModelgateError], tuple[int, grpc.StatusCode]] = {
     errors.PayloadTooLarge: (413, Code.RESOURCE_EXHAUSTED),
     errors.UnsupportedMediaType: (415, Code.INVALID_ARGUMENT),
     errors.Unauthorized: (401, Code.UNAUTHENTICATED),
+    errors.Forbidden: (403, Code.PERMISSION_DENIED),
+    errors.Conflict: (409, Code.FAILED_PRECONDITION),
 }
 STATUS_OF: dict[type[errors.ModelgateError], int] = {k: v[0] for k, v in CODES.items()}
 

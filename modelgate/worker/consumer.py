@@ -27,6 +27,7 @@ from modelgate.core.stats import StatsAccumulator, failure_field
 from modelgate.core.store import pools, replies
 from modelgate.worker.answers import Answers, Command
 from modelgate.worker.drift_sampler import DriftSampler
+from modelgate.worker.jobs import JobLane
 from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Outcome, Runner
 
@@ -144,6 +145,8 @@ class Consumer:
         self.processed = 0
         self.busy_s = 0.0
         self.stats = StatsAccumulator(model.pool)
+        # Batch jobs' chunks, taken only when no online call waits (``worker/jobs.py``).
+        self.jobs: JobLane | None = None
 
     def ensure_group(self) -> None:
         """Create the stream and its group from id 0, so nothing enqueued earlier is missed."""
@@ -217,7 +220,15 @@ class Consumer:
                 self._split(to_split)
         # With reclaimed entries in hand, do not wait for more: None, since BLOCK 0 would make
         # Redis wait forever and the reclaimed entries would go unanswered until traffic came.
-        entries = reclaimed + self._gather(None if reclaimed else block_ms)
+        if reclaimed or self.jobs is None:
+            entries = reclaimed + self._gather(None if reclaimed else block_ms)
+        else:
+            # Online calls first: a job chunk only when none waits, then a short block.
+            entries = self._gather(None)
+            if not entries:
+                if self.jobs.step():
+                    return 1
+                entries = self._gather(self.jobs.block_ms(block_ms))
         if not entries:
             return 0
         now_ms = int(self.clock.now_ms())
@@ -259,6 +270,10 @@ class Consumer:
                 self._sample(pairs)
         self.processed += sum(len(entry.ids) for entry in entries)
         return len(entries)
+
+    def send(self, commands: list[Command]) -> list[Any]:
+        """Commands in one write on the consumer's connection (the job lane shares it)."""
+        return self._round_trip(commands)
 
     def _round_trip(self, commands: list[Command]) -> list[Any]:
         if self._connection is None:

@@ -34,12 +34,13 @@ from modelgate.core.profile import load_profile, profile_path
 from modelgate.core.redis_checks import OUT_OF_MEMORY, OUTAGES, check_redis
 from modelgate.core.repository import ModelVersion, load_model, read_version
 from modelgate.core.settings import WorkerSettings
+from modelgate.core.store import jobs, pools
 from modelgate.core.store import models as model_store
-from modelgate.core.store import pools
 from modelgate.core.store.models import ModelState, VersionStatus
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
+from modelgate.worker.jobs import JobLane
 from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Runner
 
@@ -126,6 +127,12 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     clock = RedisClock()
     consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s, reclaimer,
                         sampler, clock)
+    if version.rows_axis:
+        consumer.jobs = JobLane(client, version, runner, worker_id, consumer.send,
+                                Reclaimer(client, version.pool, worker_id,
+                                          settings.claim_timeout_ms, settings.max_deliveries,
+                                          settings.reclaim_interval_s,
+                                          jobs.job_stream(version.pool), jobs.JOB_GROUP))
 
     def flush(pipe: redis.client.Pipeline, epoch_s: int) -> None:
         consumer.stats.flush(pipe, epoch_s)
@@ -136,7 +143,12 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
 
     def stats() -> dict[str, float]:
         uptime = max(time.monotonic() - started, 1e-9)
-        return {"processed": consumer.processed, "busy": round(consumer.busy_s / uptime, 4)}
+        figures = {"processed": consumer.processed, "busy": round(consumer.busy_s / uptime, 4)}
+        if consumer.jobs is not None:  # the job lane's own counters, apart from online ones
+            figures.update(job_rows=consumer.jobs.rows, job_chunks=consumer.jobs.chunks,
+                           job_failed_rows=consumer.jobs.failed_rows,
+                           job_busy=round(consumer.jobs.busy_s / uptime, 4))
+        return figures
 
     def on_state(raw: bytes | None) -> None:
         """Stop reading (and drain) once the served state names other content for this
@@ -176,6 +188,8 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
             try:
                 if regroup:
                     consumer.ensure_group()
+                    if consumer.jobs is not None:
+                        consumer.jobs.ensure_group()
                     regroup = False
                 handled += consumer.step(settings.block_ms)
                 outage.over()
@@ -288,6 +302,8 @@ def _wait_for_redis(consumer: Consumer, heartbeat: Heartbeat, stop: threading.Ev
     while not stop.is_set():
         try:
             consumer.ensure_group()
+            if consumer.jobs is not None:
+                consumer.jobs.ensure_group()
             heartbeat.beat()
             outage.over()
             return

@@ -58,10 +58,13 @@ def _text(raw: bytes | str) -> str:
 
 class Reclaimer:
     def __init__(self, client: redis.Redis, pool: str, consumer_name: str,
-                 claim_timeout_ms: int, max_deliveries: int, interval_s: float) -> None:
+                 claim_timeout_ms: int, max_deliveries: int, interval_s: float,
+                 stream: str | None = None, group: str = pools.WORKER_GROUP) -> None:
         self.client = client
         self.pool = pool
-        self.stream = pools.requests_stream(pool)
+        # The online request stream, or (``stream``, ``group``) the pool's job stream.
+        self.stream = stream or pools.requests_stream(pool)
+        self.group = group
         self.dead_stream = pools.dead_letters(pool)
         self.consumer_name = consumer_name
         # A dead worker's entry is taken over once idle this long (and its heartbeat gone):
@@ -81,7 +84,7 @@ class Reclaimer:
         saw, forget dead consumers that hold nothing, trim old dead letters."""
         self._next_at = (time.monotonic() if now is None else now) + self.interval_s
         pipe = self.client.pipeline(transaction=False)
-        pipe.xinfo_consumers(self.stream, pools.WORKER_GROUP)
+        pipe.xinfo_consumers(self.stream, self.group)
         pipe.eval(pools.DEAD_LETTER_TRIM, 1, self.dead_stream, pools.DEAD_LETTER_MAX_AGE_MS)
         try:
             consumers = pipe.execute()[0]
@@ -132,26 +135,26 @@ class Reclaimer:
 
     def _take_over(self, dead: str, count: int) -> list[Taken]:
         """A dead consumer's entries, idle past the claim timeout; each claim is a delivery."""
-        pending = self.client.xpending_range(self.stream, pools.WORKER_GROUP, "-", "+", count,
+        pending = self.client.xpending_range(self.stream, self.group, "-", "+", count,
                                              consumername=dead)
         due = {p["message_id"]: int(p["times_delivered"]) for p in pending
                if int(p["time_since_delivered"]) >= self.claim_timeout_ms}
         if not due:
             return []
-        claimed = self.client.xclaim(self.stream, pools.WORKER_GROUP, self.consumer_name,
+        claimed = self.client.xclaim(self.stream, self.group, self.consumer_name,
                                      self.claim_timeout_ms, list(due))
         return self._taken(claimed, {entry_id: n + 1 for entry_id, n in due.items()})
 
     def _take_back(self) -> list[Taken]:
         """This worker's own pending entries, their delivery counts unchanged."""
-        pending = self.client.xpending_range(self.stream, pools.WORKER_GROUP, "-", "+",
+        pending = self.client.xpending_range(self.stream, self.group, "-", "+",
                                              RECLAIM_COUNT, consumername=self.consumer_name)
         by_count: defaultdict[int, list[bytes]] = defaultdict(list)
         for p in pending:
             by_count[int(p["times_delivered"])].append(p["message_id"])
         taken: list[Taken] = []
         for count, ids in by_count.items():
-            claimed = self.client.xclaim(self.stream, pools.WORKER_GROUP, self.consumer_name,
+            claimed = self.client.xclaim(self.stream, self.group, self.consumer_name,
                                          0, ids, retrycount=count)
             taken += self._taken(claimed, dict.fromkeys(ids, count))
         return taken
@@ -169,12 +172,12 @@ class Reclaimer:
             deleted = [entry_id for entry_id, found in zip(gone, pipe.execute(), strict=True)
                        if not found]
             if deleted:
-                self.client.xack(self.stream, pools.WORKER_GROUP, *deleted)
+                self.client.xack(self.stream, self.group, *deleted)
         return taken
 
     def _forget(self, name: str) -> None:
         self.client.eval(pools.FORGET_CONSUMER, 3, self.stream, heartbeats.heartbeat(name),
-                         pools.worker_set(self.pool), pools.WORKER_GROUP, name,
+                         pools.worker_set(self.pool), self.group, name,
                          time.time() - heartbeats.WORKER_TTL_S)
 
     def park(self, entry_id: bytes, fields: dict[bytes, bytes],

@@ -1,0 +1,494 @@
+"""The batch-job coordinator: one per deployment, under the jobs lease (``jobs.LEASE``).
+
+``modelgate up`` runs it in the supervisor's process, the ``modelgate autoscaler`` service in
+Compose and Kubernetes (``modelgate coordinator`` runs it alone); never a gateway's event
+loop. For every active job it
+
+1. starts it: opens the input (an upload from the job store, or a path confined to the jobs
+   folder), checks the pinned version's content, counts the rows;
+2. issues chunks (``chunk_rows`` rows, at most one ORT run) to the pinned pool's job stream,
+   keeping at most ``window`` chunks in flight; a chunk and the checkpoint that counts it are
+   one transaction;
+3. assembles, in input order, every chunk whose result is complete (``jobs.JOB_ANSWER`` wrote
+   it once), appends its lines to the staged output and then checkpoints (rows, output mark)
+   and deletes the chunk's result in one transaction;
+4. ends it: a retry's lines merged into the full output, the output the job names written,
+   the state set, the job's keys set to expire after ``jobs.RETENTION_S``.
+
+After a crash of anything (a worker: its chunk is taken over; a gateway: it holds nothing; the
+coordinator: the next holder of the lease resumes), a job goes on from its checkpoint: the
+staged output is cut back to the checkpoint's mark, chunks issued but not assembled are still on
+the stream or in the results, and every row appears in the output exactly once.
+
+A cancel is seen on the next round (milliseconds): the job's chunks are withdrawn from the
+stream, the state becomes ``cancelled``; a chunk a worker is running finishes and is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from modelgate.autoscaler import job_sinks
+from modelgate.core import wire
+from modelgate.core.batch import output as output_format
+from modelgate.core.batch.paths import STAGING, confine
+from modelgate.core.batch.readers import Chunk, InputFile
+from modelgate.core.errors import ModelgateError
+from modelgate.core.repository import ModelVersion, RepositoryError, read_version
+from modelgate.core.store import jobs
+from modelgate.core.store import models as model_store
+from modelgate.core.store.jobs import JobRecordError, JobSpec, JobState, Progress
+from modelgate.core.store.models import ModelState, VersionStatus
+
+log = logging.getLogger("modelgate.coordinator")
+
+RATE_WINDOW_S = 5.0
+VERSION_CHECK_S = 1.0
+CLEANUP_S = 60.0
+IDLE_S = 0.01  # a round that moved nothing waits this long
+
+
+class JobFailed(Exception):
+    """The job cannot go on; the message, for its record, says why and what to do."""
+
+
+class JobRun:
+    """One active job as this coordinator runs it."""
+
+    def __init__(self, client: redis.Redis, spec: JobSpec, models_dir: Path,
+                 jobs_dir: Path | None) -> None:
+        self.client = client
+        self.spec = spec
+        self.models_dir = models_dir
+        self.jobs_dir = jobs_dir
+        self.version: ModelVersion | None = None
+        self.input: InputFile | None = None
+        self.chunks: Iterator[Chunk] | None = None
+        self.full: job_sinks.Stage | None = None
+        self.patch: job_sinks.Stage | None = None
+        self.positions: list[int] | None = None  # a retry's rows: the failed ones
+        self.rows_total = 0  # this attempt's rows
+        self.exhausted = False
+        self.rates: deque[tuple[float, int]] = deque()
+        self.checked_version_at = 0.0
+
+    # -- starting and resuming
+
+    def start(self, progress: Progress, now: float) -> Progress:
+        spec = self.spec
+        try:
+            self.version = read_version(self.models_dir, spec.model, spec.version)
+        except (RepositoryError, OSError) as e:
+            raise JobFailed(f"version {spec.version} of model {spec.model!r} cannot be read "
+                            f"from the repository ({e}); submit the job again") from e
+        if spec.sha256 and self.version.sha256 != spec.sha256:
+            raise JobFailed(f"version {spec.version} of model {spec.model!r} changed content "
+                            "since the job was submitted; submit it again")
+        self.input = InputFile(self._source(), spec.input_format, spec.id_column, self.version)
+        self.full = job_sinks.stage_of(self.client, spec, self.jobs_dir, patch=False)
+        attempt_stage = self.full
+        if progress.attempt > 1:
+            self.positions = output_format.failed_positions(self.full.lines())
+            self.patch = job_sinks.stage_of(self.client, spec, self.jobs_dir, patch=True)
+            attempt_stage = self.patch
+            self.rows_total = len(self.positions)
+            self.chunks = self.input.chunks(spec.chunk_rows,
+                                            only=set(self.positions[progress.issued:]))
+        else:
+            self.rows_total = self.input.total
+            self.chunks = self.input.chunks(spec.chunk_rows, start=progress.issued)
+        attempt_stage.cut(progress.mark)
+        changes: dict[str, Any] = {"state": JobState.RUNNING, "updated_at": now}
+        if not progress.prepared:
+            changes.update(prepared=True, started_at=now)
+            if progress.attempt > 1:
+                changes.update(retrying=self.rows_total,
+                               failed=progress.failed - self.rows_total)
+            else:
+                changes.update(total=self.rows_total)
+        elif progress.state == JobState.QUEUED:
+            changes["started_at"] = now
+        progress = progress.with_(**changes)
+        self.client.hset(jobs.progress(spec.id), mapping={
+            k: v for k, v in progress.fields().items() if k in {*changes, "state"}})
+        log.info("job %s: %s on %s, %d rows (attempt %d, from row %d)", spec.id,
+                 "resumed" if progress.issued else "started", spec.pool, self.rows_total,
+                 progress.attempt, progress.issued)
+        return progress
+
+    def _source(self) -> Path | bytes:
+        if self.spec.input_path is None:
+            data = self.client.get(jobs.upload(self.spec.id))
+            if data is None:
+                raise JobFailed("the uploaded input is gone from the job store (Redis lost it, "
+                                "or it expired); submit the job again")
+            return data
+        try:
+            return confine(self.jobs_dir, self.spec.input_path, "input")
+        except ModelgateError as e:
+            raise JobFailed(str(e)) from e
+
+    # -- one round
+
+    def step(self, progress: Progress, now: float) -> bool:
+        """Assemble what came back, issue what fits; True when anything moved."""
+        moved = self._assemble(progress, now)
+        progress = moved or progress
+        issued = self._issue(progress)
+        if (self.exhausted and progress.assembled_seq == progress.next_seq
+                and not issued):
+            self._finish(progress, now)
+            return True
+        return bool(moved or issued)
+
+    def _expected_rows(self, seq: int) -> int:
+        size = self.spec.chunk_rows
+        if self.positions is not None:
+            return len(self.positions[seq * size:(seq + 1) * size])
+        return max(0, min(size, self.rows_total - seq * size))
+
+    def _issue(self, progress: Progress) -> int:
+        assert self.chunks is not None and self.version is not None
+        room = self.spec.window - (progress.next_seq - progress.assembled_seq)
+        if room <= 0 or self.exhausted:
+            return 0
+        pipe = self.client.pipeline(transaction=True)
+        issued_rows = progress.issued
+        seq = progress.next_seq
+        count = 0
+        for _ in range(room):
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.exhausted = True
+                break
+            pipe.xadd(jobs.job_stream(self.spec.pool), _entry_fields(self.spec, seq, chunk))
+            seq += 1
+            issued_rows += chunk.rows
+            count += 1
+        if count:
+            pipe.hset(jobs.progress(self.spec.id),
+                      mapping={"issued": issued_rows, "next_seq": seq})
+            pipe.execute()
+        return count
+
+    def _assemble(self, progress: Progress, now: float) -> Progress | None:
+        seqs = list(range(progress.assembled_seq, progress.next_seq))
+        if not seqs:
+            return None
+        counts = self.client.hmget(jobs.chunk_rows(self.spec.id), [str(s) for s in seqs])
+        ready = []
+        for seq, count in zip(seqs, counts, strict=True):
+            if count is None or int(count) < self._expected_rows(seq):
+                break
+            ready.append(seq)
+        if not ready:
+            return None
+        data = []
+        done = failed = rows = 0
+        fields: list[str] = []
+        assert self.version is not None
+        for seq in ready:
+            for field, piece in self._pieces(seq):
+                lines, ok, bad = output_format.piece_lines(piece, self.spec.version)
+                data.append(lines)
+                done, failed, rows = done + ok, failed + bad, rows + len(piece.ids)
+                fields.append(field)
+        stage = self.patch if self.patch is not None else self.full
+        assert stage is not None
+        blob = b"".join(data)
+        pipe = self.client.pipeline(transaction=True)
+        if isinstance(stage, job_sinks.FileStage):
+            mark = stage.append(blob)
+        else:
+            stage.queue_append(pipe, blob)
+            mark = progress.mark + 1
+        self.rates.append((now, progress.assembled + rows))
+        while self.rates and now - self.rates[0][0] > RATE_WINDOW_S:
+            self.rates.popleft()
+        updated = progress.with_(
+            assembled=progress.assembled + rows, assembled_seq=ready[-1] + 1, mark=mark,
+            done=progress.done + done, failed=progress.failed + failed, updated_at=now,
+            rows_per_s=self._rate(now, progress.assembled + rows))
+        pipe.hset(jobs.progress(self.spec.id), mapping={
+            k: updated.fields()[k] for k in ("assembled", "assembled_seq", "mark", "done",
+                                             "failed", "updated_at", "rows_per_s")})
+        pipe.hdel(jobs.results(self.spec.id), *fields)
+        pipe.hdel(jobs.chunk_rows(self.spec.id), *[str(s) for s in ready])
+        pipe.execute()
+        return updated
+
+    def _rate(self, now: float, assembled: int) -> float:
+        if len(self.rates) < 2:
+            return 0.0
+        first_at, first_rows = self.rates[0]
+        return round((assembled - first_rows) / max(now - first_at, 1e-3), 1)
+
+    def _pieces(self, seq: int) -> list[tuple[str, jobs.Piece]]:
+        """The result of chunk ``seq``: whole, or the rows it was split into, in order."""
+        key = jobs.results(self.spec.id)
+        whole = self.client.hget(key, jobs.piece_field(seq))
+        if whole is not None:
+            return [(jobs.piece_field(seq), jobs.Piece.decode(whole))]
+        parts = [(field.decode(), jobs.Piece.decode(raw)) for field, raw in
+                 self.client.hscan_iter(key, match=f"{seq}.*", count=1000)]
+        return sorted(parts, key=lambda part: part[1].first)
+
+    # -- ending
+
+    def _finish(self, progress: Progress, now: float) -> None:
+        assert self.full is not None and self.version is not None
+        if self.patch is not None and self.positions is not None:
+            job_sinks.merge_patch(self.client, self.spec, self.full, self.patch,
+                                  self.positions)
+            self.full = job_sinks.stage_of(self.client, self.spec, self.jobs_dir, patch=False)
+        try:
+            job_sinks.publish(self.spec, self.full, self.jobs_dir,
+                              [o.name for o in self.version.outputs])
+        except (OSError, ModelgateError) as e:
+            raise JobFailed(f"the output could not be written: {e}") from e
+        state = JobState.SUCCEEDED if progress.failed == 0 else JobState.COMPLETED_WITH_FAILURES
+        end(self.client, self.spec.id, state, now)
+        log.info("job %s: %s, %d rows done, %d failed", self.spec.id, state, progress.done,
+                 progress.failed)
+        self.close()
+
+    def withdraw(self) -> int:
+        """Take this job's chunks off the stream (cancel, failure); chunks withdrawn."""
+        stream = jobs.job_stream(self.spec.pool)
+        mine = [entry_id for entry_id, fields in self.client.xrange(stream)
+                if fields.get(b"job") == self.spec.id.encode()]
+        if mine:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xack(stream, jobs.JOB_GROUP, *mine)
+            pipe.xdel(stream, *mine)
+            pipe.execute()
+        return len(mine)
+
+    def check_version(self, now: float) -> None:
+        """Fail the job once its pinned version is no longer served (it would never end)."""
+        if now - self.checked_version_at < VERSION_CHECK_S:
+            return
+        self.checked_version_at = now
+        raw = self.client.get(model_store.state(self.spec.model))
+        if raw is None:
+            return  # no decider keeps state: the repository serves what it holds
+        try:
+            found = ModelState.decode(raw).versions.get(self.spec.version)
+        except model_store.StateError:
+            return
+        if found is None or found.status not in (VersionStatus.LOADING, VersionStatus.READY):
+            raise JobFailed(f"version {self.spec.version} of model {self.spec.model!r}, which "
+                            "the job is pinned to, is no longer served; load it again and "
+                            "retry, or submit the job again for the current default version")
+
+    def close(self) -> None:
+        for stage in (self.full, self.patch):
+            if stage is not None:
+                stage.close()
+
+
+def _entry_fields(spec: JobSpec, seq: int, chunk: Chunk) -> dict[str, Any]:
+    payload = b""
+    if chunk.valid:
+        count = len(chunk.valid)
+        payload = wire.encode_bundle(wire.Bundle(
+            tuple(str(o) for o in chunk.valid), (1,) * count,
+            wire.Request({name: wire.tensor(array) for name, array in chunk.inputs.items()})))
+    entry = jobs.ChunkEntry(spec.id, seq, jobs.pack(chunk.ids),
+                            jobs.pack([[o, m] for o, m in chunk.errors.items()]), payload)
+    items = entry.fields()
+    return {str(name): value for name, value in zip(items[::2], items[1::2], strict=True)}
+
+
+def end(client: redis.Redis, job_id: str, state: str, now: float, error: str = "") -> None:
+    """Set a job's final state, drop its chunk results and let its keys expire."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(jobs.progress(job_id), mapping={"state": state, "finished_at": f"{now:.3f}",
+                                              "updated_at": f"{now:.3f}", "error": error,
+                                              "rows_per_s": 0})
+    pipe.zrem(jobs.ACTIVE, job_id)
+    pipe.delete(jobs.results(job_id), jobs.chunk_rows(job_id))
+    for key in jobs.job_keys(job_id):
+        pipe.expire(key, jobs.RETENTION_S)
+    pipe.execute()
+
+
+class Coordinator:
+    def __init__(self, client: redis.Redis, models_dir: Path, jobs_dir: Path | None,
+                 coordinator_id: str | None = None) -> None:
+        self.client = client
+        self.models_dir = models_dir
+        self.jobs_dir = jobs_dir
+        self.id = coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.holding = False
+        self.runs: dict[str, JobRun] = {}
+        self._lease_at = 0.0
+        self._cleaned_at = 0.0
+
+    def _take_lease(self, now: float) -> bool:
+        if now - self._lease_at < jobs.LEASE_TTL_S / 5 and self.holding:
+            return True
+        held = bool(self.client.eval(model_store.TAKE_LEASE, 1, jobs.LEASE, self.id,
+                                     int(jobs.LEASE_TTL_S * 1000)))
+        self._lease_at = now
+        if held != self.holding:
+            log.info("%s the jobs lease", "took" if held else "lost")
+            if not held:
+                self._drop_all()
+        self.holding = held
+        return held
+
+    def _drop_all(self) -> None:
+        for run in self.runs.values():
+            run.close()
+        self.runs.clear()
+
+    def step(self, now: float | None = None) -> bool:
+        """One round over every active job; True when anything moved."""
+        now = time.time() if now is None else now
+        if not self._take_lease(now):
+            return False
+        active = [raw.decode() for raw in self.client.zrange(jobs.ACTIVE, 0, -1)]
+        for gone in set(self.runs) - set(active):
+            self.runs.pop(gone).close()
+        moved = False
+        for job_id in active:
+            moved |= self._step_job(job_id, now)
+        if now - self._cleaned_at > CLEANUP_S:
+            self._cleaned_at = now
+            self._clean_staging()
+        return moved
+
+    def _step_job(self, job_id: str, now: float) -> bool:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(jobs.spec(job_id))
+        pipe.hgetall(jobs.progress(job_id))
+        raw_spec, raw_progress = pipe.execute()
+        try:
+            if raw_spec is None or not raw_progress:
+                raise JobRecordError("its record is gone")
+            spec, progress = JobSpec.decode(raw_spec), Progress.parse(raw_progress)
+        except JobRecordError as e:
+            log.warning("job %s: %s; dropped from the active jobs", job_id, e)
+            self.client.zrem(jobs.ACTIVE, job_id)
+            return False
+        run = self.runs.get(job_id)
+        try:
+            if progress.cancel or progress.state in jobs.FINAL:
+                return self._cancel(job_id, spec, run, progress, now)
+            if run is None:
+                run = self.runs[job_id] = JobRun(self.client, spec, self.models_dir,
+                                                 self.jobs_dir)
+                progress = run.start(progress, now)
+            run.check_version(now)
+            return run.step(progress, now)  # an ended job leaves the active set; see step
+        except (JobFailed, ModelgateError, OSError) as e:
+            self._fail(job_id, spec, run, str(e), now)
+            return True
+
+    def _cancel(self, job_id: str, spec: JobSpec, run: JobRun | None, progress: Progress,
+                now: float) -> bool:
+        withdrawn = (run or JobRun(self.client, spec, self.models_dir, self.jobs_dir)).withdraw()
+        if progress.state not in jobs.FINAL:
+            end(self.client, job_id, JobState.CANCELLED, now)
+            log.info("job %s: cancelled (%d chunks withdrawn)", job_id, withdrawn)
+        else:
+            self.client.zrem(jobs.ACTIVE, job_id)
+        if run is not None:
+            self.runs.pop(job_id, None)
+            run.close()
+        return True
+
+    def _fail(self, job_id: str, spec: JobSpec, run: JobRun | None, error: str,
+              now: float) -> None:
+        log.warning("job %s failed: %s", job_id, error)
+        try:
+            (run or JobRun(self.client, spec, self.models_dir, self.jobs_dir)).withdraw()
+        finally:
+            end(self.client, job_id, JobState.FAILED, now, error)
+            if run is not None:
+                self.runs.pop(job_id, None)
+                run.close()
+
+    def _clean_staging(self) -> None:
+        """Staged outputs of jobs whose record expired."""
+        if self.jobs_dir is None:
+            return
+        folder = self.jobs_dir.resolve() / STAGING
+        if not folder.is_dir():
+            return
+        for path in folder.iterdir():
+            job_id = path.name.split(".", 1)[0]
+            if not self.client.exists(jobs.spec(job_id)):
+                path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self._drop_all()
+        try:
+            if self.client.get(jobs.LEASE) == self.id.encode():
+                self.client.delete(jobs.LEASE)
+        except redis.RedisError:
+            pass
+
+    def run(self, stop: threading.Event, max_rounds: int | None = None) -> int:
+        """Rounds until ``stop`` (or ``max_rounds``); Redis errors are waited out."""
+        rounds = 0
+        backoff_s = 0.5
+        while not stop.is_set() and (max_rounds is None or rounds < max_rounds):
+            rounds += 1
+            try:
+                moved = self.step()
+                backoff_s = 0.5
+            except redis.RedisError as e:
+                log.warning("cannot reach Redis (%s); retrying in %.1fs", e, backoff_s)
+                self._drop_all()
+                self.holding = False
+                stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            except Exception:
+                log.exception("coordinator round failed; retrying")
+                self._drop_all()
+                stop.wait(backoff_s)
+                continue
+            if not moved:
+                stop.wait(IDLE_S)
+        return rounds
+
+
+def start_thread(client: redis.Redis, models_dir: Path, jobs_dir: Path | None,
+                 stop: threading.Event) -> tuple[Coordinator, threading.Thread]:
+    """The coordinator in a thread of this process (``up``'s supervisor, the autoscaler)."""
+    coordinator = Coordinator(client, models_dir, jobs_dir)
+    thread = threading.Thread(target=coordinator.run, args=(stop,), name="job-coordinator",
+                              daemon=True)
+    thread.start()
+    return coordinator, thread
+
+
+def main(models_dir: Path, redis_url: str, jobs_dir: Path | None) -> int:
+    """``modelgate coordinator``: the coordinator alone, until SIGTERM/SIGINT."""
+    import signal
+
+    client = redis.Redis.from_url(redis_url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    coordinator = Coordinator(client, models_dir, jobs_dir)
+    log.info("job coordinator %s, jobs folder %s", coordinator.id, jobs_dir or "(uploads only)")
+    try:
+        coordinator.run(stop)
+    finally:
+        coordinator.release()
+    return 0
