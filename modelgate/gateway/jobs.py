@@ -228,8 +228,8 @@ async def cancel(plane: DataPlane, job_id: str, caller: Caller) -> dict[str, Any
     state = await plane.client.execute_command(*jobs.cancel_command(job_id, time.time()))
     state = state.decode() if isinstance(state, bytes) else state
     if state not in (JobState.CANCELLED, JobState.CANCELLING):
-        raise Conflict(f"job {job_id} is {state} already: only a queued or running job can be "
-                       "cancelled")
+        raise Conflict(f"job {job_id} is {str(state).removeprefix('ended:')} already: only a "
+                       "queued or running job can be cancelled")
     return await status(plane, job_id)
 
 

@@ -109,7 +109,7 @@ def column_plan(version: ModelVersion, columns: list[str], id_column: str | None
                 raise InputError(f"{where}: columns {spec.name}[i] must run from "
                                  f"{spec.name}[0] to {spec.name}[{len(parts) - 1}] without gaps")
             plan.append(Column(spec, None, tuple(parts[i] for i in range(len(parts)))))
-        elif len(version.inputs) == 1 and names:
+        elif len(version.inputs) == 1 and names and _fits(spec, len(names)):
             plan.append(Column(spec, None, tuple(names)))
         else:
             raise InputError(
@@ -120,6 +120,12 @@ def column_plan(version: ModelVersion, columns: list[str], id_column: str | None
         raise InputError(f"{where} has no id column {id_column!r}; the columns are "
                          f"{columns[:20]}")
     return plan
+
+
+def _fits(spec: TensorSpec, count: int) -> bool:
+    """Whether ``count`` columns can hold one row of the input (its feature size, when fixed)."""
+    shape = _feature_shape(spec)
+    return any(d < 0 for d in shape) or math.prod(shape) == count
 
 
 def _value_of(raw: Any, spec: TensorSpec) -> np.ndarray:

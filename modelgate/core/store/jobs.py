@@ -354,7 +354,7 @@ return 1
 
 # Cancel a job: queued -> cancelled at once (nothing runs it yet); running -> cancelling (the
 # coordinator withdraws its chunks and ends it). KEYS: progress, the active set. ARGV: job
-# id, now. Returns the state after.
+# id, now. Returns the state after, or 'ended:STATE' for a job that had ended already.
 CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
@@ -367,7 +367,7 @@ if state == 'running' or state == 'cancelling' then
   redis.call('HSET', KEYS[1], 'state', 'cancelling', 'cancel', '1')
   return 'cancelling'
 end
-return state
+return 'ended:' .. state
 """
 
 # Retry the failed rows of a job that completed with failures: queued again, its chunk
