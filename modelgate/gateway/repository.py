@@ -24,11 +24,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from modelgate.core.errors import BackendUnavailable, InvalidInput, ModelNotFound
+from modelgate.core.errors import BackendUnavailable, Conflict, InvalidInput, ModelNotFound
 from modelgate.core.lineage import Lineage
 from modelgate.core.repository import RepositoryError, check_name, scan_repository
 from modelgate.core.store import models as model_store
 from modelgate.core.store.models import CommandResult, ControlCommand
+from modelgate.gateway import jobs
 from modelgate.gateway.dataplane import DataPlane
 
 DEFAULT_TIMEOUT_MS = 120_000
@@ -150,6 +151,13 @@ async def run_command(plane: DataPlane, op: str, name: str, parameters: dict[str
         raise InvalidInput(f"the model control mode is {plane.decider_mode}: {op} works in "
                            "explicit mode only (--model-control-mode explicit); change the "
                            "repository folder instead")
+    if op == "unload":
+        running = await jobs.active_on(plane, name)
+        if running and parameters.get("force") is not True:
+            raise Conflict(f"model {name!r} has {len(running)} queued or running batch job(s): "
+                           f"{', '.join(running[:20])}; wait for them, cancel them, or unload "
+                           "with parameters {\"force\": true}, which cancels them")
+        await jobs.cancel_all(plane, running)
     if op == "load":
         await asyncio.to_thread(write_files, plane.settings.models_dir, name, parameters)
     command = ControlCommand(uuid.uuid4().hex, op, name, key_id(authorization), time.time())

@@ -295,3 +295,4 @@ def test_unknown_job_and_list(stack: Stack) -> None:
     listed = stack.http.get("/v2/jobs")
     assert listed.status_code == 200 and isinstance(listed.json()["jobs"], list)
     assert stack.http.get("/v2/jobs", params={"state": "bogus"}).status_code == 400
+

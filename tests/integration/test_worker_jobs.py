@@ -1,0 +1,144 @@
+"""The worker's job lane against a real Redis and a real ORT session, in this process.
+
+Online calls go first; a chunk runs only when none waits; a chunk whose worker died is taken
+over, split into rows, and a row delivered too often is parked and becomes that row's error.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from modelgate.core import wire
+from modelgate.core.repository import Model
+from modelgate.core.store import jobs, pools, replies
+from modelgate.core.store.jobs import ChunkEntry, JobState, Piece
+from modelgate.worker.consumer import Consumer
+from modelgate.worker.jobs import JobLane
+from modelgate.worker.reclaim import Reclaimer
+from modelgate.worker.runner import Runner
+from tests.procs import entry_fields
+
+pytestmark = pytest.mark.integration
+
+JOB = "0123456789abcdef0123456789abcdef"
+REPLY_TO = replies.reply_list("test-gateway")
+
+
+def _lane(client: redis.Redis, version: Any, runner: Runner, name: str,
+          consumer: Consumer, max_deliveries: int = 3) -> JobLane:
+    reclaimer = Reclaimer(client, version.pool, name, claim_timeout_ms=0,
+                          max_deliveries=max_deliveries, interval_s=0.0,
+                          stream=jobs.job_stream(version.pool), group=jobs.JOB_GROUP)
+    lane = JobLane(client, version, runner, name, consumer.send, reclaimer)
+    lane.ensure_group()
+    return lane
+
+
+def _chunk(client: redis.Redis, pool: str, seq: int, x: np.ndarray,
+           errors: dict[int, str] | None = None) -> None:
+    errors = errors or {}
+    valid = [o for o in range(len(x)) if o not in errors]
+    bundle = wire.Bundle(tuple(str(o) for o in valid), (1,) * len(valid),
+                         wire.Request({"input": wire.tensor(x[valid])}))
+    entry = ChunkEntry(JOB, seq, jobs.pack([100 + i for i in range(len(x))]),
+                       jobs.pack([[o, m] for o, m in errors.items()]),
+                       wire.encode_bundle(bundle))
+    items = entry.fields()
+    client.xadd(jobs.job_stream(pool), {str(k): v for k, v in zip(items[::2], items[1::2],
+                                                                    strict=True)})
+
+
+def _running(client: redis.Redis) -> None:
+    client.hset(jobs.progress(JOB), mapping={"state": JobState.RUNNING})
+
+
+def test_online_calls_go_before_job_chunks(redis_client: redis.Redis,
+                                           unit_repository: dict[str, Model]) -> None:
+    version = unit_repository["mlp"].default
+    runner = Runner(version, intra_op_threads=1)
+    consumer = Consumer(redis_client, version, runner, "w1", reply_ttl_s=60)
+    consumer.ensure_group()
+    consumer.jobs = _lane(redis_client, version, runner, "w1", consumer)
+    _running(redis_client)
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    for seq in range(2):
+        _chunk(redis_client, version.pool, seq, x)
+    payload = wire.encode_bundle(wire.Bundle.single("call-1", wire.Request(
+        {"input": wire.tensor(x[:1])})))
+    redis_client.xadd(pools.requests_stream(version.pool), entry_fields(
+        pools.RequestEntry(("call-1",), REPLY_TO, 60_000, 1, payload)))
+    consumer.step(block_ms=10)
+    # The online call is answered; no chunk was taken while it waited.
+    assert redis_client.llen(REPLY_TO) == 1
+    assert redis_client.hlen(jobs.results(JOB)) == 0
+    consumer.step(block_ms=10)
+    assert redis_client.hlen(jobs.results(JOB)) == 1  # one chunk per step, when none waits
+    consumer.step(block_ms=10)
+    assert redis_client.hlen(jobs.results(JOB)) == 2
+    assert consumer.jobs.rows == 16 and consumer.jobs.chunks == 2
+    piece = Piece.decode(redis_client.hget(jobs.results(JOB), "0"))
+    assert piece.ids == [100 + i for i in range(8)] and not piece.errors
+    expected = runner.session.run(None, {"input": x})[0]
+    np.testing.assert_array_equal(np.array(piece.outputs["probabilities"], np.float32),
+                                  expected)
+    # Job rows stay out of the online counters.
+    assert consumer.processed == 1
+
+
+def test_a_dead_workers_chunk_is_split_and_a_poison_row_parked(
+        redis_client: redis.Redis, unit_repository: dict[str, Model]) -> None:
+    version = unit_repository["mlp"].default
+    runner = Runner(version, intra_op_threads=1)
+    consumer = Consumer(redis_client, version, runner, "w2", reply_ttl_s=60)
+    consumer.ensure_group()
+    lane = _lane(redis_client, version, runner, "w2", consumer, max_deliveries=2)
+    _running(redis_client)
+    x = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+    _chunk(redis_client, version.pool, 0, x, errors={2: "input 'input': missing"})
+    stream = jobs.job_stream(version.pool)
+    # A worker that read the chunk and died (no heartbeat): it stays pending under its name.
+    assert redis_client.xreadgroup(jobs.JOB_GROUP, "dead-1", {stream: ">"}, count=1)
+    time.sleep(0.01)
+    lane.step()  # taken over (delivery 2), split into one entry per row, then run
+    for _ in range(8):
+        lane.step()
+    counts = redis_client.hget(jobs.chunk_rows(JOB), "0")
+    assert int(counts) == 4
+    fields = sorted(f.decode() for f in redis_client.hkeys(jobs.results(JOB)))
+    assert fields == ["0.0", "0.1", "0.2", "0.3"]
+    third = Piece.decode(redis_client.hget(jobs.results(JOB), "0.2"))
+    assert third.first == 2 and third.errors == {0: "input 'input': missing"}
+    first = Piece.decode(redis_client.hget(jobs.results(JOB), "0.0"))
+    np.testing.assert_array_equal(np.array(first.outputs["probabilities"], np.float32),
+                                  runner.session.run(None, {"input": x[:1]})[0])
+
+    # A single row whose workers keep dying is parked past max_deliveries: its error.
+    redis_client.delete(jobs.results(JOB), jobs.chunk_rows(JOB))
+    _chunk(redis_client, version.pool, 1, x[:1])
+    # Read by one worker that died, taken over by another that died too: 2 deliveries.
+    read = redis_client.xreadgroup(jobs.JOB_GROUP, "dead-2", {stream: ">"}, count=1)
+    entry_id = read[0][1][0][0]
+    redis_client.xclaim(stream, jobs.JOB_GROUP, "dead-3", 0, [entry_id])
+    lane.step()  # the third delivery is past max_deliveries=2: parked
+    piece = Piece.decode(redis_client.hget(jobs.results(JOB), "1"))
+    assert piece.ids == [100] and "delivered 3 times" in piece.errors[0]
+    assert redis_client.xlen(pools.dead_letters(version.pool)) == 1
+    assert redis_client.xlen(stream) == 0
+
+
+def test_a_chunk_answered_after_its_job_ended_leaves_nothing(
+        redis_client: redis.Redis, unit_repository: dict[str, Model]) -> None:
+    version = unit_repository["mlp"].default
+    runner = Runner(version, intra_op_threads=1)
+    consumer = Consumer(redis_client, version, runner, "w3", reply_ttl_s=60)
+    lane = _lane(redis_client, version, runner, "w3", consumer)
+    redis_client.hset(jobs.progress(JOB), mapping={"state": JobState.CANCELLED})
+    _chunk(redis_client, version.pool, 0, np.zeros((2, 4), np.float32))
+    assert lane.step() == 2
+    assert not redis_client.exists(jobs.results(JOB), jobs.chunk_rows(JOB))
+    assert redis_client.xlen(jobs.job_stream(version.pool)) == 0
