@@ -63,11 +63,16 @@ _ERROR_RESPONSES: dict[str, dict[str, Any]] = {
                           "with Retry-After)."),
     "DeadlineExceeded": _error("No answer arrived before the request's deadline "
                                "(parameters.timeout_ms, else the model's, else the server's)."),
+    "Forbidden": _error("A path outside the jobs folder (or through a symlink out of it, or "
+                        "any path without --jobs-dir), or another key's job without the admin "
+                        "key."),
+    "Conflict": _error("The job or model is in a state that refuses the call: a job that has "
+                       "ended already, an output not ready yet, a model with running jobs."),
 }
 
 _STATUS_OF_RESPONSE = {
     "BadRequest": "400", "Unauthorized": "401", "NotFound": "404", "RequestTimeout": "408",
-    "PayloadTooLarge": "413",
+    "Forbidden": "403", "Conflict": "409", "PayloadTooLarge": "413",
     "UnsupportedMediaType": "415", "TooManyRequests": "429", "InternalError": "500",
     "Unavailable": "503", "DeadlineExceeded": "504",
 }
@@ -401,8 +406,104 @@ def _repository_change(operation_id: str, summary: str) -> dict[str, Any]:
             "200": _json({"type": "object"}, "Done: every version the policy serves is READY "
                                              "(load), or the model is gone (unload)."),
             "202": _json(_schema("RepositoryPending"), "Still under way at the timeout."),
-            **_errors("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaType",
-                      "Unavailable")}}}
+            **_errors("BadRequest", "NotFound", "Conflict", "PayloadTooLarge",
+                      "UnsupportedMediaType", "Unavailable")}}}
+
+
+_JOB_STATES = ["queued", "running", "cancelling", "succeeded", "completed_with_failures",
+               "failed", "cancelled"]
+_JOB_ID = {"name": "id", "in": "path", "required": True,
+           "description": "The job's id, as POST /v2/jobs answered it.",
+           "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+_FILE = {"type": "object", "properties": {
+    "path": {"type": "string", "description": "Under the jobs folder (relative to it, or "
+                                              "absolute inside it)."},
+    "format": {"type": "string"},
+    "id_column": {"type": "string", "description": "Input only: the column (or NPZ array) "
+                                                   "holding each row's id."}}}
+_JOB_SCHEMAS: dict[str, Any] = {
+    "JobRequest": {
+        "type": "object", "required": ["model", "input"],
+        "properties": {"model": {"type": "string"}, "version": {"type": "string"},
+                       "input": {**_FILE, "required": ["path"]}, "output": _FILE}},
+    "Job": {
+        "type": "object",
+        "required": ["id", "state", "model", "version", "rows", "rows_per_s", "eta_s"],
+        "properties": {
+            "id": {"type": "string"}, "state": {"type": "string", "enum": _JOB_STATES},
+            "model": {"type": "string"}, "version": {"type": "string"},
+            "rows": {"type": "object", "required": ["total", "done", "failed"],
+                     "properties": {"total": {"type": "integer", "nullable": True},
+                                    "done": {"type": "integer"},
+                                    "failed": {"type": "integer"}}},
+            "rows_per_s": {"type": "number"},
+            "eta_s": {"type": "number", "nullable": True},
+            "attempt": {"type": "integer"},
+            "error": {"type": "string", "nullable": True}}},
+    "JobList": {"type": "object", "required": ["jobs"],
+                "properties": {"jobs": {"type": "array", "items": _schema("Job")}}},
+}
+
+
+def _job_action(operation_id: str, summary: str) -> dict[str, Any]:
+    return {"post": {
+        "operationId": operation_id, "tags": ["jobs"], "summary": summary,
+        "parameters": [_JOB_ID],
+        "responses": {"200": _json(_schema("Job"), "The job now."),
+                      **_errors("Forbidden", "NotFound", "Conflict", "Unavailable")}}}
+
+
+_JOB_PATHS = {
+    "/v2/jobs": {
+        "post": {
+            "operationId": "job_submit", "tags": ["jobs"],
+            "summary": "Submit a batch job: a JSON body naming files under the jobs folder, or "
+                       "the input file itself as the body with the rest in the query (its "
+                       "output is then kept in the job store for 24 h).",
+            "parameters": [
+                {"name": name, "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": text}
+                for name, text in (("model", "Uploads: the model."),
+                                   ("version", "Uploads: the version (default: the default)."),
+                                   ("format", "Uploads: csv, jsonl, parquet, npy or npz."),
+                                   ("id_column", "Uploads: the id column."),
+                                   ("output_format", "Uploads: jsonl (default) or parquet."))],
+            "requestBody": {"required": True, "content": {
+                JSON: {"schema": _schema("JobRequest")},
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}},
+            "responses": {"201": _json(_schema("Job"), "Queued."),
+                          **_errors("BadRequest", "Forbidden", "NotFound", "PayloadTooLarge",
+                                    "TooManyRequests", "Unavailable")}},
+        "get": {
+            "operationId": "job_list", "tags": ["jobs"],
+            "summary": "The newest jobs (at most 100), optionally in one state.",
+            "parameters": [{"name": "state", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": _JOB_STATES}}],
+            "responses": {"200": _json(_schema("JobList"), "The jobs."),
+                          **_errors("BadRequest", "Unavailable")}}},
+    "/v2/jobs/{id}": {"get": {
+        "operationId": "job_status", "tags": ["jobs"],
+        "summary": "A job's state, rows {total, done, failed}, rows/s, time left, version.",
+        "parameters": [_JOB_ID],
+        "responses": {"200": _json(_schema("Job"), "The job."),
+                      **_errors("NotFound", "Unavailable")}}},
+    "/v2/jobs/{id}/cancel": _job_action(
+        "job_cancel", "Cancel a queued or running job (another key's: admin key)."),
+    "/v2/jobs/{id}/retry": _job_action(
+        "job_retry", "Run the failed rows of a job that completed_with_failures again."),
+    "/v2/jobs/{id}/output": {"get": {
+        "operationId": "job_output", "tags": ["jobs"],
+        "summary": "A finished job's output, streamed: JSONL, one record per input row in "
+                   "input order, or Parquet.",
+        "parameters": [_JOB_ID],
+        "responses": {
+            "200": {"description": "The output.", "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "application/vnd.apache.parquet": {"schema": {"type": "string",
+                                                              "format": "binary"}}}},
+            **_errors("Forbidden", "NotFound", "Conflict", "Unavailable")}}},
+}
 
 
 _TRAFFIC_PATHS = {
@@ -583,6 +684,7 @@ def openapi_document() -> dict[str, Any]:
                           **_errors("NotFound")}}},
         **_REPOSITORY_PATHS,
         **_TRAFFIC_PATHS,
+        **_JOB_PATHS,
         **_DASHBOARD_PATHS,
         # Not a probe: it names every model and drift feature, so it needs the key when
         # keys are on.
@@ -612,7 +714,7 @@ def openapi_document() -> dict[str, Any]:
         "security": [{}, {"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **_JOB_SCHEMAS},
             "responses": _ERROR_RESPONSES,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

@@ -69,7 +69,13 @@ DESTRUCTIVE = {"POST /v2/repository/models/{name}/load", "POST /v2/repository/mo
                # decider): tests/integration/test_rollouts.py covers them on stacks of their own.
                "PUT /v2/models/{name}/traffic", "POST /v2/models/{name}/traffic/{action}",
                # The MLflow webhook needs a decider too (503 here): test_mlflow.py covers it.
-               "POST /v2/repository/mlflow/webhook"}
+               "POST /v2/repository/mlflow/webhook",
+               # Batch jobs: cancel and retry change other callers' jobs (DECISIONS 9), a
+               # submission needs a jobs folder or an upload this stack does not set up, and the
+               # path parameter is a job id, not a model: tests/integration/test_jobs.py covers
+               # them on a stack of its own. GET /v2/jobs stays in.
+               "POST /v2/jobs", "GET /v2/jobs/{id}", "POST /v2/jobs/{id}/cancel",
+               "POST /v2/jobs/{id}/retry", "GET /v2/jobs/{id}/output"}
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations()
                                       if isinstance(result, Ok))
               if op.label not in DESTRUCTIVE}
