@@ -63,6 +63,11 @@ bench-rollout: $(VENV)/.dev
 bench-swap: $(VENV)/.dev
 	$(BIN)/python -m bench.swap --json .bench/swap.json $(BENCH_SWAP_ARGS)
 
+# Batch jobs (bench/jobs.py): a 1,000,000-row job with a worker and the coordinator killed,
+# job vs online rows/s, online p99 with and without a job, cancel latency, 1% malformed rows.
+bench-jobs: $(VENV)/.dev
+	$(BIN)/python -m bench.jobs --json .bench/jobs.json $(BENCH_JOBS_ARGS)
+
 # The image and compose.yaml on a real Docker Engine (tests/engine, README "Without a
 # registry"). `engine-deps` is system-deps plus a Docker Engine (docker.io) and debootstrap,
 # installed only when missing. `test-engine` starts dockerd when none answers (and stops only

@@ -10,10 +10,11 @@ import redis
 from modelgate.core.pool_figures import FiguresQuery
 from modelgate.core.stats import percentile_ms
 from modelgate.core.store import drift as drift_store
-from modelgate.core.store import heartbeats, pools, scaling
+from modelgate.core.store import heartbeats, jobs, pools, scaling
 from modelgate.core.store import lineage as lineage_store
 from modelgate.core.store import models as model_store
 from modelgate.core.store import traffic as traffic_store
+from modelgate.core.store.jobs import JobRecordError, JobSpec, Progress
 from modelgate.core.store.models import ControlEvent, ModelState, VersionStatus
 from modelgate.core.store.traffic import AgreementTally, GateState, TrafficPolicy
 
@@ -71,6 +72,7 @@ def render(client: redis.Redis, out: TextIO) -> int:
           file=out)
     if not pool_ids and not states:
         print("no model pools in this Redis yet (no request stream exists)", file=out)
+        _jobs(client, out)
         return 0
     query = FiguresQuery(pool_ids, time.time())
     pipe = client.pipeline(transaction=False)
@@ -122,7 +124,49 @@ def render(client: redis.Redis, out: TextIO) -> int:
     if events:
         print(f"\nlatest tick: {events[0].reason}", file=out)
     _drift(client, pool_ids, out)
+    _jobs(client, out)
     return 0
+
+
+RECENT_JOBS = 10
+
+
+def _jobs(client: redis.Redis, out: TextIO) -> None:
+    """Active jobs and the latest ended ones, with progress; the job store against its
+    bounds."""
+    active = [j.decode() for j in client.zrange(jobs.ACTIVE, 0, -1)]
+    recent = [j.decode() for j in client.zrevrange(jobs.INDEX, 0, RECENT_JOBS - 1)]
+    ids = list(dict.fromkeys(active + recent))
+    kept = client.zcard(jobs.INDEX)
+    print(f"\nbatch jobs: {len(active)} active, {kept} kept (at most {jobs.INDEX_MAX:,}, each "
+          f"{jobs.RETENTION_S // 3600} h after it ends)" + ("" if ids else "; none"), file=out)
+    if not ids:
+        return
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.get(jobs.spec(job_id))
+        pipe.hgetall(jobs.progress(job_id))
+        pipe.strlen(jobs.upload(job_id))
+        pipe.hlen(jobs.results(job_id))
+    results = pipe.execute()
+    uploads = in_flight = 0
+    for i, job_id in enumerate(ids):
+        raw_spec, raw_progress, upload, pieces = results[4 * i:4 * i + 4]
+        uploads += int(upload)
+        in_flight += int(pieces)
+        try:
+            spec, progress = JobSpec.decode(raw_spec or b"{}"), Progress.parse(raw_progress)
+        except (JobRecordError, TypeError):
+            continue
+        total = progress.total or 0
+        finished = progress.done + progress.failed
+        share = f"{finished / total:.0%}" if total else "-"
+        print(f"  {job_id}  {spec.model}:{spec.version:<4} {progress.state:<24} "
+              f"{finished:>9}/{total:<9} {share:>5}  failed {progress.failed:>7}  "
+              f"{progress.rows_per_s:>9.0f} rows/s", file=out)
+    print(f"  job store: uploads {uploads / 2**20:.1f} MiB (at most "
+          f"{jobs.MAX_UPLOAD_BYTES // 2**20} MiB each), {in_flight} chunk results waiting "
+          "(at most a window per job)", file=out)
 
 
 def _dead_letters(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:
