@@ -57,6 +57,9 @@ RATE_WINDOW_S = 5.0
 VERSION_CHECK_S = 1.0
 CLEANUP_S = 60.0
 IDLE_S = 0.01  # a round that moved nothing waits this long
+# The coordinator's thread runs at this nice value: reading inputs and writing outputs is CPU
+# work that must not take the CPU from the gateways and workers answering online calls.
+NICE = 10
 
 
 class JobFailed(Exception):
@@ -443,6 +446,7 @@ class Coordinator:
 
     def run(self, stop: threading.Event, max_rounds: int | None = None) -> int:
         """Rounds until ``stop`` (or ``max_rounds``); Redis errors are waited out."""
+        _lower_priority()
         rounds = 0
         backoff_s = 0.5
         while not stop.is_set() and (max_rounds is None or rounds < max_rounds):
@@ -465,6 +469,15 @@ class Coordinator:
             if not moved:
                 stop.wait(IDLE_S)
         return rounds
+
+
+def _lower_priority() -> None:
+    """Nice this thread only (Linux gives each thread its own nice value); elsewhere, or
+    refused, it runs at the process's priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+    except (AttributeError, OSError) as e:
+        log.info("the coordinator runs at normal priority (%s)", e)
 
 
 def start_thread(client: redis.Redis, models_dir: Path, jobs_dir: Path | None,

@@ -231,6 +231,8 @@ class Consumer:
                 entries = self._gather(self.jobs.block_ms(block_ms))
         if not entries:
             return 0
+        if self.jobs is not None:
+            self.jobs.saw_online()
         now_ms = int(self.clock.now_ms())
         runnable: list[Entry] = []
         retried: list[Entry] = []

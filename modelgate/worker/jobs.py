@@ -39,6 +39,12 @@ JOB_ID = re.compile(r"^[0-9a-f]{8,64}$")
 # nothing, so the next chunk is taken soon; idle (no chunk lately), its usual block.
 BUSY_BLOCK_MS = 20
 BUSY_FOR_S = 1.0
+# While online calls come (one answered within ONLINE_RECENT_S), the lane rests after each
+# chunk for as long as the chunk ran, times this: the worker spends at most half its time on
+# jobs, and the CPU it leaves goes to the online path (the gateway shares the machine's cores
+# with the workers). Without online calls, chunks run back to back.
+ONLINE_RECENT_S = 1.0
+REST_PER_RUN = 1.0
 
 RoundTrip = Callable[[list[tuple[Any, ...]]], list[Any]]
 
@@ -60,6 +66,8 @@ class JobLane:
         self.failed_rows = 0
         self.busy_s = 0.0
         self._last_chunk_at = 0.0
+        self._online_at = 0.0
+        self._rest_until = 0.0
         self._taken: list[tuple[bytes, dict[bytes, bytes], int]] = []
 
     def ensure_group(self) -> None:
@@ -69,13 +77,24 @@ class JobLane:
             if "BUSYGROUP" not in str(e):
                 raise
 
+    def saw_online(self) -> None:
+        """The consumer answered online calls: chunks yield half the worker to them."""
+        self._online_at = time.monotonic()
+
     def block_ms(self, idle_block_ms: int) -> int:
-        """How long the consumer may block on the online stream: short while chunks flow."""
-        busy = time.monotonic() - self._last_chunk_at < BUSY_FOR_S
+        """How long the consumer may block on the online stream: while the lane rests, until
+        it may take a chunk again; short while chunks flow; else the usual block."""
+        now = time.monotonic()
+        if self._rest_until > now:
+            return max(1, min(idle_block_ms, int((self._rest_until - now) * 1000)))
+        busy = now - self._last_chunk_at < BUSY_FOR_S
         return min(BUSY_BLOCK_MS, idle_block_ms) if busy else idle_block_ms
 
     def step(self) -> int:
-        """Take and answer at most one chunk (a taken-over one first); rows answered."""
+        """Take and answer at most one chunk (a taken-over one first); rows answered. None
+        while the lane rests (online calls came lately and the last chunk ran just now)."""
+        if self._rest_until > time.monotonic():
+            return 0
         if self.reclaimer is not None and self.reclaimer.due(time.monotonic()):
             self._reclaim()
         if self._taken:
@@ -162,9 +181,12 @@ class JobLane:
             return 0
         started = time.perf_counter()
         piece = self._run(entry, ids, errors)
-        self.busy_s += time.perf_counter() - started
         self._answer(entry_id, entry, piece)
+        spent_s = time.perf_counter() - started
+        self.busy_s += spent_s
         self._last_chunk_at = time.monotonic()
+        if self._last_chunk_at - self._online_at < ONLINE_RECENT_S:
+            self._rest_until = self._last_chunk_at + spent_s * REST_PER_RUN
         self.chunks += 1
         self.rows += len(ids)
         self.failed_rows += len(piece.errors)
@@ -183,6 +205,12 @@ class JobLane:
                 piece.errors[offset] = f"the chunk could not be decoded: {e}"
             return piece
         answered = self.runner.run_batch([bundle])[0]
+        if len(answered) == 1 and answered[0][1].status == wire.ReplyStatus.OK:
+            # The whole chunk in one run: its outputs are the valid rows', in order.
+            outcome = answered[0][1]
+            piece.outputs.update({name: _rows(tensor, len(valid))
+                                  for name, tensor in outcome.outputs.items()})
+            return piece
         columns: dict[str, list[Any]] = {}
         results: dict[int, dict[str, Any]] = {}
         for part, outcome in answered:

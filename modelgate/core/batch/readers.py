@@ -376,16 +376,27 @@ class InputFile:
             raise InputError(f"{self.where}: the arrays have different row counts {lengths}")
         for spec in inputs:
             _dtype(spec)
+            shape = _feature_shape(spec)
+            found = arrays[spec.name].shape[1:]
+            if len(found) != len(shape) or any(d >= 0 and d != f
+                                               for d, f in zip(shape, found, strict=True)):
+                raise InputError(f"{self.where}: array {spec.name!r} has rows of shape "
+                                 f"{list(found)}; input {spec.name!r} takes {list(shape)}")
+            kind = arrays[spec.name].dtype.kind
+            if (kind not in "US") if _dtype(spec) is object else (
+                    kind not in "biuf" or (np.dtype(_dtype(spec)).kind in "iub" and kind == "f")):
+                raise InputError(f"{self.where}: array {spec.name!r} holds "
+                                 f"{arrays[spec.name].dtype}, which input {spec.name!r} "
+                                 f"({spec.datatype}) cannot take")
         self._arrays = arrays
         return lengths.pop()
 
     # -- reading
 
     def rows(self, start: int = 0) -> Iterator[tuple[int, Any, dict[str, Any] | str]]:
-        """(position, id, the row's inputs or its error) from row ``start`` on."""
-        if self._arrays is not None:
-            yield from self._array_rows(start)
-        elif self.format == "csv":
+        """(position, id, the row's inputs or its error) from row ``start`` on (tabular
+        formats; arrays are cut whole: :meth:`_array_chunks`)."""
+        if self.format == "csv":
             yield from self._csv_rows(start)
         elif self.format == "jsonl":
             yield from self._jsonl_rows(start)
@@ -457,23 +468,37 @@ class InputFile:
                             yield self._mapped(position, row)
                         position += 1
 
-    def _array_rows(self, start: int) -> Iterator[tuple[int, Any, dict[str, Any] | str]]:
+    def _array_chunks(self, chunk_rows: int, start: int,
+                      only: set[int] | None) -> Iterator[Chunk]:
+        """NPY and NPZ: typed arrays, cut by slicing (their shape was checked at open, so no
+        row can be malformed)."""
         assert self._arrays is not None
         ids = self._arrays.get(self.id_column) if self.id_column else None
-        names = [spec.name for spec in self.version.inputs]
-        for position in range(start, self.total):
-            row_id = ids[position].item() if ids is not None else position
-            try:
-                yield position, row_id, {spec.name: _shaped(
-                    np.asarray(self._arrays[spec.name][position]).astype(_dtype(spec)), spec)
-                    for spec in self.version.inputs if spec.name in names}
-            except ValueError as e:
-                yield position, row_id, str(e)
+        wanted = np.arange(start, self.total) if only is None else np.array(
+            sorted(p for p in only if p >= start), dtype=np.int64)
+        for at in range(0, len(wanted), chunk_rows):
+            picked = wanted[at:at + chunk_rows]
+            contiguous = only is None
+            first, last = int(picked[0]), int(picked[-1]) + 1
+
+            def rows_of(array: np.ndarray) -> np.ndarray:
+                return array[first:last] if contiguous else array[picked]  # noqa: B023
+
+            positions = picked.tolist()
+            chunk = Chunk(positions, rows_of(ids).tolist() if ids is not None else positions,
+                          valid=list(range(len(positions))))
+            chunk.inputs = {spec.name: np.ascontiguousarray(
+                rows_of(self._arrays[spec.name]), dtype=_dtype(spec))
+                for spec in self.version.inputs}
+            yield chunk
 
     def chunks(self, chunk_rows: int, start: int = 0,
                only: set[int] | None = None) -> Iterator[Chunk]:
         """Chunks of ``chunk_rows`` rows from row ``start`` (only the positions in ``only``,
         when given: a retry of failed rows)."""
+        if self._arrays is not None:
+            yield from self._array_chunks(chunk_rows, start, only)
+            return
         positions: list[int] = []
         ids: list[Any] = []
         rows: list[dict[str, np.ndarray] | str] = []
