@@ -83,10 +83,10 @@ class Stack:
 
     def spawn(self, label: str, *args: str) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
-        log = (self.work / f"{label}-{len(self.children)}.log").open("wb")
-        process = subprocess.Popen([sys.executable, "-m", "modelgate", label, *args], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=child_preexec)
+        with (self.work / f"{label}-{len(self.children)}.log").open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "modelgate", label, *args],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       preexec_fn=child_preexec)
         self.children.append((label, process))
         return process
 
