@@ -110,7 +110,10 @@ def render(client: redis.Redis, out: TextIO) -> int:
         for worker_id, beat in _workers(client, pool):
             uptime = time.time() - beat.started
             print(f"  {worker_id:<36} {pool:<20} pid {beat.pid:>7} up {uptime:>6.0f}s  "
-                  f"processed {beat.processed:>8}  busy {beat.busy:.0%}", file=out)
+                  f"processed {beat.processed:>8}  busy {beat.busy:.0%}"
+                  + (f"  job rows {beat.job_rows} ({beat.job_chunks} chunks, "
+                     f"{beat.job_failed_rows} failed, busy {beat.job_busy:.0%})"
+                     if beat.job_chunks else ""), file=out)
     _dead_letters(client, pool_ids, out)
     events = [s for _, fields in client.xrevrange(scaling.EVENTS,
                                                   count=RECENT_DECISIONS * len(pool_ids))

@@ -59,7 +59,10 @@ class Heartbeat:
         stats = self.stats()
         record = heartbeats.Heartbeat(self.pool, os.getpid(), socket.gethostname(),
                                       self.started, int(stats["processed"]), stats["busy"],
-                                      self.sha256)
+                                      self.sha256, int(stats.get("job_rows", 0)),
+                                      int(stats.get("job_chunks", 0)),
+                                      int(stats.get("job_failed_rows", 0)),
+                                      stats.get("job_busy", 0.0))
         pipe = self.client.pipeline(transaction=False)
         pipe.time()
         pipe.get(model_store.state(self.model))

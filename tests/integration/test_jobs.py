@@ -296,3 +296,29 @@ def test_unknown_job_and_list(stack: Stack) -> None:
     assert listed.status_code == 200 and isinstance(listed.json()["jobs"], list)
     assert stack.http.get("/v2/jobs", params={"state": "bogus"}).status_code == 400
 
+
+
+def test_status_shows_jobs_with_their_progress(stack: Stack) -> None:
+    import io
+
+    from modelgate.cli.status import render
+
+    x = np.zeros((1000, 4), np.float32)
+    np.save(stack.jobs_dir / "status.npy", x)
+    job = stack.submit({"model": "mlp", "input": {"path": "status.npy"},
+                        "output": {"path": "status.jsonl"}})
+    stack.wait(job["id"])
+    out = io.StringIO()
+    assert render(stack.redis, out) == 0
+    text = out.getvalue()
+    assert "batch jobs:" in text and "job store: uploads" in text
+    line = next(row for row in text.splitlines() if job["id"] in row)
+    assert "mlp:1" in line and "succeeded" in line and "1000/1000" in line and "100%" in line
+
+
+    def counted() -> bool:  # the workers' job lane counters, with their next heartbeat
+        out = io.StringIO()
+        render(stack.redis, out)
+        return "job rows" in out.getvalue()
+
+    wait_until(counted, 5, "the job lane's counters in the workers' lines")

@@ -28,6 +28,11 @@ class Heartbeat:
     processed: int = 0  # requests answered so far
     busy: float = 0.0  # share of its lifetime spent in ONNX Runtime runs
     sha256: str = ""  # of the model.onnx it loaded: which content of the version it serves
+    # The job lane's own counters (batch jobs' chunks; never in the online figures).
+    job_rows: int = 0
+    job_chunks: int = 0
+    job_failed_rows: int = 0
+    job_busy: float = 0.0  # share of its lifetime spent on job chunks
 
     def fields(self) -> dict[str, str | int | float]:
         return asdict(self)
@@ -39,7 +44,10 @@ class Heartbeat:
             text = {k.decode(): v.decode() for k, v in fields.items()}
             return cls(text["pool"], int(text["pid"]), text["host"], float(text["started"]),
                        int(float(text.get("processed", 0))), float(text.get("busy", 0.0)),
-                       text.get("sha256", ""))
+                       text.get("sha256", ""), int(float(text.get("job_rows", 0))),
+                       int(float(text.get("job_chunks", 0))),
+                       int(float(text.get("job_failed_rows", 0))),
+                       float(text.get("job_busy", 0.0)))
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
 
