@@ -31,7 +31,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from modelgate.autoscaler.backends.base import Backend, PoolRef
 from modelgate.autoscaler.budget import Ask, allocate
 from modelgate.autoscaler.observe import Observer
-from modelgate.autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, decide
+from modelgate.autoscaler.policy import (
+    Decision,
+    Observation,
+    PolicyConfig,
+    PolicyState,
+    decide,
+    job_need,
+)
 from modelgate.core.store import pools, scaling
 
 log = logging.getLogger("modelgate.autoscaler")
@@ -106,8 +113,9 @@ class Autoscaler:
         pressure = 0.0
         if obs is not None and plan.policy.slo_p95_ms and obs.latency_p95_ms is not None:
             pressure = obs.latency_p95_ms / plan.policy.slo_p95_ms
+        jobs = job_need(obs, plan.policy) if obs is not None else 0
         return Ask(plan.pool, desired, plan.policy.min_workers, plan.cost_per_hour, pressure,
-                   plan.priority)
+                   plan.priority, max(0, jobs - desired))
 
     def tick(self, now: float | None = None) -> dict[str, Scaled]:
         now = time.time() if now is None else now
@@ -155,6 +163,9 @@ class Autoscaler:
             plan = self.plans[pool]
             obs, decision = outcome.observation, outcome.decision
             reason = decision.reason
+            if outcome.desired > decision.desired:
+                reason += f"; +{outcome.desired - decision.desired} for batch jobs " \
+                          f"({obs.job_chunks} chunks waiting)"
             if outcome.capped:
                 reason += (f"; capped by budget at {outcome.desired} "
                            f"({self.max_cost_per_hour:.2f}/h across pools)")

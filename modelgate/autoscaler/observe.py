@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import redis
 
 from modelgate.autoscaler.policy import Observation
 from modelgate.core.pool_figures import FiguresQuery, PoolFigures
 from modelgate.core.stats import RATE_WINDOW_S
-from modelgate.core.store import is_bad_data
+from modelgate.core.store import is_bad_data, jobs
 
 
 def observation(pool: str, replicas: int, figures: PoolFigures) -> Observation:
@@ -49,5 +50,17 @@ class Observer:
         if refused is not None:
             raise refused
         figures = query.parse(results)
-        return {pool: (observation(pool, count, figures[pool]), figures[pool])
+        chunks = self._job_chunks(list(replicas))
+        return {pool: (replace(observation(pool, count, figures[pool]),
+                               job_chunks=chunks.get(pool, 0)), figures[pool])
                 for pool, count in replicas.items()}
+
+    def _job_chunks(self, pool_ids: list[str]) -> dict[str, int]:
+        """Batch-job chunks waiting or in work per pool (its job stream's length); a stream
+        Redis refuses to read counts none."""
+        pipe = self.client.pipeline(transaction=False)
+        for pool in pool_ids:
+            pipe.xlen(jobs.job_stream(pool))
+        found = pipe.execute(raise_on_error=False)
+        return {pool: count for pool, count in zip(pool_ids, found, strict=True)
+                if isinstance(count, int)}

@@ -18,6 +18,10 @@ a cap on how many workers one tick may add (lifted in panic) or remove; and
 ``min_workers``/``max_workers``. With
 ``min_workers == 0`` an idle pool scales to zero after the stabilisation window, and any
 backlog or arrival brings one worker back (the gateway holds calls meanwhile).
+
+Batch jobs are a signal of their own (:func:`job_need`), kept apart from these: the loop grants
+the workers a job asks for only after every pool's online needs, within the budget
+(``budget.allocate``), and a job wakes a pool scaled to zero.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Observation:
     live_workers: int = 0
     starting_workers: int = 0
     rate_window_s: float = 3.0  # how long arrival_rate was counted over (sets its noise)
+    job_chunks: int = 0  # batch-job chunks on the pool's job stream, not yet answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,20 @@ def need(obs: Observation, config: PolicyConfig) -> tuple[float, str]:
         candidates.append((max(current + 1.0, current * min(overshoot, 2.0)),
                            f"p95 {obs.latency_p95_ms:.0f} ms over SLO {config.slo_p95_ms:.0f} ms"))
     return max(candidates, key=lambda c: c[0])
+
+
+# Job chunks per worker the job signal sizes a pool for: a job keeps a window of chunks in
+# flight, and a worker takes one at a time.
+CHUNKS_PER_WORKER = 4
+
+
+def job_need(obs: Observation, config: PolicyConfig) -> int:
+    """Workers batch jobs ask for: none without chunks waiting; else one per
+    CHUNKS_PER_WORKER chunks, at least one (a job wakes a pool at zero), at most
+    ``max_workers``."""
+    if obs.job_chunks <= 0 or config.max_workers <= 0:
+        return 0
+    return min(config.max_workers, max(1, math.ceil(obs.job_chunks / CHUNKS_PER_WORKER)))
 
 
 def _clamp(count: int, config: PolicyConfig) -> int:

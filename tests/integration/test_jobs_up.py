@@ -155,3 +155,44 @@ def test_unloading_a_model_with_running_jobs_is_refused_naming_them(up: Up) -> N
     cancelled = up.http.post(f"/v2/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200
     assert up.wait(job["id"])["state"] == "cancelled"
+
+
+def test_a_job_wakes_a_pool_scaled_to_zero(tmp_path: Path) -> None:
+    repo = models.write_repository(tmp_path / "models", {"mlp": demo.mlp_model()})
+    jobs_dir = tmp_path / "jobs"
+    jobs_dir.mkdir()
+    processes = Processes(tmp_path / "logs")
+    (tmp_path / "logs").mkdir()
+    port = free_port()
+    process = processes.spawn("up", [
+        "up", "--models", str(repo), "--host", "127.0.0.1", "--port", str(port),
+        "--grpc-port", "0", "--min-workers", "0", "--scale-down-delay", "1",
+        "--jobs-dir", str(jobs_dir)])
+    running = Up(f"http://127.0.0.1:{port}", jobs_dir, processes)
+    children: dict[int, tuple[int, str]] = {}
+    try:
+        wait_until(lambda: _live(running.http), 60, "modelgate up to be live",
+                   processes.check_alive, processes.logs)
+        # Idle, the pool goes down to zero workers.
+        wait_until(lambda: running.http.get("/v2/models/mlp/ready").status_code == 503, 30,
+                   "the idle pool to scale to zero", processes.check_alive, processes.logs)
+        np.save(jobs_dir / "wake.npy", np.zeros((2000, 4), np.float32))
+        job = running.http.post("/v2/jobs", json={"model": "mlp", "input": {"path": "wake.npy"},
+                                                  "output": {"path": "wake.jsonl"}}).json()
+        done = running.wait(job["id"], timeout_s=60)
+        assert done["state"] == "succeeded", done
+        assert done["rows"]["done"] == 2000
+    finally:
+        running.http.close()
+        children.update(descendants(process.pid))
+        processes.stop()
+        for pid in still_running(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _live(client: httpx.Client) -> bool:
+    try:
+        return client.get("/v2/health/live").status_code == 200
+    except httpx.TransportError:
+        return False

@@ -35,3 +35,16 @@ def test_the_serving_version_is_served_before_a_candidate() -> None:
     granted = allocate(asks, 5.0)
     assert granted["m:1"] == (4, False)
     assert granted["m:2"] == (1, True)
+
+
+def test_batch_jobs_get_workers_only_after_every_online_need() -> None:
+    # Online: a wants 3, b wants 2 (5 of a budget of 6); b's job asks 3 more: 1 fits.
+    asks = [Ask("a", 3, 1, 1.0), Ask("b", 2, 1, 1.0, job_extra=3)]
+    assert allocate(asks, 6.0) == {"a": (3, False), "b": (3, False)}
+    # With a budget only for the online needs, the job gets nothing and caps no one.
+    assert allocate(asks, 5.0) == {"a": (3, False), "b": (2, False)}
+    # Without a budget, every job worker is granted.
+    assert allocate(asks, None) == {"a": (3, False), "b": (5, False)}
+    # Online needs come first even when a job's pool was asked about first.
+    asks = [Ask("job", 0, 0, 1.0, job_extra=2), Ask("online", 4, 1, 1.0)]
+    assert allocate(asks, 4.0) == {"job": (0, False), "online": (4, False)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import pytest
 
@@ -138,3 +139,17 @@ def test_scale_to_zero_and_back() -> None:
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="min_workers"):
         PolicyConfig(min_workers=5, max_workers=2)
+
+
+def test_job_chunks_are_a_signal_of_their_own_that_wakes_a_pool_at_zero() -> None:
+    from modelgate.autoscaler.policy import job_need
+
+    config = PolicyConfig(min_workers=0, max_workers=3)
+    idle = Observation("m:1", 0, 0, 0.0, 0.0, None, None)
+    assert job_need(idle, config) == 0
+    assert job_need(replace(idle, job_chunks=1), config) == 1  # wakes a pool at zero
+    assert job_need(replace(idle, job_chunks=9), config) == 3
+    assert job_need(replace(idle, job_chunks=100), config) == 3  # never past max_workers
+    # The online policy itself does not see job chunks: its decision is the online need.
+    decision = decide(replace(idle, job_chunks=100), PolicyState(), 0.0, config)
+    assert decision.desired == 0
