@@ -501,3 +501,33 @@ def test_versions_panel_keeps_strings_as_text_and_links_only_http(stack: Stack,
     assert HOSTILE in tab.locator("#versions-status").text_content()
     assert tab.locator("img").count() == 0 and tab.title() != "pwned"
     assert page.errors == []
+
+
+JOB_ROWS = "() => document.getElementById('jobs-table').tBodies[0].rows.length > 0"
+
+
+def test_jobs_panel_shows_a_job_with_its_progress(stack: Stack, page: Page) -> None:
+    rows = np.random.default_rng(6).standard_normal((500, 4))
+    csv = "input[0],input[1],input[2],input[3]\n" + "".join(
+        ",".join(f"{v:.5f}" for v in row) + "\n" for row in rows) + "1,2,x,4\n"
+    submitted = httpx.post(f"{stack.url}/v2/jobs", params={"model": "mlp", "format": "csv"},
+                           content=csv.encode(), timeout=30,
+                           headers={**AUTH, "content-type": "text/csv"})
+    assert submitted.status_code == 201, submitted.text
+    job = submitted.json()
+    wait_until(lambda: httpx.get(f"{stack.url}/v2/jobs/{job['id']}", headers=AUTH,
+                                 timeout=10).json()["state"] == "completed_with_failures",
+               60, "the job to end")
+    tab = page.page
+    _open(tab, f"{stack.url}/dashboard#key={KEY}")
+    tab.wait_for_function(JOB_ROWS, timeout=20_000)
+    row = tab.locator(f"#jobs-table tbody tr[data-job='{job['id']}']")
+    cells = row.locator("td")
+    assert cells.nth(0).text_content() == job["id"][:8]
+    assert cells.nth(1).text_content() == f"mlp:{job['version']}"
+    assert cells.nth(2).text_content() == "completed_with_failures"
+    assert cells.nth(3).text_content() == "100.0%"
+    assert cells.nth(4).text_content() == "500"
+    assert cells.nth(5).text_content() == "1"
+    assert cells.nth(6).text_content() == "501"
+    assert page.errors == []

@@ -11,6 +11,8 @@
   const POLL_MS = 1000;
   const DRIFT_POLL_MS = 5000;
   const VERSIONS_POLL_MS = 2000;
+  const JOBS_POLL_MS = 1000;
+  const JOBS_SHOWN = 10;
   const SHOWN_ENTRIES = 4; // params and metrics per version in the table
   const KEY_STORE = "modelgate.dashboard.key";
   const DECISIONS_SHOWN = 12;
@@ -22,7 +24,7 @@
 
   const state = {
     data: null, model: null, feature: null, drift: null, driftAt: 0, driftModel: null,
-    versions: null, versionsAt: 0, versionsModel: null,
+    versions: null, versionsAt: 0, versionsModel: null, jobsAt: 0,
     memoryKey: null, waitingForKey: false, timer: null,
   };
   const $ = (id) => document.getElementById(id);
@@ -177,6 +179,7 @@
         setStatus("live · updated " + when, "ok");
         refreshDrift(false);
         refreshVersions(false);
+        refreshJobs();
       }
     } catch (e) {
       setStatus("gateway unreachable — retrying", "bad");
@@ -620,6 +623,67 @@
       body.appendChild(tr);
     }
     $("versions-table").hidden = v.versions.length === 0;
+  }
+
+  // ------------------------------------------------------------------ batch jobs
+
+  async function refreshJobs() {
+    if (Date.now() - state.jobsAt < JOBS_POLL_MS) return;
+    state.jobsAt = Date.now();
+    let result;
+    try {
+      result = await api("v2/jobs");
+    } catch (e) {
+      $("jobs-status").textContent = "jobs: gateway unreachable";
+      return;
+    }
+    if (!result.ok || !result.body || !Array.isArray(result.body.jobs)) {
+      $("jobs-status").textContent = "jobs: unavailable (" + errorText(result) + ")";
+      $("jobs-table").hidden = true;
+      return;
+    }
+    renderJobs(result.body.jobs.slice(0, JOBS_SHOWN));
+  }
+
+  function renderJobs(jobs) {
+    const active = jobs.filter((j) => j.state === "queued" || j.state === "running" || j.state === "cancelling");
+    $("jobs-status").textContent = jobs.length
+      ? active.length + " active · the latest " + jobs.length + " shown"
+      : "no batch job yet (POST /v2/jobs, or modelgate batch submit)";
+    const body = $("jobs-table").tBodies[0];
+    clear(body);
+    for (const job of jobs) {
+      const tr = el("tr");
+      tr.dataset.job = job.id;
+      const id = el("td", "mono", String(job.id).slice(0, 8));
+      id.title = String(job.id);
+      tr.appendChild(id);
+      tr.appendChild(el("td", "", job.model + ":" + job.version));
+      const stateCell = el("td");
+      const kind = job.state === "succeeded" ? "ok" : job.state === "failed" ? "bad"
+        : job.state === "completed_with_failures" ? "warn" : "";
+      stateCell.appendChild(el("span", "badge " + kind, job.state));
+      if (job.error) stateCell.title = String(job.error);
+      tr.appendChild(stateCell);
+      const rows = job.rows || {};
+      const finished = (rows.done || 0) + (rows.failed || 0);
+      const share = rows.total ? finished / rows.total : 0;
+      const progress = el("td");
+      const meter = el("div", "meter");
+      const fill = el("div", "meter-fill" + (rows.failed ? " hot" : ""));
+      fill.style.width = (100 * Math.min(1, share)).toFixed(1) + "%";
+      meter.appendChild(fill);
+      progress.appendChild(meter);
+      progress.appendChild(el("span", "muted small", (100 * share).toFixed(1) + "%"));
+      tr.appendChild(progress);
+      tr.appendChild(el("td", "r", fmtInt(rows.done)));
+      tr.appendChild(el("td", "r", fmtInt(rows.failed)));
+      tr.appendChild(el("td", "r", rows.total === null || rows.total === undefined ? "–" : fmtInt(rows.total)));
+      tr.appendChild(el("td", "r", isNum(job.rows_per_s) && job.rows_per_s > 0 ? fmtRate(job.rows_per_s) : "–"));
+      tr.appendChild(el("td", "r", isNum(job.eta_s) ? Math.round(job.eta_s) + " s" : "–"));
+      body.appendChild(tr);
+    }
+    $("jobs-table").hidden = jobs.length === 0;
   }
 
   // ------------------------------------------------------------------ wiring
