@@ -5,6 +5,8 @@ folder and a coordinator, each its own process (so a scene can SIGKILL one). Sce
 
 - **online**: the online path's rows/s on those workers (closed loop, ``--chunk-rows`` rows per
   call, ``--online-concurrency`` callers), the figure job throughput is compared with.
+- **throughput**: a ``--rows`` job alone on the same workers (NPY in, JSONL out): its rows/s,
+  compared with the online scene's.
 - **kill**: a ``--rows`` job (NPY in, JSONL out); a worker is SIGKILLed at a third and the
   coordinator at two thirds (a new one of each started). Every row id exactly once in the
   output, every output equal to ONNX Runtime run directly on the file, the chunks redone per
@@ -182,6 +184,25 @@ def online(running: Stack, rows_per_call: int, concurrency: int,
     elapsed = time.monotonic() - started
     return OnlineFigures(rows_per_call, concurrency, round(elapsed, 2), calls,
                          round((calls - failed) * rows_per_call / elapsed, 1), failed)
+
+
+@dataclass
+class ThroughputFigures:
+    rows: int
+    seconds: float
+    rows_per_s: float
+    state: str
+
+
+def throughput(running: Stack, rows: int) -> ThroughputFigures:
+    x = np.random.default_rng(6).standard_normal((rows, 4)).astype(np.float32)
+    np.save(running.jobs_dir / "throughput.npy", x)
+    started = time.monotonic()
+    job = running.submit({"model": "mlp", "input": {"path": "throughput.npy"},
+                          "output": {"path": "throughput.jsonl"}})
+    done = running.wait(job["id"])
+    seconds = time.monotonic() - started
+    return ThroughputFigures(rows, round(seconds, 2), round(rows / seconds, 1), done["state"])
 
 
 @dataclass
@@ -391,7 +412,7 @@ def malformed(running: Stack, rows: int) -> MalformedFigures:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", default="online,kill,p99,cancel,malformed")
+    parser.add_argument("--scenes", default="online,throughput,kill,p99,cancel,malformed")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-rows", type=int, default=job_store.DEFAULT_CHUNK_ROWS,
@@ -418,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                 if scene == "online":
                     result: Any = online(running, args.chunk_rows, args.online_concurrency,
                                          args.online_s)
+                elif scene == "throughput":
+                    result = throughput(running, args.rows)
                 elif scene == "kill":
                     result = kill(running, args.rows)
                 elif scene == "p99":
@@ -430,12 +453,15 @@ def main(argv: list[str] | None = None) -> int:
                     parser.error(f"unknown scene {scene!r}")
                 figures[scene] = asdict(result)
                 print(f"{scene}: {json.dumps(asdict(result), indent=2)}", flush=True)
-        if "online" in figures and "kill" in figures:
-            ratio = figures["kill"]["rows_per_s_without_takeover"] / max(
-                figures["online"]["rows_per_s"], 1e-9)
-            figures["job_vs_online"] = round(ratio, 2)
-            print(f"job rows/s (without the coordinator's takeover) / online rows/s: "
-                  f"{ratio:.2f}", flush=True)
+        online_rate = figures.get("online", {}).get("rows_per_s")
+        if online_rate:
+            for scene, key in (("throughput", "rows_per_s"),
+                               ("kill", "rows_per_s_without_takeover")):
+                if scene in figures:
+                    ratio = figures[scene][key] / online_rate
+                    figures[f"{scene}_vs_online"] = round(ratio, 2)
+                    print(f"job rows/s ({scene}: {key}) / online rows/s: {ratio:.2f}",
+                          flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json is not None:

@@ -56,7 +56,10 @@ log = logging.getLogger("modelgate.coordinator")
 RATE_WINDOW_S = 5.0
 VERSION_CHECK_S = 1.0
 CLEANUP_S = 60.0
-IDLE_S = 0.01  # a round that moved nothing waits this long
+# A round that moved nothing waits this long before the next: briefly while chunks are in
+# flight (a worker answers a chunk in about a millisecond), longer with no active job.
+WAIT_BUSY_S = 0.002
+WAIT_IDLE_S = 0.05
 # The coordinator's thread runs at this nice value: reading inputs and writing outputs is CPU
 # work that must not take the CPU from the gateways and workers answering online calls.
 NICE = 10
@@ -83,6 +86,7 @@ class JobRun:
         self.positions: list[int] | None = None  # a retry's rows: the failed ones
         self.rows_total = 0  # this attempt's rows
         self.exhausted = False
+        self.ended = False
         self.rates: deque[tuple[float, int]] = deque()
         self.checked_version_at = 0.0
 
@@ -264,6 +268,7 @@ class JobRun:
         end(self.client, self.spec.id, state, now)
         log.info("job %s: %s, %d rows done, %d failed", self.spec.id, state, progress.done,
                  progress.failed)
+        self.ended = True
         self.close()
 
     def withdraw(self) -> int:
@@ -395,7 +400,10 @@ class Coordinator:
                                                  self.jobs_dir)
                 progress = run.start(progress, now)
             run.check_version(now)
-            return run.step(progress, now)  # an ended job leaves the active set; see step
+            moved = run.step(progress, now)
+            if run.ended:  # a retry queued at once starts afresh from its record
+                self.runs.pop(job_id, None)
+            return moved
         except (JobFailed, ModelgateError, OSError) as e:
             self._fail(job_id, spec, run, str(e), now)
             return True
@@ -467,7 +475,7 @@ class Coordinator:
                 stop.wait(backoff_s)
                 continue
             if not moved:
-                stop.wait(IDLE_S)
+                stop.wait(WAIT_BUSY_S if self.runs else WAIT_IDLE_S)
         return rounds
 
 
