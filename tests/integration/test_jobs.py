@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 DB = 60  # a Redis database of its own (serve() counts up from 1)
 JOB_TIMEOUT_S = 60.0
+APP_KEY, OTHER_KEY, ADMIN_KEY = "jobs-app-key", "jobs-other-key", "jobs-admin-key"
 
 
 class Stack:
@@ -42,7 +43,8 @@ class Stack:
         self.redis_url = redis_url
         self.repo = repo
         self.jobs_dir = jobs_dir
-        self.http = httpx.Client(base_url=base, timeout=30.0)
+        self.http = httpx.Client(base_url=base, timeout=30.0,
+                                 headers={"authorization": f"Bearer {APP_KEY}"})
         self.redis = redis.Redis.from_url(redis_url)
         self.spawned = 0
 
@@ -100,7 +102,9 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         stack.worker("gather", "1")
         processes.spawn("gateway", [
             "gateway", "--models", str(repo), "--redis-url", url, "--host", "127.0.0.1",
-            "--port", str(port), "--jobs-dir", str(jobs_dir)])
+            "--port", str(port), "--jobs-dir", str(jobs_dir)],
+            env_extra={"MODELGATE_API_KEY": f"{APP_KEY},{OTHER_KEY}",
+                       "MODELGATE_ADMIN_API_KEY": ADMIN_KEY})
         stack.coordinator()
         wait_until(lambda: _ready(stack.http), READY_TIMEOUT_S, "the stack to be ready",
                    processes.check_alive, processes.logs)
@@ -110,7 +114,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         processes.stop(labels_first=("gateway",))
 
 
-def _ready(client: httpx.Client) -> bool:
+def _ready(client: httpx.Client) -> bool:  # the probe answers without a key
     try:
         return client.get("/v2/health/ready").status_code == 200
     except httpx.TransportError:
@@ -322,3 +326,45 @@ def test_status_shows_jobs_with_their_progress(stack: Stack) -> None:
         return "job rows" in out.getvalue()
 
     wait_until(counted, 5, "the job lane's counters in the workers' lines")
+
+
+def test_jobs_need_a_key_and_only_their_owner_or_an_admin_acts_on_them(stack: Stack) -> None:
+    np.save(stack.jobs_dir / "owned.npy", np.zeros((200_000, 4), np.float32))
+    body = {"model": "mlp", "input": {"path": "owned.npy"}, "output": {"path": "owned.jsonl"}}
+    assert httpx.post(f"{stack.base}/v2/jobs", json=body).status_code == 401
+    job = stack.submit(body)
+    assert httpx.get(f"{stack.base}/v2/jobs/{job['id']}").status_code == 401
+    other = {"authorization": f"Bearer {OTHER_KEY}"}
+    assert httpx.get(f"{stack.base}/v2/jobs/{job['id']}", headers=other).status_code == 200
+    refused = httpx.post(f"{stack.base}/v2/jobs/{job['id']}/cancel", headers=other)
+    assert refused.status_code == 403 and "admin key" in refused.json()["error"]
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx.post(f"{stack.base}/v2/jobs/{job['id']}/cancel",
+                      headers=admin).status_code == 200
+    assert stack.wait(job["id"])["state"] == "cancelled"
+
+
+def test_an_uploaded_jsonl_input_with_a_parquet_output(stack: Stack,
+                                                       ort_run: Callable[..., list[Any]]) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    x = np.random.default_rng(7).standard_normal((50, 4)).astype(np.float32)
+    lines = [orjson.dumps({"key": f"r{i}", "input": row.tolist()}) for i, row in enumerate(x)]
+    lines.insert(10, b"{not json")
+    response = stack.http.post(
+        "/v2/jobs", params={"model": "mlp", "format": "jsonl", "id_column": "key",
+                            "output_format": "parquet"},
+        content=b"\n".join(lines) + b"\n", headers={"content-type": "application/x-ndjson"})
+    assert response.status_code == 201, response.text
+    done = stack.wait(response.json()["id"])
+    assert done["state"] == "completed_with_failures" and done["rows"]["failed"] == 1
+    output = stack.http.get(f"/v2/jobs/{done['id']}/output")
+    assert output.headers["content-type"].startswith("application/vnd.apache.parquet")
+    table = pq.read_table(io.BytesIO(output.content)).to_pylist()
+    assert len(table) == 51 and "not JSON" in table[10]["error"]
+    ok = [r for r in table if r["error"] is None]
+    assert [r["row"] for r in ok] == [f"r{i}" for i in range(50)]
+    np.testing.assert_array_equal(np.array([r["probabilities"] for r in ok], np.float32),
+                                  ort_run("mlp", {"input": x})[0])
