@@ -348,12 +348,16 @@ class InputFile:
 
     def _open_arrays(self) -> int:
         try:
-            with self._binary() as raw:
-                loaded = np.load(raw, allow_pickle=False)
-                if isinstance(loaded, np.ndarray):
-                    arrays = {"": loaded}
-                else:
-                    arrays = {name: loaded[name] for name in loaded.files}
+            if self.format == "npy" and isinstance(self.source, Path):
+                # Mapped, not read: a large file costs no memory until its rows are cut.
+                arrays = {"": np.load(self.source, mmap_mode="r", allow_pickle=False)}
+            else:
+                with self._binary() as raw:
+                    loaded = np.load(raw, allow_pickle=False)
+                    if isinstance(loaded, np.ndarray):
+                        arrays = {"": loaded}
+                    else:
+                        arrays = {name: loaded[name] for name in loaded.files}
         except (ValueError, OSError, EOFError) as e:
             raise InputError(f"{self.where} is not a {self.format} file numpy reads without "
                              f"pickle: {e}") from e
