@@ -167,9 +167,9 @@ def _jobs(client: redis.Redis, out: TextIO) -> None:
         print(f"  {job_id}  {spec.model}:{spec.version:<4} {progress.state:<24} "
               f"{finished:>9}/{total:<9} {share:>5}  failed {progress.failed:>7}  "
               f"{progress.rows_per_s:>9.0f} rows/s", file=out)
-    print(f"  job store: uploads {uploads / 2**20:.1f} MiB (at most "
-          f"{jobs.MAX_UPLOAD_BYTES // 2**20} MiB each), {in_flight} chunk results waiting "
-          "(at most a window per job)", file=out)
+    print(f"  job store: uploads {uploads / 2**20:.1f} MiB of the latest jobs (at most "
+          f"{jobs.MAX_UPLOAD_BYTES // 2**20} MiB each, {jobs.UPLOADS_MAX_BYTES // 2**20} MiB "
+          f"in all), {in_flight} chunk results waiting (at most a window per job)", file=out)
 
 
 def _dead_letters(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:

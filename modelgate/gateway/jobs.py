@@ -23,7 +23,7 @@ import orjson
 from modelgate.core.batch import output as output_format
 from modelgate.core.batch.paths import confine, relative
 from modelgate.core.batch.readers import InputFile
-from modelgate.core.errors import Conflict, Forbidden, InvalidInput, ModelNotFound
+from modelgate.core.errors import Conflict, Forbidden, InvalidInput, ModelNotFound, Overloaded
 from modelgate.core.repository import ModelVersion, RepositoryError, check_name
 from modelgate.core.store import jobs
 from modelgate.core.store.jobs import JobRecordError, JobSpec, JobState, Progress
@@ -126,10 +126,12 @@ async def submit(plane: DataPlane, jobs_dir: Path | None, body: Mapping[str, Any
                                "the jobs folder")
         assert jobs_dir is not None
         stored_output = relative(jobs_dir, target)
-    if upload is not None and len(upload) > jobs.MAX_UPLOAD_BYTES:
-        raise InvalidInput(f"the upload is {len(upload)} bytes; at most "
-                           f"{jobs.MAX_UPLOAD_BYTES} are kept in the job store: put larger "
-                           "files under the jobs folder and name them by path")
+    if upload is not None:
+        if len(upload) > jobs.MAX_UPLOAD_BYTES:
+            raise InvalidInput(f"the upload is {len(upload)} bytes; at most "
+                               f"{jobs.MAX_UPLOAD_BYTES} are kept in the job store: put larger "
+                               "files under the jobs folder and name them by path")
+        await _room_for(plane, len(upload))
     # The columns must feed the model: refused now, not after the job has been queued.
     checked = await asyncio.to_thread(
         InputFile, upload if upload is not None else source, input_format, id_column, version)
@@ -143,11 +145,34 @@ async def submit(plane: DataPlane, jobs_dir: Path | None, body: Mapping[str, Any
     pipe.hset(jobs.progress(spec.id), mapping=progress.fields())
     if upload is not None:
         pipe.set(jobs.upload(spec.id), upload)
+        pipe.hset(jobs.UPLOADS, spec.id, len(upload))
     pipe.zadd(jobs.INDEX, {spec.id: now})
     pipe.zadd(jobs.ACTIVE, {spec.id: now})
     pipe.zremrangebyrank(jobs.INDEX, 0, -(jobs.INDEX_MAX + 1))
     await pipe.execute()
     return view(spec, progress, now)
+
+
+async def _room_for(plane: DataPlane, size: int) -> None:
+    """Refuse an upload that would take the uploads held past their budget (expired ones are
+    forgotten on the way)."""
+    held = {k.decode(): int(v) for k, v in (await plane.client.hgetall(jobs.UPLOADS)).items()}
+    if held:
+        pipe = plane.client.pipeline(transaction=False)
+        for job_id in held:
+            pipe.exists(jobs.upload(job_id))
+        gone = [job_id for job_id, exists in zip(held, await pipe.execute(), strict=True)
+                if not exists]
+        if gone:
+            await plane.client.hdel(jobs.UPLOADS, *gone)
+        for job_id in gone:
+            held.pop(job_id)
+    total = sum(held.values())
+    if total + size > jobs.UPLOADS_MAX_BYTES:
+        raise Overloaded(f"the job store holds {total} bytes of uploaded inputs and this one "
+                         f"would pass its budget of {jobs.UPLOADS_MAX_BYTES}: retry once jobs "
+                         "have ended and expired, or put the file under the jobs folder and "
+                         "name it by path", 60)
 
 
 def view(spec: JobSpec, progress: Progress, now: float) -> dict[str, Any]:

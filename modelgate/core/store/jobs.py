@@ -13,9 +13,10 @@ writing) keeps its first result, and the coordinator reads each chunk exactly on
 Bounds (Redis memory): a running job holds at most its window of chunk results (``window`` x
 ``chunk_rows`` rows, by default 16 x 256 rows, a few hundred KiB for a small model); a finished
 job's record and progress are kept :data:`RETENTION_S` (a day) and then expire; an uploaded
-input is at most :data:`MAX_UPLOAD_BYTES` (64 MiB) and its output (staged here, since no folder
-holds it) expires with the job. :data:`INDEX` keeps at most :data:`INDEX_MAX` jobs (the oldest
-finished ones go first).
+input is at most :data:`MAX_UPLOAD_BYTES` (64 MiB), uploads held at once at most
+:data:`UPLOADS_MAX_BYTES` (256 MiB), and an upload's output (staged here, since no folder holds
+it; about 100 bytes a row) expires with the job. :data:`INDEX` keeps at most
+:data:`INDEX_MAX` jobs (the oldest go first).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ INDEX = f"{PREFIX}:jobs"
 INDEX_MAX = 10_000
 # Jobs the coordinator still has to run (queued or running, or cancelling), scored likewise.
 ACTIVE = f"{PREFIX}:jobs:active"
+# Uploaded inputs held: job id -> bytes (an entry goes once its upload key expired). Uploads
+# past UPLOADS_MAX_BYTES in all are refused (429): the job store never crowds out the queues.
+UPLOADS = f"{PREFIX}:jobs:uploads"
+UPLOADS_MAX_BYTES = 256 * 1024 * 1024
 # The coordinator's lease ('{coordinator id}'): one coordinator per deployment acts.
 LEASE = f"{PREFIX}:jobs:lease"
 LEASE_TTL_S = 5.0
@@ -410,6 +415,7 @@ def retry_command(job_id: str, now: float) -> tuple[str | int | float, ...]:
 KEYS = (
     (INDEX, "sorted set", f"job id -> submitted (epoch s); at most INDEX_MAX ({INDEX_MAX:,})"),
     (ACTIVE, "sorted set", "ids of jobs queued, running or cancelling -> submitted"),
+    (UPLOADS, "hash", "job id -> bytes of its uploaded input; at most UPLOADS_MAX_BYTES in all"),
     (LEASE, "string", "the job coordinator's id; expires after LEASE_TTL_S unless renewed"),
     (job_stream, "stream", "ChunkEntry (group JOB_GROUP); at most the jobs' windows of chunks"),
     (spec, "string", "JobSpec (JSON); expires RETENTION_S after the job ends"),
