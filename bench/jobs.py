@@ -202,6 +202,7 @@ def throughput(running: Stack, rows: int) -> ThroughputFigures:
                           "output": {"path": "throughput.jsonl"}})
     done = running.wait(job["id"])
     seconds = time.monotonic() - started
+    (running.jobs_dir / "throughput.jsonl").unlink(missing_ok=True)
     return ThroughputFigures(rows, round(seconds, 2), round(rows / seconds, 1), done["state"])
 
 
@@ -220,6 +221,25 @@ class KillFigures:
     chunks_redone_after_coordinator_kill: int
     state: str
     failed_rows: int
+
+
+def _read_output(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every record's row id, and the outputs of those with outputs, line by line (a million
+    records as dicts would take gigabytes)."""
+    ids = np.full(rows + 1, -1, dtype=np.int64)
+    outputs = np.zeros((rows, 3), dtype=np.float32)
+    count = with_outputs = 0
+    with path.open("rb") as lines:
+        for line in lines:
+            record = orjson.loads(line)
+            if count <= rows:
+                ids[count] = record["row"]
+            count += 1
+            if "outputs" in record and with_outputs < rows:
+                outputs[with_outputs] = record["outputs"]["probabilities"]
+                with_outputs += 1
+    path.unlink()
+    return ids[:count] if count <= rows else ids, outputs[:with_outputs]
 
 
 def _pending_of(running: Stack, pid: int) -> int:
@@ -260,18 +280,14 @@ def kill(running: Stack, rows: int) -> KillFigures:
     seconds = time.monotonic() - started
     issued = int(running.redis.hget(job_store.progress(job["id"]), "next_seq") or 0)
     chunk_rows = job_store.DEFAULT_CHUNK_ROWS
-    records = [orjson.loads(line) for line in
-               (running.jobs_dir / "kill.jsonl").read_bytes().splitlines()]
-    ids = [r["row"] for r in records]
-    got = np.array([r["outputs"]["probabilities"] for r in records if "outputs" in r],
-                   dtype=np.float32)
+    ids, got = _read_output(running.jobs_dir / "kill.jsonl", rows)
     session = ort.InferenceSession(str(running.repo / "mlp" / "1" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     expected = session.run(None, {"input": x})[0]
     return KillFigures(
         rows, round(seconds, 2), round(rows / seconds, 1),
         round(rows / max(seconds - takeover_s, 1e-3), 1), round(takeover_s, 2),
-        ids == list(range(rows)), got.shape == expected.shape and bool(
+        bool(np.array_equal(ids, np.arange(rows))), got.shape == expected.shape and bool(
             np.array_equal(got, expected)), -(-rows // chunk_rows), issued, redone_worker,
         issued - -(-rows // chunk_rows), done["state"], done["rows"]["failed"])
 
