@@ -141,7 +141,10 @@ def _jobs(client: redis.Redis, out: TextIO) -> None:
     recent = [j.decode() for j in client.zrevrange(jobs.INDEX, 0, RECENT_JOBS - 1)]
     ids = list(dict.fromkeys(active + recent))
     kept = client.zcard(jobs.INDEX)
-    print(f"\nbatch jobs: {len(active)} active, {kept} kept (at most {jobs.INDEX_MAX:,}, each "
+    holder = client.get(jobs.LEASE)
+    print("\njob coordinator: " + (f"{holder.decode()} holds the jobs lease" if holder
+                                    else "none holds the jobs lease (jobs wait)"), file=out)
+    print(f"batch jobs: {len(active)} active, {kept} kept (at most {jobs.INDEX_MAX:,}, each "
           f"{jobs.RETENTION_S // 3600} h after it ends)" + ("" if ids else "; none"), file=out)
     if not ids:
         return

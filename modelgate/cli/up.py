@@ -181,6 +181,8 @@ class Supervisor:
             models_dir=settings.models_dir, redis_url=self.redis_url, scaling=settings.scaling,
             control=settings.control), settings.models_dir)
         # Batch jobs' coordinator: a thread of this process, under its own lease.
+        if settings.jobs_dir is not None:
+            settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.coordinator, _ = job_coordinator.start_thread(
             redis.Redis.from_url(self.redis_url), settings.models_dir, settings.jobs_dir,
             self.stop_event)
@@ -263,7 +265,7 @@ class Supervisor:
         if settings.gateway_procs > 1:
             command.append("--reuse-port")  # the gRPC port, shared; HTTP comes by --fd
         if settings.jobs_dir is not None:
-            command += ["--jobs-dir", str(settings.jobs_dir)]
+            command += ["--jobs-dir", str(settings.jobs_dir.resolve())]
         child.process = subprocess.Popen(command, preexec_fn=child_preexec, env=env,
                                          pass_fds=(fd,))
         child.started_at = time.monotonic()

@@ -316,6 +316,7 @@ def test_status_shows_jobs_with_their_progress(stack: Stack) -> None:
     assert render(stack.redis, out) == 0
     text = out.getvalue()
     assert "batch jobs:" in text and "job store: uploads" in text
+    assert "holds the jobs lease" in text
     line = next(row for row in text.splitlines() if job["id"] in row)
     assert "mlp:1" in line and "succeeded" in line and "1000/1000" in line and "100%" in line
 
