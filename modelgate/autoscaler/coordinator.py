@@ -69,6 +69,10 @@ class JobFailed(Exception):
     """The job cannot go on; the message, for its record, says why and what to do."""
 
 
+class JobCancelled(Exception):
+    """The job was cancelled while this coordinator started it: the next round ends it."""
+
+
 class JobRun:
     """One active job as this coordinator runs it."""
 
@@ -127,8 +131,11 @@ class JobRun:
         elif progress.state == JobState.QUEUED:
             changes["started_at"] = now
         progress = progress.with_(**changes)
-        self.client.hset(jobs.progress(spec.id), mapping={
-            k: v for k, v in progress.fields().items() if k in {*changes, "state"}})
+        fields = [item for k, v in progress.fields().items() if k in changes
+                  for item in (k, v)]
+        if not self.client.eval(jobs.SET_IF_STATE, 1, jobs.progress(spec.id),
+                                f"{JobState.QUEUED},{JobState.RUNNING}", *fields):
+            raise JobCancelled()
         log.info("job %s: %s on %s, %d rows (attempt %d, from row %d)", spec.id,
                  "resumed" if progress.issued else "started", spec.pool, self.rows_total,
                  progress.attempt, progress.issued)
@@ -396,9 +403,13 @@ class Coordinator:
             if progress.cancel or progress.state in jobs.FINAL:
                 return self._cancel(job_id, spec, run, progress, now)
             if run is None:
-                run = self.runs[job_id] = JobRun(self.client, spec, self.models_dir,
-                                                 self.jobs_dir)
-                progress = run.start(progress, now)
+                run = JobRun(self.client, spec, self.models_dir, self.jobs_dir)
+                try:
+                    progress = run.start(progress, now)
+                except JobCancelled:
+                    run.close()
+                    return True
+                self.runs[job_id] = run
             run.check_version(now)
             moved = run.step(progress, now)
             if run.ended:  # a retry queued at once starts afresh from its record

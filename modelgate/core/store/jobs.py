@@ -357,6 +357,19 @@ end
 return 1
 """
 
+# Set a job's progress fields only while its state is one of those given, in one step with the
+# check (the coordinator starting a job must not overwrite a cancel that came meanwhile).
+# KEYS: progress. ARGV: the allowed states (comma-separated), then field/value pairs.
+# Returns 1 when set.
+SET_IF_STATE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or not string.find(',' .. ARGV[1] .. ',', ',' .. state .. ',', 1, true) then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
 # Cancel a job: queued -> cancelled at once (nothing runs it yet); running -> cancelling (the
 # coordinator withdraws its chunks and ends it). KEYS: progress, the active set. ARGV: job
 # id, now. Returns the state after, or 'ended:STATE' for a job that had ended already.
