@@ -421,12 +421,12 @@ class Coordinator:
 
     def _cancel(self, job_id: str, spec: JobSpec, run: JobRun | None, progress: Progress,
                 now: float) -> bool:
+        """Withdraw a cancelled (or otherwise ended) job's chunks and let its keys expire."""
         withdrawn = (run or JobRun(self.client, spec, self.models_dir, self.jobs_dir)).withdraw()
-        if progress.state not in jobs.FINAL:
-            end(self.client, job_id, JobState.CANCELLED, now)
+        state = progress.state if progress.state in jobs.FINAL else JobState.CANCELLED
+        end(self.client, job_id, state, progress.finished_at or now, progress.error)
+        if progress.cancel:
             log.info("job %s: cancelled (%d chunks withdrawn)", job_id, withdrawn)
-        else:
-            self.client.zrem(jobs.ACTIVE, job_id)
         if run is not None:
             self.runs.pop(job_id, None)
             run.close()

@@ -252,7 +252,7 @@ async def cancel(plane: DataPlane, job_id: str, caller: Caller) -> dict[str, Any
     _may_act(spec, caller, "cancel")
     state = await plane.client.execute_command(*jobs.cancel_command(job_id, time.time()))
     state = state.decode() if isinstance(state, bytes) else state
-    if state not in (JobState.CANCELLED, JobState.CANCELLING):
+    if state != JobState.CANCELLED:
         raise Conflict(f"job {job_id} is {str(state).removeprefix('ended:')} already: only a "
                        "queued or running job can be cancelled")
     return await status(plane, job_id)

@@ -410,7 +410,7 @@ def _repository_change(operation_id: str, summary: str) -> dict[str, Any]:
                       "UnsupportedMediaType", "Unavailable")}}}
 
 
-_JOB_STATES = ["queued", "running", "cancelling", "succeeded", "completed_with_failures",
+_JOB_STATES = ["queued", "running", "succeeded", "completed_with_failures",
                "failed", "cancelled"]
 _JOB_ID = {"name": "id", "in": "path", "required": True,
            "description": "The job's id, as POST /v2/jobs answered it.",

@@ -23,7 +23,7 @@ def test_a_small_bench_run_keeps_every_row_once_and_cancels_fast(tmp_path: Path)
     assert killed.ids_exactly_once and killed.outputs_equal_ort
     assert killed.chunks_issued == killed.chunks  # no chunk issued twice
     assert killed.chunks_redone_after_worker_kill <= 1
-    assert cancelled.seconds_to_cancelled <= 2.0
+    assert cancelled.seconds_to_stopped <= 2.0 and cancelled.state == "cancelled"
     assert cancelled.rows_done < cancelled.rows_total
     assert malformed.state == "completed_with_failures" and malformed.error_rows_equal_malformed
     assert malformed.retry_state == "completed_with_failures"

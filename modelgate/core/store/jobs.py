@@ -35,7 +35,8 @@ from modelgate.core.store import PREFIX
 # Every job id, scored by when it was submitted (epoch s): GET /v2/jobs, and retention.
 INDEX = f"{PREFIX}:jobs"
 INDEX_MAX = 10_000
-# Jobs the coordinator still has to run (queued or running, or cancelling), scored likewise.
+# Jobs the coordinator still has to act on (queued, running, or cancelled with chunks still to
+# withdraw), scored likewise.
 ACTIVE = f"{PREFIX}:jobs:active"
 # Uploaded inputs held: job id -> bytes (an entry goes once its upload key expired). Uploads
 # past UPLOADS_MAX_BYTES in all are refused (429): the job store never crowds out the queues.
@@ -115,7 +116,6 @@ def piece_field(seq: int, offset: int | None = None) -> str:
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
-    CANCELLING = "cancelling"
     SUCCEEDED = "succeeded"
     COMPLETED_WITH_FAILURES = "completed_with_failures"
     FAILED = "failed"
@@ -370,9 +370,11 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
-# Cancel a job: queued -> cancelled at once (nothing runs it yet); running -> cancelling (the
-# coordinator withdraws its chunks and ends it). KEYS: progress, the active set. ARGV: job
-# id, now. Returns the state after, or 'ended:STATE' for a job that had ended already.
+# Cancel a job: cancelled at once. A queued one leaves the active set (nothing runs it yet); a
+# running one stays in it, marked, until the coordinator has withdrawn its chunks (a chunk a
+# worker is running finishes and its result is dropped: JOB_ANSWER writes only for a running
+# job). KEYS: progress, the active set. ARGV: job id, now. Returns 'cancelled', or
+# 'ended:STATE' for a job that had ended already.
 CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
@@ -381,9 +383,9 @@ if state == 'queued' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 'cancelled'
 end
-if state == 'running' or state == 'cancelling' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelling', 'cancel', '1')
-  return 'cancelling'
+if state == 'running' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancel', '1', 'finished_at', ARGV[2])
+  return 'cancelled'
 end
 return 'ended:' .. state
 """
@@ -427,7 +429,7 @@ def retry_command(job_id: str, now: float) -> tuple[str | int | float, ...]:
 
 KEYS = (
     (INDEX, "sorted set", f"job id -> submitted (epoch s); at most INDEX_MAX ({INDEX_MAX:,})"),
-    (ACTIVE, "sorted set", "ids of jobs queued, running or cancelling -> submitted"),
+    (ACTIVE, "sorted set", "ids of jobs the coordinator acts on -> submitted"),
     (UPLOADS, "hash", "job id -> bytes of its uploaded input; at most UPLOADS_MAX_BYTES in all"),
     (LEASE, "string", "the job coordinator's id; expires after LEASE_TTL_S unless renewed"),
     (job_stream, "stream", "ChunkEntry (group JOB_GROUP); at most the jobs' windows of chunks"),

@@ -646,7 +646,7 @@
   }
 
   function renderJobs(jobs) {
-    const active = jobs.filter((j) => j.state === "queued" || j.state === "running" || j.state === "cancelling");
+    const active = jobs.filter((j) => j.state === "queued" || j.state === "running");
     $("jobs-status").textContent = jobs.length
       ? active.length + " active · the latest " + jobs.length + " shown"
       : "no batch job yet (POST /v2/jobs, or modelgate batch submit)";
