@@ -27,7 +27,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY modelgate ./modelgate
 # The absolute path (= `.`) tells hadolint this is the local project, not an unpinned package.
-RUN pip install "/src[docker,kubernetes,mlflow]"
+RUN pip install "/src[docker,kubernetes,mlflow,parquet]"
 
 FROM builder AS models
 # scikit-learn and skl2onnx are only needed to convert the iris demo model.

@@ -107,6 +107,8 @@ async def submit(plane: DataPlane, jobs_dir: Path | None, body: Mapping[str, Any
     output_format_name = _format_of(job_output.get("format"), output_path,
                                     jobs.OUTPUT_FORMATS, "output") \
         if output_path is not None or job_output.get("format") is not None else "jsonl"
+    if output_format_name == "parquet" and not output_format.parquet_available():
+        raise InvalidInput(output_format.PARQUET_MISSING)
     stored_input = stored_output = None
     if input_path is not None:
         source = confine(jobs_dir, input_path, "input")

@@ -146,7 +146,7 @@ def test_multi_stage_with_a_slim_final_stage(dockerfile: list[Stage], final: Sta
 def test_builder_installs_the_extras_and_builds_the_demo_models(dockerfile: list[Stage]) -> None:
     runs = " ".join(i.args for s in dockerfile[:-1] for i in s.all("RUN"))
     # docker and kubernetes: the autoscaler's backends; mlflow: httpx, for registry sources
-    assert re.search(r"pip install \S*\[docker,kubernetes,mlflow\]", runs)
+    assert re.search(r"pip install \S*\[docker,kubernetes,mlflow,parquet\]", runs)
     assert "modelgate demo --out /models" in runs
 
 

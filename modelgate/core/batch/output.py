@@ -19,6 +19,17 @@ import orjson
 
 from modelgate.core.store.jobs import Piece
 
+PARQUET_MISSING = ("Parquet needs pyarrow, which this installation lacks: install "
+                   "modelgate[parquet], or use csv, jsonl, npy or npz")
+
+
+def parquet_available() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 
 def piece_lines(piece: Piece, version: str) -> tuple[bytes, int, int]:
     """The JSONL lines of one result piece, and how many rows had outputs and errors."""

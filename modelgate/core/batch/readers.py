@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from modelgate.core import wire
+from modelgate.core.batch.output import PARQUET_MISSING
 from modelgate.core.errors import InvalidInput
 from modelgate.core.repository import ModelVersion, TensorSpec
 
@@ -336,7 +337,10 @@ class InputFile:
         return count
 
     def _open_parquet(self) -> int:
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise InputError(PARQUET_MISSING) from e
 
         try:
             parquet = pq.ParquetFile(self._binary())
