@@ -8,6 +8,10 @@ gateway) and the acknowledgement of its entries (``XACK``, ``XDEL``, the pool's 
 count) are one script, after the run, that acknowledges only what it answered
 (``modelgate.worker.answers``): answers Redis refuses are held and sent again, and the worker
 reads nothing new until they are written.
+
+Batch jobs' chunks come second (``modelgate.worker.jobs``): a step that finds no online call
+waiting (a read that does not block) lets the job lane take one chunk, and blocks on the online
+stream only after that.
 """
 
 from __future__ import annotations

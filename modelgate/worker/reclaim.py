@@ -22,6 +22,9 @@ died holding it -- is moved to the pool's dead-letter stream and its caller told
 that crashes the runtime cannot take down every worker in turn. A taken-over bundle of several
 requests is split into one entry per request, and taken-over entries run one at a time: if
 one of them crashes the process again, it takes no neighbour with it.
+
+The same rules cover a pool's job stream (its own group): a second Reclaimer runs on it for the
+job lane (``modelgate.worker.jobs``), which splits a taken-over chunk into rows instead.
 """
 
 from __future__ import annotations
