@@ -7,9 +7,11 @@ over, split into rows, and a row delivered too often is parked and becomes that 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -146,3 +148,50 @@ def test_a_chunk_answered_after_its_job_ended_leaves_nothing(
     assert lane.step() == 2
     assert not redis_client.exists(jobs.results(JOB), jobs.chunk_rows(JOB))
     assert redis_client.xlen(jobs.job_stream(version.pool)) == 0
+
+
+def test_a_coordinator_resuming_cuts_what_its_predecessor_wrote_after_the_checkpoint(
+        redis_client: redis.Redis, unit_repository: dict[str, Model], tmp_path: Path) -> None:
+    """The crash this guards against: output lines appended, then the coordinator killed
+    before its checkpoint. Its successor must cut them and write them once."""
+    from modelgate.autoscaler.coordinator import Coordinator
+    from modelgate.core.batch.paths import staging_file
+    from modelgate.core.store.jobs import JobSpec, Progress
+
+    version = unit_repository["mlp"].default
+    models_dir = version.path.parents[2]
+    runner = Runner(version, intra_op_threads=1)
+    consumer = Consumer(redis_client, version, runner, "w4", reply_ttl_s=60)
+    lane = _lane(redis_client, version, runner, "w4", consumer)
+    x = np.random.default_rng(5).standard_normal((2000, 4)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    spec = JobSpec(JOB, "mlp", version.version, version.sha256, "npy", "jsonl", "in.npy",
+                   "out.jsonl", None, "test", time.time(), chunk_rows=100, window=4)
+    redis_client.set(jobs.spec(JOB), spec.encode())
+    redis_client.hset(jobs.progress(JOB), mapping=Progress(total=2000).fields())
+    redis_client.zadd(jobs.ACTIVE, {JOB: time.time()})
+
+    def run(coordinator: Coordinator, until: Any) -> None:
+        for _ in range(10_000):
+            coordinator.step()
+            while lane.step():
+                pass
+            if until():
+                return
+        raise AssertionError("the job did not get there")
+
+    def assembled() -> int:
+        return int(redis_client.hget(jobs.progress(JOB), "assembled") or 0)
+
+    first = Coordinator(redis_client, models_dir, tmp_path, "first")
+    run(first, lambda: assembled() >= 500)
+    staged = staging_file(tmp_path, JOB, 1).with_name(f"{JOB}.jsonl")
+    with staged.open("ab") as out:  # appended, and then the coordinator died
+        out.write(b'{"row": -1, "model_version": "1", "error": "written twice"}\n')
+    first.release()  # gone: its files closed and its lease free, nothing checkpointed since
+    second = Coordinator(redis_client, models_dir, tmp_path, "second")
+    run(second, lambda: redis_client.hget(jobs.progress(JOB), "state") == b"succeeded")
+    records = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert [r["row"] for r in records] == list(range(2000))
+    got = np.array([r["outputs"]["probabilities"] for r in records], np.float32)
+    np.testing.assert_array_equal(got, runner.session.run(None, {"input": x})[0])
