@@ -124,7 +124,10 @@ class JobLane:
         claimed = self.reclaimer.claim()
         for entry_id, fields, deliveries in claimed.dead:
             self._park(entry_id, fields, deliveries)
+        held = {entry_id for entry_id, _, _ in self._taken}  # claimed before, not run yet
         for entry_id, fields, deliveries in claimed.retry:
+            if entry_id in held:
+                continue
             if deliveries > 1 and b"offset" not in fields and self._split(entry_id, fields,
                                                                           deliveries):
                 continue
