@@ -120,6 +120,17 @@ def test_heartbeat_round_trip() -> None:
     assert heartbeats.Heartbeat.parse(stored) == beat
 
 
+def test_heartbeats_with_and_without_the_job_lane_counters_read_both_ways() -> None:
+    beat = heartbeats.Heartbeat("mlp:1", 4242, "host-a", 1700000000.5, 31, 0.25, "ab",
+                                job_rows=512, job_chunks=2, job_failed_rows=1, job_busy=0.125)
+    stored = {str(k).encode(): str(v).encode() for k, v in beat.fields().items()}
+    assert heartbeats.Heartbeat.parse(stored) == beat
+    # A worker of the previous release writes no job counters: they read as none.
+    earlier = {k: v for k, v in stored.items() if not k.startswith(b"job_")}
+    parsed = heartbeats.Heartbeat.parse(earlier)
+    assert parsed is not None and parsed.processed == 31 and parsed.job_rows == 0
+
+
 def test_heartbeat_missing_a_field_is_none() -> None:
     assert heartbeats.Heartbeat.parse({b"pool": b"mlp:1"}) is None
 
