@@ -30,6 +30,7 @@ from modelgate.core.store.jobs import JobRecordError, JobSpec, JobState, Progres
 from modelgate.gateway.dataplane import DataPlane
 
 LIST_LIMIT = 100
+STALE_RATE_S = 5.0
 STREAM_BLOCK_BYTES = 1 << 20
 
 
@@ -180,13 +181,16 @@ async def _room_for(plane: DataPlane, size: int) -> None:
 def view(spec: JobSpec, progress: Progress, now: float) -> dict[str, Any]:
     """A job as GET /v2/jobs/{id} shows it."""
     remaining = None
+    # The coordinator writes the rate as rows come in: one that stopped coming (a stalled
+    # pool, a coordinator taking over) reads as 0, not as the last rate seen.
+    rate = progress.rows_per_s if now - progress.updated_at <= STALE_RATE_S else 0.0
     if progress.state == JobState.RUNNING and progress.total is not None:
         left = (progress.retrying or progress.total) - progress.assembled
-        remaining = round(left / progress.rows_per_s, 1) if progress.rows_per_s > 0 else None
+        remaining = round(left / rate, 1) if rate > 0 else None
     return {
         "id": spec.id, "state": progress.state, "model": spec.model, "version": spec.version,
         "rows": {"total": progress.total, "done": progress.done, "failed": progress.failed},
-        "rows_per_s": progress.rows_per_s, "eta_s": remaining, "attempt": progress.attempt,
+        "rows_per_s": rate, "eta_s": remaining, "attempt": progress.attempt,
         "input": {"path": spec.input_path, "format": spec.input_format,
                   "id_column": spec.id_column},
         "output": {"path": spec.output_path, "format": spec.output_format},
