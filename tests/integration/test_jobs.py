@@ -22,15 +22,15 @@ import pytest
 import redis
 
 from modelgate.cli import demo
-from modelgate.core.embedded_redis import free_port
+from modelgate.core.embedded_redis import free_port, start_redis
+from modelgate.core.process import stop_process
 from modelgate.core.store import jobs
 from tests import models
-from tests.conftest import READY_TIMEOUT_S, redis_url_for_db
+from tests.conftest import READY_TIMEOUT_S
 from tests.procs import Processes, wait_until
 
 pytestmark = pytest.mark.integration
 
-DB = 60  # a Redis database of its own (serve() counts up from 1)
 JOB_TIMEOUT_S = 60.0
 APP_KEY, OTHER_KEY, ADMIN_KEY = "jobs-app-key", "jobs-other-key", "jobs-admin-key"
 
@@ -84,15 +84,15 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A Redis of its own: the tests look at its job keys and kill its processes."""
     repo = models.write_repository(
         tmp_path_factory.mktemp("jobs-models"),
         {"mlp": [demo.mlp_model(seed=0), demo.mlp_model(seed=1)],
          "gather": models.gather_model()},
         configs={"mlp": "version_policy: {all: {}}\ndefault_version: 1\n"})
     jobs_dir = tmp_path_factory.mktemp("jobs-dir")
-    url = redis_url_for_db(redis_url, DB)
-    redis.Redis.from_url(url).flushdb()
+    redis_process, url = start_redis()
     processes = Processes(tmp_path_factory.mktemp("jobs-logs"))
     port = free_port()
     stack = Stack(processes, f"http://127.0.0.1:{port}", url, repo, jobs_dir)
@@ -111,7 +111,9 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield stack
     finally:
         stack.http.close()
+        stack.redis.close()
         processes.stop(labels_first=("gateway",))
+        stop_process(redis_process, timeout_s=5)
 
 
 def _ready(client: httpx.Client) -> bool:  # the probe answers without a key
