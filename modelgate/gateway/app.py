@@ -38,7 +38,16 @@ from modelgate.gateway.errors import domain_error_response, error_response
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.parsing import Parsers
 from modelgate.gateway.recorder import AnswerRecorder
-from modelgate.gateway.routes import dashboard, docs, health, repository, traffic, v1, v2
+from modelgate.gateway.routes import (
+    dashboard,
+    docs,
+    feedback,
+    health,
+    repository,
+    traffic,
+    v1,
+    v2,
+)
 from modelgate.gateway.rpc import server as grpc_server
 from modelgate.gateway.versions import FolderScans
 
@@ -169,7 +178,7 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
                                 any((route.path, m) in CONTROL for m in route.methods or ())),
               methods=route.methods)
         for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes,
-                      *repository.routes, *traffic.routes)
+                      *repository.routes, *traffic.routes, *feedback.routes)
         if isinstance(route, Route)
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

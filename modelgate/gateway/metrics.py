@@ -124,6 +124,25 @@ class Metrics:
                                  ["model", "version", "feature"], registry=r,
                                  multiprocess_mode=gauge_mode)
 
+        self.feedback_dropped = Counter(
+            "modelgate_feedback_answers_dropped",
+            "Answered calls not stored for feedback: queue_full (this gateway's writer fell "
+            "behind), redis_full (Redis refused the write; the store shrank), id_too_long",
+            ["model", "reason"], registry=r)
+        self.feedback_labels = Counter(
+            "modelgate_feedback_labels",
+            "Labels received, by result: matched, unknown, expired, already_labelled, invalid",
+            ["model", "result"], registry=r)
+        self.quality = Gauge(
+            "modelgate_quality",
+            "Live quality of a version on labelled rows since it loaded (metric: labelled, "
+            "accuracy, log_loss, ece, mae, rmse, window_accuracy, cusum)",
+            ["model", "version", "metric"], registry=r, multiprocess_mode=gauge_mode)
+        self.quality_alert = Gauge(
+            "modelgate_quality_alert",
+            "1 while the version's accuracy is significantly below its reference (CUSUM)",
+            pool_labels, registry=r, multiprocess_mode=gauge_mode)
+
     def _per_pool(self, model: str, version: str) -> tuple[Histogram, Histogram, Histogram]:
         """The labelled children every answer of a pool touches, looked up once."""
         children = self._children.get((model, version))

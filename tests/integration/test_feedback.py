@@ -1,0 +1,179 @@
+"""Feedback end to end on a real scikit-learn classifier: answers stored under their call's
+id (given or generated), labels joined to them and counted item by item, live quality equal
+to the same figures computed offline, and the store's bounds (rows, horizon) held."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+from modelgate.cli import demo
+from tests.conftest import ServeFactory
+from tests.procs import wait_until
+
+SHORT_HORIZON_S = 2
+
+
+@pytest.fixture(scope="module")
+def stack(serve: ServeFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("feedback-models")
+    demo.write_model(demo.iris_classifier(), root, "iris")
+    demo.write_model(demo.iris_classifier(), root, "bounded")
+    (root / "bounded" / "config.yaml").write_text(
+        f"feedback_horizon_s: {SHORT_HORIZON_S}\nfeedback_max_rows: 40\n")
+    with serve(Path(root), [("iris", 1), ("bounded", 1)]) as base:
+        yield base
+
+
+def infer(client: httpx.Client, model: str, rows: np.ndarray,
+          call: str | None = None) -> httpx.Response:
+    body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32",
+                                        "shape": list(rows.shape),
+                                        "data": rows.reshape(-1).tolist()}]}
+    if call is not None:
+        body["id"] = call
+    response = client.post(f"/v2/models/{model}/infer", json=body)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def predicted(answer: dict[str, Any]) -> list[int]:
+    label = next(o for o in answer["outputs"] if o["name"] == "output_label")
+    return [int(v) for v in label["data"]]
+
+
+def feedback(client: httpx.Client, model: str, items: Any) -> dict[str, Any]:
+    response = client.post(f"/v2/models/{model}/feedback", json=items)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stored(client: httpx.Client, model: str, calls: list[str]) -> None:
+    """Wait until the gateway's writer has stored these calls (it writes off the response
+    path, every 0.2 s)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answer = client.get(f"/v2/models/{model}/quality").json()
+        if answer["stored"]["answers_stored"] >= len(calls):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{len(calls)} answers of {model} were not stored within 10 s")
+
+
+def test_every_answer_carries_an_id(stack: str) -> None:
+    row = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
+    with httpx.Client(base_url=stack, timeout=10) as client:
+        given = infer(client, "iris", row, "my-call-1")
+        assert given.json()["id"] == "my-call-1"
+        assert given.headers["x-request-id"] == "my-call-1"
+        generated = infer(client, "iris", row)
+        assert len(generated.json()["id"]) == 32
+        assert generated.headers["x-request-id"] == generated.json()["id"]
+        v1 = client.post("/v1/models/iris:predict", json={"instances": row.tolist()},
+                         headers={"X-Request-Id": "v1-call"})
+        assert v1.status_code == 200 and v1.headers["x-request-id"] == "v1-call"
+        v1_generated = client.post("/v1/models/iris:predict",
+                                   json={"instances": row.tolist()})
+        assert len(v1_generated.headers["x-request-id"]) == 32
+
+
+def test_live_quality_equals_offline_figures(stack: str) -> None:
+    features, labels = load_iris(return_X_y=True)
+    rows = features.astype(np.float32)
+    with httpx.Client(base_url=stack, timeout=10) as client:
+        calls, answers = [], []
+        for i, row in enumerate(rows):
+            answer = infer(client, "iris", row[None, :], f"q-{i}").json()
+            calls.append(answer["id"])
+            answers.append(answer)
+        # One multi-row call: its rows are labelled one by one.
+        multi = infer(client, "iris", rows[:5], "q-multi").json()
+        stored(client, "iris", calls)
+        probabilities = np.array([next(o for o in a["outputs"]
+                                       if o["name"] == "output_probability")["data"]
+                                  for a in answers])
+        # Labels arrive out of order; every tenth as a string, as CSV files hold them.
+        order = np.random.default_rng(0).permutation(len(calls))
+        items = [{"id": calls[i], "label": str(labels[i]) if i % 10 == 0 else int(labels[i])}
+                 for i in order]
+        counts = feedback(client, "iris", items)
+        assert (counts["matched"], counts["invalid"], counts["unknown"]) == (150, 0, 0)
+        multi_items = [{"id": "q-multi", "label": int(labels[r]), "row": r} for r in range(5)]
+        assert feedback(client, "iris", multi_items)["matched"] == 5
+        # Every kind of bad item is counted; the good one among them still counts.
+        mixed = feedback(client, "iris", [
+            {"id": calls[0], "label": int(labels[0])},  # already labelled
+            {"id": "never-answered", "label": 1},
+            {"id": "q-multi", "label": 1, "row": 9},  # no such row
+            {"id": "q-multi", "label": 1, "row": -1},
+            {"id": calls[1], "label": "no-such-class"},
+            {"label": 1},
+            "not an object",
+        ])
+        assert (mixed["already_labelled"], mixed["unknown"], mixed["invalid"],
+                mixed["matched"]) == (1, 1, 5, 0), mixed
+        assert len(mixed["errors"]) == 5
+        quality = client.get("/v2/models/iris/quality").json()
+    version = quality["versions"][0]
+    all_predicted = np.array([predicted(a)[0] for a in answers] + predicted(multi))
+    all_labels = np.concatenate([labels, labels[:5]])
+    assert version["labelled"] == 155
+    assert version["since_load"]["accuracy"] == round(
+        float(np.mean(all_predicted == all_labels)), 6)
+    p_label = np.concatenate([probabilities[np.arange(150), labels],
+                              np.array(next(o for o in multi["outputs"]
+                                            if o["name"] == "output_probability")["data"]
+                                       ).reshape(5, 3)[np.arange(5), labels[:5]]])
+    log_loss = float(np.mean(-np.log(np.clip(p_label.astype(np.float32), 1e-15, 1))))
+    assert version["since_load"]["log_loss"] == pytest.approx(log_loss, rel=1e-5)
+    recall_0 = np.mean(all_predicted[all_labels == 0] == 0)
+    assert version["since_load"]["per_class"]["0"]["recall"] == round(float(recall_0), 6)
+    # The window holds the last 1000 labelled rows: here all of them.
+    assert version["window"]["rows"] == 155
+    assert version["window"]["accuracy"] == version["since_load"]["accuracy"]
+    assert version["unmatched"] == 0  # the label of no class was refused before matching
+    assert version["alert"] is False and version["alarm"] is None
+    assert quality["labels"]["matched"] == 155
+
+
+def test_store_keeps_its_bounds_and_counts_reused_ids(stack: str) -> None:
+    row = np.array([[6.3, 3.3, 6.0, 2.5]], np.float32)
+    with httpx.Client(base_url=stack, timeout=10) as client:
+        for i in range(60):
+            infer(client, "bounded", row, f"b-{i}")
+        infer(client, "bounded", row, "b-59")  # a reused id replaces the earlier record
+        wait_until(lambda: client.get("/v2/models/bounded/quality").json()["stored"]
+                   ["answers_stored"] >= 61, 10, "the answers to be stored")
+        answer = client.get("/v2/models/bounded/quality").json()["stored"]
+        assert answer["rows"] == 40 and answer["replaced"] == 1
+        assert answer["trimmed_rows"] == 20
+        assert feedback(client, "bounded", [{"id": "b-0", "label": 2}])["unknown"] == 1
+        time.sleep(SHORT_HORIZON_S + 0.2)
+        # Past the horizon, not yet trimmed: expired.
+        assert feedback(client, "bounded", [{"id": "b-30", "label": 2}])["expired"] == 1
+        infer(client, "bounded", row, "b-late")
+        wait_until(lambda: client.get("/v2/models/bounded/quality").json()["stored"]
+                   ["rows"] == 1, 10, "the old answers to be trimmed")
+        assert feedback(client, "bounded", [{"id": "b-31", "label": 2}])["unknown"] == 1
+        assert feedback(client, "bounded", [{"id": "b-late", "label": 2}])["matched"] == 1
+
+
+def test_malformed_bodies_are_json_400(stack: str) -> None:
+    with httpx.Client(base_url=stack, timeout=10) as client:
+        for content in (b"", b"{not json", b"42", b"[]"):
+            response = client.post("/v2/models/iris/feedback", content=content,
+                                   headers={"content-type": "application/json"})
+            assert response.status_code == 400, content
+            assert "label" in response.json()["error"] or "JSON" in response.json()["error"]
+        too_many = [{"id": "x", "label": 1}] * 10_001
+        response = client.post("/v2/models/iris/feedback", json=too_many)
+        assert response.status_code == 400 and "at most" in response.json()["error"]
+        assert client.post("/v2/models/nope/feedback",
+                           json={"id": "x", "label": 1}).status_code == 404
