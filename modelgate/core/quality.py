@@ -94,9 +94,9 @@ class AlarmState:
 def cusum_step(state: AlarmState, correct: bool, reference: float | None,
                config: AlarmConfig) -> AlarmState:
     """One labelled row through the alarm (the same arithmetic as ``SCORE``)."""
+    if state.p0 is None and reference is not None:
+        state = replace(state, p0=min(max(reference, 0.0), 1 - 1e-3), reference="lineage")
     if state.p0 is None:
-        if reference is not None:
-            return replace(state, p0=min(max(reference, 0.0), 1 - 1e-3), reference="lineage")
         base_n, base_correct = state.base_n + 1, state.base_correct + int(correct)
         if base_n >= config.baseline_rows:
             return replace(state, base_n=base_n, base_correct=base_correct,

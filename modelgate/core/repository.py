@@ -192,10 +192,10 @@ class ModelConfig:
     promotion: PromotionConfig | None = None
     traffic: dict[str, Any] | None = None  # the traffic policy when none is stored
     # Answers kept for feedback (modelgate.gateway.feedback): the share of calls stored, how
-    # long, and at most how many rows per model (the oldest go first; ~140 B a row).
+    # long, and at most how many rows per model (the oldest go first; ~300 B a row of a small classifier).
     feedback_sample_share: float = 1.0
     feedback_horizon_s: int = 86_400
-    feedback_max_rows: int = 200_000
+    feedback_max_rows: int = 100_000
     # Live quality (modelgate.core.quality): the window of last labelled rows, and the alarm's
     # accuracy drop to find, rows before it may fire, and rows of its baseline when the
     # version's lineage records no accuracy.

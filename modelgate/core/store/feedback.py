@@ -267,21 +267,16 @@ if #outcomes > 0 then
   local fired_n = nil
   for i = 1, #outcomes do
     local correct = string.sub(outcomes, i, i) == '1'
+    if p0 < 0 and reference >= 0 then
+      p0 = math.min(math.max(reference, 0.0), 1.0 - 1e-3)
+      redis.call('HSET', KEYS[3], 'reference', 'lineage', 'p0', p0)
+    end
     if p0 < 0 then
-      if reference >= 0 then
-        p0 = reference
-        redis.call('HSET', KEYS[3], 'reference', 'lineage')
-      else
-        base_n = base_n + 1
-        if correct then base_correct = base_correct + 1 end
-        if base_n >= baseline_rows then
-          p0 = base_correct / base_n
-          redis.call('HSET', KEYS[3], 'reference', 'baseline')
-        end
-      end
-      if p0 >= 0 then
-        p0 = math.min(math.max(p0, 0.0), 1.0 - 1e-3)
-        redis.call('HSET', KEYS[3], 'p0', p0)
+      base_n = base_n + 1
+      if correct then base_correct = base_correct + 1 end
+      if base_n >= baseline_rows then
+        p0 = math.min(math.max(base_correct / base_n, 0.0), 1.0 - 1e-3)
+        redis.call('HSET', KEYS[3], 'reference', 'baseline', 'p0', p0)
       end
     else
       local p1 = p0 - drop
