@@ -192,7 +192,8 @@ class ModelConfig:
     promotion: PromotionConfig | None = None
     traffic: dict[str, Any] | None = None  # the traffic policy when none is stored
     # Answers kept for feedback (modelgate.gateway.feedback): the share of calls stored, how
-    # long, and at most how many rows per model (the oldest go first; ~300 B a row of a small classifier).
+    # long, and at most how many rows per model (the oldest go first; a small classifier's
+    # row costs ~300 B: docs/architecture.md).
     feedback_sample_share: float = 1.0
     feedback_horizon_s: int = 86_400
     feedback_max_rows: int = 100_000

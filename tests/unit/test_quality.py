@@ -24,8 +24,9 @@ DETECTION_ROWS = 200
 
 
 def run(correct: np.ndarray, reference: float | None,
-        state: AlarmState = AlarmState()) -> tuple[AlarmState, int | None]:
+        state: AlarmState | None = None) -> tuple[AlarmState, int | None]:
     """The state after every row, and the row (1-based) at which it first alerted."""
+    state = state or AlarmState()
     first = None
     for i, ok in enumerate(correct.tolist()):
         state = cusum_step(state, bool(ok), reference, CONFIG)
