@@ -15,6 +15,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from modelgate.cli import demo
+from modelgate.cli.main import main
 from tests.conftest import ServeFactory
 from tests.procs import wait_until
 
@@ -55,16 +56,15 @@ def feedback(client: httpx.Client, model: str, items: Any) -> dict[str, Any]:
     return response.json()
 
 
-def stored(client: httpx.Client, model: str, calls: list[str]) -> None:
+def stored_count(client: httpx.Client, model: str) -> int:
+    return int(client.get(f"/v2/models/{model}/quality").json()["stored"]["answers_stored"])
+
+
+def stored(client: httpx.Client, model: str, before: int, calls: list[str]) -> None:
     """Wait until the gateway's writer has stored these calls (it writes off the response
-    path, every 0.2 s)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        answer = client.get(f"/v2/models/{model}/quality").json()
-        if answer["stored"]["answers_stored"] >= len(calls):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{len(calls)} answers of {model} were not stored within 10 s")
+    path, every 0.2 s): ``before`` were stored before them."""
+    wait_until(lambda: stored_count(client, model) >= before + len(calls), 10,
+               f"{len(calls)} answers of {model} to be stored")
 
 
 def test_every_answer_carries_an_id(stack: str) -> None:
@@ -88,6 +88,7 @@ def test_live_quality_equals_offline_figures(stack: str) -> None:
     features, labels = load_iris(return_X_y=True)
     rows = features.astype(np.float32)
     with httpx.Client(base_url=stack, timeout=10) as client:
+        before = stored_count(client, "iris")
         calls, answers = [], []
         for i, row in enumerate(rows):
             answer = infer(client, "iris", row[None, :], f"q-{i}").json()
@@ -95,7 +96,7 @@ def test_live_quality_equals_offline_figures(stack: str) -> None:
             answers.append(answer)
         # One multi-row call: its rows are labelled one by one.
         multi = infer(client, "iris", rows[:5], "q-multi").json()
-        stored(client, "iris", calls)
+        stored(client, "iris", before, [*calls, "q-multi"])
         probabilities = np.array([next(o for o in a["outputs"]
                                        if o["name"] == "output_probability")["data"]
                                   for a in answers])
@@ -149,8 +150,8 @@ def test_store_keeps_its_bounds_and_counts_reused_ids(stack: str) -> None:
         for i in range(60):
             infer(client, "bounded", row, f"b-{i}")
         infer(client, "bounded", row, "b-59")  # a reused id replaces the earlier record
-        wait_until(lambda: client.get("/v2/models/bounded/quality").json()["stored"]
-                   ["answers_stored"] >= 61, 10, "the answers to be stored")
+        wait_until(lambda: stored_count(client, "bounded") >= 61, 10,
+                   "the answers to be stored")
         answer = client.get("/v2/models/bounded/quality").json()["stored"]
         assert answer["rows"] == 40 and answer["replaced"] == 1
         assert answer["trimmed_rows"] == 20
@@ -177,3 +178,25 @@ def test_malformed_bodies_are_json_400(stack: str) -> None:
         assert response.status_code == 400 and "at most" in response.json()["error"]
         assert client.post("/v2/models/nope/feedback",
                            json={"id": "x", "label": 1}).status_code == 404
+
+
+def test_feedback_command_sends_a_csv_and_a_jsonl(stack: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    row = np.array([[5.9, 3.0, 5.1, 1.8]], np.float32)
+    with httpx.Client(base_url=stack, timeout=10) as client:
+        before = stored_count(client, "iris")
+        calls = [infer(client, "iris", row).json()["id"] for _ in range(4)]
+        stored(client, "iris", before, calls)
+    table = tmp_path / "labels.csv"
+    table.write_text("id,label,row\n" + "".join(f"{c},2,\n" for c in calls[:3]) +
+                     "unknown-call,2,0\n")
+    lines = tmp_path / "labels.jsonl"
+    lines.write_text(f'{{"id": "{calls[3]}", "label": 2}}\n{{"id": "{calls[0]}", "label": 2}}\n')
+    assert main(["feedback", str(table), "--model", "iris", "--url", stack]) == 0
+    assert "4 labels for iris: 3 matched, 1 unknown" in capsys.readouterr().out
+    assert main(["feedback", str(lines), "--model", "iris", "--url", stack]) == 0
+    assert "1 matched, 0 unknown, 0 expired, 1 already labelled" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("call,truth\nx,1\n")
+    assert main(["feedback", str(bad), "--model", "iris", "--url", stack]) == 2
+    assert "columns id and label" in capsys.readouterr().err

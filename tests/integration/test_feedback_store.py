@@ -4,13 +4,16 @@ says."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
 import redis
 
+from modelgate.cli.status import render
 from modelgate.core.quality import AlarmConfig, AlarmState, cusum_step
 from modelgate.core.store import feedback as store
+from modelgate.core.store import pools
 
 CONFIG = AlarmConfig(min_labels=50, baseline_rows=300)
 # The bound docs/architecture.md states for one stored single-row answer of a 3-class model
@@ -78,3 +81,20 @@ def test_store_holds_rows_and_horizon_and_costs_what_is_stated(
                               "late", 1, "gone", 0)
     assert first[0::2] == [b"m", b"a", b"r", b"u"]
     assert store.AnswerRecord.decode(first[1]).classes == ("1",)
+
+
+def test_status_shows_stored_answers_and_quality(redis_client: redis.Redis) -> None:
+    keys = (store.answers("m"), store.times("m"), store.counts("m"))
+    record = store.AnswerRecord("1", time.time(), ("1",)).encode()
+    redis_client.eval(store.STORE, 3, *keys, time.time(), 3600, 500, "a", record, "b", record)
+    redis_client.eval(store.LABEL, 3, *keys, time.time(), 3600, "a", 0, "zz", 0)
+    redis_client.eval(store.SCORE, 3, store.quality("m", "1"), store.window("m", "1"),
+                      store.alarm("m", "1"), 100, 600, -1, 0.05, 18.42, 100, 2000, "1", 3,
+                      "n", "1", "correct", "1", "true:1", "1")
+    redis_client.xadd(pools.requests_stream(pools.pool_id("m", "1")), {"f": "v"})
+    out = io.StringIO()
+    render(redis_client, out)
+    text = out.getvalue()
+    assert "m: 2 answer rows stored of 500" in text
+    assert "labels 1 matched, 1 unknown or expired" in text
+    assert "v1: 1 labelled rows since load: accuracy 1.0" in text

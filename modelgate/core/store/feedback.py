@@ -46,8 +46,9 @@ def times(model: str) -> str:
 
 
 def counts(model: str) -> str:
-    """Hash of counters: stored, replaced, trimmed_age, trimmed_rows, rows (held now),
-    dropped, and the labels' matched, unknown, expired, already_labelled, invalid."""
+    """Hash of counters: stored, replaced, trimmed_age, trimmed_rows, rows (held now, with
+    the bounds max_rows and horizon_s it was last trimmed to), and the labels' matched,
+    unknown, expired, already_labelled, invalid."""
     return f"{PREFIX}:fb:{model}:counts"
 
 
@@ -172,7 +173,7 @@ while held > max_rows and by_rows < TRIM_CHUNK_ROWS do
   drop(take)
   by_rows = by_rows + #take
 end
-redis.call('HSET', KEYS[3], 'rows', held)
+redis.call('HSET', KEYS[3], 'rows', held, 'max_rows', max_rows, 'horizon_s', horizon)
 redis.call('HINCRBY', KEYS[3], 'stored', (#ARGV - 3) / 2)
 redis.call('HINCRBY', KEYS[3], 'replaced', replaced)
 redis.call('HINCRBY', KEYS[3], 'trimmed_age', by_age)
