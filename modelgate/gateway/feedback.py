@@ -59,6 +59,7 @@ GAUGES_INTERVAL_S = 5.0
 STORE_BATCH = 500  # records per STORE call
 SHRINK_RECORDS = 20_000  # records one SHRINK removes at most
 MAX_LABELS = 10_000  # items per feedback call
+MAX_LABEL_BYTES = 256
 QUALITY_TTL_S = 30 * 86_400  # a version's totals outlive it by this long unused
 REQUEST_ID_HEADER = "X-Request-Id"
 ALARM_DEFAULTS = AlarmConfig()
@@ -68,6 +69,14 @@ def call_id(given: str | None, header: str | None) -> str:
     """The id of a call: the caller's (the body's ``id``, else its ``X-Request-Id`` header),
     else a new one, returned to the caller so that it can send feedback."""
     return given or header or uuid.uuid4().hex
+
+
+def id_headers(call: str) -> dict[str, str]:
+    """``X-Request-Id`` for an id a header can carry (printable ASCII); any other id is
+    answered in the body's ``id`` only."""
+    if len(call) <= store.MAX_ID_BYTES and all(" " <= c <= "~" for c in call):
+        return {REQUEST_ID_HEADER: call}
+    return {}
 
 
 @dataclass(slots=True)
@@ -101,6 +110,14 @@ class Item:
     label: Any
 
 
+def _utf8_bytes(text: str) -> int:
+    """Its length in UTF-8, or 0 for text that is not (a lone surrogate)."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return 0
+
+
 def parse_items(body: Any, counts: Counts) -> list[Item]:
     """The well-formed items of a feedback body (one object or a list of them); each
     malformed one is counted invalid with the reason, never failing the others."""
@@ -111,12 +128,13 @@ def parse_items(body: Any, counts: Counts) -> list[Item]:
             counts.reject(index, 'an item is an object like {"id": "...", "label": 1}')
             continue
         call, label, row = entry.get("id"), entry.get("label"), entry.get("row", 0)
-        if not isinstance(call, str) or not call or \
-                len(call.encode()) > store.MAX_ID_BYTES:
+        if not isinstance(call, str) or not 0 < _utf8_bytes(call) <= store.MAX_ID_BYTES:
             counts.reject(index, f"'id' must be the call's id, a string of 1 to "
                           f"{store.MAX_ID_BYTES} bytes")
-        elif label is None or isinstance(label, bool | dict | list):
-            counts.reject(index, "'label' must be a class (string or integer) or a number")
+        elif label is None or isinstance(label, bool | dict | list) or (
+                isinstance(label, str) and not 0 < _utf8_bytes(label) <= MAX_LABEL_BYTES):
+            counts.reject(index, "'label' must be a class (a string of 1 to "
+                          f"{MAX_LABEL_BYTES} bytes, or an integer) or a number")
         elif isinstance(label, float) and not np.isfinite(label):
             counts.reject(index, "'label' must be finite")
         elif isinstance(row, bool) or not isinstance(row, int) or row < 0:
@@ -179,7 +197,11 @@ class Feedback:
         if len(self.pending) >= MAX_PENDING:
             self.metrics.feedback_dropped.labels(model.name, "queue_full").inc()
             return
-        if len(call.encode()) > store.MAX_ID_BYTES:
+        size = _utf8_bytes(call)
+        if size == 0:  # a lone surrogate: no label could name it either
+            self.metrics.feedback_dropped.labels(model.name, "id_invalid").inc()
+            return
+        if size > store.MAX_ID_BYTES:
             self.metrics.feedback_dropped.labels(model.name, "id_too_long").inc()
             return
         self.pending.append((model, call, time.time(), reply))

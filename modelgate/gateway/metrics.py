@@ -127,7 +127,8 @@ class Metrics:
         self.feedback_dropped = Counter(
             "modelgate_feedback_answers_dropped",
             "Answered calls not stored for feedback: queue_full (this gateway's writer fell "
-            "behind), redis_full (Redis refused the write; the store shrank), id_too_long",
+            "behind), redis_full (Redis refused the write; the store shrank), id_too_long, "
+            "id_invalid (not UTF-8)",
             ["model", "reason"], registry=r)
         self.feedback_labels = Counter(
             "modelgate_feedback_labels",

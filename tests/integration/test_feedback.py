@@ -76,6 +76,10 @@ def test_every_answer_carries_an_id(stack: str) -> None:
         generated = infer(client, "iris", row)
         assert len(generated.json()["id"]) == 32
         assert generated.headers["x-request-id"] == generated.json()["id"]
+        # An id no header can carry is answered in the body only, and still stored.
+        unicode = infer(client, "iris", row, "commande-é\u0001")
+        assert unicode.json()["id"] == "commande-é\u0001"
+        assert "x-request-id" not in unicode.headers
         v1 = client.post("/v1/models/iris:predict", json={"instances": row.tolist()},
                          headers={"X-Request-Id": "v1-call"})
         assert v1.status_code == 200 and v1.headers["x-request-id"] == "v1-call"

@@ -10,7 +10,7 @@ from modelgate.core.errors import ModelNotFound
 from modelgate.gateway import protocol
 from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
-from modelgate.gateway.feedback import REQUEST_ID_HEADER, call_id
+from modelgate.gateway.feedback import REQUEST_ID_HEADER, call_id, id_headers
 from modelgate.gateway.parsing import V1
 from modelgate.gateway.protocol import MODEL_VERSION_HEADER
 
@@ -39,7 +39,7 @@ async def predict(request: Request) -> Response:
     call = call_id(None, request.headers.get(REQUEST_ID_HEADER))
     plane.feedback.record(model, call, reply)
     return Response(protocol.format_v1(reply, model), media_type="application/json",
-                    headers={MODEL_VERSION_HEADER: model.version, REQUEST_ID_HEADER: call})
+                    headers={MODEL_VERSION_HEADER: model.version, **id_headers(call)})
 
 
 async def model_status(request: Request) -> Response:

@@ -13,7 +13,7 @@ from modelgate.gateway import protocol, versions
 from modelgate.gateway.binary import HEADER, split_body
 from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
-from modelgate.gateway.feedback import REQUEST_ID_HEADER, call_id
+from modelgate.gateway.feedback import REQUEST_ID_HEADER, call_id, id_headers
 from modelgate.gateway.parsing import V2
 
 JSON = "application/json"
@@ -113,7 +113,7 @@ async def infer(request: Request) -> Response:
     plane.feedback.record(model, call, reply)
     content, header_length = protocol.format_v2_binary(
         model, reply, call, set(parsed.binary_outputs), protocol.wants_maps(parsed.request))
-    headers = {protocol.MODEL_VERSION_HEADER: model.version, REQUEST_ID_HEADER: call}
+    headers = {protocol.MODEL_VERSION_HEADER: model.version, **id_headers(call)}
     if header_length is None:
         return Response(content, media_type=JSON, headers=headers)
     return Response(content, media_type="application/octet-stream",
