@@ -12,6 +12,10 @@ exported to ONNX (ZipMap output), with its held-out accuracy as the version's li
 - **switch**: the labels change under the model: every row of class 2 is now labelled 0 (the
   model is wrong on one class). Counts the labelled rows from the switch until the quality
   alarm fires (``alert``), against the stated bound.
+- **overhead**: the hot path with and without storing answers: the same classifier at the
+  same closed-loop load (callers pause between calls: a machine with headroom), first with
+  ``feedback_sample_share: 0`` (nothing stored anywhere), then storing every answer: p50, p99
+  and calls/s of each.
 - **memory**: a model whose answers are kept ``--horizon-s`` seconds, under load for three
   horizons: the answer store's rows and bytes (``MEMORY USAGE``), sampled twice a second, stay
   within ``rows <= rate x (horizon + 1 s)`` and the bytes per row stated in
@@ -41,6 +45,7 @@ from modelgate.core.store import feedback as store
 
 MODEL = "clf"
 BOUNDED = "bounded"
+UNSTORED = "unstored"  # the same classifier with feedback_sample_share 0
 SWITCHED_CLASS, SWITCHED_TO = 2, 0
 BYTES_PER_ROW = 300  # the bound docs/architecture.md states for a small classifier's row
 DETECTION_BOUND_ROWS = 400  # the bound this bench states for its switch
@@ -76,13 +81,14 @@ def build(root: Path, horizon_s: int) -> Data:
                                  target_opset={"": OPSET, "ai.onnx.ml": 3})
     predicted = classifier.predict(test_x)
     accuracy = float(np.mean(predicted == test_y))
-    for name in (MODEL, BOUNDED):
+    for name in (MODEL, BOUNDED, UNSTORED):
         path = write_model(onnx_model, root, name)
         (path.parent / "metadata.json").write_text(json.dumps(
             {"run_id": "bench-quality", "metrics": {"accuracy": accuracy}}))
     (root / MODEL / "config.yaml").write_text("max_batch_size: 64\n")
     (root / BOUNDED / "config.yaml").write_text(
         f"max_batch_size: 64\nfeedback_horizon_s: {horizon_s}\n")
+    (root / UNSTORED / "config.yaml").write_text("max_batch_size: 64\nfeedback_sample_share: 0\n")
     return Data(test_x, test_y, predicted, accuracy)
 
 
@@ -224,12 +230,54 @@ class MemoryFigures:
 
 
 @dataclass
+class OverheadFigures:
+    concurrency: int
+    pause_ms: float
+    seconds: float
+    unstored: dict[str, float]
+    stored: dict[str, float]
+
+
+@dataclass
 class QualityFigures:
     cpu_model: str
+    overhead: OverheadFigures
     clean: CleanFigures
     switch: SwitchFigures
     memory: MemoryFigures
     notes: list[str] = field(default_factory=list)
+
+
+async def _latencies(client: httpx.AsyncClient, data: Data, model: str, concurrency: int,
+                     pause_s: float, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def caller(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while time.monotonic() < stop:
+            row = data.rows[int(rng.integers(0, len(data.rows)))]
+            sent = time.perf_counter()
+            response = await client.post(f"/v2/models/{model}/infer", json={"inputs": [{
+                "name": "input", "datatype": "FP32", "shape": [1, 8], "data": row.tolist()}]})
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - sent)
+            await asyncio.sleep(pause_s)
+
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    ms = np.array(latencies) * 1000
+    return {"calls_per_s": round(len(ms) / seconds, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+async def _overhead(client: httpx.AsyncClient, data: Data, seconds: float) -> OverheadFigures:
+    concurrency, pause_s = 8, 0.02
+    await _latencies(client, data, UNSTORED, concurrency, pause_s, 1.0)  # warm both up
+    await _latencies(client, data, MODEL, concurrency, pause_s, 1.0)
+    unstored = await _latencies(client, data, UNSTORED, concurrency, pause_s, seconds)
+    stored = await _latencies(client, data, MODEL, concurrency, pause_s, seconds)
+    return OverheadFigures(concurrency, pause_s * 1000, seconds, unstored, stored)
 
 
 async def _clean(loop: Loop, calls: int, concurrency: int) -> CleanFigures:
@@ -316,34 +364,38 @@ async def _memory(loop: Loop, redis_client: Any, horizon_s: int, concurrency: in
 
 
 async def _run(url: str, data: Data, redis_client: Any, calls: int, concurrency: int,
-               delay_s: tuple[float, float], horizon_s: int, switch_rows: int
-               ) -> tuple[CleanFigures, SwitchFigures, MemoryFigures]:
-    limits = httpx.Limits(max_connections=concurrency + 2)
+               delay_s: tuple[float, float], horizon_s: int, switch_rows: int,
+               overhead_s: float
+               ) -> tuple[OverheadFigures, CleanFigures, SwitchFigures, MemoryFigures]:
+    limits = httpx.Limits(max_connections=max(concurrency, 8) + 2)
     async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits,
                                  headers={"authorization": f"Bearer {ADMIN}"}) as client:
+        overhead = await _overhead(client, data, overhead_s)
         loop = Loop(client, data, delay_s, seed=1)
         clean = await _clean(loop, calls, concurrency)
         switch = await _switch(loop, concurrency, switch_rows)
         memory = await _memory(loop, redis_client, horizon_s, concurrency)
-    return clean, switch, memory
+    return overhead, clean, switch, memory
 
 
 def run(work: Path, calls: int = 20_000, concurrency: int = 16,
         delay_s: tuple[float, float] = (1.0, 4.0), horizon_s: int = 5,
-        switch_rows: int = 3000) -> QualityFigures:
+        switch_rows: int = 3000, overhead_s: float = 20.0) -> QualityFigures:
     root = work / "models"
     data = build(root, horizon_s)
     with up(root, work, "--grpc-port", "0") as running:
-        clean, switch, memory = asyncio.run(_run(
+        overhead, clean, switch, memory = asyncio.run(_run(
             running.url, data, running.redis(), calls, concurrency, delay_s, horizon_s,
-            switch_rows))
-    return QualityFigures(_cpu_model(), clean, switch, memory)
+            switch_rows, overhead_s))
+    return QualityFigures(_cpu_model(), overhead, clean, switch, memory)
 
 
 def report(figures: QualityFigures) -> str:
-    c, s, m = figures.clean, figures.switch, figures.memory
+    c, s, m, o = figures.clean, figures.switch, figures.memory, figures.overhead
     return "\n".join([
         f"CPU: {figures.cpu_model}",
+        f"overhead ({o.concurrency} callers pausing {o.pause_ms:g} ms, {o.seconds:g} s each): "
+        f"answers not stored {o.unstored}; every answer stored {o.stored}",
         f"clean: {c.calls} calls at {c.calls_per_s}/s ({c.failed} failed); labels {c.labels}",
         f"  live accuracy since load {c.live_accuracy} vs offline (scikit-learn, same rows) "
         f"{c.offline_accuracy}; window of {c.window_rows}: live {c.live_window_accuracy} vs "
@@ -368,6 +420,8 @@ def main() -> None:
                         help="labels come back after a delay uniform in [MIN, MAX] s")
     parser.add_argument("--horizon-s", type=int, default=5,
                         help="the memory scene's feedback_horizon_s (load for 3 of them)")
+    parser.add_argument("--overhead-s", type=float, default=20.0,
+                        help="seconds of load with and without storing answers")
     parser.add_argument("--work", type=Path, default=Path(".bench/quality"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -376,7 +430,8 @@ def main() -> None:
     import tempfile
     work = Path(tempfile.mkdtemp(dir=args.work))
     try:
-        figures = run(work, args.calls, args.concurrency, tuple(args.delay_s), args.horizon_s)
+        figures = run(work, args.calls, args.concurrency, tuple(args.delay_s), args.horizon_s,
+                      overhead_s=args.overhead_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(report(figures))

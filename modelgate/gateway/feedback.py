@@ -209,11 +209,11 @@ class Feedback:
     async def flush(self) -> int:
         """Store every queued answer; returns how many were stored."""
         pending, self.pending = self.pending, []
-        by_model: dict[str, list[tuple[ModelVersion, str, bytes]]] = defaultdict(list)
-        for model, call, at, reply in pending:
-            found = _record(self.spec_of(model), model.version, at, reply)
-            if found is not None:
-                by_model[model.name].append((model, call, found.encode()))
+        if not pending:
+            return 0
+        # In a thread: the interpreter switches back to the event loop every few ms, so a
+        # large batch never holds the calls in flight for its whole encoding.
+        by_model = await asyncio.to_thread(self._encode, pending)
         stored = 0
         for name, records in by_model.items():
             config = records[-1][0].config
@@ -231,6 +231,15 @@ class Feedback:
                     self.metrics.feedback_dropped.labels(name, "redis_full").inc(len(batch))
                     await self._make_room(name, keys)
         return stored
+
+    def _encode(self, pending: list[tuple[ModelVersion, str, float, wire.Reply]]
+                ) -> dict[str, list[tuple[ModelVersion, str, bytes]]]:
+        by_model: dict[str, list[tuple[ModelVersion, str, bytes]]] = defaultdict(list)
+        for model, call, at, reply in pending:
+            found = _record(self.spec_of(model), model.version, at, reply)
+            if found is not None:
+                by_model[model.name].append((model, call, found.encode()))
+        return by_model
 
     async def _make_room(self, name: str, keys: list[str]) -> None:
         """Redis is full: this store gives back memory first, so calls are not refused."""

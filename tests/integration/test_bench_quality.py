@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_feedback_loop_end_to_end(tmp_path: Path) -> None:
     figures = quality.run(tmp_path, calls=1200, concurrency=8, delay_s=(0.8, 1.5),
-                          horizon_s=2, switch_rows=1500)
+                          horizon_s=2, switch_rows=1500, overhead_s=3.0)
     print(quality.report(figures))
     clean = figures.clean
     assert clean.failed == 0 and clean.labels["matched"] == 1200, clean.labels
@@ -25,3 +25,4 @@ def test_feedback_loop_end_to_end(tmp_path: Path) -> None:
     assert figures.switch.rows_to_alarm is not None
     assert figures.switch.rows_to_alarm <= figures.switch.bound_rows
     assert figures.memory.within, figures.memory
+    assert figures.overhead.stored["calls_per_s"] > 0 and figures.overhead.unstored["p99_ms"] > 0
