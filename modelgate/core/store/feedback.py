@@ -33,6 +33,7 @@ MAX_ROWS_PER_ANSWER = 1024
 # beyond it only the predicted class and its probability.
 MAX_STORED_CLASSES = 64
 TRIM_CHUNK = 2000  # records one STORE removes at most per bound (a batch adds far fewer)
+IDLE_GRACE_S = 3600  # the store of a model without calls expires this long after its horizon
 
 
 def answers(model: str) -> str:
@@ -178,8 +179,10 @@ redis.call('HINCRBY', KEYS[3], 'stored', (#ARGV - 3) / 2)
 redis.call('HINCRBY', KEYS[3], 'replaced', replaced)
 redis.call('HINCRBY', KEYS[3], 'trimmed_age', by_age)
 redis.call('HINCRBY', KEYS[3], 'trimmed_rows', by_rows)
+-- A model that stops being called (or is removed) leaves nothing behind past its horizon.
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], horizon + IDLE_GRACE) end
 return {replaced, by_age, by_rows, held}
-""".replace("TRIM_CHUNK_ROWS", str(TRIM_CHUNK))
+""".replace("TRIM_CHUNK_ROWS", str(TRIM_CHUNK)).replace("IDLE_GRACE", str(IDLE_GRACE_S))
 
 # Deletes only (Redis takes them at maxmemory): the oldest ARGV[1] records go, so a store that
 # Redis refused to grow makes room for the calls themselves. KEYS: answers, times, counts.
@@ -202,7 +205,7 @@ return #ids
 # Returns per pair {status, payload}: status m (matched: the row is marked labelled), u
 # (unknown id), e (expired), a (already labelled), r (no such row); the payload is the record
 # for m and e (whose version the label counts as unmatched), else empty.
-LABEL = """
+LABEL = ("""
 local cutoff = tonumber(ARGV[1]) - tonumber(ARGV[2])
 local out = {}
 local tally = {m = 0, u = 0, e = 0, a = 0, r = 0}
@@ -238,8 +241,9 @@ redis.call('HINCRBY', KEYS[3], 'unknown', tally.u)
 redis.call('HINCRBY', KEYS[3], 'expired', tally.e)
 redis.call('HINCRBY', KEYS[3], 'already_labelled', tally.a)
 redis.call('HINCRBY', KEYS[3], 'invalid', tally.r)
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]) + IDLE_GRACE)
 return out
-"""
+""").replace("IDLE_GRACE", str(IDLE_GRACE_S))
 
 # KEYS: quality totals, window, alarm. ARGV: window_rows, ttl_s, reference accuracy (or -1:
 # none known), drop, threshold h, min labels, baseline rows, the per-row correctness string
@@ -310,7 +314,7 @@ return 1
 
 KEYS = (
     (answers, "hash", "call id -> stored answer '{rows}:{flags}' + AnswerRecord (msgpack); "
-     "bounded by feedback_max_rows and feedback_horizon_s (STORE)"),
+     "bounded by feedback_max_rows and feedback_horizon_s (STORE); expires unused"),
     (times, "sorted set", "call id -> answer time; trimmed with the answers"),
     (counts, "hash", "stored answers' and labels' counters; 'rows' held now"),
     (quality, "hash", "a version's quality totals since it loaded (SCORE); expires unused"),
