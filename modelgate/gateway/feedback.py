@@ -273,18 +273,16 @@ class Feedback:
         for entry in body["versions"]:
             if not entry["labelled"]:
                 continue
-            labels = (model, entry["version"])
-            self.metrics.quality.labels(*labels, "labelled").set(entry["labelled"])
-            for metric in ("accuracy", "log_loss", "ece", "mae", "rmse"):
-                value = entry["since_load"].get(metric)
+            version = entry["version"]
+            figures = {"labelled": entry["labelled"],
+                       **{metric: entry["since_load"].get(metric)
+                          for metric in ("accuracy", "log_loss", "ece", "mae", "rmse")},
+                       "window_accuracy": entry["window"].get("accuracy"),
+                       "cusum": entry["test"]["value"] if entry["test"] else None}
+            for metric, value in figures.items():
                 if value is not None:
-                    self.metrics.quality.labels(*labels, metric).set(value)
-            if entry["window"].get("accuracy") is not None:
-                self.metrics.quality.labels(*labels, "window_accuracy").set(
-                    entry["window"]["accuracy"])
-            if entry["test"] is not None:
-                self.metrics.quality.labels(*labels, "cusum").set(entry["test"]["value"])
-            self.metrics.quality_alert.labels(*labels).set(1 if entry["alert"] else 0)
+                    self.metrics.set_quality(model, version, metric, value)
+            self.metrics.quality_alert.labels(model, version).set(1 if entry["alert"] else 0)
 
     # ------------------------------------------------------------------ labels
 

@@ -16,6 +16,7 @@ from sklearn.datasets import load_iris
 
 from modelgate.cli import demo
 from modelgate.cli.main import main
+from tests import metrics
 from tests.conftest import ServeFactory
 from tests.procs import wait_until
 
@@ -146,6 +147,16 @@ def test_live_quality_equals_offline_figures(stack: str) -> None:
     assert version["unmatched"] == 0  # the label of no class was refused before matching
     assert version["alert"] is False and version["alarm"] is None
     assert quality["labels"]["matched"] == 155
+    # The gauges follow within their 5 s refresh.
+    wait_until(lambda: metrics.value(metrics.scrape(stack), "modelgate_quality", model="iris",
+                                     version="1", metric="accuracy")
+               == version["since_load"]["accuracy"], 10, "modelgate_quality to be set")
+    samples = metrics.scrape(stack)
+    assert metrics.value(samples, "modelgate_quality", model="iris", metric="labelled") == 155
+    assert metrics.value(samples, "modelgate_feedback_labels_total", model="iris",
+                         result="matched") == 155
+    assert next(s for s in samples if s[0] == "modelgate_quality_alert"
+                and s[1]["model"] == "iris")[2] == 0
 
 
 def test_store_keeps_its_bounds_and_counts_reused_ids(stack: str) -> None:
