@@ -118,6 +118,13 @@ def _utf8_bytes(text: str) -> int:
         return 0
 
 
+def _is_number(label: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(label)))
+    except (TypeError, ValueError):
+        return False
+
+
 def parse_items(body: Any, counts: Counts) -> list[Item]:
     """The well-formed items of a feedback body (one object or a list of them); each
     malformed one is counted invalid with the reason, never failing the others."""
@@ -295,17 +302,22 @@ class Feedback:
         versions: Mapping[str, ModelVersion] = self.versions_of(model)
         horizon = max((v.config.feedback_horizon_s for v in versions.values()),
                       default=86_400)
+        # A label the model's versions cannot score is refused before it marks its row
+        # labelled: of no class they know, or no number for regressors.
         known = self._classes(versions)
-        if known is not None:
-            # A label of no class of the model is refused before it marks its row labelled.
-            checked = []
-            for item in items:
-                if class_name(item.label) in known:
-                    checked.append(item)
-                else:
-                    counts.reject(item.index, f"{item.label!r} is none of the model's classes "
-                                  f"{sorted(known)[:20]}")
-            items = checked
+        regression = bool(versions) and all(self.spec_of(v).task == "regression"
+                                            for v in versions.values())
+        checked = []
+        for item in items:
+            if known is not None and class_name(item.label) not in known:
+                counts.reject(item.index, f"{item.label!r} is none of the model's classes "
+                              f"{sorted(known)[:20]}")
+            elif regression and not _is_number(item.label):
+                counts.reject(item.index, f"the model is a regressor: a label is a number, "
+                              f"got {item.label!r}")
+            else:
+                checked.append(item)
+        items = checked
         now = time.time()
         args: list[Any] = [now, horizon]
         for item in items:

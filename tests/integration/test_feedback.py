@@ -11,16 +11,32 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_iris
 
 from modelgate.cli import demo
 from modelgate.cli.main import main
 from tests import metrics
 from tests.conftest import ServeFactory
+from tests.models import finish
 from tests.procs import wait_until
 
 SHORT_HORIZON_S = 2
+
+
+WEIGHTS = np.array([[0.5], [-1.0], [2.0]], np.float32)
+
+
+def regressor() -> onnx.ModelProto:
+    """``y = x @ WEIGHTS``: FP32 [N, 3] -> [N, 1], one score per row."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "reg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(WEIGHTS, "w")])
+    return finish(graph)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +44,10 @@ def stack(serve: ServeFactory, tmp_path_factory: pytest.TempPathFactory) -> Iter
     root = tmp_path_factory.mktemp("feedback-models")
     demo.write_model(demo.iris_classifier(), root, "iris")
     demo.write_model(demo.iris_classifier(), root, "bounded")
+    demo.write_model(regressor(), root, "reg")
     (root / "bounded" / "config.yaml").write_text(
         f"feedback_horizon_s: {SHORT_HORIZON_S}\nfeedback_max_rows: 40\n")
-    with serve(Path(root), [("iris", 1), ("bounded", 1)]) as base:
+    with serve(Path(root), [("iris", 1), ("bounded", 1), ("reg", 1)]) as base:
         yield base
 
 
@@ -215,3 +232,26 @@ def test_feedback_command_sends_a_csv_and_a_jsonl(stack: str, tmp_path: Path,
     bad.write_text("call,truth\nx,1\n")
     assert main(["feedback", str(bad), "--model", "iris", "--url", stack]) == 2
     assert "columns id and label" in capsys.readouterr().err
+
+
+def test_a_regressor_is_scored_by_mae_and_rmse(stack: str) -> None:
+    rows = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
+    truth = np.array([1.0, -0.5, 2.0, 0.25])
+    with httpx.Client(base_url=stack, timeout=10) as client:
+        before = stored_count(client, "reg")
+        answer = client.post("/v2/models/reg/infer", json={"id": "r-1", "inputs": [{
+            "name": "x", "datatype": "FP32", "shape": [4, 3],
+            "data": rows.reshape(-1).tolist()}]}).json()
+        stored(client, "reg", before, ["r-1"])
+        predicted = np.array(answer["outputs"][0]["data"], np.float64)
+        counts = feedback(client, "reg", [
+            {"id": "r-1", "row": r, "label": str(truth[r]) if r == 3 else truth[r]}
+            for r in range(4)] + [{"id": "r-1", "row": 0, "label": "abc"}])
+        assert (counts["matched"], counts["invalid"], counts["already_labelled"]) == (4, 1, 0)
+        version = client.get("/v2/models/reg/quality").json()["versions"][0]
+    errors = predicted.astype(np.float32).astype(np.float64) - truth
+    assert version["labelled"] == 4 and version["alarm"] is None
+    assert version["since_load"]["mae"] == pytest.approx(np.mean(np.abs(errors)), abs=1e-6)
+    assert version["since_load"]["rmse"] == pytest.approx(np.sqrt(np.mean(errors ** 2)),
+                                                          abs=1e-6)
+    assert version["window"]["mae"] == version["since_load"]["mae"]
