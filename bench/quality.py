@@ -211,6 +211,7 @@ class SwitchFigures:
     accuracy_after_switch: float | None
     alarm: dict[str, Any] | None
     false_alarm_before_switch: bool
+    alert_event: dict[str, Any] | None = None  # the newest in the quality answer's alerts
 
 
 @dataclass
@@ -331,9 +332,10 @@ async def _switch(loop: Loop, concurrency: int, max_rows: int) -> SwitchFigures:
         return SwitchFigures(None, DETECTION_BOUND_ROWS, None, None, false_alarm)
     switched = loop.sent[sent_at_switch:]
     right = [loop.live_predicted[s.id] == s.label for s in switched]
+    events = (await loop.client.get(f"/v2/models/{MODEL}/quality")).json()["alerts"]
     return SwitchFigures(found["alarm"]["fired_after_rows"] - judged_before,
                          DETECTION_BOUND_ROWS, round(float(np.mean(right)), 4),
-                         found["alarm"], false_alarm)
+                         found["alarm"], false_alarm, events[0] if events else None)
 
 
 async def _memory(loop: Loop, redis_client: Any, horizon_s: int, concurrency: int

@@ -227,6 +227,14 @@ def _quality(client: redis.Redis, states: dict[str, ModelState], out: TextIO) ->
             line = _version_quality(client, model, version)
             if line:
                 lines.append(f"    v{version}: {line}")
+        for _, fields in client.xrevrange(feedback_store.alerts(model), count=3):
+            alert = feedback_store.QualityAlert.parse(fields)
+            if alert is not None:
+                when = time.strftime("%H:%M:%S", time.localtime(alert.time))
+                lines.append(f"    {when} v{alert.version} alarm {alert.change}: CUSUM "
+                             f"{alert.statistic:.1f} (threshold {alert.threshold:.1f}) after "
+                             f"{alert.rows_judged:,} rows vs accuracy "
+                             f"{alert.reference_accuracy:.3f}")
     print("\nquality" + ("" if lines else ": no stored answers"), file=out)
     for line in lines:
         print(line, file=out)

@@ -60,6 +60,7 @@ STORE_BATCH = 500  # records per STORE call
 SHRINK_RECORDS = 20_000  # records one SHRINK removes at most
 MAX_LABELS = 10_000  # items per feedback call
 MAX_LABEL_BYTES = 256
+RECENT_ALERTS = 20  # alarm changes the quality answer lists
 QUALITY_TTL_S = 30 * 86_400  # a version's totals outlive it by this long unused
 REQUEST_ID_HEADER = "X-Request-Id"
 ALARM_DEFAULTS = AlarmConfig()
@@ -398,12 +399,13 @@ class Feedback:
                               if o.correct is not None)
         args: list[Any] = [window_rows, QUALITY_TTL_S,
                            reference if reference is not None else -1, alarm.drop, alarm.h,
-                           alarm.min_labels, alarm.baseline_rows, correctness, len(fields)]
+                           alarm.min_labels, alarm.baseline_rows, correctness, version,
+                           len(fields)]
         for name, value in fields.items():
             args.extend((name, repr(float(value))))
         args.extend(o.line() for o in outcomes)
         await self._score(keys=[store.quality(model, version), store.window(model, version),
-                                store.alarm(model, version)], args=args)
+                                store.alarm(model, version), store.alerts(model)], args=args)
 
     # ------------------------------------------------------------------ quality
 
@@ -412,12 +414,16 @@ class Feedback:
         labelled and unmatched rows, median label delay, alert and alarm."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(store.counts(model))
+        pipe.xrevrange(store.alerts(model), count=RECENT_ALERTS)
         for version in versions:
             pipe.hgetall(store.quality(model, version))
             pipe.lrange(store.window(model, version), 0, -1)
             pipe.hgetall(store.alarm(model, version))
         results = await pipe.execute()
         counts = {k.decode(): int(float(v)) for k, v in results[0].items()}
+        recent = [a.body() for a in (store.QualityAlert.parse(f) for _, f in results[1])
+                  if a is not None]
+        results = results[1:]
         served = self.versions_of(model)
         config = next(iter(served.values())).config if served else None
         body: dict[str, Any] = {
@@ -433,6 +439,7 @@ class Feedback:
             "labels": {name: counts.get(name, 0) for name in
                        ("matched", "unknown", "expired", "already_labelled", "invalid")},
             "versions": [],
+            "alerts": recent,  # newest first
         }
         for i, version in enumerate(versions):
             raw_totals, raw_window, raw_alarm = results[1 + 3 * i: 4 + 3 * i]

@@ -452,7 +452,7 @@ _ALARM = {"type": "object", "nullable": True,
                          "rows_judged": {"type": "integer"},
                          "fired_after_rows": {"type": "integer", "nullable": True}}}
 _QUALITY = {
-    "type": "object", "required": ["model", "stored", "labels", "versions"],
+    "type": "object", "required": ["model", "stored", "labels", "versions", "alerts"],
     "description": "Live quality per version on labelled rows: since it loaded and over its "
                    "window of last labelled rows; `alert` while the CUSUM says accuracy "
                    "dropped below its reference, `alarm` the statistic behind it (else null), "
@@ -469,7 +469,10 @@ _QUALITY = {
                 "unmatched": {"type": "integer"},
                 "label_delay_p50_s": {"type": "number", "nullable": True},
                 "since_load": _FIGURES, "window": _FIGURES, "alert": {"type": "boolean"},
-                "alarm": _ALARM, "test": _ALARM}}}}}
+                "alarm": _ALARM, "test": _ALARM}}},
+        "alerts": {"type": "array", "description": "The last alarm changes (raised, "
+                                                    "cleared) of any version, newest first.",
+                   "items": {"type": "object", "required": ["version", "change"]}}}}
 _FEEDBACK_PATHS = {
     "/v2/models/{name}/feedback": {"post": {
         "operationId": "model_feedback", "tags": ["quality"],

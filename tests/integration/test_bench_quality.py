@@ -24,5 +24,7 @@ def test_feedback_loop_end_to_end(tmp_path: Path) -> None:
     assert not figures.switch.false_alarm_before_switch
     assert figures.switch.rows_to_alarm is not None
     assert figures.switch.rows_to_alarm <= figures.switch.bound_rows
+    event = figures.switch.alert_event
+    assert event is not None and (event["version"], event["change"]) == ("1", "raised")
     assert figures.memory.within, figures.memory
     assert figures.overhead.stored["calls_per_s"] > 0 and figures.overhead.unstored["p99_ms"] > 0

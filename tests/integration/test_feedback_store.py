@@ -22,9 +22,9 @@ BYTES_PER_ROW = 300
 
 
 def score(client: redis.Redis, correctness: str, reference: float) -> None:
-    client.eval(store.SCORE, 3, store.quality("m", "1"), store.window("m", "1"),
-                store.alarm("m", "1"), 100, 600, reference, CONFIG.drop, CONFIG.h,
-                CONFIG.min_labels, CONFIG.baseline_rows, correctness, 0)
+    client.eval(store.SCORE, 4, store.quality("m", "1"), store.window("m", "1"),
+                store.alarm("m", "1"), store.alerts("m"), 100, 600, reference, CONFIG.drop,
+                CONFIG.h, CONFIG.min_labels, CONFIG.baseline_rows, correctness, "1", 0)
 
 
 def test_score_keeps_the_cusum_of_core_quality(redis_client: redis.Redis) -> None:
@@ -48,6 +48,14 @@ def test_score_keeps_the_cusum_of_core_quality(redis_client: redis.Redis) -> Non
                 expected.n, expected.alert, expected.fired_n, expected.reference)
             alerts.append(found.alert)
         assert any(alerts) and not alerts[-1]
+        # Each change is one event: raised, then cleared.
+        events = [store.QualityAlert.parse(f) for _, f in
+                  redis_client.xrange(store.alerts("m"))]
+        assert [(e.version, e.change) for e in events if e is not None] == [
+            ("1", "raised"), ("1", "cleared")]
+        raised = events[0]
+        assert raised is not None and raised.statistic > CONFIG.h
+        assert raised.rows_judged == expected.fired_n
 
 
 def test_store_holds_rows_and_horizon_and_costs_what_is_stated(
@@ -88,9 +96,9 @@ def test_status_shows_stored_answers_and_quality(redis_client: redis.Redis) -> N
     record = store.AnswerRecord("1", time.time(), ("1",)).encode()
     redis_client.eval(store.STORE, 3, *keys, time.time(), 3600, 500, "a", record, "b", record)
     redis_client.eval(store.LABEL, 3, *keys, time.time(), 3600, "a", 0, "zz", 0)
-    redis_client.eval(store.SCORE, 3, store.quality("m", "1"), store.window("m", "1"),
-                      store.alarm("m", "1"), 100, 600, -1, 0.05, 18.42, 100, 2000, "1", 3,
-                      "n", "1", "correct", "1", "true:1", "1")
+    redis_client.eval(store.SCORE, 4, store.quality("m", "1"), store.window("m", "1"),
+                      store.alarm("m", "1"), store.alerts("m"), 100, 600, -1, 0.05, 18.42, 100,
+                      2000, "1", "1", 3, "n", "1", "correct", "1", "true:1", "1")
     redis_client.xadd(pools.requests_stream(pools.pool_id("m", "1")), {"f": "v"})
     out = io.StringIO()
     render(redis_client, out)

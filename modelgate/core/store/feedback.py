@@ -17,7 +17,9 @@ A stored value is ``{rows}:{flags}{msgpack}``: one flag character per row (``0``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -32,6 +34,7 @@ MAX_ROWS_PER_ANSWER = 1024
 # Probability vectors are stored for up to this many classes (log-loss, per-class figures);
 # beyond it only the predicted class and its probability.
 MAX_STORED_CLASSES = 64
+ALERTS_MAXLEN = 1000
 TRIM_CHUNK = 2000  # records one STORE removes at most per bound (a batch adds far fewer)
 IDLE_GRACE_S = 3600  # the store of a model without calls expires this long after its horizon
 
@@ -66,6 +69,39 @@ def window(model: str, version: str) -> str:
 def alarm(model: str, version: str) -> str:
     """Hash: the version's CUSUM state (``quality.AlarmState`` fields)."""
     return f"{PREFIX}:fb:{model}:alarm:{version}"
+
+
+def alerts(model: str) -> str:
+    """Stream of :class:`QualityAlert`: a version's quality alarm raised or cleared, capped."""
+    return f"{PREFIX}:fb:{model}:alerts"
+
+
+@dataclass(frozen=True, slots=True)
+class QualityAlert:
+    """A version's alarm ``raised`` or ``cleared`` (written once, by ``SCORE``)."""
+
+    version: str
+    change: str  # raised | cleared
+    statistic: float  # the CUSUM at the change
+    threshold: float
+    reference_accuracy: float
+    rows_judged: int
+    time: float
+
+    @classmethod
+    def parse(cls, fields: Mapping[bytes, bytes]) -> QualityAlert | None:
+        try:
+            text = {k.decode(): v.decode() for k, v in fields.items()}
+            return cls(text["version"], text["change"], float(text["s"]), float(text["h"]),
+                       float(text["p0"]), int(text["n"]), float(text["t"]))
+        except (KeyError, ValueError, UnicodeDecodeError):
+            return None
+
+    def body(self) -> dict[str, Any]:
+        return {"version": self.version, "change": self.change,
+                "statistic": round(self.statistic, 4), "threshold": self.threshold,
+                "reference_accuracy": round(self.reference_accuracy, 6),
+                "rows_judged": self.rows_judged, "time": self.time}
 
 
 class RecordError(ValueError):
@@ -245,20 +281,21 @@ redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]) + IDLE_GRACE)
 return out
 """).replace("IDLE_GRACE", str(IDLE_GRACE_S))
 
-# KEYS: quality totals, window, alarm. ARGV: window_rows, ttl_s, reference accuracy (or -1:
-# none known), drop, threshold h, min labels, baseline rows, the per-row correctness string
-# ('1'/'0', '' for a regressor), the count of (field, increment) pairs, those pairs, then the
-# window lines (oldest first). Keeps the CUSUM of modelgate.core.quality.cusum_step.
+# KEYS: quality totals, window, alarm, the model's alerts. ARGV: window_rows, ttl_s, reference
+# accuracy (or -1: none known), drop, threshold h, min labels, baseline rows, the per-row
+# correctness string ('1'/'0', '' for a regressor), the version, the count of (field,
+# increment) pairs, those pairs, then the window lines (oldest first). Keeps the CUSUM of
+# modelgate.core.quality.cusum_step; appends a QualityAlert when it is raised or cleared.
 SCORE = """
 local window_rows, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local reference, drop, h = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local min_labels, baseline_rows = tonumber(ARGV[6]), tonumber(ARGV[7])
-local outcomes = ARGV[8]
-local pairs_n = tonumber(ARGV[9])
-for i = 10, 9 + 2 * pairs_n, 2 do
+local outcomes, version = ARGV[8], ARGV[9]
+local pairs_n = tonumber(ARGV[10])
+for i = 11, 10 + 2 * pairs_n, 2 do
   redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-for i = 10 + 2 * pairs_n, #ARGV do
+for i = 11 + 2 * pairs_n, #ARGV do
   redis.call('LPUSH', KEYS[2], ARGV[i])
 end
 redis.call('LTRIM', KEYS[2], 0, window_rows - 1)
@@ -270,6 +307,7 @@ if #outcomes > 0 then
   local base_n, base_correct = tonumber(st[4] or '0'), tonumber(st[5] or '0')
   local alert, peak = tonumber(st[6] or '0'), tonumber(st[7] or '0')
   local fired_n = nil
+  local changes = {}
   for i = 1, #outcomes do
     local correct = string.sub(outcomes, i, i) == '1'
     if p0 < 0 and reference >= 0 then
@@ -294,23 +332,31 @@ if #outcomes > 0 then
         if alert == 0 and n >= min_labels and s > h then
           alert = 1
           fired_n = n
+          table.insert(changes, {'raised', s, n})
         elseif alert == 1 and s == 0 then
           alert = 0
+          table.insert(changes, {'cleared', s, n})
         end
       end
     end
   end
   redis.call('HSET', KEYS[3], 's', s, 'n', n, 'base_n', base_n, 'base_correct', base_correct,
              'alert', alert, 'h', h, 'peak', peak)
+  local now = redis.call('TIME')
   if fired_n then
-    redis.call('HSET', KEYS[3], 'fired_n', fired_n, 'fired_t', redis.call('TIME')[1])
+    redis.call('HSET', KEYS[3], 'fired_n', fired_n, 'fired_t', now[1])
+  end
+  for _, change in ipairs(changes) do
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ALERTS_MAXLEN_N, '*', 'version', version,
+               'change', change[1], 's', change[2], 'h', h, 'p0', p0, 'n', change[3],
+               't', now[1] .. '.' .. string.format('%06d', now[2]))
   end
   redis.call('EXPIRE', KEYS[3], ttl)
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 return 1
-"""
+""".replace("ALERTS_MAXLEN_N", str(ALERTS_MAXLEN))
 
 KEYS = (
     (answers, "hash", "call id -> stored answer '{rows}:{flags}' + AnswerRecord (msgpack); "
@@ -320,4 +366,6 @@ KEYS = (
     (quality, "hash", "a version's quality totals since it loaded (SCORE); expires unused"),
     (window, "list", "a version's last quality_window_rows labelled rows (SCORE)"),
     (alarm, "hash", "a version's CUSUM state of per-row correctness (SCORE)"),
+    (alerts, "stream", "QualityAlert: a version's alarm raised or cleared, capped at "
+     "ALERTS_MAXLEN"),
 )
