@@ -48,7 +48,8 @@ COPY --from=builder /opt/modelgate /opt/modelgate
 COPY --from=models /models /models
 # Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 USER 10001:10001
-EXPOSE 8080
+# HTTP and gRPC (the Open Inference Protocol's two transports).
+EXPOSE 8080 8081
 # Checks the gateway (the default command), on MODELGATE_PORT if set. Workers serve no HTTP:
 # Compose and the docker backend turn it off for them, and Compose gives the autoscaler its
 # own check on its metrics port. (Kubernetes ignores it and uses the manifests' probes.)

@@ -103,7 +103,9 @@ def up(root: Path, work: Path, *args: str) -> Iterator[Up]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "modelgate", "up", "--models", str(root), "--port", str(port),
-             "--state-dir", str(state_dir), "--admin-api-key", ADMIN, *args],
+             "--state-dir", str(state_dir), "--admin-api-key", ADMIN,
+             # HTTP only: the default gRPC port may be another server's on this machine.
+             "--grpc-port", "0", *args],
             env=env, stdout=out, stderr=subprocess.STDOUT)
     running = Up(f"http://127.0.0.1:{port}", process, state_dir, log)
     try:

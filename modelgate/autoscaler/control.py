@@ -51,6 +51,8 @@ from modelgate.core.store.traffic import TrafficPolicy
 log = logging.getLogger("modelgate.autoscaler")
 
 MODES = ("none", "poll", "explicit")
+# Longer than a worker's start (ORT session, warm-up) plus the backend's stop of it.
+REMOVED_SWEEP_S = 60.0
 
 
 def wanted_from(scan: ModelScan) -> Wanted:
@@ -98,6 +100,7 @@ class ModelControl:
     _reported: set[str] = field(default_factory=set)  # models with a registry record
     traffic: dict[str, TrafficPolicy] = field(default_factory=dict)
     rollouts: Rollouts = field(init=False)
+    _removed_at: dict[str, float] = field(default_factory=dict)  # pool -> when it was removed
 
     def __post_init__(self) -> None:
         self.rollouts = Rollouts(self.client)
@@ -455,6 +458,8 @@ class ModelControl:
             self._event(event)
         for pool in removed:
             self._remove_pool(pool)
+            self._removed_at[pool] = now
+        self._sweep_removed(now)
         for event in self.rollouts.tick(self.states, self.scans, self.traffic, now):
             self._event(event)
         self._config_traffic(now)
@@ -562,6 +567,22 @@ class ModelControl:
             elif event.change == "removed":
                 pipe.delete(lineage_store.lineage(pool))
         pipe.execute()
+
+    def _sweep_removed(self, now: float) -> None:
+        """A worker that was still starting when its pool was removed makes the pool's stream
+        again (its group, before its first read) ahead of the stop that is on its way: for
+        REMOVED_SWEEP_S after a removal, what such a worker left is removed too, unless the
+        version is served again meanwhile."""
+        for pool, removed_at in list(self._removed_at.items()):
+            model, _, version = pool.rpartition(":")
+            state = self.states.get(model)
+            found = state.versions.get(version) if state is not None else None
+            served = found is not None and found.status in (VersionStatus.LOADING,
+                                                            VersionStatus.READY)
+            if served or now - removed_at > REMOVED_SWEEP_S:
+                del self._removed_at[pool]
+            elif self.client.exists(pools.requests_stream(pool)):
+                self._remove_pool(pool)
 
     def _remove_pool(self, pool: str) -> None:
         """Every key of a pool that left: its stream, counts, sets, dead letters, counters."""

@@ -165,12 +165,13 @@ def test_every_modelgate_command_parses_with_the_real_cli(
             assert args.redis_url == REDIS_URL, name
 
 
-def test_gateway_is_published_on_8080_after_redis_is_healthy(
+def test_gateway_is_published_on_8080_and_grpc_on_8081_after_redis_is_healthy(
         services: dict[str, dict[str, Any]]) -> None:
     gateway = services["gateway"]
     args = parse_command(gateway["command"], environment(gateway))
-    assert (args.command, args.host, args.port) == ("gateway", "0.0.0.0", 8080)
-    assert "8080:8080" in gateway["ports"]
+    assert (args.command, args.host, args.port, args.grpc_port) == (
+        "gateway", "0.0.0.0", 8080, 8081)
+    assert "8080:8080" in gateway["ports"] and "8081:8081" in gateway["ports"]
     assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
@@ -209,7 +210,7 @@ def test_variables_move_image_network_and_port_together() -> None:
     compose = load_compose({
         "MODELGATE_IMAGE": "registry.example/modelgate:1.2", "MODELGATE_NETWORK": "mg-blue",
         "MODELGATE_REDIS_IMAGE": "modelgate-redis:bookworm",
-        "MODELGATE_GATEWAY_PORT": "127.0.0.1:"})
+        "MODELGATE_GATEWAY_PORT": "127.0.0.1:", "MODELGATE_GRPC_PORT": "127.0.0.1:"})
     services = compose["services"]
     assert services["redis"]["image"] == "modelgate-redis:bookworm"
     ours = {name for name, s in services.items() if s["image"].startswith("registry.example/")}
@@ -217,7 +218,7 @@ def test_variables_move_image_network_and_port_together() -> None:
     args = parse_command(services["autoscaler"]["command"], environment(services["autoscaler"]))
     assert args.docker_image == "registry.example/modelgate:1.2"
     assert args.docker_network == compose["networks"]["default"]["name"] == "mg-blue"
-    assert services["gateway"]["ports"] == ["127.0.0.1::8080"]
+    assert services["gateway"]["ports"] == ["127.0.0.1::8080", "127.0.0.1::8081"]
 
 
 def test_only_prometheus_and_grafana_wait_for_the_monitoring_profile(

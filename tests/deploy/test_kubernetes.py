@@ -216,7 +216,11 @@ def test_gateway_probes_health_and_serves_the_baked_models(objects: list[dict[st
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     [service] = find(objects, "Service", "modelgate-gateway")
-    assert service["spec"]["ports"][0]["port"] == args.port
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["http"]["port"] == args.port
+    # gRPC beside HTTP: the Service reaches the port the gateway's gRPC server listens on.
+    container_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert container_ports["grpc"] == args.grpc_port == ports["grpc"]["port"]
 
 
 def test_models_volume_is_filled_by_an_init_container_from_the_image(

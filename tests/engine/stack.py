@@ -82,7 +82,8 @@ class Stack:
                if not k.startswith(("MODELGATE_", "COMPOSE_"))}
         return {**env, "MODELGATE_IMAGE": self.images["modelgate"],
                 "MODELGATE_REDIS_IMAGE": self.images["redis"],
-                "MODELGATE_NETWORK": self.network, "MODELGATE_GATEWAY_PORT": "127.0.0.1:"}
+                "MODELGATE_NETWORK": self.network, "MODELGATE_GATEWAY_PORT": "127.0.0.1:",
+                "MODELGATE_GRPC_PORT": "127.0.0.1:"}
 
     def compose(self, *args: str, timeout_s: float = DOCKER_TIMEOUT_S,
                 check: bool = True) -> str:
