@@ -403,7 +403,7 @@ def run(work: Path, calls: int = 20_000, concurrency: int = 16,
         switch_rows: int = 3000, overhead_s: float = 20.0) -> QualityFigures:
     root = work / "models"
     data = build(root, horizon_s)
-    with up(root, work, "--grpc-port", "0") as running:
+    with up(root, work) as running:
         overhead, clean, switch, memory = asyncio.run(_run(
             running.url, data, running.redis(), calls, concurrency, delay_s, horizon_s,
             switch_rows, overhead_s))
