@@ -60,9 +60,10 @@ BENCH_ROLLOUT_ARGS ?=
 bench-rollout: $(VENV)/.dev
 	$(BIN)/python -m bench.rollout --json .bench/rollout.json $(BENCH_ROLLOUT_ARGS)
 
-# The feedback loop end to end (bench/quality.py): 20,000 calls to a scikit-learn classifier
-# with labels fed back after a random delay (live accuracy equal to offline), a label switch
-# until the quality alarm, answers' memory under load past a 5 s horizon; ~2 min.
+# The feedback loop end to end (bench/quality.py): storing answers or not at the same load,
+# 20,000 calls to a scikit-learn classifier with labels fed back after a random delay (live
+# accuracy equal to offline), a label switch until the quality alarm, answers' memory under
+# load past a 5 s horizon; ~4 min. BENCH_QUALITY_ARGS='--calls 5000' for less.
 BENCH_QUALITY_ARGS ?=
 bench-quality: $(VENV)/.dev
 	$(BIN)/python -m bench.quality --json .bench/quality.json $(BENCH_QUALITY_ARGS)
