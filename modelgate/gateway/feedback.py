@@ -57,6 +57,7 @@ MAX_PENDING = 50_000  # calls waiting to be stored, per gateway process
 FLUSH_INTERVAL_S = 0.2
 GAUGES_INTERVAL_S = 5.0
 STORE_BATCH = 500  # records per STORE call
+LABEL_CHUNK = 1000  # labels per LABEL call (~a few ms of Redis each)
 SHRINK_RECORDS = 20_000  # records one SHRINK removes at most
 MAX_LABELS = 10_000  # items per feedback call
 MAX_LABEL_BYTES = 256
@@ -320,10 +321,13 @@ class Feedback:
                 checked.append(item)
         items = checked
         now = time.time()
-        args: list[Any] = [now, horizon]
-        for item in items:
-            args.extend((item.id, item.row))
-        replies = await self._label(keys=keys, args=args) if items else []
+        replies: list[Any] = []
+        # In chunks: a script holds Redis, and the calls' own commands wait behind it.
+        for start in range(0, len(items), LABEL_CHUNK):
+            args: list[Any] = [now, horizon]
+            for item in items[start:start + LABEL_CHUNK]:
+                args.extend((item.id, item.row))
+            replies.extend(await self._label(keys=keys, args=args))
         outcomes: dict[str, list[Outcome]] = defaultdict(list)
         unmatched: dict[str, int] = defaultdict(int)
         rejected_after_match = 0
@@ -403,7 +407,7 @@ class Feedback:
                            len(fields)]
         for name, value in fields.items():
             args.extend((name, repr(float(value))))
-        args.extend(o.line() for o in outcomes)
+        args.extend(o.line() for o in outcomes[-window_rows:])  # the rest would be trimmed
         await self._score(keys=[store.quality(model, version), store.window(model, version),
                                 store.alarm(model, version), store.alerts(model)], args=args)
 

@@ -255,3 +255,16 @@ def test_a_regressor_is_scored_by_mae_and_rmse(stack: str) -> None:
     assert version["since_load"]["rmse"] == pytest.approx(np.sqrt(np.mean(errors ** 2)),
                                                           abs=1e-6)
     assert version["window"]["mae"] == version["since_load"]["mae"]
+
+
+def test_labels_past_one_script_chunk_are_all_counted(stack: str) -> None:
+    row = np.array([[6.0, 2.2, 4.0, 1.0]], np.float32)
+    with httpx.Client(base_url=stack, timeout=30) as client:
+        before = stored_count(client, "iris")
+        calls = [infer(client, "iris", row, f"chunk-{i}").json()["id"] for i in range(3)]
+        stored(client, "iris", before, calls)
+        items: list[dict[str, Any]] = [{"id": f"none-{i}", "label": 1} for i in range(2500)]
+        for position, call in zip((999, 1000, 2499), calls, strict=True):
+            items.insert(position, {"id": call, "label": 1})
+        counts = feedback(client, "iris", items)
+    assert (counts["received"], counts["matched"], counts["unknown"]) == (2503, 3, 2500)
