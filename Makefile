@@ -6,7 +6,7 @@ DEMO := demo_models
 PORT ?= 8080
 
 .PHONY: up test test-fast system-deps engine-deps bench lint loadtest loadtest-overload clean protos \
-	images test-engine engine-tests bench-images
+	images test-engine engine-tests bench-images bench-quality
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,14 @@ BENCH_SWAP_ARGS ?=
 BENCH_ROLLOUT_ARGS ?=
 bench-rollout: $(VENV)/.dev
 	$(BIN)/python -m bench.rollout --json .bench/rollout.json $(BENCH_ROLLOUT_ARGS)
+
+# The feedback loop end to end (bench/quality.py): storing answers or not at the same load,
+# 20,000 calls to a scikit-learn classifier with labels fed back after a random delay (live
+# accuracy equal to offline), a label switch until the quality alarm, answers' memory under
+# load past a 5 s horizon; ~4 min. BENCH_QUALITY_ARGS='--calls 5000' for less.
+BENCH_QUALITY_ARGS ?=
+bench-quality: $(VENV)/.dev
+	$(BIN)/python -m bench.quality --json .bench/quality.json $(BENCH_QUALITY_ARGS)
 
 bench-swap: $(VENV)/.dev
 	$(BIN)/python -m bench.swap --json .bench/swap.json $(BENCH_SWAP_ARGS)

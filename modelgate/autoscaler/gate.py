@@ -33,6 +33,16 @@ class Figures:
     serving_p99_ms: float | None = None
     drift_alert: bool = False  # on the candidate's predictions
     capped: bool = False  # the budget gives the candidate fewer workers than it needs
+    # Labelled rows (feedback) since each version loaded, and how many it got right.
+    candidate_labelled: int = 0
+    candidate_correct: int = 0
+    serving_labelled: int = 0
+    serving_correct: int = 0
+
+    def accuracies(self) -> tuple[float | None, float | None]:
+        return (self.candidate_correct / self.candidate_labelled
+                if self.candidate_labelled else None,
+                self.serving_correct / self.serving_labelled if self.serving_labelled else None)
 
     def error_rates(self) -> tuple[float, float]:
         return (self.candidate_errors / self.candidate_calls if self.candidate_calls else 0.0,
@@ -51,6 +61,11 @@ class Figures:
             parts.append(f"p99 {self.candidate_p99_ms:.1f} vs {self.serving_p99_ms:.1f} ms")
         if self.drift_alert:
             parts.append("drift alert")
+        candidate_accuracy, serving_accuracy = self.accuracies()
+        if candidate_accuracy is not None and serving_accuracy is not None:
+            parts.append(f"labelled accuracy {candidate_accuracy:.4f} vs "
+                         f"{serving_accuracy:.4f} over {self.candidate_labelled} and "
+                         f"{self.serving_labelled} rows")
         return ", ".join(parts)
 
 
@@ -99,6 +114,13 @@ def broken_rule(config: PromotionConfig, figures: Figures) -> str | None:
                     f"serving version's {figures.serving_p99_ms:.1f} ms")
     if rules.no_drift_alert and figures.drift_alert:
         return "a drift alert on the candidate's predictions"
+    if rules.max_accuracy_drop is not None and min(
+            figures.candidate_labelled, figures.serving_labelled) >= rules.min_labelled:
+        candidate_accuracy, serving_accuracy = figures.accuracies()
+        assert candidate_accuracy is not None and serving_accuracy is not None
+        if candidate_accuracy < serving_accuracy - rules.max_accuracy_drop:
+            return (f"labelled accuracy {candidate_accuracy:.4f} < the serving version's "
+                    f"{serving_accuracy:.4f} - {rules.max_accuracy_drop}")
     return None
 
 
@@ -132,8 +154,13 @@ def decide_gate(config: PromotionConfig, gate: GateState | None, serving: str | 
                   "workers than it needs; the serving version is served first")
         return GateDecision(gate.moved(reason=reason, time=now), None,
                             reason if gate.reason != reason else "")
+    # With a quality rule, a step that sends the candidate calls (whose answers get labels;
+    # shadow copies do not) waits for enough labels to judge it.
+    labelled = (config.rules.max_accuracy_drop is None or not step.weight or
+                min(figures.candidate_labelled, figures.serving_labelled)
+                >= config.rules.min_labelled)
     enough = (elapsed >= step.min_s and figures.candidate_calls >= step.min_calls and
-              figures.agreement_n >= config.rules.min_samples)
+              figures.agreement_n >= config.rules.min_samples and labelled)
     if not enough:
         return GateDecision(gate, None, "")
     if gate.step + 1 == len(config.steps):

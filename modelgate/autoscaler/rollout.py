@@ -4,9 +4,11 @@ the decider after the model decisions of each tick, and the manual overrides
 
 Figures come from Redis only: agreement since the candidate loaded (every gateway's counts of
 shadowed calls, merged), each pool's per-second counters over the current step (errors, calls,
-latency), the candidate's drift alerts, and whether the budget caps it (this decider's own last
-scaling round). A change writes the traffic policy and the gate's state under a new models
-generation, so every gateway applies it within a second, and an event with its inputs.
+latency), the candidate's drift alerts, both versions' labelled accuracy since they loaded
+(feedback, for the ``max_accuracy_drop`` rule), and whether the budget caps it (this
+decider's own last scaling round). A change writes the traffic policy and the gate's state
+under a new models generation, so every gateway applies it within a second, and an event with
+its inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from modelgate.core.promotion import PromotionConfig
 from modelgate.core.repository import ModelScan
 from modelgate.core.stats import BUCKET_TTL_S, decode_bucket, percentile_ms, sum_buckets
 from modelgate.core.store import drift as drift_store
+from modelgate.core.store import feedback as feedback_store
 from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
 from modelgate.core.store import traffic as traffic_store
@@ -159,7 +162,12 @@ class Rollouts:
             for second in seconds:
                 pipe.hgetall(pools.stats(pools.pool_id(name, version), second))
         pipe.xrevrange(drift_store.alerts(pools.pool_id(name, candidate)), count=200)
+        for version in (candidate, serving):
+            pipe.hmget(feedback_store.quality(name, version), "n", "correct")
         results = pipe.execute()
+        (candidate_n, candidate_correct), (serving_n, serving_correct) = (
+            (_count(n), _count(correct)) for n, correct in results[-2:])
+        results = results[:-2]
         tally = AgreementTally.parse(results[0])
         size = len(seconds)
         serving_stats = sum_buckets(decode_bucket(b) for b in results[1:1 + size])
@@ -177,7 +185,17 @@ class Rollouts:
             candidate_p99_ms=percentile_ms(candidate_stats, 0.99),
             serving_p99_ms=percentile_ms(serving_stats, 0.99),
             drift_alert=_predictions_drift(results[-1], outputs),
-            capped=self.capped(pools.pool_id(name, candidate)))
+            capped=self.capped(pools.pool_id(name, candidate)),
+            candidate_labelled=candidate_n, candidate_correct=candidate_correct,
+            serving_labelled=serving_n, serving_correct=serving_correct)
+
+
+def _count(raw: bytes | None) -> int:
+    """A counter of the quality totals (a float hash field); 0 when absent or unreadable."""
+    try:
+        return int(float(raw)) if raw is not None else 0
+    except ValueError:
+        return 0
 
 
 def _number(value: float | int | None) -> float | None:

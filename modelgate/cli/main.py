@@ -524,6 +524,22 @@ def _run_batch(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_feedback(commands: Any) -> None:
+    feedback = commands.add_parser(
+        "feedback", help="send labels (CSV: id,label[,row]; or JSONL) for answered calls")
+    feedback.add_argument("file", help="a CSV with columns id, label and optionally row, or a "
+                                       ".jsonl file of {\"id\", \"label\", \"row\"} lines")
+    feedback.add_argument("--model", required=True, help="the model that answered the calls")
+    _client_flags(feedback)
+    feedback.set_defaults(handler=_run_feedback)
+
+
+def _run_feedback(args: argparse.Namespace) -> int:
+    from modelgate.cli.feedback import run
+
+    return run(args)
+
+
 def _add_simulate(commands: Any) -> None:
     simulate = commands.add_parser(
         "simulate", help="replay a traffic trace through the scaling policy")
@@ -612,7 +628,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_up, _add_autoscaler, _add_coordinator, _add_gateway, _add_worker, _add_status,
-    _add_traffic, _add_batch, _add_simulate, _add_profile, _add_demo)
+    _add_traffic, _add_batch, _add_feedback, _add_simulate, _add_profile, _add_demo)
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:

@@ -8,8 +8,10 @@ from typing import TextIO
 import redis
 
 from modelgate.core.pool_figures import FiguresQuery
+from modelgate.core.quality import AlarmState, Totals, figures
 from modelgate.core.stats import percentile_ms
 from modelgate.core.store import drift as drift_store
+from modelgate.core.store import feedback as feedback_store
 from modelgate.core.store import heartbeats, jobs, pools, scaling
 from modelgate.core.store import lineage as lineage_store
 from modelgate.core.store import models as model_store
@@ -128,6 +130,7 @@ def render(client: redis.Redis, out: TextIO) -> int:
         print(f"\nlatest tick: {events[0].reason}", file=out)
     _drift(client, pool_ids, out)
     _jobs(client, out)
+    _quality(client, states, out)
     return 0
 
 
@@ -250,6 +253,56 @@ def _drift(client: redis.Redis, pool_ids: list[str], out: TextIO) -> None:
               f"{alert.value} > {alert.threshold}", file=out)
 
 
+def _quality(client: redis.Redis, states: dict[str, ModelState], out: TextIO) -> None:
+    """Stored answers against their bound, and each labelled version's live quality."""
+    lines = []
+    models = set(states) | {key.decode().split(":")[2] for key in client.scan_iter(
+        match=feedback_store.counts("*"), count=500)}
+    for model in sorted(models):
+        counts = {k.decode(): int(float(v))
+                  for k, v in client.hgetall(feedback_store.counts(model)).items()}
+        if not counts:
+            continue
+        held = sum(client.memory_usage(k) or 0 for k in (feedback_store.answers(model),
+                                                         feedback_store.times(model)))
+        lines.append(f"  {model}: {counts.get('rows', 0):,} answer rows stored of "
+                     f"{counts.get('max_rows', 0):,} ({held / 2**20:.1f} MiB; horizon "
+                     f"{counts.get('horizon_s', 0)} s); labels {counts.get('matched', 0):,} "
+                     f"matched, {counts.get('unknown', 0) + counts.get('expired', 0):,} "
+                     f"unknown or expired, {counts.get('invalid', 0):,} invalid")
+        prefix = feedback_store.quality(model, "")
+        versions = {key.decode()[len(prefix):] for key in client.scan_iter(
+            match=feedback_store.quality(model, "*"), count=500)}
+        for version in sorted(v for v in versions if v.isdigit()):
+            line = _version_quality(client, model, version)
+            if line:
+                lines.append(f"    v{version}: {line}")
+        for _, fields in client.xrevrange(feedback_store.alerts(model), count=3):
+            alert = feedback_store.QualityAlert.parse(fields)
+            if alert is not None:
+                when = time.strftime("%H:%M:%S", time.localtime(alert.time))
+                lines.append(f"    {when} v{alert.version} alarm {alert.change}: CUSUM "
+                             f"{alert.statistic:.1f} (threshold {alert.threshold:.1f}) after "
+                             f"{alert.rows_judged:,} rows vs accuracy "
+                             f"{alert.reference_accuracy:.3f}")
+    print("\nquality" + ("" if lines else ": no stored answers"), file=out)
+    for line in lines:
+        print(line, file=out)
+
+
+def _version_quality(client: redis.Redis, model: str, version: str) -> str | None:
+    totals = Totals.parse(client.hgetall(feedback_store.quality(model, version)))
+    found = figures(totals)
+    if not found["rows"]:
+        return None
+    alarm = AlarmState.parse(client.hgetall(feedback_store.alarm(model, version)))
+    shown = ", ".join(f"{name} {found[name]}" for name in ("accuracy", "log_loss", "ece",
+                                                            "mae", "rmse") if name in found)
+    judged = (f"; ALERT: CUSUM {alarm.s:.1f} vs reference accuracy {alarm.p0:.3f} "
+              f"({alarm.reference})" if alarm.alert and alarm.p0 is not None else "")
+    return f"{found['rows']:,} labelled rows since load: {shown}{judged}"
+
+
 def render_model(client: redis.Redis, model: str, out: TextIO) -> int:
     """One model's versions: where each came from beside how it has done since it loaded."""
     state = _states(client).get(model)
@@ -314,4 +367,7 @@ def render_model(client: redis.Redis, model: str, out: TextIO) -> int:
                   file=out)
         else:
             print("  live: no figures yet", file=out)
+        quality = _version_quality(client, model, version)
+        if quality:
+            print(f"  quality: {quality}", file=out)
     return 0

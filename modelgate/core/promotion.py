@@ -16,6 +16,10 @@ goes through on its way to serving every call, and the rules it must keep at eve
         max_error_rate_increase: 0.001   # its 5xx rate at most the serving one's + 0.1 point
         max_p99_ratio: 1.2        # its p99 at most 1.2x the serving version's
         no_drift_alert: true      # no drift alert on its predictions
+        max_accuracy_drop: null   # on labelled traffic (feedback): its accuracy at most this
+                                  # far below the serving version's, e.g. 0.02; when set, a
+                                  # weight step also waits for min_labelled labelled rows
+        min_labelled: 500         # labelled rows of each version before that rule judges
 
 A ``shadow`` step mirrors that share of the calls to the candidate and sends it none; a
 ``weight`` step sends it that share (the rest still mirrored to it, so agreement keeps being
@@ -52,6 +56,8 @@ class Rules:
     max_error_rate_increase: float = 0.001
     max_p99_ratio: float | None = 1.2
     no_drift_alert: bool = True
+    max_accuracy_drop: float | None = None
+    min_labelled: int = 500
 
 
 DEFAULT_STEPS = (Step(shadow=100, min_calls=1000), Step(weight=10), Step(weight=50),

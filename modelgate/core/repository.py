@@ -191,6 +191,19 @@ class ModelConfig:
     # promotion gate (or a person): modelgate.core.promotion.
     promotion: PromotionConfig | None = None
     traffic: dict[str, Any] | None = None  # the traffic policy when none is stored
+    # Answers kept for feedback (modelgate.gateway.feedback): the share of calls stored, how
+    # long, and at most how many rows per model (the oldest go first; a small classifier's
+    # row costs ~300 B: docs/architecture.md).
+    feedback_sample_share: float = 1.0
+    feedback_horizon_s: int = 86_400
+    feedback_max_rows: int = 100_000
+    # Live quality (modelgate.core.quality): the window of last labelled rows, and the alarm's
+    # accuracy drop to find, rows before it may fire, and rows of its baseline when the
+    # version's lineage records no accuracy.
+    quality_window_rows: int = 1000
+    quality_drop_share: float = 0.05
+    quality_min_labels: int = 100
+    quality_baseline_rows: int = 2000
 
     @classmethod
     def from_mapping(cls, raw: Any, source: Path) -> ModelConfig:

@@ -41,6 +41,7 @@ from modelgate.gateway.recorder import AnswerRecorder
 from modelgate.gateway.routes import (
     dashboard,
     docs,
+    feedback,
     health,
     jobs,
     repository,
@@ -178,7 +179,7 @@ def build_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Star
                                 any((route.path, m) in CONTROL for m in route.methods or ())),
               methods=route.methods)
         for route in (*health.routes, *docs.routes, *v2.routes, *v1.routes, *dashboard.routes,
-                      *repository.routes, *traffic.routes, *jobs.routes)
+                      *repository.routes, *traffic.routes, *jobs.routes, *feedback.routes)
         if isinstance(route, Route)
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

@@ -17,6 +17,7 @@ read (a key of another type) keeps its last reading -- and is never taken for a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -48,13 +49,14 @@ from modelgate.gateway.background import Background
 from modelgate.gateway.dispatch import Dispatcher
 from modelgate.gateway.drift import DriftMonitor
 from modelgate.gateway.errors import ERROR_OF_REPLY
+from modelgate.gateway.feedback import Feedback
 from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.shadow import Mirror
 
 log = logging.getLogger("modelgate.gateway")
 
 WAIT_POLL_S = 0.05
-MONITOR, DRIFT = "pool-monitor", "drift"
+MONITOR, DRIFT, FEEDBACK = "pool-monitor", "drift", "feedback"
 
 
 @dataclass(slots=True)
@@ -98,6 +100,7 @@ class DataPlane:
         self._specs: dict[tuple[str, str], PredictionSpec] = {}
         self.mirrors = Mirror(self.dispatcher, metrics, self.spec_of)
         self.drift = DriftMonitor(metrics)
+        self.feedback = Feedback(client, metrics, self.spec_of, self.versions_of)
         self.redis_ok = False
         self.redis_problem = "the queue (Redis) is unreachable"  # why, while not redis_ok
         self._outage = False  # Redis was reachable once and then was not
@@ -125,9 +128,14 @@ class DataPlane:
         # Drift is a side view: restarted when it dies, it never takes the gateway out of
         # service.
         self.background.start(DRIFT, self._drift_loop, critical=False)
+        # Stored answers and quality gauges: a side store, never a reason to stop serving.
+        self.background.start(FEEDBACK, lambda: self.feedback.run(lambda: list(self.models)),
+                              critical=False)
 
     async def stop(self) -> None:
-        await self.background.stop((MONITOR, DRIFT))
+        await self.background.stop((MONITOR, DRIFT, FEEDBACK))
+        with contextlib.suppress(RedisError, OSError):
+            await self.feedback.flush()  # what was answered before the stop
         await self.dispatcher.stop()
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
@@ -175,6 +183,14 @@ class DataPlane:
             if mirror is not None and model.state.default is not None:
                 pairs.append((model.name, model.state.default, mirror.version))
         return pairs
+
+    def versions_of(self, name: str) -> dict[str, ModelVersion]:
+        """The versions of a model this gateway serves (none for an unknown model)."""
+        model = self.models.get(name)
+        if model is None:
+            return {}
+        return {number: sv.version for number, sv in model.versions.items()
+                if sv.version is not None}
 
     def spec_of(self, version: ModelVersion) -> PredictionSpec:
         """What the prediction of a version is (``core/prediction.py``), derived once."""

@@ -39,6 +39,7 @@ class Metrics:
         self._calls: dict[tuple[str, str, str, str], Histogram] = {}
         self._requests: dict[tuple[str, str, str, str, int], Counter] = {}
         self._grpc_requests: dict[tuple[str, str, str, str], Counter] = {}
+        self._quality_metrics: dict[tuple[str, str], set[str]] = {}
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
         gauge_mode: Literal["livemostrecent", "all"] = (
@@ -124,6 +125,31 @@ class Metrics:
                                  ["model", "version", "feature"], registry=r,
                                  multiprocess_mode=gauge_mode)
 
+        self.feedback_dropped = Counter(
+            "modelgate_feedback_answers_dropped",
+            "Answered calls not stored for feedback: queue_full (this gateway's writer fell "
+            "behind), redis_full (Redis refused the write; the store shrank), id_too_long, "
+            "id_invalid (not UTF-8)",
+            ["model", "reason"], registry=r)
+        self.feedback_labels = Counter(
+            "modelgate_feedback_labels",
+            "Labels received, by result: matched, unknown, expired, already_labelled, invalid",
+            ["model", "result"], registry=r)
+        self.quality = Gauge(
+            "modelgate_quality",
+            "Live quality of a version on labelled rows since it loaded (metric: labelled, "
+            "accuracy, log_loss, ece, mae, rmse, window_accuracy, cusum)",
+            ["model", "version", "metric"], registry=r, multiprocess_mode=gauge_mode)
+        self.quality_alert = Gauge(
+            "modelgate_quality_alert",
+            "1 while the version's accuracy is significantly below its reference (CUSUM)",
+            pool_labels, registry=r, multiprocess_mode=gauge_mode)
+
+    def set_quality(self, model: str, version: str, metric: str, value: float) -> None:
+        """One live quality figure of a version (forgotten with its pool)."""
+        self._quality_metrics.setdefault((model, version), set()).add(metric)
+        self.quality.labels(model, version, metric).set(value)
+
     def _per_pool(self, model: str, version: str) -> tuple[Histogram, Histogram, Histogram]:
         """The labelled children every answer of a pool touches, looked up once."""
         children = self._children.get((model, version))
@@ -170,9 +196,13 @@ class Metrics:
     def forget_pool(self, model: str, version: str) -> None:
         """A pool that left: its gauges go (its counters and histograms stay, as Prometheus
         expects of counters)."""
-        for gauge in (self.queue_depth, self.workers, self.desired_workers, self.cost_per_hour):
+        for gauge in (self.queue_depth, self.workers, self.desired_workers, self.cost_per_hour,
+                      self.quality_alert):
             with contextlib.suppress(KeyError):
                 gauge.remove(model, version)
+        for metric in self._quality_metrics.pop((model, version), set()):
+            with contextlib.suppress(KeyError):
+                self.quality.remove(model, version, metric)
         self._children.pop((model, version), None)
 
     def render(self) -> bytes:

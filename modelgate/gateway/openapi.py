@@ -533,6 +533,71 @@ _TRAFFIC_PATHS = {
 }
 
 
+_LABEL = {"type": "object", "required": ["id", "label"],
+          "properties": {"id": {"type": "string", "description": "The call's id (its answer's "
+                                                                 "`id` or X-Request-Id)."},
+                         "label": {"oneOf": [{"type": "string"}, {"type": "number"}],
+                                   "description": "The true class, or the true value of a "
+                                                  "regressor."},
+                         "row": {"type": "integer", "minimum": 0,
+                                 "description": "The row of a multi-row call (default 0)."}}}
+_FIGURES = {"type": "object", "description": "rows (window), accuracy, log_loss, ece, "
+                                             "per_class {precision, recall, support} for "
+                                             "classifiers; mae, rmse for regressors."}
+_ALARM = {"type": "object", "nullable": True,
+          "required": ["statistic", "value", "threshold", "reference_accuracy"],
+          "properties": {"statistic": {"type": "string"}, "value": {"type": "number"},
+                         "threshold": {"type": "number"},
+                         "reference_accuracy": {"type": "number", "nullable": True},
+                         "reference": {"type": "string", "nullable": True},
+                         "rows_judged": {"type": "integer"},
+                         "fired_after_rows": {"type": "integer", "nullable": True}}}
+_QUALITY = {
+    "type": "object", "required": ["model", "stored", "labels", "versions", "alerts"],
+    "description": "Live quality per version on labelled rows: since it loaded and over its "
+                   "window of last labelled rows; `alert` while the CUSUM says accuracy "
+                   "dropped below its reference, `alarm` the statistic behind it (else null), "
+                   "`test` the same statistic whenever it runs.",
+    "properties": {
+        "model": {"type": "string"}, "stored": {"type": "object"},
+        "labels": {"type": "object"},
+        "versions": {"type": "array", "items": {
+            "type": "object",
+            "required": ["version", "labelled", "unmatched", "label_delay_p50_s", "since_load",
+                         "window", "alert", "alarm"],
+            "properties": {
+                "version": {"type": "string"}, "labelled": {"type": "integer"},
+                "unmatched": {"type": "integer"},
+                "label_delay_p50_s": {"type": "number", "nullable": True},
+                "since_load": _FIGURES, "window": _FIGURES, "alert": {"type": "boolean"},
+                "alarm": _ALARM, "test": _ALARM}}},
+        "alerts": {"type": "array", "description": "The last alarm changes (raised, "
+                                                    "cleared) of any version, newest first.",
+                   "items": {"type": "object", "required": ["version", "change"]}}}}
+_FEEDBACK_PATHS = {
+    "/v2/models/{name}/feedback": {"post": {
+        "operationId": "model_feedback", "tags": ["quality"],
+        "summary": "Labels for answered calls, joined by the call's id; every item is counted "
+                   "(matched, unknown, expired, already_labelled, invalid), none fails the "
+                   "others.",
+        "parameters": [_NAME],
+        "requestBody": {"required": True, "content": {JSON: {"schema": {
+            "oneOf": [_LABEL, {"type": "array", "items": _LABEL, "minItems": 1,
+                               "maxItems": 10_000}]}}}},
+        "responses": {"200": _json({"type": "object", "required": [
+            "model", "received", "matched", "unknown", "expired", "already_labelled",
+            "invalid", "errors"]}, "What became of the labels."),
+            **_errors("BadRequest", "NotFound", "PayloadTooLarge", "UnsupportedMediaType",
+                      "Unavailable")}}},
+    "/v2/models/{name}/quality": {"get": {
+        "operationId": "model_quality", "tags": ["quality"],
+        "summary": "Live quality per version from the labels fed back.",
+        "parameters": [_NAME],
+        "responses": {"200": _json(_QUALITY, "Quality per version."),
+                      **_errors("NotFound", "Unavailable")}}},
+}
+
+
 _REPOSITORY_PATHS = {
     "/v2/repository/index": {"post": {
         "operationId": "repository_index", "tags": ["repository"],
@@ -685,6 +750,7 @@ def openapi_document() -> dict[str, Any]:
         **_REPOSITORY_PATHS,
         **_TRAFFIC_PATHS,
         **_JOB_PATHS,
+        **_FEEDBACK_PATHS,
         **_DASHBOARD_PATHS,
         # Not a probe: it names every model and drift feature, so it needs the key when
         # keys are on.

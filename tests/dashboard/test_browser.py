@@ -531,3 +531,44 @@ def test_jobs_panel_shows_a_job_with_its_progress(stack: Stack, page: Page) -> N
     assert cells.nth(5).text_content() == "1"
     assert cells.nth(6).text_content() == "501"
     assert page.errors == []
+
+
+QUALITY_SCREENSHOT = REPO_ROOT / "test-artifacts" / "dashboard-quality.png"
+
+
+def test_quality_panel_shows_the_labels_fed_back(stack: Stack, page: Page) -> None:
+    """Labels for calls of known ids: the panel shows the version's live quality exactly as
+    GET /v2/models/mlp/quality reports it."""
+    rows = np.random.default_rng(5).standard_normal((60, 4)).astype(np.float32)
+    labels = []
+    with httpx.Client(base_url=stack.url, headers=AUTH, timeout=10.0) as client:
+        for i, row in enumerate(rows):
+            answer = client.post("/v2/models/mlp/infer", json={"id": f"dash-{i}", "inputs": [{
+                "name": "input", "datatype": "FP32", "shape": [1, 4],
+                "data": row.tolist()}]}).json()
+            predicted = int(np.argmax(answer["outputs"][0]["data"]))
+            labels.append({"id": f"dash-{i}", "label": predicted if i % 4 else (predicted + 1) % 3})
+
+        def fed() -> bool:
+            return client.post("/v2/models/mlp/feedback", json=labels).json()["unknown"] == 0
+
+        wait_until(fed, 10, "the calls' answers to be stored", interval_s=0.3)
+        quality = client.get("/v2/models/mlp/quality").json()["versions"][0]
+    assert quality["since_load"]["accuracy"] == 0.75 and quality["labelled"] == 60
+    tab = page.page
+    _open(tab, f"{stack.url}/dashboard#key={KEY}")
+    tab.wait_for_selector("#quality-table:not([hidden])", timeout=20_000)
+    row = tab.locator("#quality-table tbody tr[data-version='1']")
+    assert row.locator("td").nth(1).text_content() == "60"
+    assert row.locator("td").nth(2).get_attribute("data-value") == "0.75"
+    assert row.locator("td").nth(2).text_content() == "75.0%"
+    # Judged against the lineage's training accuracy, not yet alarmed (fewer than 100 rows).
+    badge = row.locator(".badge")
+    assert badge.text_content() == "ok"
+    assert "accuracy 94.7% (lineage)" in badge.get_attribute("title")
+    tab.set_viewport_size({"width": 1440,
+                           "height": tab.evaluate("() => document.body.scrollHeight")})
+    tab.wait_for_timeout(500)
+    QUALITY_SCREENSHOT.parent.mkdir(exist_ok=True)
+    tab.locator("section.lower").screenshot(path=str(QUALITY_SCREENSHOT))
+    assert page.errors == []

@@ -167,6 +167,9 @@ def test_no_key_is_401_with_www_authenticate(keyed: Server) -> None:
         assert_unauthorized(client.post(INFER, json=BODY))
         assert_unauthorized(client.get("/v2/models/int64"))
         assert_unauthorized(client.get("/v2"))
+        # Feedback and quality are data: an application key like every data call.
+        assert_unauthorized(client.post("/v2/models/int64/feedback", json={"id": "a", "label": 1}))
+        assert_unauthorized(client.get("/v2/models/int64/quality"))
 
 
 @pytest.mark.parametrize("header", [
@@ -193,6 +196,9 @@ def test_either_key_is_accepted(keyed: Server, key: str) -> None:
         assert client.get("/v2/models/int64").status_code == 200
         assert client.post("/v1/models/int64:predict",
                            json={"instances": [[1, 2]]}).status_code == 200
+        feedback = client.post("/v2/models/int64/feedback", json={"id": "nope", "label": 1})
+        assert feedback.status_code == 200 and feedback.json()["unknown"] == 1
+        assert client.get("/v2/models/int64/quality").status_code == 200
 
 
 def test_probes_and_document_are_open_by_default(keyed: Server) -> None:

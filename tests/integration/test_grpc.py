@@ -129,6 +129,16 @@ def test_typed_contents_in_typed_contents_out(stack: tuple[str, str]) -> None:
         assert (out.name, out.datatype, list(out.shape)) == ("probabilities", "FP32", [2, 3])
         rows = np.asarray(out.contents.fp32_contents).reshape(2, 3)
         np.testing.assert_allclose(rows.sum(axis=1), [1, 1], rtol=1e-5)
+        # A call without an id gets one, and its answer is kept for feedback like HTTP's.
+        assert len(response.id) == 32
+        label = [{"id": response.id, "label": int(np.argmax(rows[r])), "row": r} for r in (0, 1)]
+
+        def labelled() -> bool:  # the answer is stored within 0.2 s, off the response path
+            httpx.post(f"{stack[0]}/v2/models/mlp/feedback", json=label).raise_for_status()
+            quality = httpx.get(f"{stack[0]}/v2/models/mlp/quality").json()
+            return bool(quality["labels"]["matched"] == 2)
+
+        wait_until(labelled, 10, "the gRPC answer's rows to be labelled")
         bad = service_pb2.ModelInferRequest(model_name="mlp")
         tensor = bad.inputs.add(name="input", datatype="FP32", shape=[2, 4])
         tensor.contents.fp32_contents.extend([1.0] * 7)

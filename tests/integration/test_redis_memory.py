@@ -10,17 +10,24 @@ import time
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from modelgate.core import wire
 from modelgate.core.embedded_redis import start_redis
 from modelgate.core.errors import BackendUnavailable
+from modelgate.core.prediction import spec_for
 from modelgate.core.process import stop_process
 from modelgate.core.redis_checks import check_redis
+from modelgate.core.repository import Model
 from modelgate.core.settings import GatewaySettings
+from modelgate.core.store import feedback as store
+from modelgate.core.store import pools
 from modelgate.gateway.app import redis_clients
 from modelgate.gateway.dispatch import Dispatcher
+from modelgate.gateway.feedback import Feedback
+from modelgate.gateway.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +117,45 @@ def test_an_unreachable_redis_is_left_to_the_caller(caplog: pytest.LogCaptureFix
                          retry=Retry(NoBackoff(), 0))
     with caplog.at_level(logging.INFO):
         assert check_redis(client, LOG) is None
+
+
+def test_stored_answers_give_memory_back_before_calls_are_refused(
+        private_redis_url: str, unit_repository: dict[str, Model]) -> None:
+    """At maxmemory (noeviction) the feedback writer's refused batch is dropped and counted,
+    and the store shrinks by half at once, so the calls' own writes (XADD) fit again."""
+    iris = unit_repository["iris"].default
+    client = redis.Redis.from_url(private_redis_url)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 3 * 2**20)
+    reply = wire.Reply(("x",), wire.ReplyStatus.OK, {
+        "output_label": wire.Tensor("INT64", (1,), np.array([1], np.int64)),
+        "output_probability": wire.Tensor("FP32", (1, 3),
+                                          np.array([[0.1, 0.8, 0.1]], np.float32))})
+    metrics = Metrics()
+
+    async def fill() -> tuple[int, int]:
+        aclient = aioredis.Redis.from_url(private_redis_url)
+        feedback = Feedback(aclient, metrics, spec_for, lambda name: {"1": iris})
+        peak = 0
+        try:
+            for round_number in range(100):
+                for i in range(2000):
+                    feedback.record(iris, f"{round_number}-{i:028d}", reply)
+                await feedback.flush()
+                held = await aclient.hlen(store.answers("iris"))
+                if held < peak:
+                    return peak, held  # it shrank: Redis refused a batch
+                peak = held
+            raise AssertionError("Redis never refused the stored answers")
+        finally:
+            await aclient.aclose()
+
+    peak, held = asyncio.run(fill())
+    # Half went at the refusal; the rest of that round's batches were then taken again.
+    assert held <= (peak + 2000) // 2 + 2000
+    assert (metrics.registry.get_sample_value("modelgate_feedback_answers_dropped_total",
+                                              {"model": "iris", "reason": "redis_full"})
+            or 0) >= 1
+    assert int(client.hget(store.counts("iris"), "rows")) == held
+    # The memory went back to the calls: a request entry is taken again.
+    client.xadd(pools.requests_stream(POOL), {"payload": b"x" * 10_000})

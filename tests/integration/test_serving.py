@@ -97,12 +97,13 @@ def test_v2_infer_matches_onnxruntime(client: httpx.Client, ort_run: Callable[..
 
 def test_v2_nested_data_and_no_id(client: httpx.Client,
                                   ort_run: Callable[..., list[Any]]) -> None:
+    """A call without an id gets one (for feedback later), in ``id`` and X-Request-Id."""
     x = np.array([[0.5, -1, 2, 0], [1, 1, 1, 1]], np.float32)
     response = client.post("/v2/models/mlp/infer", json={"inputs": [
         {"name": "input", "datatype": "FP32", "shape": [2, 4], "data": x.tolist()}]})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert "id" not in body
+    assert len(body["id"]) == 32 and response.headers["x-request-id"] == body["id"]
     np.testing.assert_allclose(as_array(output(body, "probabilities"), np.float32),
                                ort_run("mlp", {"input": x})[0], rtol=1e-5, atol=1e-6)
 

@@ -11,6 +11,7 @@ Keys are typed by family so that a model name can never collide with another kin
     mg:replies:{gateway}            one gateway process's reply list
     mg:autoscaler:...               the autoscaler's decisions and budget
     mg:jobs, mg:job:{id}:...        batch prediction jobs (and each pool's job stream)
+    mg:fb:{model}:...               stored answers, labels and quality (feedback)
 
 and each version's lineage and totals since it loaded (``lineage``), under the pool's and the
 model's prefixes.
@@ -27,7 +28,7 @@ PREFIX = "mg"
 
 # The modules of this package, in the order docs/architecture.md lists them.
 FAMILIES = ("models", "traffic", "pools", "heartbeats", "replies", "scaling", "drift",
-            "lineage", "jobs")
+            "lineage", "jobs", "feedback")
 
 # Words of Redis error replies caused by what a key holds (a key of another type, a counter that
 # is not a number), as opposed to the server's own state (LOADING, MISCONF, OOM, READONLY, ...):

@@ -13,6 +13,7 @@
   const VERSIONS_POLL_MS = 2000;
   const JOBS_POLL_MS = 1000;
   const JOBS_SHOWN = 10;
+  const QUALITY_POLL_MS = 5000;
   const SHOWN_ENTRIES = 4; // params and metrics per version in the table
   const KEY_STORE = "modelgate.dashboard.key";
   const DECISIONS_SHOWN = 12;
@@ -25,6 +26,7 @@
   const state = {
     data: null, model: null, feature: null, drift: null, driftAt: 0, driftModel: null,
     versions: null, versionsAt: 0, versionsModel: null, jobsAt: 0,
+    quality: null, qualityAt: 0, qualityModel: null,
     memoryKey: null, waitingForKey: false, timer: null,
   };
   const $ = (id) => document.getElementById(id);
@@ -180,6 +182,7 @@
         refreshDrift(false);
         refreshVersions(false);
         refreshJobs();
+        refreshQuality(false);
       }
     } catch (e) {
       setStatus("gateway unreachable — retrying", "bad");
@@ -686,6 +689,90 @@
     $("jobs-table").hidden = jobs.length === 0;
   }
 
+  // ------------------------------------------------------------------ quality
+
+  function qualityMessage(text, className) {
+    $("quality-status").textContent = text;
+    $("quality-status").className = className || "muted";
+    $("quality-table").hidden = true;
+  }
+
+  async function refreshQuality(force) {
+    if (!state.data || state.model === null) return;
+    const model = state.model;
+    if (!force && state.qualityModel === model && Date.now() - state.qualityAt < QUALITY_POLL_MS) return;
+    state.qualityAt = Date.now();
+    state.qualityModel = model;
+    let result;
+    try {
+      result = await api("v2/models/" + encodeURIComponent(model) + "/quality");
+    } catch (e) {
+      qualityMessage("quality: gateway unreachable");
+      return;
+    }
+    if (model !== state.model) return;
+    if (!result.ok || !result.body) {
+      qualityMessage("quality: unavailable (" + errorText(result) + ")");
+      return;
+    }
+    state.quality = result.body;
+    renderQuality();
+  }
+
+  function fmtShare(v) {
+    return isNum(v) ? (100 * v).toFixed(1) + "%" : "–";
+  }
+
+  function renderQuality() {
+    const q = state.quality;
+    const versions = Array.isArray(q.versions) ? q.versions : [];
+    const labelled = versions.filter((v) => v.labelled > 0);
+    const stored = q.stored || {};
+    const labels = q.labels || {};
+    const summary = fmtInt(stored.rows) + " answer rows kept of " + fmtInt(stored.max_rows) +
+      " · labels " + fmtInt(labels.matched) + " matched, " +
+      fmtInt((labels.unknown || 0) + (labels.expired || 0)) + " unknown or expired";
+    if (!labelled.length) {
+      qualityMessage("no labelled rows yet · " + summary);
+      return;
+    }
+    const alerting = labelled.filter((v) => v.alert);
+    $("quality-status").textContent = (alerting.length ? alerting.length + " version(s) below their reference · " : "") + summary;
+    $("quality-status").className = alerting.length ? "bad-text" : "muted small";
+    const body = $("quality-table").tBodies[0];
+    clear(body);
+    for (const v of labelled) {
+      const tr = el("tr");
+      tr.dataset.version = v.version;
+      tr.appendChild(el("td", "", v.version));
+      tr.appendChild(el("td", "r", fmtInt(v.labelled)));
+      const since = v.since_load || {};
+      const window_ = v.window || {};
+      const accuracy = el("td", "r", fmtShare(since.accuracy));
+      accuracy.dataset.value = isNum(since.accuracy) ? String(since.accuracy) : "";
+      tr.appendChild(accuracy);
+      const windowCell = el("td", "r", fmtShare(window_.accuracy));
+      windowCell.title = fmtInt(window_.rows) + " last labelled rows";
+      tr.appendChild(windowCell);
+      tr.appendChild(el("td", "r", isNum(since.log_loss) ? since.log_loss.toFixed(3) : isNum(since.mae) ? "MAE " + fmtValue(since.mae) : "–"));
+      tr.appendChild(el("td", "r", isNum(since.ece) ? since.ece.toFixed(3) : isNum(since.rmse) ? "RMSE " + fmtValue(since.rmse) : "–"));
+      tr.appendChild(el("td", "r", isNum(v.label_delay_p50_s) ? fmtValue(v.label_delay_p50_s) + " s" : "–"));
+      tr.appendChild(el("td", "r", fmtInt(v.unmatched)));
+      const alarm = el("td");
+      const test = v.test;
+      const badge = el("span", "badge " + (v.alert ? "bad" : test ? "ok" : ""),
+        v.alert ? "below reference" : test ? "ok" : "baseline…");
+      if (test) {
+        badge.title = "CUSUM " + fmtValue(test.value) + " of " + fmtValue(test.threshold) +
+          " against accuracy " + fmtShare(test.reference_accuracy) + " (" + test.reference + ")";
+      }
+      alarm.appendChild(badge);
+      tr.appendChild(alarm);
+      body.appendChild(tr);
+    }
+    $("quality-table").hidden = false;
+  }
+
   // ------------------------------------------------------------------ wiring
 
   function start() {
@@ -700,6 +787,7 @@
       if (state.data) render();
       refreshDrift(true);
       refreshVersions(true);
+      refreshQuality(true);
     });
     $("feature").addEventListener("change", (event) => {
       state.feature = event.target.value;

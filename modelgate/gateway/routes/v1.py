@@ -10,6 +10,7 @@ from modelgate.core.errors import ModelNotFound
 from modelgate.gateway import protocol
 from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
+from modelgate.gateway.feedback import REQUEST_ID_HEADER, call_id, id_headers
 from modelgate.gateway.parsing import V1
 from modelgate.gateway.protocol import MODEL_VERSION_HEADER
 
@@ -33,9 +34,12 @@ async def predict(request: Request) -> Response:
                                   model.config.timeout_ms or plane.settings.default_timeout_ms)
     if routed.shadow is not None:
         plane.mirror(model, routed.shadow, parsed.request, reply)
-    # V1 has no field for it: the version that computed the answer goes in a header.
+    # V1 has no field for them: the version that computed the answer and the call's id (for
+    # feedback later) go in headers.
+    call = call_id(None, request.headers.get(REQUEST_ID_HEADER))
+    plane.feedback.record(model, call, reply)
     return Response(protocol.format_v1(reply, model), media_type="application/json",
-                    headers={MODEL_VERSION_HEADER: model.version})
+                    headers={MODEL_VERSION_HEADER: model.version, **id_headers(call)})
 
 
 async def model_status(request: Request) -> Response:

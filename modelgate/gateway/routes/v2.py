@@ -13,6 +13,7 @@ from modelgate.gateway import protocol, versions
 from modelgate.gateway.binary import HEADER, split_body
 from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
+from modelgate.gateway.feedback import REQUEST_ID_HEADER, call_id, id_headers
 from modelgate.gateway.parsing import V2
 
 JSON = "application/json"
@@ -107,15 +108,16 @@ async def infer(request: Request) -> Response:
         reply = await plane.infer(model, parsed.request, deadline)
     if routed.shadow is not None:
         plane.mirror(model, routed.shadow, parsed.request, reply)
+    # Every answer carries its call's id (the caller's, else a new one) for feedback later.
+    call = call_id(parsed.request_id, request.headers.get(REQUEST_ID_HEADER))
+    plane.feedback.record(model, call, reply)
     content, header_length = protocol.format_v2_binary(
-        model, reply, parsed.request_id, set(parsed.binary_outputs),
-        protocol.wants_maps(parsed.request))
+        model, reply, call, set(parsed.binary_outputs), protocol.wants_maps(parsed.request))
+    headers = {protocol.MODEL_VERSION_HEADER: model.version, **id_headers(call)}
     if header_length is None:
-        return Response(content, media_type=JSON,
-                        headers={protocol.MODEL_VERSION_HEADER: model.version})
+        return Response(content, media_type=JSON, headers=headers)
     return Response(content, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(header_length),
-                             protocol.MODEL_VERSION_HEADER: model.version})
+                    headers={"Inference-Header-Content-Length": str(header_length), **headers})
 
 
 routes = [

@@ -29,6 +29,7 @@ from modelgate.gateway import protocol
 from modelgate.gateway.auth import check_bearer
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import grpc_status_of
+from modelgate.gateway.feedback import call_id
 from modelgate.gateway.repository import CommandDone, index_rows, run_command
 from modelgate.gateway.rpc import codec
 from modelgate.gateway.rpc import grpc_predict_v2_pb2 as pb
@@ -156,7 +157,10 @@ class InferenceService:
             reply = await plane.infer(model, wire_request, deadline_ms)
             if routed.shadow is not None:
                 plane.mirror(model, routed.shadow, wire_request, reply)
-            return codec.format_infer(model, reply, request.id, typed)
+            # The call's id (the caller's, else a new one) is answered for feedback later.
+            call = call_id(request.id or None, metadata.get("x-request-id"))
+            plane.feedback.record(model, call, reply)
+            return codec.format_infer(model, reply, call, typed)
         except ModelgateError as e:
             code = grpc_status_of(e)
             raise

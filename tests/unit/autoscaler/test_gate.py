@@ -72,3 +72,29 @@ def test_a_newer_candidate_restarts_the_gate() -> None:
     start = decide_gate(CONFIG, None, "1", "2", Figures(), None, now=0.0)
     newer = decide_gate(CONFIG, start.state, "1", "3", Figures(), None, now=5.0)
     assert newer.state is not None and newer.state.candidate == "3" and newer.state.step == 0
+
+
+QUALITY = PromotionConfig(steps=CONFIG.steps, rules=Rules(
+    min_agreement=0.98, min_samples=100, max_error_rate_increase=0.001, max_p99_ratio=1.2,
+    max_accuracy_drop=0.02, min_labelled=300))
+
+
+def test_a_weight_step_waits_for_labels_and_a_worse_candidate_is_rolled_back() -> None:
+    start = decide_gate(QUALITY, None, "1", "2", Figures(), None, now=0.0)
+    # The shadow step needs no labels (mirrored answers get none).
+    canary = decide_gate(QUALITY, start.state, "1", "2", GOOD, None, now=11.0)
+    assert canary.state is not None and canary.state.step == 1
+    waiting = decide_gate(QUALITY, canary.state, "1", "2", GOOD, None, now=30.0)
+    assert waiting.policy is None and waiting.state == canary.state  # no labels yet
+    good = Figures(agreement_n=500, top1=0.995, candidate_calls=200, serving_calls=2000,
+                   candidate_p99_ms=10.0, serving_p99_ms=10.0, candidate_labelled=400,
+                   candidate_correct=364, serving_labelled=4000, serving_correct=3680)
+    passed = decide_gate(QUALITY, canary.state, "1", "2", good, None, now=31.0)
+    assert passed.state is not None and passed.state.step == 2
+    assert "labelled accuracy 0.9100 vs 0.9200" in passed.event
+    worse = Figures(agreement_n=500, top1=0.995, candidate_calls=200, serving_calls=2000,
+                    candidate_p99_ms=10.0, serving_p99_ms=10.0, candidate_labelled=400,
+                    candidate_correct=340, serving_labelled=4000, serving_correct=3680)
+    rolled = decide_gate(QUALITY, passed.state, "1", "2", worse, None, now=32.0)
+    assert rolled.state is not None and rolled.state.status == "rolled_back"
+    assert "labelled accuracy 0.8500 < the serving version's 0.9200 - 0.02" in rolled.event
