@@ -73,6 +73,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -387,6 +394,11 @@ def _add_worker(commands: Any) -> None:
                         default=default_of(WorkerSettings, "max_deliveries"),
                         help="deliveries (the first, plus one per worker that died holding "
                              "it) after which an entry goes to the dead-letter stream")
+    worker.add_argument("--tuning-budget-s", type=_non_negative_float,
+                        default=default_of(WorkerSettings, "tuning_budget_s"),
+                        help="longest the worker measures the model's rows/s by batch size "
+                             "at load to choose its batch sizes, when no curve is cached for "
+                             "this model on this kind of host (0: never measure)")
     worker.set_defaults(handler=_run_worker)
 
 
@@ -397,7 +409,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         models_dir=Path(args.models), model=args.model, version=args.version or None,
         redis_url=args.redis_url,
         intra_op_threads=int(args.intra_op_threads) if args.intra_op_threads else None,
-        claim_timeout_ms=int(args.claim_timeout_ms), max_deliveries=int(args.max_deliveries)))
+        claim_timeout_ms=int(args.claim_timeout_ms), max_deliveries=int(args.max_deliveries),
+        tuning_budget_s=float(args.tuning_budget_s)))
 
 
 def _add_status(commands: Any) -> None:

@@ -113,6 +113,9 @@ class WorkerSettings:
     # Deliveries (the first plus one per worker that died holding the entry) after which it
     # is parked in the dead-letter stream.
     max_deliveries: int = 3
+    # Longest the worker measures its model's rows/s by batch size at load, when no curve is
+    # cached for it on this kind of host (modelgate.worker.tuning); 0: never measure.
+    tuning_budget_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

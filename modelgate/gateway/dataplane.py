@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from modelgate.core import wire
+from modelgate.core.batching import BatchPlan
 from modelgate.core.errors import (
     BackendUnavailable,
     ModelFailed,
@@ -67,6 +68,7 @@ class PoolView:
     rejected: int = 0  # requests this gateway refused (429) since the last refresh
     completed: int = 0  # replies this gateway got since the last refresh
     drain_per_s: float = 0.0  # smoothed completion rate seen by this gateway
+    plan: BatchPlan | None = None  # the batch sizes its workers tuned, once one published
 
     @property
     def live_workers(self) -> int:
@@ -351,6 +353,9 @@ class DataPlane:
             self._report("pool", pool, figures.problems)
             if figures.readable:
                 view.gauges = figures.gauges
+            if figures.plan is not None:
+                view.plan = figures.plan
+                self.dispatcher.run_caps[pool] = figures.plan.max_batch_size
             view.admitted -= flushed[pool][0]
             view.rejected -= flushed[pool][1]
             rate = view.completed / elapsed_s

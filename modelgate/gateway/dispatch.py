@@ -3,13 +3,15 @@
 ``submit`` registers a future under a fresh correlation id, appends the request to an outbox
 and returns. The writer task takes everything in the outbox at once: requests for the same pool
 with compatible inputs and the same output selection are combined into bundles of up to the
-model's ``max_batch_size`` rows (modelgate.core.wire), one stream entry each, and all the entries go
-out in one pipelined round trip. Under concurrency, Redis and the workers then handle a few
-entries instead of one per request. The reader pops replies from this process's reply list in
-bulk, cuts each into one reply per request and resolves futures by id; an id resolved before (a
-redelivered entry answered twice) or no longer waited for is dropped. Every future is failed at
-its deadline by one deadline sweep (a heap of deadlines, one timer for the earliest), so none is
-left pending; a timer per call would cost more than the rest of its bookkeeping.
+pool's run size cap (the ``max_batch_size`` its workers tuned and published,
+``modelgate.core.batching``, else the model's) in rows (modelgate.core.wire), one stream entry
+each, and all the entries go out in one pipelined round trip. Under concurrency, Redis and the
+workers then handle a few entries instead of one per request. The reader pops replies from this
+process's reply list in bulk, cuts each into one reply per request and resolves futures by id;
+an id resolved before (a redelivered entry answered twice) or no longer waited for is dropped.
+Every future is failed at its deadline by one deadline sweep (a heap of deadlines, one timer for
+the earliest), so none is left pending; a timer per call would cost more than the rest of its
+bookkeeping.
 
 Anything that reaches Redis can write to the reply list: a reply that is not valid wire format
 is dropped, logged and counted (``modelgate_dropped_replies_total``), and when its ids were
@@ -52,7 +54,7 @@ class _Outgoing:
     request: wire.Request
     correlation: str
     deadline_ms: int
-    max_rows: int  # rows a bundle may hold (the model's max_batch_size; 0: no bundling)
+    max_rows: int  # rows a bundle may hold (the pool's run size cap; 0: no bundling)
 
 
 @dataclass(slots=True)
@@ -107,6 +109,9 @@ class Dispatcher:
         self._sweep_at_ms = 0
         self._running = True
         self._writing = False
+        # Each pool's run size cap as its workers published it (the data plane's refresh keeps
+        # it): bundles never hold more rows than a worker runs at once.
+        self.run_caps: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
@@ -150,6 +155,9 @@ class Dispatcher:
         future: asyncio.Future[wire.Reply] = loop.create_future()
         self._pending[correlation] = future
         self._add_deadline(loop, deadline_ms, correlation)
+        cap = self.run_caps.get(pool)
+        if cap is not None and max_rows > 0:
+            max_rows = max(1, min(max_rows, cap))
         self._outbox.append(_Outgoing(pool, request, correlation, deadline_ms, max_rows))
         self._wake.set()
         return future

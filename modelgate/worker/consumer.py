@@ -1,9 +1,10 @@
 """The worker's read loop: consumer-group reads, dynamic batching, atomic answers.
 
-An entry holds a bundle of requests (modelgate.core.wire). Rows, not entries, count toward
-``max_batch_size``: entries are read up to that many at once (each carries at least one row),
-grouped by compatible shapes, and cut into ORT runs of at most ``max_batch_size`` rows; an entry
-is never cut, and one larger than that runs on its own. A run's replies (one per bundle and
+An entry holds a bundle of requests (modelgate.core.wire). Rows, not entries, count toward the
+run size cap (the pool's tuned ``max_batch_size``, ``modelgate.core.batching``): entries are read
+up to that many at once (each carries at least one row), grouped by compatible shapes, and cut
+into ORT runs of at most that many rows; an entry is never cut, and one larger than that runs
+on its own. A run's replies (one per bundle and
 gateway) and the acknowledgement of its entries (``XACK``, ``XDEL``, the pool's queued-requests
 count) are one script, after the run, that acknowledges only what it answered
 (``modelgate.worker.answers``): answers Redis refuses are held and sent again, and the worker
@@ -21,6 +22,7 @@ from typing import Any
 import redis
 
 from modelgate.core import wire
+from modelgate.core.batching import BatchPlan
 from modelgate.core.clock import RedisClock
 from modelgate.core.repository import ModelVersion
 from modelgate.core.stats import StatsAccumulator, failure_field
@@ -125,6 +127,7 @@ class Consumer:
         reclaimer: Reclaimer | None = None,
         sampler: DriftSampler | None = None,
         clock: RedisClock | None = None,
+        plan: BatchPlan | None = None,
     ) -> None:
         self.client = client
         # Deadlines and queue waits are in Redis's clock (the stream ids'), not this host's.
@@ -139,7 +142,11 @@ class Consumer:
         # The stream is read and answered on one connection held for the worker's life:
         # taking it from the pool on every call costs a health-check syscall and a pid check.
         self._connection: redis.connection.AbstractConnection | None = None
-        self.read_count = max(1, model.max_batch_size)
+        # The pool's tuned run sizes (config.yaml's when it sets them), else the version's.
+        self.max_batch_size = plan.max_batch_size if plan is not None else model.max_batch_size
+        self.preferred_batch_sizes = (plan.preferred_batch_sizes if plan is not None
+                                      else model.config.preferred_batch_sizes)
+        self.read_count = max(1, self.max_batch_size)
         self.max_queue_delay_ms = model.config.max_queue_delay_ms
         self.processed = 0
         self.busy_s = 0.0
@@ -244,8 +251,7 @@ class Consumer:
                 failed[field] = failed.get(field, 0) + len(entry.ids)
             self.stats.add(completed=sum(failed.values()), **failed)
         runs = [*plan_runs(retried, 0),
-                *plan_runs(runnable, self.model.max_batch_size,
-                           self.model.config.preferred_batch_sizes)]
+                *plan_runs(runnable, self.max_batch_size, self.preferred_batch_sizes)]
         for run in runs:
             run_started = time.perf_counter()
             answered = self.runner.run_batch([e.bundle for e in run if e.bundle is not None])

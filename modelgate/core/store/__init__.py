@@ -10,6 +10,7 @@ Keys are typed by family so that a model name can never collide with another kin
     mg:worker:{id}                  one worker's heartbeat
     mg:replies:{gateway}            one gateway process's reply list
     mg:autoscaler:...               the autoscaler's decisions and budget
+    mg:tuning:{sha256}              throughput curves measured per model content and host
 
 and each version's lineage and totals since it loaded (``lineage``), under the pool's and the
 model's prefixes.
@@ -26,7 +27,7 @@ PREFIX = "mg"
 
 # The modules of this package, in the order docs/architecture.md lists them.
 FAMILIES = ("models", "traffic", "pools", "heartbeats", "replies", "scaling", "drift",
-            "lineage")
+            "lineage", "batching")
 
 # Words of Redis error replies caused by what a key holds (a key of another type, a counter that
 # is not a number), as opposed to the server's own state (LOADING, MISCONF, OOM, READONLY, ...):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -53,6 +55,7 @@ async def model_metadata(request: Request) -> Response:
             "default_version": served.state.default,
             "sha256": model.sha256,
             "max_batch_size": model.max_batch_size,
+            "batching": _batching(plane, model),
             "version_policy": model.config.version_policy.describe(),
             "source": model.config.source,
             "versions": {v: sv.state.body() for v, sv in
@@ -61,6 +64,14 @@ async def model_metadata(request: Request) -> Response:
             "run_url": model.lineage.run_url(plane.settings.mlflow_tracking_uri),
         },
     }), media_type=JSON)
+
+
+def _batching(plane: DataPlane, model: ModelVersion) -> dict[str, Any] | None:
+    """The batch sizes the version's workers tuned and the curve behind them (null until a
+    worker of this content has loaded)."""
+    view = plane.pools.get(model.pool)
+    plan = view.plan if view is not None else None
+    return plan.body() if plan is not None and plan.sha256 == model.sha256 else None
 
 
 async def model_versions(request: Request) -> Response:

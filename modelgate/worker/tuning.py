@@ -1,0 +1,149 @@
+"""Batch sizes tuned at load: the model's rows/s at run sizes 1, 2, 4, ... on this host.
+
+Before a worker reports ready it takes its pool's :class:`~modelgate.core.batching.BatchPlan`
+from the cache (same model content, CPU model, ORT threads and runtime version) or measures the
+curve on its own session, on synthetic input, within ``budget_s``
+(``WorkerSettings.tuning_budget_s``): each size is run until a few runs agree or its share of
+the budget is spent, and its best run counts
+(the one least disturbed by other work on the host). Sizes the budget does not reach are left
+out of the curve, and so out of the choice. The worker then publishes the plan for its pool
+and, if it measured, caches the curve; a worker started later (under load, or after a crash)
+reads it and does not measure again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+import redis
+
+from modelgate.core import wire
+from modelgate.core.batching import (
+    BatchPlan,
+    PlanError,
+    Source,
+    cpu_model,
+    plan_for,
+    sizes_to_measure,
+)
+from modelgate.core.repository import ModelVersion
+from modelgate.core.store import batching as batching_store
+from modelgate.worker.runner import Runner
+
+log = logging.getLogger("modelgate.worker")
+
+# Runs per size: at least MIN_RUNS (the first at a new shape allocates), at most MAX_RUNS
+# (past it the best run no longer moves), within the size's share of the budget.
+MIN_RUNS = 3
+MAX_RUNS = 25
+
+
+def host_signature(threads: int, limit: int) -> str:
+    """What a curve depends on besides the model: the CPU, the threads a run uses, the runtime
+    and the largest size measured."""
+    return (f"{cpu_model()}; {threads} intra-op threads; onnxruntime {ort.__version__}; "
+            f"sizes up to {limit}")
+
+
+def synthetic_feeds(model: ModelVersion, rows: int) -> dict[str, np.ndarray]:
+    """Inputs of ``rows`` rows: standard normal floats, zero integers, empty strings; other
+    variable dimensions are 1."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in model.inputs:
+        shape = (rows, *(1 if d < 0 else d for d in spec.shape[1:]))
+        if spec.datatype == wire.BYTES:
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+            continue
+        dtype = wire.NUMPY_DTYPES[spec.datatype]
+        feeds[spec.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
+                            else np.zeros(shape, dtype=dtype))
+    return feeds
+
+
+def measure(runner: Runner, limit: int, budget_s: float,
+            clock: Callable[[], float] = time.perf_counter) -> list[tuple[int, float]]:
+    """(run size, rows/s) for sizes 1, 2, 4, ... ``limit`` measured on ``runner``'s session
+    within ``budget_s``; empty when the model rejects synthetic input."""
+    sizes = sizes_to_measure(limit)
+    if not sizes or budget_s <= 0:
+        return []
+    started = clock()
+    deadline = started + budget_s
+    share_s = budget_s / (2 * len(sizes))  # half the budget spread evenly; large sizes use more
+    curve: list[tuple[int, float]] = []
+    for size in sizes:
+        feeds = synthetic_feeds(runner.model, size)
+        size_started = clock()
+        best_s = float("inf")
+        runs = 0
+        while runs < MAX_RUNS:
+            before = clock()
+            try:
+                runner.session.run(runner.output_names, feeds)
+            except Exception as e:  # ORT's own exception types: synthetic input refused
+                log.warning("tuning %s: a run of %d rows failed (%s); not measuring",
+                            runner.model.pool, size, str(e).splitlines()[0] if str(e) else e)
+                return curve
+            after = clock()
+            best_s = min(best_s, after - before)
+            runs += 1
+            if after + best_s > deadline:
+                break
+            if runs >= MIN_RUNS and after - size_started >= share_s:
+                break
+        curve.append((size, size / max(best_s, 1e-9)))
+        # The next size runs about twice as long, MIN_RUNS times: stop if that passes the end.
+        if clock() + 2 * best_s * MIN_RUNS > deadline:
+            break
+    return curve
+
+
+def cached_plan(client: redis.Redis, sha256: str, host: str) -> BatchPlan | None:
+    """The curve cached for this content on this kind of host (None if none, unreadable or
+    Redis is not serving: measuring costs less than waiting for it)."""
+    try:
+        raw = client.hget(batching_store.cache(sha256), host)
+    except redis.RedisError as e:
+        log.warning("tuning cache unreachable (%s); measuring", e)
+        return None
+    if raw is None:
+        return None
+    try:
+        return BatchPlan.decode(raw)
+    except PlanError as e:
+        log.warning("tuning cache entry unreadable (%s); measuring again", e)
+        return None
+
+
+def tune(client: redis.Redis, version: ModelVersion, runner: Runner, threads: int,
+         budget_s: float) -> BatchPlan:
+    """The pool's plan: from the cache, else measured now (see the module's docstring)."""
+    if not version.batchable:
+        return plan_for(version, (), "", "", time.time())
+    host = host_signature(threads, version.max_batch_size)
+    cached = cached_plan(client, version.sha256, host)
+    if cached is not None:
+        return plan_for(version, cached.curve, Source.CACHED, host, cached.measured_at)
+    started = time.monotonic()
+    curve = measure(runner, version.max_batch_size, budget_s)
+    plan = plan_for(version, curve, Source.MEASURED, host, time.time())
+    log.info("tuned %s in %.2f s", version.pool, time.monotonic() - started)
+    return plan
+
+
+def publish(client: redis.Redis, pool: str, plan: BatchPlan) -> None:
+    """Write the pool's plan and, when this worker measured its curve, cache the curve.
+    Raises RedisError (the caller retries it with the rest of its start)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.set(batching_store.plan(pool), plan.encode())
+    if plan.curve_from:
+        cache = batching_store.cache(plan.sha256)
+        if plan.curve_from == Source.MEASURED:
+            pipe.hset(cache, plan.host, plan.encode())
+        pipe.expire(cache, batching_store.CACHE_TTL_S)
+    pipe.execute()
