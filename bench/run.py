@@ -8,10 +8,10 @@ in-process server, BentoML from PyPI in an isolated venv (built under ``.bench/p
 first use; skipped with a note if it cannot be installed) and ``ort-floor``. Workloads: a tiny
 MLP, a mid-size MLP (64->256->256->10), a compute-bound model and a MobileNet-style CNN; none
 sets its batch sizes: modelgate's workers tune them at load, and the page shows what they
-chose beside ONNX Runtime's own curve. Every knob is a flag that also reads ``BENCH_<FLAG>`` from the environment. Defaults
-take about eleven minutes: three rounds in which the servers take turns, each with a warm-up
-then a measured run per load point. Server logs,
-the load generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
+chose beside ONNX Runtime's own curve. Every knob is a flag that also reads ``BENCH_<FLAG>``
+from the environment. Defaults take about twenty-five minutes: three rounds in which the
+servers take turns, each with a warm-up then a measured run per load point. Server logs, the
+load generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
 """
 
 from __future__ import annotations
