@@ -152,7 +152,8 @@ def markdown(machine: Machine, sections: Sequence[Section], measurements: Sequen
         "Reproduce: `make bench` (knobs: `BENCH_DURATION_S`, `BENCH_WARMUP_S`, "
         "`BENCH_CONCURRENCY`, `BENCH_ROUNDS`, `BENCH_TARGETS`, `BENCH_WORKLOADS`, `BENCH_FLOOR_S`, "
         "`BENCH_CLIENT`; see `python -m bench.run --help`). The first run also builds the "
-        "peer's venv under `.bench/peer-venv` (once; later runs reuse it).",
+        "peer's venv under `.bench/peer-venv` (once; later runs reuse it). Where one call's "
+        "time goes, stage by stage: `make trace` (`bench/trace.py`, docs/architecture.md).",
         "",
         "## Setup",
         "",

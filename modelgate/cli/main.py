@@ -344,6 +344,9 @@ def _add_gateway(commands: Any) -> None:
     gateway.add_argument("--record-answers", type=Path, default=None,
                          help="append every answer on the protocol's REST paths to "
                               "DIR/answers-PID.jsonl (conformance checks; a write per call)")
+    gateway.add_argument("--trace-dir", type=Path, default=None,
+                         help="write every V2 infer call's stage timestamps to "
+                              "DIR/trace-gateway-PID.jsonl (bench/trace.py; off by default)")
     gateway.add_argument("--fd", type=_count, default=None,
                          help="serve on this inherited listening socket instead of binding "
                               "(set by `modelgate up`)")
@@ -371,7 +374,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
         max_connections=int(args.max_connections),
         mlflow_tracking_uri=args.mlflow_tracking_uri or None,
         mlflow_webhook_secret=args.mlflow_webhook_secret or None,
-        record_answers=Path(args.record_answers) if args.record_answers else None))
+        record_answers=Path(args.record_answers) if args.record_answers else None,
+        trace_dir=Path(args.trace_dir) if args.trace_dir else None))
     return 0
 
 
@@ -399,6 +403,9 @@ def _add_worker(commands: Any) -> None:
                         help="longest the worker measures the model's rows/s by batch size "
                              "at load to choose its batch sizes, when no curve is cached for "
                              "this model on this kind of host (0: never measure)")
+    worker.add_argument("--trace-dir", type=Path, default=None,
+                        help="write every entry's stage timestamps to "
+                             "DIR/trace-worker-PID.jsonl (bench/trace.py; off by default)")
     worker.set_defaults(handler=_run_worker)
 
 
@@ -410,7 +417,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         intra_op_threads=int(args.intra_op_threads) if args.intra_op_threads else None,
         claim_timeout_ms=int(args.claim_timeout_ms), max_deliveries=int(args.max_deliveries),
-        tuning_budget_s=float(args.tuning_budget_s)))
+        tuning_budget_s=float(args.tuning_budget_s),
+        trace_dir=Path(args.trace_dir) if args.trace_dir else None))
 
 
 def _add_status(commands: Any) -> None:

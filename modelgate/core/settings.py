@@ -91,6 +91,9 @@ class GatewaySettings:
     # Append every answer on the protocol's REST paths to a file in this folder (conformance
     # checks: gateway/recorder.py); None: off.
     record_answers: Path | None = None
+    # Write every V2 infer call's stage timestamps to a file in this folder
+    # (modelgate.core.trace, bench/trace.py); None: off, nothing timed.
+    trace_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,9 @@ class WorkerSettings:
     # Longest the worker measures its model's rows/s by batch size at load, when no curve is
     # cached for it on this kind of host (modelgate.worker.tuning); 0: never measure.
     tuning_budget_s: float = 2.0
+    # Write every entry's stage timestamps to a file in this folder (modelgate.core.trace);
+    # None: off, nothing timed.
+    trace_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

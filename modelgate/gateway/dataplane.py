@@ -44,6 +44,7 @@ from modelgate.core.store import is_bad_data, pools, scaling
 from modelgate.core.store import models as model_store
 from modelgate.core.store import traffic as traffic_store
 from modelgate.core.store.models import ModelState, VersionStatus
+from modelgate.core.trace import tracer
 from modelgate.gateway import serving
 from modelgate.gateway.background import Background
 from modelgate.gateway.dispatch import Dispatcher
@@ -97,6 +98,8 @@ class DataPlane:
         self.gateway_id = gateway_id
         self.background = Background(lambda name: metrics.background_errors.labels(name).inc())
         self.dispatcher = Dispatcher(client, reader, gateway_id, metrics)
+        # Stage timestamps of every call, only with --trace-dir (modelgate.core.trace).
+        self.tracer = tracer(settings.trace_dir, "gateway")
         self._specs: dict[tuple[str, str], PredictionSpec] = {}
         self.mirrors = Mirror(self.dispatcher, metrics, self.spec_of)
         self.drift = DriftMonitor(metrics)
@@ -267,14 +270,15 @@ class DataPlane:
             await asyncio.sleep(WAIT_POLL_S)
 
     async def infer(self, model: ModelVersion, request: wire.Request,
-                    timeout_ms: int) -> wire.Reply:
+                    timeout_ms: int, marks: dict[str, object] | None = None) -> wire.Reply:
         deadline_ms = int(time.time() * 1000) + timeout_ms
         view = self.pools[model.pool]
         if not (self.redis_ok and view.live_workers > 0):
             await self._wait_for_worker(model, deadline_ms)
         self._admit(model, view)
         view.admitted += 1
-        future = self.dispatcher.submit(model.pool, request, deadline_ms, model.max_batch_size)
+        future = self.dispatcher.submit(model.pool, request, deadline_ms, model.max_batch_size,
+                                        marks)
         reply = await future
         view.completed += 1
         # After this call's answer is written (the rest of this step), not before it.

@@ -26,6 +26,7 @@ import heapq
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
 from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.store import pools, replies
+from modelgate.core.trace import now_ns
 from modelgate.gateway.background import Background
 from modelgate.gateway.metrics import Metrics
 
@@ -55,6 +57,7 @@ class _Outgoing:
     correlation: str
     deadline_ms: int
     max_rows: int  # rows a bundle may hold (the pool's run size cap; 0: no bundling)
+    marks: dict[str, object] | None = None  # stage timestamps of a traced call
 
 
 @dataclass(slots=True)
@@ -109,9 +112,13 @@ class Dispatcher:
         self._sweep_at_ms = 0
         self._running = True
         self._writing = False
+        self._popped_ns = 0  # when the replies being resolved were popped (traced calls)
         # Each pool's run size cap as its workers published it (the data plane's refresh keeps
         # it): bundles never hold more rows than a worker runs at once.
         self.run_caps: dict[str, int] = {}
+        # Traced calls' stage timestamps by correlation id (modelgate.core.trace); empty unless
+        # the gateway traces.
+        self._traced: dict[str, dict[str, object]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -147,8 +154,10 @@ class Dispatcher:
         self._pending.clear()
 
     def submit(self, pool: str, request: wire.Request, deadline_ms: int,
-               max_rows: int) -> asyncio.Future[wire.Reply]:
-        """Queue one request; the future resolves with its reply or fails by the deadline."""
+               max_rows: int, marks: dict[str, object] | None = None
+               ) -> asyncio.Future[wire.Reply]:
+        """Queue one request; the future resolves with its reply or fails by the deadline.
+        With ``marks`` (a traced call), the stages it passes here are added to it."""
         loop = asyncio.get_running_loop()
         # Unguessable: nothing that cannot read the stream can forge an answer to a call.
         correlation = secrets.token_hex(8)
@@ -158,6 +167,10 @@ class Dispatcher:
         cap = self.run_caps.get(pool)
         if cap is not None and max_rows > 0:
             max_rows = max(1, min(max_rows, cap))
+        if marks is not None:
+            marks["id"] = correlation
+            marks["submitted"] = now_ns()
+            self._traced[correlation] = marks
         self._outbox.append(_Outgoing(pool, request, correlation, deadline_ms, max_rows))
         self._wake.set()
         return future
@@ -202,7 +215,15 @@ class Dispatcher:
                 ("XADD", pools.requests_stream(pool), "*", *fields.fields()), pool, ids))
         return entries
 
+    def _mark(self, correlations: Iterable[str], stage: str) -> None:
+        at = now_ns()
+        for correlation in correlations:
+            marks = self._traced.get(correlation)
+            if marks is not None:
+                marks[stage] = at
+
     def _expire(self, correlation: str) -> None:
+        self._traced.pop(correlation, None)
         future = self._pending.pop(correlation, None)
         if future is not None and not future.done():
             future.set_exception(DeadlineExceeded(
@@ -277,8 +298,12 @@ class Dispatcher:
         for entry in entries:
             commands.append(entry.command)
             commands.append(("INCRBY", pools.queued(entry.pool), len(entry.correlations)))
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "writing")
         await connection.send_packed_command(connection.pack_commands(commands),
                                              check_health=False)
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "sent")
         for entry in entries:
             try:
                 await connection.read_response()
@@ -310,6 +335,8 @@ class Dispatcher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
                 continue
+            if self._traced and replies:
+                self._popped_ns = now_ns()
             for raw in replies:
                 try:
                     self._resolve(raw)
@@ -370,6 +397,10 @@ class Dispatcher:
                 self._fail(correlation, ModelFailed(f"the worker's answer was unreadable: {e}"))
             return
         for part in wire.unbundle(reply):  # a decoded reply always cuts
+            if self._traced:
+                marks = self._traced.pop(part.id, None)
+                if marks is not None:
+                    marks["popped"] = self._popped_ns
             future = self._pending.pop(part.id, None)
             if future is None or future.done():
                 self._late.inc()  # answered already (duplicate delivery) or past its deadline

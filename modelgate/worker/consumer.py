@@ -27,6 +27,7 @@ from modelgate.core.clock import RedisClock
 from modelgate.core.repository import ModelVersion
 from modelgate.core.stats import StatsAccumulator, failure_field
 from modelgate.core.store import pools, replies
+from modelgate.core.trace import Tracer, now_ns
 from modelgate.worker.answers import Answers, Command
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.reclaim import Reclaimer
@@ -128,8 +129,11 @@ class Consumer:
         sampler: DriftSampler | None = None,
         clock: RedisClock | None = None,
         plan: BatchPlan | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.client = client
+        # Stage timestamps of every entry, only with --trace-dir (modelgate.core.trace).
+        self.tracer = tracer
         # Deadlines and queue waits are in Redis's clock (the stream ids'), not this host's.
         self.clock = clock or RedisClock()
         self.reclaimer = reclaimer
@@ -227,6 +231,7 @@ class Consumer:
         entries = reclaimed + self._gather(None if reclaimed else block_ms)
         if not entries:
             return 0
+        read_ns = now_ns() if self.tracer is not None else 0
         now_ms = int(self.clock.now_ms())
         runnable: list[Entry] = []
         retried: list[Entry] = []
@@ -253,18 +258,31 @@ class Consumer:
         runs = [*plan_runs(retried, 0),
                 *plan_runs(runnable, self.max_batch_size, self.preferred_batch_sizes)]
         for run in runs:
+            run_ns = now_ns() if self.tracer is not None else 0
             run_started = time.perf_counter()
             answered = self.runner.run_batch([e.bundle for e in run if e.bundle is not None])
             self.busy_s += time.perf_counter() - run_started
             pairs: list[Settled] = [(entry, bundle, outcome)
                      for entry, parts in zip(run, answered, strict=True)
                      for bundle, outcome in parts]
+            ran_ns = now_ns() if self.tracer is not None else 0
             self._answer(pairs, now_ms)
+            if self.tracer is not None:
+                self._trace(pairs, read_ns, run_ns, ran_ns)
             self._count(pairs, now_ms)
             if self.sampler is not None:
                 self._sample(pairs)
         self.processed += sum(len(entry.ids) for entry in entries)
         return len(entries)
+
+    def _trace(self, pairs: list[Settled], read_ns: int, run_ns: int, ran_ns: int) -> None:
+        """One line per entry of a run: when it was read, run and answered."""
+        assert self.tracer is not None
+        answered_ns = now_ns()
+        for entry, _, outcome in pairs:
+            self.tracer.write({"ids": list(entry.ids), "read": read_ns, "run": run_ns,
+                               "ort_ms": outcome.compute_ms, "ran": ran_ns,
+                               "answered": answered_ns, "rows": outcome.batch_size})
 
     def _round_trip(self, commands: list[Command]) -> list[Any]:
         if self._connection is None:

@@ -38,6 +38,7 @@ from modelgate.core.settings import WorkerSettings
 from modelgate.core.store import models as model_store
 from modelgate.core.store import pools
 from modelgate.core.store.models import ModelState, VersionStatus
+from modelgate.core.trace import tracer
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
@@ -130,7 +131,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
                  profile_path(version), len(profile.features), len(profile.labels))
     clock = RedisClock()
     consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s, reclaimer,
-                        sampler, clock, plan)
+                        sampler, clock, plan, tracer(settings.trace_dir, "worker"))
 
     def flush(pipe: redis.client.Pipeline, epoch_s: int) -> None:
         consumer.stats.flush(pipe, epoch_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -11,6 +12,7 @@ from starlette.routing import Route
 from modelgate import __version__
 from modelgate.core.errors import ModelNotFound
 from modelgate.core.repository import ModelVersion, RepositoryError
+from modelgate.core.trace import Tracer, now_ns
 from modelgate.gateway import protocol, versions
 from modelgate.gateway.binary import HEADER, split_body
 from modelgate.gateway.body import Bodies, json_body
@@ -105,28 +107,47 @@ async def drift(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     plane = _plane(request)
+    marks: dict[str, object] | None = {"start": now_ns()} if plane.tracer is not None else None
     routed = plane.route(request.path_params["name"], request.path_params.get("version"),
                          request.headers)
     model = routed.version
     request.state.served = (model.name, model.version, routed.route)
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget, binary_ok=True) as raw:
+        if marks is not None:
+            marks["read"] = now_ns()
         header, binary = split_body(raw, request.headers.get(HEADER))
         parsed = await bodies.parsers.parse(V2, model, header, binary)
         deadline = protocol.timeout_ms(parsed.request.parameters, model,
                               plane.settings.default_timeout_ms)
-        reply = await plane.infer(model, parsed.request, deadline)
+        if marks is not None:
+            marks["parsed"] = now_ns()
+        reply = await plane.infer(model, parsed.request, deadline, marks)
+    if marks is not None:
+        marks["resumed"] = now_ns()
     if routed.shadow is not None:
         plane.mirror(model, routed.shadow, parsed.request, reply)
     content, header_length = protocol.format_v2_binary(
         model, reply, parsed.request_id, set(parsed.binary_outputs),
         protocol.wants_maps(parsed.request))
     if header_length is None:
-        return Response(content, media_type=JSON,
-                        headers={protocol.MODEL_VERSION_HEADER: model.version})
-    return Response(content, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(header_length),
-                             protocol.MODEL_VERSION_HEADER: model.version})
+        response = Response(content, media_type=JSON,
+                            headers={protocol.MODEL_VERSION_HEADER: model.version})
+    else:
+        response = Response(content, media_type="application/octet-stream",
+                            headers={"Inference-Header-Content-Length": str(header_length),
+                                     protocol.MODEL_VERSION_HEADER: model.version})
+    if marks is not None and plane.tracer is not None:
+        marks["formatted"] = now_ns()
+        marks["request_id"] = parsed.request_id
+        # Runs once the answer is sent: when, then the line (outside every stage).
+        response.background = BackgroundTask(_traced, plane.tracer, marks)
+    return response
+
+
+def _traced(tracer: Tracer, marks: dict[str, object]) -> None:
+    marks["sent"] = now_ns()
+    tracer.write(marks)
 
 
 routes = [
