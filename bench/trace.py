@@ -38,7 +38,7 @@ import orjson
 
 from bench.results import _cpu_model
 from bench.targets import ProcessTarget, Target, _modelgate_command, naive_target
-from bench.workloads import WORKLOADS, Workload
+from bench.workloads import WORKLOADS, Workload, binary_body
 from modelgate.core import trace
 
 # (stage, from mark, to mark); marks: "send"/"recv" (client), gateway and worker marks.
@@ -69,8 +69,9 @@ class TracedModelgate(ProcessTarget):
 
 
 def run_trace(workload: Workload, calls: int, warmup: int, log_dir: Path,
-              naive: bool) -> tuple[list[tuple[str, float]], float | None]:
-    """The stage medians of ``calls`` traced calls, and the naive server's median (or None)."""
+              naive: bool, binary: bool = False) -> tuple[list[tuple[str, float]], float | None]:
+    """The stage medians of ``calls`` traced calls (their tensors as binary data with
+    ``binary``), and the naive server's median on JSON calls (or None)."""
     with tempfile.TemporaryDirectory(prefix="modelgate-trace-") as tmp:
         model_root, trace_dir = Path(tmp) / "models", Path(tmp) / "trace"
         workload.write(model_root)
@@ -78,7 +79,7 @@ def run_trace(workload: Workload, calls: int, warmup: int, log_dir: Path,
         expected = workload.expected(model_root / workload.name / "1" / "model.onnx")
         try:
             started = target.start(workload, model_root, log_dir, expected)
-            timed = drive(started.base_url, workload, calls, warmup)
+            timed = drive(started.base_url, workload, calls, warmup, binary)
         finally:
             target.stop()
         table = stage_table(timed, trace.read(trace_dir))
@@ -86,7 +87,7 @@ def run_trace(workload: Workload, calls: int, warmup: int, log_dir: Path,
                        if naive else None)
 
 
-def drive(base_url: str, workload: Workload, calls: int, warmup: int
+def drive(base_url: str, workload: Workload, calls: int, warmup: int, binary: bool = False
           ) -> list[tuple[str, int, int]]:
     """(request id, sent ns, received ns) of ``calls`` calls after ``warmup`` untimed ones."""
     host, port = base_url.removeprefix("http://").split(":")
@@ -94,10 +95,15 @@ def drive(base_url: str, workload: Workload, calls: int, warmup: int
     timed = []
     for i in range(warmup + calls):
         request_id = f"trace-{i}"
-        body = orjson.dumps({**workload.body, "id": request_id})
+        if binary:
+            body, header_length = binary_body({**workload.body, "id": request_id})
+            headers = {"Content-Type": "application/octet-stream",
+                       "Inference-Header-Content-Length": str(header_length)}
+        else:
+            body = orjson.dumps({**workload.body, "id": request_id})
+            headers = {"Content-Type": "application/json"}
         sent = time.time_ns()
-        connection.request("POST", workload.infer_path, body,
-                           {"Content-Type": "application/json"})
+        connection.request("POST", workload.infer_path, body, headers)
         response = connection.getresponse()
         content = response.read()
         received = time.time_ns()
@@ -163,12 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=Path(".bench"))
     parser.add_argument("--no-naive", action="store_true",
                         help="skip the naive server's median")
+    parser.add_argument("--binary", action="store_true",
+                        help="send the tensors as binary data (the naive server gets JSON)")
     args = parser.parse_args(argv)
     workload = WORKLOADS[args.workload]()
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    table, naive = run_trace(workload, args.calls, args.warmup, args.log_dir, not args.no_naive)
-    print(f"trace: {workload.name}, {args.calls} calls at concurrency 1 after {args.warmup} "
-          f"warm-up calls; {_cpu_model()}")
+    table, naive = run_trace(workload, args.calls, args.warmup, args.log_dir, not args.no_naive,
+                             args.binary)
+    print(f"trace: {workload.name} ({'binary tensors' if args.binary else 'JSON'}), "
+          f"{args.calls} calls at concurrency 1 after {args.warmup} warm-up calls; "
+          f"{_cpu_model()}")
     width = max(len(name) for name, _ in table)
     for name, ms in table:
         print(f"  {name:<{width}}  {ms:8.3f} ms")
