@@ -73,6 +73,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _gateway_procs(text: str) -> str:
+    if text.strip() == "auto":
+        return "auto"
+    return str(_positive_int(text))
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -238,9 +244,11 @@ def _add_up(commands: Any) -> None:
                          "repository under $XDG_STATE_HOME/modelgate)")
     up.add_argument("--default-timeout-ms", type=_positive_int,
                     default=default_of(UpSettings, "default_timeout_ms"))
-    up.add_argument("--gateway-procs", type=_positive_int,
-                    default=default_of(UpSettings, "gateway_procs"),
-                    help="gateway processes sharing the port (metrics merged across them)")
+    up.add_argument("--gateway-procs", type=_gateway_procs,
+                    default=str(default_of(UpSettings, "gateway_procs")),
+                    help="gateway processes sharing the port (metrics merged across them); "
+                         "auto: one, and one more (up to one per CPU) while the gateways' CPU, "
+                         "not the workers', limits throughput")
     _auth_flags(up)
     _scaling_flags(up)
     _control_flags(up)
@@ -258,7 +266,8 @@ def _run_up(args: argparse.Namespace) -> int:
         api_keys=api_keys(args.api_key),
         admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
         protect_probes=_flag(args.protect_probes), scaling=_scaling(args), control=_control(args),
-        gateway_procs=int(args.gateway_procs),
+        gateway_procs=1 if args.gateway_procs == "auto" else int(args.gateway_procs),
+        auto_gateway_procs=args.gateway_procs == "auto",
         mlflow_webhook_secret=args.mlflow_webhook_secret or None))
 
 

@@ -195,4 +195,7 @@ class UpSettings:
     scaling: ScalingSettings = ScalingSettings()
     control: ControlSettings = ControlSettings()
     gateway_procs: int = 1
+    # --gateway-procs auto: start with gateway_procs and add one (up to one per CPU) while the
+    # gateways, not the workers, are what is busy (modelgate.cli.gateways).
+    auto_gateway_procs: bool = False
     mlflow_webhook_secret: str | None = None
