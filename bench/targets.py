@@ -248,7 +248,7 @@ class ProcessTarget(Target):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _modelgate_command(gateway_procs: int) -> Callable[[Workload, Path, int], list[str]]:
+def _modelgate_command(gateway_procs: int | str) -> Callable[[Workload, Path, int], list[str]]:
     # Workers pinned to the workload's count (1 for the tiny MLP, one per core for the heavy
     # model), so the autoscaler adds none the other servers do not get.
     def command(workload: Workload, model_root: Path, port: int) -> list[str]:
@@ -261,7 +261,7 @@ def _modelgate_command(gateway_procs: int) -> Callable[[Workload, Path, int], li
     return command
 
 
-def modelgate_target(gateway_procs: int = 1,
+def modelgate_target(gateway_procs: int | str = 1,
                      workloads: frozenset[str] | None = None) -> Callable[[], Target]:
     command = _modelgate_command(gateway_procs)
     if gateway_procs == 1:
@@ -272,6 +272,10 @@ def modelgate_target(gateway_procs: int = 1,
             f"against the single-process naive server), W = {NPROC} (one per core, what "
             "modelgate is built for) for heavy and cnn; the workers choose their batch sizes "
             "when they load the model (shown beside the ONNX Runtime curve)")
+    elif gateway_procs == "auto":
+        name = "modelgate-gwauto"
+        description = ("as modelgate, plus `--gateway-procs auto`: a second gateway process "
+                       "joins while the first is busier than 85% of a core for 5 s")
     else:
         name = f"modelgate-gw{gateway_procs}"
         description = (f"as modelgate, plus `--gateway-procs {gateway_procs}`: "
@@ -346,4 +350,6 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "naive": naive_target,
     "modelgate-grpc": GrpcModelgate,
     "modelgate-binary": BinaryModelgate,
+    # Large JSON tensors make the gateway the bottleneck: more gateways, as up decides.
+    "modelgate-gwauto": modelgate_target(gateway_procs="auto", workloads=frozenset({"cnn"})),
 }
