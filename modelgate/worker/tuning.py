@@ -68,39 +68,57 @@ def synthetic_feeds(model: ModelVersion, rows: int) -> dict[str, np.ndarray]:
 def measure(runner: Runner, limit: int, budget_s: float,
             clock: Callable[[], float] = time.perf_counter) -> list[tuple[int, float]]:
     """(run size, rows/s) for sizes 1, 2, 4, ... ``limit`` measured on ``runner``'s session
-    within ``budget_s``; empty when the model rejects synthetic input."""
+    within ``budget_s``; empty when the model rejects synthetic input.
+
+    Two passes, up the sizes and back down, each size's best run of both counting: work that
+    starts on the host during the first pass (slowing its large sizes) or ends during it
+    (flattering them) weighs on every size alike. The second pass runs only as far as the
+    budget allows."""
     sizes = sizes_to_measure(limit)
     if not sizes or budget_s <= 0:
         return []
-    started = clock()
-    deadline = started + budget_s
-    share_s = budget_s / (2 * len(sizes))  # half the budget spread evenly; large sizes use more
-    curve: list[tuple[int, float]] = []
-    for size in sizes:
-        feeds = synthetic_feeds(runner.model, size)
-        size_started = clock()
-        best_s = float("inf")
-        runs = 0
-        while runs < MAX_RUNS:
-            before = clock()
-            try:
-                runner.session.run(runner.output_names, feeds)
-            except Exception as e:  # ORT's own exception types: synthetic input refused
-                log.warning("tuning %s: a run of %d rows failed (%s); not measuring",
-                            runner.model.pool, size, str(e).splitlines()[0] if str(e) else e)
-                return curve
-            after = clock()
-            best_s = min(best_s, after - before)
-            runs += 1
-            if after + best_s > deadline:
+    deadline = clock() + budget_s
+    share_s = budget_s / (4 * len(sizes))  # half the budget spread evenly over both passes
+    best: dict[int, float] = {}
+    for order in (sizes, sizes[::-1]):
+        for size in order:
+            if size not in best and best and order is not sizes:
+                continue  # the first pass did not reach it: no second either
+            # Made again on the way down rather than kept: one size's input in memory at once.
+            timed = _best_run_s(runner, synthetic_feeds(runner.model, size), share_s,
+                                deadline, clock)
+            if timed is None:
+                return []
+            best[size] = min(best.get(size, timed), timed)
+            # The next size runs about twice as long, MIN_RUNS times: stop if that passes the
+            # end (on the way down, the next is shorter: go on while there is time).
+            ahead_s = (2 if order is sizes else 0.5) * timed * MIN_RUNS
+            if clock() + ahead_s > deadline:
                 break
-            if runs >= MIN_RUNS and after - size_started >= share_s:
-                break
-        curve.append((size, size / max(best_s, 1e-9)))
-        # The next size runs about twice as long, MIN_RUNS times: stop if that passes the end.
-        if clock() + 2 * best_s * MIN_RUNS > deadline:
+        if clock() >= deadline:
             break
-    return curve
+    return [(size, size / max(best[size], 1e-9)) for size in sizes if size in best]
+
+
+def _best_run_s(runner: Runner, feeds: dict[str, np.ndarray], share_s: float, deadline: float,
+                clock: Callable[[], float]) -> float | None:
+    """The shortest of a few runs on ``feeds`` (at least MIN_RUNS unless the deadline comes,
+    until ``share_s`` is spent, at most MAX_RUNS); None when the model refuses them."""
+    started = clock()
+    best_s = float("inf")
+    for runs in range(1, MAX_RUNS + 1):
+        before = clock()
+        try:
+            runner.session.run(runner.output_names, feeds)
+        except Exception as e:  # ORT's own exception types: synthetic input refused
+            log.warning("tuning %s: a run on synthetic input failed (%s); not measuring",
+                        runner.model.pool, str(e).splitlines()[0] if str(e) else e)
+            return None
+        after = clock()
+        best_s = min(best_s, after - before)
+        if after + best_s > deadline or (runs >= MIN_RUNS and after - started >= share_s):
+            break
+    return best_s
 
 
 def cached_plan(client: redis.Redis, sha256: str, host: str) -> BatchPlan | None:
