@@ -6,14 +6,17 @@ curve on its own session, on synthetic input, within ``budget_s``
 (``WorkerSettings.tuning_budget_s``): each size is run until a few runs agree or its share of
 the budget is spent, and its best run counts
 (the one least disturbed by other work on the host). Sizes the budget does not reach are left
-out of the curve, and so out of the choice. The worker then publishes the plan for its pool
-and, if it measured, caches the curve; a worker started later (under load, or after a crash)
-reads it and does not measure again.
+out of the curve, and so out of the choice. The worker then caches the curve, if it measured,
+and publishes the plan for its pool; a worker started later (under load, or after a crash)
+reads it and does not measure again, and one starting while another measures waits for that
+one's curve rather than measure beside it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections.abc import Callable
 
@@ -139,19 +142,77 @@ def cached_plan(client: redis.Redis, sha256: str, host: str) -> BatchPlan | None
 
 
 def tune(client: redis.Redis, version: ModelVersion, runner: Runner, threads: int,
-         budget_s: float) -> BatchPlan:
-    """The pool's plan: from the cache, else measured now (see the module's docstring)."""
+         budget_s: float, poll_s: float = 0.1) -> BatchPlan:
+    """The pool's plan: from the cache, else measured now (see the module's docstring).
+
+    Of workers starting at once for the same content on the same kind of host, one measures
+    (it holds :func:`~modelgate.core.store.batching.measuring`) and the others wait for its
+    curve: they would slow each other's runs and the curve with them. A measurer that dies
+    lets its claim lapse, and the others then measure themselves."""
     if not version.batchable:
         return plan_for(version, (), "", "", time.time())
     host = host_signature(threads, version.max_batch_size)
     cached = cached_plan(client, version.sha256, host)
+    if cached is None and budget_s > 0 and not _claim(client, version.sha256, host, budget_s):
+        cached = _await_curve(client, version.sha256, host, _claim_s(budget_s), poll_s)
     if cached is not None:
         return plan_for(version, cached.curve, Source.CACHED, host, cached.measured_at)
     started = time.monotonic()
     curve = measure(runner, version.max_batch_size, budget_s)
     plan = plan_for(version, curve, Source.MEASURED, host, time.time())
     log.info("tuned %s in %.2f s", version.pool, time.monotonic() - started)
+    if curve:
+        try:
+            _cache(client, plan)
+        except redis.RedisError as e:  # published with the plan once Redis takes writes
+            log.warning("could not cache the curve yet (%s)", e)
     return plan
+
+
+def _measuring(sha256: str, host: str) -> str:
+    return batching_store.measuring(sha256, batching_store.host_id(host))
+
+
+def _claim_s(budget_s: float) -> int:
+    """How long a claim to measure holds: the budget, one run past it, and a margin."""
+    return math.ceil(2 * budget_s + 5)
+
+
+def _claim(client: redis.Redis, sha256: str, host: str, budget_s: float) -> bool:
+    """Whether this worker measures (it took the claim, or Redis cannot say otherwise)."""
+    try:
+        return bool(client.set(_measuring(sha256, host), os.getpid(), nx=True,
+                               ex=_claim_s(budget_s)))
+    except redis.RedisError:
+        return True
+
+
+def _await_curve(client: redis.Redis, sha256: str, host: str, timeout_s: float,
+                 poll_s: float) -> BatchPlan | None:
+    """The curve another worker is measuring, once cached; None if it never comes (the claim
+    lapsed or was released without one: the model refused synthetic input)."""
+    deadline = time.monotonic() + timeout_s
+    log.info("another worker measures this model on this kind of host; waiting for its curve")
+    while time.monotonic() < deadline:
+        cached = cached_plan(client, sha256, host)
+        if cached is not None:
+            return cached
+        try:
+            if not client.exists(_measuring(sha256, host)):
+                return cached_plan(client, sha256, host)
+        except redis.RedisError:
+            return None
+        time.sleep(poll_s)
+    return None
+
+
+def _cache(client: redis.Redis, plan: BatchPlan) -> None:
+    """Cache a measured curve and release the claim to measure it."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(batching_store.cache(plan.sha256), plan.host, plan.encode())
+    pipe.expire(batching_store.cache(plan.sha256), batching_store.CACHE_TTL_S)
+    pipe.delete(_measuring(plan.sha256, plan.host))
+    pipe.execute()
 
 
 def publish(client: redis.Redis, pool: str, plan: BatchPlan) -> None:
@@ -163,5 +224,6 @@ def publish(client: redis.Redis, pool: str, plan: BatchPlan) -> None:
         cache = batching_store.cache(plan.sha256)
         if plan.curve_from == Source.MEASURED:
             pipe.hset(cache, plan.host, plan.encode())
+            pipe.delete(_measuring(plan.sha256, plan.host))
         pipe.expire(cache, batching_store.CACHE_TTL_S)
     pipe.execute()

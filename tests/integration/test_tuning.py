@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from pathlib import Path
 
@@ -176,3 +177,34 @@ def _answers(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_a_worker_starting_while_another_measures_waits_for_its_curve(
+        repo: Path, redis_client: redis.Redis) -> None:
+    """Workers of one model starting at once would slow each other's runs: the one holding
+    the claim measures, the others take its curve once cached."""
+    version = load_model(repo / "falling").default
+    runner = Runner(version, intra_op_threads=1)
+    measured = tune(redis_client, version, Runner(version, intra_op_threads=1), 1, BUDGET_S)
+    redis_client.delete(batching_store.cache(version.sha256))
+    claim = batching_store.measuring(version.sha256, batching_store.host_id(measured.host))
+    redis_client.set(claim, 1, ex=30)  # another worker measures
+
+    def finish() -> None:
+        time.sleep(0.3)
+        publish(redis_client, version.pool, measured)  # caches the curve, drops the claim
+
+    other = threading.Thread(target=finish)
+    other.start()
+    started = time.perf_counter()
+    waited = tune(redis_client, version, runner, 1, BUDGET_S, poll_s=0.02)
+    other.join()
+    assert time.perf_counter() - started >= 0.3
+    assert (waited.curve, waited.curve_from) == (measured.curve, Source.CACHED)
+    assert not redis_client.exists(claim)
+    # A claim dropped without a curve (the measurer found the model refuses synthetic input,
+    # or died and its claim lapsed): the waiter measures itself.
+    redis_client.delete(batching_store.cache(version.sha256))
+    redis_client.set(claim, 1, px=200)
+    alone = tune(redis_client, version, runner, 1, BUDGET_S, poll_s=0.02)
+    assert alone.curve_from == Source.MEASURED

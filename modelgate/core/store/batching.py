@@ -17,6 +17,8 @@ last write.
 
 from __future__ import annotations
 
+import hashlib
+
 from modelgate.core.store import PREFIX
 
 # A curve nobody measured again for this long is dropped (each start that uses it renews it).
@@ -34,8 +36,22 @@ def cache(sha256: str) -> str:
     return f"{PREFIX}:tuning:{sha256}"
 
 
+def measuring(sha256: str, host_id: str) -> str:
+    """Held (the measurer's pid, with a TTL) by the one worker measuring this content on this
+    kind of host (:func:`host_id`); workers starting meanwhile wait for its curve instead of
+    measuring too."""
+    return f"{PREFIX}:tuning:{sha256}:measuring:{host_id}"
+
+
+def host_id(host: str) -> str:
+    """A host signature (the cache's field) as a short key part."""
+    return hashlib.sha256(host.encode()).hexdigest()[:16]
+
+
 KEYS = (
     (plan, "string", "BatchPlan (JSON): run size cap, preferred sizes, rows/s curve"),
     (cache, "hash", "host (CPU model, threads, ORT) -> BatchPlan JSON; 30 days after the last "
                     "write"),
+    (measuring, "string", "pid of the worker measuring; expires after twice the tuning budget "
+                          "plus 5 s"),
 )

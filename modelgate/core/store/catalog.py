@@ -19,7 +19,7 @@ from modelgate.core.store import FAMILIES
 PLACEHOLDERS = {"pool": "{model}:{version}", "worker_id": "{worker}",
                 "gateway_id": "{gateway}", "epoch_s": "{epoch_s}", "model": "{model}",
                 "command_id": "{command}", "serving": "{serving}",
-                "candidate": "{candidate}", "sha256": "{sha256}"}
+                "candidate": "{candidate}", "sha256": "{sha256}", "host_id": "{host_id}"}
 
 
 def pattern(key: str | Callable[..., str]) -> str:
