@@ -185,18 +185,3 @@ def test_cpu_table_gives_each_process_kind_its_cpu_per_request() -> None:
 
     assert "| modelgate | 32 | 1.00 | 500 | gateway 300, redis 50, workers 150 |" in table
 
-
-def test_parallel_floor_sums_the_rows_of_one_thread_processes_run_at_once(
-        tmp_path: Path) -> None:
-    workload = mlp()
-    model = workload.write(tmp_path)
-
-    result = floor.parallel("mlp", model, workload.feeds(4), processes=2, duration_s=0.2,
-                            settle_s=2.0)
-
-    assert (result.processes, result.threads, result.label) == (2, 1, "2 processes x 1 thread")
-    (best,) = result.points
-    assert best.batch == 4 and best.runs >= 2 * floor.MIN_RUNS
-    assert best.rows_s == pytest.approx(4 * best.runs / best.duration_s)
-    assert floor.floor_of([sweep("mlp", 2, {1: 10.0}), result], "mlp") is result
-    assert floor.one_thread_of([result], "mlp") is None  # not the one-session curve
