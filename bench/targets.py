@@ -248,7 +248,7 @@ class ProcessTarget(Target):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _modelgate_command(gateway_procs: int | str) -> Callable[[Workload, Path, int], list[str]]:
+def modelgate_command(gateway_procs: int | str) -> Callable[[Workload, Path, int], list[str]]:
     # Workers pinned to the workload's count (1 for the tiny MLP, one per core for the heavy
     # model), so the autoscaler adds none the other servers do not get.
     def command(workload: Workload, model_root: Path, port: int) -> list[str]:
@@ -263,7 +263,7 @@ def _modelgate_command(gateway_procs: int | str) -> Callable[[Workload, Path, in
 
 def modelgate_target(gateway_procs: int | str = 1,
                      workloads: frozenset[str] | None = None) -> Callable[[], Target]:
-    command = _modelgate_command(gateway_procs)
+    command = modelgate_command(gateway_procs)
     if gateway_procs == 1:
         name = "modelgate"
         description = (
@@ -317,7 +317,7 @@ class BinaryModelgate(ProcessTarget):
             "modelgate-binary",
             "as modelgate, the request's input as raw FP32 bytes after a JSON header (the "
             "binary tensor extension, `Inference-Header-Content-Length`), driven by wrk",
-            _modelgate_command(1), workloads=frozenset({"cnn"}))
+            modelgate_command(1), workloads=frozenset({"cnn"}))
 
     def request(self, workload: Workload) -> tuple[str, bytes]:
         return workload.infer_path, binary_body(workload.body)[0]

@@ -37,7 +37,7 @@ from pathlib import Path
 import orjson
 
 from bench.results import _cpu_model
-from bench.targets import ProcessTarget, Target, _modelgate_command, naive_target
+from bench.targets import ProcessTarget, Target, modelgate_command, naive_target
 from bench.workloads import WORKLOADS, Workload, binary_body
 from modelgate.core import trace
 
@@ -60,7 +60,7 @@ STAGES = (
 
 class TracedModelgate(ProcessTarget):
     def __init__(self, trace_dir: Path) -> None:
-        super().__init__("modelgate", "modelgate up, traced", _modelgate_command(1))
+        super().__init__("modelgate", "modelgate up, traced", modelgate_command(1))
         self.trace_dir = trace_dir
 
     def env(self, workload: Workload, model_root: Path, log_dir: Path) -> dict[str, str]:

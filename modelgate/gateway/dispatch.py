@@ -233,12 +233,14 @@ class Dispatcher:
         """Fail every pending request (Redis went away: their replies may never come)."""
         pending, self._pending = self._pending, {}
         self._outbox.clear()
+        self._traced.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
         return len(pending)
 
     def _fail(self, correlation: str, error: Exception) -> None:
+        self._traced.pop(correlation, None)
         future = self._pending.pop(correlation, None)
         if future is not None and not future.done():
             future.set_exception(error)
