@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO := demo_models
 PORT ?= 8080
 
-.PHONY: up test test-fast system-deps engine-deps bench lint loadtest loadtest-overload clean protos \
+.PHONY: up test test-fast system-deps engine-deps bench trace lint loadtest loadtest-overload clean protos \
 	images test-engine engine-tests bench-images bench-quality
 
 $(BIN)/python:
@@ -50,6 +50,12 @@ system-deps:
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
+
+# Where one call's time goes, stage by stage, at concurrency 1 (bench/trace.py): modelgate up
+# with MODELGATE_TRACE_DIR set, 2000 calls, the medians; ~1 min. BENCH_TRACE_ARGS for more.
+BENCH_TRACE_ARGS ?=
+trace: $(VENV)/.dev
+	$(BIN)/python -m bench.trace $(BENCH_TRACE_ARGS)
 
 # Rolling out versions under load (bench/swap.py): a swap at concurrency 32 for 60 s, a
 # poll-mode drop, 200 load/unload cycles; ~15 min. BENCH_SWAP_ARGS='--cycles 20' for less.

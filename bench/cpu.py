@@ -73,6 +73,40 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+# What a server's process is, from its command line (the first that matches).
+_ROLES = (("redis-server", "redis"), (" modelgate worker", "workers"),
+          (" modelgate gateway", "gateway"), (" modelgate up", "supervisor"),
+          (" modelgate autoscaler", "supervisor"))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""
+
+
+def roles(pids: list[int]) -> dict[int, str]:
+    """Each process's role in a modelgate deployment (``redis``, ``workers``, ``gateway``,
+    ``supervisor``), by its command line or else its parent's (a gateway's parser processes
+    are the gateway's); ``server`` for anything else (another server's processes)."""
+    parents = _parents()
+    found: dict[int, str] = {}
+    for pid in pids:
+        current: int | None = pid
+        role = "server"
+        while current:
+            line = _cmdline(current)
+            match = next((name for pattern, name in _ROLES if pattern in line), None)
+            if match is not None:
+                role = match
+                break
+            current = parents.get(current)
+        found[pid] = role
+    return found
+
+
 def _process_cpu_s(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -92,11 +126,13 @@ class Snapshot:
     machine_s: float | None
     server_s: dict[int, float]
     children_s: float
+    roles: dict[int, str]
 
 
 def snapshot(server_pids: list[int]) -> Snapshot:
     server = {pid: cpu for pid in server_pids if (cpu := _process_cpu_s(pid)) is not None}
-    return Snapshot(time.monotonic(), _machine_busy_s(), server, _children_cpu_s())
+    return Snapshot(time.monotonic(), _machine_busy_s(), server, _children_cpu_s(),
+                    roles(list(server)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +142,7 @@ class Usage:
     server: float | None
     load_generator: float
     other: float | None
+    by_role: tuple[tuple[str, float], ...] = ()  # the server's CPUs per kind of process
 
     @property
     def disturbed(self) -> bool:
@@ -121,4 +158,10 @@ def usage(before: Snapshot, after: Snapshot) -> Usage:
     other = None
     if before.machine_s is not None and after.machine_s is not None and server_s is not None:
         other = max(0.0, after.machine_s - before.machine_s - server_s - load_s) / elapsed_s
-    return Usage(None if server_s is None else server_s / elapsed_s, load_s / elapsed_s, other)
+    by_role: dict[str, float] = {}
+    for pid, cpu_s in before.server_s.items():
+        if pid in after.server_s:
+            role = before.roles.get(pid, "server")
+            by_role[role] = by_role.get(role, 0.0) + (after.server_s[pid] - cpu_s) / elapsed_s
+    return Usage(None if server_s is None else server_s / elapsed_s, load_s / elapsed_s, other,
+                 tuple(sorted(by_role.items())))

@@ -29,6 +29,13 @@ HEAVY_MIN_FLOOR_RATIO = 0.85
 LOADED_CONCURRENCIES = (32, 128)
 # Both workloads: against the PyPI peer.
 MIN_PEER_RATIO = 10.0
+# The CNN (large tensors), at every loaded concurrency measured: through JSON against the naive
+# server, through binary tensors against the floor.
+CNN_MIN_NAIVE_RATIO = 1.6
+CNN_MIN_FLOOR_RATIO = 0.85
+BINARY = "modelgate-binary"
+# Workloads judged like the tiny MLP (per-request overhead against the naive server).
+OVERHEAD_WORKLOADS = ("mlp", "mlp64")
 
 GOALS_TEXT = (
     f"tiny MLP: throughput at c={MLP_THROUGHPUT_CONCURRENCY} >= {MLP_MIN_THROUGHPUT_RATIO}x "
@@ -37,8 +44,10 @@ GOALS_TEXT = (
     f"{HEAVY_MIN_NAIVE_RATIO}x the naive server's and >= {HEAVY_MIN_FLOOR_RATIO}x the raw-ORT "
     f"floor (at c={' and c='.join(map(str, LOADED_CONCURRENCIES))}); both: >= "
     f"{MIN_PEER_RATIO:g}x the peer's (BentoML) throughput with a lower p99 (at "
-    f"c={' and c='.join(map(str, LOADED_CONCURRENCIES))}); zero errors from modelgate "
-    "throughout, warm-ups included")
+    f"c={' and c='.join(map(str, LOADED_CONCURRENCIES))}); the 64-wide MLP as the tiny one; "
+    f"the CNN at every loaded concurrency: through JSON >= {CNN_MIN_NAIVE_RATIO}x the naive "
+    f"server's, through binary tensors >= {CNN_MIN_FLOOR_RATIO}x the floor; zero errors from "
+    "modelgate throughout, warm-ups included")
 
 
 def _find(measurements: Sequence[Measurement], workload: str, target: str,
@@ -60,13 +69,13 @@ def _verdict(met: bool, subject: Measurement, *others: Measurement) -> str:
 
 
 def _throughput_ratio(measurements: Sequence[Measurement], workload: str, other: str, c: int,
-                      goal: float) -> str:
-    subject = _find(measurements, workload, SUBJECT, c)
+                      goal: float, subject_name: str = SUBJECT) -> str:
+    subject = _find(measurements, workload, subject_name, c)
     baseline = _find(measurements, workload, other, c)
     if not (subject and baseline and baseline.rows_s > 0):
-        return f"{SUBJECT}/{other} throughput at c={c}: not measured"
+        return f"{subject_name}/{other} throughput at c={c}: not measured"
     ratio = subject.rows_s / baseline.rows_s
-    return (f"{SUBJECT}/{other} throughput at c={c}: {subject.rows_s:,.0f} / "
+    return (f"{subject_name}/{other} throughput at c={c}: {subject.rows_s:,.0f} / "
             f"{baseline.rows_s:,.0f} rows/s = {ratio:.2f}x (goal >= {goal:g}x: "
             f"{_verdict(ratio >= goal, subject, baseline)})")
 
@@ -89,25 +98,37 @@ def _mlp_lines(measurements: Sequence[Measurement], workload: str) -> list[str]:
     return lines
 
 
+def _floor_line(measurements: Sequence[Measurement], floors: Sequence[Sweep], workload: str,
+                c: int, goal: float, subject_name: str = SUBJECT) -> str:
+    subject = _find(measurements, workload, subject_name, c)
+    floor = floor_of(floors, workload)
+    if subject is None or floor is None:
+        return f"{subject_name}/{FLOOR} throughput at c={c}: not measured"
+    best = floor.best
+    ratio = subject.rows_s / best.rows_s
+    verdict = _verdict(ratio >= goal, subject)
+    if floor.cpu is not None and floor.cpu.disturbed and "unreliable" not in verdict:
+        verdict += "; unreliable, other work ran during the floor: rerun on a quiet one"
+    return (f"{subject_name}/{FLOOR} throughput at c={c}: {subject.rows_s:,.0f} / "
+            f"{best.rows_s:,.0f} rows/s = {ratio:.2f}x (goal >= {goal}x: {verdict})")
+
+
 def _heavy_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
                  workload: str) -> list[str]:
     lines = [_throughput_ratio(measurements, workload, BASELINE, c, HEAVY_MIN_NAIVE_RATIO)
              for c in LOADED_CONCURRENCIES]
-    floor = floor_of(floors, workload)
-    for c in LOADED_CONCURRENCIES:
-        subject = _find(measurements, workload, SUBJECT, c)
-        if subject is None or floor is None:
-            lines.append(f"{SUBJECT}/{FLOOR} throughput at c={c}: not measured")
-            continue
-        best = floor.best
-        ratio = subject.rows_s / best.rows_s
-        verdict = _verdict(ratio >= HEAVY_MIN_FLOOR_RATIO, subject)
-        if floor.cpu is not None and floor.cpu.disturbed and "unreliable" not in verdict:
-            verdict += "; unreliable, other work ran during the floor: rerun on a quiet one"
-        lines.append(f"{SUBJECT}/{FLOOR} throughput at c={c}: {subject.rows_s:,.0f} / "
-                     f"{best.rows_s:,.0f} rows/s = {ratio:.2f}x (goal >= "
-                     f"{HEAVY_MIN_FLOOR_RATIO}x: {verdict})")
-    return lines
+    return lines + [_floor_line(measurements, floors, workload, c, HEAVY_MIN_FLOOR_RATIO)
+                    for c in LOADED_CONCURRENCIES]
+
+
+def _cnn_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+               workload: str) -> list[str]:
+    loaded = sorted({m.concurrency for m in measurements
+                     if m.workload == workload and m.concurrency > 1})
+    return ([_throughput_ratio(measurements, workload, BASELINE, c, CNN_MIN_NAIVE_RATIO)
+             for c in loaded]
+            + [_floor_line(measurements, floors, workload, c, CNN_MIN_FLOOR_RATIO, BINARY)
+               for c in loaded])
 
 
 def _peer_lines(measurements: Sequence[Measurement], workload: str) -> list[str]:
@@ -170,7 +191,7 @@ def _info_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
         ideal, best = section.workers * one.best.rows_s, max(ours)
         lines.append(f"info: {section.workers} independent 1-thread ORT sessions would do at "
                      f"most {ideal:,.0f} rows/s ({section.workers} x {one.best.rows_s:,.0f}, "
-                     f"batch {one.best.batch}); the {FLOOR} ({floor.threads} threads, batch "
+                     f"batch {one.best.batch}); the {FLOOR} ({floor.label}, batch "
                      f"{floor.best.batch}) does {floor.best.rows_s:,.0f}; {SUBJECT}'s best is "
                      f"{best:,.0f} rows/s, {best / ideal:.2f}x the former")
     return lines
@@ -181,10 +202,12 @@ def goal_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
     """The ratio lines of one workload: its goals, then context lines starting ``info:``."""
     workload = section.workload
     lines = []
-    if workload == "mlp":
+    if workload in OVERHEAD_WORKLOADS:
         lines += _mlp_lines(measurements, workload)
     elif workload == "heavy":
         lines += _heavy_lines(measurements, floors, workload)
+    elif workload == "cnn":
+        lines += _cnn_lines(measurements, floors, workload)
     return [*lines, *_peer_lines(measurements, workload), _error_line(measurements, workload),
             *_info_lines(measurements, floors, section),
             *_peer_ceiling(measurements, floors, workload)]

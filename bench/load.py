@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,16 @@ import orjson
 
 RESULT_MARK = "BENCH_RESULT "
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+# The body is read from a file, byte for byte (a binary tensor body in a Lua long string would
+# have its carriage returns rewritten).
 _WRK_SCRIPT = """\
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = [==[%s]==]
+%s
+local body_file = io.open([==[%s]==], "rb")
+wrk.body = body_file:read("*a")
+body_file:close()
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -97,15 +104,16 @@ class LoadClient(ABC):
         self.request_timeout_s = request_timeout_s
 
     @abstractmethod
-    def command(self, url: str, body: bytes, concurrency: int, duration_s: int) -> list[str]:
+    def command(self, url: str, body: bytes, concurrency: int, duration_s: int,
+                headers: Mapping[str, str]) -> list[str]:
         ...
 
     def run(self, url: str, body: bytes, concurrency: int, duration_s: int,
-            log_path: Path) -> LoadResult:
+            log_path: Path, headers: Mapping[str, str] = JSON_HEADERS) -> LoadResult:
         """Drive ``url`` for ``duration_s``; the generator is killed if it overruns."""
         if urllib.parse.urlsplit(url).hostname != "127.0.0.1":
             raise LoadError(f"refusing to load {url}: the benchmark only targets 127.0.0.1")
-        command = self.command(url, body, concurrency, duration_s)
+        command = self.command(url, body, concurrency, duration_s, headers)
         try:
             done = subprocess.run(command, capture_output=True, text=True,
                                   timeout=duration_s + self.request_timeout_s + 30)
@@ -128,33 +136,42 @@ class Wrk(LoadClient):
         banner = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
         banner_text = (banner.stdout or banner.stderr).split("[")[0].strip()
         self.version = banner_text.removeprefix("wrk ")
-        self._scripts: dict[bytes, Path] = {}
+        self._scripts: dict[tuple[bytes, tuple[tuple[str, str], ...]], Path] = {}
 
-    def _script(self, body: bytes) -> Path:
-        if body not in self._scripts:
-            if b"]==]" in body:
-                raise LoadError("the request body cannot be embedded in a Lua long string")
-            path = self.work_dir / f"post-{len(self._scripts)}.lua"
-            path.write_text(_WRK_SCRIPT % (body.decode(), RESULT_MARK))
-            self._scripts[body] = path
-        return self._scripts[body]
+    def _script(self, body: bytes, headers: Mapping[str, str]) -> Path:
+        key = (body, tuple(sorted(headers.items())))
+        if key not in self._scripts:
+            number = len(self._scripts)
+            body_path = self.work_dir / f"post-{number}.body"
+            body_path.write_bytes(body)
+            if "]==]" in str(body_path) or any('"' in k + v or "\\" in k + v
+                                               for k, v in headers.items()):
+                raise LoadError("the body's path or a header cannot go into a Lua string")
+            lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+            path = self.work_dir / f"post-{number}.lua"
+            path.write_text(_WRK_SCRIPT % (lines, body_path, RESULT_MARK))
+            self._scripts[key] = path
+        return self._scripts[key]
 
-    def command(self, url: str, body: bytes, concurrency: int, duration_s: int) -> list[str]:
+    def command(self, url: str, body: bytes, concurrency: int, duration_s: int,
+                headers: Mapping[str, str]) -> list[str]:
         return [self.binary, "-t1", f"-c{concurrency}", f"-d{duration_s}s",
                 f"--timeout={self.request_timeout_s}s", "--latency",
-                "-s", str(self._script(body)), url]
+                "-s", str(self._script(body, headers)), url]
 
 
 class PythonClient(LoadClient):
     name = "bench.pyclient"
     version = "asyncio sockets (fallback)"
 
-    def command(self, url: str, body: bytes, concurrency: int, duration_s: int) -> list[str]:
+    def command(self, url: str, body: bytes, concurrency: int, duration_s: int,
+                headers: Mapping[str, str]) -> list[str]:
         body_path = self.work_dir / "body.json"
         body_path.write_bytes(body)
         return [sys.executable, "-m", "bench.pyclient", "--url", url,
                 "--body-file", str(body_path), "--concurrency", str(concurrency),
-                "--duration-s", str(duration_s), "--timeout-s", str(self.request_timeout_s)]
+                "--duration-s", str(duration_s), "--timeout-s", str(self.request_timeout_s),
+                *(arg for k, v in headers.items() for arg in ("--header", f"{k}: {v}"))]
 
 
 class GrpcClient(LoadClient):
@@ -163,7 +180,8 @@ class GrpcClient(LoadClient):
     name = "bench.grpcclient"
     version = "tritonclient.grpc.aio"
 
-    def command(self, url: str, body: bytes, concurrency: int, duration_s: int) -> list[str]:
+    def command(self, url: str, body: bytes, concurrency: int, duration_s: int,
+                headers: Mapping[str, str]) -> list[str]:
         body_path = self.work_dir / "grpc-body.json"
         body_path.write_bytes(body)
         return [sys.executable, "-m", "bench.grpcclient", "--url", url,

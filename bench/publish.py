@@ -9,7 +9,7 @@ import orjson
 
 from bench.goals import goal_lines
 from bench.plot import PlotUnavailable, write_plot
-from bench.report import markdown, text_table
+from bench.report import describe_plan, markdown, text_table
 from bench.results import Machine, Results, combine_rounds
 from bench.targets import REPO_ROOT
 
@@ -37,6 +37,8 @@ def publish(results: Results, machine: Machine, method: str, out: Path | None,
         for line in goal_lines(combined, results.floors, section):
             print(f"  {line}")
         print()
+    for name, plan in results.plans.items():
+        print(f"{name}: modelgate's workers chose {describe_plan(plan)}")
     for note in results.notes:
         print(f"note: {note}")
     (log_dir / "results.json").write_bytes(orjson.dumps(
@@ -44,13 +46,15 @@ def publish(results: Results, machine: Machine, method: str, out: Path | None,
          "measurements": [{**dataclasses.asdict(m), "rps": m.result.rps, "rows_s": m.rows_s}
                           for m in results.measurements],
          "ort": [{**dataclasses.asdict(s), "best_batch": s.best.batch,
-                  "best_rows_s": s.best.rows_s} for s in results.floors]},
+                  "best_rows_s": s.best.rows_s} for s in results.floors],
+         "batching": results.plans},
         option=orjson.OPT_INDENT_2))
     if out is None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(machine, results.sections, combined, results.floors,
                             results.descriptions, method, results.notes,
-                            None if plot_path is None else plot_path.name, results.measurements))
+                            None if plot_path is None else plot_path.name, results.measurements,
+                            results.plans))
     print(f"bench: wrote {_shown(out)}" + (f" and {_shown(plot_path)}" if plot_path else "")
           + f"; logs in {_shown(log_dir)}/")

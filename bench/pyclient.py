@@ -91,12 +91,13 @@ async def _requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def drive(url: str, body: bytes, concurrency: int, duration_s: float, max_requests: int,
-                timeout_s: float) -> dict[str, float]:
+                timeout_s: float, headers: Sequence[str] = ("Content-Type: application/json",)
+                ) -> dict[str, float]:
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-               ).encode() + body
+               + "".join(f"{line}\r\n" for line in headers)
+               + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     tally = Tally()
     budget = [max_requests]
     started = time.monotonic()
@@ -123,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=2_000_000)
     parser.add_argument("--timeout-s", type=float, default=5.0)
+    parser.add_argument("--header", action="append", default=None,
+                        help="'Name: value', repeatable (default: a JSON Content-Type)")
     args = parser.parse_args(argv)
     host = urllib.parse.urlsplit(args.url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -135,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         result = runner.run(drive(args.url, args.body_file.read_bytes(), args.concurrency,
-                                  args.duration_s, args.max_requests, args.timeout_s))
+                                  args.duration_s, args.max_requests, args.timeout_s,
+                                  args.header or ("Content-Type: application/json",)))
     print(RESULT_MARK + orjson.dumps(result).decode(), flush=True)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bench.floor import Sweep, floor_of
 from bench.goals import FLOOR, GOALS_TEXT, goal_lines
@@ -32,7 +33,8 @@ def _rows(measurements: Sequence[Measurement], floors: Sequence[Sweep],
     floor = floor_of(floors, workload)
     if floor is not None:
         best = floor.best
-        rows.append((FLOOR, f"n/a (batch {best.batch})", "n/a", f"{best.rows_s:,.0f}",
+        rows.append((FLOOR, f"n/a ({floor.label}, batch {best.batch})", "n/a",
+                     f"{best.rows_s:,.0f}",
                      _ms(best.p50_ms), _ms(best.p99_ms), "0"))
     return rows
 
@@ -60,16 +62,22 @@ def _cpus(value: float | None) -> str:
 
 
 def markdown_cpu_table(measurements: Sequence[Measurement], workload: str) -> str:
-    """Where the CPU went, in CPUs busy on average (1.00 = one core), and server CPU/request."""
-    lines = ["| server | concurrency | server CPUs | server CPU us/request | load generator CPUs "
-             "| other CPUs |", "|---|---:|---:|---:|---:|---:|"]
+    """Where the CPU went, in CPUs busy on average (1.00 = one core), and server CPU per
+    request, in all and per kind of process (modelgate's gateway, Redis, workers, supervisor)."""
+    lines = ["| server | concurrency | server CPUs | server CPU us/request | by process, "
+             "CPU us/request | load generator CPUs | other CPUs |",
+             "|---|---:|---:|---:|---|---:|---:|"]
     for m in measurements:
         if m.workload != workload or m.cpu is None:
             continue
-        per_request = "?" if m.cpu.server is None or not m.result.rps else \
-            f"{m.cpu.server / m.result.rps * 1e6:.0f}"
+        rps = m.result.rps
+        per_request = "?" if m.cpu.server is None or not rps else \
+            f"{m.cpu.server / rps * 1e6:.0f}"
+        by_role = ", ".join(f"{role} {cpus / rps * 1e6:.0f}" for role, cpus in m.cpu.by_role
+                            if role != "server") if rps else ""
         lines.append(f"| {m.target} | {m.concurrency} | {_cpus(m.cpu.server)} | {per_request} | "
-                     f"{_cpus(m.cpu.load_generator)} | {_cpus(m.cpu.other)} |")
+                     f"{by_role or '-'} | {_cpus(m.cpu.load_generator)} | "
+                     f"{_cpus(m.cpu.other)} |")
     return "\n".join(lines)
 
 
@@ -93,6 +101,7 @@ def markdown_rounds(rounds: Sequence[Measurement], workload: str) -> str:
 
 def markdown_curve(floors: Sequence[Sweep]) -> str:
     """Rows/s by batch size, per workload and thread count, from the ORT sweeps."""
+    floors = [sweep for sweep in floors if sweep.processes == 1]
     if not floors:
         return ""
     header, align = ["batch"], ["---:"]
@@ -118,10 +127,21 @@ def markdown_curve(floors: Sequence[Sweep]) -> str:
     return "\n".join(lines)
 
 
+def describe_plan(plan: Mapping[str, Any]) -> str:
+    """The batch sizes modelgate's workers chose for a model, from its metadata."""
+    curve = ", ".join(f"{p['batch']}: {p['rows_per_s']:,.0f}" for p in plan.get("curve", []))
+    preferred = plan.get("preferred_batch_sizes") or []
+    return (f"run size cap {plan.get('max_batch_size')} ({plan.get('source')})"
+            + (f", preferred {preferred}" if preferred else "")
+            + (f"; their own curve, rows/s by batch ({plan.get('curve_from')}, "
+               f"{plan.get('host', '')}): {curve}" if curve else ""))
+
+
 def markdown(machine: Machine, sections: Sequence[Section], measurements: Sequence[Measurement],
              floors: Sequence[Sweep], targets: Mapping[str, str], method: str,
              notes: Sequence[str], plot: str | None,
-             rounds: Sequence[Measurement] = ()) -> str:
+             rounds: Sequence[Measurement] = (),
+             plans: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """The page; ``measurements`` combined over rounds, ``rounds`` each round's own."""
     out = [
         "# Benchmarks",
@@ -132,7 +152,8 @@ def markdown(machine: Machine, sections: Sequence[Section], measurements: Sequen
         "Reproduce: `make bench` (knobs: `BENCH_DURATION_S`, `BENCH_WARMUP_S`, "
         "`BENCH_CONCURRENCY`, `BENCH_ROUNDS`, `BENCH_TARGETS`, `BENCH_WORKLOADS`, `BENCH_FLOOR_S`, "
         "`BENCH_CLIENT`; see `python -m bench.run --help`). The first run also builds the "
-        "peer's venv under `.bench/peer-venv` (once; later runs reuse it).",
+        "peer's venv under `.bench/peer-venv` (once; later runs reuse it). Where one call's "
+        "time goes, stage by stage: `make trace` (`bench/trace.py`, docs/architecture.md).",
         "",
         "## Setup",
         "",
@@ -168,9 +189,13 @@ def markdown(machine: Machine, sections: Sequence[Section], measurements: Sequen
         out += ["", "## ONNX Runtime alone: rows/s by batch size", "",
                 "One in-process session per column (modelgate's session options, "
                 "`intra_op_threads` as named), the request's row repeated to the batch size; "
-                "the best batch size of each column is in bold. The all-cores column's best is "
-                f"the `{FLOOR}` row above; the 1-thread columns show what dynamic batching can "
-                "gain one single-threaded worker on each model.", "", curve]
+                "the best batch size of each column is in bold. The 1-thread columns show what "
+                "dynamic batching can gain one single-threaded worker on each model; the "
+                f"`{FLOOR}` row above runs the best of them in one process per core.", "", curve]
+        if plans:
+            out += ["", "The batch sizes modelgate's workers chose for each model when they "
+                    "loaded it (`parameters.batching` of its metadata; `config.yaml` sets none):",
+                    "", *[f"- {name}: {describe_plan(plan)}" for name, plan in plans.items()]]
     if notes:
         out += ["", "## Notes", "", *[f"- {note}" for note in notes]]
     return "\n".join(out) + "\n"

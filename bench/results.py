@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.cpu import Usage
 from bench.floor import Sweep
@@ -61,9 +62,12 @@ def combine_rounds(measurements: Sequence[Measurement]) -> list[Measurement]:
         if used:
             servers = [u.server for u in used if u.server is not None]
             others = [u.other for u in used if u.other is not None]
+            roles = sorted({role for u in used for role, _ in u.by_role})
+            by_role = tuple((role, statistics.fmean(dict(u.by_role).get(role, 0.0)
+                                                    for u in used)) for role in roles)
             cpu = Usage(statistics.fmean(servers) if servers else None,
                         statistics.fmean(u.load_generator for u in used),
-                        max(others) if others else None)
+                        max(others) if others else None, by_role)
         combined.append(Measurement(workload, target, concurrency, result, cpu,
                                     group[0].rows_per_request,
                                     sum(m.warmup_errors for m in group)))
@@ -140,4 +144,7 @@ class Results:
     notes: list[str] = field(default_factory=list)
     sections: list[Section] = field(default_factory=list)
     descriptions: dict[str, str] = field(default_factory=dict)  # target name -> what it is
+    # workload -> the batch sizes modelgate's workers chose for it (model metadata's
+    # parameters.batching), as they said it the first time it was served
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: bool = False

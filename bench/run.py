@@ -3,13 +3,15 @@ the same closed-loop load from a separate process; measure ONNX Runtime alone on
 (the compute floor); print side-by-side tables and the goal verdicts, and write them with a
 plot to ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
-Targets: modelgate (and a two-gateway-process variant), the naive in-process server, BentoML
-from PyPI in an isolated venv (built under ``.bench/peer-venv`` on first use; skipped with a
-note if it cannot be installed) and ``ort-floor``. Workloads: a tiny MLP and a compute-bound
-model. Every knob is a flag that also reads ``BENCH_<FLAG>`` from the environment. Defaults
-take about eleven minutes: three rounds in which the servers take turns, each with a warm-up
-then a measured run per load point. Server logs,
-the load generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
+Targets: modelgate (and variants: two gateway processes, gRPC, binary tensors), the naive
+in-process server, BentoML from PyPI in an isolated venv (built under ``.bench/peer-venv`` on
+first use; skipped with a note if it cannot be installed) and ``ort-floor``. Workloads: a tiny
+MLP, a mid-size MLP (64->256->256->10), a compute-bound model and a MobileNet-style CNN; none
+sets its batch sizes: modelgate's workers tune them at load, and the page shows what they
+chose beside ONNX Runtime's own curve. Every knob is a flag that also reads ``BENCH_<FLAG>``
+from the environment. Defaults take about twenty-five minutes: three rounds in which the
+servers take turns, each with a warm-up then a measured run per load point. Server logs, the
+load generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import orjson
+
 from bench import cpu, floor
-from bench.goals import FLOOR, PEER
+from bench.goals import FLOOR, PEER, SUBJECT
 from bench.load import GrpcClient, LoadClient, LoadError, LoadPoint, PythonClient, make_client
 from bench.peer import BentoMLTarget
 from bench.peer_venv import PeerUnavailable, PeerVenv, default_venv
 from bench.publish import publish
+from bench.report import describe_plan
 from bench.results import Machine, Measurement, Results, Section
 from bench.targets import NPROC, REPO_ROOT, TARGETS, Target, TargetFailed
 from bench.workloads import WORKLOADS, Workload, WrongAnswer
@@ -131,6 +136,16 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+def batching_of(base_url: str, model: str) -> dict[str, Any] | None:
+    """The batch sizes the workers tuned for ``model`` (its metadata's parameters.batching)."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/v2/models/{model}", timeout=5) as response:
+            plan = orjson.loads(response.read()).get("parameters", {}).get("batching")
+    except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
 def _save_metrics(base_url: str, path: Path) -> None:
     """Keep the target's Prometheus text, if it has any, to explain the numbers later."""
     try:
@@ -158,12 +173,18 @@ def measure_target(target: Target, workload: Workload, model_root: Path, client:
     label = f"{target.name}/{workload.name}"
     expected = workload.expected(model_root / workload.name / "1" / "model.onnx")
     path, body = target.request(workload)
+    headers = target.headers(workload)
     print(f"bench: starting {target.name} for {workload.name}...", flush=True)
     try:
         started = target.start(workload, model_root, settings.log_dir, expected)
         print(f"bench: {target.name} answers correctly at {started.base_url} "
               f"({started.ready_s:.1f}s after spawn)", flush=True)
         results.notes.append(f"{label}: first correct answer {started.ready_s:.1f}s after spawn")
+        if target.name.startswith(SUBJECT) and workload.name not in results.plans:
+            plan = batching_of(started.base_url, workload.name)
+            if plan is not None:
+                results.plans[workload.name] = plan
+                print(f"bench: modelgate's workers chose {describe_plan(plan)}", flush=True)
         url = target.load_url(started, workload, path)
         if url.startswith("grpc://"):
             client = GrpcClient(client.work_dir, client.request_timeout_s)
@@ -173,11 +194,12 @@ def measure_target(target: Target, workload: Workload, model_root: Path, client:
             c = point.concurrency
             warmup_errors = 0
             if point.warmup_s:
-                warmup_errors = client.run(url, body, c, point.warmup_s, load_log).errors
+                warmup_errors = client.run(url, body, c, point.warmup_s, load_log,
+                                           headers).errors
                 if warmup_errors:
                     results.notes.append(f"{label} c={c}: {warmup_errors} errors during warm-up")
             before = cpu.snapshot(target.pids())
-            result = client.run(url, body, c, point.duration_s, load_log)
+            result = client.run(url, body, c, point.duration_s, load_log, headers)
             used = cpu.usage(before, cpu.snapshot(target.pids()))
             if not target.alive():
                 raise TargetFailed(f"{target.name} died during the run: {target.why_dead()}")
@@ -204,23 +226,37 @@ def measure_target(target: Target, workload: Workload, model_root: Path, client:
 
 def measure_floor(workload: Workload, model_path: Path, settings: Settings,
                   results: Results) -> None:
-    """ONNX Runtime alone on one thread (the batch-size curve), then on every core (the floor)."""
+    """ONNX Runtime alone on one thread (the batch-size curve) and on every core as threads,
+    then the floor: a one-thread process per core at the curve's best batch size."""
     for threads in sorted({1, NPROC}):
         if settings.quiet_wait_s:
             wait_for_quiet(settings.quiet_wait_s)
         print(f"bench: ONNX Runtime alone, {workload.name}, {threads} thread(s), batch sizes "
               f"{', '.join(map(str, floor.BATCH_SIZES))}...", flush=True)
         sweep = floor.sweep(workload.name, model_path, workload.feeds, threads, settings.floor_s)
-        results.floors.append(sweep)
-        best = sweep.best
-        print(f"bench: {'ort':<13} {threads} thread(s): best {best.rows_s:>11,.0f} rows/s at "
-              f"batch {best.batch} (p50 {best.p50_ms:.2f} ms per run)", flush=True)
-        if sweep.cpu is not None and sweep.cpu.disturbed:
-            warning = (f"ort/{workload.name} {threads} thread(s): other processes kept "
-                       f"{sweep.cpu.other:.2f} CPUs busy; the machine was not quiet, so the "
-                       "floor is not comparable")
-            print(f"bench: WARNING {warning}", flush=True)
-            results.notes.append(warning)
+        _add_floor(sweep, results)
+    one = floor.one_thread_of(results.floors, workload.name)
+    if NPROC > 1 and one is not None:
+        if settings.quiet_wait_s:
+            wait_for_quiet(settings.quiet_wait_s)
+        batch = one.best.batch
+        print(f"bench: ONNX Runtime alone, {workload.name}, {NPROC} processes x 1 thread, "
+              f"batch {batch}...", flush=True)
+        _add_floor(floor.parallel(workload.name, model_path, workload.feeds(batch), NPROC,
+                                  max(settings.floor_s * 2, 2.0)), results)
+
+
+def _add_floor(sweep: floor.Sweep, results: Results) -> None:
+    results.floors.append(sweep)
+    best = sweep.best
+    print(f"bench: {'ort':<13} {sweep.label}: best {best.rows_s:>11,.0f} rows/s at "
+          f"batch {best.batch} (p50 {best.p50_ms:.2f} ms per run)", flush=True)
+    if sweep.cpu is not None and sweep.cpu.disturbed:
+        warning = (f"ort/{sweep.workload} {sweep.label}: other processes kept "
+                   f"{sweep.cpu.other:.2f} CPUs busy; the machine was not quiet, so the "
+                   "floor is not comparable")
+        print(f"bench: WARNING {warning}", flush=True)
+        results.notes.append(warning)
 
 
 def run(settings: Settings, factories: Mapping[str, Callable[[], Target]], client: LoadClient,
@@ -310,10 +346,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
           f"({machine.cpu_model}), load by {client.name}\n")
     if FLOOR in settings.targets:
         results.descriptions[FLOOR] = (
-            "ONNX Runtime alone in the bench process, no server: one session with "
-            f"intra_op_threads={NPROC} (every core), batches of "
-            f"{', '.join(map(str, floor.BATCH_SIZES))} rows, {settings.floor_s:g}s each; the "
-            "best batch size's rows/s is the compute floor")
+            f"ONNX Runtime alone, no server: {NPROC} processes (one per core), each a "
+            "one-thread session running batches of the size at which one thread is fastest "
+            f"on the model (the 1-thread sweep over {', '.join(map(str, floor.BATCH_SIZES))} "
+            f"rows, {settings.floor_s:g}s each), all at once; their summed rows/s is the "
+            "compute floor")
     publish(results, machine, method, settings.out, settings.log_dir)
     return 1 if results.failed else 0
 

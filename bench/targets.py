@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.cpu import process_tree, start_time
-from bench.workloads import Workload, check_answer
+from bench.load import JSON_HEADERS
+from bench.workloads import Workload, binary_body, check_answer
 
 NPROC = len(os.sched_getaffinity(0))
 
@@ -60,6 +61,10 @@ class Target(ABC):
         """The path and body of one request, the same every time (KServe V2 unless a peer
         speaks something else)."""
         return workload.infer_path, workload.body_bytes()
+
+    def headers(self, workload: Workload) -> dict[str, str]:
+        """The headers :meth:`request`'s body goes with."""
+        return dict(JSON_HEADERS)
 
     def check(self, content: bytes, expected: Mapping[str, np.ndarray]) -> None:
         """Raise :class:`WrongAnswer` unless ``content`` answers :meth:`request` correctly."""
@@ -104,9 +109,8 @@ def _child_preexec() -> None:
         pass
 
 
-def _probe(url: str, body: bytes) -> tuple[int, bytes] | None:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+def _probe(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes] | None:
+    request = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             return response.status, response.read()
@@ -168,7 +172,7 @@ class ProcessTarget(Target):
             if self.process.poll() is not None:
                 raise TargetFailed(f"{self.name} exited with {self.process.returncode} while "
                                    f"starting: {self.last_line()}\n{self.tail()}")
-            answer = _probe(base_url + path, body)
+            answer = _probe(base_url + path, body, self.headers(workload))
             if answer is not None:
                 status, content = answer
                 if status == 200:
@@ -244,8 +248,7 @@ class ProcessTarget(Target):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def modelgate_target(gateway_procs: int = 1,
-                     workloads: frozenset[str] | None = None) -> Callable[[], Target]:
+def modelgate_command(gateway_procs: int | str) -> Callable[[Workload, Path, int], list[str]]:
     # Workers pinned to the workload's count (1 for the tiny MLP, one per core for the heavy
     # model), so the autoscaler adds none the other servers do not get.
     def command(workload: Workload, model_root: Path, port: int) -> list[str]:
@@ -255,13 +258,24 @@ def modelgate_target(gateway_procs: int = 1,
                 "--max-workers", workers, "--gateway-procs", str(gateway_procs),
                 "--grpc-port", "0"]  # HTTP only: the modelgate-grpc target measures gRPC
 
+    return command
+
+
+def modelgate_target(gateway_procs: int | str = 1,
+                     workloads: frozenset[str] | None = None) -> Callable[[], Target]:
+    command = modelgate_command(gateway_procs)
     if gateway_procs == 1:
         name = "modelgate"
         description = (
             "`modelgate up --min-workers W --max-workers W`: embedded redis-server, 1 gateway "
             "process, W ORT worker processes (intra_op_threads=1 each); W = 1 for mlp (fair "
             f"against the single-process naive server), W = {NPROC} (one per core, what "
-            "modelgate is built for) for heavy, whose `config.yaml` sets `max_batch_size: 8`")
+            "modelgate is built for) for heavy and cnn; the workers choose their batch sizes "
+            "when they load the model (shown beside the ONNX Runtime curve)")
+    elif gateway_procs == "auto":
+        name = "modelgate-gwauto"
+        description = ("as modelgate, plus `--gateway-procs auto`: a second gateway process "
+                       "joins while the first is busier than 85% of a core for 5 s")
     else:
         name = f"modelgate-gw{gateway_procs}"
         description = (f"as modelgate, plus `--gateway-procs {gateway_procs}`: "
@@ -294,6 +308,25 @@ class GrpcModelgate(ProcessTarget):
         return f"grpc://{HOST}:{self.grpc_port}/{workload.name}"
 
 
+class BinaryModelgate(ProcessTarget):
+    """modelgate with the request's tensors in the binary tensor extension (raw little-endian
+    bytes after a JSON header, as tritonclient.http sends them); the answer stays JSON."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "modelgate-binary",
+            "as modelgate, the request's input as raw FP32 bytes after a JSON header (the "
+            "binary tensor extension, `Inference-Header-Content-Length`), driven by wrk",
+            modelgate_command(1), workloads=frozenset({"cnn"}))
+
+    def request(self, workload: Workload) -> tuple[str, bytes]:
+        return workload.infer_path, binary_body(workload.body)[0]
+
+    def headers(self, workload: Workload) -> dict[str, str]:
+        return {"Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(binary_body(workload.body)[1])}
+
+
 def naive_target() -> Target:
     def command(workload: Workload, model_root: Path, port: int) -> list[str]:
         model = model_root / workload.name / "1" / "model.onnx"
@@ -316,4 +349,7 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "modelgate-gw2": modelgate_target(gateway_procs=2, workloads=frozenset({"mlp"})),
     "naive": naive_target,
     "modelgate-grpc": GrpcModelgate,
+    "modelgate-binary": BinaryModelgate,
+    # Large JSON tensors make the gateway the bottleneck: more gateways, as up decides.
+    "modelgate-gwauto": modelgate_target(gateway_procs="auto", workloads=frozenset({"cnn"})),
 }

@@ -32,8 +32,8 @@ class Workload:
     build: Callable[[], onnx.ModelProto]
     body: dict[str, Any]  # one V2 infer request
     workers: int = 1  # ORT worker processes for servers that scale out (modelgate, the peer)
-    # Rows per ORT run for servers that batch (modelgate's config.yaml, the peer's batcher);
-    # None: modelgate's default.
+    # Rows per ORT run for the peer's batcher. modelgate's config.yaml does not set it: its
+    # workers measure the model and choose (modelgate.worker.tuning), which the page shows.
     max_batch_size: int | None = None
 
     @property
@@ -58,14 +58,10 @@ class Workload:
                 for name, array in self.arrays().items()}
 
     def write(self, root: Path) -> Path:
-        """Write the model (and its ``config.yaml``, if it has settings) under ``root``; returns
-        the ``.onnx`` path."""
+        """Write the model under ``root``; returns the ``.onnx`` path."""
         path = root / self.name / "1" / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(self.build(), str(path))
-        if self.max_batch_size is not None:
-            (root / self.name / "config.yaml").write_text(
-                f"max_batch_size: {self.max_batch_size}\n")
         return path
 
     def expected(self, model_path: Path) -> dict[str, np.ndarray]:
@@ -94,6 +90,20 @@ def check_answer(body: bytes, expected: Mapping[str, np.ndarray]) -> None:
             raise WrongAnswer(f"output {name!r} is {outputs[name]}, expected {want.tolist()}")
 
 
+def binary_body(body: Mapping[str, Any]) -> tuple[bytes, int]:
+    """``body`` in the binary tensor extension: the JSON header (each input's data replaced by
+    ``parameters.binary_data_size``), then the inputs' raw little-endian bytes; and the length
+    of the header (the ``Inference-Header-Content-Length``)."""
+    inputs, blobs = [], []
+    for tensor in body["inputs"]:
+        raw = np.asarray(tensor["data"], dtype=DTYPES[tensor["datatype"]]).tobytes()
+        inputs.append({k: v for k, v in tensor.items() if k != "data"}
+                      | {"parameters": {"binary_data_size": len(raw)}})
+        blobs.append(raw)
+    header = orjson.dumps({**body, "inputs": inputs})
+    return header + b"".join(blobs), len(header)
+
+
 def mlp() -> Workload:
     from modelgate.cli.demo import mlp_model
 
@@ -106,14 +116,32 @@ def mlp() -> Workload:
     )
 
 
+MLP64_SIZES = (64, 256, 256, 10)
+
+
+def mlp64() -> Workload:
+    from modelgate.cli.demo import mlp_model
+
+    inputs, hidden, _, outputs = MLP64_SIZES
+    row = np.random.default_rng(2).normal(0, 1, inputs).round(3)
+    return Workload(
+        name="mlp64",
+        description=f"mid-size MLP ({'->'.join(map(str, MLP64_SIZES))}, ReLU, softmax; "
+                    f"FP32 [1,{inputs}] -> [1,{outputs}]), one row per request",
+        build=lambda: mlp_model(inputs=inputs, hidden=hidden, outputs=outputs, layers=2),
+        body={"inputs": [{"name": "input", "shape": [1, inputs], "datatype": "FP32",
+                          "data": row.tolist()}]},
+    )
+
+
 # The heavy model's depth: 24 layers of a 256x256 matrix product per row, ~400 M multiply-adds,
 # a few ms per row on one core, so ONNX Runtime's time dominates any serving overhead.
 HEAVY_LAYERS = 24
 HEAVY_FEATURES = 64
 # On one thread this model gains nothing from batching and loses past ~16 rows (its per-row
-# 256x256 activations leave the cache; see the batch-size table in docs/benchmarks.md), so
-# servers are configured as a user reading that table would: small batches, which also share
-# the queue evenly between workers instead of one worker taking 64 rows while another idles.
+# 256x256 activations leave the cache; see the batch-size table in docs/benchmarks.md): the
+# peer's batcher is configured as a user reading that table would; modelgate's workers measure
+# it and choose for themselves.
 HEAVY_MAX_BATCH_SIZE = 8
 
 
@@ -125,8 +153,7 @@ def heavy() -> Workload:
         description=f"compute-bound model (`modelgate.cli.demo.heavy_model(layers={HEAVY_LAYERS})`"
                     ", "
                     f"~{HEAVY_LAYERS * 256 ** 3 / 1e6:.0f} M multiply-adds per row; FP32 "
-                    f"[1,{HEAVY_FEATURES}] -> [1,3]), one row per request, batches of up to "
-                    f"{HEAVY_MAX_BATCH_SIZE} rows",
+                    f"[1,{HEAVY_FEATURES}] -> [1,3]), one row per request",
         build=lambda: heavy_model(features=HEAVY_FEATURES, layers=HEAVY_LAYERS),
         body={"inputs": [{"name": "input", "shape": [1, HEAVY_FEATURES], "datatype": "FP32",
                           "data": [round(0.01 * i - 0.3, 2) for i in range(HEAVY_FEATURES)]}]},
@@ -200,7 +227,8 @@ def cnn() -> Workload:
         name="cnn",
         description=f"MobileNet-style CNN (`bench.workloads.cnn_model`: FP32 [1,3,{CNN_SIZE},"
                     f"{CNN_SIZE}] -> [1,10], depthwise-separable conv/batch-norm/ReLU stages, "
-                    "random weights), one image per request, batches of up to 8",
+                    "random weights), one image per request (JSON, and binary tensors for "
+                    "modelgate-binary)",
         build=cnn_model,
         body={"inputs": [{"name": "input", "shape": list(pixels.shape), "datatype": "FP32",
                           "data": pixels.reshape(-1).tolist()}]},
@@ -209,4 +237,5 @@ def cnn() -> Workload:
     )
 
 
-WORKLOADS: dict[str, Callable[[], Workload]] = {"mlp": mlp, "heavy": heavy, "cnn": cnn}
+WORKLOADS: dict[str, Callable[[], Workload]] = {"mlp": mlp, "mlp64": mlp64, "heavy": heavy,
+                                               "cnn": cnn}

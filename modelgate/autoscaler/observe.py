@@ -23,12 +23,23 @@ def observation(pool: str, replicas: int, figures: PoolFigures) -> Observation:
         # Refused calls are demand too: count them, or a full queue would hide load.
         arrival_rate=rates.demand_per_s,
         completion_rate=rates.completed_per_s,
-        service_s=rates.service_ms / 1000.0 if rates.service_ms is not None else None,
+        service_s=_service_s(figures),
         latency_p95_ms=rates.p95_ms,
         rate_window_s=RATE_WINDOW_S,
         live_workers=gauges.live_workers,
         starting_workers=gauges.starting_workers,
     )
+
+
+def _service_s(figures: PoolFigures) -> float | None:
+    """Worker-seconds per request: as measured over the last seconds; before anything ran
+    (a pool just loaded, or idle), from the throughput curve its workers measured at load, at
+    the run size cap, for one-row requests: a burst on a fresh pool is sized by Little's law
+    at once, not by its backlog alone."""
+    rates, plan = figures.rates, figures.plan
+    if rates.service_ms is not None:
+        return rates.service_ms / 1000.0
+    return plan.service_s() if plan is not None else None
 
 
 class Observer:

@@ -73,6 +73,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _gateway_procs(text: str) -> str:
+    if text.strip() == "auto":
+        return "auto"
+    return str(_positive_int(text))
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -242,9 +255,11 @@ def _add_up(commands: Any) -> None:
                          "repository under $XDG_STATE_HOME/modelgate)")
     up.add_argument("--default-timeout-ms", type=_positive_int,
                     default=default_of(UpSettings, "default_timeout_ms"))
-    up.add_argument("--gateway-procs", type=_positive_int,
-                    default=default_of(UpSettings, "gateway_procs"),
-                    help="gateway processes sharing the port (metrics merged across them)")
+    up.add_argument("--gateway-procs", type=_gateway_procs,
+                    default=str(default_of(UpSettings, "gateway_procs")),
+                    help="gateway processes sharing the port (metrics merged across them); "
+                         "auto: one, and one more (up to one per CPU) while the gateways' CPU, "
+                         "not the workers', limits throughput")
     _auth_flags(up)
     _jobs_dir_flag(up)
     _scaling_flags(up)
@@ -263,7 +278,8 @@ def _run_up(args: argparse.Namespace) -> int:
         api_keys=api_keys(args.api_key),
         admin_api_keys=api_keys(args.admin_api_key, "--admin-api-key"),
         protect_probes=_flag(args.protect_probes), scaling=_scaling(args), control=_control(args),
-        gateway_procs=int(args.gateway_procs),
+        gateway_procs=1 if args.gateway_procs == "auto" else int(args.gateway_procs),
+        auto_gateway_procs=args.gateway_procs == "auto",
         mlflow_webhook_secret=args.mlflow_webhook_secret or None, jobs_dir=_jobs_dir(args)))
 
 
@@ -367,6 +383,9 @@ def _add_gateway(commands: Any) -> None:
     gateway.add_argument("--record-answers", type=Path, default=None,
                          help="append every answer on the protocol's REST paths to "
                               "DIR/answers-PID.jsonl (conformance checks; a write per call)")
+    gateway.add_argument("--trace-dir", type=Path, default=None,
+                         help="write every V2 infer call's stage timestamps to "
+                              "DIR/trace-gateway-PID.jsonl (bench/trace.py; off by default)")
     gateway.add_argument("--fd", type=_count, default=None,
                          help="serve on this inherited listening socket instead of binding "
                               "(set by `modelgate up`)")
@@ -396,7 +415,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
         mlflow_tracking_uri=args.mlflow_tracking_uri or None,
         mlflow_webhook_secret=args.mlflow_webhook_secret or None,
         record_answers=Path(args.record_answers) if args.record_answers else None,
-        jobs_dir=_jobs_dir(args)))
+        jobs_dir=_jobs_dir(args),
+        trace_dir=Path(args.trace_dir) if args.trace_dir else None))
     return 0
 
 
@@ -419,6 +439,14 @@ def _add_worker(commands: Any) -> None:
                         default=default_of(WorkerSettings, "max_deliveries"),
                         help="deliveries (the first, plus one per worker that died holding "
                              "it) after which an entry goes to the dead-letter stream")
+    worker.add_argument("--tuning-budget-s", type=_non_negative_float,
+                        default=default_of(WorkerSettings, "tuning_budget_s"),
+                        help="longest the worker measures the model's rows/s by batch size "
+                             "at load to choose its batch sizes, when no curve is cached for "
+                             "this model on this kind of host (0: never measure)")
+    worker.add_argument("--trace-dir", type=Path, default=None,
+                        help="write every entry's stage timestamps to "
+                             "DIR/trace-worker-PID.jsonl (bench/trace.py; off by default)")
     worker.set_defaults(handler=_run_worker)
 
 
@@ -429,7 +457,9 @@ def _run_worker(args: argparse.Namespace) -> int:
         models_dir=Path(args.models), model=args.model, version=args.version or None,
         redis_url=args.redis_url,
         intra_op_threads=int(args.intra_op_threads) if args.intra_op_threads else None,
-        claim_timeout_ms=int(args.claim_timeout_ms), max_deliveries=int(args.max_deliveries)))
+        claim_timeout_ms=int(args.claim_timeout_ms), max_deliveries=int(args.max_deliveries),
+        tuning_budget_s=float(args.tuning_budget_s),
+        trace_dir=Path(args.trace_dir) if args.trace_dir else None))
 
 
 def _add_status(commands: Any) -> None:

@@ -95,6 +95,11 @@ def render(client: redis.Redis, out: TextIO) -> int:
               f"{rates.demand_per_s:>8.1f}{rates.completed_per_s:>8.1f}"
               f"{_fmt(rates.p95_ms):>8}{_fmt(rates.service_ms, digits=2):>8}", file=out)
     print("  (* the model's default version)", file=out)
+    plans = [(pool, plan) for pool in pool_ids if (plan := figures[pool].plan) is not None]
+    print("\nbatching (tuned by the workers at load)" + ("" if plans else ": none published"),
+          file=out)
+    for pool, plan in plans:
+        print(f"  {pool:<22} {plan.describe()}", file=out)
     unavailable = [(m, v, s.reason) for m, st in states.items() for v, s in st.versions.items()
                    if s.status == VersionStatus.UNAVAILABLE]
     for model, version, reason in unavailable:

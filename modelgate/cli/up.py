@@ -37,6 +37,7 @@ from modelgate.autoscaler import coordinator as job_coordinator
 from modelgate.autoscaler.backends.local import LocalBackend
 from modelgate.autoscaler.decider import Decider
 from modelgate.autoscaler.main import build_decider
+from modelgate.cli.gateways import GatewayScaling, GatewayState, cpu_seconds, decide
 from modelgate.core.embedded_redis import EmbeddedRedis, RedisPlace, free_port, password_of
 from modelgate.core.process import child_preexec, stop_process
 from modelgate.core.repository import RepositoryError, scan_repository
@@ -77,9 +78,11 @@ def _gateway_live(url: str) -> bool:
         return False
 
 
-def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+def listening_sockets(host: str, port: int, count: int,
+                      shared: bool = False) -> list[socket.socket]:
     """``count`` sockets listening on one port (SO_REUSEPORT spreads connections across them),
-    held by the supervisor for the life of ``up``. Binding here, first, means a port in use
+    held by the supervisor for the life of ``up``; ``shared``: with SO_REUSEPORT even if one,
+    so that gateways added later bind the port too. Binding here, first, means a port in use
     fails before anything starts, and a server already on the port can never answer our
     readiness checks in our place."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -89,7 +92,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if count > 1:
+            if count > 1 or shared:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(2048)
@@ -133,9 +136,11 @@ def child_environment(**extra: str) -> dict[str, str]:
 
 @dataclass
 class _Child:
-    """A gateway slot: its process, the socket it serves, and its restart backoff."""
+    """A gateway slot: its process, the socket it serves, and its restart backoff. A gateway
+    added by ``--gateway-procs auto`` has no socket of the supervisor's: it binds the port
+    itself (SO_REUSEPORT), so connections reach it only once it listens."""
 
-    sock: socket.socket
+    sock: socket.socket | None
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     exited_at: float | None = None  # when the supervisor saw it gone, until restarted
@@ -158,6 +163,20 @@ class Supervisor:
         self.coordinator: job_coordinator.Coordinator | None = None
         self.metrics_dir: str | None = None
         self.socket_dir: str | None = None
+        # --gateway-procs auto: up to one gateway per CPU, by their CPU (modelgate.cli.gateways)
+        self.gateway_scaling = (GatewayScaling(max(len(os.sched_getaffinity(0)),
+                                                   settings.gateway_procs),
+                                               min_procs=settings.gateway_procs)
+                                if settings.auto_gateway_procs else None)
+        self.gateway_state = GatewayState()
+        self.gateway_cpu_s: dict[int, float] = {}  # pid -> CPU seconds at the last tick
+        self.gateway_sampled_at = 0.0
+        self.retiring: list[subprocess.Popen[bytes]] = []  # gateways removed, draining
+
+    @property
+    def max_gateways(self) -> int:
+        scaling = self.gateway_scaling
+        return scaling.max_procs if scaling is not None else self.settings.gateway_procs
 
     @property
     def url(self) -> str:
@@ -171,7 +190,8 @@ class Supervisor:
             raise StartError(f"the model repository {settings.models_dir} has no models; add "
                              f"{settings.models_dir}/NAME/1/model.onnx")
         self.gateways = [_Child(sock) for sock in listening_sockets(
-            settings.host, settings.port, settings.gateway_procs)]
+            settings.host, settings.port, settings.gateway_procs,
+            shared=self.max_gateways > 1)]
         if settings.grpc_port:
             check_free(settings.host, settings.grpc_port, "gRPC")
         self._start_redis()
@@ -205,7 +225,7 @@ class Supervisor:
                 for s in self.states.values())
 
         _wait(settled, START_TIMEOUT_S, "workers to load their models", self.stop_event)
-        if settings.gateway_procs > 1:
+        if self.max_gateways > 1:
             # Several processes share the port; Prometheus metrics go through files that
             # every process's /metrics merges, so any one of them shows the whole.
             self.metrics_dir = tempfile.mkdtemp(prefix="modelgate-metrics-")
@@ -256,18 +276,21 @@ class Supervisor:
             env["MODELGATE_MLFLOW_WEBHOOK_SECRET"] = settings.mlflow_webhook_secret
         if self.metrics_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
-        fd = child.sock.fileno()
         command = [sys.executable, "-m", "modelgate", "gateway",
                    "--models", str(settings.models_dir), "--host", settings.host,
-                   "--port", str(settings.port), "--fd", str(fd),
-                   "--grpc-port", str(settings.grpc_port),
+                   "--port", str(settings.port), "--grpc-port", str(settings.grpc_port),
                    "--default-timeout-ms", str(settings.default_timeout_ms)]
-        if settings.gateway_procs > 1:
-            command.append("--reuse-port")  # the gRPC port, shared; HTTP comes by --fd
+        fds: tuple[int, ...] = ()
+        if child.sock is not None:
+            fds = (child.sock.fileno(),)
+            command += ["--fd", str(fds[0])]
+        if self.max_gateways > 1:
+            # The gRPC port, shared; HTTP comes by --fd, or is bound beside the others.
+            command.append("--reuse-port")
         if settings.jobs_dir is not None:
             command += ["--jobs-dir", str(settings.jobs_dir.resolve())]
         child.process = subprocess.Popen(command, preexec_fn=child_preexec, env=env,
-                                         pass_fds=(fd,))
+                                         pass_fds=fds)
         child.started_at = time.monotonic()
 
     def _gateway_exited(self) -> bool:
@@ -276,6 +299,8 @@ class Supervisor:
     def _say_started(self) -> None:
         procs = self.settings.gateway_procs
         say(f"gateway listening on {self.url}" + (f" ({procs} processes)" if procs > 1 else "")
+            + (f" (more, up to {self.max_gateways}, while the gateways are busy)"
+               if self.gateway_scaling is not None else "")
             + (f", gRPC on {self.settings.host}:{self.settings.grpc_port}"
                if self.settings.grpc_port else ""))
         assert self.backend is not None and self.decider is not None
@@ -304,8 +329,11 @@ class Supervisor:
         self.decider.run(self.stop_event, on_tick=self.watch)
 
     def watch(self) -> None:
-        """Restart the embedded Redis and gateways that died unasked, with backoff."""
+        """Restart the embedded Redis and gateways that died unasked, with backoff; with
+        ``--gateway-procs auto``, add or remove a gateway by their CPU."""
         now = time.monotonic()
+        if self.gateway_scaling is not None:
+            self._scale_gateways(now)
         if self.redis is not None and self.redis.exited() is not None \
                 and now >= self.redis_next_start:
             log.warning("embedded Redis exited with %s; restarting it", self.redis.exited())
@@ -334,11 +362,37 @@ class Supervisor:
                 child.restarts += 1
                 self._start_gateway(child)
 
+    def _scale_gateways(self, now: float) -> None:
+        assert self.gateway_scaling is not None
+        self.retiring = [p for p in self.retiring if p.poll() is None]
+        running = [c.process for c in self.gateways
+                   if c.process is not None and c.process.poll() is None]
+        used = {p.pid: cpu for p in running if (cpu := cpu_seconds(p.pid)) is not None}
+        elapsed_s = now - self.gateway_sampled_at
+        known = [pid for pid in used if pid in self.gateway_cpu_s]
+        if self.gateway_sampled_at and elapsed_s > 0 and len(known) == len(self.gateways):
+            cpus = sum(used[pid] - self.gateway_cpu_s[pid] for pid in known) / elapsed_s
+            decision = decide(len(self.gateways), cpus, self.gateway_state, now,
+                              self.gateway_scaling)
+            self.gateway_state = decision.state
+            if decision.procs > len(self.gateways):
+                child = _Child(None)
+                self.gateways.append(child)
+                self._start_gateway(child)
+                say(f"added a gateway process ({len(self.gateways)} now): {decision.reason}")
+            elif decision.procs < len(self.gateways) and self.gateways[-1].sock is None:
+                child = self.gateways.pop()
+                if child.process is not None:
+                    child.process.terminate()  # it drains what it holds, then exits
+                    self.retiring.append(child.process)
+                say(f"removed a gateway process ({len(self.gateways)} now): {decision.reason}")
+        self.gateway_cpu_s, self.gateway_sampled_at = used, now
+
     # ------------------------------------------------------------------ stop
 
     def children(self) -> list[subprocess.Popen[bytes]]:
         """Every child process running now (for a second signal, which kills them)."""
-        found = [c.process for c in self.gateways if c.process is not None]
+        found = [c.process for c in self.gateways if c.process is not None] + self.retiring
         if self.backend is not None:
             found += self.backend.processes()
         if self.redis is not None and self.redis.process is not None:
@@ -352,7 +406,10 @@ class Supervisor:
         for child in self.gateways:
             if child.process is not None:
                 stop_process(child.process, timeout_s=10, signalled=True)
-            child.sock.close()
+            if child.sock is not None:
+                child.sock.close()
+        for process in self.retiring:
+            stop_process(process, timeout_s=10, signalled=True)
         if self.decider is not None:
             self.decider.release()
         if self.coordinator is not None:

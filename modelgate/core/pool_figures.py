@@ -1,5 +1,6 @@
-"""One reading of pools' live figures -- workers, backlog, the autoscaler's wish and rates --
-shared by the gateway, the autoscaler, the dashboard and ``modelgate status``.
+"""One reading of pools' live figures -- workers, backlog, the autoscaler's wish, rates and the
+batch sizes their workers tuned -- shared by the gateway, the autoscaler, the dashboard and
+``modelgate status``.
 
 A :class:`FiguresQuery` queues its commands on a sync or asyncio pipeline the caller owns
 (with whatever else it reads in that round trip) and parses its share of the results.
@@ -12,7 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelgate.core import stats
-from modelgate.core.store import heartbeats, pools
+from modelgate.core.batching import BatchPlan, PlanError
+from modelgate.core.store import batching, heartbeats, pools
+
+# Commands per pool besides the rates: the gauges, then the batch plan.
+_POOL_COMMANDS = pools.GAUGE_COMMANDS + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +30,8 @@ class PoolFigures:
     # False when Redis refused a gauge's read (a key of another type): the gauges are then not
     # a reading of the pool, and a reader should keep its last one rather than act on them.
     readable: bool = True
+    # The batch sizes the pool's workers tuned (None until one has loaded, or unreadable).
+    plan: BatchPlan | None = None
 
 
 class FiguresQuery:
@@ -40,11 +47,12 @@ class FiguresQuery:
     @property
     def size(self) -> int:
         """How many results :meth:`parse` consumes."""
-        return len(self.pool_ids) * (pools.GAUGE_COMMANDS + len(self.seconds))
+        return len(self.pool_ids) * (_POOL_COMMANDS + len(self.seconds))
 
     def queue(self, pipe: Any) -> None:
         for pool in self.pool_ids:
             pools.read_gauges(pipe, pool, self.now, heartbeats.WORKER_TTL_S)
+            pipe.get(batching.plan(pool))
             for second in self.seconds:
                 pipe.hgetall(pools.stats(pool, second))
 
@@ -52,21 +60,37 @@ class FiguresQuery:
         """Figures per pool from the pipeline's results, which may hold exceptions (run it
         with ``raise_on_error=False``): a bad value or a refused read is a problem of its pool,
         never an exception here."""
-        per_pool = pools.GAUGE_COMMANDS + len(self.seconds)
+        per_pool = _POOL_COMMANDS + len(self.seconds)
         figures = {}
         for i, pool in enumerate(self.pool_ids):
             chunk = results[i * per_pool:(i + 1) * per_pool]
             problems: list[str] = []
             gauges = pools.gauges_from(chunk, problems)
             readable = not any(isinstance(r, Exception) for r in chunk[:pools.GAUGE_COMMANDS])
+            plan = _plan_of(chunk[pools.GAUGE_COMMANDS], problems)
             if not self.seconds:
-                figures[pool] = PoolFigures(gauges, problems=tuple(problems), readable=readable)
+                figures[pool] = PoolFigures(gauges, problems=tuple(problems), readable=readable,
+                                            plan=plan)
                 continue
             buckets = []
-            for raw in chunk[pools.GAUGE_COMMANDS:]:
+            for raw in chunk[_POOL_COMMANDS:]:
                 if isinstance(raw, Exception):
                     problems.append(f"stats: Redis refused the read ({raw})")
                     raw = {}
                 buckets.append(stats.decode_bucket(raw, problems))
-            figures[pool] = PoolFigures(gauges, stats.rates(buckets), tuple(problems), readable)
+            figures[pool] = PoolFigures(gauges, stats.rates(buckets), tuple(problems), readable,
+                                        plan)
         return figures
+
+
+def _plan_of(raw: Any, problems: list[str]) -> BatchPlan | None:
+    if raw is None:
+        return None
+    if isinstance(raw, Exception):
+        problems.append(f"batching: Redis refused the read ({raw})")
+        return None
+    try:
+        return BatchPlan.decode(raw)
+    except PlanError as e:
+        problems.append(f"batching: {e}")
+        return None

@@ -93,6 +93,9 @@ class GatewaySettings:
     record_answers: Path | None = None
     # Batch jobs read and write files only under this folder; None: only uploaded inputs.
     jobs_dir: Path | None = None
+    # Write every V2 infer call's stage timestamps to a file in this folder
+    # (modelgate.core.trace, bench/trace.py); None: off, nothing timed.
+    trace_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,12 @@ class WorkerSettings:
     # Deliveries (the first plus one per worker that died holding the entry) after which it
     # is parked in the dead-letter stream.
     max_deliveries: int = 3
+    # Longest the worker measures its model's rows/s by batch size at load, when no curve is
+    # cached for it on this kind of host (modelgate.worker.tuning); 0: never measure.
+    tuning_budget_s: float = 2.0
+    # Write every entry's stage timestamps to a file in this folder (modelgate.core.trace);
+    # None: off, nothing timed.
+    trace_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,5 +199,8 @@ class UpSettings:
     scaling: ScalingSettings = ScalingSettings()
     control: ControlSettings = ControlSettings()
     gateway_procs: int = 1
+    # --gateway-procs auto: start with gateway_procs and add one (up to one per CPU) while the
+    # gateways, not the workers, are what is busy (modelgate.cli.gateways).
+    auto_gateway_procs: bool = False
     mlflow_webhook_secret: str | None = None
     jobs_dir: Path | None = None  # batch jobs' files (gateways and coordinator alike)

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from modelgate.core import wire
+from modelgate.core.batching import BatchPlan
 from modelgate.core.errors import (
     BackendUnavailable,
     ModelFailed,
@@ -44,6 +45,7 @@ from modelgate.core.store import is_bad_data, pools, scaling
 from modelgate.core.store import models as model_store
 from modelgate.core.store import traffic as traffic_store
 from modelgate.core.store.models import ModelState, VersionStatus
+from modelgate.core.trace import tracer
 from modelgate.gateway import serving
 from modelgate.gateway.background import Background
 from modelgate.gateway.dispatch import Dispatcher
@@ -69,6 +71,7 @@ class PoolView:
     rejected: int = 0  # requests this gateway refused (429) since the last refresh
     completed: int = 0  # replies this gateway got since the last refresh
     drain_per_s: float = 0.0  # smoothed completion rate seen by this gateway
+    plan: BatchPlan | None = None  # the batch sizes its workers tuned, once one published
 
     @property
     def live_workers(self) -> int:
@@ -97,6 +100,8 @@ class DataPlane:
         self.gateway_id = gateway_id
         self.background = Background(lambda name: metrics.background_errors.labels(name).inc())
         self.dispatcher = Dispatcher(client, reader, gateway_id, metrics)
+        # Stage timestamps of every call, only with --trace-dir (modelgate.core.trace).
+        self.tracer = tracer(settings.trace_dir, "gateway")
         self._specs: dict[tuple[str, str], PredictionSpec] = {}
         self.mirrors = Mirror(self.dispatcher, metrics, self.spec_of)
         self.drift = DriftMonitor(metrics)
@@ -281,14 +286,15 @@ class DataPlane:
             await asyncio.sleep(WAIT_POLL_S)
 
     async def infer(self, model: ModelVersion, request: wire.Request,
-                    timeout_ms: int) -> wire.Reply:
+                    timeout_ms: int, marks: dict[str, object] | None = None) -> wire.Reply:
         deadline_ms = int(time.time() * 1000) + timeout_ms
         view = self.pools[model.pool]
         if not (self.redis_ok and view.live_workers > 0):
             await self._wait_for_worker(model, deadline_ms)
         self._admit(model, view)
         view.admitted += 1
-        future = self.dispatcher.submit(model.pool, request, deadline_ms, model.max_batch_size)
+        future = self.dispatcher.submit(model.pool, request, deadline_ms, model.max_batch_size,
+                                        marks)
         reply = await future
         view.completed += 1
         # After this call's answer is written (the rest of this step), not before it.
@@ -367,6 +373,9 @@ class DataPlane:
             self._report("pool", pool, figures.problems)
             if figures.readable:
                 view.gauges = figures.gauges
+            if figures.plan is not None:
+                view.plan = figures.plan
+                self.dispatcher.run_caps[pool] = figures.plan.max_batch_size
             view.admitted -= flushed[pool][0]
             view.rejected -= flushed[pool][1]
             rate = view.completed / elapsed_s

@@ -3,13 +3,15 @@
 ``submit`` registers a future under a fresh correlation id, appends the request to an outbox
 and returns. The writer task takes everything in the outbox at once: requests for the same pool
 with compatible inputs and the same output selection are combined into bundles of up to the
-model's ``max_batch_size`` rows (modelgate.core.wire), one stream entry each, and all the entries go
-out in one pipelined round trip. Under concurrency, Redis and the workers then handle a few
-entries instead of one per request. The reader pops replies from this process's reply list in
-bulk, cuts each into one reply per request and resolves futures by id; an id resolved before (a
-redelivered entry answered twice) or no longer waited for is dropped. Every future is failed at
-its deadline by one deadline sweep (a heap of deadlines, one timer for the earliest), so none is
-left pending; a timer per call would cost more than the rest of its bookkeeping.
+pool's run size cap (the ``max_batch_size`` its workers tuned and published,
+``modelgate.core.batching``, else the model's) in rows (modelgate.core.wire), one stream entry
+each, and all the entries go out in one pipelined round trip. Under concurrency, Redis and the
+workers then handle a few entries instead of one per request. The reader pops replies from this
+process's reply list in bulk, cuts each into one reply per request and resolves futures by id;
+an id resolved before (a redelivered entry answered twice) or no longer waited for is dropped.
+Every future is failed at its deadline by one deadline sweep (a heap of deadlines, one timer for
+the earliest), so none is left pending; a timer per call would cost more than the rest of its
+bookkeeping.
 
 Anything that reaches Redis can write to the reply list: a reply that is not valid wire format
 is dropped, logged and counted (``modelgate_dropped_replies_total``), and when its ids were
@@ -24,6 +26,7 @@ import heapq
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +38,7 @@ from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
 from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.store import pools, replies
+from modelgate.core.trace import now_ns
 from modelgate.gateway.background import Background
 from modelgate.gateway.metrics import Metrics
 
@@ -52,7 +56,8 @@ class _Outgoing:
     request: wire.Request
     correlation: str
     deadline_ms: int
-    max_rows: int  # rows a bundle may hold (the model's max_batch_size; 0: no bundling)
+    max_rows: int  # rows a bundle may hold (the pool's run size cap; 0: no bundling)
+    marks: dict[str, object] | None = None  # stage timestamps of a traced call
 
 
 @dataclass(slots=True)
@@ -107,6 +112,13 @@ class Dispatcher:
         self._sweep_at_ms = 0
         self._running = True
         self._writing = False
+        self._popped_ns = 0  # when the replies being resolved were popped (traced calls)
+        # Each pool's run size cap as its workers published it (the data plane's refresh keeps
+        # it): bundles never hold more rows than a worker runs at once.
+        self.run_caps: dict[str, int] = {}
+        # Traced calls' stage timestamps by correlation id (modelgate.core.trace); empty unless
+        # the gateway traces.
+        self._traced: dict[str, dict[str, object]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -142,14 +154,23 @@ class Dispatcher:
         self._pending.clear()
 
     def submit(self, pool: str, request: wire.Request, deadline_ms: int,
-               max_rows: int) -> asyncio.Future[wire.Reply]:
-        """Queue one request; the future resolves with its reply or fails by the deadline."""
+               max_rows: int, marks: dict[str, object] | None = None
+               ) -> asyncio.Future[wire.Reply]:
+        """Queue one request; the future resolves with its reply or fails by the deadline.
+        With ``marks`` (a traced call), the stages it passes here are added to it."""
         loop = asyncio.get_running_loop()
         # Unguessable: nothing that cannot read the stream can forge an answer to a call.
         correlation = secrets.token_hex(8)
         future: asyncio.Future[wire.Reply] = loop.create_future()
         self._pending[correlation] = future
         self._add_deadline(loop, deadline_ms, correlation)
+        cap = self.run_caps.get(pool)
+        if cap is not None and max_rows > 0:
+            max_rows = max(1, min(max_rows, cap))
+        if marks is not None:
+            marks["id"] = correlation
+            marks["submitted"] = now_ns()
+            self._traced[correlation] = marks
         self._outbox.append(_Outgoing(pool, request, correlation, deadline_ms, max_rows))
         self._wake.set()
         return future
@@ -194,7 +215,15 @@ class Dispatcher:
                 ("XADD", pools.requests_stream(pool), "*", *fields.fields()), pool, ids))
         return entries
 
+    def _mark(self, correlations: Iterable[str], stage: str) -> None:
+        at = now_ns()
+        for correlation in correlations:
+            marks = self._traced.get(correlation)
+            if marks is not None:
+                marks[stage] = at
+
     def _expire(self, correlation: str) -> None:
+        self._traced.pop(correlation, None)
         future = self._pending.pop(correlation, None)
         if future is not None and not future.done():
             future.set_exception(DeadlineExceeded(
@@ -204,12 +233,14 @@ class Dispatcher:
         """Fail every pending request (Redis went away: their replies may never come)."""
         pending, self._pending = self._pending, {}
         self._outbox.clear()
+        self._traced.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
         return len(pending)
 
     def _fail(self, correlation: str, error: Exception) -> None:
+        self._traced.pop(correlation, None)
         future = self._pending.pop(correlation, None)
         if future is not None and not future.done():
             future.set_exception(error)
@@ -269,8 +300,12 @@ class Dispatcher:
         for entry in entries:
             commands.append(entry.command)
             commands.append(("INCRBY", pools.queued(entry.pool), len(entry.correlations)))
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "writing")
         await connection.send_packed_command(connection.pack_commands(commands),
                                              check_health=False)
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "sent")
         for entry in entries:
             try:
                 await connection.read_response()
@@ -302,6 +337,8 @@ class Dispatcher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
                 continue
+            if self._traced and replies:
+                self._popped_ns = now_ns()
             for raw in replies:
                 try:
                     self._resolve(raw)
@@ -362,6 +399,10 @@ class Dispatcher:
                 self._fail(correlation, ModelFailed(f"the worker's answer was unreadable: {e}"))
             return
         for part in wire.unbundle(reply):  # a decoded reply always cuts
+            if self._traced:
+                marks = self._traced.pop(part.id, None)
+                if marks is not None:
+                    marks["popped"] = self._popped_ns
             future = self._pending.pop(part.id, None)
             if future is None or future.done():
                 self._late.inc()  # answered already (duplicate delivery) or past its deadline

@@ -229,6 +229,26 @@ _SCHEMAS: dict[str, Any] = {
             "outputs": {"type": "array", "items": _schema("TensorMetadata")},
             "parameters": {"type": "object", "properties": {
                 "max_batch_size": {"type": "integer", "minimum": 0},
+                "batching": {
+                    "type": "object", "nullable": True,
+                    "description": "The batch sizes the version's workers tuned at load: "
+                                   "max_batch_size (the run size cap gateways bundle to), "
+                                   "preferred_batch_sizes, source (tuned, config, default), "
+                                   "curve (rows_per_s by batch on this host), curve_from "
+                                   "(measured, cached), host, measured_at",
+                    "properties": {
+                        "max_batch_size": {"type": "integer", "minimum": 0},
+                        "preferred_batch_sizes": {"type": "array",
+                                                  "items": {"type": "integer"}},
+                        "source": {"type": "string",
+                                   "enum": ["tuned", "config", "default"]},
+                        "curve": {"type": "array", "items": {
+                            "type": "object", "properties": {
+                                "batch": {"type": "integer"},
+                                "rows_per_s": {"type": "number"}}}},
+                        "curve_from": {"type": "string"},
+                        "host": {"type": "string"},
+                        "measured_at": {"type": "number"}}},
                 "lineage": {"type": "object", "nullable": True,
                             "description": "Where this version came from: run_id, params, "
                                            "metrics, registry (name, version, alias), from "

@@ -1,9 +1,10 @@
 """The worker's read loop: consumer-group reads, dynamic batching, atomic answers.
 
-An entry holds a bundle of requests (modelgate.core.wire). Rows, not entries, count toward
-``max_batch_size``: entries are read up to that many at once (each carries at least one row),
-grouped by compatible shapes, and cut into ORT runs of at most ``max_batch_size`` rows; an entry
-is never cut, and one larger than that runs on its own. A run's replies (one per bundle and
+An entry holds a bundle of requests (modelgate.core.wire). Rows, not entries, count toward the
+run size cap (the pool's tuned ``max_batch_size``, ``modelgate.core.batching``): entries are read
+up to that many at once (each carries at least one row), grouped by compatible shapes, and cut
+into ORT runs of at most that many rows; an entry is never cut, and one larger than that runs
+on its own. A run's replies (one per bundle and
 gateway) and the acknowledgement of its entries (``XACK``, ``XDEL``, the pool's queued-requests
 count) are one script, after the run, that acknowledges only what it answered
 (``modelgate.worker.answers``): answers Redis refuses are held and sent again, and the worker
@@ -25,10 +26,12 @@ from typing import Any
 import redis
 
 from modelgate.core import wire
+from modelgate.core.batching import BatchPlan
 from modelgate.core.clock import RedisClock
 from modelgate.core.repository import ModelVersion
 from modelgate.core.stats import StatsAccumulator, failure_field
 from modelgate.core.store import pools, replies
+from modelgate.core.trace import Tracer, now_ns
 from modelgate.worker.answers import Answers, Command
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.jobs import JobLane
@@ -130,8 +133,12 @@ class Consumer:
         reclaimer: Reclaimer | None = None,
         sampler: DriftSampler | None = None,
         clock: RedisClock | None = None,
+        plan: BatchPlan | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.client = client
+        # Stage timestamps of every entry, only with --trace-dir (modelgate.core.trace).
+        self.tracer = tracer
         # Deadlines and queue waits are in Redis's clock (the stream ids'), not this host's.
         self.clock = clock or RedisClock()
         self.reclaimer = reclaimer
@@ -144,7 +151,11 @@ class Consumer:
         # The stream is read and answered on one connection held for the worker's life:
         # taking it from the pool on every call costs a health-check syscall and a pid check.
         self._connection: redis.connection.AbstractConnection | None = None
-        self.read_count = max(1, model.max_batch_size)
+        # The pool's tuned run sizes (config.yaml's when it sets them), else the version's.
+        self.max_batch_size = plan.max_batch_size if plan is not None else model.max_batch_size
+        self.preferred_batch_sizes = (plan.preferred_batch_sizes if plan is not None
+                                      else model.config.preferred_batch_sizes)
+        self.read_count = max(1, self.max_batch_size)
         self.max_queue_delay_ms = model.config.max_queue_delay_ms
         self.processed = 0
         self.busy_s = 0.0
@@ -237,6 +248,7 @@ class Consumer:
             return 0
         if self.jobs is not None:
             self.jobs.saw_online()
+        read_ns = now_ns() if self.tracer is not None else 0
         now_ms = int(self.clock.now_ms())
         runnable: list[Entry] = []
         retried: list[Entry] = []
@@ -261,16 +273,19 @@ class Consumer:
                 failed[field] = failed.get(field, 0) + len(entry.ids)
             self.stats.add(completed=sum(failed.values()), **failed)
         runs = [*plan_runs(retried, 0),
-                *plan_runs(runnable, self.model.max_batch_size,
-                           self.model.config.preferred_batch_sizes)]
+                *plan_runs(runnable, self.max_batch_size, self.preferred_batch_sizes)]
         for run in runs:
+            run_ns = now_ns() if self.tracer is not None else 0
             run_started = time.perf_counter()
             answered = self.runner.run_batch([e.bundle for e in run if e.bundle is not None])
             self.busy_s += time.perf_counter() - run_started
             pairs: list[Settled] = [(entry, bundle, outcome)
                      for entry, parts in zip(run, answered, strict=True)
                      for bundle, outcome in parts]
+            ran_ns = now_ns() if self.tracer is not None else 0
             self._answer(pairs, now_ms)
+            if self.tracer is not None:
+                self._trace(pairs, read_ns, run_ns, ran_ns)
             self._count(pairs, now_ms)
             if self.sampler is not None:
                 self._sample(pairs)
@@ -280,6 +295,14 @@ class Consumer:
     def send(self, commands: list[Command]) -> list[Any]:
         """Commands in one write on the consumer's connection (the job lane shares it)."""
         return self._round_trip(commands)
+    def _trace(self, pairs: list[Settled], read_ns: int, run_ns: int, ran_ns: int) -> None:
+        """One line per entry of a run: when it was read, run and answered."""
+        assert self.tracer is not None
+        answered_ns = now_ns()
+        for entry, _, outcome in pairs:
+            self.tracer.write({"ids": list(entry.ids), "read": read_ns, "run": run_ns,
+                               "ort_ms": outcome.compute_ms, "ran": ran_ns,
+                               "answered": answered_ns, "rows": outcome.batch_size})
 
     def _round_trip(self, commands: list[Command]) -> list[Any]:
         if self._connection is None:

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
 
 import redis
@@ -37,12 +38,14 @@ from modelgate.core.settings import WorkerSettings
 from modelgate.core.store import jobs, pools
 from modelgate.core.store import models as model_store
 from modelgate.core.store.models import ModelState, VersionStatus
+from modelgate.core.trace import tracer
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.heartbeat import Heartbeat
 from modelgate.worker.jobs import JobLane
 from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Runner
+from modelgate.worker.tuning import publish, tune
 
 log = logging.getLogger("modelgate.worker")
 
@@ -115,6 +118,9 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         _withdraw(client, starting, worker_id)
         _report_load_error(client, version.pool, e)
         raise
+    # Before the first heartbeat: a live worker's pool always has its plan published.
+    plan = tune(client, version, runner, threads, settings.tuning_budget_s)
+    log.info("batching of %s: %s", version.pool, plan.describe())
     reclaimer = Reclaimer(client, version.pool, worker_id, settings.claim_timeout_ms,
                           settings.max_deliveries, settings.reclaim_interval_s)
     profile = load_profile(version) if version.rows_axis else None
@@ -126,7 +132,7 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
                  profile_path(version), len(profile.features), len(profile.labels))
     clock = RedisClock()
     consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s, reclaimer,
-                        sampler, clock)
+                        sampler, clock, plan, tracer(settings.trace_dir, "worker"))
     if version.rows_axis:
         consumer.jobs = JobLane(client, version, runner, worker_id, consumer.send,
                                 Reclaimer(client, version.pool, worker_id,
@@ -170,14 +176,14 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         settings.heartbeat_interval_s, settings.heartbeat_ttl_s, stats, flush, clock,
         version.sha256, on_state,
     )
-    _wait_for_redis(consumer, heartbeat, stop)
+    _wait_for_redis(consumer, heartbeat, stop, lambda: publish(client, version.pool, plan))
     check_redis(client, log)
     gc.collect()
     gc.freeze()  # the session and modules live as long as the process: skip them in full passes
     heartbeat.start(beat_first=False)
     _withdraw(client, starting, worker_id)
     log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
-             worker_id, version.pool, version.max_batch_size, threads)
+             worker_id, version.pool, plan.max_batch_size, threads)
     handled = steps = failures = 0
     outage = Outage()
     backoff_s = 0.1  # after a failed step that was no outage
@@ -295,15 +301,18 @@ def _withdraw(client: redis.Redis, starting: str, worker_id: str) -> None:
         log.warning("could not withdraw start announcement (%s); it expires", e)
 
 
-def _wait_for_redis(consumer: Consumer, heartbeat: Heartbeat, stop: threading.Event) -> None:
-    """Until the group exists and the first heartbeat is written: a worker reads nothing
-    before others can see it is alive (they would take its entries over)."""
+def _wait_for_redis(consumer: Consumer, heartbeat: Heartbeat, stop: threading.Event,
+                    publish_plan: Callable[[], None]) -> None:
+    """Until the group exists, the pool's batch plan is published and the first heartbeat is
+    written: a worker reads nothing before others can see it is alive (they would take its
+    entries over), and gateways bundle to the plan from the moment they count it live."""
     outage = Outage()
     while not stop.is_set():
         try:
             consumer.ensure_group()
             if consumer.jobs is not None:
                 consumer.jobs.ensure_group()
+            publish_plan()
             heartbeat.beat()
             outage.over()
             return

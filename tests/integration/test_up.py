@@ -285,3 +285,37 @@ def test_a_gateway_that_cannot_bind_exits_at_once(up_repository: Path, tmp_path:
             pytest.fail(f"the gateway still runs 20 s after failing to bind:\n{processes.logs()}")
         assert code != 0
         assert "address already in use" in processes.logs()
+
+
+def test_gateway_procs_auto_starts_one_gateway_and_says_how_many_may_come(
+        up_repository: Path, tmp_path: Path) -> None:
+    """`up --gateway-procs auto` serves with one gateway process, bound so that the ones it
+    adds while the gateways are busy share the port (modelgate.cli.gateways decides; its tests
+    step the decision tick by tick: saturating a gateway here would take the machine)."""
+    processes = Processes(tmp_path)
+    port = free_port()
+    process = processes.spawn("up", ["up", "--models", str(up_repository), "--port", str(port),
+                                     "--min-workers", "1", "--gateway-procs", "auto"])
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: "gateway listening" in processes.logs(), READY_TIMEOUT_S,
+                   "`up --gateway-procs auto` to listen", processes.check_alive,
+                   processes.logs)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                            "data": [0.1, 0.2, 0.3, 0.4]}]}
+        assert httpx.post(f"{base_url}/v2/models/mlp/infer", json=body).status_code == 200
+        gateways = [pid for pid, (_, c) in descendants(process.pid).items() if " gateway " in c]
+        assert len(gateways) == 1
+        cpus = len(os.sched_getaffinity(0))
+        assert f"(more, up to {max(cpus, 1)}, while the gateways are busy)" in processes.logs()
+        # The port is bound with SO_REUSEPORT: a gateway it adds binds it beside the first
+        # (bound, not listening: no call can land on it).
+        extra = socket.socket()
+        try:
+            extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if cpus > 1:
+                extra.bind(("127.0.0.1", port))
+        finally:
+            extra.close()
+    finally:
+        processes.stop()

@@ -10,13 +10,14 @@ import orjson
 import pytest
 
 from bench import floor
+from bench.cpu import Usage
 from bench.goals import goal_lines
 from bench.load import LoadResult
 from bench.peer import BentoMLTarget
 from bench.peer_venv import PeerVenv
-from bench.report import markdown_curve, markdown_rounds
+from bench.report import markdown_cpu_table, markdown_curve, markdown_rounds
 from bench.results import Measurement, Section, combine_rounds
-from bench.workloads import WrongAnswer, heavy, mlp
+from bench.workloads import WrongAnswer, binary_body, heavy, mlp
 
 HEAVY = Section("heavy", "compute-bound", workers=2)
 MLP = Section("mlp", "tiny", workers=1)
@@ -149,3 +150,38 @@ def test_rounds_combine_into_mean_throughput_median_latency_and_all_errors() -> 
     assert "round 3" in page
     assert "| modelgate | 1 | 1,000 / 0.90 | 1,400 / 0.60 | 1,200 / 0.70 |" in page
     assert markdown_rounds(raw[:2], "mlp") == ""  # one round: nothing to spread
+
+
+def test_cnn_goals_judge_json_against_naive_and_binary_against_the_process_floor() -> None:
+    measurements = [point("cnn", "modelgate", 16, 420), point("cnn", "naive", 16, 250),
+                    point("cnn", "modelgate-binary", 16, 640)]
+    floors = [sweep("cnn", 1, {1: 390, 4: 400}),
+              floor.Sweep("cnn", 1, (floor.BatchPoint(4, 175, 1.0, 5.0, 9.0),), processes=2)]
+
+    lines = goal_lines(measurements, floors, Section("cnn", "large tensors", workers=2))
+
+    assert "1.68x (goal >= 1.6x: MET)" in line(lines, "modelgate/naive throughput at c=16")
+    assert "640 / 700 rows/s = 0.91x (goal >= 0.85x: MET)" in line(
+        lines, "modelgate-binary/ort-floor throughput at c=16")
+    assert "2 processes x 1 thread" in line(lines, "info: 2 independent")
+
+
+def test_binary_body_is_the_json_header_then_the_raw_tensor_bytes() -> None:
+    body, header_length = binary_body(heavy().body)
+
+    header = orjson.loads(body[:header_length])
+    raw = np.frombuffer(body[header_length:], dtype="<f4")
+    assert "data" not in header["inputs"][0]
+    assert header["inputs"][0]["parameters"] == {"binary_data_size": raw.nbytes}
+    assert np.allclose(raw, heavy().body["inputs"][0]["data"])
+
+
+def test_cpu_table_gives_each_process_kind_its_cpu_per_request() -> None:
+    result = LoadResult(requests=20_000, duration_s=10.0, p50_ms=1.0, p99_ms=2.0, non_2xx=0,
+                        socket_errors=0)
+    usage = Usage(1.0, 0.1, 0.0, (("gateway", 0.6), ("redis", 0.1), ("workers", 0.3)))
+
+    table = markdown_cpu_table([Measurement("mlp64", "modelgate", 32, result, usage)], "mlp64")
+
+    assert "| modelgate | 32 | 1.00 | 500 | gateway 300, redis 50, workers 150 |" in table
+

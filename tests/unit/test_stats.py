@@ -101,12 +101,14 @@ def test_figures_of_a_pool_with_bad_data_name_it_and_say_whether_they_are_a_read
     refused = RuntimeError("WRONGTYPE Operation against a key holding the wrong kind of value")
     query = FiguresQuery(["a:1", "b:1", "c:1"], now=1000.0)
     seconds = len(query.seconds)
-    results = ([1, 0, 2, b"3"] + [{b"arrivals": b"inf"}] + [{}] * (seconds - 1)
-               + [refused, 0, 0, None] + [{}] * seconds
-               + [1, 0, 0, None] + [refused] + [{}] * (seconds - 1))
+    # Per pool: the gauges, the batch plan, then the seconds' buckets.
+    results = ([1, 0, 2, b"3", None] + [{b"arrivals": b"inf"}] + [{}] * (seconds - 1)
+               + [refused, 0, 0, None, b"not a plan"] + [{}] * seconds
+               + [1, 0, 0, None, None] + [refused] + [{}] * (seconds - 1))
     figures = query.parse(results)
     assert (figures["a:1"].readable, figures["a:1"].gauges.live_workers) == (True, 1)
     assert figures["a:1"].rates.arrivals_per_s == 0.0
     assert len(figures["a:1"].problems) == 1
     assert not figures["b:1"].readable and figures["b:1"].problems[0].startswith("workers")
+    assert figures["b:1"].plan is None and figures["b:1"].problems[1].startswith("batching")
     assert figures["c:1"].readable and figures["c:1"].problems[0].startswith("stats")

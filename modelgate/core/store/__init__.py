@@ -12,6 +12,7 @@ Keys are typed by family so that a model name can never collide with another kin
     mg:autoscaler:...               the autoscaler's decisions and budget
     mg:jobs, mg:job:{id}:...        batch prediction jobs (and each pool's job stream)
     mg:fb:{model}:...               stored answers, labels and quality (feedback)
+    mg:tuning:{sha256}              throughput curves measured per model content and host
 
 and each version's lineage and totals since it loaded (``lineage``), under the pool's and the
 model's prefixes.
@@ -28,7 +29,7 @@ PREFIX = "mg"
 
 # The modules of this package, in the order docs/architecture.md lists them.
 FAMILIES = ("models", "traffic", "pools", "heartbeats", "replies", "scaling", "drift",
-            "lineage", "jobs", "feedback")
+            "lineage", "jobs", "feedback", "batching")
 
 # Words of Redis error replies caused by what a key holds (a key of another type, a counter that
 # is not a number), as opposed to the server's own state (LOADING, MISCONF, OOM, READONLY, ...):

@@ -19,7 +19,8 @@ from modelgate.core.store import FAMILIES
 PLACEHOLDERS = {"pool": "{model}:{version}", "worker_id": "{worker}",
                 "gateway_id": "{gateway}", "epoch_s": "{epoch_s}", "model": "{model}",
                 "command_id": "{command}", "serving": "{serving}",
-                "candidate": "{candidate}", "job_id": "{id}", "version": "{version}"}
+                "candidate": "{candidate}", "job_id": "{id}", "version": "{version}",
+                "sha256": "{sha256}", "host_id": "{host_id}"}
 
 
 def pattern(key: str | Callable[..., str]) -> str:

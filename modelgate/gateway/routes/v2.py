@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -9,6 +12,7 @@ from starlette.routing import Route
 from modelgate import __version__
 from modelgate.core.errors import ModelNotFound
 from modelgate.core.repository import ModelVersion, RepositoryError
+from modelgate.core.trace import Tracer, now_ns
 from modelgate.gateway import protocol, versions
 from modelgate.gateway.binary import HEADER, split_body
 from modelgate.gateway.body import Bodies, json_body
@@ -54,6 +58,7 @@ async def model_metadata(request: Request) -> Response:
             "default_version": served.state.default,
             "sha256": model.sha256,
             "max_batch_size": model.max_batch_size,
+            "batching": _batching(plane, model),
             "version_policy": model.config.version_policy.describe(),
             "source": model.config.source,
             "versions": {v: sv.state.body() for v, sv in
@@ -62,6 +67,14 @@ async def model_metadata(request: Request) -> Response:
             "run_url": model.lineage.run_url(plane.settings.mlflow_tracking_uri),
         },
     }), media_type=JSON)
+
+
+def _batching(plane: DataPlane, model: ModelVersion) -> dict[str, Any] | None:
+    """The batch sizes the version's workers tuned and the curve behind them (null until a
+    worker of this content has loaded)."""
+    view = plane.pools.get(model.pool)
+    plan = view.plan if view is not None else None
+    return plan.body() if plan is not None and plan.sha256 == model.sha256 else None
 
 
 async def model_versions(request: Request) -> Response:
@@ -95,17 +108,24 @@ async def drift(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     plane = _plane(request)
+    marks: dict[str, object] | None = {"start": now_ns()} if plane.tracer is not None else None
     routed = plane.route(request.path_params["name"], request.path_params.get("version"),
                          request.headers)
     model = routed.version
     request.state.served = (model.name, model.version, routed.route)
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget, binary_ok=True) as raw:
+        if marks is not None:
+            marks["read"] = now_ns()
         header, binary = split_body(raw, request.headers.get(HEADER))
         parsed = await bodies.parsers.parse(V2, model, header, binary)
         deadline = protocol.timeout_ms(parsed.request.parameters, model,
                               plane.settings.default_timeout_ms)
-        reply = await plane.infer(model, parsed.request, deadline)
+        if marks is not None:
+            marks["parsed"] = now_ns()
+        reply = await plane.infer(model, parsed.request, deadline, marks)
+    if marks is not None:
+        marks["resumed"] = now_ns()
     if routed.shadow is not None:
         plane.mirror(model, routed.shadow, parsed.request, reply)
     # Every answer carries its call's id (the caller's, else a new one) for feedback later.
@@ -115,9 +135,22 @@ async def infer(request: Request) -> Response:
         model, reply, call, set(parsed.binary_outputs), protocol.wants_maps(parsed.request))
     headers = {protocol.MODEL_VERSION_HEADER: model.version, **id_headers(call)}
     if header_length is None:
-        return Response(content, media_type=JSON, headers=headers)
-    return Response(content, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(header_length), **headers})
+        response = Response(content, media_type=JSON, headers=headers)
+    else:
+        response = Response(content, media_type="application/octet-stream",
+                            headers={"Inference-Header-Content-Length": str(header_length),
+                                     **headers})
+    if marks is not None and plane.tracer is not None:
+        marks["formatted"] = now_ns()
+        marks["request_id"] = call
+        # Runs once the answer is sent: when, then the line (outside every stage).
+        response.background = BackgroundTask(_traced, plane.tracer, marks)
+    return response
+
+
+def _traced(tracer: Tracer, marks: dict[str, object]) -> None:
+    marks["sent"] = now_ns()
+    tracer.write(marks)
 
 
 routes = [
