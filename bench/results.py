@@ -16,6 +16,7 @@ from typing import Any
 from bench.cpu import Usage
 from bench.floor import Sweep
 from bench.load import LoadResult
+from modelgate.core.batching import cpu_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +116,9 @@ def _nproc() -> int:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The name the workers tune batch sizes by (their cache key), so a bench page and a
+    worker's curve name the same CPU."""
+    return cpu_model()
 
 
 def _commit(repo: Path) -> str:
