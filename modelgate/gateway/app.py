@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -11,7 +10,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -35,7 +34,7 @@ from modelgate.gateway.connections import ConnectionGuard, connection_budget
 from modelgate.gateway.dashboard import Dashboard
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.errors import domain_error_response, error_response
-from modelgate.gateway.metrics import Metrics
+from modelgate.gateway.metrics import SERVED, Metrics
 from modelgate.gateway.parsing import Parsers
 from modelgate.gateway.recorder import AnswerRecorder
 from modelgate.gateway.routes import (
@@ -93,14 +92,13 @@ def _wrap(endpoint: Endpoint, settings: GatewaySettings, probe: bool,
             response = await endpoint(request)
         except ModelgateError as e:
             response = domain_error_response(e)
-        served = getattr(request.state, "served", None)
+        served = request.scope.get(SERVED)
         if served is not None:
             # Counted once the response is written (the rest of this step), not before it.
             metrics: Metrics = request.app.state.plane.metrics
             model, version, route = served
-            asyncio.get_running_loop().call_soon(
-                metrics.count_request, model, version, "http", route, response.status_code,
-                time.perf_counter() - started)
+            metrics.later(metrics.count_request, model, version, "http", route,
+                          response.status_code, time.perf_counter() - started)
         return response
 
     return handler
@@ -200,6 +198,47 @@ KEEP_ALIVE_S = 75
 INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 
 
+class CallHeaders(Mapping[str, str]):
+    """A request's headers, read case-insensitively, as a dict built once (the first of a
+    repeated header wins, as with Starlette's ``Headers``): an infer call reads half a dozen
+    of them, and ``Headers`` scans the whole list on every read."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        values: dict[str, str] = {}
+        for key, value in raw:  # the server gives names in lower case
+            values.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+        self._values = values
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key.lower()]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class CallRequest(Request):
+    """The Starlette request of an infer call, with :class:`CallHeaders`."""
+
+    _call_headers: CallHeaders | None = None
+
+    @property
+    def headers(self) -> CallHeaders:  # type: ignore[override]
+        if self._call_headers is None:
+            self._call_headers = CallHeaders(self.scope["headers"])
+        return self._call_headers
+
+
 class InferFastPath:
     """ASGI front for the hot path: V2 infer calls go straight to their (wrapped) endpoint.
 
@@ -226,7 +265,7 @@ class InferFastPath:
             if match is not None:
                 scope["app"] = self.app
                 scope["path_params"] = {k: v for k, v in match.groupdict().items() if v}
-                request = Request(scope, receive, send)
+                request = CallRequest(scope, receive, send)
                 try:
                     response = await self.infer(request)
                 except Exception as e:  # the same last resort the router path has
@@ -247,6 +286,9 @@ def server_config(settings: GatewaySettings) -> uvicorn.Config:
                           log_level="warning", access_log=False, loop="uvloop",
                           http=guard.protocol(), timeout_graceful_shutdown=5,
                           timeout_keep_alive=KEEP_ALIVE_S,
+                          # No "server: uvicorn" on every answer: it says nothing a caller
+                          # needs, and costs a header per call.
+                          server_header=False,
                           # No access log means nothing reads X-Forwarded-For: skip the
                           # middleware that would parse it on every call.
                           proxy_headers=False)

@@ -42,6 +42,8 @@ log = logging.getLogger("modelgate.gateway")
 SWEEP_INTERVAL_S = 1.0
 BODY_GRACE_S = 1.0  # after the body deadline, for the route reading it to answer 408 first
 EVICT_IDLE_S = 1.0
+# Scope key set once a request's whole body is buffered (absent: it may still be coming).
+BODY_ARRIVED = "modelgate.body_arrived"
 REFUSED_GRACE_S = 1.0  # a refused newcomer has this long to send the request it is refused
 # File descriptors kept for everything but client sockets: Redis connections (the gateway's
 # pools hold up to 66), the listening sockets, parser pipes, metric files, logs.
@@ -206,6 +208,10 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        if self.cycle is not None:
+            # Every byte of the body is buffered: the route reading it cannot wait for more,
+            # so it needs no deadline of its own (``gateway/body.py``).
+            self.cycle.scope[BODY_ARRIVED] = True
         self.deadline = None
         self.in_body = self.started = False
 

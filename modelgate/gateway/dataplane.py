@@ -298,8 +298,7 @@ class DataPlane:
         reply = await future
         view.completed += 1
         # After this call's answer is written (the rest of this step), not before it.
-        asyncio.get_running_loop().call_soon(self.metrics.observe_reply, model.name,
-                                             model.version, reply)
+        self.metrics.later(self.metrics.observe_reply, model.name, model.version, reply)
         if reply.status != wire.ReplyStatus.OK:
             raise ERROR_OF_REPLY.get(reply.status, ModelFailed)(reply.error)
         return reply

@@ -398,7 +398,7 @@ class Dispatcher:
             for correlation in e.ids if isinstance(e, wire.ReplyError) else ():
                 self._fail(correlation, ModelFailed(f"the worker's answer was unreadable: {e}"))
             return
-        for part in wire.unbundle(reply):  # a decoded reply always cuts
+        for part in wire.unbundle(reply, decoded=True):  # a decoded reply always cuts
             if self._traced:
                 marks = self._traced.pop(part.id, None)
                 if marks is not None:

@@ -10,9 +10,12 @@ live process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -31,6 +34,11 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+log = logging.getLogger("modelgate.gateway")
+# Scope key a route sets to the (model, version, route) a call was admitted to: the request
+# metrics are counted under it once the call is answered (``gateway/app.py``).
+SERVED = "modelgate.served"
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -40,6 +48,7 @@ class Metrics:
         self._requests: dict[tuple[str, str, str, str, int], Counter] = {}
         self._grpc_requests: dict[tuple[str, str, str, str], Counter] = {}
         self._quality_metrics: dict[tuple[str, str], set[str]] = {}
+        self._later: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
         gauge_mode: Literal["livemostrecent", "all"] = (
@@ -144,6 +153,22 @@ class Metrics:
             "modelgate_quality_alert",
             "1 while the version's accuracy is significantly below its reference (CUSUM)",
             pool_labels, registry=r, multiprocess_mode=gauge_mode)
+
+    def later(self, record: Callable[..., None], *args: Any) -> None:
+        """``record(*args)`` once the answers of this event-loop step are written: one
+        callback for every call of the step rather than one per call (a figure a few
+        microseconds late changes nothing a scrape sees)."""
+        self._later.append((record, args))
+        if len(self._later) == 1:
+            asyncio.get_running_loop().call_soon(self._record_later)
+
+    def _record_later(self) -> None:
+        pending, self._later = self._later, []
+        for record, args in pending:
+            try:
+                record(*args)
+            except Exception:  # one figure lost, never the others, never the loop
+                log.exception("a metric could not be recorded")
 
     def set_quality(self, model: str, version: str, metric: str, value: float) -> None:
         """One live quality figure of a version (forgotten with its pool)."""

@@ -11,6 +11,7 @@ from modelgate.gateway import protocol
 from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.feedback import REQUEST_ID_HEADER, call_id, id_headers
+from modelgate.gateway.metrics import SERVED
 from modelgate.gateway.parsing import V1
 from modelgate.gateway.protocol import MODEL_VERSION_HEADER
 
@@ -26,7 +27,7 @@ async def predict(request: Request) -> Response:
         name = request.path_params["name"]
     routed = plane.route(name, request.path_params.get("version"), request.headers)
     model = routed.version
-    request.state.served = (model.name, model.version, routed.route)
+    request.scope[SERVED] = (model.name, model.version, routed.route)
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget) as raw:
         parsed = await bodies.parsers.parse(V1, model, raw, None)

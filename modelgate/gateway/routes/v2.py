@@ -18,6 +18,7 @@ from modelgate.gateway.binary import HEADER, split_body
 from modelgate.gateway.body import Bodies, json_body
 from modelgate.gateway.dataplane import DataPlane
 from modelgate.gateway.feedback import REQUEST_ID_HEADER, call_id, id_headers
+from modelgate.gateway.metrics import SERVED
 from modelgate.gateway.parsing import V2
 
 JSON = "application/json"
@@ -112,7 +113,7 @@ async def infer(request: Request) -> Response:
     routed = plane.route(request.path_params["name"], request.path_params.get("version"),
                          request.headers)
     model = routed.version
-    request.state.served = (model.name, model.version, routed.route)
+    request.scope[SERVED] = (model.name, model.version, routed.route)
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget, binary_ok=True) as raw:
         if marks is not None:
@@ -133,19 +134,38 @@ async def infer(request: Request) -> Response:
     plane.feedback.record(model, call, reply)
     content, header_length = protocol.format_v2_binary(
         model, reply, call, set(parsed.binary_outputs), protocol.wants_maps(parsed.request))
-    headers = {protocol.MODEL_VERSION_HEADER: model.version, **id_headers(call)}
-    if header_length is None:
-        response = Response(content, media_type=JSON, headers=headers)
-    else:
-        response = Response(content, media_type="application/octet-stream",
-                            headers={"Inference-Header-Content-Length": str(header_length),
-                                     **headers})
+    response = Answer(content, model.version, call, header_length)
     if marks is not None and plane.tracer is not None:
         marks["formatted"] = now_ns()
         marks["request_id"] = call
         # Runs once the answer is sent: when, then the line (outside every stage).
         response.background = BackgroundTask(_traced, plane.tracer, marks)
     return response
+
+
+class Answer(Response):
+    """An infer call's response, its headers written as bytes at once (Starlette's Response
+    lower-cases and encodes each header of each call): the model version that answered, the
+    call's id when a header can carry it (``feedback.id_headers``), and for a binary answer
+    the length of its JSON part."""
+
+    def __init__(self, content: bytes, version: str, call: str,
+                 header_length: int | None) -> None:
+        self.status_code = 200
+        self.body = content
+        self.background = None
+        headers = [(b"content-length", str(len(content)).encode()),
+                   (b"content-type", b"application/json" if header_length is None
+                    else b"application/octet-stream"),
+                   (VERSION_HEADER, version.encode())]
+        if header_length is not None:
+            headers.append((b"inference-header-content-length", str(header_length).encode()))
+        for name, value in id_headers(call).items():
+            headers.append((name.lower().encode(), value.encode()))
+        self.raw_headers = headers
+
+
+VERSION_HEADER = protocol.MODEL_VERSION_HEADER.lower().encode()
 
 
 def _traced(tracer: Tracer, marks: dict[str, object]) -> None:
