@@ -211,7 +211,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.cycle is not None:
             # Every byte of the body is buffered: the route reading it cannot wait for more,
             # so it needs no deadline of its own (``gateway/body.py``).
-            self.cycle.scope[BODY_ARRIVED] = True
+            self.cycle.scope[BODY_ARRIVED] = True  # type: ignore[literal-required]
         self.deadline = None
         self.in_body = self.started = False
 

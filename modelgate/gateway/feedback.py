@@ -172,12 +172,12 @@ def records(spec: PredictionSpec, version: str,
     names = [n for n in (spec.label, spec.probabilities, spec.score) if n is not None]
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for index, (_, reply) in enumerate(answered):
-        key = []
+        shapes = []
         for name in names:
             t = reply.outputs.get(name)
             if t is not None and t.datatype != wire.JSON:
-                key.append((name, t.datatype, t.shape[1:], len(t.shape)))
-        groups[tuple(key)].append(index)
+                shapes.append((name, t.datatype, t.shape[1:], len(t.shape)))
+        groups[tuple(shapes)].append(index)
     found: list[store.AnswerRecord | None] = [None] * len(answered)
     for key, members in groups.items():
         stacked = _stacked(key, [answered[i][1] for i in members])
