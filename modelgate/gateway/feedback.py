@@ -25,7 +25,7 @@ import random
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +169,24 @@ def records(spec: PredictionSpec, version: str,
     and trailing shape: nearly always all of them) are predicted as one array, so a busy
     gateway pays numpy's per-call cost once per flush, not once per answer.
     """
+    found: list[store.AnswerRecord | None] = [None] * len(answered)
+    for index, cut, start, count in _cuts(spec, answered):
+        found[index] = cut.record(version, answered[index][0], start, count)
+    return found
+
+
+def encoded_records(spec: PredictionSpec, version: str,
+                    answered: Sequence[tuple[float, wire.Reply]]) -> list[bytes | None]:
+    """``[r.encode() for r in records(...)]`` (None where no record), without the records."""
+    found: list[bytes | None] = [None] * len(answered)
+    for index, cut, start, count in _cuts(spec, answered):
+        found[index] = cut.encoded(version, answered[index][0], start, count)
+    return found
+
+
+def _cuts(spec: PredictionSpec, answered: Sequence[tuple[float, wire.Reply]]
+          ) -> Iterator[tuple[int, _Cut, int, int]]:
+    """(index, predictions, first row, rows) of each answer holding a prediction."""
     names = [n for n in (spec.label, spec.probabilities, spec.score) if n is not None]
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for index, (_, reply) in enumerate(answered):
@@ -178,7 +196,6 @@ def records(spec: PredictionSpec, version: str,
             if t is not None and t.datatype != wire.JSON:
                 shapes.append((name, t.datatype, t.shape[1:], len(t.shape)))
         groups[tuple(shapes)].append(index)
-    found: list[store.AnswerRecord | None] = [None] * len(answered)
     for key, members in groups.items():
         stacked = _stacked(key, [answered[i][1] for i in members])
         if stacked is not None:
@@ -191,18 +208,17 @@ def records(spec: PredictionSpec, version: str,
                 start = 0
                 cut = _Cut(spec, predicted)
                 for index, count in zip(members, counts, strict=True):
-                    found[index] = cut.record(version, answered[index][0], start, count)
+                    yield index, cut, start, count
                     start += count
                 continue
         for index in members:  # one by one: shapes that do not stack
-            at, reply = answered[index]
+            reply = answered[index][1]
             outputs = {n: t.data for n, t in reply.outputs.items() if t.datatype != wire.JSON}
             try:
                 predicted = predict(spec, outputs)
             except PredictionError:
                 continue
-            found[index] = _Cut(spec, predicted).record(version, at, 0, predicted.rows)
-    return found
+            yield index, _Cut(spec, predicted), 0, predicted.rows
 
 
 def _stacked(key: tuple[Any, ...], replies: list[wire.Reply]
@@ -253,6 +269,13 @@ class _Cut:
                 self.columns = named
         self.probabilities = (np.ascontiguousarray(probabilities, "<f4")
                               if probabilities is not None else None)
+        # The same as bytes once, so each answer's part is a slice of them.
+        self.scores_f8 = (np.ascontiguousarray(self.scores, "<f8").tobytes()
+                          if self.scores is not None else b"")
+        self.confidence_f4 = (self.confidence.tobytes()
+                              if self.confidence is not None else None)
+        self.probabilities_f4 = (self.probabilities.tobytes()
+                                 if self.probabilities is not None else None)
 
     def record(self, version: str, at: float, start: int,
                count: int) -> store.AnswerRecord | None:
@@ -267,6 +290,23 @@ class _Cut:
             self.confidence[start:end] if self.confidence is not None else None,
             self.probabilities[start:end] if self.probabilities is not None else None,
             self.columns)
+
+    def encoded(self, version: str, at: float, start: int, count: int) -> bytes | None:
+        """``record(...).encode()``, with no record object in between."""
+        rows = min(count, store.MAX_ROWS_PER_ANSWER)
+        if rows == 0:
+            return None
+        end = start + rows
+        if self.scores is not None:
+            return store.encode_answer(version, at, (), None, None, 0, (),
+                                       self.scores_f8[start * 8:end * 8])
+        width = self.probabilities.shape[1] if self.probabilities is not None else 0
+        return store.encode_answer(
+            version, at, self.classes[start:end],
+            self.confidence_f4[start * 4:end * 4] if self.confidence_f4 is not None else None,
+            self.probabilities_f4[start * 4 * width:end * 4 * width]
+            if self.probabilities_f4 is not None else None,
+            width, self.columns, None)
 
 
 class Feedback:
@@ -336,11 +376,11 @@ class Feedback:
         by_model: dict[str, list[tuple[ModelVersion, str, bytes]]] = defaultdict(list)
         for entries in by_version.values():
             model = entries[-1][0]
-            found = records(self.spec_of(model), model.version,
-                            [(at, reply) for _, _, at, reply in entries])
-            for (version, call, _, _), record in zip(entries, found, strict=True):
-                if record is not None:
-                    by_model[version.name].append((version, call, record.encode()))
+            found = encoded_records(self.spec_of(model), model.version,
+                                    [(at, reply) for _, _, at, reply in entries])
+            for (version, call, _, _), value in zip(entries, found, strict=True):
+                if value is not None:
+                    by_model[version.name].append((version, call, value))
         return by_model
 
     async def _make_room(self, name: str, keys: list[str]) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 from modelgate.core import wire
 from modelgate.core.prediction import PredictionError, PredictionSpec, derive, predict
 from modelgate.core.store import feedback as store
-from modelgate.gateway.feedback import records
+from modelgate.gateway.feedback import encoded_records, records
 
 RNG = np.random.default_rng(7)
 
@@ -55,6 +55,15 @@ def _same(left: list[object], right: list[object]) -> None:
         assert a.encode() == b.encode()  # type: ignore[attr-defined]
 
 
+def _stored(spec: PredictionSpec, answered: list[tuple[float, wire.Reply]]) -> list[object]:
+    """What the gateway stores (``encoded_records``) checked against the reference's
+    encoding, and the records."""
+    expected = [None if r is None else r.encode()  # type: ignore[attr-defined]
+                for r in _alone(spec, answered)]
+    assert encoded_records(spec, "1", answered) == expected
+    return records(spec, "1", answered)  # type: ignore[return-value]
+
+
 def test_stacked_classifier_answers_are_recorded_as_each_alone() -> None:
     spec = derive([("label", "INT64", (-1,)), ("probabilities", "FP32", (-1, 3))])
     answered = []
@@ -63,7 +72,7 @@ def test_stacked_classifier_answers_are_recorded_as_each_alone() -> None:
         probabilities = _probabilities(rows)
         answered.append((1000.0 + i, _reply(label=probabilities.argmax(axis=1),
                                             probabilities=probabilities)))
-    found = records(spec, "1", answered)
+    found = _stored(spec, answered)
     assert all(r is not None for r in found)
     assert [r.rows for r in found if r is not None] == [1 + i % 4 for i in range(40)]
     _same(found, _alone(spec, answered))
@@ -75,7 +84,7 @@ def test_one_label_outside_the_columns_does_not_take_the_confidence_from_the_oth
             for _ in range(5)]
     odd = (2.0, _reply(label=np.array([7]), probabilities=_probabilities(1)))
     answered = [*good[:2], odd, *good[2:]]
-    found = records(spec, "1", answered)
+    found = _stored(spec, answered)
     assert found[0] is not None and found[0].confidence is not None
     assert found[2] is not None and found[2].confidence is None
     _same(found, _alone(spec, answered))
@@ -86,13 +95,13 @@ def test_probabilities_alone_regression_and_unstackable_answers_match_too() -> N
     answered = [(float(i), _reply(probabilities=_probabilities(2, 4))) for i in range(10)]
     answered.append((11.0, _reply(other=np.zeros((1, 2), np.float32))))  # no prediction
     answered.append((12.0, _reply(probabilities=_probabilities(1, 5))))  # another width
-    found = records(spec, "1", answered)
+    found = _stored(spec, answered)
     assert found[10] is None and found[11] is not None and found[11].rows == 1
     _same(found, _alone(spec, answered))
     regression = derive([("score", "FP32", (-1, 1))])
     scored = [(float(i), _reply(score=RNG.random((1 + i % 3, 1)).astype(np.float32)))
               for i in range(12)]
-    _same(records(regression, "1", scored), _alone(regression, scored))
+    _same(_stored(regression, scored), _alone(regression, scored))
     assert sum(r.rows for r in records(regression, "1", scored) if r is not None) == 24
 
 
@@ -100,5 +109,5 @@ def test_answers_of_no_rows_are_not_stored() -> None:
     spec = derive([("probabilities", "FP32", (-1, 3))])
     answered = [(1.0, _reply(probabilities=np.zeros((0, 3), np.float32))),
                 (2.0, _reply(probabilities=_probabilities(1)))]
-    found = records(spec, "1", answered)
+    found = _stored(spec, answered)
     assert found[0] is None and found[1] is not None
