@@ -328,6 +328,67 @@ def encode_bundle(bundle: Bundle) -> bytes:
     )
 
 
+# A bundle's numeric inputs past this many bytes are written as the requests' own buffers
+# (:func:`encode_bundle_parts`) rather than concatenated and copied into one msgpack message.
+LARGE_INPUT_BYTES = 32 * 1024
+
+
+def encode_bundle_parts(requests: Sequence[Request]) -> list[bytes | memoryview]:
+    """``encode_bundle(combine(ids, requests))`` as pieces whose concatenation is a msgpack
+    message decoding to the same bundle, with each numeric input's data left in the requests'
+    own buffers: a 150 KB image is then copied by nobody between the call's body and the
+    socket to Redis (which takes the pieces in one vectored write). BYTES and JSON inputs are
+    packed as :func:`encode_bundle` packs them.
+    """
+    pack = msgpack.packb
+    first = requests[0]
+    single = len(requests) == 1
+    head = [b"\x85", pack("v"), pack(WIRE_VERSION), pack("rows"),
+            pack([r.rows for r in requests]), pack("inputs"), _map_header(len(first.inputs))]
+    pieces: list[bytes | memoryview] = []
+    for name, t in first.inputs.items():
+        parts = [r.inputs[name] for r in requests]
+        rows = sum(part.rows for part in parts)
+        shape = [rows, *t.shape[1:]] if not single else list(t.shape)
+        if t.datatype in (JSON, BYTES):
+            data = t if single else Tensor(t.datatype, tuple(shape), np.concatenate(
+                [part.data for part in parts], axis=0))
+            head.append(pack(name) + pack(_encode_tensor(data)))
+            continue
+        dtype = NUMPY_DTYPES[t.datatype]
+        arrays = [np.ascontiguousarray(part.data, dtype=dtype) for part in parts]
+        size = sum(a.nbytes for a in arrays)
+        head.append(pack(name) + b"\x93" + pack(t.datatype) + pack(shape) + _bin_header(size))
+        pieces.append(b"".join(head))
+        head = []
+        pieces.extend(memoryview(a).cast("B") for a in arrays if a.nbytes)
+    head += [pack("outputs"), pack(list(first.outputs) if first.outputs is not None else None),
+             pack("parameters"), pack(first.parameters if single else {})]
+    pieces.append(b"".join(head))
+    return pieces
+
+
+def _map_header(size: int) -> bytes:
+    if size < 16:
+        return bytes([0x80 | size])
+    return b"\xde" + size.to_bytes(2, "big") if size < 1 << 16 else \
+        b"\xdf" + size.to_bytes(4, "big")
+
+
+def _bin_header(size: int) -> bytes:
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def input_bytes(requests: Sequence[Request]) -> int:
+    """Bytes of numeric input data the requests carry together."""
+    return sum(t.data.nbytes for r in requests for t in r.inputs.values()
+               if t.datatype not in (JSON, BYTES))
+
+
 def decode_bundle(ids: tuple[str, ...], payload: bytes) -> Bundle:
     """The bundle of an entry whose ``ids`` field gave ``ids``."""
     message = _unpack_map(payload, "request payload")

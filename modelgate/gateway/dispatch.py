@@ -62,11 +62,26 @@ class _Outgoing:
 
 @dataclass(slots=True)
 class _Write:
-    """One request entry about to be added: its XADD, argument by argument."""
+    """One request entry about to be added: its XADD, argument by argument, or (a bundle of
+    large inputs) already as the protocol's bytes, its tensors' buffers among them."""
 
-    command: tuple[bytes | str | int, ...]
+    command: tuple[bytes | str | int, ...] | None
     pool: str
     correlations: list[str]
+    packed: list[bytes | memoryview] | None = None
+
+
+def packed_xadd(stream: str, fields: list[bytes | str | int],
+                payload: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """``XADD stream * fields... payload`` in Redis's protocol, the payload's pieces left as
+    they are (the socket write gathers them): what redis-py would send, without joining a
+    large tensor into one more buffer first."""
+    args = [b"XADD", stream.encode(), b"*",
+            *(a if isinstance(a, bytes) else str(a).encode() for a in fields)]
+    size = sum(len(piece) for piece in payload)  # every piece is a byte buffer ("B")
+    head = b"".join([b"*%d\r\n" % (len(args) + 1),
+                     *(b"$%d\r\n%s\r\n" % (len(a), a) for a in args), b"$%d\r\n" % size])
+    return [head, *payload, b"\r\n"]
 
 
 def bundles(outbox: list[_Outgoing]) -> list[list[_Outgoing]]:
@@ -206,10 +221,17 @@ class Dispatcher:
         now_ms = time.time() * 1000.0
         for bundle in bundles(outbox):
             ids = [item.correlation for item in bundle]
-            payload = wire.encode_bundle(wire.combine(ids, [item.request for item in bundle]))
+            requests = [item.request for item in bundle]
             pool = bundle[0].pool
             # Relative to when Redis adds the entry: no other host's clock reads this deadline.
             budget_ms = max(1, int(max(item.deadline_ms for item in bundle) - now_ms))
+            if wire.input_bytes(requests) >= wire.LARGE_INPUT_BYTES:
+                fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, b"")
+                entries.append(_Write(None, pool, ids, packed_xadd(
+                    pools.requests_stream(pool), fields.fields()[:-1],
+                    wire.encode_bundle_parts(requests))))
+                continue
+            payload = wire.encode_bundle(wire.combine(ids, requests))
             fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, payload)
             entries.append(_Write(
                 ("XADD", pools.requests_stream(pool), "*", *fields.fields()), pool, ids))
@@ -296,14 +318,22 @@ class Dispatcher:
             await pool.release(connection)
 
     async def _write(self, connection: Connection, entries: list[_Write]) -> None:
+        buffers: list[bytes | memoryview] = []
         commands: list[tuple[bytes | str | int, ...]] = []
         for entry in entries:
-            commands.append(entry.command)
+            if entry.packed is not None:
+                if commands:
+                    buffers.extend(connection.pack_commands(commands))
+                    commands = []
+                buffers.extend(entry.packed)
+            else:
+                assert entry.command is not None
+                commands.append(entry.command)
             commands.append(("INCRBY", pools.queued(entry.pool), len(entry.correlations)))
+        buffers.extend(connection.pack_commands(commands))
         if self._traced:
             self._mark((c for entry in entries for c in entry.correlations), "writing")
-        await connection.send_packed_command(connection.pack_commands(commands),
-                                             check_health=False)
+        await connection.send_packed_command(buffers, check_health=False)
         if self._traced:
             self._mark((c for entry in entries for c in entry.correlations), "sent")
         for entry in entries:
