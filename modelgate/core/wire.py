@@ -361,7 +361,7 @@ def encode_bundle_parts(requests: Sequence[Request]) -> list[bytes | memoryview]
         head.append(pack(name) + b"\x93" + pack(t.datatype) + pack(shape) + _bin_header(size))
         pieces.append(b"".join(head))
         head = []
-        pieces.extend(memoryview(a).cast("B") for a in arrays if a.nbytes)
+        pieces.extend(a.data.cast("B") for a in arrays if a.nbytes)
     head += [pack("outputs"), pack(list(first.outputs) if first.outputs is not None else None),
              pack("parameters"), pack(first.parameters if single else {})]
     pieces.append(b"".join(head))

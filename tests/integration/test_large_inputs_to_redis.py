@@ -44,7 +44,7 @@ def test_large_and_small_entries_of_one_write_arrive_whole_and_in_order(
                            for pool in (LARGE, SMALL)
                            for _, fields in redis_client.xrange(pools.requests_stream(pool))]
             # Answer each entry as a worker would: the input's first value per row.
-            for pool, entry in entries:
+            for _, entry in entries:
                 bundle = wire.decode_bundle(entry.ids, entry.payload)
                 data = next(iter(bundle.request.inputs.values())).data
                 first = data.reshape(data.shape[0], -1)[:, :1].copy()

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from redis.connection import PythonRespSerializer
-from redis.connection import Encoder
+from redis.connection import Encoder, PythonRespSerializer
 
 from modelgate.core import wire
 from modelgate.gateway.dispatch import packed_xadd
