@@ -106,3 +106,30 @@ def test_status_shows_stored_answers_and_quality(redis_client: redis.Redis) -> N
     assert "m: 2 answer rows stored of 500" in text
     assert "labels 1 matched, 1 unknown or expired" in text
     assert "v1: 1 labelled rows since load: accuracy 1.0" in text
+
+
+def test_store_counts_rows_of_replaced_and_repeated_ids_and_trims_multi_row_answers(
+        redis_client: redis.Redis) -> None:
+    """STORE takes a batch in a few commands: an id stored before, or twice in one batch, is
+    replaced (the last value stays) and its rows counted once; trimming by rows removes whole
+    answers, oldest first, until the rows fit."""
+    keys = (store.answers("m"), store.times("m"), store.counts("m"))
+
+    def answer(rows: int) -> bytes:
+        probabilities = np.full((rows, 2), 0.5, np.float32)
+        return store.AnswerRecord("1", time.time(), ("0",) * rows, probabilities[:, 0],
+                                  probabilities).encode()
+
+    now = time.time()
+    redis_client.eval(store.STORE, 3, *keys, now, 3600, 100, "a", answer(3), "b", answer(2))
+    replies = redis_client.eval(store.STORE, 3, *keys, now + 1, 3600, 100,
+                                "a", answer(1), "c", answer(4), "c", answer(5), "d", answer(1))
+    assert replies[0] == 2  # a (stored before) and c (twice in this batch)
+    assert int(redis_client.hget(keys[2], "rows")) == 1 + 2 + 5 + 1
+    assert redis_client.hget(keys[0], "c").startswith(b"5:00000")
+    assert int(redis_client.hget(keys[2], "replaced")) == 2
+    # Past the bound: the oldest answers go whole (b, then a at the older time) until it fits.
+    replies = redis_client.eval(store.STORE, 3, *keys, now + 2, 3600, 8, "e", answer(2))
+    assert replies[2] == 2 and replies[3] == 8  # trimmed by rows, rows held
+    assert sorted(redis_client.hkeys(keys[0])) == [b"c", b"d", b"e"]
+    assert redis_client.zcard(keys[1]) == 3

@@ -191,43 +191,63 @@ local function rows_of(value)
   if not value then return 0 end
   return tonumber(string.match(value, '^(%d+):')) or 0
 end
-local added, replaced = 0, 0
+-- Redis commands of many arguments at once, in slices unpack can take: a command per record
+-- was most of the script's time.
+local function each_slice(args, call)
+  for i = 1, #args, 1000 do call(unpack(args, i, math.min(i + 999, #args))) end
+end
+local function values_of(ids)
+  local found = {}
+  each_slice(ids, function(...)
+    for _, value in ipairs(redis.call('HMGET', KEYS[1], ...)) do found[#found + 1] = value end
+  end)
+  return found
+end
+local ids, pairs, members = {}, {}, {}
 for i = 4, #ARGV, 2 do
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  ids[#ids + 1] = ARGV[i]
+  pairs[#pairs + 1] = ARGV[i]; pairs[#pairs + 1] = ARGV[i + 1]
+  members[#members + 1] = now; members[#members + 1] = ARGV[i]
+end
+local added, replaced = 0, 0
+local olds = values_of(ids)
+local written = {}  -- an id twice in one batch: its second value replaces its first
+for j, id in ipairs(ids) do
+  local old = written[id] or olds[j]
   if old then
     replaced = replaced + 1
     added = added - rows_of(old)
   end
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[2], now, ARGV[i])
-  added = added + rows_of(ARGV[i + 1])
+  written[id] = ARGV[3 + 2 * j]
+  added = added + rows_of(written[id])
 end
+each_slice(pairs, function(...) redis.call('HSET', KEYS[1], ...) end)
+each_slice(members, function(...) redis.call('ZADD', KEYS[2], ...) end)
 local held = tonumber(redis.call('HINCRBY', KEYS[3], 'rows', added))
-local function drop(ids)
+local function drop(gone_ids, values)
   local gone = 0
-  for _, id in ipairs(ids) do
-    gone = gone + rows_of(redis.call('HGET', KEYS[1], id))
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
-  end
+  for j = 1, #gone_ids do gone = gone + rows_of(values[j]) end
+  each_slice(gone_ids, function(...) redis.call('HDEL', KEYS[1], ...) end)
+  each_slice(gone_ids, function(...) redis.call('ZREM', KEYS[2], ...) end)
   return gone
 end
 local old_ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - horizon),
                            'LIMIT', 0, TRIM_CHUNK_ROWS)
 local by_age = #old_ids
-held = held - drop(old_ids)
+if by_age > 0 then held = held - drop(old_ids, values_of(old_ids)) end
 local by_rows = 0
 while held > max_rows and by_rows < TRIM_CHUNK_ROWS do
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, 63)
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 255)
   if #oldest == 0 then held = 0 break end
-  local take = {}
-  for _, id in ipairs(oldest) do
+  local values = values_of(oldest)
+  local take, taken = {}, {}
+  for j, id in ipairs(oldest) do
     if held <= max_rows then break end
-    local n = rows_of(redis.call('HGET', KEYS[1], id))
-    table.insert(take, id)
-    held = held - n
+    take[#take + 1] = id
+    taken[#taken + 1] = values[j]
+    held = held - rows_of(values[j])
   end
-  drop(take)
+  drop(take, taken)
   by_rows = by_rows + #take
 end
 redis.call('HSET', KEYS[3], 'rows', held, 'max_rows', max_rows, 'horizon_s', horizon)
