@@ -154,16 +154,10 @@ def parse_items(body: Any, counts: Counts) -> list[Item]:
     return items
 
 
-def _record(spec: PredictionSpec, version: str, at: float,
-            reply: wire.Reply) -> store.AnswerRecord | None:
-    """What scoring a reply needs, or None when it holds no prediction (e.g. the caller asked
-    for other outputs)."""
-    return records(spec, version, [(at, reply)])[0]
-
-
 def records(spec: PredictionSpec, version: str,
             answered: Sequence[tuple[float, wire.Reply]]) -> list[store.AnswerRecord | None]:
-    """:func:`_record` of each (time, reply) of one version, in order.
+    """What scoring each (time, reply) of one version needs, in order: None for a reply that
+    holds no prediction (e.g. the caller asked for other outputs) or no row.
 
     Replies whose prediction outputs stack (the same outputs present, with the same datatype
     and trailing shape: nearly always all of them) are predicted as one array, so a busy
