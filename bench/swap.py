@@ -51,6 +51,7 @@ X = np.random.default_rng(7).standard_normal((1, 4)).astype(np.float32)
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
                     "data": X.ravel().tolist()}]}
 AFTER_CHANGE_S = 5.0
+KEYS_GONE_S = 10.0  # the decider ticks every second
 
 
 def place(root: Path, version: int, seed: int) -> None:
@@ -344,7 +345,15 @@ def cycles(work: Path, count: int) -> CycleFigures:
         while running.pids(" worker ") and time.monotonic() < deadline:
             time.sleep(0.2)
         workers_left = len(running.pids(" worker "))
-        keys = sorted(k.decode() for k in running.redis().scan_iter(match="mg:pool:*"))
+        # A worker that was still starting when its pool went can make its stream again; the
+        # decider removes such a stream at its next ticks (autoscaler/control.py
+        # REMOVED_SWEEP_S): keys left are those still there after a few of them.
+        deadline = time.monotonic() + KEYS_GONE_S
+        while True:
+            keys = sorted(k.decode() for k in running.redis().scan_iter(match="mg:pool:*"))
+            if not keys or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         client.close()
     return CycleFigures(count, round(seconds, 1), before, after,
                         round(100.0 * (after - before) / before, 2), workers_left, keys, failed)

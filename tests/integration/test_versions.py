@@ -216,7 +216,10 @@ def test_explicit_mode_loads_swaps_and_unloads_through_tritonclient_without_losi
             response = infer(client)
             assert response.status_code == 404 and "unknown model" in response.json()["error"]
         assert stack.index()["mlp:2"]["state"] == "UNAVAILABLE"
-        assert not [c for _, c in descendants(stack.process.pid).values() if " worker " in c]
+        # The unload answers once no call can reach the version; its workers finish their
+        # last read and exit after it, within seconds.
+        until(lambda: not [c for _, c in descendants(stack.process.pid).values()
+                           if " worker " in c], 15, "the workers gone", stack)
 
 
 def test_a_truncated_version_fails_its_load_and_the_serving_one_keeps_answering(
