@@ -233,7 +233,10 @@ class Supervisor:
             self._start_gateway(child)
         _wait(lambda: _gateway_live(self.url) or self._gateway_exited(), START_TIMEOUT_S,
               "the gateway", self.stop_event)
-        if self._gateway_exited():
+        # A gateway that failed its own start (an exit code) stops `up`; one killed by a
+        # signal -- possibly after it answered, before this loop saw it live -- is restarted
+        # like any gateway that dies later.
+        if self._gateway_failed():
             raise StartError("a gateway exited at start; see its log above")
         if not self.stop_event.is_set():
             self._say_started()
@@ -295,6 +298,11 @@ class Supervisor:
 
     def _gateway_exited(self) -> bool:
         return any(c.process is not None and c.process.poll() is not None for c in self.gateways)
+
+    def _gateway_failed(self) -> bool:
+        """A gateway ended with an exit code of its own (not a signal)."""
+        return any(c.process is not None and (c.process.poll() or 0) > 0
+                   for c in self.gateways)
 
     def _say_started(self) -> None:
         procs = self.settings.gateway_procs

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from modelgate.core.embedded_redis import free_port
-from tests.integration.test_up import descendants, still_running
+from tests.integration.test_up import _stat, descendants, still_running
 from tests.models import write_repository
 from tests.procs import Processes, wait_until
 
@@ -162,8 +162,12 @@ def test_a_killed_redis_comes_back_and_calls_meanwhile_get_503_never_hang(up: Ru
 def test_a_killed_gateway_is_restarted_and_calls_wait_for_it(up: Running) -> None:
     (old_pid,) = up.children(" gateway ")
     os.kill(old_pid, signal.SIGKILL)
-    # Sent at once: the listening socket outlives the gateway (the supervisor holds it), so
-    # these wait in its queue for the new gateway instead of being refused.
+    # Once it is dead (a connection it accepted in its last instant would be reset with it,
+    # which is the caller's to retry, not what this checks), calls are sent at once: the
+    # listening socket outlives the gateway (the supervisor holds it), so they wait in its
+    # queue for the new gateway instead of being refused.
+    wait_until(lambda: _stat(old_pid) is None or _stat(old_pid)[0] == "Z",  # type: ignore[index]
+               5, "the killed gateway dead")
     results = [_call(up.url, timeout_s=30) for _ in range(5)]
     assert [code for code, _ in results] == [200] * 5, up.processes.logs()
     (new_pid,) = up.children(" gateway ")
