@@ -22,6 +22,10 @@ httptools protocol (an ASGI middleware never sees a request before its headers a
 Deadlines are checked by one sweep a second, not a timer per request (the hot path only
 stores a float), so they fire up to a second late. Idle keep-alive connections keep uvicorn's
 own timeout (``KEEP_ALIVE_S`` in ``gateway/app.py``).
+
+The same protocol sends each answer's head and body in one write (:class:`HeadWithBody`):
+uvicorn writes them apart, two system calls and two TCP segments (two wake-ups of the
+caller) per answer. Measured on the demo MLP at 32 connections: 1-2% more calls a second.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ REFUSED_GRACE_S = 1.0  # a refused newcomer has this long to send the request it
 # File descriptors kept for everything but client sockets: Redis connections (the gateway's
 # pools hold up to 66), the listening sockets, parser pipes, metric files, logs.
 RESERVED_FDS = 128
+# A head and a body shorter than this are joined into one buffer (cheaper than a vectored
+# write for small answers); a longer body is written beside the head, not copied.
+JOIN_BELOW_BYTES = 64 * 1024
 
 
 def connection_budget(max_connections: int) -> int:
@@ -180,9 +187,11 @@ class GuardedProtocol(HttpToolsProtocol):
     in_body = False  # the phase is a body (else headers, or nothing when deadline is None)
     started = False  # bytes of the current request arrived
     refused = False
+    writes: HeadWithBody  # what the request cycles write to (set when the connection opens)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.writes = HeadWithBody(transport, self.loop)
         self.guard.opened(self, self.loop.time())
         if self.refused:
             self.app = self.guard.refuse
@@ -205,6 +214,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.in_body = True
         self.deadline = self.loop.time() + self.guard.body_timeout_s + BODY_GRACE_S
         super().on_headers_complete()
+        if self.cycle is not None:  # None: an upgrade request, which has no cycle
+            self.cycle.transport = self.writes  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -223,6 +234,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP, as JSON like every other error."""
+        self.writes.flush()
         self.transport.write(_json_response(400, f"{msg} Send an HTTP/1.1 request."))
         self.transport.close()
 
@@ -235,7 +247,49 @@ class GuardedProtocol(HttpToolsProtocol):
         elif not self.refused:
             self.guard.count("header_timeout")
             if self.started and not responding:
+                self.writes.flush()
                 self.transport.write(_json_response(408, (
                     f"the request's headers did not arrive within "
                     f"{self.guard.header_timeout_s:g} s; send the whole request at once")))
         self.transport.close()
+
+
+class HeadWithBody:
+    """The transport a request cycle writes to: holds an answer's head (uvicorn's first write)
+    until the first piece of its body, and writes both at once.
+
+    A head is never held past the current step of the event loop, so a streamed answer whose
+    body comes later still gets its head at once. Any other write, and a close, first sends
+    what is held, so bytes go out in the order they were written.
+    """
+
+    __slots__ = ("held", "loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self.held
+        if held is None:
+            self.held = data
+            self.loop.call_soon(self.flush)
+        else:
+            self.held = None
+            if len(data) < JOIN_BELOW_BYTES:
+                self.transport.write(held + data)
+            else:  # one vectored write: no copy of a large body
+                self.transport.writelines((held, data))
+
+    def flush(self) -> None:
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
