@@ -227,3 +227,14 @@ def guarded_mlp(seed: int = 1, threshold: float = 3.0) -> onnx.ModelProto:
     ])
     onnx.checker.check_model(model)
     return model
+
+
+def wide_sum_model(width: int) -> onnx.ModelProto:
+    """``y = sum(x over its columns)`` with x FP32 [-1, width]: a wide row that costs the
+    gateway far more to parse from JSON than the worker to run."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)], "wide_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")])
+    return finish(graph)

@@ -3,7 +3,8 @@ the gateway processes' CPU, the decision's state and ``now``.
 
 Parsing and copying large tensors (a 110 KB JSON image is ~2 ms of one core) can make one
 gateway process the bottleneck while workers idle. Each tick the supervisor measures the CPU
-its gateway processes used since the last tick (:func:`cpu_seconds`) and asks :func:`decide`:
+its gateway processes used since the last tick, each with its body parser processes (where
+large JSON bodies are parsed: :func:`gateway_cpu_seconds`), and asks :func:`decide`:
 one more process once every one has been busier than ``busy_share`` of a core for
 ``up_after_s`` (up to one per CPU), one fewer once the work would have fitted in one fewer at
 ``idle_share`` each for ``down_after_s``. Workers are sized by the queue in Redis, which a
@@ -69,3 +70,26 @@ def cpu_seconds(pid: int) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a gateway's body parsers), [] if none or unknown."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in listed.split()]
+
+
+def gateway_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time used by a gateway process and each of its body parser processes, by pid.
+
+    A gateway hands large JSON bodies to its parsers (``gateway/parsing.py``): with large
+    tensors they, not the gateway's own process, are where its CPU goes. A tick compares the
+    processes present at both ends, so a parser replaced meanwhile costs one tick's figure.
+    """
+    used = {}
+    for process in (pid, *children(pid)):
+        if (cpu := cpu_seconds(process)) is not None:
+            used[process] = cpu
+    return used

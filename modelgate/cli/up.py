@@ -37,7 +37,7 @@ from modelgate.autoscaler import coordinator as job_coordinator
 from modelgate.autoscaler.backends.local import LocalBackend
 from modelgate.autoscaler.decider import Decider
 from modelgate.autoscaler.main import build_decider
-from modelgate.cli.gateways import GatewayScaling, GatewayState, cpu_seconds, decide
+from modelgate.cli.gateways import GatewayScaling, GatewayState, decide, gateway_cpu_seconds
 from modelgate.core.embedded_redis import EmbeddedRedis, RedisPlace, free_port, password_of
 from modelgate.core.process import child_preexec, stop_process
 from modelgate.core.repository import RepositoryError, scan_repository
@@ -169,7 +169,8 @@ class Supervisor:
                                                min_procs=settings.gateway_procs)
                                 if settings.auto_gateway_procs else None)
         self.gateway_state = GatewayState()
-        self.gateway_cpu_s: dict[int, float] = {}  # pid -> CPU seconds at the last tick
+        # pid -> CPU seconds at the last tick, of the gateways and their body parsers
+        self.gateway_cpu_s: dict[int, float] = {}
         self.gateway_sampled_at = 0.0
         self.retiring: list[subprocess.Popen[bytes]] = []  # gateways removed, draining
 
@@ -375,10 +376,13 @@ class Supervisor:
         self.retiring = [p for p in self.retiring if p.poll() is None]
         running = [c.process for c in self.gateways
                    if c.process is not None and c.process.poll() is None]
-        used = {p.pid: cpu for p in running if (cpu := cpu_seconds(p.pid)) is not None}
+        used: dict[int, float] = {}  # pid -> CPU seconds, the gateways' and their parsers'
+        for gateway in running:
+            used.update(gateway_cpu_seconds(gateway.pid))
         elapsed_s = now - self.gateway_sampled_at
         known = [pid for pid in used if pid in self.gateway_cpu_s]
-        if self.gateway_sampled_at and elapsed_s > 0 and len(known) == len(self.gateways):
+        if self.gateway_sampled_at and elapsed_s > 0 \
+                and sum(p.pid in self.gateway_cpu_s for p in running) == len(self.gateways):
             cpus = sum(used[pid] - self.gateway_cpu_s[pid] for pid in known) / elapsed_s
             decision = decide(len(self.gateways), cpus, self.gateway_state, now,
                               self.gateway_scaling)

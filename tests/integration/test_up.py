@@ -7,11 +7,14 @@ Child processes are found through /proc (psutil is not a dependency): every desc
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ import pytest
 
 from modelgate.core.embedded_redis import free_port
 from tests import metrics
-from tests.models import write_repository
+from tests.models import wide_sum_model, write_repository
 from tests.procs import Processes, wait_until
 
 pytestmark = pytest.mark.integration
@@ -291,7 +294,7 @@ def test_gateway_procs_auto_starts_one_gateway_and_says_how_many_may_come(
         up_repository: Path, tmp_path: Path) -> None:
     """`up --gateway-procs auto` serves with one gateway process, bound so that the ones it
     adds while the gateways are busy share the port (modelgate.cli.gateways decides; its tests
-    step the decision tick by tick: saturating a gateway here would take the machine)."""
+    step the decision tick by tick, and the test below saturates a gateway live)."""
     processes = Processes(tmp_path)
     port = free_port()
     process = processes.spawn("up", ["up", "--models", str(up_repository), "--port", str(port),
@@ -319,3 +322,88 @@ def test_gateway_procs_auto_starts_one_gateway_and_says_how_many_may_come(
             extra.close()
     finally:
         processes.stop()
+
+
+WIDE_COLUMNS = 16_384  # ~140 KB of JSON a call: the gateway parses, the worker only sums
+SATURATE_FOR_S = 40.0  # at most; the load stops as soon as the second gateway serves
+
+
+def _load(port: int, body: bytes, stop: threading.Event, answers: list[int]) -> None:
+    """Calls on one kept-alive connection until ``stop``; each answer's status is kept."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        while not stop.is_set():
+            connection.request("POST", "/v2/models/wide/infer", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            answers.append(response.status)
+    finally:
+        connection.close()
+
+
+def test_gateway_procs_auto_adds_a_gateway_when_parsing_saturates_one_and_no_worker(
+        tmp_path: Path) -> None:
+    """Issue 20, item 4, live: large JSON tensors keep one gateway process busier than 85% of
+    a core while the worker, which only sums them, idles. `up --gateway-procs auto` adds a
+    second gateway process (the CPUs allowing), which binds the port beside the first and takes
+    new connections; the autoscaler, allowed a second worker, adds none: the queue it watches
+    stays short while calls wait in the gateway."""
+    repo = write_repository(tmp_path / "models", {"wide": wide_sum_model(WIDE_COLUMNS)})
+    processes = Processes(tmp_path)
+    port = free_port()
+    process = processes.spawn("up", ["up", "--models", str(repo), "--port", str(port),
+                                     "--grpc-port", "0", "--min-workers", "1",
+                                     "--max-workers", "2", "--gateway-procs", "auto"])
+    row = np.linspace(0.0, 1.0, WIDE_COLUMNS, dtype=np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDE_COLUMNS],
+                                   "data": row.tolist()}]}).encode()
+    stop = threading.Event()
+    answers: list[int] = []
+    loaders = [threading.Thread(target=_load, args=(port, body, stop, answers), daemon=True)
+               for _ in range(3)]
+    cpus = len(os.sched_getaffinity(0))
+
+    def roles() -> tuple[list[int], list[int]]:
+        children = descendants(process.pid)
+        return ([pid for pid, (_, c) in children.items() if " gateway " in c],
+                [pid for pid, (_, c) in children.items() if " worker " in c])
+
+    try:
+        wait_until(lambda: "gateway listening" in processes.logs(), READY_TIMEOUT_S,
+                   "`up --gateway-procs auto` to listen", processes.check_alive,
+                   processes.logs)
+        wait_until(lambda: len(roles()[1]) == 1, READY_TIMEOUT_S, "the first worker",
+                   processes.check_alive, processes.logs)
+        first = httpx.post(f"http://127.0.0.1:{port}/v2/models/wide/infer", content=body,
+                           headers={"Content-Type": "application/json"}, timeout=30)
+        assert first.status_code == 200, first.text
+        assert first.json()["outputs"][0]["data"][0] == pytest.approx(float(row.sum()), rel=1e-4)
+        for loader in loaders:
+            loader.start()
+        deadline = time.monotonic() + SATURATE_FOR_S
+        most_workers = 1
+        while time.monotonic() < deadline and "added a gateway process" not in processes.logs():
+            processes.check_alive()
+            most_workers = max(most_workers, len(roles()[1]))
+            time.sleep(0.5)
+        logs = processes.logs()
+        if cpus > 1:
+            assert "added a gateway process (2 now): gateways busy" in logs, logs[-3000:]
+            wait_until(lambda: len(roles()[0]) == 2, READY_TIMEOUT_S,
+                       "the second gateway process", processes.check_alive, processes.logs)
+            # New connections, which the kernel now spreads across both, are answered.
+            served = {httpx.post(f"http://127.0.0.1:{port}/v2/models/wide/infer",
+                                 content=body, headers={"Content-Type": "application/json",
+                                                        "Connection": "close"},
+                                 timeout=30).status_code for _ in range(10)}
+            assert served == {200}
+        else:
+            assert "added a gateway process" not in logs  # one CPU: one gateway at most
+        assert most_workers == 1, "a worker was added while the gateway was the bottleneck"
+    finally:
+        stop.set()
+        for loader in loaders:
+            loader.join(timeout=30)
+        processes.stop()
+    assert answers and set(answers) == {200}, sorted(set(answers))
