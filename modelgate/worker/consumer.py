@@ -147,7 +147,8 @@ class Consumer:
         self.runner = runner
         self.consumer_name = consumer_name
         self.stream = pools.requests_stream(model.pool)
-        self.answers = Answers(model.pool, reply_ttl_s * 1000, self._round_trip)
+        self.answers = Answers(model.pool, reply_ttl_s * 1000, self._round_trip,
+                               self._send_ahead, self._read_ahead)
         # The stream is read and answered on one connection held for the worker's life:
         # taking it from the pool on every call costs a health-check syscall and a pid check.
         self._connection: redis.connection.AbstractConnection | None = None
@@ -205,14 +206,17 @@ class Consumer:
         """Read what is there (waiting up to ``block_ms``), answer all of it; entries handled.
 
         Answers held from an earlier step go first: while Redis still refuses them, this raises
-        the refusal (``redis.OutOfMemoryError``, a connection error) and reads nothing; a step
-        whose own answers are refused runs to its end and then raises it. Entries of dead
+        the refusal (``redis.OutOfMemoryError``, a connection error) and reads nothing. Answers
+        go ahead unconfirmed (``worker/answers.py``): a refusal is learnt at the next round
+        trip (the next step's read, sent behind them), and the step that learns it runs to its
+        end and then raises it. Entries of dead
         workers are taken over next (``modelgate.worker.reclaim``). A bundle taken over is
         split back into one entry per request (so a poison pill takes no neighbour down with
         it on its next delivery); a single request runs alone, and those delivered too often
         are parked in the dead-letter stream instead.
         """
-        self.answers.flush()
+        if self.answers.held:
+            self.answers.flush()
         handled = self._step(block_ms)
         if self.answers.held and self.answers.error is not None:
             raise self.answers.error
@@ -305,9 +309,50 @@ class Consumer:
                                "answered": answered_ns, "rows": outcome.batch_size})
 
     def _round_trip(self, commands: list[Command]) -> list[Any]:
+        """``commands``' replies. With answers sent ahead, the commands go out behind them at
+        once and the answers' confirmations are read first: one wait for both. When the
+        connection fails on the way, the commands are sent again as any round trip retries."""
+        connection = self._held_connection()
+        if self.answers.in_flight:
+            try:
+                self._send_ahead(commands)
+                if self.answers.settle():
+                    replies = self._read_ahead(len(commands))
+                    for reply in replies:
+                        if isinstance(reply, redis.ResponseError):
+                            raise reply
+                    return replies
+            except (redis.ConnectionError, redis.TimeoutError):
+                self.answers.settle()  # holds what is unconfirmed: the connection is gone
+        return round_trip(connection, commands)
+
+    def _held_connection(self) -> redis.connection.AbstractConnection:
         if self._connection is None:
             self._connection = self.client.connection_pool.get_connection()
-        return round_trip(self._connection, commands)
+        return self._connection
+
+    def _send_ahead(self, commands: list[Command]) -> None:
+        connection = self._held_connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(commands),
+                                           check_health=False)
+        except BaseException:
+            connection.disconnect()  # part of it may have gone out: start afresh
+            raise
+
+    def _read_ahead(self, count: int) -> list[Any]:
+        connection = self._held_connection()
+        replies: list[Any] = []
+        try:
+            for _ in range(count):
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as e:
+                    replies.append(e)
+        except BaseException:
+            connection.disconnect()  # replies may be left unread on it
+            raise
+        return replies
 
     def _sample(self, pairs: list[Settled]) -> None:
         """Drift sampling, after the replies are out: it never delays an answer."""

@@ -234,6 +234,10 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
             stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, settings.heartbeat_interval_s)  # as for an outage
     finally:
+        try:
+            consumer.answers.settle()  # the last answers' confirmations, if Redis is there
+        except Exception:  # stopping anyway: unconfirmed answers' entries stay pending
+            log.exception("could not read the last answers' confirmations")
         if consumer.answers.held:
             log.warning("stopping with %d runs' answers unwritten: their entries stay pending "
                         "and other workers take them over", consumer.answers.held)

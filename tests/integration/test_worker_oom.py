@@ -1,4 +1,6 @@
-"""The worker when Redis is at maxmemory (``noeviction``): an outage, never a loss.
+"""The worker when Redis is at maxmemory (``noeviction``) or drops its connection: an outage,
+never a loss. Answers go ahead unconfirmed (``worker/answers.py``), so each case also checks
+what a worker learns one round trip late.
 
 Redis refuses every command that may grow memory (RPUSH, XADD, XGROUP CREATE, HSET, ZADD) and
 still runs the others (XREADGROUP, XACK, XCLAIM, PEXPIRE). An entry must never be acknowledged
@@ -90,12 +92,16 @@ def test_an_answer_refused_for_memory_is_held_and_its_entry_not_acknowledged(
     entry_id = enqueue(client, "a")
     full(client)
 
-    with pytest.raises(redis.OutOfMemoryError):
-        consumer.step(block_ms=100)  # reads (allowed), runs, and cannot write the answer
+    # Reads (allowed), runs, and sends the answer ahead, unconfirmed: Redis refuses it.
+    assert consumer.step(block_ms=100) == 1
+    assert consumer.answers.in_flight == 1
 
     assert pending(client) == 1 and client.xlen(STREAM) == 1, "acknowledged without an answer"
     assert client.llen(REPLY_TO) == 0
     assert client.get(pools.queued(POOL)) == b"1"
+    with pytest.raises(redis.OutOfMemoryError):
+        consumer.step(block_ms=100)  # its read learns of the refusal: the answer is held
+    assert consumer.answers.held == 1 and consumer.answers.in_flight == 0
     with pytest.raises(redis.OutOfMemoryError):
         consumer.step(block_ms=100)  # still refused: still held, nothing new is read
     assert [p["message_id"] for p in client.xpending_range(
@@ -163,3 +169,45 @@ def test_a_worker_started_while_redis_is_full_waits_and_then_serves(
         assert popped is not None and wire.decode_reply(popped[1]).status == "ok"
     finally:
         processes.stop()
+
+
+def test_an_answer_goes_ahead_and_the_next_read_confirms_it(
+        client: redis.Redis, unit_repository: dict[str, Model]) -> None:
+    """The worker does not wait for Redis to confirm an answer: the caller has its reply and
+    the entry is acknowledged, and the worker's next read, sent behind it, reads both."""
+    consumer = make_consumer(client, unit_repository["mlp"])
+    enqueue(client, "a")
+    assert consumer.step(block_ms=100) == 1
+    assert consumer.answers.in_flight == 1  # unconfirmed, yet written:
+    assert [wire.decode_reply(r).ids for r in client.lrange(REPLY_TO, 0, -1)] == [("a",)]
+    assert pending(client) == 0 and client.get(pools.queued(POOL)) == b"0"
+
+    enqueue(client, "b")
+    assert consumer.step(block_ms=100) == 1  # read behind a's confirmation
+    assert consumer.answers.held == 0 and consumer.answers.in_flight == 1
+    assert [wire.decode_reply(r).ids for r in client.lrange(REPLY_TO, 0, -1)] == [("a",), ("b",)]
+    assert consumer.step(block_ms=10) == 0 and consumer.answers.in_flight == 0
+    assert consumer.processed == 2
+
+
+def test_a_connection_dropped_with_an_answer_unconfirmed_loses_nothing(
+        client: redis.Redis, unit_repository: dict[str, Model]) -> None:
+    consumer = make_consumer(client, unit_repository["mlp"])
+    enqueue(client, "a")
+    assert consumer.step(block_ms=100) == 1 and consumer.answers.in_flight == 1
+    killed = client.client_kill_filter(_type="normal", skipme=True)  # the worker's connection
+    assert killed >= 1
+    enqueue(client, "b")
+
+    deadline = time.monotonic() + 10
+    while consumer.processed < 2 or consumer.answers.held or consumer.answers.in_flight:
+        assert time.monotonic() < deadline, "the answers were not delivered"
+        try:
+            consumer.step(block_ms=10)
+        except redis.ConnectionError:
+            pass  # the step that learns of the drop raises it; the next one sends again
+
+    answered = [wire.decode_reply(r).ids for r in client.lrange(REPLY_TO, 0, -1)]
+    assert set(answered) == {("a",), ("b",)}  # a's twice at most: gateways drop duplicates
+    assert pending(client) == 0 and client.xlen(STREAM) == 0
+    assert client.get(pools.queued(POOL)) == b"0", "an entry was acknowledged twice"
