@@ -5,8 +5,9 @@ Each run's answers (its replies, the dead letters of poison pills) go out as one
 When Redis refuses the writes (at ``maxmemory`` under ``noeviction``; a read-only replica) or
 the round trip fails, the answers are held here, in order, with their entries left pending:
 :meth:`Answers.flush` sends them again, first thing in the next step, and until they are
-written the worker reads nothing new (beyond the one read that learnt of the refusal). Nothing is lost and nothing is acknowledged without its
-answer; a caller whose deadline passes meanwhile has its 504 and its late reply is dropped.
+written the worker reads nothing new (beyond the one read that learnt of the refusal).
+Nothing is lost and nothing is acknowledged without its answer; a caller whose deadline
+passes meanwhile has its 504 and its late reply is dropped.
 
 Sending held answers again is safe: a reply that did arrive is dropped by its gateway as a
 duplicate, and an entry already acknowledged is not subtracted from the queued count twice.
