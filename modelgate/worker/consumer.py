@@ -209,11 +209,11 @@ class Consumer:
         the refusal (``redis.OutOfMemoryError``, a connection error) and reads nothing. Answers
         go ahead unconfirmed (``worker/answers.py``): a refusal is learnt at the next round
         trip (the next step's read, sent behind them), and the step that learns it runs to its
-        end and then raises it. Entries of dead
-        workers are taken over next (``modelgate.worker.reclaim``). A bundle taken over is
-        split back into one entry per request (so a poison pill takes no neighbour down with
-        it on its next delivery); a single request runs alone, and those delivered too often
-        are parked in the dead-letter stream instead.
+        end and then raises it. Entries of dead workers are taken over next
+        (``modelgate.worker.reclaim``). A bundle taken over is split back into one entry per
+        request (so a poison pill takes no neighbour down with it on its next delivery); a
+        single request runs alone, and those delivered too often are parked in the
+        dead-letter stream instead.
         """
         if self.answers.held:
             self.answers.flush()
