@@ -251,7 +251,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.transport.write(_json_response(408, (
                     f"the request's headers did not arrive within "
                     f"{self.guard.header_timeout_s:g} s; send the whole request at once")))
-        self.transport.close()
+        self.writes.close()  # what an answer wrote goes out first
 
 
 class HeadWithBody:

@@ -23,6 +23,7 @@ from modelgate.gateway.metrics import Metrics
 from modelgate.gateway.parsing import V1, V2, Parsed, Parsers, parse_body
 from tests.models import write_repository
 from tests.procs import wait_until
+from tests.tensors import assert_same_request
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +47,7 @@ def parsers(repo: Path) -> Parsers:
 
 def assert_same(apart: Parsed, here: Parsed) -> None:
     assert (apart.request_id, apart.binary_outputs) == (here.request_id, here.binary_outputs)
-    assert apart.request.outputs == here.request.outputs
-    assert apart.request.parameters == here.request.parameters
-    assert apart.request.inputs.keys() == here.request.inputs.keys()
-    for name, tensor in here.request.inputs.items():
-        other = apart.request.inputs[name]
-        assert (other.datatype, other.shape) == (tensor.datatype, tensor.shape)
-        np.testing.assert_array_equal(other.data, tensor.data)
+    assert_same_request(apart.request, here.request)
 
 
 def test_a_body_parsed_apart_is_what_the_event_loop_would_have_parsed(

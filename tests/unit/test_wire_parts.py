@@ -10,6 +10,7 @@ from redis.connection import Encoder, PythonRespSerializer
 
 from modelgate.core import wire
 from modelgate.gateway.dispatch import packed_xadd
+from tests.tensors import assert_same_request
 
 RNG = np.random.default_rng(3)
 
@@ -24,16 +25,7 @@ def _same_bundle(parts: list[bytes | memoryview], expected: wire.Bundle) -> None
     payload = b"".join(bytes(p) for p in parts)
     found = wire.decode_bundle(expected.ids, payload)
     assert found.rows == expected.rows
-    assert found.request.outputs == expected.request.outputs
-    assert found.request.parameters == expected.request.parameters
-    assert found.request.inputs.keys() == expected.request.inputs.keys()
-    for name, tensor in expected.request.inputs.items():
-        got = found.request.inputs[name]
-        assert (got.datatype, got.shape) == (tensor.datatype, tensor.shape)
-        if tensor.datatype == wire.BYTES:
-            assert list(got.data.reshape(-1)) == list(tensor.data.reshape(-1))
-        else:
-            np.testing.assert_array_equal(got.data, tensor.data)
+    assert_same_request(found.request, expected.request)
 
 
 @pytest.mark.parametrize("rows", [[1], [1, 3, 2], [2, 0, 1]])
