@@ -20,6 +20,7 @@ import onnx
 import orjson
 import pytest
 
+from modelgate.cli.gateways import children
 from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import stop_process
 from tests import metrics
@@ -98,15 +99,7 @@ def rss_mb(pid: int) -> float:
 
 def children_rss_mb(pid: int) -> float:
     """Resident memory of a process's children (the gateway's parsers), in MB."""
-    return sum(rss_mb(child) for child in _children(pid))
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(c) for c in text.split()]
+    return sum(rss_mb(child) for child in children(pid))
 
 
 @dataclass
