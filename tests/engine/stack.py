@@ -121,6 +121,19 @@ class Stack:
         wait_until(ready, READY_TIMEOUT_S, f"{url}/v2/health/ready", details=self.logs,
                    interval_s=0.25)
 
+    def wait_model_ready(self, name: str) -> None:
+        """Until the gateway serves ``name``: its view of a version's state follows the workers'
+        heartbeats by up to a control tick, so live workers in Redis are not enough."""
+        url = f"{self.base_url}/v2/models/{name}/ready"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(url, timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, READY_TIMEOUT_S, url, details=self.logs, interval_s=0.25)
+
     def containers(self, service: str) -> list[str]:
         """Ids of the service's containers, running or not."""
         return self.compose("ps", "-a", "-q", service).split()

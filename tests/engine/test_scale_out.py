@@ -58,6 +58,7 @@ def three_workers(compose_binary: str, images: dict[str, str],
         client = stack.redis()
         wait_until(lambda: live_workers(client, POOL) == WORKERS, 60,
                    f"{WORKERS} live mlp workers", details=stack.logs)
+        stack.wait_model_ready("mlp")
         client.close()
         yield stack
 
