@@ -342,17 +342,11 @@ class Consumer:
 
     def _read_ahead(self, count: int) -> list[Any]:
         connection = self._held_connection()
-        replies: list[Any] = []
         try:
-            for _ in range(count):
-                try:
-                    replies.append(connection.read_response())
-                except redis.ResponseError as e:
-                    replies.append(e)
+            return _read_replies(connection, count)
         except BaseException:
             connection.disconnect()  # replies may be left unread on it
             raise
-        return replies
 
     def _sample(self, pairs: list[Settled]) -> None:
         """Drift sampling, after the replies are out: it never delays an answer."""
@@ -467,8 +461,13 @@ def round_trip(connection: redis.connection.AbstractConnection,
 def _send_and_read(connection: redis.connection.AbstractConnection,
                    commands: list[Command]) -> list[Any]:
     connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    return _read_replies(connection, len(commands))
+
+
+def _read_replies(connection: redis.connection.AbstractConnection, count: int) -> list[Any]:
+    """The next ``count`` replies on ``connection``; a refused command's error is its reply."""
     replies: list[Any] = []
-    for _ in commands:
+    for _ in range(count):
         try:
             replies.append(connection.read_response())
         except redis.ResponseError as e:
