@@ -261,18 +261,30 @@ class InferFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            match = INFER_PATH.match(scope["path"])
-            if match is not None:
-                scope["app"] = self.app
-                scope["path_params"] = {k: v for k, v in match.groupdict().items() if v}
-                request = CallRequest(scope, receive, send)
-                try:
-                    response = await self.infer(request)
-                except Exception as e:  # the same last resort the router path has
-                    response = await _unexpected(request, e)
+            params = self.direct_params(scope["path"])
+            if params is not None:
+                scope["path_params"] = params
+                response = await self.respond(scope, receive)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def direct_params(path: str) -> dict[str, str] | None:
+        """The path parameters of an infer call's path, else None."""
+        match = INFER_PATH.match(path)
+        return None if match is None else {k: v for k, v in match.groupdict().items() if v}
+
+    async def respond(self, scope: Scope, receive: Receive) -> Response:
+        """The response to the infer call of ``scope`` (with its ``path_params``): what the
+        router would give, from the same endpoint, never an exception. The gateway's
+        connections call it directly for small bodies (``connections.DirectCall``)."""
+        scope["app"] = self.app
+        request = CallRequest(scope, receive)
+        try:
+            return await self.infer(request)
+        except Exception as e:  # the same last resort the router path has
+            return await _unexpected(request, e)
 
 
 def server_config(settings: GatewaySettings) -> uvicorn.Config:
@@ -280,9 +292,11 @@ def server_config(settings: GatewaySettings) -> uvicorn.Config:
     the header and body deadlines and the connection limit (``gateway/connections.py``),
     whichever way the process gets its listening socket."""
     metrics = Metrics()
+    app = build_app(settings, metrics)
     guard = ConnectionGuard(settings.header_timeout_s, settings.body_timeout_s,
-                            connection_budget(settings.max_connections), metrics)
-    return uvicorn.Config(build_app(settings, metrics), host=settings.host, port=settings.port,
+                            connection_budget(settings.max_connections), metrics,
+                            direct=app if isinstance(app, InferFastPath) else None)
+    return uvicorn.Config(app, host=settings.host, port=settings.port,
                           log_level="warning", access_log=False, loop="uvloop",
                           http=guard.protocol(), timeout_graceful_shutdown=5,
                           timeout_keep_alive=KEEP_ALIVE_S,
