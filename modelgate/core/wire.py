@@ -92,7 +92,11 @@ class ReplyStatus(StrEnum):
     WIRE = "wire_error"  # the entry was not valid wire format
 
 
-@dataclass(frozen=True, slots=True)
+# The messages below are built several times per call (parsed, bundled, cut back per call):
+# not frozen, because a frozen dataclass's __init__ sets each field through
+# object.__setattr__, four times the cost (a Reply: 0.95 against 0.2 us). Nothing changes
+# them once built.
+@dataclass(slots=True)
 class Tensor:
     """A named tensor or, for datatype ``JSON``, a non-tensor value served as JSON."""
 
@@ -105,7 +109,7 @@ class Tensor:
         return self.shape[0] if self.shape else 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     inputs: dict[str, Tensor]
     outputs: tuple[str, ...] | None = None
@@ -116,7 +120,7 @@ class Request:
         return next(iter(self.inputs.values())).rows
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bundle:
     """Requests combined into one queue entry: ``request`` holds their inputs concatenated
     along dim 0, ``rows[i]`` of them belonging to ``ids[i]``."""
@@ -139,7 +143,7 @@ class Bundle:
                 for id_, start, count in _spans(self.ids, self.rows)]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     ids: tuple[str, ...]
     status: str

@@ -50,7 +50,7 @@ _PARSED_ID = "parsed"  # the one id of the bundle a parsed request travels in
 STOP_TIMEOUT_S = 2.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per call: not frozen, as wire.Request
 class Parsed:
     """A call's body as the data plane takes it."""
 

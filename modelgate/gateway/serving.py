@@ -38,7 +38,7 @@ class ServedVersion:
     version: ModelVersion | None  # None when its folder cannot be read any more
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per call: not frozen, as wire.Request
 class Routed:
     """Where an unpinned call goes: the version that answers it, by which route (``serving``:
     the default; ``canary``: another version its weight picked), and the version its copy is
