@@ -242,11 +242,13 @@ class Consumer:
         if reclaimed or self.jobs is None:
             entries = reclaimed + self._gather(None if reclaimed else block_ms)
         else:
-            # Online calls first: a job chunk only when none waits, then a short block.
-            entries = self._gather(None)
-            if not entries:
-                if self.jobs.step():
+            entries = []
+            if self.jobs.due():
+                # Online calls first: a job chunk only when none waits, then a short block.
+                entries = self._gather(None)
+                if not entries and self.jobs.step():
                     return 1
+            if not entries:
                 entries = self._gather(self.jobs.block_ms(block_ms))
         if not entries:
             return 0

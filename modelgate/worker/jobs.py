@@ -1,8 +1,10 @@
 """The job lane: chunks of batch jobs, run by the same workers as online calls, after them.
 
-The consumer calls :meth:`JobLane.step` only when its non-blocking read of the online stream
-found nothing, and the lane takes one chunk (at most one ORT run), so an online call waits at
-most one run for a job. Chunks carry no deadline, and nothing of theirs goes into the online
+The consumer calls :meth:`JobLane.step` only when the lane is due (:meth:`JobLane.due`: it is
+not resting, and it has a chunk in hand or is due to read its stream, at most every
+``IDLE_LOOK_S`` while it finds none) and a non-blocking read of the online stream found
+nothing; the lane takes one chunk (at most one ORT run), so an online call waits at most one
+run for a job. Chunks carry no deadline, and nothing of theirs goes into the online
 figures (latency, queue, the pool's per-second counters, drift sampling): the lane counts its
 own rows, chunks and busy time, which the heartbeat reports.
 
@@ -47,6 +49,11 @@ BUSY_FOR_S = 1.0
 # calls, chunks run back to back.
 ONLINE_RECENT_S = 1.0
 REST_PER_RUN = 20.0
+# Its job stream found empty, the lane looks again this much later (a job submitted meanwhile
+# starts up to this late): looking on every step cost each online call two more round trips to
+# Redis (the online stream read without blocking, then the job stream), as much of Redis's
+# work as the call itself at concurrency 1.
+IDLE_LOOK_S = 0.1
 
 RoundTrip = Callable[[list[tuple[Any, ...]]], list[Any]]
 
@@ -70,6 +77,7 @@ class JobLane:
         self._last_chunk_at = 0.0
         self._online_at = 0.0
         self._rest_until = 0.0
+        self._look_at = 0.0  # when to read the job stream next (after finding it empty)
         self._taken: list[tuple[bytes, dict[bytes, bytes], int]] = []
 
     def ensure_group(self) -> None:
@@ -83,14 +91,27 @@ class JobLane:
         """The consumer answered online calls: chunks yield half the worker to them."""
         self._online_at = time.monotonic()
 
+    def due(self) -> bool:
+        """Whether :meth:`step` may take a chunk now: the lane does not rest, and it holds a
+        chunk taken over, is due to take some over, or is due to read its stream."""
+        now = time.monotonic()
+        if self._rest_until > now:
+            return False
+        return (bool(self._taken) or now >= self._look_at
+                or (self.reclaimer is not None and self.reclaimer.due(now)))
+
     def block_ms(self, idle_block_ms: int) -> int:
         """How long the consumer may block on the online stream: while the lane rests, until
-        it may take a chunk again; short while chunks flow; else the usual block."""
+        it may take a chunk again; short while chunks flow; else until the lane reads its
+        stream again, at most the usual block."""
         now = time.monotonic()
         if self._rest_until > now:
             return max(1, min(idle_block_ms, int((self._rest_until - now) * 1000)))
-        busy = now - self._last_chunk_at < BUSY_FOR_S
-        return min(BUSY_BLOCK_MS, idle_block_ms) if busy else idle_block_ms
+        if now - self._last_chunk_at < BUSY_FOR_S:
+            return min(BUSY_BLOCK_MS, idle_block_ms)
+        if self._look_at > now:
+            return max(1, min(idle_block_ms, int((self._look_at - now) * 1000)))
+        return idle_block_ms
 
     def step(self) -> int:
         """Take and answer at most one chunk (a taken-over one first); rows answered. None
@@ -111,12 +132,12 @@ class JobLane:
                 self.ensure_group()
                 return 0
             raise
-        if not response:
-            return 0
-        streams = response.values() if isinstance(response, dict) else [s[1] for s in response]
+        streams = (response.values() if isinstance(response, dict)
+                   else [s[1] for s in response or ()])
         for entries in streams:
             for entry_id, flat in entries:
                 return self._handle(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), 1)
+        self._look_at = time.monotonic() + IDLE_LOOK_S
         return 0
 
     def _reclaim(self) -> None:

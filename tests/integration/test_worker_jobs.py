@@ -19,6 +19,7 @@ from modelgate.core import wire
 from modelgate.core.repository import Model
 from modelgate.core.store import jobs, pools, replies
 from modelgate.core.store.jobs import ChunkEntry, JobState, Piece
+from modelgate.worker import jobs as lane_module
 from modelgate.worker.consumer import Consumer
 from modelgate.worker.jobs import JobLane
 from modelgate.worker.reclaim import Reclaimer
@@ -94,6 +95,50 @@ def test_online_calls_go_before_job_chunks(redis_client: redis.Redis,
                                   expected)
     # Job rows stay out of the online counters.
     assert consumer.processed == 1
+
+
+def test_a_worker_waiting_for_calls_reads_no_empty_job_stream_and_still_takes_a_job(
+        redis_client: redis.Redis, unit_repository: dict[str, Model],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that finds no call blocks on its online stream; with no job, it looks at the
+    job stream at most every IDLE_LOOK_S, not on every step (each step took two more round
+    trips to Redis: the online stream read without blocking, then the job stream). A job
+    submitted meanwhile is still taken within that.
+
+    IDLE_LOOK_S is raised while the calls are counted: Redis ends a blocked read on its
+    timeout only at its next tick (every 100 ms), so each waiting step here lasts as long as
+    the usual IDLE_LOOK_S."""
+    monkeypatch.setattr(lane_module, "IDLE_LOOK_S", 30.0, raising=False)
+    version = unit_repository["mlp"].default
+    runner = Runner(version, intra_op_threads=1)
+    consumer = Consumer(redis_client, version, runner, "w1", reply_ttl_s=60)
+    consumer.ensure_group()
+    consumer.max_queue_delay_ms = 0  # each read is then one XREADGROUP
+    consumer.jobs = JobLane(redis_client, version, runner, "w1", consumer.send)
+    consumer.jobs.ensure_group()
+    consumer.step(block_ms=10)  # the lane's first look: the job stream is empty
+    x = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
+    redis_client.config_resetstat()
+    for i in range(20):
+        assert consumer.step(block_ms=5) == 0  # waited for a call; none came
+        payload = wire.encode_bundle(wire.Bundle.single(f"call-{i}", wire.Request(
+            {"input": wire.tensor(x[:1])})))
+        redis_client.xadd(pools.requests_stream(version.pool), entry_fields(
+            pools.RequestEntry((f"call-{i}",), REPLY_TO, 60_000, 1, payload)))
+        assert consumer.step(block_ms=1000) == 1
+    reads = redis_client.info("commandstats")["cmdstat_xreadgroup"]["calls"]
+    assert redis_client.llen(REPLY_TO) == 20
+    # A read per step (80 before: the online stream without blocking and the job stream first
+    # in each step that found no call).
+    assert reads == 40, reads
+    monkeypatch.setattr(lane_module, "IDLE_LOOK_S", 0.1)
+    consumer.jobs._look_at = 0.0  # as if the 30 s had passed: it looks at the next step
+    _running(redis_client)
+    _chunk(redis_client, version.pool, 0, x)
+    deadline = time.monotonic() + 2.0
+    while redis_client.hlen(jobs.results(JOB)) == 0 and time.monotonic() < deadline:
+        consumer.step(block_ms=1000)
+    assert redis_client.hlen(jobs.results(JOB)) == 1
 
 
 def test_a_dead_workers_chunk_is_split_and_a_poison_row_parked(
