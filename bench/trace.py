@@ -4,8 +4,10 @@ Starts ``modelgate up`` (one gateway, one worker) with ``MODELGATE_TRACE_DIR`` s
 gateway and the worker write each call's stage timestamps (``modelgate.core.trace``); sends
 ``--calls`` calls one after another on one keep-alive connection, timing each from this
 process (the same host clock: ``time.time_ns``); joins the three sides by the call's id and the
-correlation id; prints the median of every stage, the median end to end, and the naive
-in-process server's median on the same calls for comparison, with the CPU model.
+correlation id; prints the median of every stage, the median end to end, and for comparison
+the medians on the same calls of the naive in-process server and of the two-hop floor
+(``bench/two_hop_floor.py``: the least any design through Redis to a worker process and back
+costs on this host), with the CPU model and modelgate's distance from the floor.
 
 Stages, in order (each from the end of the one before):
 
@@ -31,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -68,10 +70,15 @@ class TracedModelgate(ProcessTarget):
                 "MODELGATE_TRACE_DIR": str(self.trace_dir)}
 
 
+NAIVE = "naive in-process server"
+FLOOR = "two-hop floor (bench/two_hop_floor.py)"
+
+
 def run_trace(workload: Workload, calls: int, warmup: int, log_dir: Path,
-              naive: bool, binary: bool = False) -> tuple[list[tuple[str, float]], float | None]:
+              references: Sequence[str] = (NAIVE, FLOOR), binary: bool = False
+              ) -> tuple[list[tuple[str, float]], dict[str, float]]:
     """The stage medians of ``calls`` traced calls (their tensors as binary data with
-    ``binary``), and the naive server's median on JSON calls (or None)."""
+    ``binary``), and the median of each of ``references`` on the same JSON calls."""
     with tempfile.TemporaryDirectory(prefix="modelgate-trace-") as tmp:
         model_root, trace_dir = Path(tmp) / "models", Path(tmp) / "trace"
         workload.write(model_root)
@@ -83,8 +90,9 @@ def run_trace(workload: Workload, calls: int, warmup: int, log_dir: Path,
         finally:
             target.stop()
         table = stage_table(timed, trace.read(trace_dir))
-        return table, (naive_median_ms(workload, model_root, log_dir, calls, warmup)
-                       if naive else None)
+        return table, {name: median_ms(REFERENCES[name](), workload, model_root, log_dir,
+                                       calls, warmup)
+                       for name in references}
 
 
 def drive(base_url: str, workload: Workload, calls: int, warmup: int, binary: bool = False
@@ -148,9 +156,24 @@ def stage_table(timed: Sequence[tuple[str, int, int]],
         ("end to end (median)", statistics.median(totals))]
 
 
-def naive_median_ms(workload: Workload, model_root: Path, log_dir: Path, calls: int,
-                    warmup: int) -> float:
-    target: Target = naive_target()
+def floor_target() -> Target:
+    def command(workload: Workload, model_root: Path, port: int) -> list[str]:
+        if len(workload.body["inputs"]) != 1:
+            raise ValueError(f"the two-hop floor takes one input; {workload.name} has more")
+        model = model_root / workload.name / "1" / "model.onnx"
+        return [sys.executable, "-m", "bench.two_hop_floor", "--model", str(model),
+                "--name", workload.name, "--port", str(port)]
+
+    return ProcessTarget("two-hop-floor", "the least a call through Redis to a worker and "
+                         "back costs on this host (bench/two_hop_floor.py)", command)
+
+
+REFERENCES: dict[str, Callable[[], Target]] = {NAIVE: naive_target, FLOOR: floor_target}
+
+
+def median_ms(target: Target, workload: Workload, model_root: Path, log_dir: Path, calls: int,
+              warmup: int) -> float:
+    """The median of ``calls`` JSON calls to ``target`` at concurrency 1."""
     expected = workload.expected(model_root / workload.name / "1" / "model.onnx")
     try:
         started = target.start(workload, model_root, log_dir, expected)
@@ -169,23 +192,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=Path(".bench"))
     parser.add_argument("--no-naive", action="store_true",
                         help="skip the naive server's median")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the two-hop floor's median")
     parser.add_argument("--binary", action="store_true",
                         help="send the tensors as binary data (the naive server gets JSON)")
     args = parser.parse_args(argv)
     workload = WORKLOADS[args.workload]()
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    table, naive = run_trace(workload, args.calls, args.warmup, args.log_dir, not args.no_naive,
-                             args.binary)
+    references = [name for name, skip in ((NAIVE, args.no_naive), (FLOOR, args.no_floor))
+                  if not skip]
+    table, medians = run_trace(workload, args.calls, args.warmup, args.log_dir, references,
+                               args.binary)
     print(f"trace: {workload.name} ({'binary tensors' if args.binary else 'JSON'}), "
           f"{args.calls} calls at concurrency 1 after {args.warmup} warm-up calls; "
           f"{_cpu_model()}")
-    width = max(len(name) for name, _ in table)
+    names = [name for name, _ in table] + [f"{name}, median" for name in medians]
+    width = max(len(name) for name in names)
     for name, ms in table:
         print(f"  {name:<{width}}  {ms:8.3f} ms")
     staged = sum(ms for name, ms in table[:-1])
     print(f"  {'sum of the stage medians':<{width}}  {staged:8.3f} ms")
-    if naive is not None:
-        print(f"  {'naive in-process server, median':<{width}}  {naive:8.3f} ms")
+    for name, ms in medians.items():
+        print(f"  {name + ', median':<{width}}  {ms:8.3f} ms")
+    if FLOOR in medians:
+        above = table[-1][1] - medians[FLOOR]
+        print(f"modelgate is {above:.3f} ms above the two-hop floor at the median (the floor: "
+              "the same calls through Redis to a worker process and back, with nothing else "
+              "done)")
     return 0
 
 

@@ -7,20 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from bench.trace import STAGES, run_trace
+from bench.trace import STAGES, floor_target, median_ms, run_trace
 from bench.workloads import mlp
 
 pytestmark = pytest.mark.integration
 
 
 def test_every_stage_of_a_call_is_timed_and_they_add_up_to_the_call(tmp_path: Path) -> None:
-    table, naive = run_trace(mlp(), calls=40, warmup=10, log_dir=tmp_path, naive=False)
+    table, references = run_trace(mlp(), calls=40, warmup=10, log_dir=tmp_path, references=())
 
     stages = dict(table)
     assert list(stages) == [name for name, _, _ in STAGES] + ["end to end (median)"]
-    assert naive is None
+    assert references == {}
     assert all(ms >= 0 for name, ms in table), table
     assert stages["ORT (session.run)"] > 0 and stages["Redis hop"] > 0
     # The stages partition the call: their medians add up to about its median.
     total = stages.pop("end to end (median)")
     assert 0.5 * total < sum(stages.values()) < 1.5 * total, table
+
+
+def test_the_two_hop_floor_answers_the_calls_correctly_and_is_timed(tmp_path: Path) -> None:
+    """The floor is a server of its own (a front, Redis, a worker): it is only a floor if it
+    answers the same calls with the model's own outputs, which its start checks."""
+    workload = mlp()
+    workload.write(tmp_path / "models")
+    median = median_ms(floor_target(), workload, tmp_path / "models", tmp_path, calls=30,
+                       warmup=5)
+    assert 0 < median < 1000

@@ -1,0 +1,248 @@
+"""The floor of a two-hop design on this host: the least a call can cost when it goes from an
+HTTP front through Redis to a worker process and back, as modelgate's calls do.
+
+``python -m bench.two_hop_floor --model M --port P`` starts a throwaway redis-server, one worker
+process and a front that does nothing a real gateway could skip doing: one event loop
+(uvloop) parsing HTTP with httptools, the JSON body with orjson, one input to a numpy array,
+``XADD`` of a msgpack entry on a raw RESP connection; the worker blocks in ``XREADGROUP``,
+runs ONNX Runtime (one thread, as modelgate's workers and the naive server), and answers with
+``LPUSH`` (then ``XACK``/``XDEL``) on a raw connection; the front blocks in ``BLPOP`` and writes
+the V2 answer. No auth, admission, deadlines, bundling, metrics or stored answers: what it
+costs is the hops themselves -- the writes to Redis, Redis's work and the wake-ups of the
+processes each hop blocks -- plus the least of parsing and formatting.
+
+``make trace`` measures it on the same calls as modelgate and the naive server, so the gap to
+the floor is measured on the host at hand, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hiredis
+import httptools
+import msgpack
+import numpy as np
+import orjson
+
+from modelgate.core.embedded_redis import start_redis
+
+STREAM = b"floor:requests"
+GROUP = b"floor"
+REPLIES = b"floor:replies"
+
+
+def command(*args: bytes | str | int) -> bytes:
+    """One Redis command in RESP."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------- the worker
+
+
+class SyncConnection:
+    """A blocking RESP connection: write commands, read their replies in order."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = hiredis.Reader()
+
+    def send(self, *commands: bytes) -> None:
+        self.sock.sendall(b"".join(commands))
+
+    def reply(self) -> Any:
+        while True:
+            found = self.reader.gets()
+            if found is not False:
+                return found
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("redis closed the connection")
+            self.reader.feed(data)
+
+
+def run_worker(port: int, model: Path) -> None:
+    import onnxruntime as ort  # here: the front never loads it
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    connection = SyncConnection(port)
+    read = command("XREADGROUP", "GROUP", GROUP, "w", "COUNT", 1, "BLOCK", 0,
+                   "STREAMS", STREAM, ">")
+    while True:
+        connection.send(read)
+        for _, entries in connection.reply():
+            for entry_id, fields in entries:
+                message = msgpack.unpackb(fields[1])
+                inputs = np.frombuffer(message["d"], "<f4").reshape(message["s"])
+                output = session.run(None, {input_name: inputs})[0]
+                answer = msgpack.packb({"i": message["i"], "s": list(output.shape),
+                                        "d": np.ascontiguousarray(output, "<f4").tobytes()})
+                connection.send(command("LPUSH", REPLIES, answer),
+                                command("XACK", STREAM, GROUP, entry_id),
+                                command("XDEL", STREAM, entry_id))
+                for _ in range(3):
+                    connection.reply()
+
+
+# ---------------------------------------------------------------- the front
+
+
+class RedisProtocol(asyncio.Protocol):
+    """A RESP connection on the event loop; each reply goes to ``on_reply``."""
+
+    def __init__(self, on_reply: Any) -> None:
+        self.reader = hiredis.Reader()
+        self.on_reply = on_reply
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (found := self.reader.gets()) is not False:
+            self.on_reply(found)
+
+
+class Front:
+    def __init__(self, model_name: str, output_name: str) -> None:
+        self.model_name = model_name
+        self.output_name = output_name
+        self.waiting: dict[bytes, HttpProtocol] = {}
+        self.next_id = 0
+        self.commands: asyncio.Transport | None = None
+        self.popper: asyncio.Transport | None = None
+
+    async def connect(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.commands, _ = await loop.create_connection(
+            lambda: RedisProtocol(lambda _reply: None), "127.0.0.1", port)
+        self.popper, _ = await loop.create_connection(
+            lambda: RedisProtocol(self.answer), "127.0.0.1", port)
+        self.pop()
+
+    def pop(self) -> None:
+        assert self.popper is not None
+        self.popper.write(command("BLPOP", REPLIES, 0))
+
+    def call(self, caller: HttpProtocol, body: bytes) -> None:
+        tensor = orjson.loads(body)["inputs"][0]
+        data = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+        self.next_id += 1
+        call_id = b"%d" % self.next_id
+        self.waiting[call_id] = caller
+        entry = msgpack.packb({"i": call_id, "s": list(data.shape), "d": data.tobytes()})
+        assert self.commands is not None
+        self.commands.write(command("XADD", STREAM, "*", "p", entry))
+
+    def answer(self, reply: Any) -> None:
+        self.pop()
+        message = msgpack.unpackb(reply[1])
+        caller = self.waiting.pop(message["i"], None)
+        if caller is None:
+            return
+        output = np.frombuffer(message["d"], "<f4").reshape(message["s"])
+        caller.respond(orjson.dumps({
+            "model_name": self.model_name,
+            "outputs": [{"name": self.output_name, "datatype": "FP32",
+                         "shape": list(output.shape), "data": output.ravel().tolist()}]}))
+
+
+class HttpProtocol(asyncio.Protocol):
+    front: Front
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.body = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            assert self.transport is not None
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self.body = bytearray()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_method() == b"GET":  # the readiness probe
+            self.respond(b'{"ready": true}')
+            return
+        self.front.call(self, bytes(self.body))
+
+    def respond(self, body: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+
+async def serve(port: int, redis_port: int, model_name: str, output_name: str) -> None:
+    front = Front(model_name, output_name)
+    await front.connect(redis_port)
+    HttpProtocol.front = front
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(HttpProtocol, "127.0.0.1", port)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.two_hop_floor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="path of the .onnx file")
+    parser.add_argument("--name", default=None, help="model name in the answers")
+    parser.add_argument("--port", type=int, default=8002)
+    parser.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker_of is not None:
+        run_worker(args.worker_of, args.model)
+        return 0
+    import onnx
+    import uvloop
+
+    output_name = onnx.load(str(args.model), load_external_data=False).graph.output[0].name
+    redis, url = start_redis()
+    redis_port = int(url.rsplit(":", 1)[1].split("/")[0])
+    setup = SyncConnection(redis_port)
+    setup.send(command("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM"))
+    setup.reply()
+    worker = subprocess.Popen([sys.executable, "-m", "bench.two_hop_floor", "--model",
+                               str(args.model), "--worker-of", str(redis_port)],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        uvloop.run(serve(args.port, redis_port, args.name or args.model.parent.parent.name,
+                         output_name))
+    finally:
+        for process in (worker, redis):
+            process.terminate()
+            process.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
