@@ -45,11 +45,13 @@ class RecordingTransport(asyncio.Transport):
 
 def open_connection(app: Any, direct: DirectFront | None = None,
                     transport: RecordingTransport | None = None,
-                    body_timeout_s: float = 5.0) -> tuple[GuardedProtocol, RecordingTransport]:
+                    body_timeout_s: float = 5.0, keep_alive_s: float = 5.0
+                    ) -> tuple[GuardedProtocol, RecordingTransport]:
     """A connection of a gateway protocol serving ``app`` (and ``direct``), in the running
     loop."""
     guard = ConnectionGuard(5.0, body_timeout_s, 10, Metrics(), direct=direct)
-    config = uvicorn.Config(app, http=guard.protocol(), log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, http=guard.protocol(), log_level="warning", lifespan="off",
+                            timeout_keep_alive=keep_alive_s)  # type: ignore[arg-type]
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(),
                                           app_state={}, _loop=asyncio.get_running_loop())

@@ -20,8 +20,9 @@ httptools protocol (an ASGI middleware never sees a request before its headers a
   such newcomers it is closed at once, so descriptors stay bounded under a flood.
 
 Deadlines are checked by one sweep a second, not a timer per request (the hot path only
-stores a float), so they fire up to a second late. Idle keep-alive connections keep uvicorn's
-own timeout (``KEEP_ALIVE_S`` in ``gateway/app.py``).
+stores a float), so they fire up to a second late. The same sweep closes connections idle past
+uvicorn's keep-alive timeout (``KEEP_ALIVE_S`` in ``gateway/app.py``), instead of uvicorn's
+timer per answer.
 
 The same protocol sends each answer's head and body in one write (:class:`HeadWithBody`):
 uvicorn writes them apart, two system calls and two TCP segments (two wake-ups of the
@@ -57,6 +58,8 @@ BODY_GRACE_S = 1.0  # after the body deadline, for the route reading it to answe
 EVICT_IDLE_S = 1.0
 # Scope key set once a request's whole body is buffered (absent: it may still be coming).
 BODY_ARRIVED = "modelgate.body_arrived"
+# Scope key holding the whole body of a call the connection serves itself (DirectCall).
+WHOLE_BODY = "modelgate.whole_body"
 REFUSED_GRACE_S = 1.0  # a refused newcomer has this long to send the request it is refused
 # File descriptors kept for everything but client sockets: Redis connections (the gateway's
 # pools hold up to 66), the listening sockets, parser pipes, metric files, logs.
@@ -201,6 +204,12 @@ class ConnectionGuard:
         for connection in [c for c in self.connections
                            if c.deadline is not None and c.deadline <= now]:
             connection.expire()
+        while self.idle:  # by idle since: the first one still young ends the round
+            connection, since = next(iter(self.idle.items()))
+            if now - since < connection.timeout_keep_alive:
+                break
+            del self.idle[connection]
+            connection.transport.close()
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -293,6 +302,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         call = self.cycle
         if type(call) is DirectCall:
+            call.scope[WHOLE_BODY] = bytes(call.body)
             task = self.loop.create_task(self._serve(call))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
@@ -339,9 +349,17 @@ class GuardedProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if (not self.transport.is_closing() and not self.pipeline and self.deadline is None
-                and not self.refused):
+        # uvicorn's, without its keep-alive timer armed after every answer and cancelled by
+        # the next request (~1 us a call): the guard's sweep closes a connection idle past
+        # the keep-alive timeout (``ConnectionGuard._sweep``).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.deadline is None and not self.refused:
             self.guard.idle[self] = self.loop.time()
 
     def send_400_response(self, msg: str) -> None:
@@ -384,8 +402,8 @@ class DirectCall:
     It stands in for uvicorn's request cycle as the protocol's ``cycle``, so uvicorn's own
     code treats it as one: a request pipelined behind it is queued until it is answered, a
     shutdown lets it finish and then closes (``keep_alive``), a lost connection marks it
-    ``disconnected``. Its body is complete before the call runs: the endpoint's one
-    ``receive()`` has it all.
+    ``disconnected``. Its body is complete before the call runs: the route takes it from the
+    scope (``WHOLE_BODY``), and ``receive()`` has it all too.
     """
 
     __slots__ = ("body", "disconnected", "keep_alive", "response_complete", "scope")
