@@ -302,7 +302,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         call = self.cycle
         if type(call) is DirectCall:
-            call.scope[WHOLE_BODY] = bytes(call.body)
+            call.scope[WHOLE_BODY] = call.body  # nothing adds to it any more: not copied
             task = self.loop.create_task(self._serve(call))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
