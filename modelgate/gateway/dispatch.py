@@ -122,6 +122,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._blmpop = True  # until the server says it does not know the command
         self._reader_connection: Connection | None = None
+        self._writer_connection: Connection | None = None
         self._deadlines: list[tuple[int, str]] = []  # heap: (deadline_ms, correlation)
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_at_ms = 0
@@ -268,6 +269,10 @@ class Dispatcher:
             future.set_exception(error)
 
     async def _write_loop(self) -> None:
+        if self._writer_connection is not None:
+            # Restarted after a death that may have left a reply unread on it: never reuse it.
+            await self._writer_connection.disconnect()
+            self._writer_connection = None
         if self._outbox:  # restarted after a death: calls may have arrived meanwhile
             self._wake.set()
         while True:
@@ -305,17 +310,21 @@ class Dispatcher:
         write: after Redis restarts, an idle pooled connection is dead and fails its first
         write, which must not turn into 503s with Redis up. A write resent after a connection
         dropped mid-read may add some entries twice; replies are deduplicated by id.
+
+        The connection is this task's for the gateway's life, as the reader's is: taking it
+        from the pool and giving it back cost more than the write itself (the pool's lock, its
+        checks of the socket, its observability counters), once a call at concurrency 1. A
+        failed write disconnects it; the next one connects it again.
         """
-        pool = self.client.connection_pool
-        connection = await pool.get_connection()
+        if self._writer_connection is None:
+            self._writer_connection = await self.client.connection_pool.get_connection()
+        connection = self._writer_connection
         try:
             await connection.retry.call_with_retry(
                 lambda: self._write(connection, entries), lambda _error: connection.disconnect())
         except BaseException:
             await connection.disconnect()
             raise
-        finally:
-            await pool.release(connection)
 
     async def _write(self, connection: Connection, entries: list[_Write]) -> None:
         buffers: list[bytes | memoryview] = []
