@@ -27,6 +27,7 @@ import yaml
 
 from modelgate.autoscaler.backends.docker import MANAGED_LABEL
 from modelgate.core.store import heartbeats, pools
+from modelgate.core.store import models as model_store
 from tests.deploy.conftest import ROOT
 from tests.procs import wait_until
 
@@ -121,9 +122,28 @@ class Stack:
         wait_until(ready, READY_TIMEOUT_S, f"{url}/v2/health/ready", details=self.logs,
                    interval_s=0.25)
 
-    def wait_model_ready(self, name: str) -> None:
-        """Until the gateway serves ``name``: its view of a version's state follows the workers'
-        heartbeats by up to a control tick, so live workers in Redis are not enough."""
+    def wait_model_ready(self, name: str, autoscaler: bool = False) -> None:
+        """Until the gateway serves ``name``: its view follows the workers' heartbeats by up to
+        a control tick, so live workers in Redis are not enough. With an ``autoscaler`` in the
+        stack, first until every gateway applied its state table: a gateway serves from its
+        repository until the autoscaler's first table, which can hold the version LOADING for
+        a tick or two after the gateway said ready (301 calls answered 503 "loading" in one
+        CI run)."""
+        if autoscaler:
+            client = self.redis()
+
+            def applied() -> bool:
+                generation = client.get(model_store.GENERATION)
+                seen = [client.get(key) for key in
+                        client.scan_iter(match=model_store.gateway_applied("*"))]
+                return (generation is not None and bool(seen)
+                        and all(g == generation for g in seen))
+
+            try:
+                wait_until(applied, READY_TIMEOUT_S, "the autoscaler's state table, applied by "
+                           "every gateway", details=self.logs, interval_s=0.25)
+            finally:
+                client.close()
         url = f"{self.base_url}/v2/models/{name}/ready"
 
         def ready() -> bool:

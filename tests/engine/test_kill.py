@@ -56,7 +56,7 @@ def test_a_worker_killed_mid_load_loses_nothing_and_the_pool_recovers(
     client = stack.redis()
     wait_until(lambda: live_workers(client, POOL) == FLOOR, 60, f"{FLOOR} live mlp workers",
                details=stack.logs)
-    stack.wait_model_ready("mlp")
+    stack.wait_model_ready("mlp", autoscaler=True)
     victim = stack.containers("worker")[0]
     figures: dict[str, Any] = {}
 
