@@ -11,7 +11,8 @@ costs on this host), with the CPU model and modelgate's distance from the floor.
 
 Stages, in order (each from the end of the one before):
 
-- HTTP in: the client sends -> the gateway's V2 handler starts (uvicorn, the ASGI app, auth)
+- HTTP in: the client sends -> the gateway's V2 handler starts (the connection's protocol,
+  which serves small infer calls itself, else uvicorn's cycle and the ASGI app; auth)
 - read body, parse: the body is read; JSON -> tensors, checked against the signature
 - enqueue: admission, the dispatcher's outbox, the writer task's wake-up, the bundle's encoding
 - Redis hop: the XADD written to the socket, Redis adds the entry and wakes the worker's
