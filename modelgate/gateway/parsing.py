@@ -62,7 +62,12 @@ class Parsed:
 def parse_body(kind: str, header: bytes | bytearray, binary: BinarySection | None,
                model: ModelVersion) -> Parsed:
     """Parse and validate a V2 or V1 body (its JSON part and, for V2, the binary section)."""
-    return parse_loaded(kind, protocol.loads(header), binary, model)
+    return parse_loaded(kind, load(kind, header), binary, model)
+
+
+def load(kind: str, text: bytes | bytearray) -> Any:
+    """A body's JSON part as :func:`parse_loaded` takes it."""
+    return protocol.loads_v2(text) if kind == V2 else protocol.loads(text)
 
 
 def parse_loaded(kind: str, body: Any, binary: BinarySection | None,
@@ -109,7 +114,8 @@ def _answer(envelope: dict[str, Any], text: list[bytes], binary: bytes | None) -
     model = model_of(envelope["model"])
     section = BinarySection(memoryview(binary)) if binary is not None else None
     try:
-        parsed = parse_loaded(envelope["kind"], protocol.loads(text.pop()), section, model)
+        parsed = parse_loaded(envelope["kind"], load(envelope["kind"], text.pop()), section,
+                              model)
     except InvalidInput as e:
         return {"invalid": str(e)}
     payload = wire.encode_bundle(wire.Bundle.single(_PARSED_ID, parsed.request))
@@ -138,6 +144,7 @@ def serve_parser(stdin: BinaryIO, stdout: BinaryIO) -> None:
 def _trim() -> None:
     """Hand the memory of the parse just done back to the system: a parser idles at its
     baseline rather than at the high-water mark of the largest body it ever parsed."""
+    protocol.forget_parser()
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: the memory stays reserved
         ctypes.CDLL("libc.so.6").malloc_trim(0)

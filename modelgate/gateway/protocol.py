@@ -7,10 +7,12 @@ names the input and says what was expected and what was given.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from modelgate.core import wire
 from modelgate.core.errors import InvalidInput
@@ -38,6 +40,101 @@ def loads(body: bytes | bytearray) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise InvalidInput(f"the request body is not valid JSON: {e}") from e
+
+
+# A V2 body of this size or more is read with simdjson, which turns a long array of numbers
+# for a float input into a numpy array without a Python float per value: a 150 KB image
+# as JSON costs ~0.55 ms instead of orjson's ~0.95 plus ~0.8 to make its list an array.
+FAST_FLOATS_BODY_BYTES = 16 * 1024
+# ... and an input's data of this many values or more, when it is one flat list.
+FAST_FLOATS_VALUES = 256
+_FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+
+
+_simdjson = threading.local()
+
+
+class _NotPlain(Exception):
+    """The body is one the fast reading leaves to :func:`loads` (duplicate keys)."""
+
+
+def loads_v2(body: bytes | bytearray) -> Any:
+    """A V2 body as :func:`loads` reads it, except that a large body's flat float data comes
+    as a float64 numpy array, which :func:`to_array` takes as it takes the list.
+
+    Anything the fast reading does not take as :func:`loads` would (invalid JSON, a number
+    past what simdjson reads, duplicate keys, which orjson resolves to the last) is read by
+    :func:`loads` instead, so answers and error messages are the same either way.
+    """
+    if len(body) < FAST_FLOATS_BODY_BYTES:
+        return loads(body)
+    parser = getattr(_simdjson, "parser", None)
+    if parser is None:
+        # One per thread, kept: a new parser's first body costs 0.3-0.5 ms more (its
+        # buffers are allocated and first touched). A parser whose document is still
+        # referenced refuses another body (RuntimeError), and that body is read by loads.
+        parser = _simdjson.parser = simdjson.Parser()
+    try:
+        document = parser.parse(body)
+        if isinstance(document, simdjson.Object):
+            return _v2_object(document)
+    except (ValueError, TypeError, RuntimeError, _NotPlain):
+        pass
+    return loads(body)
+
+
+def forget_parser() -> None:
+    """Let this thread's simdjson parser go, with the buffers it grew for the largest body
+    it read (a parser process does after each body)."""
+    _simdjson.parser = None
+
+
+def _keys(element: simdjson.Object) -> list[str]:
+    keys = list(element.keys())
+    if len(set(keys)) != len(keys):
+        raise _NotPlain
+    return keys
+
+
+def _plain(element: Any) -> Any:
+    if isinstance(element, simdjson.Object):
+        return element.as_dict()
+    if isinstance(element, simdjson.Array):
+        return element.as_list()
+    return element
+
+
+def _v2_object(document: simdjson.Object) -> dict[str, Any]:
+    body = {}
+    for key in _keys(document):
+        value = document[key]
+        if key == "inputs" and isinstance(value, simdjson.Array):
+            body[key] = [_v2_input(item) for item in value]
+        else:
+            body[key] = _plain(value)
+    return body
+
+
+def _v2_input(item: Any) -> Any:
+    if not isinstance(item, simdjson.Object):
+        return _plain(item)
+    keys = _keys(item)
+    fast = "datatype" in keys and item["datatype"] in _FLOAT_DATATYPES
+    plain = {}
+    for key in keys:
+        value = item[key]
+        if key == "data" and fast and isinstance(value, simdjson.Array) \
+                and len(value) >= FAST_FLOATS_VALUES:
+            try:
+                flat = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
+            except TypeError:  # not all numbers: the list, for to_array to say what is wrong
+                flat = None
+            # Nested lists come flattened, ragged ones too: they go as lists, to be checked.
+            if flat is not None and flat.size == len(value):
+                plain[key] = flat
+                continue
+        plain[key] = _plain(value)
+    return plain
 
 
 def timeout_ms(parameters: dict[str, Any], model: ModelVersion, default_ms: int) -> int:
