@@ -25,9 +25,16 @@ import orjson
 from modelgate.core.repository import ModelVersion
 
 # A smaller run size whose rows/s is within this share of the best one wins: the same
-# throughput with less waiting for a batch to fill and shorter runs to wait behind. It also
-# keeps timing noise (a few percent on a shared host) from choosing a needlessly large batch.
+# throughput with shorter runs to wait behind. It also keeps timing noise (a few percent on a
+# shared host) from choosing a needlessly large batch.
 TOLERANCE = 0.05
+# What one run costs beyond ONNX Runtime, whatever its size, in the processes that serve it:
+# its entry written by the gateway, held and passed on by Redis, read and answered by the
+# worker, its reply resolved. Measured at 0.5 to 2 ms of CPU a run on 2-vCPU VMs (issue 20:
+# a CNN through binary tensors, run size cap 1 against 8, the gateway's, Redis's and the
+# worker's CPU per call). A curve flat in ONNX Runtime alone is not flat once served: eight
+# rows in one run pay this once, eight runs of one pay it eight times. The low end is taken.
+RUN_OVERHEAD_MS = 0.5
 # Of a model's latency budget (``slo_p95_ms``), the share one run may take: a call may wait
 # behind one run and then be in the next.
 RUN_SHARE_OF_BUDGET = 0.5
@@ -132,17 +139,24 @@ def sizes_to_measure(limit: int) -> list[int]:
     return [*sizes, limit] if limit > 0 else []
 
 
+def served_rows_per_s(size: int, rate: float) -> float:
+    """Rows/s of runs of ``size`` rows that ONNX Runtime alone runs at ``rate`` rows/s, once
+    each run also costs RUN_OVERHEAD_MS."""
+    return size / (size / rate + RUN_OVERHEAD_MS / 1000.0)
+
+
 def choose(curve: Sequence[tuple[int, float]], latency_budget_ms: float | None = None) -> int:
     """The run size cap for a measured curve: the smallest size within TOLERANCE of the best
-    rows/s among the sizes whose run fits RUN_SHARE_OF_BUDGET of the latency budget (size 1
-    always fits: a call cannot be cut). 0 for an empty curve."""
-    fitting = [(size, rate) for size, rate in curve if rate > 0 and (
+    served rows/s (:func:`served_rows_per_s`) among the sizes whose run fits
+    RUN_SHARE_OF_BUDGET of the latency budget (size 1 always fits: a call cannot be cut).
+    0 for an empty curve."""
+    fitting = [(size, served_rows_per_s(size, rate)) for size, rate in curve if rate > 0 and (
         size == 1 or latency_budget_ms is None
         or size / rate * 1000.0 <= latency_budget_ms * RUN_SHARE_OF_BUDGET)]
     if not fitting:
         return min((size for size, _ in curve), default=0)
-    best = max(rate for _, rate in fitting)
-    return min(size for size, rate in fitting if rate >= best * (1.0 - TOLERANCE))
+    best = max(served for _, served in fitting)
+    return min(size for size, served in fitting if served >= best * (1.0 - TOLERANCE))
 
 
 def plan_for(version: ModelVersion, curve: Sequence[tuple[int, float]], curve_from: str,
