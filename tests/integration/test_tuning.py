@@ -1,9 +1,9 @@
 """Batch sizes tuned at load, against a real Redis and real ONNX Runtime sessions.
 
 A model whose rows/s falls with the batch (``Y = (X Xᵀ) X``: its work per row grows with the
-rows in the run) gets a cap below its largest size; a second start takes the curve from the cache instead of
-measuring; config.yaml's max_batch_size wins; the worker process publishes its plan before it
-is live (log, ``modelgate status``); a gateway bundles to the published cap.
+rows in the run) gets a cap below its largest size; a second start takes the curve from the
+cache instead of measuring; config.yaml's max_batch_size wins; the worker process publishes its
+plan before it is live (log, ``modelgate status``); a gateway bundles to the published cap.
 """
 
 from __future__ import annotations
