@@ -192,8 +192,13 @@ class ModelControl:
             return replace(wanted, default=state.default)
         return wanted
 
-    def _pool_status(self, states: dict[str, ModelState]) -> dict[str, dict[str, PoolStatus]]:
-        refs = [(m, v) for m, s in states.items() for v in s.versions]
+    def _pool_status(self, states: dict[str, ModelState],
+                     wanted: dict[str, Wanted | None]) -> dict[str, dict[str, PoolStatus]]:
+        """The pools of the stored versions and of those about to be added: a version whose
+        workers are already live (a decider starting, or taking over, beside running workers)
+        enters READY at once, not LOADING for a tick while gateways answer 503 "loading"."""
+        refs = sorted({(m, v) for m, s in states.items() for v in s.versions}
+                      | {(m, v) for m, w in wanted.items() if w is not None for v in w.served})
         if not refs:
             return {}
         ids = [pools.pool_id(m, v) for m, v in refs]
@@ -431,7 +436,7 @@ class ModelControl:
             self._scanned_at = now
         self._follow_registry(now)
         wanted = self._wanted()
-        statuses = self.statuses = self._pool_status(self.states)
+        statuses = self.statuses = self._pool_status(self.states, wanted)
         generation = int(self.client.get(model_store.GENERATION) or 0)
         applied = self._applied_generation(generation)
         next_generation = generation + 1

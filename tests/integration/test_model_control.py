@@ -71,6 +71,18 @@ def test_explicit_state_survives_a_new_decider_for_the_same_repository(
     assert state(redis_client, "b") is None
 
 
+def test_a_first_decider_beside_live_workers_puts_their_version_ready_at_once(
+        redis_client: redis.Redis, tmp_path: Path,
+        onnx_models: dict[str, onnx.ModelProto]) -> None:
+    """No tick of LOADING, in which every gateway would answer 503 "loading" for a version
+    its workers already serve (a decider starting, or taking over, beside running ones)."""
+    root = write_repository(tmp_path, {"a": onnx_models["mlp"], "b": onnx_models["mlp"]})
+    live(redis_client, "a:1")
+    ModelControl(redis_client, root, "poll").tick()
+    assert statuses(redis_client, "a") == {"1": "READY"}
+    assert statuses(redis_client, "b") == {"1": "LOADING"}  # no worker yet: it must load
+
+
 def test_commands_are_answered_and_refused_outside_explicit_mode(
         redis_client: redis.Redis, tmp_path: Path,
         onnx_models: dict[str, onnx.ModelProto]) -> None:
