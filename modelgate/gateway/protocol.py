@@ -123,14 +123,17 @@ def _v2_input(item: Any) -> Any:
     plain = {}
     for key in keys:
         value = item[key]
+        # Nested data goes as lists, to be checked for a rectangular shape (as_buffer would
+        # flatten a ragged one too); so does data that is not all numbers, for to_array to
+        # say what is wrong.
         if key == "data" and fast and isinstance(value, simdjson.Array) \
-                and len(value) >= FAST_FLOATS_VALUES:
+                and len(value) >= FAST_FLOATS_VALUES \
+                and not isinstance(value[0], simdjson.Array):
             try:
                 flat = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
-            except TypeError:  # not all numbers: the list, for to_array to say what is wrong
+            except TypeError:
                 flat = None
-            # Nested lists come flattened, ragged ones too: they go as lists, to be checked.
-            if flat is not None and flat.size == len(value):
+            if flat is not None and flat.size == len(value):  # not flat past the first value
                 plain[key] = flat
                 continue
         plain[key] = _plain(value)
