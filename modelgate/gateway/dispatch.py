@@ -33,6 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from modelgate.core import wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
@@ -45,6 +46,7 @@ from modelgate.gateway.metrics import Metrics
 log = logging.getLogger("modelgate.gateway")
 
 REPLY_POP_COUNT = 512
+BLOCK_S = 1  # how long one reply pop waits for the first reply
 DEADLINES_SLACK = 4096  # answered calls the deadline heap may hold before it is compacted
 STOP_TIMEOUT_S = 3.0
 WRITER, READER = "dispatch-writer", "dispatch-reader"
@@ -62,13 +64,28 @@ class _Outgoing:
 
 @dataclass(slots=True)
 class _Write:
-    """One request entry about to be added: its XADD, argument by argument, or (a bundle of
-    large inputs) already as the protocol's bytes, its tensors' buffers among them."""
+    """One request entry about to be added: its XADD and the pool's queued-count INCRBY in
+    Redis's protocol, a large bundle's tensors as buffers of their own."""
 
-    command: tuple[bytes | str | int, ...] | None
+    packed: list[bytes | memoryview]
     pool: str
     correlations: list[str]
-    packed: list[bytes | memoryview] | None = None
+
+
+def _arguments(args: Iterable[bytes | str | int]) -> list[bytes]:
+    """Each argument as Redis's protocol carries it (a string: UTF-8; a number: its digits)."""
+    parts = []
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return parts
+
+
+def packed(*args: bytes | str | int) -> bytes:
+    """One command in Redis's protocol: what redis-py's packer sends, at a fraction of its
+    cost (it checks and converts every argument through several layers), and the dispatcher
+    packs two commands for every entry and one for every reply pop."""
+    return b"".join([b"*%d\r\n" % len(args), *_arguments(args)])
 
 
 def packed_xadd(stream: str, fields: list[bytes | str | int],
@@ -76,11 +93,9 @@ def packed_xadd(stream: str, fields: list[bytes | str | int],
     """``XADD stream * fields... payload`` in Redis's protocol, the payload's pieces left as
     they are (the socket write gathers them): what redis-py would send, without joining a
     large tensor into one more buffer first."""
-    args = [b"XADD", stream.encode(), b"*",
-            *(a if isinstance(a, bytes) else str(a).encode() for a in fields)]
     size = sum(len(piece) for piece in payload)  # every piece is a byte buffer ("B")
-    head = b"".join([b"*%d\r\n" % (len(args) + 1),
-                     *(b"$%d\r\n%s\r\n" % (len(a), a) for a in args), b"$%d\r\n" % size])
+    head = b"".join([b"*%d\r\n" % (len(fields) + 4),
+                     *_arguments(("XADD", stream, "*", *fields)), b"$%d\r\n" % size])
     return [head, *payload, b"\r\n"]
 
 
@@ -106,6 +121,27 @@ def bundles(outbox: list[_Outgoing]) -> list[list[_Outgoing]]:
     return cut
 
 
+def own_connection(client: aioredis.Redis) -> Connection:
+    """A connection with ``client``'s address, credentials and retry policy, outside its pool
+    and without a socket timeout of its own; the caller bounds each exchange as a whole.
+
+    With a socket timeout, redis-py runs every write under ``asyncio.wait_for``, which on
+    Python 3.11 is a task of its own: two more turns of the event loop before a request
+    reaches Redis, and a timer and a timeout context around every reply read. On the
+    dispatcher's two connections, which every call crosses, that was a tenth of the gateway's
+    time per call at concurrency 1; one ``asyncio.timeout`` per exchange bounds the same.
+    """
+    pool = client.connection_pool
+    return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+
+
+def exchange_timeout_s(client: aioredis.Redis, extra_s: float = 0.0) -> float | None:
+    """How long one exchange on an :func:`own_connection` of ``client`` may take: the client's
+    own socket timeout plus ``extra_s``; None (no bound) when the client has none."""
+    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    return float(timeout) + extra_s if timeout else None
+
+
 class Dispatcher:
     def __init__(self, client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str,
                  metrics: Metrics | None = None) -> None:
@@ -117,6 +153,8 @@ class Dispatcher:
         self._late = self.metrics.dropped_replies.labels("late")
         self._background: Background | None = None
         self.reply_to = replies.reply_list(gateway_id)
+        self._pop_command = packed("BLMPOP", BLOCK_S, 1, self.reply_to, "LEFT", "COUNT",
+                                   REPLY_POP_COUNT)
         self._pending: dict[str, asyncio.Future[wire.Reply]] = {}
         self._outbox: list[_Outgoing] = []
         self._wake = asyncio.Event()
@@ -162,6 +200,9 @@ class Dispatcher:
         self._running = False
         if self._background is not None:
             await self._background.stop((WRITER, READER), timeout_s=STOP_TIMEOUT_S)
+        for connection in (self._writer_connection, self._reader_connection):
+            if connection is not None:  # outside the clients' pools: closed here
+                await connection.disconnect()
         if self._sweep is not None:
             self._sweep.cancel()
         for future in self._pending.values():
@@ -226,16 +267,17 @@ class Dispatcher:
             pool = bundle[0].pool
             # Relative to when Redis adds the entry: no other host's clock reads this deadline.
             budget_ms = max(1, int(max(item.deadline_ms for item in bundle) - now_ms))
+            count = packed("INCRBY", pools.queued(pool), len(ids))
             if wire.input_bytes(requests) >= wire.LARGE_INPUT_BYTES:
                 fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, b"")
-                entries.append(_Write(None, pool, ids, packed_xadd(
+                entries.append(_Write([*packed_xadd(
                     pools.requests_stream(pool), fields.fields()[:-1],
-                    wire.encode_bundle_parts(requests))))
+                    wire.encode_bundle_parts(requests)), count], pool, ids))
                 continue
             payload = wire.encode_bundle(wire.combine(ids, requests))
             fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, payload)
-            entries.append(_Write(
-                ("XADD", pools.requests_stream(pool), "*", *fields.fields()), pool, ids))
+            entries.append(_Write([packed("XADD", pools.requests_stream(pool), "*",
+                                          *fields.fields()), count], pool, ids))
         return entries
 
     def _mark(self, correlations: Iterable[str], stage: str) -> None:
@@ -305,41 +347,36 @@ class Dispatcher:
         their replies.
 
         This is what a redis-py pipeline does, minus its per-call machinery (command stack,
-        response callbacks), which was a tenth of the gateway's CPU per request; connection
-        handling (auth, TLS, timeouts) stays redis-py's. So does its retry policy, once per
-        write: after Redis restarts, an idle pooled connection is dead and fails its first
+        response callbacks, argument packing), which was a tenth of the gateway's CPU per
+        request; connecting (address, auth, TLS) stays redis-py's. So does its retry policy,
+        once per write: after Redis restarts, an idle connection is dead and fails its first
         write, which must not turn into 503s with Redis up. A write resent after a connection
-        dropped mid-read may add some entries twice; replies are deduplicated by id.
+        dropped mid-read may add some entries twice; replies are deduplicated by id. The whole
+        exchange, retry included, takes at most the client's socket timeout
+        (:func:`own_connection`).
 
         The connection is this task's for the gateway's life, as the reader's is: taking it
-        from the pool and giving it back cost more than the write itself (the pool's lock, its
+        from a pool and giving it back cost more than the write itself (the pool's lock, its
         checks of the socket, its observability counters), once a call at concurrency 1. A
         failed write disconnects it; the next one connects it again.
         """
         if self._writer_connection is None:
-            self._writer_connection = await self.client.connection_pool.get_connection()
+            self._writer_connection = own_connection(self.client)
         connection = self._writer_connection
         try:
-            await connection.retry.call_with_retry(
-                lambda: self._write(connection, entries), lambda _error: connection.disconnect())
+            async with asyncio.timeout(exchange_timeout_s(self.client)):
+                await connection.retry.call_with_retry(
+                    lambda: self._write(connection, entries),
+                    lambda _error: connection.disconnect())
+        except TimeoutError as e:
+            await connection.disconnect()
+            raise RedisTimeoutError("Redis did not take the requests in time") from e
         except BaseException:
             await connection.disconnect()
             raise
 
     async def _write(self, connection: Connection, entries: list[_Write]) -> None:
-        buffers: list[bytes | memoryview] = []
-        commands: list[tuple[bytes | str | int, ...]] = []
-        for entry in entries:
-            if entry.packed is not None:
-                if commands:
-                    buffers.extend(connection.pack_commands(commands))
-                    commands = []
-                buffers.extend(entry.packed)
-            else:
-                assert entry.command is not None
-                commands.append(entry.command)
-            commands.append(("INCRBY", pools.queued(entry.pool), len(entry.correlations)))
-        buffers.extend(connection.pack_commands(commands))
+        buffers = [piece for entry in entries for piece in entry.packed]
         if self._traced:
             self._mark((c for entry in entries for c in entry.correlations), "writing")
         await connection.send_packed_command(buffers, check_health=False)
@@ -407,7 +444,7 @@ class Dispatcher:
         replies = await self.reader.lpop(self.reply_to, REPLY_POP_COUNT)
         if replies:
             return list(replies)
-        popped = await self.reader.blpop([self.reply_to], timeout=1)
+        popped = await self.reader.blpop([self.reply_to], timeout=BLOCK_S)
         return [popped[1]] if popped else []
 
     async def _blocking_pop(self) -> Any:
@@ -415,13 +452,15 @@ class Dispatcher:
         redis-py's per-command layers (pool checkout, retry, timeout contexts) are most of
         its cost when few calls are in flight."""
         if self._reader_connection is None:
-            self._reader_connection = await self.reader.connection_pool.get_connection()
+            self._reader_connection = own_connection(self.reader)
         connection = self._reader_connection
         try:
-            await connection.send_packed_command(connection.pack_command(
-                "BLMPOP", 1, 1, self.reply_to, "LEFT", "COUNT", REPLY_POP_COUNT),
-                check_health=False)
-            return await connection.read_response()
+            async with asyncio.timeout(exchange_timeout_s(self.reader, BLOCK_S)):
+                await connection.send_packed_command(self._pop_command, check_health=False)
+                return await connection.read_response()
+        except TimeoutError as e:
+            await connection.disconnect()
+            raise RedisTimeoutError("Redis did not answer the reply pop in time") from e
         except (RedisError, OSError, asyncio.CancelledError):
             # A reply may be left unread on it: never reuse it (it reconnects on next use).
             await connection.disconnect()
