@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -41,6 +41,7 @@ from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.store import pools, replies
 from modelgate.core.trace import now_ns
 from modelgate.gateway.background import Background
+from modelgate.gateway.link import Link, arguments, packed
 from modelgate.gateway.metrics import Metrics
 
 log = logging.getLogger("modelgate.gateway")
@@ -72,22 +73,6 @@ class _Write:
     correlations: list[str]
 
 
-def _arguments(args: Iterable[bytes | str | int]) -> list[bytes]:
-    """Each argument as Redis's protocol carries it (a string: UTF-8; a number: its digits)."""
-    parts = []
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return parts
-
-
-def packed(*args: bytes | str | int) -> bytes:
-    """One command in Redis's protocol: what redis-py's packer sends, at a fraction of its
-    cost (it checks and converts every argument through several layers), and the dispatcher
-    packs two commands for every entry and one for every reply pop."""
-    return b"".join([b"*%d\r\n" % len(args), *_arguments(args)])
-
-
 def packed_xadd(stream: str, fields: list[bytes | str | int],
                 payload: list[bytes | memoryview]) -> list[bytes | memoryview]:
     """``XADD stream * fields... payload`` in Redis's protocol, the payload's pieces left as
@@ -95,7 +80,7 @@ def packed_xadd(stream: str, fields: list[bytes | str | int],
     large tensor into one more buffer first."""
     size = sum(len(piece) for piece in payload)  # every piece is a byte buffer ("B")
     head = b"".join([b"*%d\r\n" % (len(fields) + 4),
-                     *_arguments(("XADD", stream, "*", *fields)), b"$%d\r\n" % size])
+                     *arguments(("XADD", stream, "*", *fields)), b"$%d\r\n" % size])
     return [head, *payload, b"\r\n"]
 
 
@@ -121,23 +106,10 @@ def bundles(outbox: list[_Outgoing]) -> list[list[_Outgoing]]:
     return cut
 
 
-def own_connection(client: aioredis.Redis) -> Connection:
-    """A connection with ``client``'s address, credentials and retry policy, outside its pool
-    and without a socket timeout of its own; the caller bounds each exchange as a whole.
-
-    With a socket timeout, redis-py runs every write under ``asyncio.wait_for``, which on
-    Python 3.11 is a task of its own: two more turns of the event loop before a request
-    reaches Redis, and a timer and a timeout context around every reply read. On the
-    dispatcher's two connections, which every call crosses, that was a tenth of the gateway's
-    time per call at concurrency 1; one ``asyncio.timeout`` per exchange bounds the same.
-    """
-    pool = client.connection_pool
-    return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
-
-
 def exchange_timeout_s(client: aioredis.Redis, extra_s: float = 0.0) -> float | None:
-    """How long one exchange on an :func:`own_connection` of ``client`` may take: the client's
-    own socket timeout plus ``extra_s``; None (no bound) when the client has none."""
+    """How long one exchange on a :class:`Link` to ``client``'s Redis may take, connecting
+    included: the client's own socket timeout plus ``extra_s``; None (no bound) when the
+    client has none."""
     timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
     return float(timeout) + extra_s if timeout else None
 
@@ -159,8 +131,8 @@ class Dispatcher:
         self._outbox: list[_Outgoing] = []
         self._wake = asyncio.Event()
         self._blmpop = True  # until the server says it does not know the command
-        self._reader_connection: Connection | None = None
-        self._writer_connection: Connection | None = None
+        self._reader_link: Link | None = None
+        self._writer_link: Link | None = None
         self._deadlines: list[tuple[int, str]] = []  # heap: (deadline_ms, correlation)
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_at_ms = 0
@@ -200,9 +172,9 @@ class Dispatcher:
         self._running = False
         if self._background is not None:
             await self._background.stop((WRITER, READER), timeout_s=STOP_TIMEOUT_S)
-        for connection in (self._writer_connection, self._reader_connection):
-            if connection is not None:  # outside the clients' pools: closed here
-                await connection.disconnect()
+        for link in (self._writer_link, self._reader_link):
+            if link is not None:
+                link.close()
         if self._sweep is not None:
             self._sweep.cancel()
         for future in self._pending.values():
@@ -311,10 +283,10 @@ class Dispatcher:
             future.set_exception(error)
 
     async def _write_loop(self) -> None:
-        if self._writer_connection is not None:
+        if self._writer_link is not None:
             # Restarted after a death that may have left a reply unread on it: never reuse it.
-            await self._writer_connection.disconnect()
-            self._writer_connection = None
+            self._writer_link.close()
+            self._writer_link = None
         if self._outbox:  # restarted after a death: calls may have arrived meanwhile
             self._wake.set()
         while True:
@@ -343,66 +315,80 @@ class Dispatcher:
                 self._writing = False
 
     async def _send(self, entries: list[_Write]) -> None:
-        """Every entry's XADD and queued-count INCRBY in one write on one connection, then
+        """Every entry's XADD and queued-count INCRBY in one write on the writer's link, then
         their replies.
 
         This is what a redis-py pipeline does, minus its per-call machinery (command stack,
-        response callbacks, argument packing), which was a tenth of the gateway's CPU per
-        request; connecting (address, auth, TLS) stays redis-py's. So does its retry policy,
-        once per write: after Redis restarts, an idle connection is dead and fails its first
-        write, which must not turn into 503s with Redis up. A write resent after a connection
-        dropped mid-read may add some entries twice; replies are deduplicated by id. The whole
-        exchange, retry included, takes at most the client's socket timeout
-        (:func:`own_connection`).
+        response callbacks, argument packing, stream reads; ``gateway/link.py``), which was
+        most of the gateway's CPU per request beyond the model's own work. A dropped
+        connection is retried once, at once, as the client's retry policy says: after Redis
+        restarts, an idle connection is dead and fails its first write, which must not turn
+        into 503s with Redis up. A write resent after a connection dropped mid-read may add
+        some entries twice; replies are deduplicated by id. The whole exchange, connecting
+        and the retry included, takes at most the client's socket timeout.
 
-        The connection is this task's for the gateway's life, as the reader's is: taking it
-        from a pool and giving it back cost more than the write itself (the pool's lock, its
-        checks of the socket, its observability counters), once a call at concurrency 1. A
-        failed write disconnects it; the next one connects it again.
+        The link is this task's for the gateway's life, as the reader's is: taking a
+        connection from a pool and giving it back cost more than the write itself (the pool's
+        lock, its checks of the socket, its observability counters), once a call at
+        concurrency 1. A failed exchange closes it; the next one connects again.
         """
-        if self._writer_connection is None:
-            self._writer_connection = own_connection(self.client)
-        connection = self._writer_connection
+        buffers = [piece for entry in entries for piece in entry.packed]
         try:
             async with asyncio.timeout(exchange_timeout_s(self.client)):
-                await connection.retry.call_with_retry(
-                    lambda: self._write(connection, entries),
-                    lambda _error: connection.disconnect())
+                try:
+                    results = await self._exchange(buffers, 2 * len(entries), entries)
+                except RedisConnectionError:
+                    results = await self._exchange(buffers, 2 * len(entries), entries)
         except TimeoutError as e:
-            await connection.disconnect()
+            self._close_writer()
             raise RedisTimeoutError("Redis did not take the requests in time") from e
         except BaseException:
-            await connection.disconnect()
+            self._close_writer()
             raise
-
-    async def _write(self, connection: Connection, entries: list[_Write]) -> None:
-        buffers = [piece for entry in entries for piece in entry.packed]
-        if self._traced:
-            self._mark((c for entry in entries for c in entry.correlations), "writing")
-        await connection.send_packed_command(buffers, check_health=False)
-        if self._traced:
-            self._mark((c for entry in entries for c in entry.correlations), "sent")
-        for entry in entries:
-            try:
-                await connection.read_response()
+        for index, entry in enumerate(entries):
+            added, counted = results[2 * index], results[2 * index + 1]
             # This entry was refused; the others stand. Its INCRBY still ran: the count is one
             # bundle high until the stream next drains (pools.QUEUED_REPAIR).
-            except ResponseError as e:
+            if isinstance(added, ResponseError):
                 message = (f"{OUT_OF_MEMORY}; the request was not queued, retry shortly"
-                           if isinstance(e, OutOfMemoryError)
-                           else f"the queue refused the request ({e}); retry shortly")
+                           if isinstance(added, OutOfMemoryError)
+                           else f"the queue refused the request ({added}); retry shortly")
                 for correlation in entry.correlations:
                     self._fail(correlation, BackendUnavailable(message))
-            try:
-                await connection.read_response()
-            except ResponseError as e:  # the backlog count only; the entry stands
-                log.warning("queued count of %s not updated: %s", entry.pool, e)
+            if isinstance(counted, ResponseError):  # the backlog count only; the entry stands
+                log.warning("queued count of %s not updated: %s", entry.pool, counted)
+
+    async def _exchange(self, buffers: list[bytes | memoryview], count: int,
+                        entries: list[_Write]) -> list[Any]:
+        """The replies of one write on the writer's link (connected first if need be)."""
+        link = self._writer_link
+        if link is None or link.closed:
+            link = self._writer_link = await Link.open(self.client)
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "writing")
+        try:
+            replies = link.exchange(buffers, count)
+        except RedisConnectionError:
+            self._close_writer()
+            raise
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "sent")
+        try:
+            return await replies
+        except RedisConnectionError:
+            self._close_writer()
+            raise
+
+    def _close_writer(self) -> None:
+        if self._writer_link is not None:
+            self._writer_link.close()
+            self._writer_link = None
 
     async def _read_loop(self) -> None:
-        if self._reader_connection is not None:
+        if self._reader_link is not None:
             # Restarted after a death that may have left a reply unread on it: never reuse it.
-            await self._reader_connection.disconnect()
-            self._reader_connection = None
+            self._reader_link.close()
+            self._reader_link = None
         backoff_s = 0.05
         while self._running:
             try:
@@ -448,23 +434,29 @@ class Dispatcher:
         return [popped[1]] if popped else []
 
     async def _blocking_pop(self) -> Any:
-        """BLMPOP on a connection this task holds: each answer waits on this call, and
-        redis-py's per-command layers (pool checkout, retry, timeout contexts) are most of
-        its cost when few calls are in flight."""
-        if self._reader_connection is None:
-            self._reader_connection = own_connection(self.reader)
-        connection = self._reader_connection
+        """BLMPOP on a link this task holds (``gateway/link.py``): each answer waits on this
+        call, and redis-py's per-command layers (pool checkout, retry, timeout contexts,
+        stream reads) were most of its cost when few calls are in flight."""
         try:
             async with asyncio.timeout(exchange_timeout_s(self.reader, BLOCK_S)):
-                await connection.send_packed_command(self._pop_command, check_health=False)
-                return await connection.read_response()
+                if self._reader_link is None or self._reader_link.closed:
+                    self._reader_link = await Link.open(self.reader)
+                popped = (await self._reader_link.exchange([self._pop_command], 1))[0]
         except TimeoutError as e:
-            await connection.disconnect()
+            self._close_reader()
             raise RedisTimeoutError("Redis did not answer the reply pop in time") from e
         except (RedisError, OSError, asyncio.CancelledError):
             # A reply may be left unread on it: never reuse it (it reconnects on next use).
-            await connection.disconnect()
+            self._close_reader()
             raise
+        if isinstance(popped, ResponseError):
+            raise popped
+        return popped
+
+    def _close_reader(self) -> None:
+        if self._reader_link is not None:
+            self._reader_link.close()
+            self._reader_link = None
 
     def _resolve(self, raw: bytes) -> None:
         try:

@@ -1,0 +1,144 @@
+"""The dispatcher's connections to Redis: commands written at once, replies read by callbacks.
+
+Every call crosses two of them (the writer's ``XADD``, the reader's ``BLMPOP``), and on those
+redis-py's asyncio layers cost more than the rest of the dispatcher: a stream reader and a
+parser object per read, a timeout context per reply, and with a socket timeout every write
+run under ``asyncio.wait_for`` (a task of its own on Python 3.11: two more turns of the event
+loop before the request reaches Redis). A :class:`Link` is an ``asyncio.Protocol`` that feeds
+what arrives to hiredis and resolves one future per exchange when its last reply is in.
+
+redis-py still makes the connection -- address, TLS, ``AUTH``, ``SELECT``, the client name:
+whatever the URL and the client's settings say -- and then hands the socket over
+(:meth:`Link.open`). The caller bounds each exchange as a whole (``asyncio.timeout``), as the
+client's socket timeout bounded each of its reads and writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
+
+
+def packed(*args: bytes | str | int) -> bytes:
+    """One command in Redis's protocol: what redis-py's packer sends, at a fraction of its
+    cost (it checks and converts every argument through several layers)."""
+    return b"".join([b"*%d\r\n" % len(args), *arguments(args)])
+
+
+def arguments(args: Iterable[bytes | str | int]) -> list[bytes]:
+    """Each argument as Redis's protocol carries it (a string: UTF-8; a number: its digits)."""
+    parts = []
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return parts
+
+
+def refusal(error: ResponseError) -> ResponseError:
+    """A command's error reply as redis-py would raise it (``OOM``: OutOfMemoryError)."""
+    message = str(error)
+    return OutOfMemoryError(message) if message.startswith("OOM") else error
+
+
+@dataclass(slots=True)
+class _Exchange:
+    count: int  # replies it waits for
+    future: asyncio.Future[list[Any]]
+    replies: list[Any] = field(default_factory=list)
+
+
+class Link(asyncio.Protocol):
+    """One connection to Redis. :meth:`exchange` writes commands and returns a future of
+    their replies, in order; a command's error reply is its ``ResponseError`` in the list,
+    not raised. A lost connection fails every exchange waiting on it with ConnectionError."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._waiting: deque[_Exchange] = deque()
+        self._stream_writer: asyncio.StreamWriter | None = None
+
+    @classmethod
+    async def open(cls, client: aioredis.Redis) -> Link:
+        """A link to the Redis of ``client``, connected as the client's connections are
+        (its pool's connection class and settings), the socket then read by the link."""
+        pool = client.connection_pool
+        # No socket timeout: the handshake alone is bounded by the connect timeout, and the
+        # caller bounds every exchange afterwards.
+        connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        await connection.connect()
+        writer = connection._writer
+        if writer is None:
+            raise RedisConnectionError("Redis closed the connection while it was made")
+        link = cls()
+        transport = writer.transport
+        transport.set_protocol(link)
+        link.transport = transport
+        # Kept: a stream writer collected while its transport is open closes the transport.
+        link._stream_writer = writer
+        # The connection object forgets the socket: closing it is the link's from now on.
+        connection._reader = connection._writer = None
+        return link
+
+    def exchange(self, buffers: list[bytes | memoryview], count: int
+                 ) -> asyncio.Future[list[Any]]:
+        """Write ``buffers`` (``count`` commands) now; the future of their ``count`` replies."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise RedisConnectionError("the connection to Redis is closed")
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Exchange(count, future))
+        self.transport.writelines(buffers)
+        return future
+
+    def close(self) -> None:
+        """Close the connection; exchanges still waiting fail (``connection_lost``)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as e:
+                self._fail(RedisConnectionError(f"Redis sent bytes that are not its protocol: {e}"))
+                return
+            if reply is False:
+                return
+            if not self._waiting:  # nothing was asked: the stream cannot be trusted any more
+                self._fail(RedisConnectionError("Redis sent a reply that nothing asked for"))
+                return
+            exchange = self._waiting[0]
+            exchange.replies.append(refusal(reply) if isinstance(reply, ResponseError)
+                                    else reply)
+            if len(exchange.replies) == exchange.count:
+                self._waiting.popleft()
+                if not exchange.future.done():  # not cancelled meanwhile
+                    exchange.future.set_result(exchange.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        why = f": {exc}" if exc is not None else ""
+        self._fail(RedisConnectionError(f"Redis closed the connection{why}"))
+
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        waiting, self._waiting = self._waiting, deque()
+        for exchange in waiting:
+            if not exchange.future.done():
+                exchange.future.set_exception(error)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
