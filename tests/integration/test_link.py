@@ -1,0 +1,105 @@
+"""The dispatcher's links to Redis (``gateway/link.py``) against a real redis-server: replies
+come back to the exchange that asked, in order, errors as values; a connection Redis drops
+fails what waits on it at once; the connection is made as the client's are (its database)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
+
+from modelgate.gateway.link import Link, packed
+from tests.conftest import redis_url_for_db
+
+
+def test_exchanges_get_their_own_replies_in_order_and_errors_as_values(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    async def run() -> tuple[list[object], list[object]]:
+        client = aioredis.Redis.from_url(redis_url_for_db(redis_url, 0))
+        link = await Link.open(client)
+        try:
+            # Two exchanges in flight at once, the second written before the first is read.
+            first = link.exchange([packed("SET", "k", "1"), packed("INCRBY", "k", 41)], 2)
+            second = link.exchange([packed("LPUSH", "k", "x"), packed("GET", "k")], 2)
+            return await first, await second
+        finally:
+            link.close()
+            await client.aclose()
+
+    first, second = asyncio.run(run())
+    assert first == [b"OK", 42]
+    assert isinstance(second[0], ResponseError) and "WRONGTYPE" in str(second[0])
+    assert second[1] == b"42"
+    assert redis_client.get("k") == b"42"
+
+
+def test_a_refusal_for_memory_is_an_out_of_memory_error(private_redis_url: str) -> None:
+    admin = redis.Redis.from_url(private_redis_url)
+    admin.set("filler", "x" * 200_000)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")  # anything: every write is now refused
+
+    async def run() -> list[object]:
+        client = aioredis.Redis.from_url(private_redis_url)
+        link = await Link.open(client)
+        try:
+            return await link.exchange([packed("SET", "more", "x")], 1)
+        finally:
+            link.close()
+            await client.aclose()
+
+    try:
+        (refused,) = asyncio.run(run())
+    finally:
+        admin.config_set("maxmemory", "0")
+        admin.close()
+    assert isinstance(refused, OutOfMemoryError), refused
+
+
+def test_a_dropped_connection_fails_the_waiting_exchange_and_the_link_says_closed(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    async def run() -> tuple[Link, BaseException]:
+        client = aioredis.Redis.from_url(redis_url_for_db(redis_url, 0))
+        link = await Link.open(client)
+        try:
+            (name,) = await link.exchange([packed("CLIENT", "SETNAME", "doomed")], 1)
+            assert name == b"OK"
+            waiting = link.exchange([packed("BLPOP", "nothing", 10)], 1)
+            await asyncio.sleep(0.1)
+            await client.client_kill_filter(_type="normal", skipme=True)
+            with pytest.raises(RedisConnectionError) as failed:
+                await asyncio.wait_for(waiting, 5)
+            return link, failed.value
+        finally:
+            link.close()
+            await client.aclose()
+
+    link, failed = asyncio.run(run())
+    assert link.closed and "closed" in str(failed)
+    with pytest.raises(RedisConnectionError):
+        link.exchange([packed("PING")], 1)
+
+
+def test_the_link_uses_the_clients_database(redis_url: str) -> None:
+    url = redis_url_for_db(redis_url, 7)
+
+    async def run() -> list[object]:
+        client = aioredis.Redis.from_url(url)
+        link = await Link.open(client)
+        try:
+            return await link.exchange([packed("SET", "where", "db7")], 1)
+        finally:
+            link.close()
+            await client.aclose()
+
+    seven = redis.Redis.from_url(url)
+    try:
+        assert asyncio.run(run()) == [b"OK"]
+        assert seven.get("where") == b"db7"
+    finally:
+        seven.delete("where")
+        seven.close()
