@@ -138,6 +138,8 @@ class Dispatcher:
         self._sweep_at_ms = 0
         self._running = True
         self._writing = False
+        # Entries submit wrote itself, and the future of their replies (``_write_now``).
+        self._written: tuple[list[_Write], asyncio.Future[list[Any]]] | None = None
         self._popped_ns = 0  # when the replies being resolved were popped (traced calls)
         # Each pool's run size cap as its workers published it (the data plane's refresh keeps
         # it): bundles never hold more rows than a worker runs at once.
@@ -201,8 +203,37 @@ class Dispatcher:
             marks["submitted"] = now_ns()
             self._traced[correlation] = marks
         self._outbox.append(_Outgoing(pool, request, correlation, deadline_ms, max_rows))
+        if len(self._pending) == 1 and not self._writing:
+            self._write_now()
         self._wake.set()
         return future
+
+    def _write_now(self) -> None:
+        """Write the outbox (this call alone: no other is in flight) at once on the writer's
+        link, for the writer task to read the replies of: a call at concurrency 1 then does
+        not wait a turn of the event loop for the writer task before it reaches Redis. Under
+        concurrency the writer task takes the outbox whole, which bundles it."""
+        link = self._writer_link
+        if link is None or link.closed:
+            return  # the writer task connects
+        outbox, self._outbox = self._outbox, []
+        try:
+            entries = self._entries(outbox)
+        except (wire.WireError, ValueError):
+            self._outbox[:0] = outbox  # the writer task fails them, saying why
+            return
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "writing")
+        try:
+            replies = link.exchange([piece for entry in entries for piece in entry.packed],
+                                    2 * len(entries))
+        except RedisConnectionError:
+            self._outbox[:0] = outbox
+            return
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "sent")
+        self._writing = True
+        self._written = (entries, replies)
 
     def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline_ms: int,
                       correlation: str) -> None:
@@ -292,6 +323,14 @@ class Dispatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._written is not None:  # written by submit: its replies are read here
+                written, self._written = self._written, None
+                try:
+                    await self._send(written[0], written[1])
+                except (RedisError, OSError) as e:
+                    self._fail_entries(written[0], e)
+                finally:
+                    self._writing = False
             outbox, self._outbox = self._outbox, []
             if not outbox:
                 continue
@@ -307,14 +346,18 @@ class Dispatcher:
             try:
                 await self._send(entries)
             except (RedisError, OSError) as e:
-                for entry in entries:
-                    for correlation in entry.correlations:
-                        self._fail(correlation, BackendUnavailable(
-                            f"the queue (Redis) is unreachable: {e}; retry shortly"))
+                self._fail_entries(entries, e)
             finally:
                 self._writing = False
 
-    async def _send(self, entries: list[_Write]) -> None:
+    def _fail_entries(self, entries: list[_Write], error: Exception) -> None:
+        for entry in entries:
+            for correlation in entry.correlations:
+                self._fail(correlation, BackendUnavailable(
+                    f"the queue (Redis) is unreachable: {error}; retry shortly"))
+
+    async def _send(self, entries: list[_Write],
+                    written: asyncio.Future[list[Any]] | None = None) -> None:
         """Every entry's XADD and queued-count INCRBY in one write on the writer's link, then
         their replies.
 
@@ -325,7 +368,8 @@ class Dispatcher:
         restarts, an idle connection is dead and fails its first write, which must not turn
         into 503s with Redis up. A write resent after a connection dropped mid-read may add
         some entries twice; replies are deduplicated by id. The whole exchange, connecting
-        and the retry included, takes at most the client's socket timeout.
+        and the retry included, takes at most the client's socket timeout. With ``written``,
+        the entries went out already (``_write_now``): only their replies are awaited.
 
         The link is this task's for the gateway's life, as the reader's is: taking a
         connection from a pool and giving it back cost more than the write itself (the pool's
@@ -336,8 +380,10 @@ class Dispatcher:
         try:
             async with asyncio.timeout(exchange_timeout_s(self.client)):
                 try:
-                    results = await self._exchange(buffers, 2 * len(entries), entries)
+                    results = await (written if written is not None
+                                     else self._exchange(buffers, 2 * len(entries), entries))
                 except RedisConnectionError:
+                    self._close_writer()
                     results = await self._exchange(buffers, 2 * len(entries), entries)
         except TimeoutError as e:
             self._close_writer()
