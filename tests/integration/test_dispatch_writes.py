@@ -1,8 +1,10 @@
-"""The dispatcher's own connections (``dispatch.own_connection``) have no socket timeout of
-their own; each exchange on them is bounded as a whole. A Redis that stops answering (a
-stopped process: the socket stays open, nothing comes back) must still turn calls into a
-prompt 503, not into waits until their deadlines, and the dispatcher must take calls again
-once Redis answers."""
+"""How the dispatcher's requests reach Redis (``gateway/dispatch.py``, ``gateway/link.py``).
+
+Its own connections have no socket timeout of their own; each exchange on them is bounded as
+a whole. A Redis that stops answering (a stopped process: the socket stays open, nothing comes
+back) must still turn calls into a prompt 503, not into waits until their deadlines, and the
+dispatcher must take calls again once Redis answers. A call alone in flight is written by
+``submit`` itself, before the event loop turns."""
 
 from __future__ import annotations
 
@@ -91,3 +93,55 @@ def test_a_stopped_redis_fails_calls_promptly_and_calls_go_on_after_it(tmp_path:
     assert waited_s < 4 * TIMEOUT_S, waited_s
     assert "Redis" in str(refused) and "retry" in str(refused)
     np.testing.assert_array_equal(after.outputs["y"].data, x.data)
+
+
+def test_a_lone_call_reaches_redis_before_the_event_loop_turns(tmp_path: Path) -> None:
+    """At concurrency 1 the call's entry is written by ``submit`` itself: it is in the stream
+    while the event loop is still blocked in the caller's step (with the writer task, it
+    would reach Redis only once the loop turned)."""
+    process, url = start_redis()
+    client = redis.Redis.from_url(url)
+    settings = GatewaySettings(models_dir=tmp_path, redis_url=url)
+    x = wire.tensor(np.ones((1, 4), np.float32))
+
+    async def run() -> tuple[int, int]:
+        writer, reader = redis_clients(settings)
+        dispatcher = Dispatcher(writer, reader, "lone")
+        dispatcher.start()
+        try:
+            def submit() -> asyncio.Future[wire.Reply]:
+                deadline_ms = int(time.time() * 1000) + 30_000
+                return dispatcher.submit(POOL, wire.Request({"x": x}), deadline_ms, 8)
+
+            first = submit()  # connects the writer's link
+            while not first.done():
+                await asyncio.to_thread(answer_all, client)
+                await asyncio.sleep(0.02)
+            lone = submit()
+            time.sleep(0.3)  # the loop is blocked here: only a write made by submit is in
+            seen = client.xlen(pools.requests_stream(POOL))
+            while not lone.done():
+                await asyncio.to_thread(answer_all, client)
+                await asyncio.sleep(0.02)
+            lone.result()
+            # Two at once, the loop still blocked after both: the second waits for the
+            # writer task, which bundles what arrives meanwhile.
+            pair = [submit(), submit()]
+            time.sleep(0.3)
+            seen_pair = client.xlen(pools.requests_stream(POOL))
+            while not all(f.done() for f in pair):
+                await asyncio.to_thread(answer_all, client)
+                await asyncio.sleep(0.02)
+            return seen, seen_pair
+        finally:
+            await dispatcher.stop()
+            await writer.aclose()
+            await reader.aclose()
+
+    try:
+        seen, seen_pair = asyncio.run(run())
+    finally:
+        client.close()
+        stop_process(process, timeout_s=5)
+    assert seen == 1
+    assert seen_pair == 1  # the first of the two alone; the second after the loop turns
