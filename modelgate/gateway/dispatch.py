@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from modelgate.core import wire
+from modelgate.core import ids, wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
 from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.store import pools, replies
@@ -191,7 +190,7 @@ class Dispatcher:
         With ``marks`` (a traced call), the stages it passes here are added to it."""
         loop = asyncio.get_running_loop()
         # Unguessable: nothing that cannot read the stream can forge an answer to a call.
-        correlation = secrets.token_hex(8)
+        correlation = ids.token_hex(8)
         future: asyncio.Future[wire.Reply] = loop.create_future()
         self._pending[correlation] = future
         self._add_deadline(loop, deadline_ms, correlation)

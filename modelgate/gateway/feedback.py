@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,7 +32,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from modelgate.core import wire
+from modelgate.core import ids, wire
 from modelgate.core.prediction import PredictionError, Predictions, PredictionSpec, predict
 from modelgate.core.quality import (
     AlarmConfig,
@@ -71,7 +70,7 @@ def call_id(given: str | None, header: str | None) -> str:
     """The id of a call: the caller's (the body's ``id``, else its ``X-Request-Id`` header),
     else a new one (128 random bits as 32 hex digits, like a uuid4's hex, at a third of its
     cost), returned to the caller so that it can send feedback."""
-    return given or header or secrets.token_hex(16)
+    return given or header or ids.token_hex(16)
 
 
 def id_headers(call: str) -> dict[str, str]:
