@@ -37,10 +37,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from modelgate.core import ids, wire
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
 from modelgate.core.redis_checks import OUT_OF_MEMORY
+from modelgate.core.resp import arguments, packed
 from modelgate.core.store import pools, replies
 from modelgate.core.trace import now_ns
 from modelgate.gateway.background import Background
-from modelgate.gateway.link import Link, arguments, packed
+from modelgate.gateway.link import Link
 from modelgate.gateway.metrics import Metrics
 
 log = logging.getLogger("modelgate.gateway")

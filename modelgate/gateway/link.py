@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,21 +25,6 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
-
-
-def packed(*args: bytes | str | int) -> bytes:
-    """One command in Redis's protocol: what redis-py's packer sends, at a fraction of its
-    cost (it checks and converts every argument through several layers)."""
-    return b"".join([b"*%d\r\n" % len(args), *arguments(args)])
-
-
-def arguments(args: Iterable[bytes | str | int]) -> list[bytes]:
-    """Each argument as Redis's protocol carries it (a string: UTF-8; a number: its digits)."""
-    parts = []
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return parts
 
 
 def refusal(error: ResponseError) -> ResponseError:

@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from modelgate.gateway.link import Link, packed
+from modelgate.core.resp import packed
+from modelgate.gateway.link import Link
 from tests.conftest import redis_url_for_db
 
 
