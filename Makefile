@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO := demo_models
 PORT ?= 8080
 
-.PHONY: up test test-fast system-deps engine-deps bench trace lint loadtest loadtest-overload clean protos \
+.PHONY: up test test-fast system-deps engine-deps bench trace instructions lint loadtest loadtest-overload clean protos \
 	images test-engine engine-tests bench-images bench-quality
 
 $(BIN)/python:
@@ -56,6 +56,11 @@ bench: $(VENV)/.dev
 BENCH_TRACE_ARGS ?=
 trace: $(VENV)/.dev
 	$(BIN)/python -m bench.trace $(BENCH_TRACE_ARGS)
+
+# The gateway's instructions per call at concurrency 1 under callgrind (bench/instructions.py):
+# the same on any host, to compare two trees where times are noise; needs valgrind; ~1 min.
+instructions: $(VENV)/.dev
+	$(BIN)/python -m bench.instructions
 
 # Rolling out versions under load (bench/swap.py): a swap at concurrency 32 for 60 s, a
 # poll-mode drop, 200 load/unload cycles; ~15 min. BENCH_SWAP_ARGS='--cycles 20' for less.

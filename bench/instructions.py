@@ -36,9 +36,16 @@ READY_TIMEOUT_S = 300.0  # the gateway under valgrind starts ~50x slower
 
 
 def gateway_command(pid: int, port: int) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of gateway ``pid``, listening on ``port`` itself
-    (``--port``; an inherited socket's ``--fd`` left out)."""
+    """The command line and environment of gateway ``pid``, listening on ``port`` itself."""
     args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    environ = dict(line.split("=", 1) for line in
+                   Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in line)
+    return listening_on(args, port), environ
+
+
+def listening_on(args: list[str], port: int) -> list[str]:
+    """A gateway's command line with ``--port port`` and without ``--fd`` (a socket its
+    supervisor passed it, which another process does not have)."""
     command: list[str] = []
     skip = False
     for index, arg in enumerate(args):
@@ -51,9 +58,7 @@ def gateway_command(pid: int, port: int) -> tuple[list[str], dict[str, str]]:
         command.append(str(port) if index > 0 and args[index - 1] == "--port" else arg)
     if "--port" not in command:
         command += ["--port", str(port)]
-    environ = dict(line.split("=", 1) for line in
-                   Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in line)
-    return command, environ
+    return command
 
 
 def drive(port: int, workload: Workload, calls: int) -> None:

@@ -185,3 +185,14 @@ def test_cpu_table_gives_each_process_kind_its_cpu_per_request() -> None:
 
     assert "| modelgate | 32 | 1.00 | 500 | gateway 300, redis 50, workers 150 |" in table
 
+
+
+def test_the_counted_gateway_listens_on_its_own_port_without_the_supervisors_socket() -> None:
+    from bench.instructions import listening_on
+
+    given = ["python", "-m", "modelgate", "gateway", "--models", "/m", "--port", "8000",
+             "--fd", "7", "--grpc-port", "0"]
+    assert listening_on(given, 9123) == ["python", "-m", "modelgate", "gateway", "--models",
+                                         "/m", "--port", "9123", "--grpc-port", "0"]
+    assert listening_on(["python", "-m", "modelgate", "gateway", "--fd", "3"], 9123) == [
+        "python", "-m", "modelgate", "gateway", "--port", "9123"]
