@@ -47,7 +47,7 @@ class Link(asyncio.Protocol):
     not raised. A lost connection fails every exchange waiting on it with ConnectionError."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.WriteTransport | None = None
         self.closed = False
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._waiting: deque[_Exchange] = deque()
@@ -62,7 +62,9 @@ class Link(asyncio.Protocol):
         # caller bounds every exchange afterwards.
         connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         await connection.connect()
-        writer = connection._writer
+        # redis-py's asyncio connections keep their stream writer here (since 4.2; the
+        # pyproject pins the major version this was checked against).
+        writer: asyncio.StreamWriter | None = getattr(connection, "_writer", None)
         if writer is None:
             raise RedisConnectionError("Redis closed the connection while it was made")
         link = cls()
