@@ -222,18 +222,25 @@ class Dispatcher:
         except (wire.WireError, ValueError):
             self._outbox[:0] = outbox  # the writer task fails them, saying why
             return
-        if self._traced:
-            self._mark((c for entry in entries for c in entry.correlations), "writing")
         try:
-            replies = link.exchange([piece for entry in entries for piece in entry.packed],
-                                    2 * len(entries))
+            replies = self._put(link, entries,
+                                [piece for entry in entries for piece in entry.packed])
         except RedisConnectionError:
             self._outbox[:0] = outbox
             return
-        if self._traced:
-            self._mark((c for entry in entries for c in entry.correlations), "sent")
         self._writing = True
         self._written = (entries, replies)
+
+    def _put(self, link: Link, entries: list[_Write], buffers: list[bytes | memoryview]
+             ) -> asyncio.Future[list[Any]]:
+        """Write ``entries`` (their XADDs and INCRBYs, ``buffers``) on ``link`` now; the
+        future of their replies. Traced calls are marked around the write."""
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "writing")
+        replies = link.exchange(buffers, 2 * len(entries))
+        if self._traced:
+            self._mark((c for entry in entries for c in entry.correlations), "sent")
+        return replies
 
     def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline_ms: int,
                       correlation: str) -> None:
@@ -270,17 +277,17 @@ class Dispatcher:
             pool = bundle[0].pool
             # Relative to when Redis adds the entry: no other host's clock reads this deadline.
             budget_ms = max(1, int(max(item.deadline_ms for item in bundle) - now_ms))
-            count = packed("INCRBY", pools.queued(pool), len(ids))
+            queued = packed("INCRBY", pools.queued(pool), len(ids))
             if wire.input_bytes(requests) >= wire.LARGE_INPUT_BYTES:
                 fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, b"")
                 entries.append(_Write([*packed_xadd(
                     pools.requests_stream(pool), fields.fields()[:-1],
-                    wire.encode_bundle_parts(requests)), count], pool, ids))
+                    wire.encode_bundle_parts(requests)), queued], pool, ids))
                 continue
             payload = wire.encode_bundle(wire.combine(ids, requests))
             fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, payload)
             entries.append(_Write([packed("XADD", pools.requests_stream(pool), "*",
-                                          *fields.fields()), count], pool, ids))
+                                          *fields.fields()), queued], pool, ids))
         return entries
 
     def _mark(self, correlations: Iterable[str], stage: str) -> None:
@@ -381,10 +388,10 @@ class Dispatcher:
             async with asyncio.timeout(exchange_timeout_s(self.client)):
                 try:
                     results = await (written if written is not None
-                                     else self._exchange(buffers, 2 * len(entries), entries))
+                                     else self._exchange(buffers, entries))
                 except RedisConnectionError:
                     self._close_writer()
-                    results = await self._exchange(buffers, 2 * len(entries), entries)
+                    results = await self._exchange(buffers, entries)
         except TimeoutError as e:
             self._close_writer()
             raise RedisTimeoutError("Redis did not take the requests in time") from e
@@ -404,23 +411,14 @@ class Dispatcher:
             if isinstance(counted, ResponseError):  # the backlog count only; the entry stands
                 log.warning("queued count of %s not updated: %s", entry.pool, counted)
 
-    async def _exchange(self, buffers: list[bytes | memoryview], count: int,
-                        entries: list[_Write]) -> list[Any]:
+    async def _exchange(self, buffers: list[bytes | memoryview], entries: list[_Write]
+                        ) -> list[Any]:
         """The replies of one write on the writer's link (connected first if need be)."""
         link = self._writer_link
         if link is None or link.closed:
             link = self._writer_link = await Link.open(self.client)
-        if self._traced:
-            self._mark((c for entry in entries for c in entry.correlations), "writing")
         try:
-            replies = link.exchange(buffers, count)
-        except RedisConnectionError:
-            self._close_writer()
-            raise
-        if self._traced:
-            self._mark((c for entry in entries for c in entry.correlations), "sent")
-        try:
-            return await replies
+            return await self._put(link, entries, buffers)
         except RedisConnectionError:
             self._close_writer()
             raise

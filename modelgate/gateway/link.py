@@ -58,8 +58,7 @@ class Link(asyncio.Protocol):
         """A link to the Redis of ``client``, connected as the client's connections are
         (its pool's connection class and settings), the socket then read by the link."""
         pool = client.connection_pool
-        # No socket timeout: the handshake alone is bounded by the connect timeout, and the
-        # caller bounds every exchange afterwards.
+        # No socket timeout: the caller bounds the whole exchange, this handshake included.
         connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         await connection.connect()
         # redis-py's asyncio connections keep their stream writer here (since 4.2; the
