@@ -153,13 +153,14 @@ class DriftMonitor:
                 drift.sampled_rows += batch.rows
                 for event in events:
                     raised.append((pool, self._record(drift, event)))
+        # Before the alerts' write: a scrape during it sees what the drift report says.
+        self._gauges()
         if raised:
             pipe = client.pipeline(transaction=False)
             for pool, alert in raised:
                 pipe.xadd(drift_store.alerts(pool), alert.fields(),
                           maxlen=drift_store.ALERTS_MAXLEN, approximate=True)
             await pipe.execute()
-        self._gauges()
 
     def _record(self, drift: PoolDrift, event: DriftEvent) -> drift_store.DriftAlert:
         alert = drift_store.DriftAlert(drift.names[event.feature], event.statistic,

@@ -69,10 +69,12 @@ def test_falling_rows_per_s_gets_a_cap_below_the_largest_and_a_second_start_reus
     assert (plan.source, plan.curve_from) == (Source.TUNED, Source.MEASURED)
     # The choice from the measured curve: what serves most once each run pays
     # batching.RUN_OVERHEAD_MS (on a fast host this small model's runs of 16 or 32 rows still
-    # take about that long), never 64, where a row costs over twice what it does at the cap.
+    # take about that long), never 64, where the curve has fallen to half its best or less.
+    # (How far it falls from the chosen size to 64 moves with the host: 1.7x to over 2x.)
     assert plan.max_batch_size == choose(plan.curve) < 64, plan.describe()
     assert version.max_batch_size == 64 and 64 in curve, plan.describe()  # measured to the top
-    assert curve[64] < 0.5 * curve[plan.max_batch_size], plan.describe()
+    assert curve[64] < 0.5 * max(curve.values()), plan.describe()
+    assert curve[64] < curve[plan.max_batch_size], plan.describe()
     publish(redis_client, version.pool, plan)
     assert BatchPlan.decode(redis_client.get(batching_store.plan(version.pool))) == plan
 
