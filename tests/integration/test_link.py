@@ -17,6 +17,20 @@ from modelgate.gateway.link import Link
 from tests.conftest import redis_url_for_db
 
 
+def exchange_once(url: str, *command: str) -> list[object]:
+    """One command's replies on a link of its own to the Redis at ``url``."""
+    async def run() -> list[object]:
+        client = aioredis.Redis.from_url(url)
+        link = await Link.open(client)
+        try:
+            return await link.exchange([packed(*command)], 1)
+        finally:
+            link.close()
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
 def test_exchanges_get_their_own_replies_in_order_and_errors_as_values(
         redis_url: str, redis_client: redis.Redis) -> None:
     async def run() -> tuple[list[object], list[object]]:
@@ -44,17 +58,8 @@ def test_a_refusal_for_memory_is_an_out_of_memory_error(private_redis_url: str) 
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", "1")  # anything: every write is now refused
 
-    async def run() -> list[object]:
-        client = aioredis.Redis.from_url(private_redis_url)
-        link = await Link.open(client)
-        try:
-            return await link.exchange([packed("SET", "more", "x")], 1)
-        finally:
-            link.close()
-            await client.aclose()
-
     try:
-        (refused,) = asyncio.run(run())
+        (refused,) = exchange_once(private_redis_url, "SET", "more", "x")
     finally:
         admin.config_set("maxmemory", "0")
         admin.close()
@@ -88,18 +93,9 @@ def test_a_dropped_connection_fails_the_waiting_exchange_and_the_link_says_close
 def test_the_link_uses_the_clients_database(redis_url: str) -> None:
     url = redis_url_for_db(redis_url, 7)
 
-    async def run() -> list[object]:
-        client = aioredis.Redis.from_url(url)
-        link = await Link.open(client)
-        try:
-            return await link.exchange([packed("SET", "where", "db7")], 1)
-        finally:
-            link.close()
-            await client.aclose()
-
     seven = redis.Redis.from_url(url)
     try:
-        assert asyncio.run(run()) == [b"OK"]
+        assert exchange_once(url, "SET", "where", "db7") == [b"OK"]
         assert seven.get("where") == b"db7"
     finally:
         seven.delete("where")
