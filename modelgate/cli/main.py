@@ -260,6 +260,11 @@ def _add_up(commands: Any) -> None:
                     help="gateway processes sharing the port (metrics merged across them); "
                          "auto: one, and one more (up to one per CPU) while the gateways' CPU, "
                          "not the workers', limits throughput")
+    up.add_argument("--payload-arena-mb", type=_count,
+                    default=default_of(UpSettings, "payload_arena_mb"),
+                    help="shared memory (/dev/shm) per gateway process through which large "
+                         "request tensors reach the workers instead of through Redis "
+                         "(0: through Redis)")
     _auth_flags(up)
     _jobs_dir_flag(up)
     _scaling_flags(up)
@@ -280,7 +285,8 @@ def _run_up(args: argparse.Namespace) -> int:
         protect_probes=_flag(args.protect_probes), scaling=_scaling(args), control=_control(args),
         gateway_procs=1 if args.gateway_procs == "auto" else int(args.gateway_procs),
         auto_gateway_procs=args.gateway_procs == "auto",
-        mlflow_webhook_secret=args.mlflow_webhook_secret or None, jobs_dir=_jobs_dir(args)))
+        mlflow_webhook_secret=args.mlflow_webhook_secret or None, jobs_dir=_jobs_dir(args),
+        payload_arena_mb=int(args.payload_arena_mb)))
 
 
 def _add_autoscaler(commands: Any) -> None:
@@ -386,6 +392,12 @@ def _add_gateway(commands: Any) -> None:
     gateway.add_argument("--trace-dir", type=Path, default=None,
                          help="write every V2 infer call's stage timestamps to "
                               "DIR/trace-gateway-PID.jsonl (bench/trace.py; off by default)")
+    gateway.add_argument("--payload-arena-mb", type=_count,
+                         default=default_of(GatewaySettings, "payload_arena_mb"),
+                         help="send large request tensors to workers through this much shared "
+                              "memory (/dev/shm) instead of through Redis; only when every "
+                              "worker runs on this host, outside containers (0: off; "
+                              "`modelgate up` sets it)")
     gateway.add_argument("--fd", type=_count, default=None,
                          help="serve on this inherited listening socket instead of binding "
                               "(set by `modelgate up`)")
@@ -416,7 +428,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
         mlflow_webhook_secret=args.mlflow_webhook_secret or None,
         record_answers=Path(args.record_answers) if args.record_answers else None,
         jobs_dir=_jobs_dir(args),
-        trace_dir=Path(args.trace_dir) if args.trace_dir else None))
+        trace_dir=Path(args.trace_dir) if args.trace_dir else None,
+        payload_arena_mb=int(args.payload_arena_mb)))
     return 0
 
 

@@ -283,7 +283,9 @@ class Supervisor:
         command = [sys.executable, "-m", "modelgate", "gateway",
                    "--models", str(settings.models_dir), "--host", settings.host,
                    "--port", str(settings.port), "--grpc-port", str(settings.grpc_port),
-                   "--default-timeout-ms", str(settings.default_timeout_ms)]
+                   "--default-timeout-ms", str(settings.default_timeout_ms),
+                   # Its workers are this machine's processes (LocalBackend).
+                   "--payload-arena-mb", str(settings.payload_arena_mb)]
         fds: tuple[int, ...] = ()
         if child.sock is not None:
             fds = (child.sock.fileno(),)

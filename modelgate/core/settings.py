@@ -96,6 +96,10 @@ class GatewaySettings:
     # Write every V2 infer call's stage timestamps to a file in this folder
     # (modelgate.core.trace, bench/trace.py); None: off, nothing timed.
     trace_dir: Path | None = None
+    # Large request tensors go to the workers through this much shared memory (/dev/shm,
+    # modelgate.core.arena) instead of through Redis; only for workers on this host, so 0
+    # (off) unless `modelgate up` says otherwise.
+    payload_arena_mb: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,3 +208,6 @@ class UpSettings:
     auto_gateway_procs: bool = False
     mlflow_webhook_secret: str | None = None
     jobs_dir: Path | None = None  # batch jobs' files (gateways and coordinator alike)
+    # Each gateway's shared memory for large request tensors (its workers are on this host):
+    # GatewaySettings.payload_arena_mb. 0: through Redis.
+    payload_arena_mb: int = 64

@@ -90,6 +90,9 @@ class ReplyStatus(StrEnum):
     DEADLINE = "deadline"  # the worker saw the entry after its deadline and skipped it
     DEAD_LETTER = "dead_letter"  # delivered too often without an answer; parked for operators
     WIRE = "wire_error"  # the entry was not valid wire format
+    # The entry's tensors are in a gateway's shared memory that the worker cannot open
+    # (``modelgate.core.arena``): the gateway sends that pool's payloads through Redis.
+    UNREACHABLE = "payload_unreachable"
 
 
 # The messages below are built several times per call (parsed, bundled, cut back per call):
@@ -298,7 +301,7 @@ def _reshape(name: str, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         raise WireError(f"tensor {name!r} cannot take shape {list(shape)}: {e}") from e
 
 
-def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
+def _unpack_map(data: bytes | memoryview, what: str) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(data, raw=False, strict_map_key=False)
     # TypeError: a map key msgpack cannot hash (a list or map used as a key).
@@ -393,7 +396,7 @@ def input_bytes(requests: Sequence[Request]) -> int:
                if t.datatype not in (JSON, BYTES))
 
 
-def decode_bundle(ids: tuple[str, ...], payload: bytes) -> Bundle:
+def decode_bundle(ids: tuple[str, ...], payload: bytes | memoryview) -> Bundle:
     """The bundle of an entry whose ``ids`` field gave ``ids``."""
     message = _unpack_map(payload, "request payload")
     rows = _rows_for(ids, message.get("rows"), "request payload")

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from modelgate.core import wire
+from modelgate.core.arena import open_arena
 from modelgate.core.batching import BatchPlan
 from modelgate.core.errors import (
     BackendUnavailable,
@@ -99,7 +100,8 @@ class DataPlane:
         self.metrics = metrics
         self.gateway_id = gateway_id
         self.background = Background(lambda name: metrics.background_errors.labels(name).inc())
-        self.dispatcher = Dispatcher(client, reader, gateway_id, metrics)
+        self.dispatcher = Dispatcher(client, reader, gateway_id, metrics,
+                                     open_arena(settings.payload_arena_mb))
         # Stage timestamps of every call, only with --trace-dir (modelgate.core.trace).
         self.tracer = tracer(settings.trace_dir, "gateway")
         self._specs: dict[tuple[str, str], PredictionSpec] = {}

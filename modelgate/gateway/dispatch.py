@@ -6,7 +6,11 @@ with compatible inputs and the same output selection are combined into bundles o
 pool's run size cap (the ``max_batch_size`` its workers tuned and published,
 ``modelgate.core.batching``, else the model's) in rows (modelgate.core.wire), one stream entry
 each, and all the entries go out in one pipelined round trip. Under concurrency, Redis and the
-workers then handle a few entries instead of one per request. The reader pops replies from this
+workers then handle a few entries instead of one per request. With an arena (``modelgate up``:
+its workers share this host's memory), a bundle of large inputs is written there instead and
+its entry says where (``modelgate.core.arena``); a call's region is given back when the call
+is settled, and a pool whose worker cannot open the arena gets its payloads through Redis from
+then on. The reader pops replies from this
 process's reply list in bulk, cuts each into one reply per request and resolves futures by id;
 an id resolved before (a redelivered entry answered twice) or no longer waited for is dropped.
 Every future is failed at its deadline by one deadline sweep (a heap of deadlines, one timer for
@@ -35,6 +39,7 @@ from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from modelgate.core import ids, wire
+from modelgate.core.arena import Arena, Region
 from modelgate.core.errors import BackendUnavailable, DeadlineExceeded, ModelFailed
 from modelgate.core.redis_checks import OUT_OF_MEMORY
 from modelgate.core.resp import arguments, packed
@@ -116,7 +121,7 @@ def exchange_timeout_s(client: aioredis.Redis, extra_s: float = 0.0) -> float | 
 
 class Dispatcher:
     def __init__(self, client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, arena: Arena | None = None) -> None:
         self.client = client
         self.reader = reader
         self.gateway_id = gateway_id
@@ -147,6 +152,12 @@ class Dispatcher:
         # Traced calls' stage timestamps by correlation id (modelgate.core.trace); empty unless
         # the gateway traces.
         self._traced: dict[str, dict[str, object]] = {}
+        # Large payloads in shared memory when the workers are on this host (core/arena.py):
+        # each call's region until the call is settled, and the pools whose workers could not
+        # open the arena (their payloads go through Redis from then on).
+        self.arena = arena
+        self._regions: dict[str, tuple[Region, str]] = {}
+        self.unreachable_pools: set[str] = set()
 
     @property
     def in_flight(self) -> int:
@@ -183,6 +194,10 @@ class Dispatcher:
             if not future.done():
                 future.set_exception(BackendUnavailable("the gateway is shutting down; retry"))
         self._pending.clear()
+        self._regions.clear()
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
 
     def submit(self, pool: str, request: wire.Request, deadline_ms: int,
                max_rows: int, marks: dict[str, object] | None = None
@@ -279,16 +294,42 @@ class Dispatcher:
             budget_ms = max(1, int(max(item.deadline_ms for item in bundle) - now_ms))
             queued = packed("INCRBY", pools.queued(pool), len(ids))
             if wire.input_bytes(requests) >= wire.LARGE_INPUT_BYTES:
+                parts = wire.encode_bundle_parts(requests)
+                region = self._hold(pool, ids, parts)
+                if region is not None:
+                    fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, b"",
+                                                region.ref)
+                    entries.append(_Write([packed("XADD", pools.requests_stream(pool), "*",
+                                                  *fields.fields()), queued], pool, ids))
+                    continue
                 fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, b"")
                 entries.append(_Write([*packed_xadd(
-                    pools.requests_stream(pool), fields.fields()[:-1],
-                    wire.encode_bundle_parts(requests)), queued], pool, ids))
+                    pools.requests_stream(pool), fields.fields()[:-1], parts), queued],
+                    pool, ids))
                 continue
             payload = wire.encode_bundle(wire.combine(ids, requests))
             fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, payload)
             entries.append(_Write([packed("XADD", pools.requests_stream(pool), "*",
                                           *fields.fields()), queued], pool, ids))
         return entries
+
+    def _hold(self, pool: str, ids: list[str], parts: list[bytes | memoryview]
+              ) -> Region | None:
+        """The bundle's payload written into the arena for its calls; None when there is no
+        arena for this pool or no room in it now."""
+        if self.arena is None or pool in self.unreachable_pools:
+            return None
+        region = self.arena.hold(parts, len(ids))
+        if region is not None:
+            for correlation in ids:
+                self._release(correlation)  # written before, by an attempt that failed
+                self._regions[correlation] = (region, pool)
+        return region
+
+    def _release(self, correlation: str) -> None:
+        held = self._regions.pop(correlation, None)
+        if held is not None and self.arena is not None:
+            self.arena.release(held[0])
 
     def _mark(self, correlations: Iterable[str], stage: str) -> None:
         at = now_ns()
@@ -299,6 +340,8 @@ class Dispatcher:
 
     def _expire(self, correlation: str) -> None:
         self._traced.pop(correlation, None)
+        if self._regions:
+            self._release(correlation)
         future = self._pending.pop(correlation, None)
         if future is not None and not future.done():
             future.set_exception(DeadlineExceeded(
@@ -309,6 +352,8 @@ class Dispatcher:
         pending, self._pending = self._pending, {}
         self._outbox.clear()
         self._traced.clear()
+        for correlation in list(self._regions):
+            self._release(correlation)
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -316,6 +361,8 @@ class Dispatcher:
 
     def _fail(self, correlation: str, error: Exception) -> None:
         self._traced.pop(correlation, None)
+        if self._regions:
+            self._release(correlation)
         future = self._pending.pop(correlation, None)
         if future is not None and not future.done():
             future.set_exception(error)
@@ -511,6 +558,17 @@ class Dispatcher:
             raise popped
         return popped
 
+    def _settle_region(self, reply: wire.Reply) -> None:
+        held = self._regions.get(reply.id)
+        if held is None:
+            return
+        if reply.status == wire.ReplyStatus.UNREACHABLE and held[1] not in self.unreachable_pools:
+            self.unreachable_pools.add(held[1])
+            log.warning("a worker of %s cannot open this gateway's payload arena (%s); that "
+                        "pool's large payloads go through Redis from now on", held[1],
+                        reply.error)
+        self._release(reply.id)
+
     def _close_reader(self) -> None:
         if self._reader_link is not None:
             self._reader_link.close()
@@ -531,6 +589,8 @@ class Dispatcher:
                 marks = self._traced.pop(part.id, None)
                 if marks is not None:
                     marks["popped"] = self._popped_ns
+            if self._regions:
+                self._settle_region(part)
             future = self._pending.pop(part.id, None)
             if future is None or future.done():
                 self._late.inc()  # answered already (duplicate delivery) or past its deadline

@@ -37,6 +37,9 @@ ERROR_OF_REPLY: dict[str, type[errors.ModelgateError]] = {
     wire.ReplyStatus.DEADLINE: errors.DeadlineExceeded,
     wire.ReplyStatus.DEAD_LETTER: errors.ModelFailed,
     wire.ReplyStatus.WIRE: errors.ModelFailed,
+    # The worker could not open the gateway's arena; the gateway has stopped using it for
+    # that pool (``Dispatcher``), so the caller's retry goes through Redis.
+    wire.ReplyStatus.UNREACHABLE: errors.BackendUnavailable,
 }
 
 

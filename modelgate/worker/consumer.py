@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from modelgate.core import wire
+from modelgate.core import arena, wire
 from modelgate.core.batching import BatchPlan
 from modelgate.core.clock import RedisClock
 from modelgate.core.repository import ModelVersion
@@ -55,14 +55,21 @@ class Entry:
     error: str = ""
     deliveries: int = 1  # including those before a split (the entry's ``attempt``)
     budget_ms: int = 0
+    status: wire.ReplyStatus = wire.ReplyStatus.WIRE  # the answer when ``bundle`` is None
 
 
 # An entry, the bundle (or part of it) answered, and its outcome; no bundle: undecodable entry.
 Settled = tuple[Entry, wire.Bundle | None, Outcome]
 
 
+# The gateways' payload arenas this worker has read from (modelgate.core.arena).
+ARENAS = arena.ArenaReader()
+
+
 def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
-    """Decode without trusting anything: a bad entry becomes an Entry with ``error`` set."""
+    """Decode without trusting anything: a bad entry becomes an Entry with ``error`` set
+    (and ``status`` saying why: ``UNREACHABLE`` when its tensors are in a gateway's shared
+    memory that this worker cannot read)."""
     enqueued_ms = pools.entry_time_ms(entry_id)
     try:
         fields_of = pools.RequestEntry.parse(fields)
@@ -75,7 +82,14 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
         return Entry(entry_id, (), "", 0, enqueued_ms, None,
                      f"reply_to {reply_to!r} is not a reply list")
     try:
-        bundle = wire.decode_bundle(ids, fields_of.payload)
+        if fields_of.arena:
+            bundle = ARENAS.decode(fields_of.arena,
+                                   lambda payload: wire.decode_bundle(ids, payload))
+        else:
+            bundle = wire.decode_bundle(ids, fields_of.payload)
+    except arena.ArenaUnreachable as e:
+        return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, None, str(e),
+                     deliveries, fields_of.budget_ms, wire.ReplyStatus.UNREACHABLE)
     except (wire.WireError, ValueError, TypeError, OverflowError, RecursionError) as e:
         # WireError is the contract; the others are a second guard: whatever an entry holds,
         # the worker answers it and goes on.
@@ -83,6 +97,22 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
                      deliveries, fields_of.budget_ms)
     return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, bundle, "", deliveries,
                  fields_of.budget_ms)
+
+
+def self_contained(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """An entry's fields with its payload in them rather than in its gateway's arena: a dead
+    letter is kept for inspection long after the gateway gave the region back. As they are
+    when the arena no longer holds it."""
+    ref = fields.get(b"arena")
+    if not ref:
+        return fields
+    try:
+        payload = ARENAS.decode(ref, bytes)
+    except arena.PayloadUnavailable:
+        return fields
+    kept = {name: value for name, value in fields.items() if name != b"arena"}
+    kept[b"payload"] = payload
+    return kept
 
 
 def _run_size(waiting_rows: int, max_batch_size: int, preferred: tuple[int, ...]) -> int:
@@ -263,7 +293,7 @@ class Consumer:
         for entry in entries:
             if entry.bundle is None:
                 log.warning("rejected entry %s on %s: %s", entry.entry_id, self.stream, entry.error)
-                settled.append((entry, None, Outcome(wire.ReplyStatus.WIRE, {}, entry.error)))
+                settled.append((entry, None, Outcome(entry.status, {}, entry.error)))
             elif entry.deadline_ms <= now_ms:
                 # The gateway has already answered 504; computing it would waste the worker.
                 settled.append((entry, entry.bundle, Outcome(
@@ -405,7 +435,7 @@ class Consumer:
         letters = []
         settled: list[Settled] = []
         for entry_id, fields, deliveries in dead:
-            letters.append(self.reclaimer.park(entry_id, fields, deliveries))
+            letters.append(self.reclaimer.park(entry_id, self_contained(fields), deliveries))
             entry = parse_entry(entry_id, fields)
             settled.append((entry, None, Outcome(
                 wire.ReplyStatus.DEAD_LETTER, {},

@@ -116,7 +116,10 @@ class RequestEntry:
     ``attempt``    deliveries before this entry was written: 1 when a gateway adds it; a bundle
                    split after its worker died carries the deliveries so far, so a poison pill
                    is still parked after ``max_deliveries``
-    ``payload``    the bundle, ``wire.encode_bundle``
+    ``payload``    the bundle, ``wire.encode_bundle``; empty when ``arena`` is set
+    ``arena``      where the bundle is instead, when its gateway holds it in shared memory:
+                   ``name:start:length`` of its arena (``modelgate.core.arena``); absent
+                   otherwise
     """
 
     ids: tuple[str, ...]
@@ -124,11 +127,16 @@ class RequestEntry:
     budget_ms: int
     attempt: int
     payload: bytes
+    arena: bytes = b""
 
     def fields(self) -> list[bytes | str | int]:
         """Name/value items in XADD order."""
-        return ["ids", encode_ids(self.ids), "reply_to", self.reply_to,
-                "budget_ms", self.budget_ms, "attempt", self.attempt, "payload", self.payload]
+        items: list[bytes | str | int] = [
+            "ids", encode_ids(self.ids), "reply_to", self.reply_to, "budget_ms", self.budget_ms,
+            "attempt", self.attempt, "payload", self.payload]
+        if self.arena:
+            items += ["arena", self.arena]
+        return items
 
     @classmethod
     def parse(cls, fields: Mapping[bytes, bytes]) -> RequestEntry:
@@ -141,7 +149,8 @@ class RequestEntry:
             raise EntryError(f"entry lacks its {e.args[0].decode()!r} field") from e
         except (ValueError, UnicodeDecodeError) as e:
             raise EntryError(f"entry has a malformed field: {e}") from e
-        return cls(ids, reply_to, budget_ms, attempt_of(fields), fields.get(b"payload", b""))
+        return cls(ids, reply_to, budget_ms, attempt_of(fields), fields.get(b"payload", b""),
+                   fields.get(b"arena", b""))
 
 
 def entry_time_ms(entry_id: bytes | str) -> int:
