@@ -128,7 +128,27 @@ def _cnn_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
     return ([_throughput_ratio(measurements, workload, BASELINE, c, CNN_MIN_NAIVE_RATIO)
              for c in loaded]
             + [_floor_line(measurements, floors, workload, c, CNN_MIN_FLOOR_RATIO, BINARY)
-               for c in loaded])
+               for c in loaded]
+            + [line for c in loaded
+               if (line := _load_ceiling(measurements, floors, workload, c, BINARY))])
+
+
+def _load_ceiling(measurements: Sequence[Measurement], floors: Sequence[Sweep], workload: str,
+                  c: int, subject_name: str) -> str | None:
+    """The most any server could do with the load generator on the same CPUs: the floor's
+    CPU time per row plus the generator's per call, on the floor's CPUs."""
+    subject = _find(measurements, workload, subject_name, c)
+    floor = floor_of(floors, workload)
+    if subject is None or floor is None or subject.cpu is None or subject.rows_s <= 0:
+        return None
+    cpus = floor.processes * floor.threads
+    load_s = subject.cpu.load_generator / subject.rows_s  # CPU seconds per row
+    ceiling = cpus / (cpus / floor.best.rows_s + load_s)
+    return (f"info: at c={c} the load generator itself used {load_s * 1e6:,.0f} us of CPU per "
+            f"call ({subject.cpu.load_generator:.2f} CPUs) on the same {cpus} CPUs as the "
+            f"server: a server costing nothing beyond ONNX Runtime could do at most "
+            f"{ceiling:,.0f} rows/s here, {ceiling / floor.best.rows_s:.2f}x the {FLOOR}; "
+            f"{subject_name} did {subject.rows_s / ceiling:.2f}x that")
 
 
 def _peer_lines(measurements: Sequence[Measurement], workload: str) -> list[str]:

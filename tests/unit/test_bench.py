@@ -166,6 +166,24 @@ def test_cnn_goals_judge_json_against_naive_and_binary_against_the_process_floor
     assert "2 processes x 1 thread" in line(lines, "info: 2 independent")
 
 
+def test_the_load_generators_own_cpu_bounds_what_any_server_could_do() -> None:
+    result = LoadResult(requests=6_400, duration_s=10.0, p50_ms=10.0, p99_ms=20.0, non_2xx=0,
+                        socket_errors=0)
+    # 640 rows/s while the load generator kept 0.128 CPUs busy: 200 us of CPU per call.
+    usage = Usage(1.8, 0.128, 0.0, (("gateway", 0.4), ("workers", 1.4)))
+    measurements = [Measurement("cnn", "modelgate-binary", 16, result, usage)]
+    # The floor: 1,000 rows/s on 2 CPUs, 2 ms of CPU per row.
+    floors = [floor.Sweep("cnn", 1, (floor.BatchPoint(4, 250, 1.0, 5.0, 9.0),), processes=2)]
+
+    lines = goal_lines(measurements, floors, Section("cnn", "large tensors", workers=2))
+
+    # 2 CPUs / (2 ms + 0.2 ms) = 909 rows/s: 0.91x the floor at best; 640 is 0.70x of that.
+    assert line(lines, "info: at c=16 the load generator") == (
+        "info: at c=16 the load generator itself used 200 us of CPU per call (0.13 CPUs) on "
+        "the same 2 CPUs as the server: a server costing nothing beyond ONNX Runtime could do "
+        "at most 909 rows/s here, 0.91x the ort-floor; modelgate-binary did 0.70x that")
+
+
 def test_binary_body_is_the_json_header_then_the_raw_tensor_bytes() -> None:
     body, header_length = binary_body(heavy().body)
 
