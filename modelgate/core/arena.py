@@ -115,7 +115,9 @@ class Arena:
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              0o600)
         try:
-            os.ftruncate(descriptor, HEADER_BYTES + size_bytes)
+            # Every page taken now (ENOSPC now, when /dev/shm is too small, rather than SIGBUS
+            # on a write into a page tmpfs cannot give later).
+            os.posix_fallocate(descriptor, 0, HEADER_BYTES + size_bytes)
             self._map = mmap.mmap(descriptor, HEADER_BYTES + size_bytes)
         except BaseException:
             os.unlink(self.path)

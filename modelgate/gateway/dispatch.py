@@ -158,6 +158,8 @@ class Dispatcher:
         self.arena = arena
         self._regions: dict[str, tuple[Region, str]] = {}
         self.unreachable_pools: set[str] = set()
+        self._payload_paths = {path: self.metrics.large_payloads.labels(path)
+                               for path in ("arena", "full", "unreachable", "redis")}
 
     @property
     def in_flight(self) -> int:
@@ -317,13 +319,20 @@ class Dispatcher:
               ) -> Region | None:
         """The bundle's payload written into the arena for its calls; None when there is no
         arena for this pool or no room in it now."""
-        if self.arena is None or pool in self.unreachable_pools:
+        if self.arena is None:
+            self._payload_paths["redis"].inc()
+            return None
+        if pool in self.unreachable_pools:
+            self._payload_paths["unreachable"].inc()
             return None
         region = self.arena.hold(parts, len(ids))
-        if region is not None:
-            for correlation in ids:
-                self._release(correlation)  # written before, by an attempt that failed
-                self._regions[correlation] = (region, pool)
+        if region is None:
+            self._payload_paths["full"].inc()
+            return None
+        self._payload_paths["arena"].inc()
+        for correlation in ids:
+            self._release(correlation)  # written before, by an attempt that failed
+            self._regions[correlation] = (region, pool)
         return region
 
     def _release(self, correlation: str) -> None:

@@ -103,6 +103,12 @@ class Metrics:
             "Replies dropped: malformed (not valid wire format; its callers get a 500 when its "
             "ids were readable) or late (no call waits for it: answered already, past its "
             "deadline, or not this gateway's)", ["reason"], registry=r)
+        self.large_payloads = Counter(
+            "modelgate_large_payloads",
+            "Bundles of large request tensors, by the way they went to the workers: arena (the "
+            "gateway's shared memory), full (through Redis: the arena had no room), unreachable "
+            "(through Redis: a worker of the pool could not open the arena), redis (no arena)",
+            ["path"], registry=r)
         self.malformed_records = Counter(
             "modelgate_malformed_records",
             "Values read from Redis that were skipped, not being what their key holds (record: "

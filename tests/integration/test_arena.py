@@ -24,6 +24,7 @@ import redis
 from modelgate.core import arena
 from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import child_preexec, stop_process
+from tests import metrics
 from tests.models import wide_sum_model, write_repository
 from tests.procs import REPO_ROOT, Processes, wait_until
 
@@ -103,6 +104,12 @@ def _serving(tmp_path: Path, arena_mb: int, private_shm_worker: bool = False
             redis_process.stderr.close()
 
 
+def _payload_paths(url: str) -> dict[str, float]:
+    samples = metrics.scrape(url)
+    return {path: metrics.value(samples, "modelgate_large_payloads_total", path=path)
+            for path in ("arena", "full", "unreachable", "redis")}
+
+
 def _bytes_into_redis(client: redis.Redis) -> int:
     return int(client.info("stats")["total_net_input_bytes"])
 
@@ -127,6 +134,9 @@ def test_large_tensors_reach_the_worker_through_shared_memory_not_redis(
             before = _bytes_into_redis(client)
             _run_calls(url)
             received[arena_mb] = _bytes_into_redis(client) - before
+            paths = _payload_paths(url)
+            assert paths["arena" if arena_mb else "redis"] >= 1  # bundles: 1 to CALLS
+            assert sum(paths.values()) == paths["arena" if arena_mb else "redis"]
         assert _arenas_of(pid) == []  # gone with its gateway
     print(f"bytes into Redis for {CALLS} calls of {WIDTH * 4} B: with the arena "
           f"{received[8]:,}, without {received[0]:,}")
@@ -148,3 +158,4 @@ def test_a_worker_that_cannot_open_the_arena_costs_one_call_then_redis_carries_t
             assert again.status_code == 200, again.text
             assert again.json()["outputs"][0]["data"][0] == pytest.approx(float(x.sum()),
                                                                           rel=1e-4)
+        assert _payload_paths(url) == {"arena": 1, "full": 0, "unreachable": 3, "redis": 0}

@@ -223,3 +223,18 @@ def test_a_dead_letter_keeps_its_payload_after_the_arena_gives_it_back() -> None
         assert self_contained({b"payload": b"inline"}) == {b"payload": b"inline"}
     finally:
         ring.close()
+
+
+def test_an_arena_larger_than_its_shared_memory_is_refused_at_start(tmp_path: Path) -> None:
+    """A /dev/shm too small (a container's 64 MB) must mean no arena, never a gateway killed
+    by SIGBUS on its first write into a page the filesystem cannot give."""
+    small = tmp_path / "small-shm"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, mounted.stderr  # root, as CI runs
+    try:
+        assert arena.open_arena(4, small) is None  # 4 MiB into 1 MiB
+        assert list(small.iterdir()) == []  # nothing left behind
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
