@@ -79,7 +79,8 @@ def run_trace(workload: Workload, calls: int, warmup: int, log_dir: Path,
               references: Sequence[str] = (NAIVE, FLOOR), binary: bool = False
               ) -> tuple[list[tuple[str, float]], dict[str, float]]:
     """The stage medians of ``calls`` traced calls (their tensors as binary data with
-    ``binary``), and the median of each of ``references`` on the same JSON calls."""
+    ``binary``), and the median of each of ``references`` on the same calls (the naive server
+    always gets them as JSON)."""
     with tempfile.TemporaryDirectory(prefix="modelgate-trace-") as tmp:
         model_root, trace_dir = Path(tmp) / "models", Path(tmp) / "trace"
         workload.write(model_root)
@@ -92,7 +93,7 @@ def run_trace(workload: Workload, calls: int, warmup: int, log_dir: Path,
             target.stop()
         table = stage_table(timed, trace.read(trace_dir))
         return table, {name: median_ms(REFERENCES[name](), workload, model_root, log_dir,
-                                       calls, warmup)
+                                       calls, warmup, binary and name == FLOOR)
                        for name in references}
 
 
@@ -173,12 +174,13 @@ REFERENCES: dict[str, Callable[[], Target]] = {NAIVE: naive_target, FLOOR: floor
 
 
 def median_ms(target: Target, workload: Workload, model_root: Path, log_dir: Path, calls: int,
-              warmup: int) -> float:
-    """The median of ``calls`` JSON calls to ``target`` at concurrency 1."""
+              warmup: int, binary: bool = False) -> float:
+    """The median of ``calls`` calls to ``target`` at concurrency 1 (JSON, or binary tensors
+    with ``binary``)."""
     expected = workload.expected(model_root / workload.name / "1" / "model.onnx")
     try:
         started = target.start(workload, model_root, log_dir, expected)
-        timed = drive(started.base_url, workload, calls, warmup)
+        timed = drive(started.base_url, workload, calls, warmup, binary)
     finally:
         target.stop()
     return statistics.median((received - sent) / 1e6 for _, sent, received in timed)
@@ -196,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the two-hop floor's median")
     parser.add_argument("--binary", action="store_true",
-                        help="send the tensors as binary data (the naive server gets JSON)")
+                        help="send the tensors as binary data (to modelgate and the two-hop "
+                             "floor; the naive server gets JSON)")
     args = parser.parse_args(argv)
     workload = WORKLOADS[args.workload]()
     args.log_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,10 @@ process and a front that does nothing a real gateway could skip doing: one event
 ``XADD`` of a msgpack entry on a raw RESP connection; the worker blocks in ``XREADGROUP``,
 runs ONNX Runtime (one thread, as modelgate's workers and the naive server), and answers with
 ``LPUSH`` (then ``XACK``/``XDEL``) on a raw connection; the front blocks in ``BLPOP`` and writes
-the V2 answer. No auth, admission, deadlines, bundling, metrics or stored answers: what it
+the V2 answer. An input of ``wire.LARGE_INPUT_BYTES`` or more goes through shared memory (a
+``modelgate.core.arena`` of the front's), as ``modelgate up``'s do, its entry carrying only
+where; a body in the binary tensor extension (``Inference-Header-Content-Length``) is read as
+modelgate reads one. No auth, admission, deadlines, bundling, metrics or stored answers: what it
 costs is the hops themselves -- the writes to Redis, Redis's work and the wake-ups of the
 processes each hop blocks -- plus the least of parsing and formatting.
 
@@ -34,7 +37,9 @@ import msgpack
 import numpy as np
 import orjson
 
+from modelgate.core import arena
 from modelgate.core.embedded_redis import start_redis
+from modelgate.core.wire import LARGE_INPUT_BYTES
 
 STREAM = b"floor:requests"
 GROUP = b"floor"
@@ -86,12 +91,15 @@ def run_worker(port: int, model: Path) -> None:
     connection = SyncConnection(port)
     read = command("XREADGROUP", "GROUP", GROUP, "w", "COUNT", 1, "BLOCK", 0,
                    "STREAMS", STREAM, ">")
+    shared = arena.ArenaReader()
     while True:
         connection.send(read)
         for _, entries in connection.reply():
             for entry_id, fields in entries:
                 message = msgpack.unpackb(fields[1])
-                inputs = np.frombuffer(message["d"], "<f4").reshape(message["s"])
+                data = (shared.decode(message["a"], bytes) if "a" in message
+                        else message["d"])
+                inputs = np.frombuffer(data, "<f4").reshape(message["s"])
                 output = session.run(None, {input_name: inputs})[0]
                 answer = msgpack.packb({"i": message["i"], "s": list(output.shape),
                                         "d": np.ascontiguousarray(output, "<f4").tobytes()})
@@ -122,8 +130,9 @@ class Front:
     def __init__(self, model_name: str, output_name: str) -> None:
         self.model_name = model_name
         self.output_name = output_name
-        self.waiting: dict[bytes, HttpProtocol] = {}
+        self.waiting: dict[bytes, tuple[HttpProtocol, arena.Region | None]] = {}
         self.next_id = 0
+        self.arena = arena.open_arena(64)
         self.commands: asyncio.Transport | None = None
         self.popper: asyncio.Transport | None = None
 
@@ -139,22 +148,36 @@ class Front:
         assert self.popper is not None
         self.popper.write(command("BLPOP", REPLIES, 0))
 
-    def call(self, caller: HttpProtocol, body: bytes) -> None:
-        tensor = orjson.loads(body)["inputs"][0]
-        data = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+    def call(self, caller: HttpProtocol, body: bytes, header_length: int | None) -> None:
+        if header_length is None:
+            tensor = orjson.loads(body)["inputs"][0]
+            data = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+        else:
+            tensor = orjson.loads(body[:header_length])["inputs"][0]
+            data = np.frombuffer(memoryview(body)[header_length:], "<f4").reshape(
+                tensor["shape"])
         self.next_id += 1
         call_id = b"%d" % self.next_id
-        self.waiting[call_id] = caller
-        entry = msgpack.packb({"i": call_id, "s": list(data.shape), "d": data.tobytes()})
+        region = None
+        if data.nbytes >= LARGE_INPUT_BYTES and self.arena is not None:
+            region = self.arena.hold([data.data.cast("B")], 1)
+        self.waiting[call_id] = (caller, region)
+        if region is not None:
+            entry = msgpack.packb({"i": call_id, "s": list(data.shape), "a": region.ref})
+        else:
+            entry = msgpack.packb({"i": call_id, "s": list(data.shape), "d": data.tobytes()})
         assert self.commands is not None
         self.commands.write(command("XADD", STREAM, "*", "p", entry))
 
     def answer(self, reply: Any) -> None:
         self.pop()
         message = msgpack.unpackb(reply[1])
-        caller = self.waiting.pop(message["i"], None)
-        if caller is None:
+        waiting = self.waiting.pop(message["i"], None)
+        if waiting is None:
             return
+        caller, region = waiting
+        if region is not None and self.arena is not None:
+            self.arena.release(region)
         output = np.frombuffer(message["d"], "<f4").reshape(message["s"])
         caller.respond(orjson.dumps({
             "model_name": self.model_name,
@@ -168,6 +191,7 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.body = bytearray()
+        self.header_length: int | None = None  # Inference-Header-Content-Length
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,6 +206,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.body = bytearray()
+        self.header_length = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"inference-header-content-length":
+            self.header_length = int(value)
 
     def on_body(self, body: bytes) -> None:
         self.body += body
@@ -190,7 +219,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.parser.get_method() == b"GET":  # the readiness probe
             self.respond(b'{"ready": true}')
             return
-        self.front.call(self, bytes(self.body))
+        self.front.call(self, bytes(self.body), self.header_length)
 
     def respond(self, body: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.trace import STAGES, floor_target, median_ms, run_trace
-from bench.workloads import mlp
+from bench.workloads import binary_body, cnn, mlp
+from modelgate.core import arena
 
 pytestmark = pytest.mark.integration
 
@@ -34,3 +36,27 @@ def test_the_two_hop_floor_answers_the_calls_correctly_and_is_timed(tmp_path: Pa
     median = median_ms(floor_target(), workload, tmp_path / "models", tmp_path, calls=30,
                        warmup=5)
     assert 0 < median < 1000
+
+
+def test_the_floor_takes_binary_tensors_and_a_large_one_through_shared_memory(
+        tmp_path: Path) -> None:
+    """With ``make trace --binary`` the floor gets the same binary calls as modelgate, and a
+    large input goes to its worker as modelgate up's do (shared memory, not Redis): else
+    modelgate would be measured against a floor of another design."""
+    workload = cnn()
+    workload.write(tmp_path / "models")
+    expected = workload.expected(tmp_path / "models" / "cnn" / "1" / "model.onnx")
+    target = floor_target()
+    started = target.start(workload, tmp_path / "models", tmp_path, expected)
+    try:
+        front = target.pids()[0]
+        assert list(arena.ARENA_DIR.glob(f"{arena.PREFIX}{front}-*"))
+        body, header_length = binary_body(workload.body)
+        for _ in range(3):
+            answer = httpx.post(f"{started.base_url}{workload.infer_path}", content=body,
+                                headers={"Inference-Header-Content-Length": str(header_length)},
+                                timeout=10)
+            assert answer.status_code == 200
+            target.check(answer.content, expected)
+    finally:
+        target.stop()
