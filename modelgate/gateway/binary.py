@@ -11,6 +11,7 @@ default.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -68,7 +69,7 @@ def split_body(body: bytes | bytearray, header_length: str | None
 
 def decode_tensor(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> Any:
     """A binary input as an array of ``shape``: zero-copy for numeric types."""
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # exact (np.prod wraps past int64), and no array made for it
     if datatype == wire.BYTES:
         items: list[bytes] = []
         offset = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from modelgate.core.errors import InvalidInput
-from modelgate.gateway.binary import split_body
+from modelgate.gateway.binary import decode_tensor, split_body
 
 JSON = b'{"inputs": []}'
 DATA = b"\x00\x00\x80?\x00\x00\x00@"  # two little-endian FP32 values: 1.0, 2.0
@@ -59,3 +59,9 @@ def test_a_header_one_byte_longer_than_the_body_is_refused() -> None:
 def test_a_header_that_is_not_a_whole_number_of_bytes_is_refused(value: str) -> None:
     with pytest.raises(InvalidInput, match="Inference-Header-Content-Length"):
         split_body(BODY, value)
+
+
+def test_a_shape_whose_element_count_overflows_int64_is_a_400_not_a_crash() -> None:
+    # 2**32 x 2**32 elements: numpy's product wraps to 0, which matched an empty data section.
+    with pytest.raises(InvalidInput, match="needs 73786976294838206464 bytes"):
+        decode_tensor("x", "FP32", (2**32, 2**32), memoryview(b""))
