@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 import pytest
 
+from modelgate.core import arena
 from modelgate.core.embedded_redis import free_port
 from tests import metrics
 from tests.models import wide_sum_model, write_repository
@@ -348,7 +349,9 @@ def test_gateway_procs_auto_adds_a_gateway_when_parsing_saturates_one_and_no_wor
     a core while the worker, which only sums them, idles. `up --gateway-procs auto` adds a
     second gateway process (the CPUs allowing), which binds the port beside the first and takes
     new connections; the autoscaler, allowed a second worker, adds none: the queue it watches
-    stays short while calls wait in the gateway."""
+    stays short while calls wait in the gateway. Each gateway sends the 64 KB tensors to the
+    worker through its own shared memory (`--payload-arena-mb`, on under `up`), and takes it
+    away when it stops."""
     repo = write_repository(tmp_path / "models", {"wide": wide_sum_model(WIDE_COLUMNS)})
     processes = Processes(tmp_path)
     port = free_port()
@@ -379,6 +382,9 @@ def test_gateway_procs_auto_adds_a_gateway_when_parsing_saturates_one_and_no_wor
                            headers={"Content-Type": "application/json"}, timeout=30)
         assert first.status_code == 200, first.text
         assert first.json()["outputs"][0]["data"][0] == pytest.approx(float(row.sum()), rel=1e-4)
+        samples = metrics.scrape(f"http://127.0.0.1:{port}")
+        assert metrics.value(samples, "modelgate_large_payloads_total", path="arena") == 1
+        assert all(_arenas_of(pid) for pid in roles()[0])
         for loader in loaders:
             loader.start()
         deadline = time.monotonic() + SATURATE_FOR_S
@@ -398,6 +404,7 @@ def test_gateway_procs_auto_adds_a_gateway_when_parsing_saturates_one_and_no_wor
                                                         "Connection": "close"},
                                  timeout=30).status_code for _ in range(10)}
             assert served == {200}
+            assert all(_arenas_of(pid) for pid in roles()[0])  # the second one's too
         else:
             assert "added a gateway process" not in logs  # one CPU: one gateway at most
         assert most_workers == 1, "a worker was added while the gateway was the bottleneck"
@@ -405,5 +412,11 @@ def test_gateway_procs_auto_adds_a_gateway_when_parsing_saturates_one_and_no_wor
         stop.set()
         for loader in loaders:
             loader.join(timeout=30)
+        gateways = roles()[0]
         processes.stop()
     assert answers and set(answers) == {200}, sorted(set(answers))
+    assert not any(_arenas_of(pid) for pid in gateways)  # gone with their gateways
+
+
+def _arenas_of(pid: int) -> list[Path]:
+    return list(arena.ARENA_DIR.glob(f"{arena.PREFIX}{pid}-*"))
