@@ -79,8 +79,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     # Webhooks to this machine over plain http (MLflow allows only public https by default),
     # and a webhook created during the tests seen at the next event (the server caches the
     # list of webhooks for 60 s by default).
+    # No job execution: modelgate uses none of MLflow's server-side jobs, and their store is a
+    # folder the server makes in /dev/shm and never removes.
     env = {**os.environ, "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-           "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
+           "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
         [mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
