@@ -238,6 +238,8 @@ async def serve(port: int, redis_port: int, model_name: str, output_name: str) -
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     server.close()
+    if front.arena is not None:
+        front.arena.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -348,12 +348,9 @@ class Dispatcher:
                 marks[stage] = at
 
     def _expire(self, correlation: str) -> None:
-        self._traced.pop(correlation, None)
-        if self._regions:
-            self._release(correlation)
-        future = self._pending.pop(correlation, None)
-        if future is not None and not future.done():
-            future.set_exception(DeadlineExceeded(
+        # Most deadlines swept are of calls answered long before: nothing is left of them.
+        if correlation in self._pending:
+            self._fail(correlation, DeadlineExceeded(
                 "no answer before the deadline; raise parameters.timeout_ms or add workers"))
 
     def fail_all(self, error: Exception) -> int:

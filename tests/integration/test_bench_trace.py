@@ -60,3 +60,4 @@ def test_the_floor_takes_binary_tensors_and_a_large_one_through_shared_memory(
             target.check(answer.content, expected)
     finally:
         target.stop()
+    assert not list(arena.ARENA_DIR.glob(f"{arena.PREFIX}{front}-*"))  # removed at its stop
