@@ -327,6 +327,20 @@ class BinaryModelgate(ProcessTarget):
                 "Inference-Header-Content-Length": str(binary_body(workload.body)[1])}
 
 
+class BinaryThroughRedis(BinaryModelgate):
+    """modelgate-binary with its large tensors through Redis, as they went before the
+    gateways' shared memory (``--payload-arena-mb 0``): what the arena is worth, in one run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "modelgate-binary-redis"
+        self.description = ("as modelgate-binary, with `--payload-arena-mb 0`: the tensors go "
+                            "through Redis (and its append-only file), not shared memory")
+
+    def command(self, workload: Workload, model_root: Path, port: int) -> list[str]:
+        return [*super().command(workload, model_root, port), "--payload-arena-mb", "0"]
+
+
 def naive_target() -> Target:
     def command(workload: Workload, model_root: Path, port: int) -> list[str]:
         model = model_root / workload.name / "1" / "model.onnx"
@@ -350,6 +364,7 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "naive": naive_target,
     "modelgate-grpc": GrpcModelgate,
     "modelgate-binary": BinaryModelgate,
+    "modelgate-binary-redis": BinaryThroughRedis,
     # Large JSON tensors make the gateway the bottleneck: more gateways, as up decides.
     "modelgate-gwauto": modelgate_target(gateway_procs="auto", workloads=frozenset({"cnn"})),
 }
