@@ -167,6 +167,12 @@ def wait_for_quiet(max_wait_s: int) -> float | None:
               f"{deadline - time.monotonic():.0f}s more for a quiet machine", flush=True)
 
 
+def points_of(target: Target, points: Sequence[LoadPoint]) -> list[LoadPoint]:
+    """The load points ``target`` is measured at (some run at a few concurrencies only)."""
+    return [p for p in points
+            if target.concurrencies is None or p.concurrency in target.concurrencies]
+
+
 def measure_target(target: Target, workload: Workload, model_root: Path, client: LoadClient,
                    settings: Settings, results: Results, round_: int = 0) -> None:
     """Start ``target``, run every load point against it, stop it (always)."""
@@ -190,7 +196,7 @@ def measure_target(target: Target, workload: Workload, model_root: Path, client:
             client = GrpcClient(client.work_dir, client.request_timeout_s)
         load_log = settings.log_dir / f"load-{target.name}-{workload.name}.txt"
         load_log.write_text("")
-        for point in settings.points:
+        for point in points_of(target, settings.points):
             c = point.concurrency
             warmup_errors = 0
             if point.warmup_s:
@@ -275,6 +281,8 @@ def run(settings: Settings, factories: Mapping[str, Callable[[], Target]], clien
                       flush=True)
             for target in (factories[n]() for n in settings.targets if n in factories):
                 if target.workloads is not None and workload.name not in target.workloads:
+                    continue
+                if not points_of(target, settings.points):
                     continue
                 if target.name in failed:
                     continue

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cpu import process_tree, start_time
+from bench.goals import TWO_HOP
 from bench.load import JSON_HEADERS
 from bench.workloads import Workload, binary_body, check_answer
 
@@ -56,6 +57,7 @@ class Target(ABC):
     description: str
     required: bool = True  # False (a peer): its failure is noted, not a failed bench
     workloads: frozenset[str] | None = None  # the only workloads it runs on; None: all
+    concurrencies: frozenset[int] | None = None  # the only load points it runs; None: all
 
     def request(self, workload: Workload) -> tuple[str, bytes]:
         """The path and body of one request, the same every time (KServe V2 unless a peer
@@ -126,10 +128,12 @@ class ProcessTarget(Target):
     def __init__(self, name: str, description: str,
                  command: Callable[[Workload, Path, int], list[str]] | None = None,
                  start_timeout_s: float = 120.0, stop_timeout_s: float = 40.0,
-                 workloads: frozenset[str] | None = None) -> None:
+                 workloads: frozenset[str] | None = None,
+                 concurrencies: frozenset[int] | None = None) -> None:
         self.name = name
         self.description = description
         self.workloads = workloads
+        self.concurrencies = concurrencies
         self._command = command
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
@@ -355,6 +359,25 @@ def naive_target() -> Target:
     )
 
 
+def two_hop_floor_target(workloads: frozenset[str] | None = None,
+                         concurrencies: frozenset[int] | None = None) -> Target:
+    """``bench/two_hop_floor.py``: the least a call through Redis to a worker process and
+    back costs on this host (models of one input)."""
+    def command(workload: Workload, model_root: Path, port: int) -> list[str]:
+        if len(workload.body["inputs"]) != 1:
+            raise ValueError(f"the two-hop floor takes one input; {workload.name} has more")
+        model = model_root / workload.name / "1" / "model.onnx"
+        return [sys.executable, "-m", "bench.two_hop_floor", "--model", str(model),
+                "--name", workload.name, "--port", str(port)]
+
+    return ProcessTarget(
+        TWO_HOP,
+        "`bench/two_hop_floor.py`: the least a call through Redis to a worker process and back "
+        "costs on this host (an httptools front, XADD and BLPOP on raw connections, one ORT "
+        "worker, nothing else done); the floor of any two-hop design's fixed cost per call",
+        command, workloads=workloads, concurrencies=concurrencies)
+
+
 # Servers built from this repository; the PyPI peer is in ``bench.peer``.
 TARGETS: dict[str, Callable[[], Target]] = {
     "modelgate": modelgate_target(),
@@ -367,4 +390,8 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "modelgate-binary-redis": BinaryThroughRedis,
     # Large JSON tensors make the gateway the bottleneck: more gateways, as up decides.
     "modelgate-gwauto": modelgate_target(gateway_procs="auto", workloads=frozenset({"cnn"})),
+    # The fixed cost per call, judged at c=1 on the MLPs: how much of it any design through
+    # Redis and a worker process pays on this host (at concurrency it is no floor: it reads one
+    # entry and pops one reply at a time).
+    TWO_HOP: lambda: two_hop_floor_target(frozenset({"mlp", "mlp64"}), frozenset({1})),
 }

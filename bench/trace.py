@@ -40,7 +40,13 @@ from pathlib import Path
 import orjson
 
 from bench.results import _cpu_model
-from bench.targets import ProcessTarget, Target, modelgate_command, naive_target
+from bench.targets import (
+    ProcessTarget,
+    Target,
+    modelgate_command,
+    naive_target,
+    two_hop_floor_target,
+)
 from bench.workloads import WORKLOADS, Workload, binary_body
 from modelgate.core import trace
 
@@ -158,19 +164,8 @@ def stage_table(timed: Sequence[tuple[str, int, int]],
         ("end to end (median)", statistics.median(totals))]
 
 
-def floor_target() -> Target:
-    def command(workload: Workload, model_root: Path, port: int) -> list[str]:
-        if len(workload.body["inputs"]) != 1:
-            raise ValueError(f"the two-hop floor takes one input; {workload.name} has more")
-        model = model_root / workload.name / "1" / "model.onnx"
-        return [sys.executable, "-m", "bench.two_hop_floor", "--model", str(model),
-                "--name", workload.name, "--port", str(port)]
-
-    return ProcessTarget("two-hop-floor", "the least a call through Redis to a worker and "
-                         "back costs on this host (bench/two_hop_floor.py)", command)
-
-
-REFERENCES: dict[str, Callable[[], Target]] = {NAIVE: naive_target, FLOOR: floor_target}
+REFERENCES: dict[str, Callable[[], Target]] = {NAIVE: naive_target,
+                                               FLOOR: two_hop_floor_target}
 
 
 def median_ms(target: Target, workload: Workload, model_root: Path, log_dir: Path, calls: int,

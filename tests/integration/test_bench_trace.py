@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.trace import STAGES, floor_target, median_ms, run_trace
+from bench.targets import two_hop_floor_target
+from bench.trace import STAGES, median_ms, run_trace
 from bench.workloads import binary_body, cnn, mlp
 from modelgate.core import arena
 
@@ -33,7 +34,7 @@ def test_the_two_hop_floor_answers_the_calls_correctly_and_is_timed(tmp_path: Pa
     answers the same calls with the model's own outputs, which its start checks."""
     workload = mlp()
     workload.write(tmp_path / "models")
-    median = median_ms(floor_target(), workload, tmp_path / "models", tmp_path, calls=30,
+    median = median_ms(two_hop_floor_target(), workload, tmp_path / "models", tmp_path, calls=30,
                        warmup=5)
     assert 0 < median < 1000
 
@@ -46,7 +47,7 @@ def test_the_floor_takes_binary_tensors_and_a_large_one_through_shared_memory(
     workload = cnn()
     workload.write(tmp_path / "models")
     expected = workload.expected(tmp_path / "models" / "cnn" / "1" / "model.onnx")
-    target = floor_target()
+    target = two_hop_floor_target()
     started = target.start(workload, tmp_path / "models", tmp_path, expected)
     try:
         front = target.pids()[0]

@@ -12,11 +12,13 @@ import pytest
 from bench import floor
 from bench.cpu import Usage
 from bench.goals import goal_lines
-from bench.load import LoadResult
+from bench.load import LoadPoint, LoadResult
 from bench.peer import BentoMLTarget
 from bench.peer_venv import PeerVenv
 from bench.report import markdown_cpu_table, markdown_curve, markdown_rounds
 from bench.results import Measurement, Section, combine_rounds
+from bench.run import points_of
+from bench.targets import TARGETS
 from bench.workloads import WrongAnswer, binary_body, heavy, mlp
 
 HEAVY = Section("heavy", "compute-bound", workers=2)
@@ -85,6 +87,38 @@ def test_mlp_latency_goal_allows_half_a_millisecond(modelgate_p50_ms: float,
     assert f"(goal <= +0.5 ms: {verdict})" in line(lines, "p50 at c=1")
     assert "0.86x (goal >= 0.8x: MET)" in line(lines, "modelgate/naive throughput at c=32")
     assert "1.20x throughput" in line(lines, "info: modelgate-gw2/modelgate at c=32")
+
+
+def test_the_two_hop_floor_at_c1_says_how_far_modelgate_is_from_it() -> None:
+    measurements = [point("mlp", "modelgate", 1, 1400, p50_ms=0.73),
+                    point("mlp", "naive", 1, 5000, p50_ms=0.20),
+                    point("mlp", "two-hop-floor", 1, 2500, p50_ms=0.40)]
+
+    lines = goal_lines(measurements, [], MLP)
+
+    assert "= +0.53 ms (goal <= +0.5 ms: MISSED)" in line(lines, "p50 at c=1")
+    assert "p50 0.40 ms = naive +0.20 ms; modelgate is +0.33 ms from it" in line(
+        lines, "info: at c=1 the two-hop-floor")
+
+
+@pytest.mark.parametrize(("modelgate_p50_ms", "verdict"), [(0.85, "MET"), (0.95, "MISSED")])
+def test_where_the_hops_alone_cost_more_than_half_a_millisecond_the_floor_judges(
+        modelgate_p50_ms: float, verdict: str) -> None:
+    measurements = [point("mlp", "modelgate", 1, 1100, p50_ms=modelgate_p50_ms),
+                    point("mlp", "naive", 1, 5000, p50_ms=0.10),
+                    point("mlp", "two-hop-floor", 1, 1400, p50_ms=0.75)]
+
+    verdict_line = line(goal_lines(measurements, [], MLP), "p50 at c=1")
+
+    assert "the two-hop-floor itself is +0.65 ms" in verdict_line
+    assert f"(goal <= +0.15 ms: {verdict})" in verdict_line
+
+
+def test_a_target_of_some_load_points_runs_only_those() -> None:
+    points = [LoadPoint(c, 6, 2) for c in (1, 32, 128)]
+
+    assert [p.concurrency for p in points_of(TARGETS["two-hop-floor"](), points)] == [1]
+    assert [p.concurrency for p in points_of(TARGETS["naive"](), points)] == [1, 32, 128]
 
 
 def test_ort_sweep_times_every_batch_size_and_keeps_the_best(tmp_path: Path) -> None:
