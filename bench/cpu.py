@@ -73,10 +73,12 @@ def start_time(pid: int) -> int | None:
         return None
 
 
-# What a server's process is, from its command line (the first that matches).
+# What a server's process is, from its command line (the first that matches). The two-hop
+# floor's front and worker count as a gateway and a worker, to be read beside modelgate's.
 _ROLES = (("redis-server", "redis"), (" modelgate worker", "workers"),
           (" modelgate gateway", "gateway"), (" modelgate up", "supervisor"),
-          (" modelgate autoscaler", "supervisor"))
+          (" modelgate autoscaler", "supervisor"), (" --worker-of ", "workers"),
+          (" bench.two_hop_floor ", "gateway"))
 
 
 def _cmdline(pid: int) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench import cpu
 from bench.targets import two_hop_floor_target
 from bench.trace import STAGES, median_ms, run_trace
 from bench.workloads import binary_body, cnn, mlp
@@ -52,6 +53,8 @@ def test_the_floor_takes_binary_tensors_and_a_large_one_through_shared_memory(
     try:
         front = target.pids()[0]
         assert list(arena.ARENA_DIR.glob(f"{arena.PREFIX}{front}-*"))
+        # Its CPU is read beside modelgate's in the bench: front, Redis and worker by name.
+        assert sorted(cpu.roles(target.pids()).values()) == ["gateway", "redis", "workers"]
         body, header_length = binary_body(workload.body)
         for _ in range(3):
             answer = httpx.post(f"{started.base_url}{workload.infer_path}", content=body,
