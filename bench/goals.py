@@ -27,6 +27,7 @@ MLP_MAX_P50_OVERHEAD_MS = 0.5  # p50 at c=1 at most naive's plus this
 # process (the two-hop floor's own p50 is past it): then within this much of the floor.
 MLP_MAX_P50_OVER_FLOOR_MS = 0.15
 TWO_HOP = "two-hop-floor"
+TWO_HOP_BINARY = "two-hop-floor-binary"  # its throughput on the CNN's binary calls
 # Compute-bound model: against naive and the raw ORT floor, at every loaded concurrency.
 HEAVY_MIN_NAIVE_RATIO = 1.6
 HEAVY_MIN_FLOOR_RATIO = 0.85
@@ -154,7 +155,29 @@ def _cnn_lines(measurements: Sequence[Measurement], floors: Sequence[Sweep],
             + [_floor_line(measurements, floors, workload, c, CNN_MIN_FLOOR_RATIO, BINARY)
                for c in loaded]
             + [line for c in loaded
-               if (line := _load_ceiling(measurements, floors, workload, c, BINARY))])
+               if (line := _load_ceiling(measurements, floors, workload, c, BINARY))]
+            + [line for c in loaded
+               if (line := _two_hop_ceiling(measurements, floors, workload, c))])
+
+
+def _two_hop_ceiling(measurements: Sequence[Measurement], floors: Sequence[Sweep],
+                     workload: str, c: int) -> str | None:
+    """What a design through Redis and worker processes reached with nothing but its hops, on
+    the same calls: how much of the ORT floor is within reach of any such design here."""
+    subject = _find(measurements, workload, BINARY, c)
+    hops = _find(measurements, workload, TWO_HOP_BINARY, c)
+    floor = floor_of(floors, workload)
+    if subject is None or hops is None or floor is None or hops.rows_s <= 0:
+        return None
+    share = hops.rows_s / floor.best.rows_s
+    reach = ("so no such design reached the goal here"
+             if share < CNN_MIN_FLOOR_RATIO else "within the goal")
+    disturbed = ("; unreliable, other work ran on the machine"
+                 if hops.cpu is not None and hops.cpu.disturbed else "")
+    return (f"info: at c={c} the {TWO_HOP_BINARY} (the same calls through Redis and as many "
+            f"worker processes as {BINARY}'s, nothing else done) did {hops.rows_s:,.0f} "
+            f"rows/s with {hops.result.errors} errors, {share:.2f}x the {FLOOR}: {reach}; "
+            f"{BINARY} did {subject.rows_s / hops.rows_s:.2f}x of it{disturbed}")
 
 
 def _load_ceiling(measurements: Sequence[Measurement], floors: Sequence[Sweep], workload: str,

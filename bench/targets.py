@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cpu import process_tree, start_time
-from bench.goals import TWO_HOP
+from bench.goals import TWO_HOP, TWO_HOP_BINARY
 from bench.load import JSON_HEADERS
 from bench.workloads import Workload, binary_body, check_answer
 
@@ -359,23 +359,43 @@ def naive_target() -> Target:
     )
 
 
+def _floor_command(workload: Workload, model_root: Path, port: int) -> list[str]:
+    if len(workload.body["inputs"]) != 1:
+        raise ValueError(f"the two-hop floor takes one input; {workload.name} has more")
+    model = model_root / workload.name / "1" / "model.onnx"
+    return [sys.executable, "-m", "bench.two_hop_floor", "--model", str(model),
+            "--name", workload.name, "--port", str(port)]
+
+
 def two_hop_floor_target(workloads: frozenset[str] | None = None,
                          concurrencies: frozenset[int] | None = None) -> Target:
     """``bench/two_hop_floor.py``: the least a call through Redis to a worker process and
     back costs on this host (models of one input)."""
-    def command(workload: Workload, model_root: Path, port: int) -> list[str]:
-        if len(workload.body["inputs"]) != 1:
-            raise ValueError(f"the two-hop floor takes one input; {workload.name} has more")
-        model = model_root / workload.name / "1" / "model.onnx"
-        return [sys.executable, "-m", "bench.two_hop_floor", "--model", str(model),
-                "--name", workload.name, "--port", str(port)]
-
     return ProcessTarget(
         TWO_HOP,
         "`bench/two_hop_floor.py`: the least a call through Redis to a worker process and back "
         "costs on this host (an httptools front, XADD and BLPOP on raw connections, one ORT "
         "worker, nothing else done); the floor of any two-hop design's fixed cost per call",
-        command, workloads=workloads, concurrencies=concurrencies)
+        _floor_command, workloads=workloads, concurrencies=concurrencies)
+
+
+class BinaryTwoHopFloor(BinaryModelgate):
+    """The throughput of a two-hop design with nothing but its hops, on modelgate-binary's
+    calls: ``bench/two_hop_floor.py --batched`` with as many workers as modelgate gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = TWO_HOP_BINARY
+        self.description = (
+            "`bench/two_hop_floor.py --batched --workers W`: modelgate-binary's calls through "
+            "the least a design through Redis and worker processes can do (an httptools front, "
+            "the tensor in shared memory, XADD and BLMPOP on raw connections, W ORT workers "
+            "each taking what waits up to its best batch size, nothing else done); what such a "
+            "design's throughput can reach on this host")
+
+    def command(self, workload: Workload, model_root: Path, port: int) -> list[str]:
+        return [*_floor_command(workload, model_root, port), "--workers",
+                str(workload.workers), "--batched"]
 
 
 # Servers built from this repository; the PyPI peer is in ``bench.peer``.
@@ -394,4 +414,7 @@ TARGETS: dict[str, Callable[[], Target]] = {
     # Redis and a worker process pays on this host (at concurrency it is no floor: it reads one
     # entry and pops one reply at a time).
     TWO_HOP: lambda: two_hop_floor_target(frozenset({"mlp", "mlp64"}), frozenset({1})),
+    # The same on the CNN's binary calls at concurrency: the throughput any design through
+    # Redis and worker processes can reach here, beside the ORT floor it is judged against.
+    TWO_HOP_BINARY: BinaryTwoHopFloor,
 }

@@ -16,6 +16,14 @@ processes each hop blocks -- plus the least of parsing and formatting.
 
 ``make trace`` measures it on the same calls as modelgate and the naive server, so the gap to
 the floor is measured on the host at hand, in the same run.
+
+With ``--batched`` (and ``--workers N``) it is the floor of a two-hop design's *throughput*,
+what ``make bench`` runs beside modelgate on the CNN at concurrency: the front writes the
+commands of one turn of its event loop at once and pops up to a thousand answers per
+``BLMPOP``; each worker takes what waits, up to the batch size that gave it the most rows/s
+when it started (``best_batch``: 1, 2, 4, ... 16, a few tenths of a second each), runs it as
+one ``session.run`` and answers the whole batch with one ``LPUSH``, ``XACK`` and ``XDEL``.
+That is the batching and coalescing a real gateway does too, nothing more.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,34 +89,64 @@ class SyncConnection:
             self.reader.feed(data)
 
 
-def run_worker(port: int, model: Path) -> None:
+def best_batch(session: Any, input_name: str, row_shape: Sequence[int],
+               share_s: float = 0.25, sizes: Sequence[int] = (1, 2, 4, 8, 16)) -> int:
+    """The batch size that gives the most rows/s on this host (synthetic rows, as modelgate's
+    workers tune theirs: ``modelgate.worker.tuning``)."""
+    best, best_rate = 1, 0.0
+    for size in sizes:
+        feed = {input_name: np.random.default_rng(0).random((size, *row_shape), np.float32)}
+        session.run(None, feed)  # warm
+        runs, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < share_s or runs < 2:
+            session.run(None, feed)
+            runs += 1
+        rate = runs * size / elapsed
+        if rate > best_rate:
+            best, best_rate = size, rate
+    return best
+
+
+def run_worker(port: int, model: Path, index: int = 0, batched: bool = False) -> None:
     import onnxruntime as ort  # here: the front never loads it
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    spec = session.get_inputs()[0]
+    input_name = spec.name
+    count = 1
+    if batched:
+        count = best_batch(session, input_name,
+                           [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape[1:]])
+        print(f"two-hop floor worker {index}: batches of up to {count} rows", file=sys.stderr,
+              flush=True)
     connection = SyncConnection(port)
-    read = command("XREADGROUP", "GROUP", GROUP, "w", "COUNT", 1, "BLOCK", 0,
+    read = command("XREADGROUP", "GROUP", GROUP, f"w{index}", "COUNT", count, "BLOCK", 0,
                    "STREAMS", STREAM, ">")
     shared = arena.ArenaReader()
     while True:
         connection.send(read)
         for _, entries in connection.reply():
-            for entry_id, fields in entries:
-                message = msgpack.unpackb(fields[1])
-                data = (shared.decode(message["a"], bytes) if "a" in message
-                        else message["d"])
-                inputs = np.frombuffer(data, "<f4").reshape(message["s"])
-                output = session.run(None, {input_name: inputs})[0]
-                answer = msgpack.packb({"i": message["i"], "s": list(output.shape),
-                                        "d": np.ascontiguousarray(output, "<f4").tobytes()})
-                connection.send(command("LPUSH", REPLIES, answer),
-                                command("XACK", STREAM, GROUP, entry_id),
-                                command("XDEL", STREAM, entry_id))
-                for _ in range(3):
-                    connection.reply()
+            messages = [msgpack.unpackb(fields[1]) for _, fields in entries]
+            inputs = [np.frombuffer(shared.decode(m["a"], bytes) if "a" in m else m["d"],
+                                    "<f4").reshape(m["s"]) for m in messages]
+            stacked = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+            output = session.run(None, {input_name: stacked})[0]
+            answers, start = [], 0
+            for message, rows in zip(messages, (len(i) for i in inputs), strict=True):
+                part = output[start:start + rows]
+                start += rows
+                answers.append(msgpack.packb({
+                    "i": message["i"], "s": list(part.shape),
+                    "d": np.ascontiguousarray(part, "<f4").tobytes()}))
+            ids = [entry_id for entry_id, _ in entries]
+            connection.send(command("LPUSH", REPLIES, *answers),
+                            command("XACK", STREAM, GROUP, *ids),
+                            command("XDEL", STREAM, *ids))
+            for _ in range(3):
+                connection.reply()
 
 
 # ---------------------------------------------------------------- the front
@@ -127,14 +166,18 @@ class RedisProtocol(asyncio.Protocol):
 
 
 class Front:
-    def __init__(self, model_name: str, output_name: str) -> None:
+    def __init__(self, model_name: str, output_name: str, batched: bool = False) -> None:
         self.model_name = model_name
         self.output_name = output_name
+        self.batched = batched
         self.waiting: dict[bytes, tuple[HttpProtocol, arena.Region | None]] = {}
         self.next_id = 0
         self.arena = arena.open_arena(64)
         self.commands: asyncio.Transport | None = None
         self.popper: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # batched: this turn's commands, written at its end
+        self.pop_command = (command("BLMPOP", 0, 1, REPLIES, "LEFT", "COUNT", 1024) if batched
+                            else command("BLPOP", REPLIES, 0))
 
     async def connect(self, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -146,7 +189,21 @@ class Front:
 
     def pop(self) -> None:
         assert self.popper is not None
-        self.popper.write(command("BLPOP", REPLIES, 0))
+        self.popper.write(self.pop_command)
+
+    def send(self, data: bytes) -> None:
+        assert self.commands is not None
+        if not self.batched:
+            self.commands.write(data)
+            return
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        assert self.commands is not None
+        pending, self.pending = self.pending, []
+        self.commands.write(b"".join(pending))
 
     def call(self, caller: HttpProtocol, body: bytes, header_length: int | None) -> None:
         if header_length is None:
@@ -166,12 +223,14 @@ class Front:
             entry = msgpack.packb({"i": call_id, "s": list(data.shape), "a": region.ref})
         else:
             entry = msgpack.packb({"i": call_id, "s": list(data.shape), "d": data.tobytes()})
-        assert self.commands is not None
-        self.commands.write(command("XADD", STREAM, "*", "p", entry))
+        self.send(command("XADD", STREAM, "*", "p", entry))
 
     def answer(self, reply: Any) -> None:
         self.pop()
-        message = msgpack.unpackb(reply[1])
+        for raw in reply[1] if self.batched else [reply[1]]:
+            self.reply(msgpack.unpackb(raw))
+
+    def reply(self, message: Any) -> None:
         waiting = self.waiting.pop(message["i"], None)
         if waiting is None:
             return
@@ -227,8 +286,9 @@ class HttpProtocol(asyncio.Protocol):
                                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
 
 
-async def serve(port: int, redis_port: int, model_name: str, output_name: str) -> None:
-    front = Front(model_name, output_name)
+async def serve(port: int, redis_port: int, model_name: str, output_name: str,
+                batched: bool) -> None:
+    front = Front(model_name, output_name, batched)
     await front.connect(redis_port)
     HttpProtocol.front = front
     loop = asyncio.get_running_loop()
@@ -248,10 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="path of the .onnx file")
     parser.add_argument("--name", default=None, help="model name in the answers")
     parser.add_argument("--port", type=int, default=8002)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--batched", action="store_true",
+                        help="the throughput floor: coalesced writes, batches in the workers")
     parser.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_of is not None:
-        run_worker(args.worker_of, args.model)
+        run_worker(args.worker_of, args.model, args.index, args.batched)
         return 0
     import onnx
     import uvloop
@@ -262,14 +326,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = SyncConnection(redis_port)
     setup.send(command("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM"))
     setup.reply()
-    worker = subprocess.Popen([sys.executable, "-m", "bench.two_hop_floor", "--model",
-                               str(args.model), "--worker-of", str(redis_port)],
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "bench.two_hop_floor", "--model", str(args.model),
+         "--worker-of", str(redis_port), "--index", str(index),
+         *(["--batched"] if args.batched else [])],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}) for index in range(args.workers)]
     try:
         uvloop.run(serve(args.port, redis_port, args.name or args.model.parent.parent.name,
-                         output_name))
+                         output_name, args.batched))
     finally:
-        for process in (worker, redis):
+        for process in (*workers, redis):
             process.terminate()
             process.wait(10)
     return 0

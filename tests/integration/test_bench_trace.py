@@ -3,15 +3,18 @@ timestamps, which join with the client's into every stage of the call, in order.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from bench import cpu
-from bench.targets import two_hop_floor_target
+from bench.targets import BinaryTwoHopFloor, two_hop_floor_target
 from bench.trace import STAGES, median_ms, run_trace
-from bench.workloads import binary_body, cnn, mlp
+from bench.workloads import CNN_SIZE, binary_body, cnn, mlp
 from modelgate.core import arena
 
 pytestmark = pytest.mark.integration
@@ -65,3 +68,39 @@ def test_the_floor_takes_binary_tensors_and_a_large_one_through_shared_memory(
     finally:
         target.stop()
     assert not list(arena.ARENA_DIR.glob(f"{arena.PREFIX}{front}-*"))  # removed at its stop
+
+
+def test_the_throughput_floor_batches_concurrent_calls_across_its_workers_and_answers_each(
+        tmp_path: Path) -> None:
+    """``make bench`` runs the floor on the CNN's binary calls at concurrency: each call must
+    get its own answer however the workers batch them, or its rows/s would mean nothing."""
+    workload = cnn()
+    model = workload.write(tmp_path / "models")
+    expected = workload.expected(model)
+    target = BinaryTwoHopFloor()
+    started = target.start(workload, tmp_path / "models", tmp_path, expected)
+    try:
+        assert sorted(cpu.roles(target.pids()).values()) == [
+            "gateway", "redis", *["workers"] * workload.workers]
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        images = np.random.default_rng(7).random((24, 3, CNN_SIZE, CNN_SIZE), np.float32)
+        wanted = session.run(None, {"input": images})[0]
+
+        def call(index: int) -> np.ndarray:
+            body = {"inputs": [{"name": "input", "datatype": "FP32",
+                                "shape": [1, 3, CNN_SIZE, CNN_SIZE],
+                                "data": images[index].ravel().tolist()}]}
+            content, header_length = binary_body(body)
+            answer = httpx.post(f"{started.base_url}{workload.infer_path}", content=content,
+                                headers={"Inference-Header-Content-Length": str(header_length)},
+                                timeout=30)
+            assert answer.status_code == 200, answer.text
+            return np.asarray(answer.json()["outputs"][0]["data"], np.float32)
+
+        with ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(call, range(len(images))))
+        np.testing.assert_allclose(np.stack(got), wanted.reshape(len(images), -1), rtol=1e-4,
+                                   atol=1e-6)
+        assert "batches of up to" in target.tail()
+    finally:
+        target.stop()
