@@ -169,8 +169,8 @@ def wait_for_quiet(max_wait_s: int) -> float | None:
 
 def points_of(target: Target, points: Sequence[LoadPoint]) -> list[LoadPoint]:
     """The load points ``target`` is measured at (some run at a few concurrencies only)."""
-    return [p for p in points
-            if target.concurrencies is None or p.concurrency in target.concurrencies]
+    return [p for p in points if p.concurrency >= target.min_concurrency and (
+        target.concurrencies is None or p.concurrency in target.concurrencies)]
 
 
 def measure_target(target: Target, workload: Workload, model_root: Path, client: LoadClient,

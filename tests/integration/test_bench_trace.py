@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from bench import cpu
-from bench.targets import BinaryTwoHopFloor, two_hop_floor_target
+from bench.targets import LoadedTwoHopFloor, two_hop_floor_target
 from bench.trace import STAGES, median_ms, run_trace
 from bench.workloads import CNN_SIZE, binary_body, cnn, mlp
 from modelgate.core import arena
@@ -77,7 +77,7 @@ def test_the_throughput_floor_batches_concurrent_calls_across_its_workers_and_an
     workload = cnn()
     model = workload.write(tmp_path / "models")
     expected = workload.expected(model)
-    target = BinaryTwoHopFloor()
+    target = LoadedTwoHopFloor()
     started = target.start(workload, tmp_path / "models", tmp_path, expected)
     try:
         assert sorted(cpu.roles(target.pids()).values()) == [
@@ -102,5 +102,22 @@ def test_the_throughput_floor_batches_concurrent_calls_across_its_workers_and_an
         np.testing.assert_allclose(np.stack(got), wanted.reshape(len(images), -1), rtol=1e-4,
                                    atol=1e-6)
         assert "batches of up to" in target.tail()
+    finally:
+        target.stop()
+
+
+def test_the_loaded_floor_takes_the_mlps_calls_as_json(tmp_path: Path) -> None:
+    """On the MLPs it gets the JSON calls modelgate's throughput goal is judged on (its start
+    checks the answer to one against the model's own outputs)."""
+    workload = mlp()
+    model = workload.write(tmp_path / "models")
+    target = LoadedTwoHopFloor()
+    assert target.headers(workload)["Content-Type"] == "application/json"
+    started = target.start(workload, tmp_path / "models", tmp_path, workload.expected(model))
+    try:
+        answer = httpx.post(f"{started.base_url}{workload.infer_path}",
+                            content=target.request(workload)[1], timeout=10)
+        assert answer.status_code == 200
+        target.check(answer.content, workload.expected(model))
     finally:
         target.stop()

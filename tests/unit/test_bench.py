@@ -224,19 +224,29 @@ def test_the_load_generators_own_cpu_bounds_what_any_server_could_do() -> None:
 def test_the_two_hop_floor_on_the_cnn_says_what_any_design_through_redis_reaches(
         hops_rows_s: float, reach: str) -> None:
     measurements = [point("cnn", "modelgate-binary", 16, 585),
-                    point("cnn", "two-hop-floor-binary", 16, hops_rows_s)]
+                    point("cnn", "two-hop-floor-loaded", 16, hops_rows_s)]
     floors = [floor.Sweep("cnn", 1, (floor.BatchPoint(4, 250, 1.0, 5.0, 9.0),), processes=2)]
 
     lines = goal_lines(measurements, floors, Section("cnn", "large tensors", workers=2))
 
-    found = line(lines, "info: at c=16 the two-hop-floor-binary")
+    found = line(lines, "info: at c=16 the two-hop-floor-loaded")
     assert f"did {hops_rows_s:,} rows/s with 0 errors, {reach}" in found
     assert found.endswith(f"modelgate-binary did {585 / hops_rows_s:.2f}x of it")
     # The goal itself is still judged against the ORT floor.
     assert "0.58x (goal >= 0.85x: MISSED)" in line(
         lines, "modelgate-binary/ort-floor throughput at c=16")
     assert [p.concurrency for p in points_of(
-        TARGETS["two-hop-floor-binary"](), [LoadPoint(c, 6, 2) for c in (16, 64)])] == [16, 64]
+        TARGETS["two-hop-floor-loaded"](), [LoadPoint(c, 6, 2) for c in (1, 16, 64)])] == [16, 64]
+
+
+def test_the_loaded_two_hop_floor_on_an_mlp_says_what_modelgate_did_of_it() -> None:
+    measurements = [point("mlp", "modelgate", 32, 9000), point("mlp", "naive", 32, 15000),
+                    point("mlp", "two-hop-floor-loaded", 32, 36000)]
+
+    lines = goal_lines(measurements, [], MLP)
+
+    assert line(lines, "info: at c=32 the two-hop-floor-loaded").endswith(
+        "did 36,000 rows/s with 0 errors, 2.40x the naive server; modelgate did 0.25x of it")
 
 
 def test_binary_body_is_the_json_header_then_the_raw_tensor_bytes() -> None:
