@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -290,6 +291,29 @@ def modelgate_target(gateway_procs: int | str = 1,
     return lambda: ProcessTarget(name, description, command, workloads=workloads)
 
 
+class ModelgateWithoutStoredAnswers(ProcessTarget):
+    """modelgate storing no answer for feedback (``feedback_sample_share: 0`` in the model's
+    config.yaml, as a deployment that never gets labels runs it): what storing every answer,
+    the default, costs a saturated gateway, measured in the same run."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "modelgate-nostore",
+            "as modelgate, with `feedback_sample_share: 0` in the model's config.yaml: no "
+            "answer stored for feedback (the default stores every one); runs on the MLPs only",
+            modelgate_command(1), workloads=frozenset({"mlp", "mlp64"}))
+
+    def start(self, workload: Workload, model_root: Path, log_dir: Path,
+              expected: Mapping[str, np.ndarray]) -> Started:
+        root = log_dir / f"{self.name}-models"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(model_root / workload.name, root / workload.name)
+        config = root / workload.name / "config.yaml"
+        earlier = config.read_text() if config.exists() else ""
+        config.write_text(f"{earlier}\nfeedback_sample_share: 0\n")
+        return super().start(workload, root, log_dir, expected)
+
+
 class GrpcModelgate(ProcessTarget):
     """modelgate measured over gRPC: the same `up` as the modelgate target, with its gRPC
     port; readiness is probed over HTTP (the same data plane), the load goes to gRPC."""
@@ -429,6 +453,9 @@ TARGETS: dict[str, Callable[[], Target]] = {
     # compute-bound model the second one only takes CPU from the workers (0.9x in a trial).
     "modelgate-gw2": modelgate_target(gateway_procs=2, workloads=frozenset({"mlp"})),
     "naive": naive_target,
+    # What storing every answer for feedback (the default) costs where the gateway is the
+    # bottleneck: the same, storing none.
+    "modelgate-nostore": ModelgateWithoutStoredAnswers,
     "modelgate-grpc": GrpcModelgate,
     "modelgate-binary": BinaryModelgate,
     "modelgate-binary-redis": BinaryThroughRedis,

@@ -18,12 +18,13 @@ processes each hop blocks -- plus the least of parsing and formatting.
 the floor is measured on the host at hand, in the same run.
 
 With ``--batched`` (and ``--workers N``) it is the floor of a two-hop design's *throughput*,
-what ``make bench`` runs beside modelgate on the CNN at concurrency: the front writes the
-commands of one turn of its event loop at once and pops up to a thousand answers per
-``BLMPOP``; each worker takes what waits, up to the batch size that gave it the most rows/s
-when it started (``best_batch``: 1, 2, 4, ... 16, a few tenths of a second each), runs it as
-one ``session.run`` and answers the whole batch with one ``LPUSH``, ``XACK`` and ``XDEL``.
-That is the batching and coalescing a real gateway does too, nothing more.
+what ``make bench`` runs beside modelgate at concurrency (``two-hop-floor-loaded``: JSON calls
+on the MLPs, binary tensors on the CNN): the front writes the commands of one turn of its
+event loop at once and pops up to a thousand answers per ``BLMPOP``; each worker takes what
+waits, up to the batch size that gave it the most rows/s when it started (``best_batch``: 1,
+2, 4, ... 16, a few tenths of a second each), runs it as one ``session.run`` and answers the
+whole batch with one ``LPUSH``, ``XACK`` and ``XDEL``. That is the batching and coalescing a
+real gateway does too, nothing more.
 """
 
 from __future__ import annotations

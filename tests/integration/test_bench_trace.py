@@ -3,6 +3,7 @@ timestamps, which join with the client's into every stage of the call, in order.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from bench import cpu
-from bench.targets import LoadedTwoHopFloor, two_hop_floor_target
+from bench.targets import TARGETS, LoadedTwoHopFloor, two_hop_floor_target
 from bench.trace import STAGES, median_ms, run_trace
 from bench.workloads import CNN_SIZE, binary_body, cnn, mlp
 from modelgate.core import arena
@@ -121,3 +122,37 @@ def test_the_loaded_floor_takes_the_mlps_calls_as_json(tmp_path: Path) -> None:
         target.check(answer.content, workload.expected(model))
     finally:
         target.stop()
+
+
+def test_the_nostore_target_serves_the_model_storing_no_answer_where_modelgate_stores_all(
+        tmp_path: Path) -> None:
+    """``modelgate-nostore`` measures what storing answers costs: it is only that if the one
+    difference from ``modelgate`` is that nothing is stored (and the bench's repository is
+    left as it was for the other servers)."""
+    workload = mlp()
+    model = workload.write(tmp_path / "models")
+    expected = workload.expected(model)
+    stored = {}
+    for target in (TARGETS["modelgate"](), TARGETS["modelgate-nostore"]()):
+        started = target.start(workload, tmp_path / "models", tmp_path, expected)
+        try:
+            for _ in range(20):
+                answer = httpx.post(f"{started.base_url}{workload.infer_path}",
+                                    content=workload.body_bytes(), timeout=10)
+                assert answer.status_code == 200
+            url = f"{started.base_url}/v2/models/{workload.name}/quality"
+            deadline = time.monotonic() + 10
+            while True:  # the gateway stores answers in the background, every 0.2 s
+                figures = httpx.get(url, timeout=10).json()["stored"]
+                if figures["answers_stored"] >= 20 or time.monotonic() > deadline or \
+                        figures["sample_share"] == 0:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)  # a nostore gateway would have stored them by now
+            stored[target.name] = httpx.get(url, timeout=10).json()["stored"]
+        finally:
+            target.stop()
+    assert stored["modelgate"]["answers_stored"] >= 20  # and the start's probe calls
+    assert stored["modelgate-nostore"]["sample_share"] == 0
+    assert stored["modelgate-nostore"]["answers_stored"] == 0
+    assert not (tmp_path / "models" / workload.name / "config.yaml").exists()
