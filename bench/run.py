@@ -3,13 +3,14 @@ the same closed-loop load from a separate process; measure ONNX Runtime alone on
 (the compute floor); print side-by-side tables and the goal verdicts, and write them with a
 plot to ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
-Targets: modelgate (and variants: two gateway processes, gRPC, binary tensors), the naive
-in-process server, BentoML from PyPI in an isolated venv (built under ``.bench/peer-venv`` on
+Targets: modelgate (and variants: two gateway processes, gRPC, binary tensors, storing no
+answers), the naive in-process server, the two-hop floor (``bench/two_hop_floor.py``: at c=1,
+and under load), BentoML from PyPI in an isolated venv (built under ``.bench/peer-venv`` on
 first use; skipped with a note if it cannot be installed) and ``ort-floor``. Workloads: a tiny
 MLP, a mid-size MLP (64->256->256->10), a compute-bound model and a MobileNet-style CNN; none
 sets its batch sizes: modelgate's workers tune them at load, and the page shows what they
 chose beside ONNX Runtime's own curve. Every knob is a flag that also reads ``BENCH_<FLAG>``
-from the environment. Defaults take about twenty-five minutes: three rounds in which the
+from the environment. Defaults take about forty minutes: three rounds in which the
 servers take turns, each with a warm-up then a measured run per load point. Server logs, the
 load generator's full output, ``/metrics`` scrapes and ``results.json`` go to ``.bench/``.
 """
