@@ -93,12 +93,12 @@ def _mlp_lines(measurements: Sequence[Measurement], workload: str) -> list[str]:
     hops = _find(measurements, workload, TWO_HOP_LOADED, MLP_THROUGHPUT_CONCURRENCY)
     subject = _find(measurements, workload, SUBJECT, MLP_THROUGHPUT_CONCURRENCY)
     baseline = _find(measurements, workload, BASELINE, MLP_THROUGHPUT_CONCURRENCY)
-    if hops is not None and subject is not None and baseline is not None and hops.rows_s > 0:
+    if hops and subject and baseline and hops.rows_s > 0 and baseline.rows_s > 0:
         lines.append(
             f"info: at c={MLP_THROUGHPUT_CONCURRENCY} the {TWO_HOP_LOADED} (the same calls "
             f"through Redis and a worker process, nothing else done) did {hops.rows_s:,.0f} "
             f"rows/s with {hops.result.errors} errors, "
-            f"{hops.rows_s / max(baseline.rows_s, 1e-9):.2f}x the {BASELINE} server; "
+            f"{hops.rows_s / baseline.rows_s:.2f}x the {BASELINE} server; "
             f"{SUBJECT} did {subject.rows_s / hops.rows_s:.2f}x of it")
     subject = _find(measurements, workload, SUBJECT, c)
     baseline = _find(measurements, workload, BASELINE, c)

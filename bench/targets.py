@@ -341,6 +341,11 @@ class GrpcModelgate(ProcessTarget):
 BINARY_WORKLOADS = frozenset({"cnn"})
 
 
+def binary_request(workload: Workload) -> tuple[str, bytes]:
+    """The path and body of ``workload``'s call in the binary tensor extension."""
+    return workload.infer_path, binary_body(workload.body)[0]
+
+
 def binary_headers(workload: Workload) -> dict[str, str]:
     """The headers of ``workload``'s call in the binary tensor extension."""
     return {"Content-Type": "application/octet-stream",
@@ -359,7 +364,7 @@ class BinaryModelgate(ProcessTarget):
             modelgate_command(1), workloads=BINARY_WORKLOADS)
 
     def request(self, workload: Workload) -> tuple[str, bytes]:
-        return workload.infer_path, binary_body(workload.body)[0]
+        return binary_request(workload)
 
     def headers(self, workload: Workload) -> dict[str, str]:
         return binary_headers(workload)
@@ -437,7 +442,7 @@ class LoadedTwoHopFloor(ProcessTarget):
 
     def request(self, workload: Workload) -> tuple[str, bytes]:
         if workload.name in BINARY_WORKLOADS:
-            return workload.infer_path, binary_body(workload.body)[0]
+            return binary_request(workload)
         return super().request(workload)
 
     def headers(self, workload: Workload) -> dict[str, str]:
