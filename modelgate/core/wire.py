@@ -157,6 +157,8 @@ class Reply:
     batch_size: int = 0
     batch_leader: bool = False
     rows: tuple[int, ...] = ()  # rows of each id in ``outputs``, in order
+    # The worker stored the answers its entry asked it to store (``worker/stored_answers.py``)
+    stored: bool = False
 
     @property
     def id(self) -> str:
@@ -222,7 +224,7 @@ def unbundle(reply: Reply, decoded: bool = False) -> list[Reply]:
     return [Reply((id_,), reply.status,
                   {name: _rows_of(t, start, count) for name, t in reply.outputs.items()}, "",
                   reply.queue_ms, reply.compute_ms, reply.batch_size,
-                  reply.batch_leader and i == 0)
+                  reply.batch_leader and i == 0, (), reply.stored)
             for i, (id_, start, count) in enumerate(_spans(reply.ids, reply.rows))]
 
 
@@ -422,22 +424,23 @@ def decode_bundle(ids: tuple[str, ...], payload: bytes | memoryview) -> Bundle:
 
 
 def encode_reply(reply: Reply) -> bytes:
-    return msgpack.packb(
-        {
-            "v": WIRE_VERSION,
-            "ids": list(reply.ids),
-            # Unknown rows (the entry could not be decoded) go as zeros: only an ok reply of
-            # several ids is ever cut by them.
-            "rows": list(reply.rows) if reply.rows else [0] * len(reply.ids),
-            "status": reply.status,
-            "error": reply.error,
-            "outputs": {n: _encode_tensor(t) for n, t in reply.outputs.items()},
-            "queue_ms": reply.queue_ms,
-            "compute_ms": reply.compute_ms,
-            "batch_size": reply.batch_size,
-            "batch_leader": reply.batch_leader,
-        }
-    )
+    message: dict[str, Any] = {
+        "v": WIRE_VERSION,
+        "ids": list(reply.ids),
+        # Unknown rows (the entry could not be decoded) go as zeros: only an ok reply of
+        # several ids is ever cut by them.
+        "rows": list(reply.rows) if reply.rows else [0] * len(reply.ids),
+        "status": reply.status,
+        "error": reply.error,
+        "outputs": {n: _encode_tensor(t) for n, t in reply.outputs.items()},
+        "queue_ms": reply.queue_ms,
+        "compute_ms": reply.compute_ms,
+        "batch_size": reply.batch_size,
+        "batch_leader": reply.batch_leader,
+    }
+    if reply.stored:  # absent otherwise: what a reply of an earlier release looks like
+        message["stored"] = True
+    return msgpack.packb(message)
 
 
 def decode_reply(data: bytes) -> Reply:
@@ -480,10 +483,13 @@ def _reply_of(ids: tuple[str, ...], message: dict[str, Any]) -> Reply:
     batch_leader = message.get("batch_leader")
     if batch_leader is not None and not isinstance(batch_leader, bool):
         raise WireError(f"reply 'batch_leader' must be true or false, got {batch_leader!r}")
+    stored = message.get("stored")
+    if stored is not None and not isinstance(stored, bool):
+        raise WireError(f"reply 'stored' must be true or false, got {stored!r}")
     return Reply(ids=ids, rows=rows, status=status, error=error or "", outputs=outputs,
                  queue_ms=_milliseconds(message, "queue_ms"),
                  compute_ms=_milliseconds(message, "compute_ms"),
-                 batch_size=batch_size, batch_leader=bool(batch_leader))
+                 batch_size=batch_size, batch_leader=bool(batch_leader), stored=bool(stored))
 
 
 def _milliseconds(message: dict[str, Any], name: str) -> float:

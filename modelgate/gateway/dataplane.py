@@ -288,7 +288,10 @@ class DataPlane:
             await asyncio.sleep(WAIT_POLL_S)
 
     async def infer(self, model: ModelVersion, request: wire.Request,
-                    timeout_ms: int, marks: dict[str, object] | None = None) -> wire.Reply:
+                    timeout_ms: int, marks: dict[str, object] | None = None,
+                    store: str = "") -> wire.Reply:
+        """The call's reply; with ``store`` (``Feedback.keep``), its worker stores the answer
+        under it for feedback."""
         deadline_ms = int(time.time() * 1000) + timeout_ms
         view = self.pools[model.pool]
         if not (self.redis_ok and view.live_workers > 0):
@@ -296,7 +299,7 @@ class DataPlane:
         self._admit(model, view)
         view.admitted += 1
         future = self.dispatcher.submit(model.pool, request, deadline_ms, model.max_batch_size,
-                                        marks)
+                                        marks, store)
         reply = await future
         view.completed += 1
         # After this call's answer is written (the rest of this step), not before it.

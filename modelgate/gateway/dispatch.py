@@ -66,6 +66,7 @@ class _Outgoing:
     deadline_ms: int
     max_rows: int  # rows a bundle may hold (the pool's run size cap; 0: no bundling)
     marks: dict[str, object] | None = None  # stage timestamps of a traced call
+    store: str = ""  # what its worker stores the answer under for feedback ("": not stored)
 
 
 @dataclass(slots=True)
@@ -202,10 +203,11 @@ class Dispatcher:
             self.arena = None
 
     def submit(self, pool: str, request: wire.Request, deadline_ms: int,
-               max_rows: int, marks: dict[str, object] | None = None
+               max_rows: int, marks: dict[str, object] | None = None, store: str = ""
                ) -> asyncio.Future[wire.Reply]:
         """Queue one request; the future resolves with its reply or fails by the deadline.
-        With ``marks`` (a traced call), the stages it passes here are added to it."""
+        With ``marks`` (a traced call), the stages it passes here are added to it; with
+        ``store``, its worker stores the answer under it for feedback."""
         loop = asyncio.get_running_loop()
         # Unguessable: nothing that cannot read the stream can forge an answer to a call.
         correlation = ids.token_hex(8)
@@ -219,7 +221,8 @@ class Dispatcher:
             marks["id"] = correlation
             marks["submitted"] = now_ns()
             self._traced[correlation] = marks
-        self._outbox.append(_Outgoing(pool, request, correlation, deadline_ms, max_rows))
+        self._outbox.append(_Outgoing(pool, request, correlation, deadline_ms, max_rows,
+                                      None, store))
         if len(self._pending) == 1 and not self._writing:
             self._write_now()
         self._wake.set()
@@ -295,22 +298,26 @@ class Dispatcher:
             # Relative to when Redis adds the entry: no other host's clock reads this deadline.
             budget_ms = max(1, int(max(item.deadline_ms for item in bundle) - now_ms))
             queued = packed("INCRBY", pools.queued(pool), len(ids))
+            store = tuple(item.store for item in bundle) if any(
+                item.store for item in bundle) else ()
             if wire.input_bytes(requests) >= wire.LARGE_INPUT_BYTES:
                 parts = wire.encode_bundle_parts(requests)
                 region = self._hold(pool, ids, parts)
                 if region is not None:
                     fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, b"",
-                                                region.ref)
+                                                region.ref, store)
                     entries.append(_Write([packed("XADD", pools.requests_stream(pool), "*",
                                                   *fields.fields()), queued], pool, ids))
                     continue
-                fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, b"")
+                fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, b"",
+                                            b"", store)
                 entries.append(_Write([*packed_xadd(
                     pools.requests_stream(pool), fields.fields()[:-1], parts), queued],
                     pool, ids))
                 continue
             payload = wire.encode_bundle(wire.combine(ids, requests))
-            fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, payload)
+            fields = pools.RequestEntry(tuple(ids), self.reply_to, budget_ms, 1, payload,
+                                        b"", store)
             entries.append(_Write([packed("XADD", pools.requests_stream(pool), "*",
                                           *fields.fields()), queued], pool, ids))
         return entries

@@ -1,15 +1,18 @@
 """Answers kept for feedback, labels joined to them, and live quality per version.
 
-**Storing answers, off the response path.** :meth:`Feedback.record` only appends the call's
-id, version and reply to a bounded in-memory queue (``MAX_PENDING`` calls; past it a call is
-not stored and is counted); the background task ``feedback`` takes the queue every
-``FLUSH_INTERVAL_S``, turns each reply into its prediction (``core/prediction.py``) and writes
-each model's batch with one ``STORE`` script (``core/store/feedback.py``), which trims the
-store to the model's ``feedback_max_rows`` and ``feedback_horizon_s`` in the same step. A call
-is stored with probability ``feedback_sample_share``. When Redis refuses a write (at
-``maxmemory`` under ``noeviction``), the store shrinks first (``SHRINK``: deletes only, which
-Redis still takes), the batch is dropped and counted: the calls themselves are never refused
-because this store grew.
+**Storing answers, off the response path.** :meth:`Feedback.keep` decides before the call is
+queued whether its answer is stored (with probability ``feedback_sample_share``; an id no label
+could name is not, and is counted) and the call's entry asks its worker to store it under the
+call's id: the worker does, beside its reply (``worker/stored_answers.py``), and the reply says
+``stored``. :meth:`Feedback.record` queues only what a worker did not store (one of an earlier
+release, or one whose own queue was full) in a bounded in-memory queue (``MAX_PENDING`` calls;
+past it a call is not stored and is counted); the background task ``feedback`` takes the queue
+every ``FLUSH_INTERVAL_S``, turns each reply into its prediction (``core/answer_records.py``)
+and writes each model's batch with one ``STORE`` script (``core/store/feedback.py``), which
+trims the store to the model's ``feedback_max_rows`` and ``feedback_horizon_s`` in the same
+step. When Redis refuses a write (at ``maxmemory`` under ``noeviction``), the store shrinks
+first (``SHRINK``: deletes only, which Redis still takes), the batch is dropped and counted:
+the calls themselves are never refused because this store grew.
 
 **Labels** (:meth:`Feedback.label`) are checked one by one, joined and marked atomically by
 ``LABEL``, scored (``core/quality.py``) and added by ``SCORE`` to each version's totals, window
@@ -24,7 +27,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from modelgate.core import ids, wire
-from modelgate.core.prediction import PredictionError, Predictions, PredictionSpec, predict
+from modelgate.core.answer_records import stored_values
 from modelgate.core.quality import (
     AlarmConfig,
     AlarmState,
@@ -153,155 +156,6 @@ def parse_items(body: Any, counts: Counts) -> list[Item]:
     return items
 
 
-def records(spec: PredictionSpec, version: str,
-            answered: Sequence[tuple[float, wire.Reply]]) -> list[store.AnswerRecord | None]:
-    """What scoring each (time, reply) of one version needs, in order: None for a reply that
-    holds no prediction (e.g. the caller asked for other outputs) or no row.
-
-    Replies whose prediction outputs stack (the same outputs present, with the same datatype
-    and trailing shape: nearly always all of them) are predicted as one array, so a busy
-    gateway pays numpy's per-call cost once per flush, not once per answer.
-    """
-    found: list[store.AnswerRecord | None] = [None] * len(answered)
-    for index, cut, start, count in _cuts(spec, answered):
-        found[index] = cut.record(version, answered[index][0], start, count)
-    return found
-
-
-def encoded_records(spec: PredictionSpec, version: str,
-                    answered: Sequence[tuple[float, wire.Reply]]) -> list[bytes | None]:
-    """``[r.encode() for r in records(...)]`` (None where no record), without the records."""
-    found: list[bytes | None] = [None] * len(answered)
-    for index, cut, start, count in _cuts(spec, answered):
-        found[index] = cut.encoded(version, answered[index][0], start, count)
-    return found
-
-
-def _cuts(spec: PredictionSpec, answered: Sequence[tuple[float, wire.Reply]]
-          ) -> Iterator[tuple[int, _Cut, int, int]]:
-    """(index, predictions, first row, rows) of each answer holding a prediction."""
-    names = [n for n in (spec.label, spec.probabilities, spec.score) if n is not None]
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for index, (_, reply) in enumerate(answered):
-        shapes = []
-        for name in names:
-            t = reply.outputs.get(name)
-            if t is not None and t.datatype != wire.JSON:
-                shapes.append((name, t.datatype, t.shape[1:], len(t.shape)))
-        groups[tuple(shapes)].append(index)
-    for key, members in groups.items():
-        stacked = _stacked(key, [answered[i][1] for i in members])
-        if stacked is not None:
-            outputs, counts = stacked
-            try:
-                predicted = predict(spec, outputs)
-            except PredictionError:
-                continue  # the same outputs for each: none holds a prediction
-            if _cut_well(predicted, counts):
-                start = 0
-                cut = _Cut(spec, predicted)
-                for index, count in zip(members, counts, strict=True):
-                    yield index, cut, start, count
-                    start += count
-                continue
-        for index in members:  # one by one: shapes that do not stack
-            reply = answered[index][1]
-            outputs = {n: t.data for n, t in reply.outputs.items() if t.datatype != wire.JSON}
-            try:
-                predicted = predict(spec, outputs)
-            except PredictionError:
-                continue
-            yield index, _Cut(spec, predicted), 0, predicted.rows
-
-
-def _stacked(key: tuple[Any, ...], replies: list[wire.Reply]
-             ) -> tuple[dict[str, np.ndarray], list[int]] | None:
-    """The prediction outputs of ``replies`` concatenated along rows, with each reply's row
-    count; None when they do not stack (no output, or one without a row dimension)."""
-    if not key or any(rank == 0 for _, _, _, rank in key):
-        return None
-    counts = [int(reply.outputs[key[0][0]].shape[0]) for reply in replies]
-    outputs = {}
-    for name, _, _, _ in key:
-        parts = [np.asarray(reply.outputs[name].data) for reply in replies]
-        if any(len(part) != count for part, count in zip(parts, counts, strict=True)):
-            return None
-        outputs[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return outputs, counts
-
-
-def _cut_well(predicted: Predictions, counts: list[int]) -> bool:
-    """Predictions of stacked replies cut back into each reply's rows exactly as predicting
-    each alone would: one per row, and a label's confidence found for all or for none."""
-    if predicted.rows != sum(counts):
-        return False
-    # With both a label and probabilities, the confidence is looked up only when every label
-    # names a column; stacked, one reply's odd label would take it from all the others.
-    return not (predicted.probabilities is not None and predicted.confidence is None
-                and len(counts) > 1)
-
-
-class _Cut:
-    """Per-reply answer records cut from predictions over many replies' rows."""
-
-    def __init__(self, spec: PredictionSpec, predicted: Predictions) -> None:
-        self.predicted = predicted
-        self.scores = predicted.scores
-        self.classes: list[str] = ([str(c) for c in predicted.classes.tolist()]
-                                   if predicted.classes is not None else [])
-        self.confidence = (predicted.confidence.astype("<f4")
-                           if predicted.confidence is not None else None)
-        probabilities = predicted.probabilities
-        self.columns: tuple[str, ...] = ()
-        if probabilities is not None and probabilities.shape[1] > store.MAX_STORED_CLASSES:
-            probabilities = None
-        if probabilities is not None:
-            named = tuple(str(c) for c in spec.classes) if \
-                len(spec.classes) == probabilities.shape[1] else ()
-            if named != tuple(str(i) for i in range(probabilities.shape[1])):
-                self.columns = named
-        self.probabilities = (np.ascontiguousarray(probabilities, "<f4")
-                              if probabilities is not None else None)
-        # The same as bytes once, so each answer's part is a slice of them.
-        self.scores_f8 = (np.ascontiguousarray(self.scores, "<f8").tobytes()
-                          if self.scores is not None else b"")
-        self.confidence_f4 = (self.confidence.tobytes()
-                              if self.confidence is not None else None)
-        self.probabilities_f4 = (self.probabilities.tobytes()
-                                 if self.probabilities is not None else None)
-
-    def record(self, version: str, at: float, start: int,
-               count: int) -> store.AnswerRecord | None:
-        rows = min(count, store.MAX_ROWS_PER_ANSWER)
-        if rows == 0:
-            return None
-        end = start + rows
-        if self.scores is not None:
-            return store.AnswerRecord(version, at, scores=self.scores[start:end])
-        return store.AnswerRecord(
-            version, at, tuple(self.classes[start:end]),
-            self.confidence[start:end] if self.confidence is not None else None,
-            self.probabilities[start:end] if self.probabilities is not None else None,
-            self.columns)
-
-    def encoded(self, version: str, at: float, start: int, count: int) -> bytes | None:
-        """``record(...).encode()``, with no record object in between."""
-        rows = min(count, store.MAX_ROWS_PER_ANSWER)
-        if rows == 0:
-            return None
-        end = start + rows
-        if self.scores is not None:
-            return store.encode_answer(version, at, (), None, None, 0, (),
-                                       self.scores_f8[start * 8:end * 8])
-        width = self.probabilities.shape[1] if self.probabilities is not None else 0
-        return store.encode_answer(
-            version, at, self.classes[start:end],
-            self.confidence_f4[start * 4:end * 4] if self.confidence_f4 is not None else None,
-            self.probabilities_f4[start * 4 * width:end * 4 * width]
-            if self.probabilities_f4 is not None else None,
-            width, self.columns, None)
-
-
 class Feedback:
     def __init__(self, client: aioredis.Redis, metrics: Metrics,
                  spec_of: Any, versions_of: Any) -> None:
@@ -317,22 +171,32 @@ class Feedback:
 
     # ------------------------------------------------------------------ storing answers
 
-    def record(self, model: ModelVersion, call: str, reply: wire.Reply) -> None:
-        """Queue an answered call for storing (cheap: the work is done by :meth:`flush`)."""
+    def keep(self, model: ModelVersion, call: str) -> str:
+        """What the call's answer is stored under (its id), or "" when it is not: sampled
+        out (``feedback_sample_share``), or an id no label could name (counted). A kept call's
+        worker stores its answer with the reply (``worker/stored_answers.py``); the gateway
+        stores what a worker did not (:meth:`record`)."""
         share = model.config.feedback_sample_share
         if share <= 0 or (share < 1 and random.random() >= share):
+            return ""
+        size = _utf8_bytes(call)
+        if size == 0:  # a lone surrogate: no label could name it either
+            self.metrics.feedback_dropped.labels(model.name, "id_invalid").inc()
+            return ""
+        if size > store.MAX_ID_BYTES:
+            self.metrics.feedback_dropped.labels(model.name, "id_too_long").inc()
+            return ""
+        return call
+
+    def record(self, model: ModelVersion, key: str, reply: wire.Reply) -> None:
+        """Queue a kept call's answer for storing, unless its worker stored it (a worker of
+        an earlier release does not): cheap, the work is done by :meth:`flush`."""
+        if not key or reply.stored:
             return
         if len(self.pending) >= MAX_PENDING:
             self.metrics.feedback_dropped.labels(model.name, "queue_full").inc()
             return
-        size = _utf8_bytes(call)
-        if size == 0:  # a lone surrogate: no label could name it either
-            self.metrics.feedback_dropped.labels(model.name, "id_invalid").inc()
-            return
-        if size > store.MAX_ID_BYTES:
-            self.metrics.feedback_dropped.labels(model.name, "id_too_long").inc()
-            return
-        self.pending.append((model, call, time.time(), reply))
+        self.pending.append((model, key, time.time(), reply))
 
     async def flush(self) -> int:
         """Store every queued answer; returns how many were stored.
@@ -369,11 +233,9 @@ class Feedback:
         by_model: dict[str, list[tuple[ModelVersion, str, bytes]]] = defaultdict(list)
         for entries in by_version.values():
             model = entries[-1][0]
-            found = encoded_records(self.spec_of(model), model.version,
-                                    [(at, reply) for _, _, at, reply in entries])
-            for (version, call, _, _), value in zip(entries, found, strict=True):
-                if value is not None:
-                    by_model[version.name].append((version, call, value))
+            found = stored_values(self.spec_of(model), model.version,
+                                  [(at, reply, (call,)) for _, call, at, reply in entries])
+            by_model[model.name].extend((model, call, value) for call, value in found)
         return by_model
 
     async def _make_room(self, name: str, keys: list[str]) -> None:

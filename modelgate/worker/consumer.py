@@ -38,6 +38,7 @@ from modelgate.worker.drift_sampler import DriftSampler
 from modelgate.worker.jobs import JobLane
 from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Outcome, Runner
+from modelgate.worker.stored_answers import AnswerStore
 
 log = logging.getLogger("modelgate.worker")
 
@@ -56,6 +57,7 @@ class Entry:
     deliveries: int = 1  # including those before a split (the entry's ``attempt``)
     budget_ms: int = 0
     status: wire.ReplyStatus = wire.ReplyStatus.WIRE  # the answer when ``bundle`` is None
+    store: tuple[str, ...] = ()  # what each id's answer is stored under ("": not stored)
 
 
 # An entry, the bundle (or part of it) answered, and its outcome; no bundle: undecodable entry.
@@ -96,7 +98,7 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
         return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, None, str(e),
                      deliveries, fields_of.budget_ms)
     return Entry(entry_id, ids, reply_to, deadline_ms, enqueued_ms, bundle, "", deliveries,
-                 fields_of.budget_ms)
+                 fields_of.budget_ms, store=fields_of.store)
 
 
 def self_contained(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -166,8 +168,12 @@ class Consumer:
         clock: RedisClock | None = None,
         plan: BatchPlan | None = None,
         tracer: Tracer | None = None,
+        answer_store: AnswerStore | None = None,
     ) -> None:
         self.client = client
+        # Answers a gateway asked this worker to store for feedback (``stored_answers.py``);
+        # without one, the replies say not stored and the gateway stores them.
+        self.answer_store = answer_store
         # Stage timestamps of every entry, only with --trace-dir (modelgate.core.trace).
         self.tracer = tracer
         # Deadlines and queue waits are in Redis's clock (the stream ids'), not this host's.
@@ -419,8 +425,10 @@ class Consumer:
         commands: list[Command] = []
         for entry in entries:
             assert entry.bundle is not None
+            keys = dict(zip(entry.ids, entry.store, strict=True)) if entry.store else {}
             singles = [pools.RequestEntry(single.ids, entry.reply_to, entry.budget_ms,
-                                          entry.deliveries, wire.encode_bundle(single)).fields()
+                                          entry.deliveries, wire.encode_bundle(single), b"",
+                                          (keys.get(single.ids[0], ""),)).fields()
                        for single in entry.bundle.singles()]
             commands.append(("EVAL", pools.SPLIT, 1, self.stream, pools.WORKER_GROUP,
                              entry.entry_id, entry.budget_ms, len(singles[0]),
@@ -449,10 +457,13 @@ class Consumer:
         """Dead letters and replies, then the acknowledgement of every entry, in one script."""
         by_gateway: dict[str, list[bytes]] = {}
         entries: dict[bytes, Entry] = {}
+        kept: list[tuple[float, wire.Reply, tuple[str, ...]]] = []
+        at = time.time()
         for entry, bundle, outcome in settled:
             entries[entry.entry_id] = entry
             if not entry.ids:
                 continue
+            keys = self._store_keys(entry, bundle, outcome)
             reply = wire.Reply(
                 ids=bundle.ids if bundle is not None else entry.ids,
                 rows=bundle.rows if bundle is not None else (),
@@ -463,10 +474,33 @@ class Consumer:
                 compute_ms=outcome.compute_ms,
                 batch_size=outcome.batch_size,
                 batch_leader=outcome.leader,
+                stored=bool(keys),
             )
             by_gateway.setdefault(entry.reply_to, []).append(wire.encode_reply(reply))
+            if keys:
+                kept.append((at, reply, keys))
         self.answers.send([(entry.entry_id, len(entry.ids)) for entry in entries.values()],
                           by_gateway, letters or ())
+        if kept:  # after the replies went out: they never wait for it
+            assert self.answer_store is not None
+            self.answer_store.add(kept)
+
+    def _store_keys(self, entry: Entry, bundle: wire.Bundle | None,
+                    outcome: Outcome) -> tuple[str, ...]:
+        """What each call of an answered bundle is stored under, when this worker stores
+        them (there is room); () when it does not and the reply says so."""
+        if (not entry.store or bundle is None or self.answer_store is None
+                or outcome.status != wire.ReplyStatus.OK):
+            return ()
+        if bundle.ids == entry.ids:
+            keys = entry.store
+        else:  # part of the entry (a run that failed was retried one call at a time)
+            of = dict(zip(entry.ids, entry.store, strict=True))
+            keys = tuple(of.get(id_, "") for id_ in bundle.ids)
+        calls = sum(1 for key in keys if key)
+        if not calls or not self.answer_store.room(calls):
+            return ()
+        return keys
 
 
 def round_trip(connection: redis.connection.AbstractConnection,

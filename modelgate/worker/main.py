@@ -31,6 +31,7 @@ from types import FrameType
 import redis
 
 from modelgate.core.clock import RedisClock
+from modelgate.core.prediction import spec_for
 from modelgate.core.profile import load_profile, profile_path
 from modelgate.core.redis_checks import OUT_OF_MEMORY, OUTAGES, check_redis
 from modelgate.core.repository import ModelVersion, load_model, read_version
@@ -45,6 +46,7 @@ from modelgate.worker.heartbeat import Heartbeat
 from modelgate.worker.jobs import JobLane
 from modelgate.worker.reclaim import Reclaimer
 from modelgate.worker.runner import Runner
+from modelgate.worker.stored_answers import AnswerStore
 from modelgate.worker.tuning import publish, tune
 
 log = logging.getLogger("modelgate.worker")
@@ -131,8 +133,12 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         log.info("sampling rows for drift against %s (%d features, %d labels)",
                  profile_path(version), len(profile.features), len(profile.labels))
     clock = RedisClock()
+    # Answers the gateways keep for feedback, stored here beside the reply (stored_answers.py).
+    answer_store = (AnswerStore(client, version, spec_for(version))
+                    if version.config.feedback_sample_share > 0 else None)
     consumer = Consumer(client, version, runner, worker_id, settings.reply_ttl_s, reclaimer,
-                        sampler, clock, plan, tracer(settings.trace_dir, "worker"))
+                        sampler, clock, plan, tracer(settings.trace_dir, "worker"),
+                        answer_store)
     if version.rows_axis:
         consumer.jobs = JobLane(client, version, runner, worker_id, consumer.send,
                                 Reclaimer(client, version.pool, worker_id,
@@ -181,6 +187,8 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
     gc.collect()
     gc.freeze()  # the session and modules live as long as the process: skip them in full passes
     heartbeat.start(beat_first=False)
+    if answer_store is not None:
+        answer_store.start()
     _withdraw(client, starting, worker_id)
     log.info("worker %s serving %s (max_batch_size=%d, intra_op_threads=%d)",
              worker_id, version.pool, plan.max_batch_size, threads)
@@ -241,6 +249,8 @@ def run(settings: WorkerSettings, stop: threading.Event, max_steps: int | None =
         if consumer.answers.held:
             log.warning("stopping with %d runs' answers unwritten: their entries stay pending "
                         "and other workers take them over", consumer.answers.held)
+        if answer_store is not None:
+            answer_store.close()  # what it took: the replies said stored
         heartbeat.stop()
         log.info("worker %s stopped after %d entries", worker_id, handled)
     return handled

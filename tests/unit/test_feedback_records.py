@@ -1,4 +1,4 @@
-"""Answers stored for feedback are predicted many at a time (``gateway/feedback.py``
+"""Answers stored for feedback are predicted many at a time (``core/answer_records.py``
 ``records``): each record must be exactly what predicting its answer alone gives."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from modelgate.core import wire
+from modelgate.core.answer_records import encoded_records, records, stored_values
 from modelgate.core.prediction import PredictionError, PredictionSpec, derive, predict
 from modelgate.core.store import feedback as store
-from modelgate.gateway.feedback import encoded_records, records
 
 RNG = np.random.default_rng(7)
 
@@ -111,3 +111,22 @@ def test_answers_of_no_rows_are_not_stored() -> None:
                 (2.0, _reply(probabilities=_probabilities(1)))]
     found = _stored(spec, answered)
     assert found[0] is None and found[1] is not None
+
+
+def test_a_workers_bundle_is_stored_call_by_call_as_each_call_alone() -> None:
+    """A worker stores from a bundle's reply (several calls' rows in one array): each kept
+    call's record is what its own rows predicted alone give; a call not kept is not stored."""
+    spec = derive([("label", "INT64", (-1,)), ("probabilities", "FP32", (-1, 3))])
+    probabilities = _probabilities(6)
+    bundle = wire.Reply(("a", "b", "c"), wire.ReplyStatus.OK,
+                        {"label": wire.tensor(probabilities.argmax(axis=1)),
+                         "probabilities": wire.tensor(probabilities)}, rows=(2, 1, 3))
+    single = _reply(label=np.array([0]), probabilities=_probabilities(1))
+
+    found = stored_values(spec, "1", [(5.0, bundle, ("key-a", "", "key-c")),
+                                      (6.0, single, ("key-d",))])
+
+    parts = wire.unbundle(bundle)
+    alone = _alone(spec, [(5.0, parts[0]), (5.0, parts[2]), (6.0, single)])
+    assert found == [(key, record.encode())  # type: ignore[attr-defined]
+                     for key, record in zip(("key-a", "key-c", "key-d"), alone, strict=True)]

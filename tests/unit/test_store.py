@@ -22,6 +22,26 @@ def test_request_entry_round_trip() -> None:
     assert pools.RequestEntry.parse(as_stored(entry.fields())) == entry
 
 
+def test_request_entry_carries_what_each_answer_is_stored_under() -> None:
+    entry = pools.RequestEntry(("1", "2", "3"), replies.reply_list("gw"), 2500, 1, b"\x81",
+                               b"", ("call,with comma", "", "é"))
+    fields = entry.fields()
+    assert fields[-2:] == ["payload", b"\x81"]  # still last: a gateway writes it on its own
+    assert pools.RequestEntry.parse(as_stored(fields)) == entry
+    # None stored: no field at all, as an entry of an earlier release has none.
+    assert b"store" not in as_stored(pools.RequestEntry(("1",), "r", 5, 1, b"", b"",
+                                                        ("",)).fields())
+
+
+@pytest.mark.parametrize("raw", [b"\xc1", b"\x92\xa1a\xa1b", b"\x91\x01", b"\x81\xa1a\x01",
+                                 b"\x91\x91\xa1a"], ids=repr)
+def test_a_malformed_store_field_stores_nothing_and_fails_no_call(raw: bytes) -> None:
+    """Not msgpack, a list of the wrong length, not strings, not a list: no key at all."""
+    fields = as_stored(pools.RequestEntry(("1",), "r", 5, 1, b"\x80").fields())
+    fields[b"store"] = raw
+    assert pools.RequestEntry.parse(fields).store == ()
+
+
 @pytest.mark.parametrize("missing", [b"ids", b"reply_to", b"budget_ms"])
 def test_request_entry_without_a_required_field_is_refused(missing: bytes) -> None:
     fields = as_stored(pools.RequestEntry(("1",), "r", 5, 1, b"").fields())

@@ -139,6 +139,24 @@ def test_reply_round_trip(datatype: str, shape: tuple[int, ...]) -> None:
     assert (decoded.batch_size, decoded.batch_leader) == (12, True)
 
 
+def test_a_reply_says_its_worker_stored_its_answers_and_each_part_keeps_it() -> None:
+    out = wire.tensor(np.arange(6, dtype=np.float32).reshape(3, 2))
+    reply = wire.Reply(("a", "b"), wire.ReplyStatus.OK, {"out": out}, rows=(1, 2), stored=True)
+    decoded = wire.decode_reply(wire.encode_reply(reply))
+    assert decoded.stored
+    assert [part.stored for part in wire.unbundle(decoded, decoded=True)] == [True, True]
+    # Not stored: the field is absent, as in a reply of an earlier release.
+    plain = wire.encode_reply(wire.Reply(("a",), wire.ReplyStatus.OK, {"out": out}))
+    assert b"stored" not in plain and not wire.decode_reply(plain).stored
+
+
+def test_a_reply_whose_stored_is_no_boolean_is_refused() -> None:
+    message = msgpack.unpackb(wire.encode_reply(wire.Reply(("a",), wire.ReplyStatus.OK)))
+    message["stored"] = 1
+    with pytest.raises(wire.WireError, match="stored"):
+        wire.decode_reply(msgpack.packb(message))
+
+
 def test_error_reply_round_trip() -> None:
     reply = wire.Reply(ids=("9",), status=wire.ReplyStatus.BAD_INPUT, error="input 'x': bad",
                        rows=(2,))

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from modelgate.core.store import PREFIX
 from modelgate.core.store.replies import PREFIX_REPLIES
 
@@ -120,6 +122,9 @@ class RequestEntry:
     ``arena``      where the bundle is instead, when its gateway holds it in shared memory:
                    ``name:start:length`` of its arena (``modelgate.core.arena``); absent
                    otherwise
+    ``store``      what the worker stores each call's answer under for feedback (the call's
+                   id, ``""`` for a call not stored), as a msgpack list aligned with ``ids``;
+                   absent when none is (``modelgate.worker.stored_answers``)
     """
 
     ids: tuple[str, ...]
@@ -128,12 +133,16 @@ class RequestEntry:
     attempt: int
     payload: bytes
     arena: bytes = b""
+    store: tuple[str, ...] = ()
 
     def fields(self) -> list[bytes | str | int]:
-        """Name/value items in XADD order."""
+        """Name/value items in XADD order (``payload`` last but for ``arena``)."""
         items: list[bytes | str | int] = [
             "ids", encode_ids(self.ids), "reply_to", self.reply_to, "budget_ms", self.budget_ms,
-            "attempt", self.attempt, "payload", self.payload]
+            "attempt", self.attempt]
+        if any(self.store):
+            items += ["store", encode_store_keys(self.store)]
+        items += ["payload", self.payload]
         if self.arena:
             items += ["arena", self.arena]
         return items
@@ -150,7 +159,7 @@ class RequestEntry:
         except (ValueError, UnicodeDecodeError) as e:
             raise EntryError(f"entry has a malformed field: {e}") from e
         return cls(ids, reply_to, budget_ms, attempt_of(fields), fields.get(b"payload", b""),
-                   fields.get(b"arena", b""))
+                   fields.get(b"arena", b""), store_keys_of(fields, len(ids)))
 
 
 def entry_time_ms(entry_id: bytes | str) -> int:
@@ -172,6 +181,26 @@ def decode_ids(raw: bytes) -> tuple[str, ...]:
     if not all(ids):
         raise EntryError(f"entry 'ids' {raw[:80]!r} is not a comma-separated list of ids")
     return ids
+
+
+def encode_store_keys(keys: Sequence[str]) -> bytes:
+    return msgpack.packb(list(keys))
+
+
+def store_keys_of(fields: Mapping[bytes, bytes], count: int) -> tuple[str, ...]:
+    """The ``store`` field: one key per id; () when absent or malformed (storing an answer
+    is never a reason to fail its call)."""
+    raw = fields.get(b"store")
+    if not raw:
+        return ()
+    try:
+        keys = msgpack.unpackb(raw)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return ()
+    if (not isinstance(keys, list) or len(keys) != count
+            or not all(isinstance(key, str) for key in keys)):
+        return ()
+    return tuple(keys)
 
 
 def attempt_of(fields: Mapping[bytes, bytes]) -> int:

@@ -31,14 +31,16 @@ async def predict(request: Request) -> Response:
     bodies: Bodies = request.app.state.bodies
     async with json_body(request, bodies.limits, bodies.budget) as raw:
         parsed = await bodies.parsers.parse(V1, model, raw, None)
+        # V1 has no field for them: the version that computed the answer and the call's id
+        # (for feedback later) go in headers.
+        call = call_id(None, request.headers.get(REQUEST_ID_HEADER))
+        store = plane.feedback.keep(model, call)
         reply = await plane.infer(model, parsed.request,
-                                  model.config.timeout_ms or plane.settings.default_timeout_ms)
+                                  model.config.timeout_ms or plane.settings.default_timeout_ms,
+                                  store=store)
     if routed.shadow is not None:
         plane.mirror(model, routed.shadow, parsed.request, reply)
-    # V1 has no field for them: the version that computed the answer and the call's id (for
-    # feedback later) go in headers.
-    call = call_id(None, request.headers.get(REQUEST_ID_HEADER))
-    plane.feedback.record(model, call, reply)
+    plane.feedback.record(model, store, reply)
     return Response(protocol.format_v1(reply, model), media_type="application/json",
                     headers={MODEL_VERSION_HEADER: model.version, **id_headers(call)})
 

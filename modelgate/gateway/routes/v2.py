@@ -122,16 +122,17 @@ async def infer(request: Request) -> Response:
         parsed = await bodies.parsers.parse(V2, model, header, binary)
         deadline = protocol.timeout_ms(parsed.request.parameters, model,
                               plane.settings.default_timeout_ms)
+        # Every answer carries its call's id (the caller's, else a new one) for feedback later.
+        call = call_id(parsed.request_id, request.headers.get(REQUEST_ID_HEADER))
+        store = plane.feedback.keep(model, call)
         if marks is not None:
             marks["parsed"] = now_ns()
-        reply = await plane.infer(model, parsed.request, deadline, marks)
+        reply = await plane.infer(model, parsed.request, deadline, marks, store)
     if marks is not None:
         marks["resumed"] = now_ns()
     if routed.shadow is not None:
         plane.mirror(model, routed.shadow, parsed.request, reply)
-    # Every answer carries its call's id (the caller's, else a new one) for feedback later.
-    call = call_id(parsed.request_id, request.headers.get(REQUEST_ID_HEADER))
-    plane.feedback.record(model, call, reply)
+    plane.feedback.record(model, store, reply)
     content, header_length = protocol.format_v2_binary(
         model, reply, call, set(parsed.binary_outputs), protocol.wants_maps(parsed.request))
     response = Answer(content, model.version, call, header_length)

@@ -154,12 +154,13 @@ class InferenceService:
                     raise DeadlineExceeded("the call's gRPC deadline passed before it was "
                                            "queued; give it a longer deadline")
                 deadline_ms = max(1, min(deadline_ms, int(remaining_s * 1000)))
-            reply = await plane.infer(model, wire_request, deadline_ms)
-            if routed.shadow is not None:
-                plane.mirror(model, routed.shadow, wire_request, reply)
             # The call's id (the caller's, else a new one) is answered for feedback later.
             call = call_id(request.id or None, metadata.get("x-request-id"))
-            plane.feedback.record(model, call, reply)
+            store = plane.feedback.keep(model, call)
+            reply = await plane.infer(model, wire_request, deadline_ms, store=store)
+            if routed.shadow is not None:
+                plane.mirror(model, routed.shadow, wire_request, reply)
+            plane.feedback.record(model, store, reply)
             return codec.format_infer(model, reply, call, typed)
         except ModelgateError as e:
             code = grpc_status_of(e)
