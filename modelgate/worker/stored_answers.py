@@ -83,10 +83,11 @@ class AnswerStore:
         calls = sum(1 for _, _, keys in answered for key in keys if key)
         values = stored_values(self.spec, self.model.version, answered)
         with self._lock:
+            before = len(self._records)
             self._records.extend(values)
             self._taken -= calls - len(values)  # calls whose answer held no prediction
             waiting = len(self._records)
-        if waiting >= STORE_BATCH:
+        if before < STORE_BATCH <= waiting:  # once per batch: waking costs a notify each time
             self._wake.set()
 
     def start(self) -> None:
