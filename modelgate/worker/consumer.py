@@ -8,7 +8,9 @@ on its own. A run's replies (one per bundle and
 gateway) and the acknowledgement of its entries (``XACK``, ``XDEL``, the pool's queued-requests
 count) are one script, after the run, that acknowledges only what it answered
 (``modelgate.worker.answers``): answers Redis refuses are held and sent again, and the worker
-reads nothing new until they are written.
+reads nothing new until they are written. Then the answers a gateway asked this worker to keep
+for feedback (the entry's ``store`` field) are encoded and handed to its storing thread
+(``modelgate.worker.stored_answers``): the replies, already out, say ``stored``.
 
 Batch jobs' chunks come second (``modelgate.worker.jobs``): a step that finds no online call
 waiting (a read that does not block) lets the job lane take one chunk, and blocks on the online
