@@ -138,18 +138,20 @@ def test_a_worker_without_room_says_not_stored_so_its_gateway_stores_them(
 def test_a_bundle_split_after_its_worker_died_keeps_each_calls_key(
         redis_client: redis.Redis, consumer: Consumer) -> None:
     """Taken over from a dead consumer, the bundle is split into one entry per call, each
-    still naming its own key."""
-    enqueue(redis_client, consumer.model.pool, {"a": rows(1, 1), "b": rows(2, 2)},
-            ("call-a", "call-b"), dead_reader=True)
+    still naming its own key (or none: a call not kept)."""
+    enqueue(redis_client, consumer.model.pool,
+            {"a": rows(1, 1), "b": rows(2, 2), "c": rows(1, 3)}, ("", "call-b", "call-c"),
+            dead_reader=True)
 
-    replies_ = answered(redis_client, consumer, 2)
+    by_id = {reply.id: reply for reply in answered(redis_client, consumer, 3)}
 
-    assert sorted(reply.id for reply in replies_) == ["a", "b"]
-    assert all(reply.stored for reply in replies_)
+    assert sorted(by_id) == ["a", "b", "c"]
+    assert all(reply.status == wire.ReplyStatus.OK for reply in by_id.values())
+    assert [by_id[c].stored for c in "abc"] == [False, True, True]
     assert consumer.answer_store is not None
     consumer.answer_store.flush()
     assert {key: record.rows for key, record in stored(redis_client).items()} == {
-        "call-a": 1, "call-b": 2}
+        "call-b": 2, "call-c": 1}
 
 
 def test_what_a_draining_worker_took_is_written_before_it_stops(

@@ -28,9 +28,8 @@ def test_request_entry_carries_what_each_answer_is_stored_under() -> None:
     fields = entry.fields()
     assert fields[-2:] == ["payload", b"\x81"]  # still last: a gateway writes it on its own
     assert pools.RequestEntry.parse(as_stored(fields)) == entry
-    # None stored: no field at all, as an entry of an earlier release has none.
-    assert b"store" not in as_stored(pools.RequestEntry(("1",), "r", 5, 1, b"", b"",
-                                                        ("",)).fields())
+    # None asked: no field at all, as an entry of an earlier release has none.
+    assert b"store" not in as_stored(pools.RequestEntry(("1",), "r", 5, 1, b"").fields())
 
 
 @pytest.mark.parametrize("raw", [b"\xc1", b"\x92\xa1a\xa1b", b"\x91\x01", b"\x81\xa1a\x01",

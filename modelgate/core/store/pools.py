@@ -124,7 +124,7 @@ class RequestEntry:
                    otherwise
     ``store``      what the worker stores each call's answer under for feedback (the call's
                    id, ``""`` for a call not stored), as a msgpack list aligned with ``ids``;
-                   absent when none is (``modelgate.worker.stored_answers``)
+                   absent when none is asked (``modelgate.worker.stored_answers``)
     """
 
     ids: tuple[str, ...]
@@ -140,7 +140,7 @@ class RequestEntry:
         items: list[bytes | str | int] = [
             "ids", encode_ids(self.ids), "reply_to", self.reply_to, "budget_ms", self.budget_ms,
             "attempt", self.attempt]
-        if any(self.store):
+        if self.store:  # even all "": the entries a bundle is split into share one layout
             items += ["store", encode_store_keys(self.store)]
         items += ["payload", self.payload]
         if self.arena:
