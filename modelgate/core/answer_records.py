@@ -35,15 +35,6 @@ def records(spec: PredictionSpec, version: str,
     return found
 
 
-def encoded_records(spec: PredictionSpec, version: str,
-                    answered: Sequence[tuple[float, wire.Reply]]) -> list[bytes | None]:
-    """``[r.encode() for r in records(...)]`` (None where no record), without the records."""
-    found: list[bytes | None] = [None] * len(answered)
-    for index, cut, start, count in _cuts(spec, answered):
-        found[index] = cut.encoded(version, answered[index][0], start, count)
-    return found
-
-
 def _cuts(spec: PredictionSpec, answered: Sequence[tuple[float, wire.Reply]]
           ) -> Iterator[tuple[int, _Cut, int, int]]:
     """(index, predictions, first row, rows) of each answer holding a prediction."""

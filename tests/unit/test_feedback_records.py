@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from modelgate.core import wire
-from modelgate.core.answer_records import encoded_records, records, stored_values
+from modelgate.core.answer_records import records, stored_values
 from modelgate.core.prediction import PredictionError, PredictionSpec, derive, predict
 from modelgate.core.store import feedback as store
 
@@ -56,11 +56,12 @@ def _same(left: list[object], right: list[object]) -> None:
 
 
 def _stored(spec: PredictionSpec, answered: list[tuple[float, wire.Reply]]) -> list[object]:
-    """What the gateway stores (``encoded_records``) checked against the reference's
-    encoding, and the records."""
-    expected = [None if r is None else r.encode()  # type: ignore[attr-defined]
-                for r in _alone(spec, answered)]
-    assert encoded_records(spec, "1", answered) == expected
+    """What is stored (``stored_values``) checked against the reference's encoding, and the
+    records."""
+    expected = [(str(i), r.encode())  # type: ignore[attr-defined]
+                for i, r in enumerate(_alone(spec, answered)) if r is not None]
+    keyed = [(at, reply, (str(i),)) for i, (at, reply) in enumerate(answered)]
+    assert stored_values(spec, "1", keyed) == expected
     return records(spec, "1", answered)  # type: ignore[return-value]
 
 
