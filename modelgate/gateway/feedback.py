@@ -23,6 +23,7 @@ every item: matched, unknown, expired, already_labelled, invalid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -221,6 +222,10 @@ class Feedback:
                 except OutOfMemoryError:
                     self.metrics.feedback_dropped.labels(name, "redis_full").inc(len(batch))
                     await self._make_room(name, keys)
+                    # Beside the workers' drops, in the quality answer (if Redis still
+                    # refuses, the metric has it).
+                    with contextlib.suppress(RedisError):
+                        await self.client.hincrby(keys[2], "dropped", len(batch))
         return stored
 
     def _encode(self, pending: list[tuple[ModelVersion, str, float, wire.Reply]]
@@ -425,6 +430,8 @@ class Feedback:
                        "horizon_s": config.feedback_horizon_s if config else None,
                        "sample_share": config.feedback_sample_share if config else None,
                        "answers_stored": counts.get("stored", 0),
+                       # Refused by Redis (at maxmemory), by workers and gateways alike.
+                       "answers_dropped": counts.get("dropped", 0),
                        "replaced": counts.get("replaced", 0),
                        "trimmed_age": counts.get("trimmed_age", 0),
                        "trimmed_rows": counts.get("trimmed_rows", 0)},

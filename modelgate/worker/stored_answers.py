@@ -20,11 +20,13 @@ for a worker of an earlier release. Records taken but not yet written are lost i
 is killed (at most ``FLUSH_INTERVAL_S`` of them), as a gateway's would be; a worker that
 drains writes them before it stops. When Redis refuses the write (at ``maxmemory`` under
 ``noeviction``), the store shrinks first (``SHRINK``, deletes only) and the batch is dropped
-and counted: calls are never refused because this store grew.
+and counted in the store's ``dropped`` (the quality answer's ``stored.answers_dropped``): calls
+are never refused because this store grew.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -68,6 +70,7 @@ class AnswerStore:
         self._thread: threading.Thread | None = None
         self.stored = 0  # records written
         self.dropped = 0  # records Redis refused or could not take
+        self._unreported = 0  # of those, not yet added to the store's ``dropped`` counter
 
     def room(self, calls: int) -> bool:
         """Whether ``calls`` more answers can be taken; when so they are counted taken (the
@@ -131,15 +134,27 @@ class AnswerStore:
             args.extend((key, value))
         try:
             self._store(keys=self._keys, args=args)
-            return len(batch)
         except redis.OutOfMemoryError:
-            self.dropped += len(batch)
             self._make_room()
+            self._report_dropped(len(batch))
+            return 0
         except redis.RedisError as e:
-            self.dropped += len(batch)
             log.warning("stored answers: %d records of %s dropped (Redis: %s)", len(batch),
                         self.model.pool, e)
-        return 0
+            self._report_dropped(len(batch))
+            return 0
+        if self._unreported:
+            self._report_dropped(0)
+        return len(batch)
+
+    def _report_dropped(self, records: int) -> None:
+        """Count dropped records in the store's counters (the quality answer shows them),
+        now if Redis takes it, else with a later write that succeeds."""
+        self.dropped += records
+        self._unreported += records
+        with contextlib.suppress(redis.RedisError):  # still refused, or away: later
+            self.client.hincrby(self._keys[2], "dropped", self._unreported)
+            self._unreported = 0
 
     def _make_room(self) -> None:
         """Redis is full: this store gives back memory first, so calls are not refused."""

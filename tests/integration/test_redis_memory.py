@@ -28,6 +28,7 @@ from modelgate.gateway.app import redis_clients
 from modelgate.gateway.dispatch import Dispatcher
 from modelgate.gateway.feedback import Feedback
 from modelgate.gateway.metrics import Metrics
+from modelgate.worker.stored_answers import AnswerStore
 
 pytestmark = pytest.mark.integration
 
@@ -158,4 +159,39 @@ def test_stored_answers_give_memory_back_before_calls_are_refused(
             or 0) >= 1
     assert int(client.hget(store.counts("iris"), "rows")) == held
     # The memory went back to the calls: a request entry is taken again.
+    client.xadd(pools.requests_stream(POOL), {"payload": b"x" * 10_000})
+    assert int(client.hget(store.counts("iris"), "dropped")) >= 1  # the quality answer's
+
+
+def test_a_workers_stored_answers_give_memory_back_and_count_what_was_dropped(
+        private_redis_url: str, unit_repository: dict[str, Model]) -> None:
+    """The same at a worker's storing thread: the refused batch is dropped, counted in the
+    store's ``dropped`` (which the quality answer shows), and the store shrinks by half."""
+    iris = unit_repository["iris"].default
+    client = redis.Redis.from_url(private_redis_url)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 3 * 2**20)
+    bundle = wire.Reply(("a", "b"), wire.ReplyStatus.OK, {
+        "output_label": wire.Tensor("INT64", (2,), np.array([1, 2], np.int64)),
+        "output_probability": wire.Tensor("FP32", (2, 3), np.array(
+            [[0.1, 0.8, 0.1], [0.2, 0.2, 0.6]], np.float32))}, rows=(1, 1))
+    answers = AnswerStore(client, iris, spec_for(iris))
+    peak = held = 0
+    for round_number in range(100):
+        for i in range(1000):
+            assert answers.room(2)
+            answers.add([(time.time(), bundle, (f"{round_number}-{i:027d}a",
+                                                f"{round_number}-{i:027d}b"))])
+        answers.flush()
+        held = int(client.hlen(store.answers("iris")))
+        if held < peak:
+            break
+        peak = held
+    else:
+        raise AssertionError("Redis never refused the stored answers")
+
+    assert held <= (peak + 2000) // 2 + 2000
+    assert answers.dropped >= 1
+    assert int(client.hget(store.counts("iris"), "dropped")) == answers.dropped
+    assert int(client.hget(store.counts("iris"), "rows")) == held
     client.xadd(pools.requests_stream(POOL), {"payload": b"x" * 10_000})

@@ -50,9 +50,9 @@ def times(model: str) -> str:
 
 
 def counts(model: str) -> str:
-    """Hash of counters: stored, replaced, trimmed_age, trimmed_rows, rows (held now, with
-    the bounds max_rows and horizon_s it was last trimmed to), and the labels' matched,
-    unknown, expired, already_labelled, invalid."""
+    """Hash of counters: stored, replaced, dropped (refused by Redis), trimmed_age,
+    trimmed_rows, rows (held now, with the bounds max_rows and horizon_s it was last trimmed
+    to), and the labels' matched, unknown, expired, already_labelled, invalid."""
     return f"{PREFIX}:fb:{model}:counts"
 
 
