@@ -274,7 +274,9 @@ def _quality(client: redis.Redis, states: dict[str, ModelState], out: TextIO) ->
                      f"{counts.get('max_rows', 0):,} ({held / 2**20:.1f} MiB; horizon "
                      f"{counts.get('horizon_s', 0)} s); labels {counts.get('matched', 0):,} "
                      f"matched, {counts.get('unknown', 0) + counts.get('expired', 0):,} "
-                     f"unknown or expired, {counts.get('invalid', 0):,} invalid")
+                     f"unknown or expired, {counts.get('invalid', 0):,} invalid"
+                     + (f"; {counts['dropped']:,} answers dropped (Redis full)"
+                        if counts.get("dropped") else ""))
         prefix = feedback_store.quality(model, "")
         versions = {key.decode()[len(prefix):] for key in client.scan_iter(
             match=feedback_store.quality(model, "*"), count=500)}

@@ -106,6 +106,11 @@ def test_status_shows_stored_answers_and_quality(redis_client: redis.Redis) -> N
     assert "m: 2 answer rows stored of 500" in text
     assert "labels 1 matched, 1 unknown or expired" in text
     assert "v1: 1 labelled rows since load: accuracy 1.0" in text
+    assert "dropped" not in text
+    redis_client.hincrby(keys[2], "dropped", 250)  # what a worker refused at maxmemory counts
+    out = io.StringIO()
+    render(redis_client, out)
+    assert "invalid; 250 answers dropped (Redis full)" in out.getvalue()
 
 
 def test_store_counts_rows_of_replaced_and_repeated_ids_and_trims_multi_row_answers(
