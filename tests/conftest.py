@@ -25,7 +25,7 @@ from modelgate.core.embedded_redis import free_port, start_redis
 from modelgate.core.process import stop_process
 from modelgate.core.repository import Model, load_repository
 from tests import models
-from tests.procs import Processes, wait_until
+from tests.procs import Processes, answers_200, wait_until
 
 # Under CI=true a skipped test fails the run (tests/skip_gate.py).
 pytest_plugins = ["tests.skip_gate"]
@@ -123,13 +123,6 @@ def unit_repository(tmp_path_factory: pytest.TempPathFactory,
 # --------------------------------------------------------------------------- processes
 
 
-def _answers_200(client: httpx.Client, path: str) -> bool:
-    try:
-        return client.get(path).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 ServeFactory = Callable[..., contextlib.AbstractContextManager[str]]
 
 
@@ -172,7 +165,7 @@ def serve(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> ServeFact
             else:
                 paths = ["/v2/health/live", *(f"/v2/models/{m}/ready" for m in sorted(served))]
             with httpx.Client(base_url=base, timeout=2.0) as client:
-                wait_until(lambda: all(_answers_200(client, p) for p in paths),
+                wait_until(lambda: all(answers_200(client, p) for p in paths),
                            READY_TIMEOUT_S, f"{base} to answer 200 on {paths}",
                            processes.check_alive, processes.logs)
             yield base

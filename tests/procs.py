@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 
 from modelgate.core.process import child_preexec, stop_process
@@ -103,6 +104,14 @@ def _limited(open_files: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
     return preexec
+
+
+def answers_200(client: httpx.Client, path: str) -> bool:
+    """``GET path`` answers 200 (a server not listening yet is no error: False)."""
+    try:
+        return client.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str,

@@ -25,7 +25,7 @@ from modelgate.core.store import feedback as feedback_store
 from modelgate.core.store import pools
 from modelgate.worker import main as worker_main
 from tests.conftest import redis_url_for_db
-from tests.procs import Processes, wait_until
+from tests.procs import Processes, answers_200, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +52,8 @@ def gateway_with_an_earlier_worker(tmp_path: Path, redis_url: str, redis_client:
         processes.spawn("gateway", ["gateway", "--models", str(repo), "--redis-url", url,
                                     "--host", "127.0.0.1", "--port", str(port)])
         with httpx.Client(base_url=base, timeout=2.0) as client:
-            def ready() -> bool:
-                try:
-                    return client.get("/v2/health/ready").status_code == 200
-                except httpx.TransportError:
-                    return False
-            wait_until(ready, 60, "the gateway to be ready", processes.check_alive,
-                       processes.logs)
+            wait_until(lambda: answers_200(client, "/v2/health/ready"), 60,
+                       "the gateway to be ready", processes.check_alive, processes.logs)
         yield base
     finally:
         processes.stop(labels_first=("gateway",))

@@ -30,7 +30,7 @@ from modelgate.core import arena
 from modelgate.core.embedded_redis import free_port
 from tests import metrics
 from tests.models import wide_sum_model, write_repository
-from tests.procs import Processes, wait_until
+from tests.procs import Processes, answers_200, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -121,14 +121,8 @@ def test_up_serves_then_stops_everything_on_signal(
     process, base_url, processes = up.process, up.url, up.processes
 
     with httpx.Client(base_url=base_url, timeout=10.0) as client:
-        def ready() -> bool:
-            try:
-                return client.get("/v2/health/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, READY_TIMEOUT_S, "`modelgate up` to be ready",
-                   processes.check_alive, processes.logs)
+        wait_until(lambda: answers_200(client, "/v2/health/ready"), READY_TIMEOUT_S,
+                   "`modelgate up` to be ready", processes.check_alive, processes.logs)
 
         x = np.array([[0.1, 0.2, 0.3, 0.4], [4, 3, 2, 1]], np.float32)
         response = client.post("/v2/models/mlp/infer", json={"inputs": [

@@ -21,7 +21,7 @@ import pytest
 from modelgate.core.embedded_redis import free_port
 from modelgate.core.process import child_preexec
 from tests.models import write_repository
-from tests.procs import REPO_ROOT, Processes, wait_until
+from tests.procs import REPO_ROOT, Processes, answers_200, wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -48,14 +48,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory,
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=2.0) as client:
-            def ready() -> bool:
-                try:
-                    return client.get("/v2/health/ready").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_until(ready, READY_TIMEOUT_S, f"{url}/v2/health/ready",
-                       processes.check_alive, processes.logs)
+            wait_until(lambda: answers_200(client, "/v2/health/ready"), READY_TIMEOUT_S,
+                       f"{url}/v2/health/ready", processes.check_alive, processes.logs)
         yield url
     finally:
         processes.stop()
