@@ -20,21 +20,6 @@ from modelgate.core.prediction import PredictionError, Predictions, PredictionSp
 from modelgate.core.store import feedback as store
 
 
-def records(spec: PredictionSpec, version: str,
-            answered: Sequence[tuple[float, wire.Reply]]) -> list[store.AnswerRecord | None]:
-    """What scoring each (time, reply) of one version needs, in order: None for a reply that
-    holds no prediction (e.g. the caller asked for other outputs) or no row.
-
-    Replies whose prediction outputs stack (the same outputs present, with the same datatype
-    and trailing shape: nearly always all of them) are predicted as one array, so a busy
-    gateway pays numpy's per-call cost once per flush, not once per answer.
-    """
-    found: list[store.AnswerRecord | None] = [None] * len(answered)
-    for index, cut, start, count in _cuts(spec, answered):
-        found[index] = cut.record(version, answered[index][0], start, count)
-    return found
-
-
 def _cuts(spec: PredictionSpec, answered: Sequence[tuple[float, wire.Reply]]
           ) -> Iterator[tuple[int, _Cut, int, int]]:
     """(index, predictions, first row, rows) of each answer holding a prediction."""
@@ -103,7 +88,6 @@ class _Cut:
     """Per-reply answer records cut from predictions over many replies' rows."""
 
     def __init__(self, spec: PredictionSpec, predicted: Predictions) -> None:
-        self.predicted = predicted
         self.scores = predicted.scores
         self.classes: list[str] = ([str(c) for c in predicted.classes.tolist()]
                                    if predicted.classes is not None else [])
@@ -128,22 +112,9 @@ class _Cut:
         self.probabilities_f4 = (self.probabilities.tobytes()
                                  if self.probabilities is not None else None)
 
-    def record(self, version: str, at: float, start: int,
-               count: int) -> store.AnswerRecord | None:
-        rows = min(count, store.MAX_ROWS_PER_ANSWER)
-        if rows == 0:
-            return None
-        end = start + rows
-        if self.scores is not None:
-            return store.AnswerRecord(version, at, scores=self.scores[start:end])
-        return store.AnswerRecord(
-            version, at, tuple(self.classes[start:end]),
-            self.confidence[start:end] if self.confidence is not None else None,
-            self.probabilities[start:end] if self.probabilities is not None else None,
-            self.columns)
-
     def encoded(self, version: str, at: float, start: int, count: int) -> bytes | None:
-        """``record(...).encode()``, with no record object in between."""
+        """The stored value (``AnswerRecord.encode``) of rows ``start:start+count`` (at most
+        MAX_ROWS_PER_ANSWER of them), with no record object in between; None for no row."""
         rows = min(count, store.MAX_ROWS_PER_ANSWER)
         if rows == 0:
             return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from modelgate.core import wire
-from modelgate.core.answer_records import records, stored_values
+from modelgate.core.answer_records import stored_values
 from modelgate.core.prediction import PredictionError, PredictionSpec, derive, predict
 from modelgate.core.store import feedback as store
 
@@ -61,8 +61,18 @@ def _stored(spec: PredictionSpec, answered: list[tuple[float, wire.Reply]]) -> l
     expected = [(str(i), r.encode())  # type: ignore[attr-defined]
                 for i, r in enumerate(_alone(spec, answered)) if r is not None]
     keyed = [(at, reply, (str(i),)) for i, (at, reply) in enumerate(answered)]
-    assert stored_values(spec, "1", keyed) == expected
-    return records(spec, "1", answered)  # type: ignore[return-value]
+    found = stored_values(spec, "1", keyed)
+    assert found == expected
+    return _decoded(found, len(answered))
+
+
+def _decoded(values: list[tuple[str, bytes]], count: int) -> list[object]:
+    """The records of stored values keyed by their answer's index, None where none."""
+    records: list[object] = [None] * count
+    for key, value in values:
+        rows, rest = value.split(b":", 1)
+        records[int(key)] = store.AnswerRecord.decode(rest[int(rows):])
+    return records
 
 
 def test_stacked_classifier_answers_are_recorded_as_each_alone() -> None:
@@ -103,7 +113,7 @@ def test_probabilities_alone_regression_and_unstackable_answers_match_too() -> N
     scored = [(float(i), _reply(score=RNG.random((1 + i % 3, 1)).astype(np.float32)))
               for i in range(12)]
     _same(_stored(regression, scored), _alone(regression, scored))
-    assert sum(r.rows for r in records(regression, "1", scored) if r is not None) == 24
+    assert sum(r.rows for r in _stored(regression, scored) if r is not None) == 24  # type: ignore[attr-defined]
 
 
 def test_answers_of_no_rows_are_not_stored() -> None:
