@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -120,6 +121,12 @@ def exchange_timeout_s(client: aioredis.Redis, extra_s: float = 0.0) -> float | 
     return float(timeout) + extra_s if timeout else None
 
 
+async def _open_by(client: aioredis.Redis, expires: float) -> Link:
+    """A link to ``client``'s Redis, connected by ``expires`` (the event loop's time)."""
+    async with asyncio.timeout_at(None if expires == math.inf else expires):
+        return await Link.open(client)
+
+
 class Dispatcher:
     def __init__(self, client: aioredis.Redis, reader: aioredis.Redis, gateway_id: str,
                  metrics: Metrics | None = None, arena: Arena | None = None) -> None:
@@ -133,6 +140,9 @@ class Dispatcher:
         self.reply_to = replies.reply_list(gateway_id)
         self._pop_command = packed("BLMPOP", BLOCK_S, 1, self.reply_to, "LEFT", "COUNT",
                                    REPLY_POP_COUNT)
+        # Bounds of one exchange on each link (None: unbounded), read once: every call takes both.
+        self._write_timeout_s = exchange_timeout_s(client)
+        self._pop_timeout_s = exchange_timeout_s(reader, BLOCK_S)
         self._pending: dict[str, asyncio.Future[wire.Reply]] = {}
         self._outbox: list[_Outgoing] = []
         self._wake = asyncio.Event()
@@ -144,8 +154,9 @@ class Dispatcher:
         self._sweep_at_ms = 0
         self._running = True
         self._writing = False
-        # Entries submit wrote itself, and the future of their replies (``_write_now``).
-        self._written: tuple[list[_Write], asyncio.Future[list[Any]]] | None = None
+        # Entries submit wrote itself, the future of their replies and its deadline in the
+        # event loop's time (``_write_now``).
+        self._written: tuple[list[_Write], asyncio.Future[list[Any]], float] | None = None
         self._popped_ns = 0  # when the replies being resolved were popped (traced calls)
         # Each pool's run size cap as its workers published it (the data plane's refresh keeps
         # it): bundles never hold more rows than a worker runs at once.
@@ -242,22 +253,29 @@ class Dispatcher:
         except (wire.WireError, ValueError):
             self._outbox[:0] = outbox  # the writer task fails them, saying why
             return
+        expires = self._expires(self._write_timeout_s)
         try:
             replies = self._put(link, entries,
-                                [piece for entry in entries for piece in entry.packed])
+                                [piece for entry in entries for piece in entry.packed], expires)
         except RedisConnectionError:
             self._outbox[:0] = outbox
             return
         self._writing = True
-        self._written = (entries, replies)
+        self._written = (entries, replies, expires)
 
-    def _put(self, link: Link, entries: list[_Write], buffers: list[bytes | memoryview]
-             ) -> asyncio.Future[list[Any]]:
+    @staticmethod
+    def _expires(timeout_s: float | None) -> float:
+        """The event loop's time an exchange started now must end by (inf: never)."""
+        return asyncio.get_running_loop().time() + timeout_s if timeout_s else math.inf
+
+    def _put(self, link: Link, entries: list[_Write], buffers: list[bytes | memoryview],
+             expires: float) -> asyncio.Future[list[Any]]:
         """Write ``entries`` (their XADDs and INCRBYs, ``buffers``) on ``link`` now; the
-        future of their replies. Traced calls are marked around the write."""
+        future of their replies, failed by ``expires``. Traced calls are marked around the
+        write."""
         if self._traced:
             self._mark((c for entry in entries for c in entry.correlations), "writing")
-        replies = link.exchange(buffers, 2 * len(entries))
+        replies = link.exchange(buffers, 2 * len(entries), expires=expires)
         if self._traced:
             self._mark((c for entry in entries for c in entry.correlations), "sent")
         return replies
@@ -393,7 +411,7 @@ class Dispatcher:
             if self._written is not None:  # written by submit: its replies are read here
                 written, self._written = self._written, None
                 try:
-                    await self._send(written[0], written[1])
+                    await self._send(written[0], written[1:])
                 except (RedisError, OSError) as e:
                     self._fail_entries(written[0], e)
                 finally:
@@ -424,7 +442,7 @@ class Dispatcher:
                     f"the queue (Redis) is unreachable: {error}; retry shortly"))
 
     async def _send(self, entries: list[_Write],
-                    written: asyncio.Future[list[Any]] | None = None) -> None:
+                    written: tuple[asyncio.Future[list[Any]], float] | None = None) -> None:
         """Every entry's XADD and queued-count INCRBY in one write on the writer's link, then
         their replies.
 
@@ -435,8 +453,10 @@ class Dispatcher:
         restarts, an idle connection is dead and fails its first write, which must not turn
         into 503s with Redis up. A write resent after a connection dropped mid-read may add
         some entries twice; replies are deduplicated by id. The whole exchange, connecting
-        and the retry included, takes at most the client's socket timeout. With ``written``,
-        the entries went out already (``_write_now``): only their replies are awaited.
+        and the retry included, takes at most the client's socket timeout (the link's
+        deadline, ``gateway/link.py``). With ``written`` (the future of their replies and its
+        deadline), the entries went out already (``_write_now``): only their replies are
+        awaited.
 
         The link is this task's for the gateway's life, as the reader's is: taking a
         connection from a pool and giving it back cost more than the write itself (the pool's
@@ -444,15 +464,18 @@ class Dispatcher:
         concurrency 1. A failed exchange closes it; the next one connects again.
         """
         buffers = [piece for entry in entries for piece in entry.packed]
+        if written is not None:
+            replies, expires = written
+        else:
+            replies, expires = None, self._expires(self._write_timeout_s)
         try:
-            async with asyncio.timeout(exchange_timeout_s(self.client)):
-                try:
-                    results = await (written if written is not None
-                                     else self._exchange(buffers, entries))
-                except RedisConnectionError:
-                    self._close_writer()
-                    results = await self._exchange(buffers, entries)
-        except TimeoutError as e:
+            try:
+                results = await (replies if replies is not None
+                                 else self._exchange(buffers, entries, expires))
+            except RedisConnectionError:
+                self._close_writer()
+                results = await self._exchange(buffers, entries, expires)
+        except (TimeoutError, RedisTimeoutError) as e:
             self._close_writer()
             raise RedisTimeoutError("Redis did not take the requests in time") from e
         except BaseException:
@@ -471,14 +494,15 @@ class Dispatcher:
             if isinstance(counted, ResponseError):  # the backlog count only; the entry stands
                 log.warning("queued count of %s not updated: %s", entry.pool, counted)
 
-    async def _exchange(self, buffers: list[bytes | memoryview], entries: list[_Write]
-                        ) -> list[Any]:
-        """The replies of one write on the writer's link (connected first if need be)."""
+    async def _exchange(self, buffers: list[bytes | memoryview], entries: list[_Write],
+                        expires: float) -> list[Any]:
+        """The replies of one write on the writer's link (connected first if need be), by
+        ``expires``."""
         link = self._writer_link
         if link is None or link.closed:
-            link = self._writer_link = await Link.open(self.client)
+            link = self._writer_link = await _open_by(self.client, expires)
         try:
-            return await self._put(link, entries, buffers)
+            return await self._put(link, entries, buffers, expires)
         except RedisConnectionError:
             self._close_writer()
             raise
@@ -554,13 +578,13 @@ class Dispatcher:
         """BLMPOP on a link this task holds (``gateway/link.py``): each answer waits on this
         call, and redis-py's per-command layers (pool checkout, retry, timeout contexts,
         stream reads) were most of its cost when few calls are in flight."""
+        expires = self._expires(self._pop_timeout_s)
         try:
-            async with asyncio.timeout(exchange_timeout_s(self.reader, BLOCK_S)):
-                if self._reader_link is None or self._reader_link.closed:
-                    self._reader_link = await Link.open(self.reader)
-                popped = (await self._reader_link.exchange([self._pop_command], 1,
-                                                           self._popped))[0]
-        except TimeoutError as e:
+            if self._reader_link is None or self._reader_link.closed:
+                self._reader_link = await _open_by(self.reader, expires)
+            popped = (await self._reader_link.exchange([self._pop_command], 1, self._popped,
+                                                       expires))[0]
+        except (TimeoutError, RedisTimeoutError) as e:
             self._close_reader()
             raise RedisTimeoutError("Redis did not answer the reply pop in time") from e
         except (RedisError, OSError, asyncio.CancelledError):

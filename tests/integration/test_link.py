@@ -1,19 +1,22 @@
 """The dispatcher's links to Redis (``gateway/link.py``) against a real redis-server: replies
 come back to the exchange that asked, in order, errors as values; a connection Redis drops
-fails what waits on it at once; the connection is made as the client's are (its database)."""
+fails what waits on it at once; an exchange past its deadline fails and closes the link; the
+connection is made as the client's are (its database)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from modelgate.core.resp import packed
-from modelgate.gateway.link import Link
+from modelgate.gateway.link import WATCH_INTERVAL_S, Link
 from tests.conftest import redis_url_for_db
 
 
@@ -100,3 +103,41 @@ def test_the_link_uses_the_clients_database(redis_url: str) -> None:
     finally:
         seven.delete("where")
         seven.close()
+
+
+def test_an_exchange_past_its_deadline_fails_then_and_closes_the_link(redis_url: str) -> None:
+    """A reply that does not come by the exchange's deadline fails it (and what waits behind
+    it) within the watchdog's interval, and the link closes: the reply may still arrive on
+    it. Exchanges answered in time, before and beside it, are untouched."""
+    bound_s = 0.3
+
+    async def run() -> tuple[list[object], BaseException, float, Link]:
+        client = aioredis.Redis.from_url(redis_url_for_db(redis_url, 0))
+        link = await Link.open(client)
+        loop = asyncio.get_running_loop()
+        try:
+            # Answered long before its deadline: many such exchanges, one watchdog.
+            quick = [link.exchange([packed("PING")], 1, expires=loop.time() + bound_s)
+                     for _ in range(50)]
+            answered = [reply for replies in await asyncio.gather(*quick) for reply in replies]
+            started = time.monotonic()
+            stuck = link.exchange([packed("BLPOP", "nothing", 10)], 1,
+                                  expires=loop.time() + bound_s)
+            behind = link.exchange([packed("PING")], 1)  # no deadline of its own
+            with pytest.raises(RedisTimeoutError) as failed:
+                await asyncio.wait_for(stuck, 5)
+            waited_s = time.monotonic() - started
+            with pytest.raises(RedisTimeoutError):
+                await behind
+            return answered, failed.value, waited_s, link
+        finally:
+            link.close()
+            await client.aclose()
+
+    answered, failed, waited_s, link = asyncio.run(run())
+    assert answered == [b"PONG"] * 50
+    assert bound_s <= waited_s < bound_s + WATCH_INTERVAL_S + 0.5, waited_s
+    assert "in time" in str(failed)
+    assert link.closed
+    with pytest.raises(RedisConnectionError):
+        link.exchange([packed("PING")], 1)
