@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import redis
 
+from modelgate.core import resp
 from modelgate.core.resp import packed, packed_all
 
 COMMANDS = [
@@ -50,3 +51,14 @@ def test_a_real_redis_reads_them(redis_client: redis.Redis) -> None:
     # A memoryview of 2-byte items is sent as its bytes (redis-py would count its items).
     assert replies[1] == np.arange(3, dtype=np.int16).tobytes()
     assert replies[3] == "ünï".encode()
+
+
+def test_strings_seen_once_never_grow_the_cache_past_its_bound() -> None:
+    """Arguments that vary (a caller's keys) cannot grow the cache of framed strings without
+    end, and packing stays byte for byte what redis-py sends while it is cleared and refilled."""
+    connection = redis.Connection()
+    for i in range(resp.STR_BULKS_MAX + 10):
+        command = ("GET", f"key-{i}")
+        assert packed(*command) == b"".join(
+            bytes(part) for part in connection.pack_commands([command]))  # type: ignore[list-item]
+        assert len(resp._STR_BULKS) <= resp.STR_BULKS_MAX
