@@ -32,9 +32,12 @@ TOLERANCE = 0.05
 # its entry written by the gateway, held and passed on by Redis, read and answered by the
 # worker, its reply resolved. Measured at 0.5 to 2 ms of CPU a run on 2-vCPU VMs (issue 20:
 # a CNN through binary tensors, run size cap 1 against 8, the gateway's, Redis's and the
-# worker's CPU per call). A curve flat in ONNX Runtime alone is not flat once served: eight
-# rows in one run pay this once, eight runs of one pay it eight times. The low end is taken.
-RUN_OVERHEAD_MS = 0.5
+# worker's CPU per call); ~1.3-1.5 ms on an AMD EPYC VM (2026-12-07: the bench CNN at cap 2
+# against 64, ~620 us less CPU a call in all processes at c=32 as runs grew from ~2 rows to
+# ~12, 6-20% more calls/s at c=32 and 18-38% at c=128). A curve flat in ONNX Runtime alone is
+# not flat once served: eight rows in one run pay this once, eight runs of one pay it eight
+# times. Taken at 0.5 ms, the low end, a noisy curve sent that CNN to runs of 2.
+RUN_OVERHEAD_MS = 1.5
 # Of a model's latency budget (``slo_p95_ms``), the share one run may take: a call may wait
 # behind one run and then be in the next.
 RUN_SHARE_OF_BUDGET = 0.5

@@ -35,19 +35,25 @@ def test_sizes_are_powers_of_two_up_to_the_limit() -> None:
 
 
 def test_a_model_slower_per_row_in_large_batches_keeps_to_its_flat_part() -> None:
-    # Served, a run also costs RUN_OVERHEAD_MS (0.5 ms): 1 row a run 527 rows/s, 2 610, 4 654,
-    # 8 615, 16 550. The best is 4, and no smaller size is within 5% of it.
+    # Served, a run also costs RUN_OVERHEAD_MS (1.5 ms): 1 row a run 345 rows/s, 2 468, 4 562,
+    # 8 571, 16 532. The best is 8; 4 is within 5% of it, and shorter.
     assert [round(served_rows_per_s(size, rate)) for size, rate in FALLING[:5]] == \
-        [527, 610, 654, 615, 550]
+        [345, 468, 562, 571, 532]
     assert choose(FALLING) == 4
 
 
 def test_a_flat_curve_gets_runs_that_pay_the_overhead_once_for_several_rows() -> None:
     # ONNX Runtime alone as fast at 1 as at 64 (the bench CNN on an AMD EPYC VM, noise and
-    # all): 4 rows a run serve 4.4% below the best (16), 2 rows 10% below.
+    # all): 8 rows a run serve 4.1% below the best (16), 4 rows 11% below, 1 row 41% below.
     flat = ((1, 501.0), (2, 481.0), (4, 514.0), (8, 510.0), (16, 508.0), (32, 495.0),
             (64, 489.0))
-    assert choose(flat) == 4
+    assert choose(flat) == 8
+    # The same CNN measured on a noisier minute: 2 rows looked fastest in ONNX Runtime alone,
+    # but served, runs of 8 pay the run's cost once for eight calls (at c=32 through binary
+    # tensors 11-39% more calls/s than runs of 2, in alternating runs on that VM).
+    noisy = ((1, 427.88), (2, 485.10), (4, 418.33), (8, 403.01), (16, 395.22), (32, 389.71),
+             (64, 373.94))
+    assert choose(noisy) == 8
     # Without the overhead, 1 row a run would have looked as good as any.
     first = flat[0][1]
     assert first >= max(rate for _, rate in flat) * (1 - TOLERANCE)
