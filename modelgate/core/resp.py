@@ -52,9 +52,10 @@ def arguments(args: Iterable[Argument]) -> list[bytes]:
 
 def _bulk(arg: Argument) -> bytes:
     """What redis-py's encoder makes of an argument of any other type it takes."""
-    if isinstance(arg, bytes):
-        data: bytes | bytearray | memoryview = arg
-        size = len(arg)
+    data: bytes | bytearray | memoryview
+    if isinstance(arg, bytes | bytearray | memoryview):
+        data = arg
+        size = memoryview(arg).nbytes  # a memoryview of wider items is sent as its bytes
     elif isinstance(arg, str):
         data = arg.encode()
         size = len(data)
@@ -63,9 +64,6 @@ def _bulk(arg: Argument) -> bytes:
     elif isinstance(arg, int | float):
         data = repr(arg).encode()
         size = len(data)
-    elif isinstance(arg, bytearray | memoryview):
-        data = arg
-        size = memoryview(arg).nbytes
     else:
         raise TypeError(f"{type(arg).__name__} is not a Redis argument")
     return b"$%d\r\n%s\r\n" % (size, data)
