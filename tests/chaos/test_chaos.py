@@ -961,11 +961,13 @@ IDLE_SOCKETS = 500
 SLOWLORIS_SOCKETS = 50
 # A modest load for two shared cores: 200 calls/s from 16 connections, 4.5 s a round; rounds
 # alternate alone and beside the sockets, and each side's p99 is the median of its rounds, so
-# one hiccup of the shared machine does not decide the comparison either way.
+# hiccups of the shared machine do not decide the comparison either way. Five rounds, not
+# three: the p99 alone was seen at 3.4, 6.7 and 5.9 ms in three rounds of one run, and a median
+# of three such took a sound run past the bound once in several.
 HOLD_RATE_PER_S = 200
 HOLD_REQUESTS = 900
 HOLD_CONCURRENCY = 16
-HOLD_ROUNDS = 3
+HOLD_ROUNDS = 5
 P99_FACTOR = 1.5
 # Below a few milliseconds a p99 is scheduling noise on two shared cores: a run-to-run
 # difference under this is not the sockets' doing, and 1.5x of it is not a meaningful bound.
