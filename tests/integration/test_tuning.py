@@ -39,8 +39,9 @@ WIDTH = 16384
 # Products by the Gram matrix. Its choice is only sound if a run at the best size costs more
 # than a run's overhead beyond ONNX Runtime (batching.RUN_OVERHEAD_MS), on the fastest host:
 # with one product (2·N·WIDTH multiply-adds a row) a run of 16 rows took 0.18 ms on an Intel
-# Xeon VM and the overhead made 64 the best size served; with 16 a run of 16 takes ~1.5 ms
-# there, ~3 ms on the AMD EPYC VMs, and 64 serves at most ~0.8x the best on either.
+# Xeon VM and the overhead made 64 the best size served; with 16 a run of 16 takes ~1.4 ms
+# there (cap 16, 64 serving ~0.6x the best by the rule), and on a host twice as fast 64 would
+# still serve only ~0.84x the best.
 GRAM_PRODUCTS = 16
 BUDGET_S = 1.0
 
